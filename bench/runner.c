@@ -1,0 +1,343 @@
+/* atscale-bench: runs every registered row, then the peer programs in peers/ beside it, and prints
+ * a table (or, with --json, one JSON object per line).
+ *
+ *   atscale-bench [--quick] [--json] [--filter PATTERN] [--threads N] [--no-peers] [--list]
+ *
+ * PATTERN is a substring, or an fnmatch glob when it holds '*', '?' or '['. --threads sets the
+ * "all threads" count (default: the online cores).
+ */
+#include "bench.h"
+
+#include <dirent.h>
+#include <fnmatch.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_BENCHES 256
+
+static const ats_bench *benches[MAX_BENCHES];
+static size_t nbenches;
+
+void ats_bench_register(const ats_bench *b)
+{
+	if (nbenches < MAX_BENCHES)
+		benches[nbenches++] = b;
+	else
+		fprintf(stderr, "atscale-bench: too many rows, %s dropped\n", b->name);
+}
+
+static struct {
+	bool quick, json, list, peers;
+	const char *filter;
+	unsigned threads;
+} opt = {.peers = true};
+
+static uint64_t mono_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static bool selected(const char *name)
+{
+	if (!opt.filter)
+		return true;
+	if (strpbrk(opt.filter, "*?["))
+		return fnmatch(opt.filter, name, 0) == 0;
+	return strstr(name, opt.filter) != NULL;
+}
+
+static void print_header(void)
+{
+	if (!opt.json && !opt.list)
+		printf("%-36s %7s %11s %11s %11s  %s\n", "name", "threads", "ns/op", "min", "max", "extra");
+}
+
+static void print_row(const char *name, unsigned threads, bool peer, double med, double min, double max,
+                      const char *extra)
+{
+	if (opt.json)
+		printf("{\"name\": \"%s\", \"ns_per_op\": %.3f, \"min\": %.3f, \"max\": %.3f, \"threads\": %u, "
+		       "\"peer\": %s%s%s}\n",
+		       name, med, min, max, threads, peer ? "true" : "false", extra && *extra ? ", " : "",
+		       extra ? extra : "");
+	else
+		printf("%-36s %7u %11.2f %11.2f %11.2f  %s\n", name, threads, med, min, max, extra ? extra : "");
+	fflush(stdout);
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return (x > y) - (x < y);
+}
+
+/* ---- Timed runs on N threads ---- */
+
+struct worker {
+	pthread_t thread;
+	const ats_bench *b;
+	void *state;
+	unsigned tid;
+	uint64_t iters;
+	atomic_int *go;
+	uint64_t start, end;
+};
+
+static void *worker_main(void *arg)
+{
+	struct worker *w = arg;
+	while (!atomic_load_explicit(w->go, memory_order_acquire))
+		;
+	w->start = mono_ns();
+	w->b->run(w->state, w->tid, w->iters);
+	w->end = mono_ns();
+	return NULL;
+}
+
+/* One timed run: wall ns from the first thread's start to the last thread's end. */
+static uint64_t timed_run(const ats_bench *b, void *state, unsigned threads, uint64_t iters)
+{
+	if (threads == 1) {
+		uint64_t t0 = mono_ns();
+		b->run(state, 0, iters);
+		return mono_ns() - t0;
+	}
+	struct worker w[threads];
+	atomic_int go = 0;
+	for (unsigned i = 0; i < threads; i++) {
+		w[i] = (struct worker){.b = b, .state = state, .tid = i, .iters = iters, .go = &go};
+		if (pthread_create(&w[i].thread, NULL, worker_main, &w[i]) != 0) {
+			fprintf(stderr, "atscale-bench: pthread_create failed\n");
+			exit(1);
+		}
+	}
+	atomic_store_explicit(&go, 1, memory_order_release);
+	uint64_t first = UINT64_MAX, last = 0;
+	for (unsigned i = 0; i < threads; i++) {
+		pthread_join(w[i].thread, NULL);
+		if (w[i].start < first)
+			first = w[i].start;
+		if (w[i].end > last)
+			last = w[i].end;
+	}
+	return last - first;
+}
+
+static void run_row(const ats_bench *b, unsigned threads)
+{
+	void *state = b->setup ? b->setup(threads) : NULL;
+	if (b->setup && !state) {
+		if (!opt.json)
+			printf("%-36s %7u  skipped (setup failed)\n", b->name, threads);
+		return;
+	}
+	ats_bench_result r = {0};
+	if (b->measure) {
+		if (!b->measure(state, opt.quick, &r)) {
+			if (!opt.json)
+				printf("%-36s %7u  skipped\n", b->name, threads);
+			goto out;
+		}
+	} else {
+		/* Calibrate: grow the per-thread iteration count until one run takes the target time. */
+		uint64_t target = opt.quick ? 2000000u : 20000000u;
+		uint64_t iters = 64, t = 0;
+		for (;;) {
+			t = timed_run(b, state, threads, iters);
+			if (t >= target / 4 || iters > (1ull << 40))
+				break;
+			iters *= 4;
+		}
+		if (t < target && t > 0)
+			iters = (uint64_t)((double)iters * (double)target / (double)t) + 1;
+		timed_run(b, state, threads, iters); /* warm-up at full size */
+		int reps = opt.quick ? 3 : 11;
+		double samples[11];
+		for (int i = 0; i < reps; i++)
+			samples[i] = (double)timed_run(b, state, threads, iters) / ((double)iters * threads);
+		qsort(samples, (size_t)reps, sizeof *samples, cmp_double);
+		r.ns_per_op = samples[reps / 2];
+		r.min = samples[0];
+		r.max = samples[reps - 1];
+	}
+	if (b->extra)
+		b->extra(state, r.extra, sizeof r.extra);
+	print_row(b->name, threads, (b->flags & ATS_BENCH_PEER) != 0, r.ns_per_op, r.min, r.max, r.extra);
+out:
+	if (b->teardown)
+		b->teardown(state);
+}
+
+static int cmp_bench(const void *a, const void *b)
+{
+	return strcmp((*(const ats_bench *const *)a)->name, (*(const ats_bench *const *)b)->name);
+}
+
+/* ---- Peers: separate programs in peers/ that print the same JSON lines ---- */
+
+/* The value of "key" in a flat JSON line, as text (numbers) or the string's content. */
+static bool json_field(const char *line, const char *key, char *out, size_t len)
+{
+	char pat[64];
+	snprintf(pat, sizeof pat, "\"%s\"", key);
+	const char *p = strstr(line, pat);
+	if (!p)
+		return false;
+	p += strlen(pat);
+	while (*p == ' ' || *p == ':')
+		p++;
+	bool quoted = *p == '"';
+	p += quoted;
+	size_t n = 0;
+	while (*p && n + 1 < len && (quoted ? *p != '"' : (*p != ',' && *p != '}' && *p != ' ')))
+		out[n++] = *p++;
+	out[n] = '\0';
+	return true;
+}
+
+static void run_peer_program(const char *path)
+{
+	char cmd[PATH_MAX + 64];
+	snprintf(cmd, sizeof cmd, "'%s'%s --threads %u", path, opt.quick ? " --quick" : "", opt.threads);
+	if (opt.filter) {
+		/* Peers get the filter too so they skip unselected rows instead of timing them. */
+		size_t n = strlen(cmd);
+		snprintf(cmd + n, sizeof cmd - n, " --filter '%s'", opt.filter);
+	}
+	FILE *p = popen(cmd, "r");
+	if (!p) {
+		fprintf(stderr, "atscale-bench: cannot run %s\n", path);
+		return;
+	}
+	char line[1024];
+	while (fgets(line, sizeof line, p)) {
+		char name[128], med[32], min[32], max[32], thr[16];
+		if (!json_field(line, "name", name, sizeof name) || !json_field(line, "ns_per_op", med, sizeof med))
+			continue;
+		if (!selected(name))
+			continue;
+		if (opt.list) {
+			printf("%s\n", name);
+			continue;
+		}
+		if (opt.json) {
+			fputs(line, stdout);
+			fflush(stdout);
+			continue;
+		}
+		if (!json_field(line, "min", min, sizeof min))
+			strcpy(min, med);
+		if (!json_field(line, "max", max, sizeof max))
+			strcpy(max, med);
+		if (!json_field(line, "threads", thr, sizeof thr))
+			strcpy(thr, "1");
+		print_row(name, (unsigned)atoi(thr), true, atof(med), atof(min), atof(max), NULL);
+	}
+	int rc = pclose(p);
+	if (rc != 0)
+		fprintf(stderr, "atscale-bench: %s exited with status %d\n", path, rc);
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static void run_peers(const char *argv0)
+{
+	char self[PATH_MAX];
+	ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+	if (n <= 0) {
+		snprintf(self, sizeof self, "%s", argv0);
+		n = (ssize_t)strlen(self);
+	}
+	self[n] = '\0';
+	char *slash = strrchr(self, '/');
+	char dir[PATH_MAX + 8];
+	snprintf(dir, sizeof dir, "%.*s/peers", slash ? (int)(slash - self) : 1, slash ? self : ".");
+	DIR *d = opendir(dir);
+	if (!d) {
+		if (!opt.json)
+			printf("(no peers: %s missing)\n", dir);
+		return;
+	}
+	char *names[64];
+	size_t count = 0;
+	struct dirent *e;
+	while ((e = readdir(d)) && count < 64) {
+		char path[2 * PATH_MAX];
+		struct stat st;
+		snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+		if (e->d_name[0] != '.' && stat(path, &st) == 0 && S_ISREG(st.st_mode) && (st.st_mode & S_IXUSR))
+			names[count++] = strdup(path);
+	}
+	closedir(d);
+	qsort(names, count, sizeof *names, cmp_str);
+	if (count == 0 && !opt.json)
+		printf("(no peers built: see README, Go and DPDK are optional)\n");
+	for (size_t i = 0; i < count; i++) {
+		run_peer_program(names[i]);
+		free(names[i]);
+	}
+}
+
+static void usage(void)
+{
+	fprintf(stderr,
+	        "usage: atscale-bench [--quick] [--json] [--filter PATTERN] [--threads N] [--no-peers] [--list]\n");
+}
+
+int main(int argc, char **argv)
+{
+	long cores = sysconf(_SC_NPROCESSORS_ONLN);
+	opt.threads = cores > 0 ? (unsigned)cores : 1;
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "--quick"))
+			opt.quick = true;
+		else if (!strcmp(argv[i], "--json"))
+			opt.json = true;
+		else if (!strcmp(argv[i], "--list"))
+			opt.list = true;
+		else if (!strcmp(argv[i], "--no-peers"))
+			opt.peers = false;
+		else if (!strcmp(argv[i], "--filter") && i + 1 < argc)
+			opt.filter = argv[++i];
+		else if (!strcmp(argv[i], "--threads") && i + 1 < argc && atoi(argv[i + 1]) > 0)
+			opt.threads = (unsigned)atoi(argv[++i]);
+		else {
+			usage();
+			return 2;
+		}
+	}
+	qsort(benches, nbenches, sizeof *benches, cmp_bench);
+	print_header();
+	for (size_t i = 0; i < nbenches; i++) {
+		const ats_bench *b = benches[i];
+		if (!selected(b->name))
+			continue;
+		if (opt.list) {
+			printf("%s\n", b->name);
+			continue;
+		}
+		unsigned flags =
+		    b->flags & (ATS_BENCH_1T | ATS_BENCH_MT | ATS_BENCH_FIXED_2T) ? b->flags : b->flags | ATS_BENCH_1T;
+		if (flags & ATS_BENCH_1T)
+			run_row(b, 1);
+		if (flags & ATS_BENCH_FIXED_2T)
+			run_row(b, 2);
+		if ((flags & ATS_BENCH_MT) && opt.threads > 1 && !((flags & ATS_BENCH_FIXED_2T) && opt.threads == 2))
+			run_row(b, opt.threads);
+	}
+	if (opt.peers)
+		run_peers(argv[0]);
+	return 0;
+}

@@ -1,0 +1,8 @@
+/* atscale: the whole public API. */
+#ifndef ATSCALE_H
+#define ATSCALE_H
+
+#include "atscale/clock.h"
+#include "atscale/error.h"
+
+#endif

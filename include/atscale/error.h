@@ -1,0 +1,198 @@
+/* atscale structured errors.
+ *
+ * An error says what happened (a canonical code, a message and a cause chain), when and where
+ * (wall and monotonic timestamps, thread id, file:line:function, optionally a raw stack captured
+ * with libunwind and symbolized only when printed), what a user should be told (a user-facing
+ * message and a hint) and how to find more (a log id and key/value attachments).
+ *
+ * Errors fall into two kinds, after the seed's "bugs vs known edge cases":
+ *  - known edge cases (ATS_KIND_KNOWN): well-formed errors made on purpose by atscale's modules
+ *    and by applications (cancelled, deadline exceeded, closed, limited, invalid argument, ...);
+ *  - bugs (ATS_KIND_BUG): anything else. A foreign or raw error (ATS_KIND_RAW: an errno value, a
+ *    third-party failure) that reaches a module boundary is wrapped as a bug by
+ *    ats_err_boundary(). ats_err_user_text() shows the user message of a well-formed error and,
+ *    for a bug, a generic "unexpected issue" line with the log id while the full record goes to
+ *    the log hook.
+ *
+ * Ownership: an `ats_err *` is a counted reference; NULL means success. Constructors return a new
+ * reference; ats_err_wrap*, ats_err_bug, ats_err_boundary and ats_err_with_* consume the
+ * reference they are given (so `return ats_err_wrap(err, "reading %s", path);` neither leaks nor
+ * double-frees). An error is immutable once another reference to it exists, so it can be handed
+ * across threads freely. Out of memory while making an error yields ats_err_oom, a static error
+ * whose ref/unref are no-ops: nothing crashes and nothing leaks.
+ *
+ * Costs (see `atscale-bench --filter error`): making an error is one malloc plus the formatting;
+ * stack capture adds one unw_backtrace (no lock: libunwind runs with a per-thread cache). Reading
+ * any field is a load. Formatting and symbolizing happen only when printed.
+ */
+#ifndef ATSCALE_ERROR_H
+#define ATSCALE_ERROR_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The closed set of canonical codes. */
+typedef enum ats_code {
+	ATS_ERR_CANCELLED = 1,     /* the operation was cancelled (ctx cancelled, pool stopped) */
+	ATS_ERR_DEADLINE_EXCEEDED, /* a deadline passed, or would pass before the operation ends */
+	ATS_ERR_CLOSED,            /* the channel, pool or object was closed */
+	ATS_ERR_LIMITED,           /* a rate or resource limit refused the request */
+	ATS_ERR_INVALID_ARGUMENT,  /* the caller passed something that can never work */
+	ATS_ERR_OUT_OF_MEMORY,     /* an allocation failed */
+	ATS_ERR_UNAVAILABLE,       /* a dependency is down or busy; retrying may help */
+	ATS_ERR_NOT_FOUND,         /* a named thing does not exist */
+	ATS_ERR_EXISTS,            /* a named thing already exists */
+	ATS_ERR_SYSTEM,            /* a system call failed (the "errno" attachment says how) */
+	ATS_ERR_INTERNAL,          /* a bug: an invariant broke or an unexpected error escaped */
+} ats_code;
+#define ATS_ERR_CODE_COUNT 11
+
+typedef enum ats_err_kind {
+	ATS_KIND_KNOWN = 0, /* a well-formed error for a known edge case */
+	ATS_KIND_RAW = 1,   /* a foreign error not yet classified; a bug if it crosses a boundary */
+	ATS_KIND_BUG = 2,   /* a bug */
+} ats_err_kind;
+
+typedef struct ats_err ats_err;
+
+/* Per-call stack switch for the ats__err_new family. */
+enum {
+	ATS_STACK_DEFAULT = 0, /* bugs capture a stack; known errors follow ats_err_set_stack_default */
+	ATS_STACK_ON = 1,
+	ATS_STACK_OFF = 2,
+};
+#define ATS_ERR_MAX_FRAMES 32
+
+/* The static error returned when memory for an error could not be had. */
+extern ats_err *const ats_err_oom;
+
+/* ---- Making errors (all take printf-style formats; all capture file:line:function). ---- */
+
+/* A known edge case with `code`. */
+#define ats_err_new(code, ...)                                                                                         \
+	ats__err_new(__FILE__, __LINE__, __func__, ATS_KIND_KNOWN, (code), ATS_STACK_DEFAULT, NULL, __VA_ARGS__)
+/* The same, with a stack captured whatever the default. */
+#define ats_err_new_stack(code, ...)                                                                                   \
+	ats__err_new(__FILE__, __LINE__, __func__, ATS_KIND_KNOWN, (code), ATS_STACK_ON, NULL, __VA_ARGS__)
+/* Wraps `cause` (consumed) with a message; the new error keeps the cause's code and kind. A NULL
+ * cause gives NULL: wrapping success is success. */
+#define ats_err_wrap(cause, ...) ats__err_wrap(__FILE__, __LINE__, __func__, (cause), 0, __VA_ARGS__)
+/* Wraps `cause` (consumed) as a known edge case with a new code (cancelled wrapping its cause). */
+#define ats_err_wrapc(cause, code, ...)                                                                                \
+	ats__err_new(__FILE__, __LINE__, __func__, ATS_KIND_KNOWN, (code), ATS_STACK_DEFAULT, (cause), __VA_ARGS__)
+/* A bug (code internal, stack captured), optionally wrapping `cause` (consumed, may be NULL). */
+#define ats_err_bug(cause, ...)                                                                                        \
+	ats__err_new(__FILE__, __LINE__, __func__, ATS_KIND_BUG, ATS_ERR_INTERNAL, ATS_STACK_DEFAULT, (cause),         \
+	             __VA_ARGS__)
+/* A raw, foreign error: what a third-party call or an unclassified failure produced. */
+#define ats_err_raw(code, ...)                                                                                         \
+	ats__err_new(__FILE__, __LINE__, __func__, ATS_KIND_RAW, (code), ATS_STACK_DEFAULT, NULL, __VA_ARGS__)
+/* A raw system error from errno value `errnum`: code system, attachment "errno" = strerror name. */
+#define ats_err_errno(errnum, ...) ats__err_errno(__FILE__, __LINE__, __func__, (errnum), __VA_ARGS__)
+/* At a module boundary: a well-formed error (known or bug) passes through unchanged; a raw error
+ * is wrapped as a bug, with a stack. Consumes `err`; NULL stays NULL. */
+#define ats_err_boundary(err) ats__err_boundary(__FILE__, __LINE__, __func__, (err))
+
+/* Decorations, applied while the caller still holds the only reference. Each consumes `err` and
+ * returns the decorated error: the same object when the caller is the sole owner, else a copy
+ * (errors others can see never change). On out-of-memory the error comes back undecorated. */
+ats_err *ats_err_with_user(ats_err *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+ats_err *ats_err_with_hint(ats_err *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+ats_err *ats_err_with_kv(ats_err *err, const char *key, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* ---- Lifetime ---- */
+
+/* Adds a reference; wait-free (one atomic add). Returns err. NULL-safe. */
+ats_err *ats_err_ref(ats_err *err);
+/* Drops a reference; the last one frees the error and its cause chain (iteratively, so chains of
+ * any length are fine). NULL-safe. Wait-free but for the free. */
+void ats_err_unref(ats_err *err);
+
+/* ---- Reading (all wait-free, no allocation; NULL err gives 0/NULL/false) ---- */
+
+ats_code ats_err_code(const ats_err *err);
+ats_err_kind ats_err_kind_of(const ats_err *err);
+bool ats_err_is_bug(const ats_err *err);
+const char *ats_err_message(const ats_err *err);
+/* The next error in the chain (borrowed: valid while err is). */
+const ats_err *ats_err_cause(const ats_err *err);
+/* The deepest error in the chain (err itself when it has no cause). */
+const ats_err *ats_err_root(const ats_err *err);
+const char *ats_err_user(const ats_err *err); /* the user message set on this error, or NULL */
+const char *ats_err_hint(const ats_err *err); /* the hint set on this error, or NULL */
+size_t ats_err_kv_count(const ats_err *err);
+bool ats_err_kv_at(const ats_err *err, size_t i, const char **key, const char **value);
+/* The value of `key` on this error or, failing that, the nearest cause that has it. */
+const char *ats_err_kv_get(const ats_err *err, const char *key);
+uint64_t ats_err_log_id(const ats_err *err);  /* unique in the process, never 0 for a real error */
+uint64_t ats_err_wall_ns(const ats_err *err); /* CLOCK_REALTIME nanoseconds */
+uint64_t ats_err_mono_ns(const ats_err *err); /* CLOCK_MONOTONIC nanoseconds */
+int ats_err_thread_id(const ats_err *err);    /* kernel thread id (gettid) */
+const char *ats_err_file(const ats_err *err);
+int ats_err_line(const ats_err *err);
+const char *ats_err_func(const ats_err *err);
+/* The raw stack (return addresses, innermost first); 0 frames when none was captured. */
+size_t ats_err_stack(const ats_err *err, void *const **frames);
+
+/* True when err or any error in its cause chain has `code`. */
+bool ats_err_is(const ats_err *err, ats_code code);
+/* The first error in the chain with `code` (borrowed), or NULL. */
+const ats_err *ats_err_find(const ats_err *err, ats_code code);
+
+/* The code's stable lower-case name ("deadline_exceeded"); "unknown" outside the set. */
+const char *ats_code_name(ats_code code);
+const char *ats_err_kind_name(ats_err_kind kind);
+
+/* ---- Formatting (snprintf contract: returns the length the whole text needs, writes at most
+ * len-1 bytes and a NUL when len > 0). Symbolizes the stack with dladdr. Blocking: allocation-free
+ * but may take the dynamic loader's lock while symbolizing. ---- */
+
+/* Multi-line human format: every error of the chain with all its fields and symbolized stack. */
+size_t ats_err_format(const ats_err *err, char *buf, size_t len);
+/* One JSON object (valid JSON and valid UTF-8 whatever bytes the messages hold); the chain is
+ * the "cause" member, nested. */
+size_t ats_err_format_json(const ats_err *err, char *buf, size_t len);
+/* Writes the human format to f. */
+void ats_err_print(const ats_err *err, FILE *f);
+
+/* What to show a user: for a well-formed error, its user message (the first one set along the
+ * chain) or, if none, its message, followed by the hint if any; for a bug or a raw error, "An
+ * unexpected issue occurred; please report it with log id <id>." after handing the full record to
+ * the log hook. snprintf contract. */
+size_t ats_err_user_text(const ats_err *err, char *buf, size_t len);
+
+/* ---- Global settings ---- */
+
+/* The log hook receives full records (bugs shown to users, ats_err_log). The default writes the
+ * JSON format, one line, to stderr. NULL restores the default. Thread-safe (an atomic pointer
+ * swap); the hook may be called from any thread at once. */
+typedef void (*ats_err_log_fn)(const ats_err *err, void *arg);
+void ats_err_set_log_hook(ats_err_log_fn fn, void *arg);
+/* Sends err's full record to the log hook. */
+void ats_err_log(const ats_err *err);
+/* Whether known edge cases capture a stack by default (default: false). Bugs always do unless a
+ * call says ATS_STACK_OFF. Thread-safe (relaxed atomic). */
+void ats_err_set_stack_default(bool capture_for_known);
+
+/* ---- Internals behind the macros ---- */
+ats_err *ats__err_new(const char *file, int line, const char *func, ats_err_kind kind, ats_code code, int stack,
+                      ats_err *cause, const char *fmt, ...) __attribute__((format(printf, 8, 9)));
+ats_err *ats__err_vnew(const char *file, int line, const char *func, ats_err_kind kind, ats_code code, int stack,
+                       ats_err *cause, const char *fmt, va_list ap);
+ats_err *ats__err_wrap(const char *file, int line, const char *func, ats_err *cause, int stack, const char *fmt, ...)
+    __attribute__((format(printf, 6, 7)));
+ats_err *ats__err_errno(const char *file, int line, const char *func, int errnum, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+ats_err *ats__err_boundary(const char *file, int line, const char *func, ats_err *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

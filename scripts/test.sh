@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The whole test suite: Criterion tests in release and in ASan+UBSan, the concurrent tests under
+# TSan, every fuzz target briefly on its seed corpus, the install/consumer test, and a benchmark
+# smoke run (no thresholds). Warnings are errors. Set ATS_FUZZ_SECONDS to fuzz longer.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/deps.sh
+jobs=$(nproc)
+fuzz_seconds=${ATS_FUZZ_SECONDS:-15}
+step() { printf '\n==== %s ====\n' "$*"; }
+
+step "release build and unit tests"
+cmake --preset release -DATS_WERROR=ON >/dev/null
+cmake --build --preset release -j "$jobs"
+ctest --test-dir build/release --output-on-failure -j "$jobs"
+
+step "ASan + UBSan build and all tests"
+cmake --preset asan -DATS_WERROR=ON >/dev/null
+cmake --build --preset asan -j "$jobs"
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+  ctest --test-dir build/asan --output-on-failure -j "$jobs"
+
+step "TSan build and the concurrent tests"
+cmake --preset tsan -DATS_WERROR=ON >/dev/null
+cmake --build --preset tsan -j "$jobs"
+TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$PWD/tests/tsan.supp" \
+  ctest --test-dir build/tsan --output-on-failure -j "$jobs" -L concurrent
+
+step "fuzz targets, ${fuzz_seconds}s each on the seed corpus"
+cmake --preset fuzz -DATS_WERROR=ON -DATS_FUZZ_SECONDS="$fuzz_seconds" >/dev/null
+cmake --build --preset fuzz -j "$jobs"
+ctest --test-dir build/fuzz --output-on-failure -j "$jobs" -L fuzz
+
+step "benchmark smoke run"
+build/release/bench/atscale-bench --quick --json > build/release/bench-smoke.json
+rows=$(grep -c '"ns_per_op"' build/release/bench-smoke.json)
+echo "benchmark smoke run: $rows rows"
+[ "$rows" -gt 0 ]
