@@ -4,9 +4,12 @@
  * liburcu's cds_lfht and ck_hs. Both were measured at 1M random 4-byte keys, pre-sized, one GCRA
  * take per lookup (rows keyed.alt_cds_lfht_1m and keyed.alt_ck_hs_1m in bench/bench_keyed.c):
  * each chases a bucket or pointer array and then a separately allocated node, two dependent cache
- * misses per lookup, and each costs a node allocation per key on top of its array. This table
- * keeps the key, its TAT and its flags in one 32-byte slot of an open-addressing array, so a hit
- * is one miss (figures in the commit that added this file and in the bench rows). What the
+ * misses per lookup. Measured here (--quick, 1 thread, same run): cds_lfht 83 ns, ck_hs 78 ns,
+ * this table 28 ns per allow (20-31 ns per key in bursts of 32), floor.dram_miss 124 ns, Go's
+ * map + RWMutex + x/time/rate 454 ns. This table keeps the key, its TAT and its flags in one
+ * 32-byte slot of an open-addressing array, so a hit is one miss and independent lookups overlap
+ * theirs; it holds 67 bytes per key at 1M keys (RSS), the libraries' tables 33-49 bytes plus the
+ * node each. What the
  * libraries give that this file has to do itself, and how:
  *  - readers never lock: slots are read with acquire loads of a state word; all slot fields are
  *    C11 atomics so ThreadSanitizer sees every publication;
@@ -82,9 +85,9 @@ enum { S_EMPTY = 0, S_LIVE = 1, S_DEAD = 2 };
 #define IDLE_WINDOW 64     /* slots a forced eviction looks through for an idle key first */
 
 struct ats__keyed_table {
-	size_t mask;                               /* slots - 1 */
-	struct slot *slots;                        /* 64-byte aligned, inside mem */
-	_Atomic(struct ats__keyed_table *) next;   /* where a resize moved the keys */
+	size_t mask;                             /* slots - 1 */
+	struct slot *slots;                      /* 64-byte aligned, inside mem */
+	_Atomic(struct ats__keyed_table *) next; /* where a resize moved the keys */
 	ats_keyed *map;
 	size_t bytes; /* what this table counts against max_bytes */
 	struct rcu_head rcu;
@@ -345,9 +348,8 @@ static bool slot_evict(ats_keyed *m, struct slot *s, uint64_t now_ns, bool force
 	if (force) {
 		cur = atomic_exchange_explicit(&s->tat, now + GONE_OFFSET, memory_order_release);
 		full = (int64_t)(cur - now) <= 0;
-	} else if (!full ||
-	           !atomic_compare_exchange_strong_explicit(&s->tat, &cur, now + GONE_OFFSET, memory_order_release,
-	                                                    memory_order_relaxed)) {
+	} else if (!full || !atomic_compare_exchange_strong_explicit(&s->tat, &cur, now + GONE_OFFSET,
+	                                                             memory_order_release, memory_order_relaxed)) {
 		return false;
 	}
 	atomic_store_explicit(&s->meta, META_DEAD(m->epoch), memory_order_release);
@@ -619,8 +621,7 @@ static bool slow_take(ats_keyed *m, const struct kref *k, uint64_t n, uint64_t n
 
 /* The key's take, starting from table t inside a read-side section: T_GRANTED, T_DENIED, or
  * T_GONE when the key is not there (new, or evicted) and slow_take must run. */
-static inline int resolve(ats_keyed *m, struct ats__keyed_table *t, const struct kref *k, uint64_t n,
-                          uint64_t now_ns)
+static inline int resolve(ats_keyed *m, struct ats__keyed_table *t, const struct kref *k, uint64_t n, uint64_t now_ns)
 {
 	while (t) {
 		struct slot *s = find(t, k);
@@ -658,8 +659,8 @@ bool ats_keyed_allow_n_at(ats_keyed *m, const void *key, size_t len, uint64_t n,
 
 #define BURST_CHUNK 32
 
-size_t ats_keyed_allow_burst_at(ats_keyed *m, const void *const keys[], const size_t lens[], size_t count,
-                                uint64_t n, uint64_t now_ns, bool results[])
+size_t ats_keyed_allow_burst_at(ats_keyed *m, const void *const keys[], const size_t lens[], size_t count, uint64_t n,
+                                uint64_t now_ns, bool results[])
 {
 	if (!results)
 		return 0;
@@ -860,8 +861,7 @@ static uint32_t override_find(const ats_keyed *m, const ats_keyed_limit *lim)
 
 /* Blocking (writer mutex), outside any read-side section of ours like slow_take. Order: validate,
  * make room (reserve), and only then change anything the caller can see. */
-ats_err *ats_keyed_set_limit(ats_keyed *m, const void *key, size_t len, const ats_keyed_limit *lim,
-                             uint64_t now_ns)
+ats_err *ats_keyed_set_limit(ats_keyed *m, const void *key, size_t len, const ats_keyed_limit *lim, uint64_t now_ns)
 {
 	if (!m || !key_ok(key, len))
 		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "ats_keyed_set_limit: %s",

@@ -114,9 +114,9 @@ typedef struct ats_keyed {
 	_Atomic int grace_inflight;               /* private */
 	size_t killed_since_grace;                /* private: writer-only */
 	_Atomic uint64_t inserts, evicted_idle, evicted_forced, resizes, insert_failures; /* private */
-	pthread_mutex_t lock;                     /* private: writers (insert, evict, resize) */
-	void *grace_head[2];                      /* private: struct rcu_head for grace epochs */
-	char tsan_sync;                           /* private: ThreadSanitizer's view of grace periods */
+	pthread_mutex_t lock; /* private: writers (insert, evict, resize) */
+	void *grace_head[2];  /* private: struct rcu_head for grace epochs */
+	char tsan_sync;       /* private: ThreadSanitizer's view of grace periods */
 } ats_keyed;
 
 /* Makes a map in caller memory. Errors (nothing allocated): NULL arguments, max_keys 0, a burst
@@ -147,8 +147,8 @@ static inline bool ats_keyed_allow_at(ats_keyed *m, const void *key, size_t len,
  * rte_hash_lookup_bulk does). results[i] is what ats_keyed_allow_n_at would return for keys[i],
  * taken in order (a key twice in the burst is charged twice). Returns how many were granted.
  * Lock-free for present keys; blocking for new ones. */
-size_t ats_keyed_allow_burst_at(ats_keyed *m, const void *const keys[], const size_t lens[], size_t count,
-                                uint64_t n, uint64_t now_ns, bool results[]);
+size_t ats_keyed_allow_burst_at(ats_keyed *m, const void *const keys[], const size_t lens[], size_t count, uint64_t n,
+                                uint64_t now_ns, bool results[]);
 
 /* Whole tokens the key has at now_ns without taking any (a new key: its burst). 0 for bad input.
  * Wait-free; adds nothing. */
@@ -159,8 +159,7 @@ uint64_t ats_keyed_tokens_at(ats_keyed *m, const void *key, size_t len, uint64_t
  * storage; more than max_overrides distinct ones give ATS_ERR_LIMITED. Errors change nothing.
  * Blocking (writer mutex); concurrent allows on the key are never over-granted: they finish on
  * the old slot or move to the new one. */
-ats_err *ats_keyed_set_limit(ats_keyed *m, const void *key, size_t len, const ats_keyed_limit *lim,
-                             uint64_t now_ns);
+ats_err *ats_keyed_set_limit(ats_keyed *m, const void *key, size_t len, const ats_keyed_limit *lim, uint64_t now_ns);
 
 /* Sweeps up to max_slots slots (0: the whole table) and evicts the idle keys among them
  * (losslessly). Returns how many. Blocking (writer mutex). */
