@@ -48,7 +48,8 @@
 #ifdef ATS_KEYED_TSAN
 /* liburcu's grace periods are made of membarrier and its own asm atomics, which ThreadSanitizer
  * cannot see. Readers release a per-map sync object when they leave a read-side section and every
- * RCU callback acquires it before freeing, which is exactly the order a grace period guarantees. */
+ * RCU callback acquires it before freeing, which is exactly the order a grace period guarantees;
+ * callbacks release it when done and ats_keyed_destroy acquires it after rcu_barrier. */
 void __tsan_acquire(void *addr);
 void __tsan_release(void *addr);
 #define TSAN_ACQUIRE(p) __tsan_acquire(p)
@@ -131,8 +132,10 @@ static void table_free_now(struct ats__keyed_table *t)
 static void table_free_cb(struct rcu_head *head)
 {
 	struct ats__keyed_table *t = caa_container_of(head, struct ats__keyed_table, rcu);
-	TSAN_ACQUIRE(&t->map->tsan_sync);
+	ats_keyed *m = t->map;
+	TSAN_ACQUIRE(&m->tsan_sync);
 	table_free_now(t);
+	TSAN_RELEASE(&m->tsan_sync); /* ats_keyed_destroy's rcu_barrier waits for this write to m */
 }
 
 /* ---- Keys and hashing ---- */
@@ -315,6 +318,7 @@ static void grace_cb(struct rcu_head *head)
 	if ((int32_t)((target - cur) << 7) > 0) /* only forward (25-bit epochs, modular) */
 		atomic_store_explicit(&m->safe_epoch, target, memory_order_release);
 	atomic_store_explicit(&m->grace_inflight, 0, memory_order_release);
+	TSAN_RELEASE(&m->tsan_sync);
 }
 
 /* Starts a grace period for the slots killed since the last one (one in flight at a time). Cost:
