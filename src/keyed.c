@@ -345,7 +345,10 @@ static inline uint64_t gone_mark(const ats_token_clock *c, uint64_t now_ns)
  * through *was_full whether the bucket was full (lossless). */
 static bool slot_evict(ats_keyed *m, struct slot *s, uint64_t now_ns, bool force, bool *was_full)
 {
-	const ats_token_clock *c = aux_clock(m, atomic_load_explicit(&s->aux, memory_order_relaxed));
+	uint32_t aux = atomic_load_explicit(&s->aux, memory_order_relaxed);
+	if (!force && aux >> 1)
+		return false; /* a key with its own limit is configuration: only the cap may drop it */
+	const ats_token_clock *c = aux_clock(m, aux);
 	uint64_t now = ats_token_clock_units(c, now_ns);
 	uint64_t cur = atomic_load_explicit(&s->tat, memory_order_relaxed);
 	bool full = (int64_t)(cur - now) <= 0;
@@ -496,11 +499,15 @@ static bool may_wait(ats_keyed *m, const struct ats__keyed_table *t)
  * grace period is what stands in the way (the caller drops the mutex, waits for them with
  * rcu_barrier and starts over); else out of memory with the table at its hard load. Nothing is
  * changed but evictions (lossless for idle keys; at the cap as documented). */
-static struct slot *reserve(ats_keyed *m, uint64_t h, uint64_t now_ns, bool *wait)
+static struct slot *reserve(ats_keyed *m, const struct kref *k, uint64_t now_ns, bool replacing, bool *wait)
 {
+	uint64_t h = k->h;
 	*wait = false;
 	sweep_idle(m, now_ns, SWEEP_PER_INSERT);
+	/* A replacement (a new limit for a key still present after the sweep) frees the old slot. */
 	size_t keys = atomic_load_explicit(&m->keys, memory_order_relaxed);
+	if (replacing && find(atomic_load_explicit(&m->table, memory_order_relaxed), k))
+		keys--;
 	if (keys + 1 > m->key_limit && evict_one(m, now_ns))
 		keys--;
 	struct ats__keyed_table *t = atomic_load_explicit(&m->table, memory_order_relaxed);
@@ -606,7 +613,7 @@ static bool slow_take(ats_keyed *m, const struct kref *k, uint64_t n, uint64_t n
 		if (!ok)
 			break;
 		bool wait;
-		struct slot *d = reserve(m, k->h, now_ns, &wait);
+		struct slot *d = reserve(m, k, now_ns, false, &wait);
 		if (!d && wait && attempt == 0) {
 			wait_for_frees(m);
 			continue;
@@ -896,7 +903,8 @@ ats_err *ats_keyed_set_limit(ats_keyed *m, const void *key, size_t len, const at
 	struct slot *d;
 	bool wait;
 	for (int attempt = 0;; attempt++) {
-		d = reserve(m, k.h, now_ns, &wait);
+		d = reserve(m, &k, now_ns, old != NULL, &wait);
+		old = find(atomic_load_explicit(&m->table, memory_order_relaxed), &k); /* reserve may move it */
 		if (d || !wait || attempt)
 			break;
 		wait_for_frees(m);
@@ -916,12 +924,11 @@ ats_err *ats_keyed_set_limit(ats_keyed *m, const void *key, size_t len, const at
 	}
 	const ats_token_clock *nc = aux_clock(m, id << 1);
 	uint64_t burst = nc->inf ? 0 : nc->burst_units >> nc->shift, tokens = burst;
-	old = find(atomic_load_explicit(&m->table, memory_order_relaxed), &k); /* reserve may move it */
 	if (old) {
 		const ats_token_clock *oc = aux_clock(m, atomic_load_explicit(&old->aux, memory_order_relaxed));
 		uint64_t tat = atomic_exchange_explicit(&old->tat, gone_mark(oc, now_ns), memory_order_acq_rel);
-		if (!oc->inf)
-			tokens = ats_gcra_tokens(oc, tat, now_ns);
+		if (!oc->inf && !ats_gcra_is_full(oc, tat, now_ns))
+			tokens = ats_gcra_tokens(oc, tat, now_ns); /* a full bucket stays full, as a new key */
 		if (tokens > burst)
 			tokens = burst;
 		atomic_store_explicit(&old->meta, META_DEAD(m->epoch), memory_order_release);

@@ -24,6 +24,9 @@
  *    behave the same. Inserts sweep a few slots for idle keys as they go (like nginx limit_req's
  *    expiry on allocation), a map at its cap evicts an idle key first, and
  *    ats_keyed_evict_idle_at() sweeps on demand.
+ *  - A key given its own limit (ats_keyed_set_limit) is never evicted as idle: its limit is
+ *    configuration, not state. Only forced eviction may drop it, and it then returns with the
+ *    map's default limit.
  *  - When the map is at its cap and the sweep finds no idle key, the least recently used key is
  *    evicted by force (CLOCK: a key touched since the hand last passed gets a second chance). Its
  *    effect: that key forgets its debt and starts full again, so it may be granted up to one extra
@@ -155,7 +158,8 @@ size_t ats_keyed_allow_burst_at(ats_keyed *m, const void *const keys[], const si
 uint64_t ats_keyed_tokens_at(ats_keyed *m, const void *key, size_t len, uint64_t now_ns);
 
 /* Gives one key its own rate and burst (lim NULL: back to the map's default), adding the key if
- * it is new. The tokens it has now carry over, capped at the new burst. Distinct limits share
+ * it is new. The tokens it has now carry over, capped at the new burst; a full (idle) or new key
+ * starts full under the new limit, so idle eviction stays invisible. Distinct limits share
  * storage; more than max_overrides distinct ones give ATS_ERR_LIMITED. Errors change nothing.
  * Blocking (writer mutex); concurrent allows on the key are never over-granted: they finish on
  * the old slot or move to the new one. */
