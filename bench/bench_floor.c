@@ -70,3 +70,62 @@ ATS_BENCH(floor_cas)
 ATS_BENCH(floor_fetch_add)
 ATS_BENCH(floor_clock_monotonic)
 ATS_BENCH(floor_clock_fast)
+
+/* One dependent load per op through a random cyclic chain of 64-byte lines over 64 MiB (Sattolo's
+ * shuffle: one cycle through every line), so each op waits for one miss the prefetchers cannot
+ * guess. The floor for a hash lookup at a million keys. */
+#define CHAIN_LINES ((64u << 20) / 64)
+
+struct chain {
+	void **lines; /* CHAIN_LINES lines of 8 words; word 0 points to the next line */
+	void **cur;
+};
+
+static void *chain_setup(unsigned threads)
+{
+	(void)threads;
+	struct chain *c = calloc(1, sizeof *c);
+	uint32_t *order = malloc(CHAIN_LINES * sizeof *order);
+	if (!c || !order || !(c->lines = aligned_alloc(64, (size_t)CHAIN_LINES * 64))) {
+		free(order);
+		free(c);
+		return NULL;
+	}
+	for (uint32_t i = 0; i < CHAIN_LINES; i++)
+		order[i] = i;
+	uint64_t x = 88172645463325252ull;
+	for (uint32_t i = CHAIN_LINES - 1; i > 0; i--) {
+		x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+		uint32_t j = (uint32_t)(x % i); /* Sattolo: j < i */
+		uint32_t t = order[i];
+		order[i] = order[j];
+		order[j] = t;
+	}
+	for (uint32_t i = 0; i < CHAIN_LINES; i++)
+		c->lines[(size_t)order[i] * 8] = &c->lines[(size_t)order[(i + 1) % CHAIN_LINES] * 8];
+	c->cur = &c->lines[(size_t)order[0] * 8];
+	free(order);
+	return c;
+}
+
+static void chain_teardown(void *state)
+{
+	struct chain *c = state;
+	free(c->lines);
+	free(c);
+}
+
+static void chain_run(void *state, unsigned tid, uint64_t iters)
+{
+	(void)tid;
+	struct chain *c = state;
+	void **p = c->cur;
+	for (uint64_t i = 0; i < iters; i++)
+		p = (void **)*p;
+	c->cur = p;
+	ats_bench_sink(p);
+}
+
+static const ats_bench floor_dram_miss = {"floor.dram_miss", ATS_BENCH_1T, chain_setup, chain_run,
+                                          chain_teardown,    NULL,         NULL};
+ATS_BENCH(floor_dram_miss)

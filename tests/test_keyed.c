@@ -1,0 +1,493 @@
+/* Keyed limiters: every documented semantic, with synthetic time (no sleeps). */
+#include <criterion/criterion.h>
+
+#include "atscale/keyed.h"
+#include "internal/keyed.h"
+
+#include <pthread.h>
+#include <urcu/urcu-memb.h>
+#include <stdio.h>
+#include <string.h>
+
+#define T0 UINT64_C(1000000000000) /* an arbitrary start, in ns */
+#define MS UINT64_C(1000000)
+
+/* 10 per second (one token per 100 ms), burst 5. */
+static ats_keyed_config cfg_default(size_t max_keys)
+{
+	return (ats_keyed_config){.rate = ats_rate_per_sec(10), .burst = 5, .max_keys = max_keys};
+}
+
+static ats_keyed *make(ats_keyed_config cfg)
+{
+	ats_keyed *m = NULL;
+	ats_err *err = ats_keyed_new(&m, &cfg);
+	cr_assert_null(err, "ats_keyed_new: %s", ats_err_message(err));
+	return m;
+}
+
+static bool allow_u32(ats_keyed *m, uint32_t key, uint64_t now)
+{
+	return ats_keyed_allow_at(m, &key, sizeof key, now);
+}
+
+static size_t drain(ats_keyed *m, const void *key, size_t len, uint64_t now)
+{
+	size_t granted = 0;
+	while (granted < 1000 && ats_keyed_allow_at(m, key, len, now))
+		granted++;
+	return granted;
+}
+
+static void expect_invalid(ats_err *err)
+{
+	cr_assert(ats_err_is(err, ATS_ERR_INVALID_ARGUMENT), "want invalid argument, got %s",
+	          err ? ats_err_message(err) : "success");
+	ats_err_unref(err);
+}
+
+Test(keyed, init_rejects_bad_config)
+{
+	ats_keyed *m = (ats_keyed *)0x1;
+	ats_keyed_config c = cfg_default(100);
+	expect_invalid(ats_keyed_new(&m, NULL));
+	cr_assert_null(m);
+	expect_invalid(ats_keyed_new(NULL, &c));
+	expect_invalid(ats_keyed_init(NULL, &c));
+	c.max_keys = 0;
+	expect_invalid(ats_keyed_new(&m, &c));
+	c = cfg_default(100);
+	c.burst = 0;
+	expect_invalid(ats_keyed_new(&m, &c));
+	c.burst = (UINT64_C(1) << 32) + 1;
+	expect_invalid(ats_keyed_new(&m, &c));
+	c = cfg_default(100);
+	c.rate = (ats_rate){UINT64_C(1) << 62, 1};
+	expect_invalid(ats_keyed_new(&m, &c));
+	c = cfg_default(100);
+	c.max_bytes = 512;
+	expect_invalid(ats_keyed_new(&m, &c));
+	c = cfg_default(100);
+	c.max_overrides = ATS_KEYED_OVERRIDES_MAX + 1;
+	expect_invalid(ats_keyed_new(&m, &c));
+	cr_assert_null(m);
+}
+
+Test(keyed, new_key_starts_full_and_refills_exactly)
+{
+	ats_keyed *m = make(cfg_default(100));
+	const char *ip = "10.0.0.1";
+	cr_assert_eq(ats_keyed_tokens_at(m, ip, 8, T0), 5);
+	cr_assert_eq(ats_keyed_count(m), 0, "tokens_at adds nothing");
+	cr_assert_eq(drain(m, ip, 8, T0), 5);
+	cr_assert_eq(ats_keyed_count(m), 1);
+	cr_assert_eq(ats_keyed_tokens_at(m, ip, 8, T0), 0);
+	cr_assert_not(ats_keyed_allow_at(m, ip, 8, T0 + 100 * MS - 1), "a token is 100 ms");
+	cr_assert(ats_keyed_allow_at(m, ip, 8, T0 + 100 * MS));
+	cr_assert_not(ats_keyed_allow_at(m, ip, 8, T0 + 100 * MS));
+	cr_assert_eq(drain(m, ip, 8, T0 + 10000 * MS), 5, "refill stops at burst");
+	/* Another key is independent. */
+	cr_assert_eq(drain(m, "10.0.0.2", 8, T0), 5);
+	cr_assert_eq(ats_keyed_count(m), 2);
+	ats_keyed_free(m);
+}
+
+Test(keyed, allow_n_and_stale_time)
+{
+	ats_keyed *m = make(cfg_default(100));
+	uint32_t k = 7;
+	cr_assert_not(ats_keyed_allow_n_at(m, &k, 4, 6, T0), "n above burst on a new key");
+	cr_assert_eq(ats_keyed_count(m), 0, "a denied new key is not added");
+	cr_assert(ats_keyed_allow_n_at(m, &k, 4, 3, T0));
+	cr_assert_not(ats_keyed_allow_n_at(m, &k, 4, 3, T0));
+	cr_assert(ats_keyed_allow_n_at(m, &k, 4, 2, T0));
+	/* An older timestamp never mints tokens. */
+	cr_assert_not(ats_keyed_allow_at(m, &k, 4, T0 - 1000 * MS));
+	cr_assert(ats_keyed_allow_at(m, &k, 4, T0 + 100 * MS));
+	cr_assert_not(ats_keyed_allow_at(m, &k, 4, T0 - 1000 * MS));
+	ats_keyed_free(m);
+}
+
+Test(keyed, bad_input_is_false_and_changes_nothing)
+{
+	ats_keyed *m = make(cfg_default(100));
+	char big[17] = "0123456789abcdef";
+	cr_assert_not(ats_keyed_allow_at(NULL, "a", 1, T0));
+	cr_assert_not(ats_keyed_allow_at(m, NULL, 1, T0));
+	cr_assert_not(ats_keyed_allow_at(m, "a", 0, T0));
+	cr_assert_not(ats_keyed_allow_at(m, big, 17, T0));
+	cr_assert_not(ats_keyed_allow_n_at(m, "a", 1, 0, T0));
+	cr_assert_not(ats_keyed_allow_n_at(m, "a", 1, (UINT64_C(1) << 32) + 1, T0));
+	cr_assert_eq(ats_keyed_tokens_at(m, big, 17, T0), 0);
+	cr_assert_eq(ats_keyed_tokens_at(NULL, "a", 1, T0), 0);
+	expect_invalid(ats_keyed_set_limit(m, big, 17, NULL, T0));
+	expect_invalid(ats_keyed_set_limit(NULL, "a", 1, NULL, T0));
+	ats_keyed_limit zero = {ats_rate_per_sec(1), 0};
+	expect_invalid(ats_keyed_set_limit(m, "a", 1, &zero, T0));
+	ats_keyed_limit fast = {ats_rate_per_sec(UINT64_C(1) << 50), 1};
+	expect_invalid(ats_keyed_set_limit(m, "a", 1, &fast, T0));
+	cr_assert_eq(ats_keyed_evict_idle_at(NULL, T0, 0), 0);
+	cr_assert_eq(ats_keyed_count(m), 0);
+	ats_keyed_stats st;
+	ats_keyed_stats_get(m, &st);
+	cr_assert_eq(st.inserts, 0);
+	cr_assert_eq(st.overrides, 0, "a rejected limit takes no override entry");
+	cr_assert(ats_keyed_allow_at(m, big, 16, T0), "16 bytes is the longest key");
+	ats_keyed_free(m);
+}
+
+Test(keyed, every_length_and_byte_is_a_distinct_key)
+{
+	ats_keyed *m = make(cfg_default(1000));
+	unsigned char key[16] = {0};
+	/* All lengths of an all-zero key, then each single byte flipped at each length. */
+	size_t keys = 0;
+	for (size_t len = 1; len <= 16; len++) {
+		cr_assert_eq(drain(m, key, len, T0), 5, "len %zu", len);
+		keys++;
+		for (size_t i = 0; i < len; i++) {
+			key[i] = 0x5a;
+			cr_assert_eq(drain(m, key, len, T0), 5, "len %zu byte %zu", len, i);
+			key[i] = 0;
+			keys++;
+		}
+	}
+	cr_assert_eq(ats_keyed_count(m), keys);
+	ats_keyed_free(m);
+}
+
+Test(keyed, idle_keys_are_evicted_losslessly)
+{
+	ats_keyed *m = make(cfg_default(100));
+	cr_assert_eq(drain(m, "idle", 4, T0), 5);
+	cr_assert_eq(drain(m, "busy", 4, T0 + 400 * MS), 5);
+	/* At T0 + 500 ms "idle" is full again, "busy" (drained at +400 ms) is not. */
+	cr_assert_eq(ats_keyed_evict_idle_at(m, T0 + 500 * MS, 0), 1);
+	cr_assert_eq(ats_keyed_count(m), 1);
+	cr_assert_eq(ats_keyed_tokens_at(m, "busy", 4, T0 + 500 * MS), 1);
+	cr_assert_eq(drain(m, "idle", 4, T0 + 500 * MS), 5, "the evicted key behaves as the full one it was");
+	/* Lossless across clocks: a caller with a timestamp older than the eviction's gets no more
+	 * than the evicted bucket would have given it. */
+	cr_assert_eq(ats_keyed_evict_idle_at(m, T0 + 2000 * MS, 0), 2);
+	cr_assert_eq(drain(m, "idle", 4, T0 + 1500 * MS), 0);
+	cr_assert_eq(drain(m, "idle", 4, T0 + 2000 * MS), 5);
+	ats_keyed_stats st;
+	ats_keyed_stats_get(m, &st);
+	cr_assert_eq(st.evicted_idle, 3);
+	cr_assert_eq(st.evicted_forced, 0);
+	ats_keyed_free(m);
+}
+
+Test(keyed, at_the_cap_idle_keys_go_first)
+{
+	ats_keyed_config c = cfg_default(8);
+	ats_keyed *m = make(c);
+	for (uint32_t k = 0; k < 8; k++)
+		cr_assert_eq(drain(m, &k, 4, k == 3 ? T0 : T0 + 1000 * MS), 5);
+	/* Key 3 was drained at T0 and is full at T0 + 1000 ms; every other key is empty then. */
+	uint32_t k = 100;
+	cr_assert(allow_u32(m, k, T0 + 1000 * MS));
+	cr_assert_eq(ats_keyed_count(m), 8);
+	ats_keyed_stats st;
+	ats_keyed_stats_get(m, &st);
+	cr_assert_eq(st.evicted_idle, 1);
+	cr_assert_eq(st.evicted_forced, 0);
+	for (k = 0; k < 8; k++)
+		if (k != 3)
+			cr_assert_eq(ats_keyed_tokens_at(m, &k, 4, T0 + 1000 * MS), 0, "key %u kept", k);
+	ats_keyed_free(m);
+}
+
+Test(keyed, forced_eviction_at_the_cap_is_lru_and_gives_at_most_one_burst)
+{
+	ats_keyed *m = make(cfg_default(8));
+	uint64_t now = T0;
+	for (uint32_t k = 0; k < 8; k++)
+		cr_assert_eq(drain(m, &k, 4, now), 5);
+	/* No key is idle and all were just used: the hand clears every reference bit on its first
+	 * pass and takes the first key on its second. */
+	uint32_t k = 1000;
+	cr_assert(allow_u32(m, k, now));
+	ats_keyed_stats st;
+	ats_keyed_stats_get(m, &st);
+	cr_assert_eq(st.evicted_forced, 1);
+	cr_assert_eq(ats_keyed_count(m), 8);
+	uint32_t gone = 8, spared = 8;
+	for (k = 0; k < 8; k++) {
+		if (ats_keyed_tokens_at(m, &k, 4, now) == 5)
+			gone = k; /* the evicted key reads as new: full */
+		else if (spared == 8)
+			spared = k;
+	}
+	cr_assert_neq(gone, 8);
+	/* Touch every key still there but `spared`: it becomes the least recently used. */
+	for (k = 0; k < 8; k++)
+		if (k != gone && k != spared)
+			cr_assert_not(allow_u32(m, k, now)); /* denied, but referenced */
+	k = 1001;
+	cr_assert(allow_u32(m, k, now));
+	ats_keyed_stats_get(m, &st);
+	cr_assert_eq(st.evicted_forced, 2);
+	cr_assert_eq(ats_keyed_count(m), 8, "never above max_keys");
+	for (k = 0; k < 8; k++)
+		if (k != gone)
+			cr_assert_eq(ats_keyed_tokens_at(m, &k, 4, now), k == spared ? 5 : 0, "key %u", k);
+	/* The documented effect: the evicted key starts full again, one extra burst at most. */
+	cr_assert_eq(drain(m, &spared, 4, now), 5);
+	ats_keyed_free(m);
+}
+
+Test(keyed, per_key_override)
+{
+	ats_keyed_config c = cfg_default(100);
+	c.max_overrides = 3;
+	ats_keyed *m = make(c);
+	ats_keyed_limit vip = {ats_rate_per_sec(100), 50};
+	cr_assert_eq(drain(m, "a", 1, T0), 5);
+	cr_assert_null(ats_keyed_set_limit(m, "a", 1, &vip, T0));
+	cr_assert_eq(ats_keyed_tokens_at(m, "a", 1, T0), 0, "tokens carry over: a had none");
+	cr_assert_eq(ats_keyed_tokens_at(m, "a", 1, T0 + 100 * MS), 10, "then refill at 100/s");
+	cr_assert_eq(drain(m, "a", 1, T0 + 1000 * MS), 50, "up to the new burst");
+	cr_assert_null(ats_keyed_set_limit(m, "b", 1, &vip, T0), "a new key with an override");
+	cr_assert_eq(drain(m, "b", 1, T0), 50);
+	ats_keyed_stats st;
+	ats_keyed_stats_get(m, &st);
+	cr_assert_eq(st.overrides, 1, "equal limits share one entry");
+	ats_keyed_limit slow = {ats_rate_per_sec(1), 2}, other = {ats_rate_per_sec(3), 3}, inf = {ATS_RATE_INF, 1};
+	cr_assert_null(ats_keyed_set_limit(m, "c", 1, &slow, T0));
+	cr_assert_eq(drain(m, "c", 1, T0), 2);
+	cr_assert_null(ats_keyed_set_limit(m, "e", 1, &inf, T0));
+	cr_assert_eq(drain(m, "e", 1, T0), 1000, "an infinite limit allows everything");
+	ats_err *err = ats_keyed_set_limit(m, "d", 1, &other, T0);
+	cr_assert(ats_err_is(err, ATS_ERR_LIMITED));
+	ats_err_unref(err);
+	cr_assert_eq(ats_keyed_count(m), 4, "the failed override added nothing");
+	cr_assert_eq(drain(m, "d", 1, T0), 5);
+	/* Back to the default: tokens carry over, capped at the default burst. */
+	cr_assert_null(ats_keyed_set_limit(m, "a", 1, NULL, T0 + 2000 * MS));
+	cr_assert_eq(drain(m, "a", 1, T0 + 2000 * MS), 5);
+	cr_assert_null(ats_keyed_set_limit(m, "a", 1, NULL, T0 + 2000 * MS), "already the default");
+	cr_assert_null(ats_keyed_set_limit(m, "c", 1, &slow, T0), "already this limit");
+	cr_assert_eq(ats_keyed_tokens_at(m, "c", 1, T0), 0, "and nothing reset");
+	cr_assert_eq(ats_keyed_count(m), 5, "%zu keys", ats_keyed_count(m));
+	ats_keyed_free(m);
+}
+
+Test(keyed, grows_for_real_and_keeps_every_bucket)
+{
+	ats_keyed_config c = cfg_default(100000);
+	c.capacity_hint = 8;
+	ats_keyed *m = make(c);
+	ats_keyed_stats st;
+	ats_keyed_stats_get(m, &st);
+	size_t slots0 = st.slots;
+	cr_assert_leq(slots0, 16);
+	for (uint32_t k = 0; k < 20000; k++)
+		cr_assert(ats_keyed_allow_n_at(m, &k, 4, 1 + k % 5, T0));
+	ats_keyed_stats_get(m, &st);
+	cr_assert_gt(st.resizes, 5);
+	cr_assert_geq(st.slots, 20000 * 4 / 3);
+	cr_assert_eq(st.keys, 20000);
+	for (uint32_t k = 0; k < 20000; k++)
+		cr_assert_eq(ats_keyed_tokens_at(m, &k, 4, T0), 5 - (1 + k % 5), "key %u", k);
+	ats_keyed_free(m);
+}
+
+Test(keyed, presized_from_the_hint)
+{
+	ats_keyed_config c = cfg_default(1 << 20);
+	c.capacity_hint = 100000;
+	ats_keyed *m = make(c);
+	for (uint32_t k = 0; k < 100000; k++)
+		cr_assert(allow_u32(m, k, T0));
+	ats_keyed_stats st;
+	ats_keyed_stats_get(m, &st);
+	cr_assert_eq(st.resizes, 0);
+	cr_assert_eq(st.keys, 100000);
+	ats_keyed_free(m);
+}
+
+Test(keyed, memory_cap_holds)
+{
+	ats_keyed_config c = cfg_default(1000000);
+	c.capacity_hint = 16;
+	c.max_bytes = 256 * 1024;
+	ats_keyed *m = make(c);
+	ats_keyed_stats st;
+	ats_keyed_stats_get(m, &st);
+	cr_assert_lt(st.key_limit, 1000000);
+	size_t peak = 0;
+	for (uint32_t k = 0; k < 50000; k++) {
+		cr_assert(allow_u32(m, k, T0 + k), "key %u", k);
+		size_t b = ats_keyed_bytes(m);
+		peak = b > peak ? b : peak;
+		cr_assert_leq(b, c.max_bytes);
+		cr_assert_leq(ats_keyed_count(m), st.key_limit);
+	}
+	ats_keyed_stats_get(m, &st);
+	cr_assert_eq(st.keys, st.key_limit);
+	cr_assert_gt(st.evicted_forced, 0);
+	cr_assert_gt(peak, c.max_bytes / 2, "the cap is used, not just respected");
+	ats_keyed_free(m);
+}
+
+Test(keyed, out_of_memory_changes_nothing)
+{
+	ats_keyed_config c = cfg_default(1000);
+	atomic_store(&ats__keyed_fail_alloc, 1);
+	ats_keyed *m = NULL;
+	ats_err *err = ats_keyed_new(&m, &c);
+	cr_assert(ats_err_is(err, ATS_ERR_OUT_OF_MEMORY));
+	ats_err_unref(err);
+	cr_assert_null(m);
+	atomic_store(&ats__keyed_fail_alloc, 0);
+
+	c.capacity_hint = 8; /* 16 slots: grows at 12 keys */
+	m = make(c);
+	for (uint32_t k = 0; k < 12; k++)
+		cr_assert(ats_keyed_allow_n_at(m, &k, 4, 2, T0));
+	atomic_store(&ats__keyed_fail_alloc, 1);
+	/* No growth: the table fills to its hard load (15 of 16 slots), then new keys are denied. */
+	size_t granted = 0;
+	for (uint32_t k = 100; k < 120; k++)
+		granted += allow_u32(m, k, T0);
+	ats_keyed_stats st;
+	ats_keyed_stats_get(m, &st);
+	cr_assert_eq(granted, 3);
+	cr_assert_eq(st.keys, 15);
+	cr_assert_eq(st.insert_failures, 17);
+	cr_assert_eq(st.resizes, 0);
+	cr_assert_eq(st.slots, 16);
+	for (uint32_t k = 0; k < 12; k++)
+		cr_assert_eq(ats_keyed_tokens_at(m, &k, 4, T0), 3, "old keys intact");
+	ats_keyed_limit lim = {ats_rate_per_sec(1), 1};
+	uint32_t k = 200;
+	err = ats_keyed_set_limit(m, &k, 4, &lim, T0);
+	cr_assert(ats_err_is(err, ATS_ERR_OUT_OF_MEMORY));
+	ats_err_unref(err);
+	atomic_store(&ats__keyed_fail_alloc, 0);
+	cr_assert(allow_u32(m, k, T0), "works again once memory is back");
+	ats_keyed_stats_get(m, &st);
+	cr_assert_eq(st.resizes, 1);
+	ats_keyed_free(m);
+}
+
+Test(keyed, burst_matches_one_by_one)
+{
+	ats_keyed *a = make(cfg_default(1000)), *b = make(cfg_default(1000));
+	uint32_t ids[100];
+	const void *keys[100];
+	size_t lens[100];
+	bool got[100];
+	for (int i = 0; i < 100; i++) {
+		ids[i] = (uint32_t)(i * 7 % 13); /* repeats: a key twice in a burst is charged twice */
+		keys[i] = &ids[i];
+		lens[i] = 4;
+	}
+	lens[50] = 0; /* an invalid entry is false and changes nothing */
+	for (uint64_t round = 0; round < 3; round++) {
+		uint64_t now = T0 + round * 150 * MS;
+		size_t granted = ats_keyed_allow_burst_at(a, keys, lens, 100, 1, now, got);
+		size_t want = 0;
+		for (int i = 0; i < 100; i++) {
+			bool ok = ats_keyed_allow_n_at(b, keys[i], lens[i], 1, now);
+			cr_assert_eq(got[i], ok, "round %llu entry %d", (unsigned long long)round, i);
+			want += ok;
+		}
+		cr_assert_eq(granted, want);
+	}
+	cr_assert_eq(ats_keyed_count(a), 13);
+	cr_assert_eq(ats_keyed_allow_burst_at(a, keys, lens, 100, 0, T0, got), 0);
+	cr_assert_not(got[0]);
+	cr_assert_eq(ats_keyed_allow_burst_at(NULL, keys, lens, 100, 1, T0, got), 0);
+	ats_keyed_free(a);
+	ats_keyed_free(b);
+}
+
+Test(keyed, counts_and_bytes)
+{
+	ats_keyed_config c = cfg_default(1000);
+	c.capacity_hint = 1000;
+	ats_keyed *m = make(c);
+	ats_keyed_stats st;
+	ats_keyed_stats_get(m, &st);
+	cr_assert_eq(st.slots, 2048);
+	cr_assert_geq(ats_keyed_bytes(m), 2048 * 32);
+	cr_assert_lt(ats_keyed_bytes(m), 2048 * 32 + 16384);
+	cr_assert_eq(st.key_limit, 1000);
+	for (uint32_t k = 0; k < 1000; k++)
+		cr_assert(allow_u32(m, k, T0));
+	cr_assert_eq(ats_keyed_count(m), 1000);
+	cr_assert_eq(ats_keyed_evict_idle_at(m, T0 + 100 * MS, 0), 1000);
+	cr_assert_eq(ats_keyed_count(m), 0);
+	cr_assert_eq(ats_keyed_count(NULL), 0);
+	cr_assert_eq(ats_keyed_bytes(NULL), 0);
+	ats_keyed_free(m);
+}
+
+Test(keyed, infinite_rate_allows_everything)
+{
+	ats_keyed_config c = cfg_default(10);
+	c.rate = ATS_RATE_INF;
+	ats_keyed *m = make(c);
+	for (int i = 0; i < 1000; i++)
+		cr_assert(ats_keyed_allow_n_at(m, "k", 1, 1000, T0));
+	ats_keyed_free(m);
+}
+
+/* Dead slots are reused (or purged) once their grace period has passed, so churn at the cap needs
+ * few rebuilds. rcu_barrier between rounds makes "has passed" deterministic. */
+Test(keyed, churn_reuses_slots)
+{
+	ats_keyed_config c = cfg_default(1000);
+	c.capacity_hint = 1000;
+	ats_keyed *m = make(c);
+	uint32_t k = 0;
+	for (int round = 0; round < 50; round++) {
+		for (int i = 0; i < 300; i++, k++)
+			cr_assert(allow_u32(m, k, T0 + (uint64_t)k * MS));
+		urcu_memb_barrier();
+	}
+	ats_keyed_stats st;
+	ats_keyed_stats_get(m, &st);
+	cr_assert_leq(st.keys, 1000);
+	cr_assert_eq(st.slots, 2048);
+	cr_assert_eq(st.evicted_forced, 0, "1 ms apart, keys are idle after 100 ms");
+	/* Rebuilds stay rare: amortized, under one slot copied per insert. */
+	cr_assert_lt(st.resizes * st.slots, k, "%llu rebuilds", (unsigned long long)st.resizes);
+	ats_keyed_free(m);
+}
+
+static void *thread_uses_map(void *arg)
+{
+	ats_keyed *m = arg;
+	uint32_t k = 42;
+	return (void *)(uintptr_t)allow_u32(m, k, T0);
+}
+
+/* A thread atscale registered with liburcu is unregistered when it exits: a grace period after
+ * it (ats_keyed_free waits for one) would otherwise wait on a dead thread or read freed memory. */
+Test(keyed, threads_register_and_unregister_themselves)
+{
+	ats_keyed *m = make(cfg_default(10));
+	for (int i = 0; i < 4; i++) {
+		pthread_t t;
+		void *ret;
+		cr_assert_eq(pthread_create(&t, NULL, thread_uses_map, m), 0);
+		pthread_join(t, &ret);
+		cr_assert_eq((uintptr_t)ret, i < 5);
+	}
+	cr_assert_eq(ats_keyed_tokens_at(m, &(uint32_t){42}, 4, T0), 1);
+	ats_keyed_free(m);
+}
+
+Test(keyed, lives_in_caller_memory)
+{
+	ats_keyed m;
+	ats_keyed_config c = cfg_default(10);
+	cr_assert_null(ats_keyed_init(&m, &c));
+	cr_assert(ats_keyed_allow_at(&m, "x", 1, T0));
+	ats_keyed_destroy(&m);
+	ats_keyed_destroy(NULL);
+	ats_keyed_free(NULL);
+}
