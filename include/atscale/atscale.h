@@ -5,5 +5,6 @@
 #include "atscale/clock.h"
 #include "atscale/error.h"
 #include "atscale/gcra.h"
+#include "atscale/limiter.h"
 
 #endif
