@@ -53,7 +53,7 @@ static void slot_read(struct ats__limiter_slot *s, struct slot_config *cfg)
 	cfg->rate.period_ns = atomic_load_explicit(&s->period_ns, memory_order_relaxed);
 }
 
-bool ats__limiter_view_prev(ats_limiter *l, uint64_t gen, struct ats__limiter_view *v)
+static bool view_prev(ats_limiter *l, uint64_t gen, struct ats__limiter_view *v)
 {
 	/* The setter of `gen` has published but not yet converted the word: the previous slot is still
 	 * intact (the next setter cannot start before the conversion) and is the word's clock. */
@@ -65,6 +65,42 @@ bool ats__limiter_view_prev(ats_limiter *l, uint64_t gen, struct ats__limiter_vi
 	v->gen = gen - 1;
 	v->word = w;
 	return true;
+}
+
+void ats__limiter_view(ats_limiter *l, struct ats__limiter_view *v)
+{
+	for (;;) {
+		if (ats__limiter_view_fast(l, v))
+			return;
+		uint64_t g = atomic_load_explicit(&l->gen, memory_order_acquire);
+		if (g != 0 && view_prev(l, g, v))
+			return;
+	}
+}
+
+bool ats__limiter_allow_slow(ats_limiter *l, uint64_t n, uint64_t now_ns)
+{
+	struct ats__limiter_view v;
+	for (;;) {
+		ats__limiter_view(l, &v);
+		int r = ats__limiter_try(l, &v, n, now_ns);
+		if (r >= 0)
+			return r;
+	}
+}
+
+bool ats__limiter_check_slow(ats_limiter *l, uint64_t n, uint64_t now_ns)
+{
+	struct ats__limiter_view v;
+	ats__limiter_view(l, &v);
+	return ats__limiter_fits(&v, n, now_ns);
+}
+
+int64_t ats__limiter_tokens_slow(ats_limiter *l, uint64_t now_ns)
+{
+	struct ats__limiter_view v;
+	ats__limiter_view(l, &v);
+	return ats__limiter_tokens(&v, now_ns);
 }
 
 static ats_err *check_config(ats_rate rate, uint64_t burst, uint64_t now_ns, ats_token_clock *c)

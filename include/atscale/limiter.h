@@ -73,6 +73,15 @@
 #include "atscale/error.h"
 #include "atscale/gcra.h"
 
+#if defined(__has_include)
+#if __has_include(<sys/rseq.h>)
+#include <sys/rseq.h>
+#if defined(RSEQ_SIG)
+#define ATS_HAVE_RSEQ 1
+#endif
+#endif
+#endif
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -161,29 +170,25 @@ static inline void ats__limiter_load_slot(struct ats__limiter_slot *s, struct at
 	v->c.inf = (uint32_t)(si >> 32);
 }
 
-/* Cold: the word is still in the previous generation's units; loads that generation's slot. */
-bool ats__limiter_view_prev(ats_limiter *l, uint64_t gen, struct ats__limiter_view *v);
-
-/* A consistent (config, word) pair: the config is the one the word is expressed in. Lock-free
- * (a seqlock read that retries only when a setter published in between). ~10 L1 loads. */
-static inline void ats__limiter_view(ats_limiter *l, struct ats__limiter_view *v)
+/* A consistent (config, word) pair: the config is the one the word is expressed in. A seqlock
+ * read: false while a setter publishes or converts (rare), and the caller takes its out-of-line
+ * path, which uses the previous slot meanwhile and so never waits. ~10 L1 loads, no write. */
+static inline bool ats__limiter_view_fast(ats_limiter *l, struct ats__limiter_view *v)
 {
-	for (;;) {
-		uint64_t g = atomic_load_explicit(&l->gen, memory_order_acquire);
-		ats__limiter_load_slot(&l->slot[g & 1], v);
-		atomic_thread_fence(memory_order_acquire);
-		uint64_t w = atomic_load_explicit(&l->word, memory_order_acquire);
-		if (atomic_load_explicit(&l->gen, memory_order_relaxed) != g)
-			continue;
-		if (((w ^ g) & 1) == 0) {
-			v->gen = g;
-			v->word = w;
-			return;
-		}
-		if (ats__limiter_view_prev(l, g, v))
-			return;
-	}
+	uint64_t g = atomic_load_explicit(&l->gen, memory_order_acquire);
+	ats__limiter_load_slot(&l->slot[g & 1], v);
+	atomic_thread_fence(memory_order_acquire);
+	uint64_t w = atomic_load_explicit(&l->word, memory_order_acquire);
+	if (atomic_load_explicit(&l->gen, memory_order_relaxed) != g || ((w ^ g) & 1))
+		return false;
+	v->gen = g;
+	v->word = w;
+	return true;
 }
+
+/* The same, never failing (out of line: loops, and uses the previous slot while a conversion is
+ * pending). Lock-free. */
+void ats__limiter_view(ats_limiter *l, struct ats__limiter_view *v);
 
 /* The clock's reading at now_ns in doubled units (the word's scale). */
 static inline uint64_t ats__limiter_now2(const struct ats__limiter_view *v, uint64_t now_ns)
@@ -191,28 +196,65 @@ static inline uint64_t ats__limiter_now2(const struct ats__limiter_view *v, uint
 	return ats_token_clock_units(&v->c, now_ns) << 1;
 }
 
+/* One attempt to take n tokens on view v: 1 granted, 0 refused (nothing written), -1 the CAS lost
+ * (retry with a new view). */
+static inline int ats__limiter_try(ats_limiter *l, const struct ats__limiter_view *v, uint64_t n, uint64_t now_ns)
+{
+	if (v->c.inf)
+		return 1;
+	if (n > v->burst)
+		return 0;
+	uint64_t now2 = ats__limiter_now2(v, now_ns);
+	uint64_t after = ats__gcra_start(v->word & ~(uint64_t)1, now2) + (n << (v->c.shift + 1));
+	if (after - now2 > v->c.burst_units)
+		return 0;
+	if (n == 0)
+		return 1;
+	uint64_t w = v->word;
+	return atomic_compare_exchange_strong_explicit(&l->word, &w, after | (v->gen & 1), memory_order_release,
+	                                               memory_order_relaxed)
+	           ? 1
+	           : -1;
+}
+
+static inline bool ats__limiter_fits(const struct ats__limiter_view *v, uint64_t n, uint64_t now_ns)
+{
+	if (v->c.inf)
+		return true;
+	if (n > v->burst)
+		return false;
+	uint64_t now2 = ats__limiter_now2(v, now_ns);
+	uint64_t after = ats__gcra_start(v->word & ~(uint64_t)1, now2) + (n << (v->c.shift + 1));
+	return after - now2 <= v->c.burst_units;
+}
+
+static inline int64_t ats__limiter_tokens(const struct ats__limiter_view *v, uint64_t now_ns)
+{
+	if (v->c.inf)
+		return INT64_MAX;
+	uint64_t now2 = ats__limiter_now2(v, now_ns);
+	uint64_t debt2 = ats__gcra_start(v->word & ~(uint64_t)1, now2) - now2;
+	__int128 avail2 = (__int128)v->c.burst_units - (__int128)debt2;
+	return (int64_t)(avail2 >> (v->c.shift + 1)); /* arithmetic shift: floor */
+}
+
+/* Out-of-line versions for when a setter is at work (kept out so the hot view stays in registers). */
+bool ats__limiter_allow_slow(ats_limiter *l, uint64_t n, uint64_t now_ns);
+bool ats__limiter_check_slow(ats_limiter *l, uint64_t n, uint64_t now_ns);
+int64_t ats__limiter_tokens_slow(ats_limiter *l, uint64_t now_ns);
+
 /* Takes n tokens at now_ns if they are there. Lock-free: one CAS per attempt, retried only when
  * another acquire or a setter changed the word; the refusal path is loads only, no write. Release
- * on success. Cost: ~floor.cas + 2 multiplies. */
+ * on success. Cost: ~floor.cas + 2 multiplies; a refusal ~10 loads and 3 multiplies. */
 static inline bool ats_limiter_allow_at(ats_limiter *l, uint64_t n, uint64_t now_ns)
 {
 	struct ats__limiter_view v;
 	for (;;) {
-		ats__limiter_view(l, &v);
-		if (v.c.inf)
-			return true;
-		if (n > v.burst)
-			return false;
-		uint64_t now2 = ats__limiter_now2(&v, now_ns);
-		uint64_t after = ats__gcra_start(v.word & ~(uint64_t)1, now2) + (n << (v.c.shift + 1));
-		if (after - now2 > v.c.burst_units)
-			return false;
-		if (n == 0)
-			return true;
-		uint64_t w = v.word;
-		if (atomic_compare_exchange_weak_explicit(&l->word, &w, after | (v.gen & 1), memory_order_release,
-		                                          memory_order_relaxed))
-			return true;
+		if (!ats__limiter_view_fast(l, &v))
+			return ats__limiter_allow_slow(l, n, now_ns);
+		int r = ats__limiter_try(l, &v, n, now_ns);
+		if (r >= 0)
+			return r;
 	}
 }
 
@@ -221,19 +263,14 @@ static inline bool ats_limiter_allow(ats_limiter *l, uint64_t n)
 	return ats_limiter_allow_at(l, n, ats_fast_now_ns());
 }
 
-/* Whether n tokens are there at now_ns, without taking them. Wait-free but for a concurrent setter
- * (seqlock retry); loads only. */
+/* Whether n tokens are there at now_ns, without taking them. Loads only; wait-free but for a
+ * seqlock retry while a setter is at work. */
 static inline bool ats_limiter_check_at(ats_limiter *l, uint64_t n, uint64_t now_ns)
 {
 	struct ats__limiter_view v;
-	ats__limiter_view(l, &v);
-	if (v.c.inf)
-		return true;
-	if (n > v.burst)
-		return false;
-	uint64_t now2 = ats__limiter_now2(&v, now_ns);
-	uint64_t after = ats__gcra_start(v.word & ~(uint64_t)1, now2) + (n << (v.c.shift + 1));
-	return after - now2 <= v.c.burst_units;
+	if (!ats__limiter_view_fast(l, &v))
+		return ats__limiter_check_slow(l, n, now_ns);
+	return ats__limiter_fits(&v, n, now_ns);
 }
 
 static inline bool ats_limiter_check(ats_limiter *l, uint64_t n)
@@ -246,13 +283,9 @@ static inline bool ats_limiter_check(ats_limiter *l, uint64_t n)
 static inline int64_t ats_limiter_tokens_at(ats_limiter *l, uint64_t now_ns)
 {
 	struct ats__limiter_view v;
-	ats__limiter_view(l, &v);
-	if (v.c.inf)
-		return INT64_MAX;
-	uint64_t now2 = ats__limiter_now2(&v, now_ns);
-	uint64_t debt2 = ats__gcra_start(v.word & ~(uint64_t)1, now2) - now2;
-	__int128 avail2 = (__int128)v.c.burst_units - (__int128)debt2;
-	return (int64_t)(avail2 >> (v.c.shift + 1)); /* arithmetic shift: floor */
+	if (!ats__limiter_view_fast(l, &v))
+		return ats__limiter_tokens_slow(l, now_ns);
+	return ats__limiter_tokens(&v, now_ns);
 }
 
 static inline int64_t ats_limiter_tokens(ats_limiter *l)
@@ -364,11 +397,28 @@ static inline bool ats_sharded_allow_shard_at(ats_sharded *s, unsigned shard, ui
 	}
 }
 
-/* The same on the caller's current CPU's shard (sched_getcpu: an rseq read on glibc >= 2.35). */
+/* The calling thread's current CPU: the kernel-maintained rseq area when glibc registered one
+ * (glibc >= 2.35: one TLS load, ~1 ns), else sched_getcpu() (a call, ~6 ns here). Only a hint: the
+ * thread may migrate right after, which the shards tolerate. */
+static inline unsigned ats__current_cpu(void)
+{
+#if defined(__x86_64__) && defined(ATS_HAVE_RSEQ)
+	if (__builtin_expect(__rseq_size >= 8, 1)) {
+		char *tp;
+		__asm__("mov %%fs:0, %0" : "=r"(tp));
+		int32_t cpu = *(volatile int32_t *)(tp + __rseq_offset + 4); /* struct rseq.cpu_id */
+		if (cpu >= 0)
+			return (unsigned)cpu;
+	}
+#endif
+	int cpu = sched_getcpu();
+	return cpu < 0 ? 0u : (unsigned)cpu;
+}
+
+/* The same on the caller's current CPU's shard. */
 static inline bool ats_sharded_allow_at(ats_sharded *s, uint64_t n, uint64_t now_ns)
 {
-	int cpu = sched_getcpu();
-	return ats_sharded_allow_shard_at(s, cpu < 0 ? 0u : (unsigned)cpu, n, now_ns);
+	return ats_sharded_allow_shard_at(s, ats__current_cpu(), n, now_ns);
 }
 
 static inline bool ats_sharded_allow(ats_sharded *s, uint64_t n)
