@@ -103,9 +103,15 @@ int64_t ats__limiter_tokens_slow(ats_limiter *l, uint64_t now_ns)
 	return ats__limiter_tokens(&v, now_ns);
 }
 
+/* The token clock for a configuration. Its shift keeps burst << shift <= 2^61 (only burst > 2^31
+ * loses a bit of precision), so that no debt, from an allow or a reservation, reaches the 2^62
+ * units where the word's signed "ahead" test would turn ambiguous. */
 static ats_err *check_config(ats_rate rate, uint64_t burst, uint64_t now_ns, ats_token_clock *c)
 {
-	return ats_token_clock_make(c, rate, burst, now_ns);
+	uint32_t max_shift = 30;
+	while (max_shift > 0 && burst <= ATS_GCRA_MAX_N && (burst << max_shift) > MAX_DEBT_UNITS)
+		max_shift--;
+	return ats_token_clock_make_max_shift(c, rate, burst, now_ns, max_shift);
 }
 
 /* After relaxed reads of slot[gen & 1]'s cold fields: true when no setter can have rewritten that

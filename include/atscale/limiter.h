@@ -64,6 +64,9 @@
 
 #include <limits.h>
 #include <sched.h>
+#ifndef _GNU_SOURCE
+extern int sched_getcpu(void); /* glibc declares it only with _GNU_SOURCE */
+#endif
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
