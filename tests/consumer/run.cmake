@@ -15,19 +15,19 @@ function(run)
 endfunction()
 
 run(${CMAKE_COMMAND} --install ${BINARY_DIR} --prefix ${prefix})
-foreach(f include/atscale/atscale.h include/atscale/error.h lib/pkgconfig/atscale.pc lib/libatscale.a
-          lib/cmake/atscale/atscaleConfig.cmake)
+foreach(f include/atscale/atscale.h include/atscale/error.h ${LIBDIR}/pkgconfig/atscale.pc ${LIBDIR}/libatscale.a
+          ${LIBDIR}/cmake/atscale/atscaleConfig.cmake)
   if(NOT EXISTS ${prefix}/${f})
     message(FATAL_ERROR "not installed: ${f}")
   endif()
 endforeach()
-file(GLOB sonames ${prefix}/lib/libatscale.so.*)
+file(GLOB sonames ${prefix}/${LIBDIR}/libatscale.so.*)
 if(NOT sonames)
   message(FATAL_ERROR "no versioned shared library installed")
 endif()
 
 # pkg-config, shared then static.
-set(ENV{PKG_CONFIG_PATH} ${prefix}/lib/pkgconfig)
+set(ENV{PKG_CONFIG_PATH} ${prefix}/${LIBDIR}/pkgconfig)
 execute_process(COMMAND pkg-config --cflags --libs atscale OUTPUT_VARIABLE flags OUTPUT_STRIP_TRAILING_WHITESPACE
                 RESULT_VARIABLE rc)
 if(NOT rc EQUAL 0)
@@ -37,7 +37,7 @@ execute_process(COMMAND pkg-config --static --cflags --libs atscale OUTPUT_VARIA
                 OUTPUT_STRIP_TRAILING_WHITESPACE)
 separate_arguments(flags UNIX_COMMAND "${flags}")
 separate_arguments(sflags UNIX_COMMAND "${sflags}")
-run(${C_COMPILER} ${SOURCE_DIR}/tests/consumer/main.c -o ${work}/pc_shared ${flags} -Wl,-rpath,${prefix}/lib)
+run(${C_COMPILER} ${SOURCE_DIR}/tests/consumer/main.c -o ${work}/pc_shared ${flags} -Wl,-rpath,${prefix}/${LIBDIR})
 run(${work}/pc_shared)
 run(${C_COMPILER} ${SOURCE_DIR}/tests/consumer/main.c -o ${work}/pc_static -static-libgcc
     -Wl,-Bstatic -latscale -Wl,-Bdynamic ${sflags})
@@ -45,7 +45,7 @@ run(${work}/pc_static)
 
 # find_package(atscale).
 run(${CMAKE_COMMAND} -S ${SOURCE_DIR}/tests/consumer -B ${work}/cmake -DCMAKE_PREFIX_PATH=${prefix}
-    -DCMAKE_C_COMPILER=${C_COMPILER} -DCMAKE_BUILD_RPATH=${prefix}/lib)
+    -DCMAKE_C_COMPILER=${C_COMPILER} -DCMAKE_BUILD_RPATH=${prefix}/${LIBDIR})
 run(${CMAKE_COMMAND} --build ${work}/cmake)
 run(${work}/cmake/consumer_shared)
 run(${work}/cmake/consumer_static)
