@@ -4,5 +4,6 @@
 
 #include "atscale/clock.h"
 #include "atscale/error.h"
+#include "atscale/ctx.h"
 
 #endif
