@@ -1,19 +1,27 @@
 /* Contexts: the cancellation tree, deadlines and the timer service, after-funcs, values.
  *
- * Concurrency design (no global lock anywhere):
- *  - Each context has a small futex lock guarding its child list, its after-func list, its
- *    eventfd and the transition to done. No code path ever holds two context locks at once, so
- *    lock order cannot deadlock.
- *  - A child holds a counted reference to its parent; the parent's child list holds weak links.
- *    The race between a parent's cancel walking its children and a child's last release is
- *    settled under the parent's lock: the walker takes a reference only if the count is not
- *    already zero (try_ref) and unlinks every child it meets; a child whose count reached zero
- *    unlinks itself under the same lock before it is freed, unless the walker already did.
- *  - Cancel walks the subtree with an intrusive stack (walk_next): a context sits in one parent
- *    list, so only one walker can ever push it.
+ * Concurrency design (no global lock anywhere; every path counted in atomic read-modify-writes,
+ * ~7 ns each, since they are what create + cancel + release costs):
+ *  - Each context's lock is a bit of its own state word. Every thread but the holder changes the
+ *    word only by CAS from an unlocked value, so the holder knows the word exactly and unlocks with
+ *    a plain release store, which can also carry the done reason: a cancel is one CAS and one
+ *    store. Lock waiters spin, then yield (critical sections are a few instructions, except a
+ *    wide cancel's walk over its children). Locks nest only parent -> child and timer shard ->
+ *    context, so they cannot deadlock.
+ *  - Lifetime has two counts. `refs` (atomic): the user's references, after-func registrations
+ *    and descendants that read this context's value table. `kids` (under the context's lock):
+ *    linked children, plus pins taken by a cancel walk, the timer or a merge while they work on
+ *    it. A context is freed when both are zero. Taking a link costs nothing beyond the parent's
+ *    lock, which linking takes anyway. A context whose refs reached zero while it still has kids
+ *    is a zombie: still linked and still cancelled with its parent (so its children are), freed
+ *    when the last kid goes.
+ *  - A child unlinks itself: whoever made it done (its cancel, a parent's walk, the timer) or, for
+ *    a child never cancelled, its final free. The link keeps the parent alive until then.
+ *  - Cancel walks the subtree with an intrusive stack (walk_next), pinning each child under its
+ *    parent's lock, so any depth and width work without recursion.
  *  - The timer wheel is sharded (one lock per shard, a thread sticks to one shard); the timer
- *    thread advances every shard. A fired timer takes a reference by try_ref under the shard
- *    lock, which settles the race with a concurrent last release the same way.
+ *    thread advances every shard and pins what fired under the shard lock.
+ *  - Freeing is iterative too (a freed child can release a zombie parent, which releases its own).
  */
 #include "atscale/ctx.h"
 #include "atscale/clock.h"
@@ -28,6 +36,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
 #include <sys/eventfd.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
@@ -64,41 +73,6 @@ static inline void cpu_relax(void)
 #endif
 }
 
-/* A three-state futex mutex (Drepper, "Futexes are tricky"): 0 free, 1 held, 2 held with waiters.
- * Written here because pthread_mutex costs twice as much uncontended and the lock sits in every
- * context (4 bytes); a brief spin first, since the critical sections are a few instructions
- * except a wide cancel's. */
-struct ctx_lock {
-	_Atomic uint32_t v;
-};
-
-static void lock_slow(struct ctx_lock *l)
-{
-	for (int i = 0; i < 64; i++) {
-		uint32_t z = 0;
-		if (atomic_load_explicit(&l->v, memory_order_relaxed) == 0 &&
-		    atomic_compare_exchange_weak_explicit(&l->v, &z, 1, memory_order_acquire, memory_order_relaxed))
-			return;
-		cpu_relax();
-	}
-	while (atomic_exchange_explicit(&l->v, 2, memory_order_acquire) != 0)
-		futex_wait(&l->v, 2, ATS_CTX_NO_DEADLINE);
-}
-
-static inline void lock_acquire(struct ctx_lock *l)
-{
-	uint32_t z = 0;
-	if (likely(atomic_compare_exchange_strong_explicit(&l->v, &z, 1, memory_order_acquire, memory_order_relaxed)))
-		return;
-	lock_slow(l);
-}
-
-static inline void lock_release(struct ctx_lock *l)
-{
-	if (unlikely(atomic_exchange_explicit(&l->v, 0, memory_order_release) == 2))
-		futex_wake(&l->v, 1);
-}
-
 /* ---- The context ---- */
 
 enum {
@@ -113,23 +87,52 @@ struct merge_reg {
 };
 
 struct ats_ctx {
-	struct ats__ctx_head h; /* first: the inline fast paths cast the pointer */
-	_Atomic uint32_t refs;
-	struct ctx_lock lock;    /* guards children, afters, efd and the transition to done */
+	struct ats__ctx_head h;  /* first: the inline fast paths cast the pointer; lock bit in state */
+	_Atomic uint32_t refs;   /* users, after-func registrations, value-table readers */
+	_Atomic uint32_t kids;   /* linked children + pins; changed under the lock */
 	_Atomic uint32_t linked; /* in parent's child list; changed under the parent's lock */
 	_Atomic uint32_t armed;  /* on a timer wheel; changed under the shard's lock */
+	uint8_t zombie, freeing; /* under the lock */
 	int efd;                 /* -1 until ats_ctx_fd */
 	uint32_t shard;
 	uint32_t nmerge;
-	ats_ctx *parent;                /* counted reference (values, unlinking), NULL for roots */
-	ats_ctx *sib_next, **sib_pprev; /* in parent->children, guarded by parent->lock */
+	ats_ctx *parent;                /* while linked (the link keeps it alive) */
+	ats_ctx *vals_owner;            /* counted reference to the context owning h.vals, or NULL */
+	ats_ctx *sib_next, **sib_pprev; /* in parent->children, guarded by parent's lock */
 	ats_ctx *children;
 	ats_ctx_after *afters;
-	ats_err *err;       /* set before the state turns done, immutable after */
-	ats_ctx *walk_next; /* the cancel walk's intrusive stack */
+	ats_ctx_after *fired; /* after-funcs claimed by the cancel, for notify() */
+	int fired_efd;        /* the fd to signal, read under the lock by the cancel */
+	uint8_t fired_wake;   /* the cancel saw waiters */
+	ats_err *err;         /* set before the state turns done, immutable after */
+	ats_ctx *walk_next;   /* the cancel walk's stack, then the free list of finalize */
 	struct ats__tw_node tnode;
 	struct merge_reg merge[]; /* a merge's after-funcs on its other parents (or a value table) */
 };
+
+/* The lock bit. Returns the unlocked word seen; the holder unlocks with ctx_unlock(c, word). */
+static inline uint32_t ctx_lock(ats_ctx *c)
+{
+	uint32_t s = atomic_load_explicit(&c->h.state, memory_order_relaxed);
+	for (unsigned spins = 0;; spins++) {
+		if (likely(!(s & ATS__CTX_LOCKED))) {
+			if (likely(atomic_compare_exchange_weak_explicit(&c->h.state, &s, s | ATS__CTX_LOCKED,
+			                                                 memory_order_acquire, memory_order_relaxed)))
+				return s;
+			continue;
+		}
+		if (spins < 256)
+			cpu_relax();
+		else
+			sched_yield();
+		s = atomic_load_explicit(&c->h.state, memory_order_relaxed);
+	}
+}
+
+static inline void ctx_unlock(ats_ctx *c, uint32_t word)
+{
+	atomic_store_explicit(&c->h.state, word, memory_order_release);
+}
 
 static ats_ctx background = {
     .h = {.state = 0, .flags = F_STATIC, .deadline_ns = ATS_CTX_NO_DEADLINE, .vals = NULL},
@@ -193,18 +196,7 @@ static void err_unref(ats_err *e)
 		ats_err_unref(e);
 }
 
-/* ---- References ---- */
-
-static inline bool try_ref(ats_ctx *c)
-{
-	uint32_t r = atomic_load_explicit(&c->refs, memory_order_relaxed);
-	do {
-		if (r == 0)
-			return false;
-	} while (
-	    !atomic_compare_exchange_weak_explicit(&c->refs, &r, r + 1, memory_order_acquire, memory_order_relaxed));
-	return true;
-}
+/* ---- References and pins ---- */
 
 ats_ctx *ats_ctx_ref(ats_ctx *ctx)
 {
@@ -213,15 +205,92 @@ ats_ctx *ats_ctx_ref(ats_ctx *ctx)
 	return ctx;
 }
 
+/* Pins c (kids + 1) so it outlives the caller's work on it. The caller guarantees c's memory for
+ * the call: c is linked under a parent whose lock it holds, on a wheel whose lock it holds, or a
+ * merge whose after-func is running. Fails when c is already being freed. */
+static bool pin(ats_ctx *c)
+{
+	uint32_t s = ctx_lock(c);
+	bool ok = !c->freeing;
+	if (ok)
+		atomic_store_explicit(&c->kids, atomic_load_explicit(&c->kids, memory_order_relaxed) + 1,
+		                      memory_order_relaxed);
+	ctx_unlock(c, s);
+	return ok;
+}
+
+static void finalize(ats_ctx *c);
+
+/* Drops a kid (pin or link) with c's lock held; says whether c must now be freed. */
+static bool drop_kid_locked(ats_ctx *c)
+{
+	uint32_t k = atomic_load_explicit(&c->kids, memory_order_relaxed) - 1;
+	atomic_store_explicit(&c->kids, k, memory_order_relaxed);
+	if (k == 0 && c->zombie) {
+		c->freeing = 1;
+		return true;
+	}
+	return false;
+}
+
+static void unpin(ats_ctx *c)
+{
+	uint32_t s = ctx_lock(c);
+	bool free_it = drop_kid_locked(c);
+	ctx_unlock(c, s);
+	if (free_it)
+		finalize(c);
+}
+
+/* Drops a reference; says whether c must now be freed (no refs and no kids), else marks it a
+ * zombie when its refs ran out. */
+static bool drop_ref(ats_ctx *c)
+{
+	if (atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) != 1)
+		return false;
+	uint32_t s = ctx_lock(c);
+	bool free_it = atomic_load_explicit(&c->kids, memory_order_relaxed) == 0;
+	if (free_it)
+		c->freeing = 1;
+	else
+		c->zombie = 1;
+	ctx_unlock(c, s);
+	return free_it;
+}
+
 /* ---- The timer service ---- */
 
 #define TICK_SHIFT 16 /* 65.536 us: p99 lateness well under the 1 ms target, 64 slots per 4 ms */
 #define MAX_SHARDS 64
 
+/* A shard: its wheel and the lock that guards it. A test-and-set lock with a plain-store unlock
+ * (one atomic write per arm or disarm instead of two): held for a few instructions by armers and
+ * for one advance by the timer thread; waiters spin, then yield. */
 struct shard {
-	_Alignas(64) struct ctx_lock lock;
+	_Alignas(64) _Atomic uint32_t lock;
 	struct ats__tw wheel;
 };
+
+static inline void shard_lock(struct shard *s)
+{
+	for (unsigned spins = 0;; spins++) {
+		uint32_t z = 0;
+		if (likely(atomic_compare_exchange_weak_explicit(&s->lock, &z, 1, memory_order_acquire,
+		                                                 memory_order_relaxed)))
+			return;
+		while (atomic_load_explicit(&s->lock, memory_order_relaxed)) {
+			if (++spins < 256)
+				cpu_relax();
+			else
+				sched_yield();
+		}
+	}
+}
+
+static inline void shard_unlock(struct shard *s)
+{
+	atomic_store_explicit(&s->lock, 0, memory_order_release);
+}
 
 static struct {
 	pthread_once_t once;
@@ -244,7 +313,7 @@ uint64_t ats_ctx_timer_precision_ns(void)
 	return 1ull << TICK_SHIFT;
 }
 
-static void cancel_direct(ats_ctx *c, uint32_t reason, ats_err *err);
+static bool cancel_direct(ats_ctx *c, uint32_t reason, ats_err *err);
 
 static void kick(void)
 {
@@ -273,30 +342,31 @@ static void *timer_main(void *arg)
 		struct ats__tw_node *fire = NULL;
 		for (unsigned i = 0; i < svc.nshards; i++) {
 			struct shard *s = &svc.shards[i];
-			lock_acquire(&s->lock);
+			shard_lock(s);
 			struct ats__tw_node *n = ats__tw_advance(&s->wheel, now_tick);
 			while (n) {
 				struct ats__tw_node *following = n->next;
 				ats_ctx *c = (ats_ctx *)(void *)((char *)n - offsetof(ats_ctx, tnode));
-				if (try_ref(c)) {
+				if (pin(c)) {
 					n->next = fire;
 					fire = n;
 				}
-				/* Last touch of a dying context: its release waits for armed == 0 or the lock. */
+				/* Last touch of a context being freed: its finalize waits for armed == 0 or
+				 * for this shard's lock. */
 				atomic_store_explicit(&c->armed, 0, memory_order_release);
 				n = following;
 			}
 			uint64_t t = ats__tw_next(&s->wheel);
 			if (t < next)
 				next = t;
-			lock_release(&s->lock);
+			shard_unlock(s);
 		}
 		while (fire) {
 			struct ats__tw_node *n = fire;
 			fire = n->next;
 			ats_ctx *c = (ats_ctx *)(void *)((char *)n - offsetof(ats_ctx, tnode));
 			cancel_direct(c, ATS__CTX_DEADLINE, sentinel_err(ATS__CTX_DEADLINE));
-			ats_ctx_release(c);
+			unpin(c);
 		}
 		atomic_store_explicit(&svc.planned, next, memory_order_seq_cst);
 		atomic_store_explicit(&svc.sleeping, 1, memory_order_seq_cst);
@@ -330,7 +400,7 @@ static void timer_start(void)
 		return;
 	uint64_t now_tick = ats_now_ns() >> TICK_SHIFT;
 	for (unsigned i = 0; i < n; i++) {
-		atomic_init(&shards[i].lock.v, 0);
+		atomic_init(&shards[i].lock, 0);
 		ats__tw_init(&shards[i].wheel, now_tick);
 	}
 	svc.shards = shards;
@@ -368,13 +438,13 @@ static int timer_arm(ats_ctx *c)
 	/* Rounded up: a timer never fires before its deadline. */
 	uint64_t tick = (d >> TICK_SHIFT) + ((d & ((1ull << TICK_SHIFT) - 1)) != 0);
 	struct shard *s = &svc.shards[idx];
-	lock_acquire(&s->lock);
+	shard_lock(s);
 	bool filed = ats__tw_add(&s->wheel, &c->tnode, tick);
 	if (filed) {
 		c->shard = idx;
 		atomic_store_explicit(&c->armed, 1, memory_order_release);
 	}
-	lock_release(&s->lock);
+	shard_unlock(s);
 	if (!filed)
 		return ARM_EXPIRED;
 	if (tick < atomic_load_explicit(&svc.planned, memory_order_seq_cst))
@@ -389,10 +459,10 @@ static void timer_disarm(ats_ctx *c)
 	if (!atomic_load_explicit(&c->armed, memory_order_acquire))
 		return;
 	struct shard *s = &svc.shards[c->shard];
-	lock_acquire(&s->lock);
+	shard_lock(s);
 	ats__tw_del(&s->wheel, &c->tnode);
 	atomic_store_explicit(&c->armed, 0, memory_order_relaxed);
-	lock_release(&s->lock);
+	shard_unlock(s);
 }
 
 /* ---- Cancelling ---- */
@@ -438,91 +508,123 @@ static void run_afters(ats_ctx *c, ats_ctx_after *a)
 	}
 }
 
-/* Marks one context done and detaches its children onto *stack (each with a reference taken);
- * then runs its after-funcs and wakes its waiters. The caller holds a reference to c. Returns
- * whether this call made c done. */
-static bool cancel_one(ats_ctx *c, uint32_t reason, ats_err *err, ats_ctx **stack)
+/* Marks c done in its fields, c's lock held (word s, not done): takes the cause, claims the
+ * after-funcs and notes what notify() must do once the lock is gone. The caller then unlocks with
+ * the reason, which publishes it all. */
+static void mark_locked(ats_ctx *c, uint32_t s, ats_err *err)
 {
-	if (!(c->h.flags & F_CANCELLABLE))
-		return false;
-	lock_acquire(&c->lock);
-	uint32_t st = atomic_load_explicit(&c->h.state, memory_order_relaxed);
-	if (st & ATS__CTX_DONE_MASK) {
-		lock_release(&c->lock);
-		return false;
-	}
 	c->err = err_ref(err);
-	uint32_t old = atomic_exchange_explicit(&c->h.state, reason, memory_order_acq_rel);
-	for (ats_ctx *ch = c->children; ch;) {
+	c->fired = c->afters;
+	c->afters = NULL;
+	for (ats_ctx_after *a = c->fired; a; a = a->next_)
+		atomic_store_explicit(&a->state_, A_CLAIMED, memory_order_relaxed);
+	c->fired_efd = c->efd;
+	c->fired_wake = (s & ATS__CTX_WAITERS) != 0;
+}
+
+static bool needs_notify(const ats_ctx *c)
+{
+	return c->fired || c->fired_efd >= 0 || c->fired_wake || atomic_load_explicit(&c->armed, memory_order_relaxed);
+}
+
+/* After c went done and its lock is gone: disarm its timer, run its after-funcs, wake its waiters,
+ * signal its fd. The caller holds a reference or a pin on c. */
+static void notify(ats_ctx *c)
+{
+	timer_disarm(c);
+	ats_ctx_after *afters = c->fired;
+	c->fired = NULL;
+	run_afters(c, afters);
+	if (c->fired_wake)
+		futex_wake(&c->h.state, INT_MAX);
+	if (c->fired_efd >= 0) {
+		uint64_t one = 1;
+		ssize_t rc = write(c->fired_efd, &one, sizeof one);
+		(void)rc; /* cannot fail: the counter is far from overflow */
+	}
+}
+
+/* c's lock held and c done: marks every live child done under its own lock (nested, parent ->
+ * child), unlinks it (this walk made it done) and, when it has more to do (children, after-funcs,
+ * waiters, an fd, a timer), pins it onto *stack. A child being freed, or already made done by
+ * another canceller, stays linked: it unlinks itself, and its link keeps c alive until it has.
+ * One atomic write per child. */
+static void take_children_locked(ats_ctx *c, uint32_t reason, ats_err *err, ats_ctx **stack)
+{
+	ats_ctx *ch = c->children;
+	while (ch) {
 		ats_ctx *next = ch->sib_next;
-		ch->sib_pprev = NULL;
-		ch->sib_next = NULL;
-		if (try_ref(ch)) {
+		uint32_t s = ctx_lock(ch);
+		if (ch->freeing || (s & ATS__CTX_DONE_MASK)) {
+			ctx_unlock(ch, s);
+			ch = next;
+			continue;
+		}
+		mark_locked(ch, s, err);
+		*ch->sib_pprev = ch->sib_next;
+		if (ch->sib_next)
+			ch->sib_next->sib_pprev = ch->sib_pprev;
+		atomic_store_explicit(&ch->linked, 0, memory_order_relaxed);
+		atomic_store_explicit(&c->kids, atomic_load_explicit(&c->kids, memory_order_relaxed) - 1,
+		                      memory_order_relaxed);
+		if (ch->children || needs_notify(ch)) {
+			atomic_store_explicit(&ch->kids, atomic_load_explicit(&ch->kids, memory_order_relaxed) + 1,
+			                      memory_order_relaxed);
 			ch->walk_next = *stack;
 			*stack = ch;
 		}
-		/* Last touch: a dying child frees itself once it sees linked == 0. */
-		atomic_store_explicit(&ch->linked, 0, memory_order_release);
+		ctx_unlock(ch, reason); /* publishes done */
 		ch = next;
 	}
-	c->children = NULL;
-	ats_ctx_after *afters = c->afters;
-	c->afters = NULL;
-	for (ats_ctx_after *a = afters; a; a = a->next_)
-		atomic_store_explicit(&a->state_, A_CLAIMED, memory_order_relaxed);
-	int efd = c->efd;
-	lock_release(&c->lock);
-
-	timer_disarm(c);
-	run_afters(c, afters);
-	if (old & ATS__CTX_WAITERS)
-		futex_wake(&c->h.state, INT_MAX);
-	if (efd >= 0) {
-		uint64_t one = 1;
-		ssize_t rc = write(efd, &one, sizeof one);
-		(void)rc; /* cannot fail: the counter is far from overflow */
-	}
-	return true;
 }
 
-/* Cancels c and its subtree, iteratively. The caller holds a reference to c; err is borrowed
- * (each context takes its own reference). */
-static bool cancel_tree(ats_ctx *c, uint32_t reason, ats_err *err)
-{
-	ats_ctx *stack = NULL;
-	bool did = cancel_one(c, reason, err, &stack);
-	while (stack) {
-		ats_ctx *ch = stack;
-		stack = ch->walk_next;
-		cancel_one(ch, reason, err, &stack);
-		ats_ctx_release(ch);
-	}
-	return did;
-}
-
+/* Takes c (done, linked) out of its parent's list; the parent may be a zombie that this frees.
+ * Only the one who made c done, or c's final free, calls it, so it never races with itself. */
 static void unlink_from_parent(ats_ctx *c)
 {
 	if (!atomic_load_explicit(&c->linked, memory_order_acquire))
 		return;
 	ats_ctx *p = c->parent;
-	lock_acquire(&p->lock);
-	if (atomic_load_explicit(&c->linked, memory_order_relaxed)) {
-		*c->sib_pprev = c->sib_next;
-		if (c->sib_next)
-			c->sib_next->sib_pprev = c->sib_pprev;
-		c->sib_next = NULL;
-		c->sib_pprev = NULL;
-		atomic_store_explicit(&c->linked, 0, memory_order_relaxed);
-	}
-	lock_release(&p->lock);
+	uint32_t s = ctx_lock(p);
+	*c->sib_pprev = c->sib_next;
+	if (c->sib_next)
+		c->sib_next->sib_pprev = c->sib_pprev;
+	atomic_store_explicit(&c->linked, 0, memory_order_relaxed);
+	bool free_p = drop_kid_locked(p);
+	ctx_unlock(p, s);
+	if (free_p)
+		finalize(p);
 }
 
-/* Cancels c (a reference held) as the root of a cancel: the subtree, then leaves the parent's list
- * (a done context needs no link: nothing more can reach it through its parent). err borrowed. */
-static void cancel_direct(ats_ctx *c, uint32_t reason, ats_err *err)
+/* Cancels c and its subtree, iteratively. The caller holds a reference or a pin on c; err is
+ * borrowed (each context takes its own reference). Returns whether this call made c done. */
+static bool cancel_direct(ats_ctx *c, uint32_t reason, ats_err *err)
 {
-	if (cancel_tree(c, reason, err))
-		unlink_from_parent(c);
+	if (!(c->h.flags & F_CANCELLABLE))
+		return false;
+	uint32_t s = ctx_lock(c);
+	if (s & ATS__CTX_DONE_MASK) {
+		ctx_unlock(c, s);
+		return false;
+	}
+	ats_ctx *stack = NULL;
+	mark_locked(c, s, err);
+	take_children_locked(c, reason, err, &stack);
+	ctx_unlock(c, reason); /* marks done and unlocks in one store; the waiter bit goes */
+	notify(c);
+	unlink_from_parent(c);
+	while (stack) {
+		ats_ctx *ch = stack;
+		stack = ch->walk_next;
+		notify(ch);
+		uint32_t cs = ctx_lock(ch);
+		take_children_locked(ch, reason, err, &stack);
+		bool free_it = drop_kid_locked(ch); /* the walk's pin */
+		ctx_unlock(ch, cs);
+		if (free_it)
+			finalize(ch);
+	}
+	return true;
 }
 
 bool ats_ctx_cancel(ats_ctx *ctx, ats_err *cause)
@@ -539,62 +641,144 @@ bool ats_ctx_cancel(ats_ctx *ctx, ats_err *cause)
 		if (err == ats_err_oom)
 			err = sentinel_err(ATS__CTX_CANCELLED); /* the cause is lost, the cancel is not */
 	}
-	bool did = cancel_tree(ctx, ATS__CTX_CANCELLED, err);
-	if (did)
-		unlink_from_parent(ctx);
+	bool did = cancel_direct(ctx, ATS__CTX_CANCELLED, err);
 	err_unref(err);
 	return did;
 }
 
-/* ---- Release ---- */
+/* ---- Freeing ---- */
 
-/* Frees c (count zero) and returns its parent, whose reference the caller drops. */
-static ats_ctx *destroy(ats_ctx *c)
+/* A per-thread cache of freed contexts of the base size: glibc's malloc + free costs ~15 ns here,
+ * a quarter of a create + cancel + release. Bounded; emptied when the thread exits. */
+#define CACHE_MAX 64
+static _Thread_local struct {
+	unsigned n;
+	bool registered;
+	void *obj[CACHE_MAX];
+} cache;
+static pthread_key_t cache_key;
+static pthread_once_t cache_once = PTHREAD_ONCE_INIT;
+
+static void cache_drain(void *arg)
 {
-	for (uint32_t i = 0; i < c->nmerge; i++)
-		ats_ctx_after_stop(&c->merge[i].a);
-	timer_disarm(c);
-	unlink_from_parent(c);
-	err_unref(c->err);
-	if (c->efd >= 0)
-		close(c->efd);
-	ats_ctx *p = c->parent;
+	(void)arg;
+	while (cache.n)
+		free(cache.obj[--cache.n]);
+}
+
+static void cache_key_make(void)
+{
+	pthread_key_create(&cache_key, cache_drain);
+}
+
+static void *ctx_alloc(size_t extra)
+{
+	if (extra == 0 && cache.n)
+		return cache.obj[--cache.n];
+	return ctx_malloc(sizeof(ats_ctx) + extra);
+}
+
+static void ctx_free(ats_ctx *c, bool base_size)
+{
+	if (base_size && cache.n < CACHE_MAX) {
+		if (unlikely(!cache.registered)) {
+			/* The destructor runs only for a non-NULL value: a dummy one marks the thread. */
+			pthread_once(&cache_once, cache_key_make);
+			pthread_setspecific(cache_key, &cache);
+			cache.registered = true;
+		}
+		cache.obj[cache.n++] = c;
+		return;
+	}
 	free(c);
-	return p;
+}
+
+/* Frees c (refs and kids both zero, `freeing` set) and then whatever that frees in turn: a zombie
+ * parent whose last link this was, a value owner whose last reader this was. Iterative. */
+static void finalize(ats_ctx *c)
+{
+	c->walk_next = NULL;
+	while (c) {
+		ats_ctx *more = c->walk_next;
+		for (uint32_t i = 0; i < c->nmerge; i++)
+			ats_ctx_after_stop(&c->merge[i].a);
+		timer_disarm(c);
+		if (atomic_load_explicit(&c->linked, memory_order_acquire)) {
+			ats_ctx *p = c->parent;
+			uint32_t s = ctx_lock(p);
+			*c->sib_pprev = c->sib_next;
+			if (c->sib_next)
+				c->sib_next->sib_pprev = c->sib_pprev;
+			bool free_p = drop_kid_locked(p);
+			ctx_unlock(p, s);
+			if (free_p) {
+				p->walk_next = more;
+				more = p;
+			}
+		}
+		ats_ctx *owner = c->vals_owner;
+		err_unref(c->err);
+		if (c->efd >= 0)
+			close(c->efd);
+		ctx_free(c, c->nmerge == 0 && !(c->h.flags & F_OWN_VALS));
+		if (owner && drop_ref(owner)) {
+			owner->walk_next = more;
+			more = owner;
+		}
+		c = more;
+	}
 }
 
 void ats_ctx_release(ats_ctx *ctx)
 {
-	while (ctx && !(ctx->h.flags & F_STATIC)) {
-		if (atomic_fetch_sub_explicit(&ctx->refs, 1, memory_order_acq_rel) != 1)
-			return;
-		ctx = destroy(ctx);
+	if (!ctx || (ctx->h.flags & F_STATIC))
+		return;
+	/* The common case, no atomic write: the caller holds the only reference and nothing else can
+	 * reach c (no link, no timer, no merge, no kids), so no one can take a new one. */
+	if (atomic_load_explicit(&ctx->refs, memory_order_acquire) == 1 &&
+	    !atomic_load_explicit(&ctx->linked, memory_order_acquire) &&
+	    !atomic_load_explicit(&ctx->armed, memory_order_acquire) && ctx->nmerge == 0 &&
+	    atomic_load_explicit(&ctx->kids, memory_order_acquire) == 0 &&
+	    !(atomic_load_explicit(&ctx->h.state, memory_order_acquire) & ATS__CTX_LOCKED)) {
+		ctx->freeing = 1;
+		finalize(ctx);
+		return;
 	}
+	if (drop_ref(ctx))
+		finalize(ctx);
 }
 
 /* ---- Making contexts ---- */
 
 static ats_ctx *ctx_new(ats_ctx *parent, size_t extra, uint32_t flags)
 {
-	ats_ctx *c = ctx_malloc(sizeof *c + extra);
+	ats_ctx *c = ctx_alloc(extra);
 	if (!c)
 		return NULL;
 	atomic_init(&c->h.state, 0);
 	c->h.flags = flags;
-	c->h.deadline_ns = parent ? parent->h.deadline_ns : ATS_CTX_NO_DEADLINE;
-	c->h.vals = parent ? parent->h.vals : NULL;
+	c->h.deadline_ns = parent->h.deadline_ns;
+	c->h.vals = parent->h.vals;
 	atomic_init(&c->refs, 1);
-	atomic_init(&c->lock.v, 0);
+	atomic_init(&c->kids, 0);
 	atomic_init(&c->linked, 0);
 	atomic_init(&c->armed, 0);
+	c->zombie = 0;
+	c->freeing = 0;
 	c->efd = -1;
 	c->shard = 0;
 	c->nmerge = 0;
-	c->parent = ats_ctx_ref(parent);
+	c->parent = NULL;
+	/* The value table lives in the context that made it; readers below keep that one alive. */
+	c->vals_owner =
+	    (flags & F_OWN_VALS) ? NULL : ats_ctx_ref((parent->h.flags & F_OWN_VALS) ? parent : parent->vals_owner);
 	c->sib_next = NULL;
 	c->sib_pprev = NULL;
 	c->children = NULL;
 	c->afters = NULL;
+	c->fired = NULL;
+	c->fired_efd = -1;
+	c->fired_wake = 0;
 	c->err = NULL;
 	c->walk_next = NULL;
 	c->tnode.next = NULL;
@@ -602,29 +786,33 @@ static ats_ctx *ctx_new(ats_ctx *parent, size_t extra, uint32_t flags)
 	return c;
 }
 
-/* Links c under link (a cancellable parent), or makes it born done when link already is. */
-static void link_child(ats_ctx *link, ats_ctx *c)
+/* Links c under p (cancellable), or makes it born done when p already is. The link counts as one
+ * of p's kids, which keeps p alive while c is in its list. */
+static void link_child(ats_ctx *p, ats_ctx *c)
 {
-	lock_acquire(&link->lock);
-	uint32_t ps = atomic_load_explicit(&link->h.state, memory_order_relaxed) & ATS__CTX_DONE_MASK;
-	if (ps) {
-		c->err = err_ref(link->err);
-		atomic_store_explicit(&c->h.state, ps, memory_order_relaxed);
+	uint32_t s = ctx_lock(p);
+	uint32_t reason = s & ATS__CTX_DONE_MASK;
+	if (reason) {
+		c->err = err_ref(p->err);
+		atomic_store_explicit(&c->h.state, reason, memory_order_relaxed);
 	} else {
-		c->sib_next = link->children;
-		if (link->children)
-			link->children->sib_pprev = &c->sib_next;
-		link->children = c;
-		c->sib_pprev = &link->children;
+		c->sib_next = p->children;
+		if (p->children)
+			p->children->sib_pprev = &c->sib_next;
+		p->children = c;
+		c->sib_pprev = &p->children;
+		c->parent = p;
 		atomic_store_explicit(&c->linked, 1, memory_order_relaxed);
+		atomic_store_explicit(&p->kids, atomic_load_explicit(&p->kids, memory_order_relaxed) + 1,
+		                      memory_order_relaxed);
 	}
-	lock_release(&link->lock);
+	ctx_unlock(p, s);
 }
 
 /* The common body of with_cancel/with_deadline/with_value: c is fully built but for its deadline
  * and linking. A timer is armed only when the child's own deadline is earlier than its parent's:
  * otherwise the parent's timer cancels the child through the link. */
-static ats_err *finish_child(ats_ctx *parent, ats_ctx *c, uint64_t deadline_ns, ats_ctx **out)
+static ats_err *finish_child(ats_ctx *parent, ats_ctx *c, uint64_t deadline_ns, uint64_t now_ns, ats_ctx **out)
 {
 	bool own_deadline = deadline_ns < c->h.deadline_ns;
 	if (own_deadline)
@@ -632,7 +820,9 @@ static ats_err *finish_child(ats_ctx *parent, ats_ctx *c, uint64_t deadline_ns, 
 	if (parent->h.flags & F_CANCELLABLE)
 		link_child(parent, c);
 	if (own_deadline && !ats_ctx_done(c)) {
-		int rc = deadline_ns <= ats_now_ns() ? ARM_EXPIRED : timer_arm(c);
+		if (now_ns == 0)
+			now_ns = ats_now_ns();
+		int rc = deadline_ns <= now_ns ? ARM_EXPIRED : timer_arm(c);
 		if (rc == ARM_EXPIRED) {
 			cancel_direct(c, ATS__CTX_DEADLINE, sentinel_err(ATS__CTX_DEADLINE));
 		} else if (rc == ARM_FAILED) {
@@ -656,17 +846,22 @@ ats_err *ats_ctx_with_cancel(ats_ctx *parent, ats_ctx **out)
 		*out = NULL;
 		return ats_err_oom;
 	}
-	return finish_child(parent, c, ATS_CTX_NO_DEADLINE, out);
+	return finish_child(parent, c, ATS_CTX_NO_DEADLINE, 0, out);
 }
 
-ats_err *ats_ctx_with_deadline(ats_ctx *parent, uint64_t deadline_ns, ats_ctx **out)
+static ats_err *with_deadline(ats_ctx *parent, uint64_t deadline_ns, uint64_t now_ns, ats_ctx **out)
 {
 	ats_ctx *c = ctx_new(parent, 0, F_CANCELLABLE);
 	if (!c) {
 		*out = NULL;
 		return ats_err_oom;
 	}
-	return finish_child(parent, c, deadline_ns, out);
+	return finish_child(parent, c, deadline_ns, now_ns, out);
+}
+
+ats_err *ats_ctx_with_deadline(ats_ctx *parent, uint64_t deadline_ns, ats_ctx **out)
+{
+	return with_deadline(parent, deadline_ns, 0, out);
 }
 
 ats_err *ats_ctx_with_timeout_at(ats_ctx *parent, uint64_t timeout_ns, uint64_t now_ns, ats_ctx **out)
@@ -674,7 +869,8 @@ ats_err *ats_ctx_with_timeout_at(ats_ctx *parent, uint64_t timeout_ns, uint64_t 
 	uint64_t d = now_ns + timeout_ns;
 	if (d < now_ns || timeout_ns == ATS_CTX_NO_DEADLINE)
 		d = ATS_CTX_NO_DEADLINE;
-	return ats_ctx_with_deadline(parent, d, out);
+	/* now_ns + 1: a caller's now of 0 must not read as "unknown". */
+	return with_deadline(parent, d, now_ns ? now_ns : 1, out);
 }
 
 ats_err *ats_ctx_with_timeout(ats_ctx *parent, uint64_t timeout_ns, ats_ctx **out)
@@ -719,7 +915,13 @@ bool ats__ctx_lookup_overflow(const struct ats__ctx_vals *v, const ats_ctx_key *
 ats_err *ats_ctx_with_value(ats_ctx *parent, ats_ctx_key *key, void *value, ats_ctx **out)
 {
 	uint32_t s = key_slot(key);
-	size_t extra = sizeof(struct ats__ctx_vals) + (s >= ATS_CTX_VALUE_SLOTS ? sizeof(struct ats__ctx_xval) : 0);
+	/* The child owns a whole table (slots and overflow entries copied), so it needs no reference
+	 * to the tables above it: lookups stay two loads for slotted keys. */
+	const struct ats__ctx_vals *pv = parent->h.vals;
+	size_t nx = s >= ATS_CTX_VALUE_SLOTS;
+	for (const struct ats__ctx_xval *x = pv ? pv->overflow : NULL; x; x = x->next)
+		nx++;
+	size_t extra = sizeof(struct ats__ctx_vals) + nx * sizeof(struct ats__ctx_xval);
 	ats_ctx *c = ctx_new(parent, extra, F_CANCELLABLE | F_OWN_VALS);
 	if (!c) {
 		*out = NULL;
@@ -727,22 +929,31 @@ ats_err *ats_ctx_with_value(ats_ctx *parent, ats_ctx_key *key, void *value, ats_
 	}
 	/* The table lives right after the context (the flexible merge[] array is empty here). */
 	struct ats__ctx_vals *v = (struct ats__ctx_vals *)(void *)c->merge;
-	if (parent->h.vals)
-		*v = *parent->h.vals;
+	struct ats__ctx_xval *xs = (struct ats__ctx_xval *)(v + 1);
+	if (pv)
+		*v = *pv;
 	else
 		memset(v, 0, sizeof *v);
-	if (s < ATS_CTX_VALUE_SLOTS) {
+	size_t i = 0;
+	struct ats__ctx_xval **tail = (struct ats__ctx_xval **)&v->overflow;
+	if (s >= ATS_CTX_VALUE_SLOTS) {
+		xs[i] = (struct ats__ctx_xval){.key = key, .value = value, .next = NULL};
+		*tail = &xs[i];
+		tail = (struct ats__ctx_xval **)&xs[i].next;
+		i++;
+	} else {
 		v->mask |= 1u << s;
 		v->slot[s] = value;
-	} else {
-		struct ats__ctx_xval *x = (struct ats__ctx_xval *)(v + 1);
-		x->key = key;
-		x->value = value;
-		x->next = v->overflow;
-		v->overflow = x;
 	}
+	for (const struct ats__ctx_xval *x = pv ? pv->overflow : NULL; x; x = x->next) {
+		xs[i] = (struct ats__ctx_xval){.key = x->key, .value = x->value, .next = NULL};
+		*tail = &xs[i];
+		tail = (struct ats__ctx_xval **)&xs[i].next;
+		i++;
+	}
+	*tail = NULL;
 	c->h.vals = v;
-	return finish_child(parent, c, ATS_CTX_NO_DEADLINE, out);
+	return finish_child(parent, c, ATS_CTX_NO_DEADLINE, 0, out);
 }
 
 ats_err *ats_ctx_without_cancel(ats_ctx *parent, ats_ctx **out)
@@ -758,16 +969,17 @@ ats_err *ats_ctx_without_cancel(ats_ctx *parent, ats_ctx **out)
 }
 
 /* A merge's after-func on one of its other parents: cancel the merge with that parent's error.
- * try_ref: the merge may be in its last release, which stops (and waits for) this callback. */
+ * The merge's memory is valid here (its free stops this registration, waiting for a running
+ * callback); the pin fails when that free has begun. */
 static void merge_fire(void *arg)
 {
 	struct merge_reg *r = arg;
 	ats_ctx *merged = r->merged, *parent = r->a.ctx_;
-	if (!try_ref(merged))
+	if (!pin(merged))
 		return;
 	uint32_t reason = atomic_load_explicit(&parent->h.state, memory_order_acquire) & ATS__CTX_DONE_MASK;
 	cancel_direct(merged, reason, parent->err);
-	ats_ctx_release(merged);
+	unpin(merged);
 }
 
 ats_err *ats_ctx_merge(ats_ctx *const *parents, size_t n, ats_ctx **out)
@@ -840,25 +1052,32 @@ bool ats_ctx_wait(ats_ctx *ctx, uint64_t deadline_ns)
 		/* Announce the waiter in the word itself: a cancel exchanges the word and wakes only when
 		 * it saw the bit, and the futex compares the word with what was announced, so a cancel
 		 * between the check and the sleep makes the sleep return at once. */
+		if (st & ATS__CTX_LOCKED) {
+			/* Only the holder may change a locked word; it holds it for a few instructions. */
+			cpu_relax();
+			continue;
+		}
 		if (!(st & ATS__CTX_WAITERS)) {
 			if (!atomic_compare_exchange_weak_explicit(&ctx->h.state, &st, st | ATS__CTX_WAITERS,
 			                                           memory_order_acq_rel, memory_order_acquire))
 				continue;
 			st |= ATS__CTX_WAITERS;
 		}
+		/* A lock holder may change the word meanwhile (EAGAIN, loop) and puts it back as it was
+		 * unless it cancels, which wakes us. */
 		futex_wait(&ctx->h.state, st, until);
 	}
 }
 
 ats_err *ats_ctx_fd(ats_ctx *ctx, int *fd)
 {
-	lock_acquire(&ctx->lock);
+	uint32_t s = ctx_lock(ctx);
 	if (ctx->efd < 0) {
-		bool done = ats_ctx_done(ctx);
+		bool done = (s & ATS__CTX_DONE_MASK) != 0;
 		int e = eventfd(done ? 1 : 0, EFD_CLOEXEC | EFD_NONBLOCK);
 		if (e < 0) {
 			int saved = errno;
-			lock_release(&ctx->lock);
+			ctx_unlock(ctx, s);
 			*fd = -1;
 			return ats_err_wrapc(ats_err_errno(saved, "eventfd"), ATS_ERR_UNAVAILABLE,
 			                     "cannot make the context's file descriptor");
@@ -866,7 +1085,7 @@ ats_err *ats_ctx_fd(ats_ctx *ctx, int *fd)
 		ctx->efd = e;
 	}
 	*fd = ctx->efd;
-	lock_release(&ctx->lock);
+	ctx_unlock(ctx, s);
 	return NULL;
 }
 
@@ -883,8 +1102,8 @@ void ats_ctx_after_func(ats_ctx *ctx, ats_ctx_after *a, void (*fn)(void *), void
 		atomic_store_explicit(&a->state_, A_NEVER, memory_order_relaxed);
 		return;
 	}
-	lock_acquire(&ctx->lock);
-	if (!(atomic_load_explicit(&ctx->h.state, memory_order_relaxed) & ATS__CTX_DONE_MASK)) {
+	uint32_t s = ctx_lock(ctx);
+	if (!(s & ATS__CTX_DONE_MASK)) {
 		ats_ctx_ref(ctx);
 		atomic_store_explicit(&a->state_, A_ARMED, memory_order_relaxed);
 		a->next_ = ctx->afters;
@@ -892,10 +1111,10 @@ void ats_ctx_after_func(ats_ctx *ctx, ats_ctx_after *a, void (*fn)(void *), void
 			ctx->afters->pprev_ = &a->next_;
 		ctx->afters = a;
 		a->pprev_ = &ctx->afters;
-		lock_release(&ctx->lock);
+		ctx_unlock(ctx, s);
 		return;
 	}
-	lock_release(&ctx->lock);
+	ctx_unlock(ctx, s);
 	/* Already done: run it now, on this thread. */
 	atomic_store_explicit(&a->state_, A_CLAIMED, memory_order_relaxed);
 	ats_ctx_ref(ctx); /* run_afters drops the registration's reference */
@@ -911,17 +1130,17 @@ bool ats_ctx_after_stop(ats_ctx_after *a)
 	}
 	ats_ctx *ctx = a->ctx_;
 	if (st == A_ARMED) {
-		lock_acquire(&ctx->lock);
+		uint32_t s = ctx_lock(ctx);
 		if (atomic_load_explicit(&a->state_, memory_order_relaxed) == A_ARMED) {
 			*a->pprev_ = a->next_;
 			if (a->next_)
 				a->next_->pprev_ = a->pprev_;
 			atomic_store_explicit(&a->state_, A_STOPPED, memory_order_relaxed);
-			lock_release(&ctx->lock);
+			ctx_unlock(ctx, s);
 			ats_ctx_release(ctx); /* the registration's reference */
 			return true;
 		}
-		lock_release(&ctx->lock);
+		ctx_unlock(ctx, s);
 	}
 	if (tls_after.running == a) {
 		tls_after.self_stopped = true; /* the canceller will not touch a again */

@@ -95,9 +95,10 @@ struct ats__ctx_vals {
 #define ATS__CTX_CANCELLED 1u
 #define ATS__CTX_DEADLINE 2u
 #define ATS__CTX_DONE_MASK 3u
+#define ATS__CTX_LOCKED 4u
 #define ATS__CTX_WAITERS 0x80000000u
 struct ats__ctx_head {
-	_Atomic uint32_t state; /* 0 live; the reason (1 cancelled, 2 deadline) once done; waiter bit */
+	_Atomic uint32_t state; /* 0 live; the reason (1 cancelled, 2 deadline) once done; lock, waiters */
 	uint32_t flags;
 	uint64_t deadline_ns;             /* immutable */
 	const struct ats__ctx_vals *vals; /* immutable; NULL when no values */
