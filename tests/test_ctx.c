@@ -163,6 +163,7 @@ Test(ctx, wide_100k_children)
 			cr_assert(ats_ctx_done(kids[i]));
 	for (int i = 0; i < N; i++)
 		ats_ctx_release(kids[i]);
+	free(kids);
 	ats_ctx_release(root);
 }
 
@@ -562,8 +563,10 @@ Test(ctx, merge_done_when_any_parent_is)
 	ats_ctx_cancel(b, NULL);
 	cr_assert(ats_ctx_done(m));
 	ats_ctx_release(m);
-	cr_assert_not_null(ats_ctx_merge(ps, 0, &m));
+	ats_err *bad = ats_ctx_merge(ps, 0, &m);
+	cr_assert_eq(ats_err_code(bad), ATS_ERR_INVALID_ARGUMENT);
 	cr_assert_null(m);
+	ats_err_unref(bad);
 	ats_ctx_release(va);
 	ats_ctx_release(a);
 	ats_ctx_release(b);
