@@ -101,11 +101,10 @@ struct ats_ctx {
 	ats_ctx *sib_next, **sib_pprev; /* in parent->children, guarded by parent's lock */
 	ats_ctx *children;
 	ats_ctx_after *afters;
-	ats_ctx_after *fired; /* after-funcs claimed by the cancel, for notify() */
-	int fired_efd;        /* the fd to signal, read under the lock by the cancel */
-	uint8_t fired_wake;   /* the cancel saw waiters */
-	ats_err *err;         /* set before the state turns done, immutable after */
-	ats_ctx *walk_next;   /* the cancel walk's stack, then the free list of finalize */
+	int fired_efd;      /* the fd to signal, read under the lock by the cancel */
+	uint8_t fired_wake; /* the cancel saw waiters */
+	ats_err *err;       /* set before the state turns done, immutable after */
+	ats_ctx *walk_next; /* the cancel walk's stack, then the free list of finalize */
 	struct ats__tw_node tnode;
 	struct merge_reg merge[]; /* a merge's after-funcs on its other parents (or a value table) */
 };
@@ -467,44 +466,58 @@ static void timer_disarm(ats_ctx *c)
 
 /* ---- Cancelling ---- */
 
-/* The after-func currently running on this thread, so that a callback stopping its own
- * registration neither deadlocks nor has its (possibly freed) handle touched afterwards. */
-static _Thread_local struct {
-	ats_ctx_after *running;
+/* The after-funcs running on this thread, innermost first (a callback may cancel another context
+ * and so run more): a stop of any of them from this thread must not wait for itself, and a
+ * callback that stops, then frees, its own handle must not have it touched afterwards. */
+struct running_after {
+	ats_ctx_after *a;
 	bool self_stopped;
-} tls_after;
+	struct running_after *outer;
+};
+static _Thread_local struct running_after *tls_running;
 
 enum {
 	A_IDLE = 0,
 	A_ARMED,   /* on ctx's list */
-	A_CLAIMED, /* taken by a canceller: will run */
+	A_RUNNING, /* taken off the list by a canceller, which is running it */
 	A_DONE,    /* ran */
 	A_STOPPED, /* stopped before it ran */
 	A_NEVER,   /* registered on a context that can never be done */
 	A_WAITER = 0x100,
 };
 
-static void run_afters(ats_ctx *c, ats_ctx_after *a)
+/* Runs one after-func taken off c's list (state A_RUNNING), then drops its reference to c. */
+static void run_after(ats_ctx *c, ats_ctx_after *a)
 {
-	while (a) {
-		ats_ctx_after *next = a->next_;
-		void (*fn)(void *) = a->fn_;
-		void *arg = a->arg_;
-		ats_ctx_after *prev_running = tls_after.running;
-		bool prev_self = tls_after.self_stopped;
-		tls_after.running = a;
-		tls_after.self_stopped = false;
-		fn(arg);
-		bool self_stopped = tls_after.self_stopped;
-		tls_after.running = prev_running;
-		tls_after.self_stopped = prev_self;
-		if (!self_stopped) {
-			uint32_t old = atomic_exchange_explicit(&a->state_, A_DONE, memory_order_acq_rel);
-			if (old & A_WAITER)
-				futex_wake(&a->state_, INT_MAX);
+	struct running_after frame = {.a = a, .self_stopped = false, .outer = tls_running};
+	tls_running = &frame;
+	a->fn_(a->arg_);
+	tls_running = frame.outer;
+	if (!frame.self_stopped) {
+		uint32_t old = atomic_exchange_explicit(&a->state_, A_DONE, memory_order_acq_rel);
+		if (old & A_WAITER)
+			futex_wake(&a->state_, INT_MAX);
+	}
+	ats_ctx_release(c); /* the registration's reference */
+}
+
+/* Runs c's after-funcs (c is done), taking them off its list one at a time under its lock: one
+ * not yet taken can still be stopped, so a stop only ever waits for the one callback running. */
+static void run_afters(ats_ctx *c)
+{
+	for (;;) {
+		uint32_t s = ctx_lock(c);
+		ats_ctx_after *a = c->afters;
+		if (!a) {
+			ctx_unlock(c, s);
+			return;
 		}
-		ats_ctx_release(c); /* the registration's reference */
-		a = next;
+		c->afters = a->next_;
+		if (a->next_)
+			a->next_->pprev_ = &c->afters;
+		atomic_store_explicit(&a->state_, A_RUNNING, memory_order_relaxed);
+		ctx_unlock(c, s);
+		run_after(c, a);
 	}
 }
 
@@ -514,17 +527,13 @@ static void run_afters(ats_ctx *c, ats_ctx_after *a)
 static void mark_locked(ats_ctx *c, uint32_t s, ats_err *err)
 {
 	c->err = err_ref(err);
-	c->fired = c->afters;
-	c->afters = NULL;
-	for (ats_ctx_after *a = c->fired; a; a = a->next_)
-		atomic_store_explicit(&a->state_, A_CLAIMED, memory_order_relaxed);
 	c->fired_efd = c->efd;
 	c->fired_wake = (s & ATS__CTX_WAITERS) != 0;
 }
 
 static bool needs_notify(const ats_ctx *c)
 {
-	return c->fired || c->fired_efd >= 0 || c->fired_wake || atomic_load_explicit(&c->armed, memory_order_relaxed);
+	return c->afters || c->fired_efd >= 0 || c->fired_wake || atomic_load_explicit(&c->armed, memory_order_relaxed);
 }
 
 /* After c went done and its lock is gone: disarm its timer, run its after-funcs, wake its waiters,
@@ -532,9 +541,7 @@ static bool needs_notify(const ats_ctx *c)
 static void notify(ats_ctx *c)
 {
 	timer_disarm(c);
-	ats_ctx_after *afters = c->fired;
-	c->fired = NULL;
-	run_afters(c, afters);
+	run_afters(c);
 	if (c->fired_wake)
 		futex_wake(&c->h.state, INT_MAX);
 	if (c->fired_efd >= 0) {
@@ -776,7 +783,6 @@ static ats_ctx *ctx_new(ats_ctx *parent, size_t extra, uint32_t flags)
 	c->sib_pprev = NULL;
 	c->children = NULL;
 	c->afters = NULL;
-	c->fired = NULL;
 	c->fired_efd = -1;
 	c->fired_wake = 0;
 	c->err = NULL;
@@ -1026,7 +1032,8 @@ ats_err *ats_ctx_err(ats_ctx *ctx)
 		if (ctx->h.deadline_ns == ATS_CTX_NO_DEADLINE || !expire_if_due(ctx, ats_now_ns()))
 			return NULL;
 	}
-	return err_ref(ctx->err);
+	/* A real reference, sentinels included: the caller unrefs it (the sentinel array keeps its own). */
+	return ats_err_ref(ctx->err);
 }
 
 const ats_err *ats_ctx_cause(const ats_ctx *ctx)
@@ -1116,9 +1123,9 @@ void ats_ctx_after_func(ats_ctx *ctx, ats_ctx_after *a, void (*fn)(void *), void
 	}
 	ctx_unlock(ctx, s);
 	/* Already done: run it now, on this thread. */
-	atomic_store_explicit(&a->state_, A_CLAIMED, memory_order_relaxed);
-	ats_ctx_ref(ctx); /* run_afters drops the registration's reference */
-	run_afters(ctx, a);
+	atomic_store_explicit(&a->state_, A_RUNNING, memory_order_relaxed);
+	ats_ctx_ref(ctx); /* run_after drops the registration's reference */
+	run_after(ctx, a);
 }
 
 bool ats_ctx_after_stop(ats_ctx_after *a)
@@ -1142,11 +1149,13 @@ bool ats_ctx_after_stop(ats_ctx_after *a)
 		}
 		ctx_unlock(ctx, s);
 	}
-	if (tls_after.running == a) {
-		tls_after.self_stopped = true; /* the canceller will not touch a again */
-		return false;
+	for (struct running_after *f = tls_running; f; f = f->outer) {
+		if (f->a == a) {
+			f->self_stopped = true; /* its runner, up this thread's stack, will not touch it again */
+			return false;
+		}
 	}
-	/* Claimed or running: wait for it to finish. */
+	/* Running on another thread: wait for it to finish. */
 	for (;;) {
 		st = atomic_load_explicit(&a->state_, memory_order_acquire);
 		if ((st & ~(uint32_t)A_WAITER) == A_DONE)

@@ -64,6 +64,15 @@ Test(ctx, cancel_without_cause)
 	ats_err_unref(e);
 	cr_assert_not(ats_ctx_cancel(c, NULL), "second cancel is a no-op");
 	ats_ctx_release(c);
+	/* The shared "context cancelled" error survives its readers' unrefs. */
+	for (int i = 0; i < 3; i++) {
+		c = child_of(ats_ctx_background());
+		ats_ctx_cancel(c, NULL);
+		e = ats_ctx_err(c);
+		cr_assert_str_eq(ats_err_message(e), "context cancelled");
+		ats_err_unref(e);
+		ats_ctx_release(c);
+	}
 }
 
 Test(ctx, cancel_with_cause_wraps_it)
