@@ -332,6 +332,10 @@ static void *timer_main(void *arg)
 	(void)arg;
 	/* Wake at the tick, not up to 50 us after it (the default timer slack). */
 	prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
+	/* Make the shared errors now, off the callers' paths: the first error of a process also
+	 * calibrates the error timestamps' clock (~1 ms), which must not delay the first deadline. */
+	sentinel_err(ATS__CTX_DEADLINE);
+	sentinel_err(ATS__CTX_CANCELLED);
 	for (;;) {
 		atomic_store_explicit(&svc.planned, UINT64_MAX, memory_order_seq_cst);
 		uint32_t seq = atomic_load_explicit(&svc.seq, memory_order_seq_cst);
