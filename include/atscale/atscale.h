@@ -4,6 +4,7 @@
 
 #include "atscale/clock.h"
 #include "atscale/error.h"
+#include "atscale/ctx.h"
 #include "atscale/gcra.h"
 #include "atscale/limiter.h"
 
