@@ -331,6 +331,41 @@ uint64_t ats_limiter_cancel(ats_reservation *r)
 	return ats_limiter_cancel_at(r, ats_fast_now_ns());
 }
 
+/* ---- Blocking ---- */
+
+ats_err *ats_limiter_wait(ats_limiter *l, uint64_t n, ats_ctx *ctx)
+{
+	if (!l || !ctx)
+		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "limiter or ctx is NULL");
+	uint64_t now = ats_now_ns();
+	if (ats_ctx_done_at(ctx, now))
+		return ats_err_wrap(ats_ctx_err(ctx), "waiting for %llu tokens", (unsigned long long)n);
+	uint64_t burst = ats_limiter_burst(l);
+	if (n > burst && ats_limiter_tokens_at(l, now) != INT64_MAX)
+		return ats_err_new(ATS_ERR_INVALID_ARGUMENT,
+		                   "waiting for %llu tokens: exceeds the limiter's burst of %llu",
+		                   (unsigned long long)n, (unsigned long long)burst);
+	uint64_t deadline = ats_ctx_deadline(ctx);
+	uint64_t max_delay = deadline == ATS_CTX_NO_DEADLINE ? UINT64_MAX : deadline - now;
+	ats_reservation r;
+	if (!ats_limiter_reserve_within_at(l, n, max_delay, now, &r)) {
+		if (deadline == ATS_CTX_NO_DEADLINE)
+			return ats_err_new(ATS_ERR_LIMITED,
+			                   "waiting for %llu tokens: they will never be there (rate 0)",
+			                   (unsigned long long)n);
+		return ats_err_new(ATS_ERR_DEADLINE_EXCEEDED, "waiting for %llu tokens: would exceed deadline",
+		                   (unsigned long long)n);
+	}
+	if (r.delay_ns == 0)
+		return NULL;
+	if (!ats_ctx_wait(ctx, r.act_ns))
+		return NULL;
+	/* Done before the tokens' time (cancelled; or its deadline, which a clock step can bring
+	 * before act_ns): give back what can be given back, report why. */
+	ats_limiter_cancel_at(&r, ats_now_ns());
+	return ats_err_wrap(ats_ctx_err(ctx), "waiting for %llu tokens", (unsigned long long)n);
+}
+
 /* ---- redis-cell result ---- */
 
 static int64_t to_i64(uint64_t ns)

@@ -73,6 +73,7 @@ extern int sched_getcpu(void); /* glibc declares it only with _GNU_SOURCE */
 #include <stdint.h>
 
 #include "atscale/clock.h"
+#include "atscale/ctx.h"
 #include "atscale/error.h"
 #include "atscale/gcra.h"
 
@@ -322,6 +323,21 @@ uint64_t ats_limiter_cancel(ats_reservation *r);
  * writes nothing. One 128-bit division for each of retry_after and reset_after when not 0. */
 bool ats_limiter_throttle_at(ats_limiter *l, uint64_t n, uint64_t now_ns, ats_limiter_result *res);
 bool ats_limiter_throttle(ats_limiter *l, uint64_t n, ats_limiter_result *res);
+
+/* ---- Blocking ---- */
+
+/* Blocks until n tokens are there and takes them (x/time/rate's WaitN), following ctx:
+ *  - ctx already done: its error (ats_ctx_err), nothing taken;
+ *  - n > burst (finite rate): ATS_ERR_INVALID_ARGUMENT, nothing taken;
+ *  - the tokens would come after ctx's deadline: ATS_ERR_DEADLINE_EXCEEDED "would exceed deadline"
+ *    at once, nothing taken (likewise at rate 0 with a deadline; rate 0 without one: ATS_ERR_LIMITED);
+ *  - otherwise reserves them and sleeps until their time with ats_ctx_wait (a futex, no polling);
+ *    if ctx is done first, cancels the reservation (giving back what later callers have not built
+ *    on) and returns ctx's error (cancelled or deadline exceeded, wrapping the cancel's cause),
+ *    wrapped with what was being waited for.
+ * NULL on success. Blocking (never past ctx's deadline); times on the CLOCK_MONOTONIC scale
+ * (ats_now_ns, the scale of ctx deadlines). No allocation unless it returns an error. */
+ats_err *ats_limiter_wait(ats_limiter *l, uint64_t n, ats_ctx *ctx);
 
 /* ---- Runtime changes (not hot paths): see the rule in the header comment ----
  * Errors (nothing changed): burst > 2^32, rate > 10^12/s. Acquirers are never blocked; setters

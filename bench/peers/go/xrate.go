@@ -6,7 +6,7 @@ import (
 	"golang.org/x/time/rate"
 )
 
-var sinkBool bool
+var sinkRateOK bool
 
 // The same setup as atscale's limiter.allow rows: 10^10 tokens per second and a burst of 2^32, so
 // every Allow is granted and what is timed is the limiter itself (its mutex, time.Now, float math).
@@ -17,7 +17,7 @@ func init() {
 		for i := 0; i < b.N; i++ {
 			ok = lim.Allow() && ok
 		}
-		sinkBool = ok
+		sinkRateOK = ok
 	})
 	register("peer.go.xrate_allow_parallel", true, func(b *testing.B) {
 		lim := rate.NewLimiter(rate.Limit(1e10), 1<<32)
@@ -26,7 +26,7 @@ func init() {
 			for pb.Next() {
 				ok = lim.Allow() && ok
 			}
-			sinkBool = ok
+			sinkRateOK = ok
 		})
 	})
 }
