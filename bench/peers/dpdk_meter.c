@@ -71,8 +71,8 @@ int main(int argc, char **argv)
 	if (!selected(filter, NAME))
 		return 0;
 	/* No hugepages, devices or telemetry: rte_meter only needs the TSC frequency EAL measures. */
-	char *eal[] = {"dpdk-meter", "--no-huge", "--no-telemetry", "--no-pci", "-l", "0", "-m", "64",
-	               "--log-level=1", "--no-shconf", NULL};
+	char *eal[] = {"dpdk-meter", "--no-huge", "--no-telemetry", "--no-pci",    "-l", "0",
+	               "-m",         "64",        "--log-level=1",  "--no-shconf", NULL};
 	int eal_argc = (int)(sizeof eal / sizeof *eal) - 1;
 	rte_log_set_global_level(0);
 	if (rte_eal_init(eal_argc, eal) < 0) {
@@ -104,8 +104,9 @@ int main(int argc, char **argv)
 	for (int i = 0; i < reps; i++)
 		s[i] = (double)run(&m, &prof, iters) / (double)iters;
 	qsort(s, (size_t)reps, sizeof *s, cmp_double);
-	printf("{\"name\": \"%s\", \"ns_per_op\": %.3f, \"min\": %.3f, \"max\": %.3f, \"threads\": 1, \"peer\": true}\n",
-	       NAME, s[reps / 2], s[0], s[reps - 1]);
+	printf(
+	    "{\"name\": \"%s\", \"ns_per_op\": %.3f, \"min\": %.3f, \"max\": %.3f, \"threads\": 1, \"peer\": true}\n",
+	    NAME, s[reps / 2], s[0], s[reps - 1]);
 	rte_eal_cleanup();
 	return 0;
 }
