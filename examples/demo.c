@@ -50,8 +50,11 @@ static void demo_errors(void)
 	ats_err_unref(bug);
 }
 
+void demo_ctx(void);
+
 int main(void)
 {
 	demo_errors();
+	demo_ctx();
 	return EXIT_SUCCESS;
 }

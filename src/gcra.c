@@ -3,6 +3,14 @@
 
 ats_err *ats_token_clock_make(ats_token_clock *clock, ats_rate rate, uint64_t burst, uint64_t epoch_ns)
 {
+	return ats_token_clock_make_max_shift(clock, rate, burst, epoch_ns, 30);
+}
+
+ats_err *ats_token_clock_make_max_shift(ats_token_clock *clock, ats_rate rate, uint64_t burst, uint64_t epoch_ns,
+                                        uint32_t max_shift)
+{
+	if (max_shift > 30)
+		max_shift = 30;
 	if (burst > ATS_GCRA_MAX_N)
 		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "burst %llu exceeds the maximum of 2^32",
 		                   (unsigned long long)burst);
@@ -20,7 +28,7 @@ ats_err *ats_token_clock_make(ats_token_clock *clock, ats_rate rate, uint64_t bu
 		                   (unsigned long long)rate.events, (unsigned long long)rate.period_ns);
 	/* The finest unit that keeps the clock at <= 1 unit per ns (see the header). */
 	uint32_t shift = 0;
-	while (shift < 30 && ((unsigned __int128)rate.events << (shift + 1)) <= rate.period_ns)
+	while (shift < max_shift && ((unsigned __int128)rate.events << (shift + 1)) <= rate.period_ns)
 		shift++;
 	unsigned __int128 per_ns = (unsigned __int128)rate.events << shift; /* units per period */
 	c.shift = shift;

@@ -4,7 +4,9 @@
 
 #include "atscale/clock.h"
 #include "atscale/error.h"
+#include "atscale/ctx.h"
 #include "atscale/gcra.h"
 #include "atscale/keyed.h"
+#include "atscale/limiter.h"
 
 #endif

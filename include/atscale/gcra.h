@@ -77,6 +77,10 @@ typedef struct ats_token_clock {
  * ATS_RATE_MAX_PER_SEC, or events == 0 with a non-zero period is allowed (rate 0: the initial
  * burst, then nothing). Not a hot path: one 128-bit division. */
 ats_err *ats_token_clock_make(ats_token_clock *clock, ats_rate rate, uint64_t burst, uint64_t epoch_ns);
+/* The same with shift capped at max_shift (<= 30): coarser units for callers that need headroom
+ * in the TAT word (the exact limiter keeps burst << shift <= 2^61). */
+ats_err *ats_token_clock_make_max_shift(ats_token_clock *clock, ats_rate rate, uint64_t burst, uint64_t epoch_ns,
+                                        uint32_t max_shift);
 
 /* The clock's reading at now_ns, in units (modulo 2^64). Times before the epoch read as the
  * epoch. Wait-free, no memory access beyond the clock; two multiplies, ~2 ns. */

@@ -1,0 +1,275 @@
+/* atscale contexts: cancellation, deadlines, causes and values, after Go's `context`, with what
+ * libdill, folly's CancellationToken and Trio add to it.
+ *
+ * THE RULE, for this module and every one that follows (limiter wait, channels, pool, heartbeats,
+ * hedging): every call that can block takes an `ats_ctx *` as its first argument, returns as soon
+ * as that context is done (cancelled or past its deadline) with the context's error
+ * (ats_ctx_err: ATS_ERR_CANCELLED or ATS_ERR_DEADLINE_EXCEEDED wrapping the cause), and never
+ * blocks past the context's deadline. Pass ats_ctx_background() only where blocking forever is
+ * what the caller wants.
+ *
+ * Model. Contexts form trees. ats_ctx_background() is the root that is never cancelled. A child
+ * (with_cancel, with_deadline, with_timeout, with_value) is done when it is cancelled, when its
+ * deadline passes, or when its parent is done; its deadline is the earlier of its own and its
+ * parent's. Cancelling a parent cancels its whole subtree; cancelling a child never touches the
+ * parent. without_cancel keeps the values and drops the cancellation; merge is done when any of
+ * several parents is.
+ *
+ * Cancellation is pushed down eagerly (as Trio does): cancelling a context sets the state word of
+ * every context under it, walking the subtree iteratively (any depth, any width), so "am I done?"
+ * is one atomic load of the context's own word, never a walk up the tree. Order of a cancel, per
+ * context: mark done (state word, release), run the after-funcs, wake the waiters (futex on the
+ * state word) and signal the eventfd if one was made.
+ *
+ * Deadlines. One timer service, a thread started on first use (and joined at exit) running a
+ * hierarchical timing wheel sharded per core, cancels contexts whose deadline passes, so waiters
+ * blocked anywhere wake on time. Arm and disarm are O(1), take one per-shard lock and make no
+ * system call in the common case. Precision: deadlines fire at most one wheel tick
+ * (ats_ctx_timer_precision_ns(), 65.5 us) plus the scheduler's wake-up latency late, never early.
+ * ats_ctx_wait() and ats_ctx_err() do not depend on the timer: they check the deadline against
+ * the clock themselves and cancel a context whose deadline has passed. A deadline already past
+ * when a context is made cancels it at once. Far deadlines cost nothing until they near.
+ *
+ * Lifetime. Contexts are reference counted: every constructor returns a new reference in *out,
+ * which the caller gives back with ats_ctx_release(). A child holds a reference to its parent, so
+ * a tree stays valid while any of its leaves is held; releasing the last reference to a child
+ * unlinks it from its parent and disarms its timer. There is no global lock: each context has its
+ * own small lock (its child and after-func lists), the timer wheel has one lock per shard.
+ *
+ * Errors and ownership. ats_ctx_cancel() consumes the cause it is given. ats_ctx_err() returns a
+ * new reference (NULL while not done). ats_ctx_cause() returns a borrowed pointer valid while the
+ * context is. A cancel without a cause shares one process-wide "context cancelled" error (and the
+ * timer one "context deadline exceeded" error), so cancelling allocates nothing; a cancel with a
+ * cause makes one error, wrapping the cause, shared by the whole subtree.
+ *
+ * Constructors return NULL on success or an error (ats_err_oom when memory ran out, in which case
+ * nothing changed and *out is NULL).
+ */
+#ifndef ATSCALE_CTX_H
+#define ATSCALE_CTX_H
+
+#include "atscale/error.h"
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct ats_ctx ats_ctx;
+
+/* "No deadline": the largest time. Also the deadline_ns to pass to ats_ctx_wait to wait forever. */
+#define ATS_CTX_NO_DEADLINE UINT64_MAX
+
+/* ---- Values: keys are static objects; up to ATS_CTX_VALUE_SLOTS keys in a process get a slot,
+ * looked up in O(1) (two dependent loads); further keys work, with a linear lookup. ---- */
+#define ATS_CTX_VALUE_SLOTS 8
+
+typedef struct ats_ctx_key {
+	const char *name;
+	_Atomic uint32_t slot_; /* private: assigned on first use */
+} ats_ctx_key;
+
+#define ATS__CTX_KEY_UNASSIGNED UINT32_MAX
+#define ATS_CTX_KEY_INIT(name_)                                                                                        \
+	{                                                                                                              \
+		(name_), ATS__CTX_KEY_UNASSIGNED                                                                       \
+	}
+/* Defines a key: `static ATS_CTX_KEY(request_id);` */
+#define ATS_CTX_KEY(var) ats_ctx_key var = ATS_CTX_KEY_INIT(#var)
+
+/* ---- Private: the transparent prefix of every context, read by the inline fast paths. ---- */
+struct ats__ctx_xval {
+	const ats_ctx_key *key;
+	void *value;
+	const struct ats__ctx_xval *next;
+};
+struct ats__ctx_vals {
+	uint32_t mask; /* which slots hold a value */
+	const struct ats__ctx_xval *overflow;
+	void *slot[ATS_CTX_VALUE_SLOTS];
+};
+#define ATS__CTX_CANCELLED 1u
+#define ATS__CTX_DEADLINE 2u
+#define ATS__CTX_DONE_MASK 3u
+#define ATS__CTX_LOCKED 4u
+#define ATS__CTX_WAITERS 0x80000000u
+struct ats__ctx_head {
+	_Atomic uint32_t state; /* 0 live; the reason (1 cancelled, 2 deadline) once done; lock, waiters */
+	uint32_t flags;
+	uint64_t deadline_ns;             /* immutable */
+	const struct ats__ctx_vals *vals; /* immutable; NULL when no values */
+};
+bool ats__ctx_lookup_overflow(const struct ats__ctx_vals *v, const ats_ctx_key *key, void **out);
+
+/* ---- Making contexts ---- */
+
+/* The root: never cancelled, no deadline, no values. Static; ref/release are no-ops on it.
+ * Wait-free. */
+ats_ctx *ats_ctx_background(void);
+
+/* A child that is done when cancelled or when its parent is. Blocking (allocation, and the
+ * parent's lock for a few instructions to link the child); ~30 ns. Born done if the parent is. */
+ats_err *ats_ctx_with_cancel(ats_ctx *parent, ats_ctx **out);
+
+/* A child that is also done at deadline_ns (CLOCK_MONOTONIC ns): its deadline is the earlier of
+ * deadline_ns and its parent's. Arms a timer only when it is earlier than the parent's (O(1), one
+ * shard lock, no system call in the common case). A deadline already past gives a child born
+ * done with ATS_ERR_DEADLINE_EXCEEDED. Blocking, like with_cancel; ~50 ns with a timer. Fails
+ * only for lack of memory, or (once, system error) when the timer thread cannot start. */
+ats_err *ats_ctx_with_deadline(ats_ctx *parent, uint64_t deadline_ns, ats_ctx **out);
+/* with_deadline(parent, now + timeout_ns), with now = ats_now_ns() or the caller's now_ns. */
+ats_err *ats_ctx_with_timeout(ats_ctx *parent, uint64_t timeout_ns, ats_ctx **out);
+ats_err *ats_ctx_with_timeout_at(ats_ctx *parent, uint64_t timeout_ns, uint64_t now_ns, ats_ctx **out);
+
+/* A child (cancellable, like with_cancel) carrying `value` under `key`, shadowing any value the
+ * parent has for it. One allocation holds the child and its value table (copy of the parent's
+ * table, O(ATS_CTX_VALUE_SLOTS)). Blocking, like with_cancel. */
+ats_err *ats_ctx_with_value(ats_ctx *parent, ats_ctx_key *key, void *value, ats_ctx **out);
+
+/* A context with the parent's values that is never cancelled and has no deadline (Go's
+ * WithoutCancel; Trio's shield): for cleanup that must finish after its request is cancelled.
+ * Its children can be cancelled as usual. Blocking (allocation only). */
+ats_err *ats_ctx_without_cancel(ats_ctx *parent, ats_ctx **out);
+
+/* A context done as soon as any of parents[0..n-1] is (with that parent's error), with the values
+ * of parents[0] and the earliest of their deadlines (folly's merged tokens). It is linked as a
+ * child of the first cancellable parent and registers an after-func on each other one; releasing
+ * it stops them. n >= 1. Blocking; one allocation; O(n). */
+ats_err *ats_ctx_merge(ats_ctx *const *parents, size_t n, ats_ctx **out);
+
+/* ---- Lifetime ---- */
+
+/* Adds a reference; wait-free (one atomic add). Returns ctx. */
+ats_ctx *ats_ctx_ref(ats_ctx *ctx);
+/* Drops a reference. The last one disarms the timer, unlinks the context from its parent (its
+ * lock, briefly), stops a merge's after-funcs and frees it, then drops its reference to the
+ * parent (iteratively: chains of any length). NULL-safe. Blocking (locks, free). */
+void ats_ctx_release(ats_ctx *ctx);
+
+/* ---- Cancelling ---- */
+
+/* Cancels ctx and its whole subtree with `cause` (consumed; NULL for none). Returns true when this
+ * call did it, false when ctx was already done or can never be cancelled (background,
+ * without_cancel); the cause is then dropped. Runs the after-funcs of every context it cancels on
+ * the calling thread. Blocking: takes each context's lock in turn; O(subtree), iterative, no
+ * allocation when cause is NULL. */
+bool ats_ctx_cancel(ats_ctx *ctx, ats_err *cause);
+
+/* ---- Asking ---- */
+
+/* Whether ctx is done. Wait-free: one acquire load of ctx's own word (~0.3 ns), so poll it as
+ * often as you like; a true result makes everything written before the cancel visible. It turns
+ * true when the timer fires, not at the deadline's exact nanosecond: use ats_ctx_done_at to also
+ * compare the deadline with a time you already have. */
+static inline bool ats_ctx_done(const ats_ctx *ctx)
+{
+	const struct ats__ctx_head *h = (const struct ats__ctx_head *)(const void *)ctx;
+	return (atomic_load_explicit((_Atomic uint32_t *)&h->state, memory_order_acquire) & ATS__CTX_DONE_MASK) != 0;
+}
+
+/* Done, or its deadline is at or before now_ns (caller's CLOCK_MONOTONIC time). Wait-free; no
+ * timer thread involved. */
+static inline bool ats_ctx_done_at(const ats_ctx *ctx, uint64_t now_ns)
+{
+	const struct ats__ctx_head *h = (const struct ats__ctx_head *)(const void *)ctx;
+	return ats_ctx_done(ctx) || now_ns >= h->deadline_ns;
+}
+
+/* The deadline (CLOCK_MONOTONIC ns), ATS_CTX_NO_DEADLINE when none. Wait-free. */
+static inline uint64_t ats_ctx_deadline(const ats_ctx *ctx)
+{
+	return ((const struct ats__ctx_head *)(const void *)ctx)->deadline_ns;
+}
+
+/* Why ctx is done: a new reference to an ATS_ERR_CANCELLED ("context cancelled") or
+ * ATS_ERR_DEADLINE_EXCEEDED ("context deadline exceeded") error whose cause is the cancel's
+ * cause, if one was given; NULL while not done. When the deadline has passed but the timer has
+ * not fired yet, cancels ctx first (so err and done agree from then on). Lock-free when done (one
+ * atomic add); one clock read otherwise. */
+ats_err *ats_ctx_err(ats_ctx *ctx);
+
+/* The cause given to the cancel that made ctx done or, when it had none, the error ats_ctx_err
+ * returns (Go's context.Cause). Borrowed: valid while ctx is. NULL while not done. Wait-free. */
+const ats_err *ats_ctx_cause(const ats_ctx *ctx);
+
+/* ---- Waiting ---- */
+
+/* Blocks until ctx is done or deadline_ns (absolute CLOCK_MONOTONIC ns; ATS_CTX_NO_DEADLINE for
+ * none) passes; returns whether ctx is done. Sleeps on the state word with a futex
+ * (FUTEX_WAIT_BITSET, absolute monotonic timeout): no busy loop, no lost wake-up, no timer
+ * thread needed: when ctx's own deadline passes first, the waiter cancels ctx itself (deadline
+ * exceeded) and returns true. Blocking; no allocation. */
+bool ats_ctx_wait(ats_ctx *ctx, uint64_t deadline_ns);
+
+/* A file descriptor that becomes readable (EPOLLIN) when ctx is done, for epoll/poll loops. Made on
+ * first call (an eventfd, EFD_CLOEXEC | EFD_NONBLOCK), owned by ctx and closed when it is freed:
+ * do not close it or read from it. The same fd on every call. Blocking (ctx's lock; eventfd(2)
+ * the first time). Fails with a system error when the process is out of descriptors. */
+ats_err *ats_ctx_fd(ats_ctx *ctx, int *fd);
+
+/* ---- After-funcs ---- */
+
+/* An after-func registration, in memory the caller provides (on the stack, inside a request).
+ * Private fields. It must stay valid until ats_ctx_after_stop() returns or the callback has run
+ * (a callback may stop its own registration and then free it). */
+typedef struct ats_ctx_after {
+	struct ats_ctx_after *next_, **pprev_;
+	ats_ctx *ctx_;
+	void (*fn_)(void *);
+	void *arg_;
+	_Atomic uint32_t state_;
+} ats_ctx_after;
+
+/* Runs fn(arg) once when ctx is done, on the thread that cancels it (the timer thread for
+ * deadlines). Registered on a context already done, it runs at once on the calling thread (folly
+ * semantics). Never runs for a context that can never be cancelled. The registration holds a
+ * reference to ctx until it runs or is stopped. Blocking (ctx's lock, a few instructions); O(1);
+ * no allocation, cannot fail. */
+void ats_ctx_after_func(ats_ctx *ctx, ats_ctx_after *a, void (*fn)(void *), void *arg);
+
+/* Stops a registration: true when fn had not run and now never will; false when it ran, or is
+ * running, in which case stop waits for it to return (except from within fn itself). Calling it
+ * again returns the same answer. Blocking; O(1). */
+bool ats_ctx_after_stop(ats_ctx_after *a);
+
+/* ---- Values ---- */
+
+/* The value ctx carries for key (the nearest ancestor's that set it): true and *out, or false.
+ * Wait-free; O(1) for the first ATS_CTX_VALUE_SLOTS keys of the process (~1 ns), O(values with
+ * overflow keys) after that. */
+static inline bool ats_ctx_lookup(const ats_ctx *ctx, ats_ctx_key *key, void **out)
+{
+	const struct ats__ctx_vals *v = ((const struct ats__ctx_head *)(const void *)ctx)->vals;
+	uint32_t s = atomic_load_explicit(&key->slot_, memory_order_relaxed);
+	if (!v || s == ATS__CTX_KEY_UNASSIGNED)
+		return false;
+	if (s < ATS_CTX_VALUE_SLOTS) {
+		if (!((v->mask >> s) & 1u))
+			return false;
+		*out = v->slot[s];
+		return true;
+	}
+	return ats__ctx_lookup_overflow(v, key, out);
+}
+
+/* The value for key, or NULL when there is none. Wait-free; as ats_ctx_lookup. */
+static inline void *ats_ctx_value(const ats_ctx *ctx, ats_ctx_key *key)
+{
+	void *v = NULL;
+	return ats_ctx_lookup(ctx, key, &v) ? v : NULL;
+}
+
+/* ---- The timer service ---- */
+
+/* The timer wheel's tick: how late (at most, plus the scheduler's wake-up latency) a deadline
+ * fires. */
+uint64_t ats_ctx_timer_precision_ns(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,1175 @@
+/* Contexts: the cancellation tree, deadlines and the timer service, after-funcs, values.
+ *
+ * Concurrency design (no global lock anywhere; every path counted in atomic read-modify-writes,
+ * ~7 ns each, since they are what create + cancel + release costs):
+ *  - Each context's lock is a bit of its own state word. Every thread but the holder changes the
+ *    word only by CAS from an unlocked value, so the holder knows the word exactly and unlocks with
+ *    a plain release store, which can also carry the done reason: a cancel is one CAS and one
+ *    store. Lock waiters spin, then yield (critical sections are a few instructions, except a
+ *    wide cancel's walk over its children). Locks nest only parent -> child and timer shard ->
+ *    context, so they cannot deadlock.
+ *  - Lifetime has two counts. `refs` (atomic): the user's references, after-func registrations
+ *    and descendants that read this context's value table. `kids` (under the context's lock):
+ *    linked children, plus pins taken by a cancel walk, the timer or a merge while they work on
+ *    it. A context is freed when both are zero. Taking a link costs nothing beyond the parent's
+ *    lock, which linking takes anyway. A context whose refs reached zero while it still has kids
+ *    is a zombie: still linked and still cancelled with its parent (so its children are), freed
+ *    when the last kid goes.
+ *  - A child unlinks itself: whoever made it done (its cancel, a parent's walk, the timer) or, for
+ *    a child never cancelled, its final free. The link keeps the parent alive until then.
+ *  - Cancel walks the subtree with an intrusive stack (walk_next), pinning each child under its
+ *    parent's lock, so any depth and width work without recursion.
+ *  - The timer wheel is sharded (one lock per shard, a thread sticks to one shard); the timer
+ *    thread advances every shard and pins what fired under the shard lock.
+ *  - Freeing is iterative too (a freed child can release a zombie parent, which releases its own).
+ */
+#include "atscale/ctx.h"
+#include "atscale/clock.h"
+#include "internal/ctx_hooks.h"
+#include "internal/timer_wheel.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sched.h>
+#include <sys/eventfd.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#define likely(x) __builtin_expect(!!(x), 1)
+#define unlikely(x) __builtin_expect(!!(x), 0)
+
+/* ---- Futex helpers ---- */
+
+static void futex_wait(_Atomic uint32_t *addr, uint32_t val, uint64_t deadline_ns)
+{
+	struct timespec ts, *tsp = NULL;
+	if (deadline_ns != ATS_CTX_NO_DEADLINE) {
+		ts.tv_sec = (time_t)(deadline_ns / 1000000000u);
+		ts.tv_nsec = (long)(deadline_ns % 1000000000u);
+		tsp = &ts;
+	}
+	/* FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC timeout (FUTEX_CLOCK_REALTIME unset). */
+	syscall(SYS_futex, (uint32_t *)addr, FUTEX_WAIT_BITSET | FUTEX_PRIVATE_FLAG, val, tsp, NULL,
+	        FUTEX_BITSET_MATCH_ANY);
+}
+
+static void futex_wake(_Atomic uint32_t *addr, int n)
+{
+	syscall(SYS_futex, (uint32_t *)addr, FUTEX_WAKE | FUTEX_PRIVATE_FLAG, n, NULL, NULL, 0);
+}
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+	__builtin_ia32_pause();
+#endif
+}
+
+/* ---- The context ---- */
+
+enum {
+	F_STATIC = 1,      /* the background: no reference counting */
+	F_CANCELLABLE = 2, /* can become done (not background, not without_cancel) */
+	F_OWN_VALS = 4,    /* vals points into this allocation */
+};
+
+struct merge_reg {
+	ats_ctx_after a;
+	ats_ctx *merged;
+};
+
+struct ats_ctx {
+	struct ats__ctx_head h;  /* first: the inline fast paths cast the pointer; lock bit in state */
+	_Atomic uint32_t refs;   /* users, after-func registrations, value-table readers */
+	_Atomic uint32_t kids;   /* linked children + pins; changed under the lock */
+	_Atomic uint32_t linked; /* in parent's child list; changed under the parent's lock */
+	_Atomic uint32_t armed;  /* on a timer wheel; changed under the shard's lock */
+	uint8_t zombie, freeing; /* under the lock */
+	int efd;                 /* -1 until ats_ctx_fd */
+	uint32_t shard;
+	uint32_t nmerge;
+	ats_ctx *parent;                /* while linked (the link keeps it alive) */
+	ats_ctx *vals_owner;            /* counted reference to the context owning h.vals, or NULL */
+	ats_ctx *sib_next, **sib_pprev; /* in parent->children, guarded by parent's lock */
+	ats_ctx *children;
+	ats_ctx_after *afters;
+	int fired_efd;      /* the fd to signal, read under the lock by the cancel */
+	uint8_t fired_wake; /* the cancel saw waiters */
+	ats_err *err;       /* set before the state turns done, immutable after */
+	ats_ctx *walk_next; /* the cancel walk's stack, then the free list of finalize */
+	struct ats__tw_node tnode;
+	struct merge_reg merge[]; /* a merge's after-funcs on its other parents (or a value table) */
+};
+
+/* The lock bit. Returns the unlocked word seen; the holder unlocks with ctx_unlock(c, word). */
+static inline uint32_t ctx_lock(ats_ctx *c)
+{
+	uint32_t s = atomic_load_explicit(&c->h.state, memory_order_relaxed);
+	for (unsigned spins = 0;; spins++) {
+		if (likely(!(s & ATS__CTX_LOCKED))) {
+			if (likely(atomic_compare_exchange_weak_explicit(&c->h.state, &s, s | ATS__CTX_LOCKED,
+			                                                 memory_order_acquire, memory_order_relaxed)))
+				return s;
+			continue;
+		}
+		if (spins < 256)
+			cpu_relax();
+		else
+			sched_yield();
+		s = atomic_load_explicit(&c->h.state, memory_order_relaxed);
+	}
+}
+
+static inline void ctx_unlock(ats_ctx *c, uint32_t word)
+{
+	atomic_store_explicit(&c->h.state, word, memory_order_release);
+}
+
+static ats_ctx background = {
+    .h = {.state = 0, .flags = F_STATIC, .deadline_ns = ATS_CTX_NO_DEADLINE, .vals = NULL},
+    .refs = 1,
+    .efd = -1,
+};
+
+ats_ctx *ats_ctx_background(void)
+{
+	return &background;
+}
+
+/* Allocation failure injection for the tests (the OOM paths must change nothing). */
+_Atomic uint32_t ats__ctx_fail_allocs;
+
+static void *ctx_malloc(size_t n)
+{
+	if (unlikely(atomic_load_explicit(&ats__ctx_fail_allocs, memory_order_relaxed))) {
+		atomic_fetch_sub_explicit(&ats__ctx_fail_allocs, 1, memory_order_relaxed);
+		return NULL;
+	}
+	return malloc(n);
+}
+
+/* ---- The shared errors of cancels without a cause ---- */
+
+static _Atomic(ats_err *) sentinel[3]; /* [ATS__CTX_CANCELLED], [ATS__CTX_DEADLINE] */
+
+static ats_err *sentinel_err(uint32_t reason)
+{
+	ats_err *e = atomic_load_explicit(&sentinel[reason], memory_order_acquire);
+	if (likely(e))
+		return e;
+	e = reason == ATS__CTX_DEADLINE ? ats_err_new(ATS_ERR_DEADLINE_EXCEEDED, "context deadline exceeded")
+	                                : ats_err_new(ATS_ERR_CANCELLED, "context cancelled");
+	if (e == ats_err_oom)
+		return e; /* static and uncounted too; try again next time */
+	ats_err *expected = NULL;
+	if (!atomic_compare_exchange_strong_explicit(&sentinel[reason], &expected, e, memory_order_acq_rel,
+	                                             memory_order_acquire)) {
+		ats_err_unref(e);
+		e = expected;
+	}
+	return e;
+}
+
+static bool is_shared_err(const ats_err *e)
+{
+	return e == ats_err_oom || e == atomic_load_explicit(&sentinel[ATS__CTX_CANCELLED], memory_order_relaxed) ||
+	       e == atomic_load_explicit(&sentinel[ATS__CTX_DEADLINE], memory_order_relaxed);
+}
+
+static ats_err *err_ref(ats_err *e)
+{
+	return is_shared_err(e) ? e : ats_err_ref(e);
+}
+
+static void err_unref(ats_err *e)
+{
+	if (e && !is_shared_err(e))
+		ats_err_unref(e);
+}
+
+/* ---- References and pins ---- */
+
+ats_ctx *ats_ctx_ref(ats_ctx *ctx)
+{
+	if (ctx && !(ctx->h.flags & F_STATIC))
+		atomic_fetch_add_explicit(&ctx->refs, 1, memory_order_relaxed);
+	return ctx;
+}
+
+/* Pins c (kids + 1) so it outlives the caller's work on it. The caller guarantees c's memory for
+ * the call: c is linked under a parent whose lock it holds, on a wheel whose lock it holds, or a
+ * merge whose after-func is running. Fails when c is already being freed. */
+static bool pin(ats_ctx *c)
+{
+	uint32_t s = ctx_lock(c);
+	bool ok = !c->freeing;
+	if (ok)
+		atomic_store_explicit(&c->kids, atomic_load_explicit(&c->kids, memory_order_relaxed) + 1,
+		                      memory_order_relaxed);
+	ctx_unlock(c, s);
+	return ok;
+}
+
+static void finalize(ats_ctx *c);
+
+/* Drops a kid (pin or link) with c's lock held; says whether c must now be freed. */
+static bool drop_kid_locked(ats_ctx *c)
+{
+	uint32_t k = atomic_load_explicit(&c->kids, memory_order_relaxed) - 1;
+	atomic_store_explicit(&c->kids, k, memory_order_relaxed);
+	if (k == 0 && c->zombie) {
+		c->freeing = 1;
+		return true;
+	}
+	return false;
+}
+
+static void unpin(ats_ctx *c)
+{
+	uint32_t s = ctx_lock(c);
+	bool free_it = drop_kid_locked(c);
+	ctx_unlock(c, s);
+	if (free_it)
+		finalize(c);
+}
+
+/* Drops a reference; says whether c must now be freed (no refs and no kids), else marks it a
+ * zombie when its refs ran out. */
+static bool drop_ref(ats_ctx *c)
+{
+	if (atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) != 1)
+		return false;
+	uint32_t s = ctx_lock(c);
+	bool free_it = atomic_load_explicit(&c->kids, memory_order_relaxed) == 0;
+	if (free_it)
+		c->freeing = 1;
+	else
+		c->zombie = 1;
+	ctx_unlock(c, s);
+	return free_it;
+}
+
+/* ---- The timer service ---- */
+
+#define TICK_SHIFT 16 /* 65.536 us: p99 lateness well under the 1 ms target, 64 slots per 4 ms */
+#define MAX_SHARDS 64
+
+/* A shard: its wheel and the lock that guards it. A test-and-set lock with a plain-store unlock
+ * (one atomic write per arm or disarm instead of two): held for a few instructions by armers and
+ * for one advance by the timer thread; waiters spin, then yield. */
+struct shard {
+	_Alignas(64) _Atomic uint32_t lock;
+	struct ats__tw wheel;
+};
+
+static inline void shard_lock(struct shard *s)
+{
+	for (unsigned spins = 0;; spins++) {
+		uint32_t z = 0;
+		if (likely(atomic_compare_exchange_weak_explicit(&s->lock, &z, 1, memory_order_acquire,
+		                                                 memory_order_relaxed)))
+			return;
+		while (atomic_load_explicit(&s->lock, memory_order_relaxed)) {
+			if (++spins < 256)
+				cpu_relax();
+			else
+				sched_yield();
+		}
+	}
+}
+
+static inline void shard_unlock(struct shard *s)
+{
+	atomic_store_explicit(&s->lock, 0, memory_order_release);
+}
+
+static struct {
+	pthread_once_t once;
+	bool ok;
+	bool joined;
+	pthread_t thread;
+	unsigned nshards;
+	struct shard *shards; /* never freed: other threads may arm after exit() began */
+	_Atomic uint32_t next_shard;
+	_Alignas(64) _Atomic uint32_t seq; /* the thread sleeps on it; armers bump it to kick */
+	_Atomic uint32_t sleeping;
+	_Atomic uint32_t stop;
+	_Atomic uint64_t planned; /* tick the thread will wake at; UINT64_MAX while it scans */
+} svc = {.once = PTHREAD_ONCE_INIT};
+
+static _Thread_local uint32_t my_shard = UINT32_MAX;
+
+uint64_t ats_ctx_timer_precision_ns(void)
+{
+	return 1ull << TICK_SHIFT;
+}
+
+static bool cancel_direct(ats_ctx *c, uint32_t reason, ats_err *err);
+
+static void kick(void)
+{
+	atomic_fetch_add_explicit(&svc.seq, 1, memory_order_seq_cst);
+	if (atomic_load_explicit(&svc.sleeping, memory_order_seq_cst))
+		futex_wake(&svc.seq, 1);
+}
+
+/* The timer thread: advance every shard to now, fire what is due, sleep until the next due tick.
+ *
+ * No lost wake-up: the thread publishes planned = UINT64_MAX before scanning, so an armer that
+ * files a timer after its shard was scanned sees either UINT64_MAX or the tick the thread will
+ * sleep until; it kicks (bumps seq, which the futex wait compares against the value read before
+ * the scan) when its timer is earlier. */
+static void *timer_main(void *arg)
+{
+	(void)arg;
+	/* Wake at the tick, not up to 50 us after it (the default timer slack). */
+	prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
+	/* Make the shared errors now, off the callers' paths: the first error of a process also
+	 * calibrates the error timestamps' clock (~1 ms), which must not delay the first deadline. */
+	sentinel_err(ATS__CTX_DEADLINE);
+	sentinel_err(ATS__CTX_CANCELLED);
+	for (;;) {
+		atomic_store_explicit(&svc.planned, UINT64_MAX, memory_order_seq_cst);
+		uint32_t seq = atomic_load_explicit(&svc.seq, memory_order_seq_cst);
+		if (atomic_load_explicit(&svc.stop, memory_order_acquire))
+			break;
+		uint64_t now_tick = ats_now_ns() >> TICK_SHIFT, next = UINT64_MAX;
+		struct ats__tw_node *fire = NULL;
+		for (unsigned i = 0; i < svc.nshards; i++) {
+			struct shard *s = &svc.shards[i];
+			shard_lock(s);
+			struct ats__tw_node *n = ats__tw_advance(&s->wheel, now_tick);
+			while (n) {
+				struct ats__tw_node *following = n->next;
+				ats_ctx *c = (ats_ctx *)(void *)((char *)n - offsetof(ats_ctx, tnode));
+				if (pin(c)) {
+					n->next = fire;
+					fire = n;
+				}
+				/* Last touch of a context being freed: its finalize waits for armed == 0 or
+				 * for this shard's lock. */
+				atomic_store_explicit(&c->armed, 0, memory_order_release);
+				n = following;
+			}
+			uint64_t t = ats__tw_next(&s->wheel);
+			if (t < next)
+				next = t;
+			shard_unlock(s);
+		}
+		while (fire) {
+			struct ats__tw_node *n = fire;
+			fire = n->next;
+			ats_ctx *c = (ats_ctx *)(void *)((char *)n - offsetof(ats_ctx, tnode));
+			cancel_direct(c, ATS__CTX_DEADLINE, sentinel_err(ATS__CTX_DEADLINE));
+			unpin(c);
+		}
+		atomic_store_explicit(&svc.planned, next, memory_order_seq_cst);
+		atomic_store_explicit(&svc.sleeping, 1, memory_order_seq_cst);
+		futex_wait(&svc.seq, seq, next == UINT64_MAX ? ATS_CTX_NO_DEADLINE : next << TICK_SHIFT);
+		atomic_store_explicit(&svc.sleeping, 0, memory_order_relaxed);
+	}
+	return NULL;
+}
+
+/* At exit: stop and join the timer thread so it is not cancelling contexts (and running their
+ * after-funcs) while the process tears down. Contexts alive at exit are fine: nothing is freed. */
+static void timer_stop(void)
+{
+	if (!svc.ok || svc.joined)
+		return;
+	atomic_store_explicit(&svc.stop, 1, memory_order_release);
+	kick();
+	if (!pthread_equal(pthread_self(), svc.thread))
+		pthread_join(svc.thread, NULL);
+	svc.joined = true;
+}
+
+static void timer_start(void)
+{
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+	unsigned n = 1;
+	while (n < (unsigned)(cpus > 0 ? cpus : 1) && n < MAX_SHARDS)
+		n <<= 1;
+	struct shard *shards = aligned_alloc(64, n * sizeof *shards);
+	if (!shards)
+		return;
+	uint64_t now_tick = ats_now_ns() >> TICK_SHIFT;
+	for (unsigned i = 0; i < n; i++) {
+		atomic_init(&shards[i].lock, 0);
+		ats__tw_init(&shards[i].wheel, now_tick);
+	}
+	svc.shards = shards;
+	svc.nshards = n;
+	atomic_store(&svc.planned, UINT64_MAX);
+	/* The timer thread blocks every signal: they belong to the application's threads. */
+	sigset_t all, old;
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	int rc = pthread_create(&svc.thread, NULL, timer_main, NULL);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (rc != 0) {
+		svc.shards = NULL;
+		free(shards);
+		errno = rc;
+		return;
+	}
+	svc.ok = true;
+	atexit(timer_stop);
+}
+
+enum { ARM_OK, ARM_EXPIRED, ARM_FAILED };
+
+/* Files c's timer for its deadline. c is not yet visible to other threads. */
+static int timer_arm(ats_ctx *c)
+{
+	pthread_once(&svc.once, timer_start);
+	if (unlikely(!svc.ok))
+		return ARM_FAILED;
+	uint32_t idx = my_shard;
+	if (unlikely(idx == UINT32_MAX))
+		idx = my_shard = atomic_fetch_add_explicit(&svc.next_shard, 1, memory_order_relaxed);
+	idx &= svc.nshards - 1;
+	uint64_t d = c->h.deadline_ns;
+	/* Rounded up: a timer never fires before its deadline. */
+	uint64_t tick = (d >> TICK_SHIFT) + ((d & ((1ull << TICK_SHIFT) - 1)) != 0);
+	struct shard *s = &svc.shards[idx];
+	shard_lock(s);
+	bool filed = ats__tw_add(&s->wheel, &c->tnode, tick);
+	if (filed) {
+		c->shard = idx;
+		atomic_store_explicit(&c->armed, 1, memory_order_release);
+	}
+	shard_unlock(s);
+	if (!filed)
+		return ARM_EXPIRED;
+	if (tick < atomic_load_explicit(&svc.planned, memory_order_seq_cst))
+		kick();
+	return ARM_OK;
+}
+
+/* Takes c's timer off its wheel, if it is on one. No lock when it is not (the common path of a
+ * context cancelled by its parent, or released after its timer fired). */
+static void timer_disarm(ats_ctx *c)
+{
+	if (!atomic_load_explicit(&c->armed, memory_order_acquire))
+		return;
+	struct shard *s = &svc.shards[c->shard];
+	shard_lock(s);
+	ats__tw_del(&s->wheel, &c->tnode);
+	atomic_store_explicit(&c->armed, 0, memory_order_relaxed);
+	shard_unlock(s);
+}
+
+/* ---- Cancelling ---- */
+
+/* The after-funcs running on this thread, innermost first (a callback may cancel another context
+ * and so run more): a stop of any of them from this thread must not wait for itself, and a
+ * callback that stops, then frees, its own handle must not have it touched afterwards. */
+struct running_after {
+	ats_ctx_after *a;
+	bool self_stopped;
+	struct running_after *outer;
+};
+static _Thread_local struct running_after *tls_running;
+
+enum {
+	A_IDLE = 0,
+	A_ARMED,   /* on ctx's list */
+	A_RUNNING, /* taken off the list by a canceller, which is running it */
+	A_DONE,    /* ran */
+	A_STOPPED, /* stopped before it ran */
+	A_NEVER,   /* registered on a context that can never be done */
+	A_WAITER = 0x100,
+};
+
+/* Runs one after-func taken off c's list (state A_RUNNING), then drops its reference to c. */
+static void run_after(ats_ctx *c, ats_ctx_after *a)
+{
+	struct running_after frame = {.a = a, .self_stopped = false, .outer = tls_running};
+	tls_running = &frame;
+	a->fn_(a->arg_);
+	tls_running = frame.outer;
+	if (!frame.self_stopped) {
+		uint32_t old = atomic_exchange_explicit(&a->state_, A_DONE, memory_order_acq_rel);
+		if (old & A_WAITER)
+			futex_wake(&a->state_, INT_MAX);
+	}
+	ats_ctx_release(c); /* the registration's reference */
+}
+
+/* Runs c's after-funcs (c is done), taking them off its list one at a time under its lock: one
+ * not yet taken can still be stopped, so a stop only ever waits for the one callback running. */
+static void run_afters(ats_ctx *c)
+{
+	for (;;) {
+		uint32_t s = ctx_lock(c);
+		ats_ctx_after *a = c->afters;
+		if (!a) {
+			ctx_unlock(c, s);
+			return;
+		}
+		c->afters = a->next_;
+		if (a->next_)
+			a->next_->pprev_ = &c->afters;
+		atomic_store_explicit(&a->state_, A_RUNNING, memory_order_relaxed);
+		ctx_unlock(c, s);
+		run_after(c, a);
+	}
+}
+
+/* Marks c done in its fields, c's lock held (word s, not done): takes the cause, claims the
+ * after-funcs and notes what notify() must do once the lock is gone. The caller then unlocks with
+ * the reason, which publishes it all. */
+static void mark_locked(ats_ctx *c, uint32_t s, ats_err *err)
+{
+	c->err = err_ref(err);
+	c->fired_efd = c->efd;
+	c->fired_wake = (s & ATS__CTX_WAITERS) != 0;
+}
+
+static bool needs_notify(const ats_ctx *c)
+{
+	return c->afters || c->fired_efd >= 0 || c->fired_wake || atomic_load_explicit(&c->armed, memory_order_relaxed);
+}
+
+/* After c went done and its lock is gone: disarm its timer, run its after-funcs, wake its waiters,
+ * signal its fd. The caller holds a reference or a pin on c. */
+static void notify(ats_ctx *c)
+{
+	timer_disarm(c);
+	run_afters(c);
+	if (c->fired_wake)
+		futex_wake(&c->h.state, INT_MAX);
+	if (c->fired_efd >= 0) {
+		uint64_t one = 1;
+		ssize_t rc = write(c->fired_efd, &one, sizeof one);
+		(void)rc; /* cannot fail: the counter is far from overflow */
+	}
+}
+
+/* c's lock held and c done: marks every live child done under its own lock (nested, parent ->
+ * child), unlinks it (this walk made it done) and, when it has more to do (children, after-funcs,
+ * waiters, an fd, a timer), pins it onto *stack. A child being freed, or already made done by
+ * another canceller, stays linked: it unlinks itself, and its link keeps c alive until it has.
+ * One atomic write per child. */
+static void take_children_locked(ats_ctx *c, uint32_t reason, ats_err *err, ats_ctx **stack)
+{
+	ats_ctx *ch = c->children;
+	while (ch) {
+		ats_ctx *next = ch->sib_next;
+		uint32_t s = ctx_lock(ch);
+		if (ch->freeing || (s & ATS__CTX_DONE_MASK)) {
+			ctx_unlock(ch, s);
+			ch = next;
+			continue;
+		}
+		mark_locked(ch, s, err);
+		*ch->sib_pprev = ch->sib_next;
+		if (ch->sib_next)
+			ch->sib_next->sib_pprev = ch->sib_pprev;
+		atomic_store_explicit(&ch->linked, 0, memory_order_relaxed);
+		atomic_store_explicit(&c->kids, atomic_load_explicit(&c->kids, memory_order_relaxed) - 1,
+		                      memory_order_relaxed);
+		if (ch->children || needs_notify(ch)) {
+			atomic_store_explicit(&ch->kids, atomic_load_explicit(&ch->kids, memory_order_relaxed) + 1,
+			                      memory_order_relaxed);
+			ch->walk_next = *stack;
+			*stack = ch;
+		}
+		ctx_unlock(ch, reason); /* publishes done */
+		ch = next;
+	}
+}
+
+/* Takes c (done, linked) out of its parent's list; the parent may be a zombie that this frees.
+ * Only the one who made c done, or c's final free, calls it, so it never races with itself. */
+static void unlink_from_parent(ats_ctx *c)
+{
+	if (!atomic_load_explicit(&c->linked, memory_order_acquire))
+		return;
+	ats_ctx *p = c->parent;
+	uint32_t s = ctx_lock(p);
+	*c->sib_pprev = c->sib_next;
+	if (c->sib_next)
+		c->sib_next->sib_pprev = c->sib_pprev;
+	atomic_store_explicit(&c->linked, 0, memory_order_relaxed);
+	bool free_p = drop_kid_locked(p);
+	ctx_unlock(p, s);
+	if (free_p)
+		finalize(p);
+}
+
+/* Cancels c and its subtree, iteratively. The caller holds a reference or a pin on c; err is
+ * borrowed (each context takes its own reference). Returns whether this call made c done. */
+static bool cancel_direct(ats_ctx *c, uint32_t reason, ats_err *err)
+{
+	if (!(c->h.flags & F_CANCELLABLE))
+		return false;
+	uint32_t s = ctx_lock(c);
+	if (s & ATS__CTX_DONE_MASK) {
+		ctx_unlock(c, s);
+		return false;
+	}
+	ats_ctx *stack = NULL;
+	mark_locked(c, s, err);
+	take_children_locked(c, reason, err, &stack);
+	ctx_unlock(c, reason); /* marks done and unlocks in one store; the waiter bit goes */
+	notify(c);
+	unlink_from_parent(c);
+	while (stack) {
+		ats_ctx *ch = stack;
+		stack = ch->walk_next;
+		notify(ch);
+		uint32_t cs = ctx_lock(ch);
+		take_children_locked(ch, reason, err, &stack);
+		bool free_it = drop_kid_locked(ch); /* the walk's pin */
+		ctx_unlock(ch, cs);
+		if (free_it)
+			finalize(ch);
+	}
+	return true;
+}
+
+bool ats_ctx_cancel(ats_ctx *ctx, ats_err *cause)
+{
+	if (!(ctx->h.flags & F_CANCELLABLE) || ats_ctx_done(ctx)) {
+		ats_err_unref(cause);
+		return false;
+	}
+	ats_err *err;
+	if (!cause) {
+		err = sentinel_err(ATS__CTX_CANCELLED);
+	} else {
+		err = ats_err_wrapc(cause, ATS_ERR_CANCELLED, "context cancelled");
+		if (err == ats_err_oom)
+			err = sentinel_err(ATS__CTX_CANCELLED); /* the cause is lost, the cancel is not */
+	}
+	bool did = cancel_direct(ctx, ATS__CTX_CANCELLED, err);
+	err_unref(err);
+	return did;
+}
+
+/* ---- Freeing ---- */
+
+/* A per-thread cache of freed contexts of the base size: glibc's malloc + free costs ~15 ns here,
+ * a quarter of a create + cancel + release. Bounded; emptied when the thread exits. */
+#define CACHE_MAX 64
+static _Thread_local struct {
+	unsigned n;
+	bool registered;
+	void *obj[CACHE_MAX];
+} cache;
+static pthread_key_t cache_key;
+static pthread_once_t cache_once = PTHREAD_ONCE_INIT;
+
+static void cache_drain(void *arg)
+{
+	(void)arg;
+	while (cache.n)
+		free(cache.obj[--cache.n]);
+}
+
+static void cache_key_make(void)
+{
+	pthread_key_create(&cache_key, cache_drain);
+}
+
+static void *ctx_alloc(size_t extra)
+{
+	if (extra == 0 && cache.n)
+		return cache.obj[--cache.n];
+	return ctx_malloc(sizeof(ats_ctx) + extra);
+}
+
+static void ctx_free(ats_ctx *c, bool base_size)
+{
+	if (base_size && cache.n < CACHE_MAX) {
+		if (unlikely(!cache.registered)) {
+			/* The destructor runs only for a non-NULL value: a dummy one marks the thread. */
+			pthread_once(&cache_once, cache_key_make);
+			pthread_setspecific(cache_key, &cache);
+			cache.registered = true;
+		}
+		cache.obj[cache.n++] = c;
+		return;
+	}
+	free(c);
+}
+
+/* Frees c (refs and kids both zero, `freeing` set) and then whatever that frees in turn: a zombie
+ * parent whose last link this was, a value owner whose last reader this was. Iterative. */
+static void finalize(ats_ctx *c)
+{
+	c->walk_next = NULL;
+	while (c) {
+		ats_ctx *more = c->walk_next;
+		for (uint32_t i = 0; i < c->nmerge; i++)
+			ats_ctx_after_stop(&c->merge[i].a);
+		timer_disarm(c);
+		if (atomic_load_explicit(&c->linked, memory_order_acquire)) {
+			ats_ctx *p = c->parent;
+			uint32_t s = ctx_lock(p);
+			*c->sib_pprev = c->sib_next;
+			if (c->sib_next)
+				c->sib_next->sib_pprev = c->sib_pprev;
+			bool free_p = drop_kid_locked(p);
+			ctx_unlock(p, s);
+			if (free_p) {
+				p->walk_next = more;
+				more = p;
+			}
+		}
+		ats_ctx *owner = c->vals_owner;
+		err_unref(c->err);
+		if (c->efd >= 0)
+			close(c->efd);
+		ctx_free(c, c->nmerge == 0 && !(c->h.flags & F_OWN_VALS));
+		if (owner && drop_ref(owner)) {
+			owner->walk_next = more;
+			more = owner;
+		}
+		c = more;
+	}
+}
+
+void ats_ctx_release(ats_ctx *ctx)
+{
+	if (!ctx || (ctx->h.flags & F_STATIC))
+		return;
+	/* The common case, no atomic write: the caller holds the only reference and nothing else can
+	 * reach c (no link, no timer, no merge, no kids), so no one can take a new one. */
+	if (atomic_load_explicit(&ctx->refs, memory_order_acquire) == 1 &&
+	    !atomic_load_explicit(&ctx->linked, memory_order_acquire) &&
+	    !atomic_load_explicit(&ctx->armed, memory_order_acquire) && ctx->nmerge == 0 &&
+	    atomic_load_explicit(&ctx->kids, memory_order_acquire) == 0 &&
+	    !(atomic_load_explicit(&ctx->h.state, memory_order_acquire) & ATS__CTX_LOCKED)) {
+		ctx->freeing = 1;
+		finalize(ctx);
+		return;
+	}
+	if (drop_ref(ctx))
+		finalize(ctx);
+}
+
+/* ---- Making contexts ---- */
+
+static ats_ctx *ctx_new(ats_ctx *parent, size_t extra, uint32_t flags)
+{
+	ats_ctx *c = ctx_alloc(extra);
+	if (!c)
+		return NULL;
+	atomic_init(&c->h.state, 0);
+	c->h.flags = flags;
+	c->h.deadline_ns = parent->h.deadline_ns;
+	c->h.vals = parent->h.vals;
+	atomic_init(&c->refs, 1);
+	atomic_init(&c->kids, 0);
+	atomic_init(&c->linked, 0);
+	atomic_init(&c->armed, 0);
+	c->zombie = 0;
+	c->freeing = 0;
+	c->efd = -1;
+	c->shard = 0;
+	c->nmerge = 0;
+	c->parent = NULL;
+	/* The value table lives in the context that made it; readers below keep that one alive. */
+	c->vals_owner =
+	    (flags & F_OWN_VALS) ? NULL : ats_ctx_ref((parent->h.flags & F_OWN_VALS) ? parent : parent->vals_owner);
+	c->sib_next = NULL;
+	c->sib_pprev = NULL;
+	c->children = NULL;
+	c->afters = NULL;
+	c->fired_efd = -1;
+	c->fired_wake = 0;
+	c->err = NULL;
+	c->walk_next = NULL;
+	c->tnode.next = NULL;
+	c->tnode.pprev = NULL;
+	return c;
+}
+
+/* Links c under p (cancellable), or makes it born done when p already is. The link counts as one
+ * of p's kids, which keeps p alive while c is in its list. */
+static void link_child(ats_ctx *p, ats_ctx *c)
+{
+	uint32_t s = ctx_lock(p);
+	uint32_t reason = s & ATS__CTX_DONE_MASK;
+	if (reason) {
+		c->err = err_ref(p->err);
+		atomic_store_explicit(&c->h.state, reason, memory_order_relaxed);
+	} else {
+		c->sib_next = p->children;
+		if (p->children)
+			p->children->sib_pprev = &c->sib_next;
+		p->children = c;
+		c->sib_pprev = &p->children;
+		c->parent = p;
+		atomic_store_explicit(&c->linked, 1, memory_order_relaxed);
+		atomic_store_explicit(&p->kids, atomic_load_explicit(&p->kids, memory_order_relaxed) + 1,
+		                      memory_order_relaxed);
+	}
+	ctx_unlock(p, s);
+}
+
+/* The common body of with_cancel/with_deadline/with_value: c is fully built but for its deadline
+ * and linking. A timer is armed only when the child's own deadline is earlier than its parent's:
+ * otherwise the parent's timer cancels the child through the link. */
+static ats_err *finish_child(ats_ctx *parent, ats_ctx *c, uint64_t deadline_ns, uint64_t now_ns, ats_ctx **out)
+{
+	bool own_deadline = deadline_ns < c->h.deadline_ns;
+	if (own_deadline)
+		c->h.deadline_ns = deadline_ns;
+	if (parent->h.flags & F_CANCELLABLE)
+		link_child(parent, c);
+	if (own_deadline && !ats_ctx_done(c)) {
+		if (now_ns == 0)
+			now_ns = ats_now_ns();
+		int rc = deadline_ns <= now_ns ? ARM_EXPIRED : timer_arm(c);
+		if (rc == ARM_EXPIRED) {
+			cancel_direct(c, ATS__CTX_DEADLINE, sentinel_err(ATS__CTX_DEADLINE));
+		} else if (rc == ARM_FAILED) {
+			int saved = errno;
+			ats_ctx_release(c);
+			*out = NULL;
+			return ats_err_wrapc(ats_err_errno(saved, "pthread_create"), ATS_ERR_UNAVAILABLE,
+			                     "cannot start the ctx timer thread");
+		} else if (ats_ctx_done(c)) {
+			timer_disarm(c); /* the parent was cancelled while the timer was being armed */
+		}
+	}
+	*out = c;
+	return NULL;
+}
+
+ats_err *ats_ctx_with_cancel(ats_ctx *parent, ats_ctx **out)
+{
+	ats_ctx *c = ctx_new(parent, 0, F_CANCELLABLE);
+	if (!c) {
+		*out = NULL;
+		return ats_err_oom;
+	}
+	return finish_child(parent, c, ATS_CTX_NO_DEADLINE, 0, out);
+}
+
+static ats_err *with_deadline(ats_ctx *parent, uint64_t deadline_ns, uint64_t now_ns, ats_ctx **out)
+{
+	ats_ctx *c = ctx_new(parent, 0, F_CANCELLABLE);
+	if (!c) {
+		*out = NULL;
+		return ats_err_oom;
+	}
+	return finish_child(parent, c, deadline_ns, now_ns, out);
+}
+
+ats_err *ats_ctx_with_deadline(ats_ctx *parent, uint64_t deadline_ns, ats_ctx **out)
+{
+	return with_deadline(parent, deadline_ns, 0, out);
+}
+
+ats_err *ats_ctx_with_timeout_at(ats_ctx *parent, uint64_t timeout_ns, uint64_t now_ns, ats_ctx **out)
+{
+	uint64_t d = now_ns + timeout_ns;
+	if (d < now_ns || timeout_ns == ATS_CTX_NO_DEADLINE)
+		d = ATS_CTX_NO_DEADLINE;
+	/* now_ns + 1: a caller's now of 0 must not read as "unknown". */
+	return with_deadline(parent, d, now_ns ? now_ns : 1, out);
+}
+
+ats_err *ats_ctx_with_timeout(ats_ctx *parent, uint64_t timeout_ns, ats_ctx **out)
+{
+	return ats_ctx_with_timeout_at(parent, timeout_ns, ats_now_ns(), out);
+}
+
+/* Slot assignment for value keys: the first ATS_CTX_VALUE_SLOTS keys used get a slot each. */
+static _Atomic uint32_t next_key_slot;
+
+static uint32_t key_slot(ats_ctx_key *key)
+{
+	uint32_t s = atomic_load_explicit(&key->slot_, memory_order_acquire);
+	if (likely(s != ATS__CTX_KEY_UNASSIGNED))
+		return s;
+	uint32_t mine = atomic_load_explicit(&next_key_slot, memory_order_relaxed);
+	do {
+		if (mine >= ATS_CTX_VALUE_SLOTS) {
+			mine = ATS_CTX_VALUE_SLOTS; /* overflow: linear lookup */
+			break;
+		}
+	} while (!atomic_compare_exchange_weak_explicit(&next_key_slot, &mine, mine + 1, memory_order_relaxed,
+	                                                memory_order_relaxed));
+	uint32_t expected = ATS__CTX_KEY_UNASSIGNED;
+	if (!atomic_compare_exchange_strong_explicit(&key->slot_, &expected, mine, memory_order_acq_rel,
+	                                             memory_order_acquire))
+		return expected; /* another thread assigned it first; the slot taken here stays unused */
+	return mine;
+}
+
+bool ats__ctx_lookup_overflow(const struct ats__ctx_vals *v, const ats_ctx_key *key, void **out)
+{
+	for (const struct ats__ctx_xval *x = v->overflow; x; x = x->next) {
+		if (x->key == key) {
+			*out = x->value;
+			return true;
+		}
+	}
+	return false;
+}
+
+ats_err *ats_ctx_with_value(ats_ctx *parent, ats_ctx_key *key, void *value, ats_ctx **out)
+{
+	uint32_t s = key_slot(key);
+	/* The child owns a whole table (slots and overflow entries copied), so it needs no reference
+	 * to the tables above it: lookups stay two loads for slotted keys. */
+	const struct ats__ctx_vals *pv = parent->h.vals;
+	size_t nx = s >= ATS_CTX_VALUE_SLOTS;
+	for (const struct ats__ctx_xval *x = pv ? pv->overflow : NULL; x; x = x->next)
+		nx++;
+	size_t extra = sizeof(struct ats__ctx_vals) + nx * sizeof(struct ats__ctx_xval);
+	ats_ctx *c = ctx_new(parent, extra, F_CANCELLABLE | F_OWN_VALS);
+	if (!c) {
+		*out = NULL;
+		return ats_err_oom;
+	}
+	/* The table lives right after the context (the flexible merge[] array is empty here). */
+	struct ats__ctx_vals *v = (struct ats__ctx_vals *)(void *)c->merge;
+	struct ats__ctx_xval *xs = (struct ats__ctx_xval *)(v + 1);
+	if (pv)
+		*v = *pv;
+	else
+		memset(v, 0, sizeof *v);
+	size_t i = 0;
+	struct ats__ctx_xval **tail = (struct ats__ctx_xval **)&v->overflow;
+	if (s >= ATS_CTX_VALUE_SLOTS) {
+		xs[i] = (struct ats__ctx_xval){.key = key, .value = value, .next = NULL};
+		*tail = &xs[i];
+		tail = (struct ats__ctx_xval **)&xs[i].next;
+		i++;
+	} else {
+		v->mask |= 1u << s;
+		v->slot[s] = value;
+	}
+	for (const struct ats__ctx_xval *x = pv ? pv->overflow : NULL; x; x = x->next) {
+		xs[i] = (struct ats__ctx_xval){.key = x->key, .value = x->value, .next = NULL};
+		*tail = &xs[i];
+		tail = (struct ats__ctx_xval **)&xs[i].next;
+		i++;
+	}
+	*tail = NULL;
+	c->h.vals = v;
+	return finish_child(parent, c, ATS_CTX_NO_DEADLINE, 0, out);
+}
+
+ats_err *ats_ctx_without_cancel(ats_ctx *parent, ats_ctx **out)
+{
+	ats_ctx *c = ctx_new(parent, 0, 0);
+	if (!c) {
+		*out = NULL;
+		return ats_err_oom;
+	}
+	c->h.deadline_ns = ATS_CTX_NO_DEADLINE;
+	*out = c;
+	return NULL;
+}
+
+/* A merge's after-func on one of its other parents: cancel the merge with that parent's error.
+ * The merge's memory is valid here (its free stops this registration, waiting for a running
+ * callback); the pin fails when that free has begun. */
+static void merge_fire(void *arg)
+{
+	struct merge_reg *r = arg;
+	ats_ctx *merged = r->merged, *parent = r->a.ctx_;
+	if (!pin(merged))
+		return;
+	uint32_t reason = atomic_load_explicit(&parent->h.state, memory_order_acquire) & ATS__CTX_DONE_MASK;
+	cancel_direct(merged, reason, parent->err);
+	unpin(merged);
+}
+
+ats_err *ats_ctx_merge(ats_ctx *const *parents, size_t n, ats_ctx **out)
+{
+	*out = NULL;
+	if (n == 0)
+		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "ats_ctx_merge needs at least one parent");
+	if (n > UINT32_MAX)
+		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "ats_ctx_merge: %zu parents", n);
+	ats_ctx *first = parents[0];
+	ats_ctx *c = ctx_new(first, (n - 1) * sizeof(struct merge_reg), F_CANCELLABLE);
+	if (!c)
+		return ats_err_oom;
+	for (size_t i = 1; i < n; i++)
+		if (parents[i]->h.deadline_ns < c->h.deadline_ns)
+			c->h.deadline_ns = parents[i]->h.deadline_ns;
+	/* No timer of its own: every deadline it has is a parent's, whose timer cancels the parent
+	 * and so, through the link or an after-func, the merge. */
+	if (first->h.flags & F_CANCELLABLE)
+		link_child(first, c);
+	for (size_t i = 1; i < n; i++) {
+		struct merge_reg *r = &c->merge[c->nmerge++];
+		r->merged = c;
+		ats_ctx_after_func(parents[i], &r->a, merge_fire, r);
+	}
+	*out = c;
+	return NULL;
+}
+
+/* ---- Asking and waiting ---- */
+
+/* A deadline passed but the timer has not fired yet: cancel now, as the timer would. */
+static bool expire_if_due(ats_ctx *c, uint64_t now_ns)
+{
+	if (now_ns < c->h.deadline_ns || !(c->h.flags & F_CANCELLABLE))
+		return false;
+	cancel_direct(c, ATS__CTX_DEADLINE, sentinel_err(ATS__CTX_DEADLINE));
+	return true;
+}
+
+ats_err *ats_ctx_err(ats_ctx *ctx)
+{
+	if (!ats_ctx_done(ctx)) {
+		if (ctx->h.deadline_ns == ATS_CTX_NO_DEADLINE || !expire_if_due(ctx, ats_now_ns()))
+			return NULL;
+	}
+	/* A real reference, sentinels included: the caller unrefs it (the sentinel array keeps its own). */
+	return ats_err_ref(ctx->err);
+}
+
+const ats_err *ats_ctx_cause(const ats_ctx *ctx)
+{
+	if (!ats_ctx_done(ctx))
+		return NULL;
+	const ats_err *cause = ats_err_cause(ctx->err);
+	return cause ? cause : ctx->err;
+}
+
+bool ats_ctx_wait(ats_ctx *ctx, uint64_t deadline_ns)
+{
+	uint64_t until = deadline_ns < ctx->h.deadline_ns ? deadline_ns : ctx->h.deadline_ns;
+	for (;;) {
+		uint32_t st = atomic_load_explicit(&ctx->h.state, memory_order_acquire);
+		if (st & ATS__CTX_DONE_MASK)
+			return true;
+		uint64_t now = ats_now_ns();
+		if (expire_if_due(ctx, now))
+			return true;
+		if (now >= deadline_ns)
+			return false;
+		/* Announce the waiter in the word itself: a cancel exchanges the word and wakes only when
+		 * it saw the bit, and the futex compares the word with what was announced, so a cancel
+		 * between the check and the sleep makes the sleep return at once. */
+		if (st & ATS__CTX_LOCKED) {
+			/* Only the holder may change a locked word; it holds it for a few instructions. */
+			cpu_relax();
+			continue;
+		}
+		if (!(st & ATS__CTX_WAITERS)) {
+			if (!atomic_compare_exchange_weak_explicit(&ctx->h.state, &st, st | ATS__CTX_WAITERS,
+			                                           memory_order_acq_rel, memory_order_acquire))
+				continue;
+			st |= ATS__CTX_WAITERS;
+		}
+		/* A lock holder may change the word meanwhile (EAGAIN, loop) and puts it back as it was
+		 * unless it cancels, which wakes us. */
+		futex_wait(&ctx->h.state, st, until);
+	}
+}
+
+ats_err *ats_ctx_fd(ats_ctx *ctx, int *fd)
+{
+	uint32_t s = ctx_lock(ctx);
+	if (ctx->efd < 0) {
+		bool done = (s & ATS__CTX_DONE_MASK) != 0;
+		int e = eventfd(done ? 1 : 0, EFD_CLOEXEC | EFD_NONBLOCK);
+		if (e < 0) {
+			int saved = errno;
+			ctx_unlock(ctx, s);
+			*fd = -1;
+			return ats_err_wrapc(ats_err_errno(saved, "eventfd"), ATS_ERR_UNAVAILABLE,
+			                     "cannot make the context's file descriptor");
+		}
+		ctx->efd = e;
+	}
+	*fd = ctx->efd;
+	ctx_unlock(ctx, s);
+	return NULL;
+}
+
+/* ---- After-funcs ---- */
+
+void ats_ctx_after_func(ats_ctx *ctx, ats_ctx_after *a, void (*fn)(void *), void *arg)
+{
+	a->ctx_ = ctx;
+	a->fn_ = fn;
+	a->arg_ = arg;
+	a->next_ = NULL;
+	a->pprev_ = NULL;
+	if (!(ctx->h.flags & F_CANCELLABLE)) {
+		atomic_store_explicit(&a->state_, A_NEVER, memory_order_relaxed);
+		return;
+	}
+	uint32_t s = ctx_lock(ctx);
+	if (!(s & ATS__CTX_DONE_MASK)) {
+		ats_ctx_ref(ctx);
+		atomic_store_explicit(&a->state_, A_ARMED, memory_order_relaxed);
+		a->next_ = ctx->afters;
+		if (ctx->afters)
+			ctx->afters->pprev_ = &a->next_;
+		ctx->afters = a;
+		a->pprev_ = &ctx->afters;
+		ctx_unlock(ctx, s);
+		return;
+	}
+	ctx_unlock(ctx, s);
+	/* Already done: run it now, on this thread. */
+	atomic_store_explicit(&a->state_, A_RUNNING, memory_order_relaxed);
+	ats_ctx_ref(ctx); /* run_after drops the registration's reference */
+	run_after(ctx, a);
+}
+
+bool ats_ctx_after_stop(ats_ctx_after *a)
+{
+	uint32_t st = atomic_load_explicit(&a->state_, memory_order_acquire);
+	if (st == A_NEVER || st == A_STOPPED || st == A_IDLE) {
+		atomic_store_explicit(&a->state_, A_STOPPED, memory_order_relaxed);
+		return true;
+	}
+	ats_ctx *ctx = a->ctx_;
+	if (st == A_ARMED) {
+		uint32_t s = ctx_lock(ctx);
+		if (atomic_load_explicit(&a->state_, memory_order_relaxed) == A_ARMED) {
+			*a->pprev_ = a->next_;
+			if (a->next_)
+				a->next_->pprev_ = a->pprev_;
+			atomic_store_explicit(&a->state_, A_STOPPED, memory_order_relaxed);
+			ctx_unlock(ctx, s);
+			ats_ctx_release(ctx); /* the registration's reference */
+			return true;
+		}
+		ctx_unlock(ctx, s);
+	}
+	for (struct running_after *f = tls_running; f; f = f->outer) {
+		if (f->a == a) {
+			f->self_stopped = true; /* its runner, up this thread's stack, will not touch it again */
+			return false;
+		}
+	}
+	/* Running on another thread: wait for it to finish. */
+	for (;;) {
+		st = atomic_load_explicit(&a->state_, memory_order_acquire);
+		if ((st & ~(uint32_t)A_WAITER) == A_DONE)
+			return false;
+		if (!(st & A_WAITER)) {
+			if (!atomic_compare_exchange_weak_explicit(&a->state_, &st, st | A_WAITER, memory_order_acq_rel,
+			                                           memory_order_acquire))
+				continue;
+			st |= A_WAITER;
+		}
+		futex_wait(&a->state_, st, ATS_CTX_NO_DEADLINE);
+	}
+}

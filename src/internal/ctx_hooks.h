@@ -1,0 +1,11 @@
+/* Test hooks of the ctx module (not part of the public API). */
+#ifndef ATS_INTERNAL_CTX_HOOKS_H
+#define ATS_INTERNAL_CTX_HOOKS_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+/* The next N context allocations fail, as if memory ran out (the OOM paths must change nothing). */
+extern _Atomic uint32_t ats__ctx_fail_allocs;
+
+#endif
