@@ -8,31 +8,44 @@ scripts/deps.sh
 jobs=$(nproc)
 fuzz_seconds=${ATS_FUZZ_SECONDS:-15}
 step() { printf '\n==== %s ====\n' "$*"; }
+total=0
+# ctest over one build; adds its test count to the total (a failure stops the script).
+run_ctest() {
+  local log
+  log=$(mktemp)
+  ctest --output-on-failure --no-tests=error -j "$jobs" "$@" | tee "$log"
+  total=$((total + $(sed -n 's/.* tests failed out of \([0-9]*\).*/\1/p' "$log" | tail -n 1)))
+  rm -f "$log"
+}
 
 step "release build and unit tests"
 cmake --preset release -DATS_WERROR=ON >/dev/null
 cmake --build --preset release -j "$jobs"
-ctest --test-dir build/release --output-on-failure -j "$jobs"
+run_ctest --test-dir build/release
 
 step "ASan + UBSan build and all tests"
 cmake --preset asan -DATS_WERROR=ON >/dev/null
 cmake --build --preset asan -j "$jobs"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-  ctest --test-dir build/asan --output-on-failure -j "$jobs"
+  run_ctest --test-dir build/asan
 
 step "TSan build and the concurrent tests"
 cmake --preset tsan -DATS_WERROR=ON >/dev/null
 cmake --build --preset tsan -j "$jobs"
 TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$PWD/tests/tsan.supp" \
-  ctest --test-dir build/tsan --output-on-failure -j "$jobs" -L concurrent
+  run_ctest --test-dir build/tsan -L concurrent
 
 step "fuzz targets, ${fuzz_seconds}s each on the seed corpus"
 cmake --preset fuzz -DATS_WERROR=ON -DATS_FUZZ_SECONDS="$fuzz_seconds" >/dev/null
 cmake --build --preset fuzz -j "$jobs"
-ctest --test-dir build/fuzz --output-on-failure -j "$jobs" -L fuzz
+run_ctest --test-dir build/fuzz -L fuzz
 
 step "benchmark smoke run"
 build/release/bench/atscale-bench --quick --json > build/release/bench-smoke.json
 rows=$(grep -c '"ns_per_op"' build/release/bench-smoke.json)
 echo "benchmark smoke run: $rows rows"
 [ "$rows" -gt 0 ]
+total=$((total + 1))
+
+echo
+echo "atscale: $total passed, 0 failed"

@@ -23,7 +23,6 @@ type keyedLimiters struct {
 var (
 	keyedOnce sync.Once
 	keyed1m   *keyedLimiters
-	sinkBool  bool
 )
 
 func keyOf(i uint32) [4]byte {
