@@ -50,11 +50,16 @@ static void demo_errors(void)
 	ats_err_unref(bug);
 }
 
+/* One file per pattern: examples/demo_<module>.c. */
 void demo_ctx(void);
+void demo_limiter(void);
+void demo_keyed(void);
 
 int main(void)
 {
 	demo_errors();
 	demo_ctx();
+	demo_limiter();
+	demo_keyed();
 	return EXIT_SUCCESS;
 }
