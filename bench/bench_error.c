@@ -96,8 +96,8 @@ static const ats_bench error_new = {"error.new", ATS_BENCH_1T, NULL, new_run, NU
 static const ats_bench error_new_stack = {"error.new_stack", ATS_BENCH_1T, NULL, new_stack_run, NULL, NULL, NULL};
 static const ats_bench error_wrap = {"error.wrap", ATS_BENCH_1T, base_setup, wrap_run, base_teardown, NULL, NULL};
 static const ats_bench error_is = {"error.is", ATS_BENCH_1T, chain_setup, is_run, base_teardown, NULL, NULL};
-static const ats_bench error_format = {"error.format", ATS_BENCH_1T, chain_setup, format_run, base_teardown, NULL,
-                                       NULL};
+static const ats_bench error_format = {"error.format", ATS_BENCH_1T, chain_setup, format_run,
+                                       base_teardown,  NULL,         NULL};
 ATS_BENCH(error_new)
 ATS_BENCH(error_new_stack)
 ATS_BENCH(error_wrap)
