@@ -405,6 +405,8 @@ static struct ats_err *owned(ats_err *err)
 		ok = c->kv[i].key && c->kv[i].value;
 	}
 	if (!ok) {
+		if (!c->kv)
+			c->nkv = 0; /* the array itself failed: nothing in it to free */
 		free_decorations(c);
 		free(c);
 		return NULL;
