@@ -498,10 +498,15 @@ ats_err *ats_err_ref(ats_err *err)
 void ats_err_unref(ats_err *err)
 {
 	while (err && !err->is_static) {
-		if (atomic_fetch_sub_explicit(&err->refs, 1, memory_order_acq_rel) != 1)
+		/* A count of 1 means the caller holds the only reference: no other thread can change it
+		 * (taking a reference needs one), so the last owner skips the atomic read-modify-write.
+		 * The acquire load pairs with the release decrement of the owner before us. */
+		if (atomic_load_explicit(&err->refs, memory_order_acquire) != 1 &&
+		    atomic_fetch_sub_explicit(&err->refs, 1, memory_order_acq_rel) != 1)
 			return;
 		ats_err *cause = err->cause;
-		free_decorations(err);
+		if (err->user || err->hint || err->kv)
+			free_decorations(err);
 		free(err);
 		err = cause; /* iterate instead of recursing: long chains cannot overflow the stack */
 	}

@@ -121,7 +121,8 @@ ats_err *ats_err_with_kv(ats_err *err, const char *key, const char *fmt, ...) __
 /* Adds a reference; wait-free (one atomic add). Returns err. NULL-safe. */
 ats_err *ats_err_ref(ats_err *err);
 /* Drops a reference; the last one frees the error and its cause chain (iteratively, so chains of
- * any length are fine). NULL-safe. Wait-free but for the free. */
+ * any length are fine). NULL-safe. Wait-free but for the free: one atomic decrement, none when the
+ * caller holds the only reference. */
 void ats_err_unref(ats_err *err);
 
 /* ---- Reading (all wait-free, no allocation; NULL err gives 0/NULL/false) ---- */
