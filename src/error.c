@@ -4,10 +4,10 @@
 
 #include <dlfcn.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #define UNW_LOCAL_ONLY
@@ -58,12 +58,17 @@ ats_err *const ats_err_oom = &oom_error;
 
 static atomic_bool stack_for_known = false;
 
+/* Log hooks are interned: one immutable node per distinct (fn, arg) pair ever set, kept on an
+ * append-only list for the process's life. A logger that loaded the old pointer can therefore keep
+ * using it while another thread swaps hooks (no reclamation scheme needed), and memory stays
+ * bounded by the number of distinct hooks rather than the number of swaps. */
 struct log_hook {
 	ats_err_log_fn fn;
 	void *arg;
-	struct log_hook *older; /* kept for the process's life: a racing logger may still read one */
+	struct log_hook *next; /* on the interned list; set before the node is published */
 };
-static _Atomic(struct log_hook *) log_hook;
+static _Atomic(struct log_hook *) log_hooks; /* every node ever made */
+static _Atomic(struct log_hook *) log_hook;  /* the current hook; NULL = the default */
 
 void ats_err_set_stack_default(bool capture_for_known)
 {
@@ -74,23 +79,23 @@ void ats_err_set_log_hook(ats_err_log_fn fn, void *arg)
 {
 	struct log_hook *h = NULL;
 	if (fn) {
-		h = malloc(sizeof *h);
-		if (!h)
-			return; /* keep the current hook rather than lose logs */
-		h->fn = fn;
-		h->arg = arg;
+		struct log_hook *head = atomic_load_explicit(&log_hooks, memory_order_acquire);
+		for (h = head; h && (h->fn != fn || h->arg != arg); h = h->next)
+			;
+		if (!h) {
+			h = malloc(sizeof *h);
+			if (!h)
+				return; /* keep the current hook rather than lose logs */
+			h->fn = fn;
+			h->arg = arg;
+			/* Two threads racing to add the same pair may both add it: harmless. */
+			do
+				h->next = head;
+			while (!atomic_compare_exchange_weak_explicit(&log_hooks, &head, h, memory_order_release,
+			                                              memory_order_acquire));
+		}
 	}
-	struct log_hook *old = atomic_exchange_explicit(&log_hook, h, memory_order_acq_rel);
-	if (h)
-		h->older = old;
-	else if (old) {
-		/* Back to the default: park the old chain where it stays reachable. */
-		static struct log_hook *_Atomic retired;
-		struct log_hook *tail = old;
-		while (tail->older)
-			tail = tail->older;
-		tail->older = atomic_exchange_explicit(&retired, old, memory_order_acq_rel);
-	}
+	atomic_store_explicit(&log_hook, h, memory_order_release);
 }
 
 static void default_log(const ats_err *err)
@@ -124,35 +129,49 @@ void ats_err_log(const ats_err *err)
 
 /* ---- Per-thread facts: thread id and a block of log ids ---- */
 
+/* One initial-exec TLS block: the library is built -fPIC, where plain _Thread_local costs a
+ * __tls_get_addr call per variable; initial-exec is one %fs-relative load. */
+struct tls {
+	uint64_t next_id, id_end;
+	int tid;
+};
+static _Thread_local struct tls tls __attribute__((tls_model("initial-exec")));
 static _Atomic uint64_t next_id_block = 1;
-static _Thread_local uint64_t tls_next_id, tls_id_end;
-static _Thread_local int tls_tid;
 
-static uint64_t new_log_id(void)
+static uint64_t new_log_id(struct tls *t)
 {
-	if (tls_next_id == tls_id_end) {
-		tls_next_id = atomic_fetch_add_explicit(&next_id_block, 1024, memory_order_relaxed);
-		tls_id_end = tls_next_id + 1024;
+	if (__builtin_expect(t->next_id == t->id_end, 0)) {
+		t->next_id = atomic_fetch_add_explicit(&next_id_block, 1024, memory_order_relaxed);
+		t->id_end = t->next_id + 1024;
 	}
-	return tls_next_id++;
+	return t->next_id++;
 }
 
-static int thread_id(void)
+static int thread_id(struct tls *t)
 {
-	if (!tls_tid)
-		tls_tid = (int)gettid();
-	return tls_tid;
+	if (__builtin_expect(!t->tid, 0))
+		t->tid = (int)gettid();
+	return t->tid;
+}
+
+/* A forked child runs on a new thread id: forget the parent's. (Log ids stay unique within each
+ * process, which is what the header promises.) */
+static void forget_tid(void)
+{
+	tls.tid = 0;
 }
 
 /* Wall time as the cheap monotonic clock plus an offset refreshed every second, so an error pays
- * for one TSC read instead of two vDSO calls. */
+ * for one TSC read instead of two vDSO calls. A reader may pair a fresh stamp with the previous
+ * offset: the error is the clocks' drift over one second. */
 static _Atomic int64_t wall_offset;
 static _Atomic uint64_t wall_offset_at;
 
 static uint64_t wall_from_mono(uint64_t mono)
 {
 	uint64_t at = atomic_load_explicit(&wall_offset_at, memory_order_relaxed);
-	if (at == 0 || mono - at > 1000000000u) {
+	/* Signed: another thread may have stamped a slightly later `at` than our mono. */
+	if (__builtin_expect(at == 0 || (int64_t)(mono - at) > 1000000000, 0)) {
 		int64_t off = (int64_t)(ats_wall_ns() - ats_now_ns());
 		atomic_store_explicit(&wall_offset, off, memory_order_relaxed);
 		atomic_store_explicit(&wall_offset_at, mono ? mono : 1, memory_order_relaxed);
@@ -163,8 +182,10 @@ static uint64_t wall_from_mono(uint64_t mono)
 
 __attribute__((constructor)) static void error_init(void)
 {
-	/* A per-thread unwind cache keeps unw_backtrace off libunwind's global cache lock. */
+	/* A per-thread cache keeps unw_backtrace off libunwind's global cache lock (which also blocks
+	 * signals with a sigprocmask system call). */
 	unw_set_caching_policy(unw_local_addr_space, UNW_CACHE_PER_THREAD);
+	pthread_atfork(NULL, NULL, forget_tid);
 }
 
 /* ---- Construction ---- */
@@ -178,28 +199,53 @@ static bool wants_stack(ats_err_kind kind, int stack)
 	return kind == ATS_KIND_BUG || atomic_load_explicit(&stack_for_known, memory_order_relaxed);
 }
 
-ats_err *ats__err_vnew(const char *file, int line, const char *func, ats_err_kind kind, ats_code code, int stack,
-                       ats_err *cause, const char *fmt, va_list ap)
+/* Up to ATS_ERR_MAX_FRAMES frames starting at the caller of the public entry point. `caller` is
+ * that entry point's return address: searching for it drops exactly atscale's own frames whatever
+ * the compiler inlined or turned into tail calls. Lock-free once warm (see error.h). */
+__attribute__((noinline)) static int capture(void **out, void *caller)
 {
-	/* The first two frames are this function and the ats__err_* entry point behind the macro. */
-	void *raw_frames[ATS_ERR_MAX_FRAMES + 2];
-	void **frames = raw_frames + 2;
-	int nframes = 0;
-	if (wants_stack(kind, stack)) {
-		nframes = unw_backtrace(raw_frames, ATS_ERR_MAX_FRAMES + 2);
-		nframes = nframes > 2 ? nframes - 2 : 0;
+	enum { SLACK = 6 }; /* atscale frames above the caller: capture, make, an entry point, ... */
+	void *raw[ATS_ERR_MAX_FRAMES + SLACK];
+	int n = unw_backtrace(raw, ATS_ERR_MAX_FRAMES + SLACK);
+	int skip = 1; /* without a match, drop only capture() itself */
+	for (int i = 0; i < n && i < SLACK; i++) {
+		if (raw[i] == caller) {
+			skip = i;
+			break;
+		}
 	}
+	n = n > skip ? n - skip : 0;
+	if (n > ATS_ERR_MAX_FRAMES)
+		n = ATS_ERR_MAX_FRAMES;
+	memcpy(out, raw + skip, (size_t)n * sizeof(void *));
+	return n;
+}
+
+enum { OOM_GIVES_OOM, OOM_GIVES_CAUSE };
+
+/* The one constructor behind every entry point. Consumes `cause`; on out-of-memory returns
+ * ats_err_oom (dropping the cause) or, for a wrap, the cause itself (its context lost, its
+ * reference handed back). Cost: one malloc, a TSC read, the message copy (vsnprintf only when
+ * the format has a '%'), and unw_backtrace when a stack is wanted. */
+static ats_err *make(const char *file, int line, const char *func, ats_err_kind kind, ats_code code, int stack,
+                     ats_err *cause, int on_oom, void *caller, const char *fmt, va_list ap)
+{
+	void *frames[ATS_ERR_MAX_FRAMES];
+	int nframes = wants_stack(kind, stack) ? capture(frames, caller) : 0;
 
 	char small[256];
 	const char *text = fmt ? fmt : "";
 	size_t mlen;
-	va_list again;
-	va_copy(again, ap);
+	bool reformat = false;
 	if (strchr(text, '%')) {
-		int n = vsnprintf(small, sizeof small, text, ap);
+		va_list again;
+		va_copy(again, ap);
+		int n = vsnprintf(small, sizeof small, text, again);
+		va_end(again);
 		mlen = n < 0 ? 0 : (size_t)n;
 		if (n < 0)
 			small[0] = '\0';
+		reformat = mlen >= sizeof small; /* too long for small: format again into the error */
 		text = small;
 	} else {
 		mlen = strlen(text);
@@ -207,28 +253,30 @@ ats_err *ats__err_vnew(const char *file, int line, const char *func, ats_err_kin
 
 	size_t head = sizeof(struct ats_err) + (size_t)nframes * sizeof(void *);
 	struct ats_err *e = malloc(head + mlen + 1);
-	if (!e) {
-		va_end(again);
+	if (__builtin_expect(!e, 0)) {
+		if (on_oom == OOM_GIVES_CAUSE)
+			return cause;
 		ats_err_unref(cause);
 		return ats_err_oom;
 	}
-	if (text != small || mlen < sizeof small)
-		memcpy(e->msg + (size_t)nframes * sizeof(void *), text, mlen + 1);
+	char *msg = e->msg + (size_t)nframes * sizeof(void *);
+	if (reformat)
+		vsnprintf(msg, mlen + 1, fmt, ap);
 	else
-		vsnprintf(e->msg + (size_t)nframes * sizeof(void *), mlen + 1, fmt, again);
-	va_end(again);
+		memcpy(msg, text, mlen + 1);
 
+	struct tls *t = &tls;
 	atomic_init(&e->refs, 1);
 	e->kind = (uint8_t)kind;
 	e->code = (uint8_t)code;
 	e->is_static = 0;
 	e->nframes = (uint8_t)nframes;
 	e->line = line;
-	e->tid = thread_id();
+	e->tid = thread_id(t);
 	e->nkv = 0;
 	e->file = file;
 	e->func = func;
-	e->log_id = new_log_id();
+	e->log_id = new_log_id(t);
 	e->mono_ns = ats_fast_now_ns();
 	e->wall_ns = wall_from_mono(e->mono_ns);
 	e->cause = cause;
@@ -238,9 +286,15 @@ ats_err *ats__err_vnew(const char *file, int line, const char *func, ats_err_kin
 	e->size = head + mlen + 1;
 	/* Frames sit right after the struct (pointer-aligned), the message after them. */
 	e->frames = (void **)(void *)e->msg;
-	e->text = e->msg + (size_t)nframes * sizeof(void *);
+	e->text = msg;
 	memcpy(e->frames, frames, (size_t)nframes * sizeof(void *));
 	return e;
+}
+
+ats_err *ats__err_vnew(const char *file, int line, const char *func, ats_err_kind kind, ats_code code, int stack,
+                       ats_err *cause, const char *fmt, va_list ap)
+{
+	return make(file, line, func, kind, code, stack, cause, OOM_GIVES_OOM, __builtin_return_address(0), fmt, ap);
 }
 
 ats_err *ats__err_new(const char *file, int line, const char *func, ats_err_kind kind, ats_code code, int stack,
@@ -248,7 +302,8 @@ ats_err *ats__err_new(const char *file, int line, const char *func, ats_err_kind
 {
 	va_list ap;
 	va_start(ap, fmt);
-	ats_err *e = ats__err_vnew(file, line, func, kind, code, stack, cause, fmt, ap);
+	ats_err *e =
+	    make(file, line, func, kind, code, stack, cause, OOM_GIVES_OOM, __builtin_return_address(0), fmt, ap);
 	va_end(ap);
 	return e;
 }
@@ -261,13 +316,23 @@ ats_err *ats__err_wrap(const char *file, int line, const char *func, ats_err *ca
 		return cause; /* no memory to say more with */
 	va_list ap;
 	va_start(ap, fmt);
-	ats_err_kind kind = (ats_err_kind)cause->kind;
-	ats_code code = (ats_code)cause->code;
-	ats_err *e = ats__err_vnew(file, line, func, kind, code, stack, ats_err_ref(cause), fmt, ap);
+	/* The cause's reference moves into the new error; on OOM it comes back as the result: the
+	 * cause without the added context beats an OOM error. */
+	ats_err *e = make(file, line, func, (ats_err_kind)cause->kind, (ats_code)cause->code, stack, cause,
+	                  OOM_GIVES_CAUSE, __builtin_return_address(0), fmt, ap);
 	va_end(ap);
-	if (e == ats_err_oom)
-		return cause; /* the cause, without the added context, beats an OOM error */
-	ats_err_unref(cause);
+	return e;
+}
+
+static ats_err *make_l(const char *file, int line, const char *func, ats_err_kind kind, ats_code code, ats_err *cause,
+                       void *caller, const char *fmt, ...) __attribute__((format(printf, 8, 9)));
+static ats_err *make_l(const char *file, int line, const char *func, ats_err_kind kind, ats_code code, ats_err *cause,
+                       void *caller, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	ats_err *e = make(file, line, func, kind, code, ATS_STACK_DEFAULT, cause, OOM_GIVES_OOM, caller, fmt, ap);
+	va_end(ap);
 	return e;
 }
 
@@ -275,20 +340,19 @@ ats_err *ats__err_errno(const char *file, int line, const char *func, int errnum
 {
 	va_list ap;
 	va_start(ap, fmt);
-	ats_err *e = ats__err_vnew(file, line, func, ATS_KIND_RAW, ATS_ERR_SYSTEM, ATS_STACK_DEFAULT, NULL, fmt, ap);
+	ats_err *e = make(file, line, func, ATS_KIND_RAW, ATS_ERR_SYSTEM, ATS_STACK_DEFAULT, NULL, OOM_GIVES_OOM,
+	                  __builtin_return_address(0), fmt, ap);
 	va_end(ap);
-	char name[64];
-	const char *desc = strerrorname_np(errnum);
-	snprintf(name, sizeof name, "%s (%d)", desc ? desc : "unknown errno", errnum);
-	return ats_err_with_kv(e, "errno", "%s", name);
+	const char *name = strerrorname_np(errnum);
+	return ats_err_with_kv(e, "errno", "%s (%d)", name ? name : "unknown errno", errnum);
 }
 
 ats_err *ats__err_boundary(const char *file, int line, const char *func, ats_err *err)
 {
 	if (!err || err->kind != ATS_KIND_RAW)
 		return err;
-	return ats__err_new(file, line, func, ATS_KIND_BUG, ATS_ERR_INTERNAL, ATS_STACK_DEFAULT, err,
-	                    "unexpected error crossed a module boundary");
+	return make_l(file, line, func, ATS_KIND_BUG, ATS_ERR_INTERNAL, err, __builtin_return_address(0),
+	              "unexpected error crossed a module boundary");
 }
 
 /* ---- Decorations (copy on write) ---- */
@@ -324,7 +388,10 @@ static struct ats_err *owned(ats_err *err)
 	struct ats_err *c = malloc(err->size);
 	if (!c)
 		return NULL;
-	memcpy(c, err, err->size);
+	/* Everything but the count: other owners may be changing it right now (atomically), and a
+	 * plain read of it would race. */
+	size_t from = offsetof(struct ats_err, kind);
+	memcpy((char *)c + from, (const char *)err + from, err->size - from);
 	atomic_init(&c->refs, 1);
 	c->frames = (void **)(void *)c->msg;
 	c->text = c->msg + (size_t)c->nframes * sizeof(void *);
@@ -338,6 +405,8 @@ static struct ats_err *owned(ats_err *err)
 		ok = c->kv[i].key && c->kv[i].value;
 	}
 	if (!ok) {
+		if (!c->kv)
+			c->nkv = 0; /* the array itself failed: nothing in it to free */
 		free_decorations(c);
 		free(c);
 		return NULL;
@@ -429,10 +498,15 @@ ats_err *ats_err_ref(ats_err *err)
 void ats_err_unref(ats_err *err)
 {
 	while (err && !err->is_static) {
-		if (atomic_fetch_sub_explicit(&err->refs, 1, memory_order_acq_rel) != 1)
+		/* A count of 1 means the caller holds the only reference: no other thread can change it
+		 * (taking a reference needs one), so the last owner skips the atomic read-modify-write.
+		 * The acquire load pairs with the release decrement of the owner before us. */
+		if (atomic_load_explicit(&err->refs, memory_order_acquire) != 1 &&
+		    atomic_fetch_sub_explicit(&err->refs, 1, memory_order_acq_rel) != 1)
 			return;
 		ats_err *cause = err->cause;
-		free_decorations(err);
+		if (err->user || err->hint || err->kv)
+			free_decorations(err);
 		free(err);
 		err = cause; /* iterate instead of recursing: long chains cannot overflow the stack */
 	}
@@ -577,7 +651,8 @@ const char *ats_err_kind_name(ats_err_kind kind)
 
 /* ---- Formatting ---- */
 
-/* An snprintf-style writer: counts every byte, stores what fits. */
+/* An snprintf-style writer: counts every byte, stores what fits. Numbers are written by hand:
+ * vsnprintf costs ~100 ns a call, several times what the whole field does. */
 struct out {
 	char *buf;
 	size_t len;
@@ -598,15 +673,46 @@ static void puts_(struct out *o, const char *s)
 	put(o, s, strlen(s));
 }
 
-__attribute__((format(printf, 2, 3))) static void putf(struct out *o, const char *fmt, ...)
+static void put_u64(struct out *o, uint64_t v)
 {
-	char tmp[128];
-	va_list ap;
-	va_start(ap, fmt);
-	int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
-	va_end(ap);
-	if (n > 0)
-		put(o, tmp, (size_t)n < sizeof tmp ? (size_t)n : sizeof tmp - 1);
+	char tmp[20];
+	size_t i = sizeof tmp;
+	do
+		tmp[--i] = (char)('0' + v % 10);
+	while (v /= 10);
+	put(o, tmp + i, sizeof tmp - i);
+}
+
+static void put_i64(struct out *o, int64_t v)
+{
+	if (v < 0) {
+		put(o, "-", 1);
+		put_u64(o, 0 - (uint64_t)v);
+	} else {
+		put_u64(o, (uint64_t)v);
+	}
+}
+
+/* `v` in hex with a 0x prefix. */
+static void put_hex(struct out *o, uint64_t v)
+{
+	char tmp[18];
+	size_t i = sizeof tmp;
+	do
+		tmp[--i] = "0123456789abcdef"[v & 15];
+	while (v >>= 4);
+	tmp[--i] = 'x';
+	tmp[--i] = '0';
+	put(o, tmp + i, sizeof tmp - i);
+}
+
+/* `v` in decimal, zero-padded to `width` digits (width <= 9). */
+static void put_padded(struct out *o, unsigned v, unsigned width)
+{
+	char tmp[9];
+	for (unsigned i = width; i-- > 0; v /= 10)
+		tmp[i] = (char)('0' + v % 10);
+	put(o, tmp, width);
 }
 
 static size_t finish(struct out *o)
@@ -623,24 +729,52 @@ static void symbolize(struct out *o, void *pc)
 	Dl_info info;
 	/* A return address points after the call; look up the call itself. */
 	if (!dladdr((char *)pc - 1, &info)) {
-		putf(o, "%p", pc);
+		put_hex(o, (uintptr_t)pc);
 		return;
 	}
-	if (info.dli_sname)
-		putf(o, "%s+0x%zx ", info.dli_sname, (size_t)((char *)pc - (char *)info.dli_saddr));
+	if (info.dli_sname) {
+		puts_(o, info.dli_sname);
+		put(o, "+", 1);
+		put_hex(o, (uintptr_t)((char *)pc - (char *)info.dli_saddr));
+		put(o, " ", 1);
+	}
 	const char *base = info.dli_fname ? strrchr(info.dli_fname, '/') : NULL;
-	putf(o, "(%s+0x%zx)", base ? base + 1 : (info.dli_fname ? info.dli_fname : "?"),
-	     (size_t)((char *)pc - (char *)info.dli_fbase));
+	put(o, "(", 1);
+	puts_(o, base ? base + 1 : (info.dli_fname && *info.dli_fname ? info.dli_fname : "?"));
+	put(o, "+", 1);
+	put_hex(o, (uintptr_t)((char *)pc - (char *)info.dli_fbase));
+	put(o, ")", 1);
 }
 
+/* RFC 3339 UTC with nanoseconds. By hand (days to civil date, H. Hinnant's algorithm) because
+ * gmtime_r takes glibc's time zone lock. */
 static void put_time(struct out *o, uint64_t wall_ns)
 {
-	time_t secs = (time_t)(wall_ns / 1000000000u);
-	struct tm tm;
-	char tmp[40];
-	gmtime_r(&secs, &tm);
-	strftime(tmp, sizeof tmp, "%Y-%m-%dT%H:%M:%S", &tm);
-	putf(o, "%s.%09uZ", tmp, (unsigned)(wall_ns % 1000000000u));
+	uint64_t secs = wall_ns / 1000000000u;
+	int64_t z = (int64_t)(secs / 86400) + 719468;
+	unsigned sod = (unsigned)(secs % 86400);
+	int64_t era = z / 146097;
+	unsigned doe = (unsigned)(z - era * 146097);
+	unsigned yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+	unsigned doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+	unsigned mp = (5 * doy + 2) / 153;
+	unsigned day = doy - (153 * mp + 2) / 5 + 1;
+	unsigned month = mp < 10 ? mp + 3 : mp - 9;
+	uint64_t year = (uint64_t)(yoe + era * 400) + (month <= 2);
+	put_padded(o, (unsigned)(year % 10000), 4);
+	put(o, "-", 1);
+	put_padded(o, month, 2);
+	put(o, "-", 1);
+	put_padded(o, day, 2);
+	put(o, "T", 1);
+	put_padded(o, sod / 3600, 2);
+	put(o, ":", 1);
+	put_padded(o, sod / 60 % 60, 2);
+	put(o, ":", 1);
+	put_padded(o, sod % 60, 2);
+	put(o, ".", 1);
+	put_padded(o, (unsigned)(wall_ns % 1000000000u), 9);
+	put(o, "Z", 1);
 }
 
 size_t ats_err_format(const ats_err *err, char *buf, size_t len)
@@ -651,13 +785,28 @@ size_t ats_err_format(const ats_err *err, char *buf, size_t len)
 	for (int depth = 0; err; err = err->cause, depth++) {
 		puts_(&o, depth ? "caused by: " : "error: ");
 		puts_(&o, ats_err_message(err));
-		putf(&o, "\n  code: %s (%s)  log id: %llu\n", ats_code_name((ats_code)err->code),
-		     ats_err_kind_name((ats_err_kind)err->kind), (unsigned long long)err->log_id);
+		puts_(&o, "\n  code: ");
+		puts_(&o, ats_code_name((ats_code)err->code));
+		puts_(&o, " (");
+		puts_(&o, ats_err_kind_name((ats_err_kind)err->kind));
+		puts_(&o, ")  log id: ");
+		put_u64(&o, err->log_id);
+		puts_(&o, "\n");
 		if (err->is_static)
 			continue;
-		putf(&o, "  at: %s:%d (%s)  thread %d\n  time: ", err->file, err->line, err->func, err->tid);
+		puts_(&o, "  at: ");
+		puts_(&o, err->file);
+		puts_(&o, ":");
+		put_i64(&o, err->line);
+		puts_(&o, " (");
+		puts_(&o, err->func);
+		puts_(&o, ")  thread ");
+		put_i64(&o, err->tid);
+		puts_(&o, "\n  time: ");
 		put_time(&o, err->wall_ns);
-		putf(&o, "  (monotonic %llu ns)\n", (unsigned long long)err->mono_ns);
+		puts_(&o, "  (monotonic ");
+		put_u64(&o, err->mono_ns);
+		puts_(&o, " ns)\n");
 		if (err->user) {
 			puts_(&o, "  user message: ");
 			puts_(&o, err->user);
@@ -678,7 +827,9 @@ size_t ats_err_format(const ats_err *err, char *buf, size_t len)
 		if (err->nframes)
 			puts_(&o, "  stack:\n");
 		for (unsigned i = 0; i < err->nframes; i++) {
-			putf(&o, "    #%-2u ", i);
+			puts_(&o, "    #");
+			put_u64(&o, i);
+			puts_(&o, i < 10 ? "  " : " ");
 			symbolize(&o, err->frames[i]);
 			puts_(&o, "\n");
 		}
@@ -718,15 +869,21 @@ static size_t utf8_len(const unsigned char *s, size_t n)
 	return len;
 }
 
-/* A JSON string: quotes, escapes, and U+FFFD for each byte that is not valid UTF-8. */
+/* A JSON string: quotes, escapes, and U+FFFD for each byte that is not valid UTF-8. Runs of
+ * plain printable ASCII are copied at once. */
 static void put_json_string(struct out *o, const char *str)
 {
 	const unsigned char *s = (const unsigned char *)(str ? str : "");
-	size_t n = strlen((const char *)s);
 	put(o, "\"", 1);
-	while (n) {
+	for (;;) {
+		const unsigned char *run = s;
+		while (*s >= 0x20 && *s < 0x7f && *s != '"' && *s != '\\')
+			s++;
+		put(o, (const char *)run, (size_t)(s - run));
 		unsigned char c = *s;
-		size_t l = utf8_len(s, n);
+		if (!c)
+			break;
+		size_t l = c < 0x80 ? 1 : utf8_len(s, strnlen((const char *)s, 4));
 		if (l == 0) {
 			puts_(o, "\\ufffd");
 			l = 1;
@@ -739,12 +896,12 @@ static void put_json_string(struct out *o, const char *str)
 		} else if (c == '\t') {
 			puts_(o, "\\t");
 		} else if (c < 0x20 || c == 0x7f) {
-			putf(o, "\\u%04x", c);
+			char esc[6] = {'\\', 'u', '0', '0', "0123456789abcdef"[c >> 4], "0123456789abcdef"[c & 15]};
+			put(o, esc, sizeof esc);
 		} else {
 			put(o, (const char *)s, l);
 		}
 		s += l;
-		n -= l;
 	}
 	put(o, "\"", 1);
 }
@@ -760,13 +917,24 @@ size_t ats_err_format_json(const ats_err *err, char *buf, size_t len)
 	for (; err; err = err->cause, depth++) {
 		puts_(&o, "{\"message\":");
 		put_json_string(&o, ats_err_message(err));
-		putf(&o, ",\"code\":\"%s\",\"kind\":\"%s\",\"log_id\":%llu", ats_code_name((ats_code)err->code),
-		     ats_err_kind_name((ats_err_kind)err->kind), (unsigned long long)err->log_id);
+		puts_(&o, ",\"code\":\"");
+		puts_(&o, ats_code_name((ats_code)err->code));
+		puts_(&o, "\",\"kind\":\"");
+		puts_(&o, ats_err_kind_name((ats_err_kind)err->kind));
+		puts_(&o, "\",\"log_id\":");
+		put_u64(&o, err->log_id);
 		if (!err->is_static) {
-			putf(&o, ",\"wall_ns\":%llu,\"mono_ns\":%llu,\"thread\":%d,\"file\":",
-			     (unsigned long long)err->wall_ns, (unsigned long long)err->mono_ns, err->tid);
+			puts_(&o, ",\"wall_ns\":");
+			put_u64(&o, err->wall_ns);
+			puts_(&o, ",\"mono_ns\":");
+			put_u64(&o, err->mono_ns);
+			puts_(&o, ",\"thread\":");
+			put_i64(&o, err->tid);
+			puts_(&o, ",\"file\":");
 			put_json_string(&o, err->file);
-			putf(&o, ",\"line\":%d,\"func\":", err->line);
+			puts_(&o, ",\"line\":");
+			put_i64(&o, err->line);
+			puts_(&o, ",\"func\":");
 			put_json_string(&o, err->func);
 		}
 		if (err->user) {
@@ -791,7 +959,7 @@ size_t ats_err_format_json(const ats_err *err, char *buf, size_t len)
 		if (err->nframes) {
 			puts_(&o, ",\"stack\":[");
 			for (unsigned i = 0; i < err->nframes; i++) {
-				char frame[512];
+				char frame[1024];
 				struct out f = {frame, sizeof frame, 0};
 				symbolize(&f, err->frames[i]);
 				finish(&f);
@@ -832,8 +1000,9 @@ size_t ats_err_user_text(const ats_err *err, char *buf, size_t len)
 		return finish(&o);
 	if (err->kind != ATS_KIND_KNOWN) {
 		ats_err_log(err);
-		putf(&o, "An unexpected issue occurred; please report it with log id %llu.",
-		     (unsigned long long)err->log_id);
+		puts_(&o, "An unexpected issue occurred; please report it with log id ");
+		put_u64(&o, err->log_id);
+		puts_(&o, ".");
 		return finish(&o);
 	}
 	const char *user = NULL, *hint = NULL;
