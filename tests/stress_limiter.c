@@ -25,49 +25,7 @@
 #define SANITIZED 0
 #endif
 
-#ifndef TSAN
 #include <criterion/criterion.h>
-#else
-/* Criterion cannot start under ThreadSanitizer (its boxfort arena collides with TSan's memory
- * layout: Snaipe/Criterion#274), so under TSan these tests run with a minimal Criterion-compatible
- * runner: the same bodies and assertions, its own main. Any failed check aborts. */
-struct tsan_test {
-	const char *suite, *name;
-	void (*fn)(void);
-};
-static struct tsan_test tsan_tests[32];
-static int tsan_ntests;
-#define Test(suite, name, ...)                                                                                         \
-	static void suite##_##name(void);                                                                              \
-	__attribute__((constructor)) static void suite##_##name##_reg(void)                                            \
-	{                                                                                                              \
-		tsan_tests[tsan_ntests++] = (struct tsan_test){#suite, #name, suite##_##name};                         \
-	}                                                                                                              \
-	static void suite##_##name(void)
-#define cr_assert(cond, ...)                                                                                           \
-	do {                                                                                                           \
-		if (!(cond)) {                                                                                         \
-			fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);                       \
-			abort();                                                                                       \
-		}                                                                                                      \
-	} while (0)
-#define cr_expect cr_assert
-#define cr_assert_null(p, ...) cr_assert((p) == NULL)
-#define cr_assert_not_null(p, ...) cr_assert((p) != NULL)
-#define cr_assert_eq(a, b, ...) cr_assert((a) == (b))
-#define cr_expect_eq(a, b, ...) cr_assert((a) == (b))
-#define cr_expect_leq(a, b, ...) cr_assert((a) <= (b))
-#define cr_expect_geq(a, b, ...) cr_assert((a) >= (b))
-int main(void)
-{
-	for (int i = 0; i < tsan_ntests; i++) {
-		tsan_tests[i].fn();
-		printf("[PASS] %s::%s\n", tsan_tests[i].suite, tsan_tests[i].name);
-	}
-	printf("[====] Synthesis: Tested: %d | Passing: %d\n", tsan_ntests, tsan_ntests);
-	return 0;
-}
-#endif
 
 #define THREADS 4
 #define ITERS (SANITIZED ? 20000 : 2000000)

@@ -69,6 +69,16 @@ __attribute__((format(printf, 4, 5), noreturn)) static inline void ats_crl_fail(
 #define cr_assert_not_null(p, ...) cr_assert((p) != NULL, __VA_ARGS__)
 #define cr_assert_str_eq(a, b, ...) cr_assert(strcmp((a), (b)) == 0, __VA_ARGS__)
 #define cr_assert_str_neq(a, b, ...) cr_assert(strcmp((a), (b)) != 0, __VA_ARGS__)
+/* An expectation fails the test too; here it stops it at once (stricter than Criterion). */
+#define cr_expect cr_assert
+#define cr_expect_eq cr_assert_eq
+#define cr_expect_neq cr_assert_neq
+#define cr_expect_gt cr_assert_gt
+#define cr_expect_geq cr_assert_geq
+#define cr_expect_lt cr_assert_lt
+#define cr_expect_leq cr_assert_leq
+#define cr_expect_null cr_assert_null
+#define cr_expect_not_null cr_assert_not_null
 
 /* Runs every test (or those whose name holds the --filter text) in its own child process. */
 int main(int argc, char **argv)
