@@ -111,8 +111,10 @@ bool ats__ctx_lookup_overflow(const struct ats__ctx_vals *v, const ats_ctx_key *
  * Wait-free. */
 ats_ctx *ats_ctx_background(void);
 
-/* A child that is done when cancelled or when its parent is. Blocking (allocation, and the
- * parent's lock for a few instructions to link the child); ~30 ns. Born done if the parent is. */
+/* A child that is done when cancelled or when its parent is. Blocking: an allocation (from a
+ * per-thread cache in the common case) and the parent's lock for a few instructions to link the
+ * child, one atomic write. Create + cancel + release is three atomic writes in all (~60 ns on a
+ * shared 2-core VM). Born done if the parent is. */
 ats_err *ats_ctx_with_cancel(ats_ctx *parent, ats_ctx **out);
 
 /* A child that is also done at deadline_ns (CLOCK_MONOTONIC ns): its deadline is the earlier of
@@ -143,7 +145,9 @@ ats_err *ats_ctx_merge(ats_ctx *const *parents, size_t n, ats_ctx **out);
 
 /* ---- Lifetime ---- */
 
-/* Adds a reference; wait-free (one atomic add). Returns ctx. */
+/* Adds a reference; wait-free (one atomic add). Returns ctx. A child does not count here: its link
+ * keeps its parent alive (a parent released before its children stays linked and cancellable
+ * until the last of them goes). */
 ats_ctx *ats_ctx_ref(ats_ctx *ctx);
 /* Drops a reference. The last one disarms the timer, unlinks the context from its parent (its
  * lock, briefly), stops a merge's after-funcs and frees it, then drops its reference to the
