@@ -2,54 +2,7 @@
  * releasing, merging and waiting on one shared tree, timers firing into releases and cancels.
  * Counts are exact: every waiter wakes, every after-func runs or is stopped exactly once, every
  * context under a cancelled root is done; ASan/LSan check that nothing leaks or is freed twice. */
-#if defined(__SANITIZE_THREAD__)
-#define ATS_CTX_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define ATS_CTX_TSAN 1
-#endif
-#endif
-
-#ifndef ATS_CTX_TSAN
 #include <criterion/criterion.h>
-#else
-/* Criterion cannot start under ThreadSanitizer (its boxfort arena collides with TSan's memory
- * layout: Snaipe/Criterion#274), so under TSan this file runs its tests with this minimal,
- * Criterion-compatible runner: same test bodies, same assertions, its own main. */
-#include <stdio.h>
-#include <stdlib.h>
-struct tsan_test {
-	const char *suite, *name;
-	void (*fn)(void);
-};
-static struct tsan_test tsan_tests[64];
-static int tsan_ntests;
-#define Test(suite, name, ...)                                                                                         \
-	static void suite##_##name(void);                                                                              \
-	__attribute__((constructor)) static void suite##_##name##_reg(void)                                            \
-	{                                                                                                              \
-		tsan_tests[tsan_ntests++] = (struct tsan_test){#suite, #name, suite##_##name};                         \
-	}                                                                                                              \
-	static void suite##_##name(void)
-#define cr_assert(cond, ...)                                                                                           \
-	do {                                                                                                           \
-		if (!(cond)) {                                                                                         \
-			fprintf(stderr, "%s:%d: assertion failed: %s\n", __FILE__, __LINE__, #cond);                   \
-			abort();                                                                                       \
-		}                                                                                                      \
-	} while (0)
-#define cr_assert_null(p, ...) cr_assert((p) == NULL)
-#define cr_assert_eq(a, b, ...) cr_assert((a) == (b))
-int main(void)
-{
-	for (int i = 0; i < tsan_ntests; i++) {
-		tsan_tests[i].fn();
-		printf("[PASS] %s::%s\n", tsan_tests[i].suite, tsan_tests[i].name);
-	}
-	printf("[====] Synthesis: Tested: %d | Passing: %d\n", tsan_ntests, tsan_ntests);
-	return 0;
-}
-#endif
 
 #include "atscale/ctx.h"
 #include "atscale/clock.h"
