@@ -53,6 +53,74 @@ static ats_reservation reserve(ats_limiter *l, uint64_t t, uint64_t n, uint64_t 
 	return r;
 }
 
+/* ---- The token clock's exactness ---- */
+
+static uint64_t xorshift(uint64_t *x)
+{
+	*x ^= *x << 13, *x ^= *x >> 7, *x ^= *x << 17;
+	return *x;
+}
+
+/* A value spread over every magnitude: a random number of random low bits. */
+static uint64_t any_magnitude(uint64_t *x)
+{
+	unsigned bits = (unsigned)(xorshift(x) % 65);
+	return bits == 64 ? xorshift(x) : xorshift(x) & ((UINT64_C(1) << bits) - 1);
+}
+
+/* ats_token_clock_units == floor(dt * events * 2^shift / period) mod 2^64 for every dt, against
+ * 128-bit division: dt * E / P = dt * (E / P) + dt * (E % P) / P, each term exact. Millions of
+ * random (rate, dt) pairs, many of them in the rare case where the frac_lo product carries. */
+Test(gcra, token_clock_is_exact)
+{
+	uint64_t x = 0x9E3779B97F4A7C15u, rare = 0;
+	for (int i = 0; i < 4000000; i++) {
+		uint64_t period = any_magnitude(&x) | 1, events = any_magnitude(&x);
+		if ((unsigned __int128)events * ATS_NS_PER_SEC > (unsigned __int128)ATS_RATE_MAX_PER_SEC * period)
+			events %= period * 1000 + 1;
+		uint64_t burst = xorshift(&x) % (ATS_GCRA_MAX_N + 1);
+		ats_token_clock c;
+		ats_err *err = ats_token_clock_make(&c, (ats_rate){events, period}, burst, 0);
+		cr_assert_null(err, "rate %llu/%llu", (unsigned long long)events, (unsigned long long)period);
+		for (int j = 0; j < 4; j++) {
+			uint64_t dt = any_magnitude(&x);
+			unsigned __int128 e = (unsigned __int128)events << c.shift;
+			uint64_t want = (uint64_t)(dt * (uint64_t)(e / period)) +
+			                (uint64_t)((unsigned __int128)dt * (uint64_t)(e % period) / period);
+			uint64_t units, hi_lo;
+			rare += !ats__token_units_hi(c.base_units, c.mul_int, c.frac_hi, dt, &units, &hi_lo);
+			uint64_t got = ats_token_clock_units(&c, dt);
+			if (got != want)
+				cr_assert_fail("rate %llu/%llu dt %llu: %llu units, want %llu",
+				               (unsigned long long)events, (unsigned long long)period,
+				               (unsigned long long)dt, (unsigned long long)got,
+				               (unsigned long long)want);
+		}
+	}
+	cr_expect_gt(rare, 1000, "the carry case was reached %llu times", (unsigned long long)rare);
+}
+
+/* The limiter's hot paths read the clock without frac_lo and fall back to their full path when it
+ * could carry: they agree with the full computation (tokens_at) at every magnitude of time. */
+Test(gcra, limiter_hot_paths_agree_with_full_clock)
+{
+	uint64_t x = 0xD1B54A32D192ED03u;
+	for (int i = 0; i < 20000; i++) {
+		uint64_t period = any_magnitude(&x) | 1, events = any_magnitude(&x) % (period + 1);
+		uint64_t burst = 1 + xorshift(&x) % 1000;
+		ats_limiter l;
+		cr_assert_null(ats_limiter_init_at(&l, (ats_rate){events, period}, burst, 0));
+		for (int j = 0; j < 8; j++) {
+			uint64_t t = any_magnitude(&x) >> 1;
+			int64_t toks = ats_limiter_tokens_at(&l, t);
+			uint64_t n = 1 + xorshift(&x) % burst;
+			bool fit = toks >= (int64_t)n;
+			cr_assert_eq(ats_limiter_check_at(&l, n, t), fit);
+			cr_assert_eq(ats_limiter_allow_at(&l, n, t), fit);
+		}
+	}
+}
+
 /* ---- x/time/rate rate_test.go, ported ---- */
 
 Test(xrate, burst1)
