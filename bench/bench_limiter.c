@@ -96,11 +96,13 @@ static void deny_at_run(void *state, unsigned tid, uint64_t iters)
 
 /* ---- Sharded ---- */
 
+/* One slot per thread that calls it: the workers, and the runner's main thread, which keeps the
+ * index it got in the 1-thread row (indices are process-wide; see limiter.h). */
 static void *sharded_setup(unsigned threads)
 {
-	(void)threads;
 	ats_sharded *s = NULL;
-	ats_sharded_config cfg = {.rate = ats_rate_per_sec(10000000000u), .burst = UINT64_C(1) << 32, .batch = 4096};
+	ats_sharded_config cfg = {
+	    .rate = ats_rate_per_sec(10000000000u), .burst = UINT64_C(1) << 32, .batch = 4096, .shards = threads + 1};
 	ats_err *err = ats_sharded_new(&s, &cfg);
 	if (err) {
 		ats_err_print(err, stderr);

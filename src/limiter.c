@@ -3,6 +3,7 @@
  * changes, reservations and per-core leasing on one 64-bit word. */
 #include "atscale/limiter.h"
 
+#include <pthread.h>
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
@@ -579,11 +580,14 @@ ats_err *ats_sharded_init_at(ats_sharded *s, const ats_sharded_config *cfg, uint
 	ats_err *err = ats_limiter_init_at(&s->exact, cfg->rate, cfg->burst, now_ns);
 	if (err)
 		return ats_err_wrap(err, "initializing a sharded limiter");
-	s->shards = aligned_alloc(64, sizeof *s->shards * shards);
+	s->shards = aligned_alloc(64, sizeof *s->shards * 2 * (size_t)shards);
 	if (!s->shards)
 		return ats_err_oom;
-	for (uint32_t i = 0; i < shards; i++)
-		atomic_init(&s->shards[i].word, 0);
+	/* Empty, last used at now_ns: a word of 0 would read as used at time 0 mod 2^40, which is "in
+	 * the future" (a stale now_ns) for half of all times, and such a cache would never lease. */
+	for (uint32_t i = 0; i < 2 * shards; i++)
+		atomic_init(&s->shards[i].word, now_ns << 24);
+	s->slots = s->shards + shards;
 	s->nshards = shards;
 	s->batch = batch;
 	s->lease_ns = lease_ns;
@@ -600,6 +604,7 @@ void ats_sharded_destroy(ats_sharded *s)
 	if (s) {
 		free(s->shards);
 		s->shards = NULL;
+		s->slots = NULL;
 	}
 }
 
@@ -661,6 +666,101 @@ bool ats__sharded_slow(ats_sharded *s, _Atomic uint64_t *p, uint64_t n, uint64_t
 		atomic_compare_exchange_strong_explicit(p, &marker, lease, memory_order_relaxed, memory_order_relaxed);
 		return got != 0;
 	}
+}
+
+/* ---- Thread indices (the per-thread slots' owners) ----
+ * Process-wide, lowest free first, so that the threads alive at once hold the indices below their
+ * count. Handed out once per thread under a mutex (not a hot path) and handed back by a pthread key
+ * destructor at thread exit; the mutex orders the old owner's last slot writes before the new
+ * owner's first reads. A fork()ed child keeps its parent's other threads' indices (leaked: those
+ * slots go unused there). */
+
+__thread uint32_t ats__thread_index1 __attribute__((tls_model("initial-exec")));
+
+static pthread_mutex_t index_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_once_t index_once = PTHREAD_ONCE_INIT;
+static pthread_key_t index_key;
+static bool index_key_ok;
+static uint8_t *index_used; /* index_cap flags */
+static uint32_t index_cap;
+
+static void index_release(void *p)
+{
+	uint32_t i = (uint32_t)(uintptr_t)p - 1;
+	pthread_mutex_lock(&index_lock);
+	if (i < index_cap)
+		index_used[i] = 0;
+	pthread_mutex_unlock(&index_lock);
+	/* Calls after this point (other destructors) take the shared paths. */
+	ats__thread_index1 = UINT32_MAX;
+}
+
+static void index_init(void)
+{
+	index_key_ok = pthread_key_create(&index_key, index_release) == 0;
+}
+
+/* Gives the calling thread its index; leaves it at 0 (shared paths, retried next call) when out of
+ * memory. */
+static void index_assign(void)
+{
+	pthread_once(&index_once, index_init);
+	if (!index_key_ok) {
+		ats__thread_index1 = UINT32_MAX;
+		return;
+	}
+	pthread_mutex_lock(&index_lock);
+	uint32_t i = 0;
+	while (i < index_cap && index_used[i])
+		i++;
+	if (i == index_cap) {
+		uint32_t cap = index_cap ? 2 * index_cap : 64;
+		uint8_t *used = cap > index_cap && cap < UINT32_MAX / 2 ? realloc(index_used, cap) : NULL;
+		if (!used) {
+			pthread_mutex_unlock(&index_lock);
+			return;
+		}
+		memset(used + index_cap, 0, cap - index_cap);
+		index_used = used;
+		index_cap = cap;
+	}
+	index_used[i] = 1;
+	pthread_mutex_unlock(&index_lock);
+	if (pthread_setspecific(index_key, (void *)(uintptr_t)(i + 1)) != 0) {
+		index_release((void *)(uintptr_t)(i + 1));
+		return;
+	}
+	ats__thread_index1 = i + 1;
+}
+
+bool ats__sharded_thread_slow(ats_sharded *s, uint64_t n, uint64_t now_ns)
+{
+	if (ats__thread_index1 == 0)
+		index_assign();
+	uint32_t i = ats__thread_index1 - 1;
+	if (i >= s->nshards)
+		return ats_sharded_allow_shard_at(s, ats__current_cpu(), n, now_ns);
+	if (n == 0)
+		return true;
+	if (n > s->batch)
+		return ats_limiter_allow_at(&s->exact, n, now_ns);
+	/* The slot is this thread's alone: plain relaxed load and store. */
+	_Atomic uint64_t *p = &s->slots[i].word;
+	uint64_t w = atomic_load_explicit(p, memory_order_relaxed);
+	uint64_t tok = w & ATS__SHARD_TOKENS;
+	int64_t age = (int64_t)((now_ns - (w >> 24)) << 24) >> 24;
+	/* A now_ns older than the slot's last use must not reuse its lease (the slot's operations stay
+	 * ordered by time, which the over-admission bound relies on): exact bucket. */
+	if (age < 0)
+		return ats_limiter_allow_at(&s->exact, n, now_ns);
+	if ((uint64_t)age <= s->lease_ns && tok >= n) {
+		atomic_store_explicit(p, (now_ns << 24) | (tok - n), memory_order_relaxed);
+		return true;
+	}
+	/* Empty, short or expired (its tokens are dropped): lease a new batch. */
+	uint64_t got = ats__limiter_take_upto_at(&s->exact, n, s->batch, now_ns);
+	atomic_store_explicit(p, (now_ns << 24) | (got ? got - n : 0), memory_order_relaxed);
+	return got != 0;
 }
 
 /* ---- Multi-limit ---- */

@@ -300,7 +300,7 @@ Test(stress, audit_sharded_limiter)
 		cr_assert_not_null(args[i].times);
 	}
 	run_threads(audit_sharded, args, sizeof *args);
-	uint64_t n = audit(args, rate, burst, (uint64_t)s->nshards * s->batch);
+	uint64_t n = audit(args, rate, burst, ats_sharded_max_excess(s));
 	cr_expect_geq(n, burst);
 	for (int i = 0; i < THREADS; i++)
 		free(args[i].times);

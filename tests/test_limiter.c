@@ -4,6 +4,7 @@
 #include <atscale/limiter.h>
 
 #include <criterion/criterion.h>
+#include <pthread.h>
 
 #define MS UINT64_C(1000000)
 #define SEC UINT64_C(1000000000)
@@ -637,6 +638,74 @@ Test(sharded, over_admission_bound_is_shards_times_batch)
 	uint64_t got = drain(s, t);
 	cr_expect_eq(got, 64 + 4 * 7);
 	cr_expect_leq(got, 64 + 4 * 8);
+	ats_sharded_free(s);
+}
+
+struct slot_owner {
+	ats_sharded *s;
+	pthread_barrier_t *b;
+	uint64_t t;
+	uint64_t got;
+};
+
+/* Takes one token at T0 (leasing batch for its slot), waits while the shards are drained, then
+ * drains its slot at t. */
+static void *slot_owner(void *p)
+{
+	struct slot_owner *o = p;
+	cr_expect(ats_sharded_allow_at(o->s, 1, T0));
+	pthread_barrier_wait(o->b);
+	pthread_barrier_wait(o->b);
+	while (ats_sharded_allow_at(o->s, 1, o->t))
+		o->got++;
+	return NULL;
+}
+
+/* The worst case of the bound with both kinds of cache: 4 threads alive at once own the 4 slots,
+ * and the 4 shared shards hold leases too: burst + 2 * shards * (batch - 1) in one window. */
+Test(sharded, over_admission_bound_with_slots_and_shards)
+{
+	ats_sharded *s = mk_sharded(4, 8, 64, SEC);
+	uint64_t t = T0 + 640 * MS; /* 64 tokens refilled at 100/s: the exact bucket is full again */
+	pthread_barrier_t b;
+	pthread_barrier_init(&b, NULL, 5);
+	struct slot_owner o[4];
+	pthread_t th[4];
+	for (int i = 0; i < 4; i++) {
+		o[i] = (struct slot_owner){.s = s, .b = &b, .t = t};
+		cr_assert_eq(pthread_create(&th[i], NULL, slot_owner, &o[i]), 0);
+	}
+	pthread_barrier_wait(&b); /* the 4 slots hold 7 tokens each, the bucket has 32 */
+	for (unsigned i = 0; i < 4; i++)
+		cr_expect(ats_sharded_allow_shard_at(s, i, 1, T0));
+	cr_expect_eq(ats_limiter_tokens_at(&s->exact, T0), 0);
+	cr_expect_eq(ats_limiter_tokens_at(&s->exact, t), 64);
+	uint64_t got = drain(s, t);
+	pthread_barrier_wait(&b);
+	for (int i = 0; i < 4; i++) {
+		pthread_join(th[i], NULL);
+		got += o[i].got;
+	}
+	pthread_barrier_destroy(&b);
+	cr_expect_eq(got, 64 + 2 * 4 * 7);
+	cr_expect_leq(got, 64 + ats_sharded_max_excess(s));
+	ats_sharded_free(s);
+}
+
+/* A fresh cache leases at any time: its word once read as used at time 0 mod 2^40, "after" every
+ * now_ns with bit 39 set, and such a cache sent every call to the exact bucket, forever. */
+Test(sharded, fresh_caches_lease_at_any_time)
+{
+	uint64_t t1 = T0 | (UINT64_C(1) << 39);
+	ats_sharded *s = NULL;
+	ats_sharded_config cfg = {.rate = ats_rate_per_sec(100), .burst = 64, .batch = 8, .shards = 2, .lease_ns = SEC};
+	cr_assert_null(ats_sharded_new(&s, &cfg));
+	ats_sharded_destroy(s);
+	cr_assert_null(ats_sharded_init_at(s, &cfg, t1));
+	cr_expect(ats_sharded_allow_shard_at(s, 0, 1, t1));
+	cr_expect_eq(ats_limiter_tokens_at(&s->exact, t1), 64 - 8);
+	cr_expect(ats_sharded_allow_at(s, 1, t1));
+	cr_expect_eq(ats_limiter_tokens_at(&s->exact, t1), 64 - 16);
 	ats_sharded_free(s);
 }
 

@@ -44,11 +44,20 @@
  * generations' units; a reservation two or more changes old gives nothing back (never over-grants).
  *
  * ---- Sharded limiter (ats_sharded) ----
- * Per-core token caches leasing batches from one exact limiter, so an acquire touches only its
- * core's cache line. Over-admission bound, for callers whose timestamps follow real time: in any
- * window [t, t+w] at most burst + rate*w + shards*batch tokens are granted (each shard holds at most
- * one lease of <= batch tokens, and a shard's operations are ordered by time). A lease expires
- * after `lease_ns` without use (idle cores do not hoard); expired tokens are dropped, not returned.
+ * Token caches leasing batches from one exact limiter, so an acquire touches only a cache line of
+ * its own. Two kinds of cache, `shards` of each:
+ *  - per-thread slots, for ats_sharded_allow_at: each thread gets a process-wide index on its first
+ *    call (the lowest free one; handed back when the thread exits), and the thread with index i
+ *    owns slot i alone, so its hits are a plain load and store (no locked instruction);
+ *  - per-core shards, shared (CAS), for ats_sharded_allow_shard_at and for ats_sharded_allow_at in
+ *    threads whose index is >= shards (more threads than slots).
+ * Over-admission bound, for callers whose timestamps follow real time: in any window [t, t+w] at most
+ * burst + rate*w + L*batch tokens are granted, where L <= 2*shards is the number of caches that hold
+ * leases (each holds at most one lease of <= batch tokens, and a cache's operations are ordered by
+ * time). L = shards when only slots (every caller of ats_sharded_allow_at has an index < shards) or
+ * only shards are used. A lease expires after `lease_ns` without use (idle threads and cores do not
+ * hoard); expired tokens are dropped, not returned. A slot's lease outlives its thread and passes to
+ * the next thread given that index.
  *
  * ---- Multi-limit (ats_multi_allow_at) ----
  * All-or-nothing across several limiters: either every limiter grants n or none is charged.
@@ -403,7 +412,8 @@ typedef struct ats_sharded_config {
 	uint64_t lease_ns; /* a lease unused for this long expires; 0: 1 ms. <= 2^38 ns */
 } ats_sharded_config;
 
-/* One shard: (last use time mod 2^40) << 24 | tokens left (ATS__SHARD_LEASING: being leased). */
+/* One shard or slot: (last use time mod 2^40) << 24 | tokens left (ATS__SHARD_LEASING: being
+ * leased; shards only). */
 struct ats__shard {
 	_Alignas(64) _Atomic uint64_t word;
 };
@@ -411,12 +421,23 @@ struct ats__shard {
 #define ATS__SHARD_LEASING ATS__SHARD_TOKENS
 
 typedef struct ats_sharded {
-	ats_limiter exact; /* the bucket the shards lease from (rate and burst can be changed on it) */
-	struct ats__shard *shards;
+	ats_limiter exact;         /* the bucket the caches lease from (rate and burst can be changed on it) */
+	struct ats__shard *shards; /* nshards shared per-core shards, then nshards per-thread slots */
+	struct ats__shard *slots;
 	uint32_t nshards;
 	uint64_t batch;
 	uint64_t lease_ns;
 } ats_sharded;
+
+/* The calling thread's process-wide index plus one: 0 before its first ats_sharded_allow_at,
+ * UINT32_MAX once it is exiting (private). Initial-exec TLS: one %fs-relative load. */
+extern __thread uint32_t ats__thread_index1 __attribute__((tls_model("initial-exec")));
+
+/* The largest over-admission the bound allows beyond burst + rate*w: 2 * shards * batch. */
+static inline uint64_t ats_sharded_max_excess(const ats_sharded *s)
+{
+	return 2 * (uint64_t)s->nshards * s->batch;
+}
 
 /* Errors: invalid config (as the exact limiter, plus batch > burst or > 2^24 - 2, lease > 2^38 ns),
  * out of memory. _init allocates the shard array (one cache line per shard); _destroy frees it. */
@@ -471,10 +492,30 @@ static inline unsigned ats__current_cpu(void)
 	return cpu < 0 ? 0u : (unsigned)cpu;
 }
 
-/* The same on the caller's current CPU's shard. */
+/* Cold: index assignment, leasing for the thread's slot, and the fallbacks. */
+bool ats__sharded_thread_slow(ats_sharded *s, uint64_t n, uint64_t now_ns);
+
+/* Takes n tokens from the calling thread's slot. Wait-free on a hit: one TLS load, a relaxed load
+ * and a relaxed store on the thread's own cache line, no locked instruction (~2 ns). Else
+ * (lease empty, short or expired, stale now_ns, n > batch, first call of the thread, more threads
+ * than slots) out of line: leases a batch from the exact bucket (one CAS there), or takes n from
+ * the exact bucket, or uses the current core's shard (lock-free). Must not be called from a signal
+ * handler that interrupts the same thread inside a call on the same limiter (the slot is the
+ * thread's alone). */
 static inline bool ats_sharded_allow_at(ats_sharded *s, uint64_t n, uint64_t now_ns)
 {
-	return ats_sharded_allow_shard_at(s, ats__current_cpu(), n, now_ns);
+	uint32_t i = ats__thread_index1 - 1; /* 0 (no index yet) wraps to UINT32_MAX: slow path */
+	if (__builtin_expect(i < s->nshards, 1)) {
+		_Atomic uint64_t *p = &s->slots[i].word;
+		uint64_t w = atomic_load_explicit(p, memory_order_relaxed);
+		uint64_t tok = w & ATS__SHARD_TOKENS;
+		int64_t age = (int64_t)((now_ns - (w >> 24)) << 24) >> 24;
+		if (__builtin_expect(tok >= n && n != 0 && age >= 0 && (uint64_t)age <= s->lease_ns, 1)) {
+			atomic_store_explicit(p, (now_ns << 24) | (tok - n), memory_order_relaxed);
+			return true;
+		}
+	}
+	return ats__sharded_thread_slow(s, n, now_ns);
 }
 
 static inline bool ats_sharded_allow(ats_sharded *s, uint64_t n)
