@@ -31,6 +31,21 @@ static void cas_run(void *state, unsigned tid, uint64_t iters)
 	}
 }
 
+/* A CAS whose expected value must first be loaded: the cost of any read-modify-write whose current
+ * value is not already known (the load waits for the previous locked instruction to finish). */
+static void load_cas_run(void *state, unsigned tid, uint64_t iters)
+{
+	_Atomic uint64_t *v = &((struct lines *)state)->line[tid].v;
+	atomic_store_explicit(v, 0, memory_order_relaxed);
+	for (uint64_t i = 0; i < iters; i++) {
+		uint64_t old;
+		do
+			old = atomic_load_explicit(v, memory_order_relaxed);
+		while (!atomic_compare_exchange_weak_explicit(v, &old, old + 1, memory_order_acq_rel,
+		                                              memory_order_relaxed));
+	}
+}
+
 static void fetch_add_run(void *state, unsigned tid, uint64_t iters)
 {
 	_Atomic uint64_t *v = &((struct lines *)state)->line[tid].v;
@@ -60,6 +75,8 @@ static void clock_fast_extra(void *state, char *buf, size_t len)
 }
 
 static const ats_bench floor_cas = {"floor.cas", ATS_BENCH_1T | ATS_BENCH_MT, lines_setup, cas_run, free, NULL, NULL};
+static const ats_bench floor_load_cas = {
+    "floor.load_cas", ATS_BENCH_1T | ATS_BENCH_MT, lines_setup, load_cas_run, free, NULL, NULL};
 static const ats_bench floor_fetch_add = {
     "floor.fetch_add", ATS_BENCH_1T | ATS_BENCH_MT, lines_setup, fetch_add_run, free, NULL, NULL};
 static const ats_bench floor_clock_monotonic = {
@@ -67,6 +84,7 @@ static const ats_bench floor_clock_monotonic = {
 static const ats_bench floor_clock_fast = {"floor.clock_fast", ATS_BENCH_1T, NULL, clock_fast_run, NULL, NULL,
                                            clock_fast_extra};
 ATS_BENCH(floor_cas)
+ATS_BENCH(floor_load_cas)
 ATS_BENCH(floor_fetch_add)
 ATS_BENCH(floor_clock_monotonic)
 ATS_BENCH(floor_clock_fast)
