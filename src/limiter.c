@@ -457,8 +457,16 @@ ats_err *ats_limiter_set_at(ats_limiter *l, ats_rate rate, uint64_t burst, uint6
 	struct ats__limiter_slot *os = &l->slot[g & 1];
 	struct slot_config o;
 	slot_read(os, &o);
-	/* Continue the old clock's numbering (any base works; this keeps values moving on). */
-	nw.c.base_units = ats_token_clock_units(&o.c, now_ns);
+	/* The new clock reads, at now_ns, one unit past both the old clock and the word's TAT (any
+	 * base works for the rule, since debt is kept relative to now). So every word of the new
+	 * generation lies above every word the old one held at this point (an acquire only raises the
+	 * TAT, a cancel never lowers it below now): an acquirer that still holds an old generation's
+	 * word can never see it again after later changes and commit a value computed in the old
+	 * units (the parity bit alone guards only one change: at a fixed instant a full bucket's word
+	 * used to come back identical two changes later, in other units). */
+	uint64_t old_units = ats_token_clock_units(&o.c, now_ns);
+	uint64_t ahead2 = (atomic_load_explicit(&l->word, memory_order_acquire) & ~(uint64_t)1) - (old_units << 1);
+	nw.c.base_units = old_units + ((int64_t)ahead2 > 0 ? ahead2 >> 1 : 0) + 1;
 	/* Seqlock writer: readers that still name generation g-1 (the slot about to be rewritten) see
 	 * gen >= g after any load that observed these stores. */
 	atomic_thread_fence(memory_order_release);

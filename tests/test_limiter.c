@@ -802,3 +802,26 @@ Test(multi, refusal_changes_nothing)
 	ats_limiter_free(b);
 	ats_limiter_free(c);
 }
+
+/* An acquirer that read the limiter, then stalled while the rate changed twice (1/hour, shift 30,
+ * to 10^10/s, shift 0, and back to shift 30) at the same instant, must lose its CAS: its word and
+ * clock belong to a generation two changes old. Before each new clock started past the word, a
+ * full bucket's word came back identical two changes later and the stale acquire committed one
+ * token's worth of shift-30 units into shift-0 units (2^30 tokens of debt). */
+Test(set, stale_acquire_after_two_changes_loses)
+{
+	ats_limiter *l = NULL;
+	cr_assert_null(ats_limiter_new(&l, ats_rate_every(UINT64_C(3600000000000)), 5000));
+	cr_assert_null(ats_limiter_init_at(l, ats_rate_every(UINT64_C(3600000000000)), 5000, T0));
+	struct ats__limiter_view stale;
+	cr_assert(ats__limiter_view_fast(l, &stale, true));
+	cr_assert_null(ats_limiter_set_rate_at(l, ats_rate_per_sec(UINT64_C(10000000000)), T0));
+	cr_assert_null(ats_limiter_set_rate_at(l, (ats_rate){0, 1000}, T0));
+	cr_assert_eq(ats__limiter_try(l, &stale, 1, T0), -1, "a two-changes-old view committed");
+	cr_assert_eq(ats_limiter_tokens_at(l, T0), 5000);
+	uint64_t granted = 0;
+	while (granted <= 5000 && ats_limiter_allow_at(l, 1, T0))
+		granted++;
+	cr_assert_eq(granted, 5000);
+	ats_limiter_free(l);
+}

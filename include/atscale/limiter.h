@@ -32,9 +32,13 @@
  * computes with the clock the word is expressed in, a CAS computed under the old clock fails once
  * the parity flips, and a setter that stalls leaves the old rate in force without blocking anyone.
  * Setters serialize among themselves on a small lock (blocking with respect to other setters only).
- * (One theoretical hole, as with any tagged CAS: an acquirer stalled between re-checking the
- * generation and its CAS across two complete changes, while the word returns to the same 63-bit
- * value, would commit one operation under the old clock.)
+ * A parity bit alone guards one change; what guards more is that each new clock starts one unit
+ * past the word's TAT and past the old clock (at the moment of the change), so a new generation's
+ * words all lie above every word the old one held: an acquirer stalled across any number of
+ * changes cannot find its old word again (it would need the numbering to wrap 2^63 units). The
+ * one remaining window: a grant in the old generation landing between the setter's read of the
+ * word and its converting CAS (a few hundred ns), later matched exactly by a stalled acquirer's
+ * stale word two or more changes on.
  *
  * Reservations (ats_limiter_reserve_at) follow x/time/rate's Reservation: reserve n now, act after
  * `delay_ns`; cancel gives back n tokens minus those that later reservations have already taken on
