@@ -5,6 +5,8 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/prctl.h>
+#include <time.h>
 
 #define MAX_THREADS 256
 
@@ -147,3 +149,59 @@ static void chain_run(void *state, unsigned tid, uint64_t iters)
 static const ats_bench floor_dram_miss = {"floor.dram_miss", ATS_BENCH_1T, chain_setup, chain_run,
                                           chain_teardown,    NULL,         NULL};
 ATS_BENCH(floor_dram_miss)
+
+/* ---- The kernel's own wake-up lateness: what ctx.timer_late_* cannot beat ----
+ * One thread sleeping in clock_nanosleep(TIMER_ABSTIME) to deadlines drawn as ctx.timer_late_*
+ * draws them (200 us .. 2 ms ahead), lateness = wake time - deadline. A context's deadline needs
+ * two such wake-ups (the timer thread, then the waiter), so its lateness sits above this. */
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return (x > y) - (x < y);
+}
+
+static bool sleep_late_measure(bool quick, unsigned percentile, ats_bench_result *out)
+{
+	enum { MAX_SAMPLES = 2000 };
+	static uint64_t late[MAX_SAMPLES];
+	size_t n = quick ? 300 : MAX_SAMPLES;
+	uint64_t seed = 0x9E3779B97F4A7C15ull;
+	/* The timer thread sleeps with a 1 ns timer slack; so does this floor (default: 50 us). */
+	int slack = prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0);
+	prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
+	for (size_t i = 0; i < n; i++) {
+		seed ^= seed << 13, seed ^= seed >> 7, seed ^= seed << 17;
+		uint64_t deadline = ats_now_ns() + 200000 + seed % 1800000;
+		struct timespec ts = {(time_t)(deadline / 1000000000u), (long)(deadline % 1000000000u)};
+		while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) != 0)
+			;
+		late[i] = ats_now_ns() - deadline;
+	}
+	prctl(PR_SET_TIMERSLACK, (unsigned long)(slack > 0 ? slack : 50000), 0, 0, 0);
+	qsort(late, n, sizeof *late, cmp_u64);
+	out->ns_per_op = (double)late[n * percentile / 100];
+	out->min = (double)late[0];
+	out->max = (double)late[n - 1];
+	snprintf(out->extra, sizeof out->extra, "\"samples\": %zu", n);
+	return true;
+}
+
+static bool sleep_late_p50(void *state, bool quick, ats_bench_result *out)
+{
+	(void)state;
+	return sleep_late_measure(quick, 50, out);
+}
+
+static bool sleep_late_p99(void *state, bool quick, ats_bench_result *out)
+{
+	(void)state;
+	return sleep_late_measure(quick, 99, out);
+}
+
+static const ats_bench floor_sleep_late_p50 = {"floor.sleep_late_p50", ATS_BENCH_1T, NULL, NULL, NULL,
+                                               sleep_late_p50,         NULL};
+static const ats_bench floor_sleep_late_p99 = {"floor.sleep_late_p99", ATS_BENCH_1T, NULL, NULL, NULL,
+                                               sleep_late_p99,         NULL};
+ATS_BENCH(floor_sleep_late_p50)
+ATS_BENCH(floor_sleep_late_p99)
