@@ -119,7 +119,7 @@ static uint64_t timed_run(const ats_bench *b, void *state, unsigned threads, uin
 	atomic_uint ready = 0;
 	for (unsigned i = 0; i < threads; i++) {
 		w[i] = (struct worker){
-			.b = b, .state = state, .tid = i, .threads = threads, .iters = iters, .ready = &ready};
+		    .b = b, .state = state, .tid = i, .threads = threads, .iters = iters, .ready = &ready};
 		if (pthread_create(&w[i].thread, NULL, worker_main, &w[i]) != 0) {
 			fprintf(stderr, "atscale-bench: pthread_create failed\n");
 			exit(1);

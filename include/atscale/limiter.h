@@ -240,9 +240,10 @@ static inline bool ats__limiter_over_burst(const struct ats__limiter_view *v, ui
 	return n > ATS_GCRA_MAX_N || (n << (v->c.shift + 1)) > v->c.burst_units;
 }
 
-/* One attempt to take n tokens on view v: 1 granted, 0 refused (nothing written), -1 the CAS lost
- * (retry with a new view), -2 the view lacks frac_lo and the reading needs it (take the slow path). */
-static inline int ats__limiter_try(ats_limiter *l, const struct ats__limiter_view *v, uint64_t n, uint64_t now_ns)
+/* Where the word goes if n are taken on view v: 1 they fit (*after set; an infinite rate always
+ * fits and sets nothing), 0 refused, -2 the view lacks frac_lo and the reading needs it (take the
+ * slow path). Pure. */
+static inline int ats__limiter_next(const struct ats__limiter_view *v, uint64_t n, uint64_t now_ns, uint64_t *after)
 {
 	if (v->c.inf)
 		return 1;
@@ -251,12 +252,18 @@ static inline int ats__limiter_try(ats_limiter *l, const struct ats__limiter_vie
 		now2 = ats__limiter_now2(v, now_ns);
 	else if (__builtin_expect(!ats__limiter_now2_hot(v, now_ns, &now2), 0))
 		return -2;
-	uint64_t n2 = n << (v->c.shift + 1);
-	uint64_t after = ats__gcra_start(v->word & ~(uint64_t)1, now2) + n2;
-	if (ats__limiter_over_burst(v, n) || after - now2 > v->c.burst_units)
-		return 0;
-	if (n == 0)
-		return 1;
+	*after = ats__gcra_start(v->word & ~(uint64_t)1, now2) + (n << (v->c.shift + 1));
+	return !ats__limiter_over_burst(v, n) && *after - now2 <= v->c.burst_units;
+}
+
+/* One attempt to take n tokens on view v: 1 granted, 0 refused (nothing written), -1 the CAS lost
+ * (retry with a new view), -2 as ats__limiter_next. */
+static inline int ats__limiter_try(ats_limiter *l, const struct ats__limiter_view *v, uint64_t n, uint64_t now_ns)
+{
+	uint64_t after;
+	int r = ats__limiter_next(v, n, now_ns, &after);
+	if (r != 1 || v->c.inf || n == 0)
+		return r;
 	uint64_t w = v->word;
 	return atomic_compare_exchange_strong_explicit(&l->word, &w, after | (v->gen & 1), memory_order_release,
 	                                               memory_order_relaxed)
@@ -264,18 +271,11 @@ static inline int ats__limiter_try(ats_limiter *l, const struct ats__limiter_vie
 	           : -1;
 }
 
-/* Whether n fit on view v: 1 yes, 0 no, -2 as ats__limiter_try. */
+/* Whether n fit on view v: 1 yes, 0 no, -2 as ats__limiter_next. */
 static inline int ats__limiter_fits(const struct ats__limiter_view *v, uint64_t n, uint64_t now_ns)
 {
-	if (v->c.inf)
-		return 1;
-	uint64_t now2;
-	if (v->full)
-		now2 = ats__limiter_now2(v, now_ns);
-	else if (__builtin_expect(!ats__limiter_now2_hot(v, now_ns, &now2), 0))
-		return -2;
-	uint64_t after = ats__gcra_start(v->word & ~(uint64_t)1, now2) + (n << (v->c.shift + 1));
-	return !ats__limiter_over_burst(v, n) && after - now2 <= v->c.burst_units;
+	uint64_t after;
+	return ats__limiter_next(v, n, now_ns, &after);
 }
 
 /* For full views. */
