@@ -39,6 +39,10 @@ typedef struct ats_bench {
 
 void ats_bench_register(const ats_bench *b);
 
+/* For rows that measure a distribution (lateness): sorts samples[0..n) and sets out's ns_per_op to
+ * the given percentile, min and max to the extremes. n > 0. */
+void ats_bench_percentile(uint64_t *samples, size_t n, unsigned percentile, ats_bench_result *out);
+
 #define ATS_BENCH(var)                                                                                                 \
 	__attribute__((constructor)) static void ats_bench_register_##var(void)                                        \
 	{                                                                                                              \

@@ -122,12 +122,6 @@ static void ctx_release_state(void *state)
 
 /* ---- Timer lateness: one sample per deadline, each a thread blocked in poll on the fd ---- */
 
-static int cmp_u64(const void *a, const void *b)
-{
-	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-	return (x > y) - (x < y);
-}
-
 static uint64_t late[4096];
 static size_t nlate;
 
@@ -157,34 +151,29 @@ static bool lateness_sample(bool quick)
 		late[nlate++] = woke - ats_ctx_deadline(c);
 		ats_ctx_release(c);
 	}
-	qsort(late, nlate, sizeof *late, cmp_u64);
+	return true;
+}
+
+static bool late_measure(bool quick, unsigned percentile, ats_bench_result *out)
+{
+	if (!lateness_sample(quick))
+		return false;
+	ats_bench_percentile(late, nlate, percentile, out);
+	snprintf(out->extra, sizeof out->extra, "\"samples\": %zu, \"tick_ns\": %llu", nlate,
+	         (unsigned long long)ats_ctx_timer_precision_ns());
 	return true;
 }
 
 static bool late_p50_measure(void *state, bool quick, ats_bench_result *out)
 {
 	(void)state;
-	if (!lateness_sample(quick))
-		return false;
-	out->ns_per_op = (double)late[nlate / 2];
-	out->min = (double)late[0];
-	out->max = (double)late[nlate - 1];
-	snprintf(out->extra, sizeof out->extra, "\"samples\": %zu, \"tick_ns\": %llu", nlate,
-	         (unsigned long long)ats_ctx_timer_precision_ns());
-	return true;
+	return late_measure(quick, 50, out);
 }
 
 static bool late_p99_measure(void *state, bool quick, ats_bench_result *out)
 {
 	(void)state;
-	if (!lateness_sample(quick))
-		return false;
-	out->ns_per_op = (double)late[nlate * 99 / 100];
-	out->min = (double)late[0];
-	out->max = (double)late[nlate - 1];
-	snprintf(out->extra, sizeof out->extra, "\"samples\": %zu, \"tick_ns\": %llu", nlate,
-	         (unsigned long long)ats_ctx_timer_precision_ns());
-	return true;
+	return late_measure(quick, 99, out);
 }
 
 static const ats_bench ctx_with_cancel_cancel = {"ctx.with_cancel_cancel",

@@ -155,12 +155,6 @@ ATS_BENCH(floor_dram_miss)
  * draws them (200 us .. 2 ms ahead), lateness = wake time - deadline. A context's deadline needs
  * two such wake-ups (the timer thread, then the waiter), so its lateness sits above this. */
 
-static int cmp_u64(const void *a, const void *b)
-{
-	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-	return (x > y) - (x < y);
-}
-
 static bool sleep_late_measure(bool quick, unsigned percentile, ats_bench_result *out)
 {
 	enum { MAX_SAMPLES = 2000 };
@@ -179,10 +173,7 @@ static bool sleep_late_measure(bool quick, unsigned percentile, ats_bench_result
 		late[i] = ats_now_ns() - deadline;
 	}
 	prctl(PR_SET_TIMERSLACK, (unsigned long)(slack > 0 ? slack : 50000), 0, 0, 0);
-	qsort(late, n, sizeof *late, cmp_u64);
-	out->ns_per_op = (double)late[n * percentile / 100];
-	out->min = (double)late[0];
-	out->max = (double)late[n - 1];
+	ats_bench_percentile(late, n, percentile, out);
 	snprintf(out->extra, sizeof out->extra, "\"samples\": %zu", n);
 	return true;
 }

@@ -80,6 +80,20 @@ static int cmp_double(const void *a, const void *b)
 	return (x > y) - (x < y);
 }
 
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return (x > y) - (x < y);
+}
+
+void ats_bench_percentile(uint64_t *samples, size_t n, unsigned percentile, ats_bench_result *out)
+{
+	qsort(samples, n, sizeof *samples, cmp_u64);
+	out->ns_per_op = (double)samples[n * percentile / 100];
+	out->min = (double)samples[0];
+	out->max = (double)samples[n - 1];
+}
+
 /* ---- Timed runs on N threads ---- */
 
 struct worker {
