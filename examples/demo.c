@@ -29,6 +29,15 @@ static ats_err *admit_request(int queued, int capacity)
 	return ats_err_with_kv(err, "queue", "%d/%d", queued, capacity);
 }
 
+/* The application's log: here, one JSON line per record on stdout. */
+static void log_to_stdout(const ats_err *err, void *arg)
+{
+	(void)arg;
+	char json[4096];
+	ats_err_format_json(err, json, sizeof json);
+	printf("  [log] %s\n", json);
+}
+
 static void demo_errors(void)
 {
 	char text[512];
@@ -42,8 +51,10 @@ static void demo_errors(void)
 	ats_err_unref(known);
 
 	ats_err *bug = load_settings();
-	printf("bug, shown to the user (its full record goes to the log hook, here stderr):\n");
+	printf("bug, shown to the user (its full record goes to the log hook):\n");
+	ats_err_set_log_hook(log_to_stdout, NULL);
 	ats_err_user_text(bug, text, sizeof text);
+	ats_err_set_log_hook(NULL, NULL);
 	printf("  %s\n", text);
 	printf("bug, full record for the developer:\n");
 	ats_err_print(bug, stdout);
