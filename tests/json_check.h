@@ -115,6 +115,18 @@ static inline bool json_check__string(const char *s, size_t n, size_t *i)
 	return false;
 }
 
+/* An object member's key and its colon, with the white space around them. */
+static inline bool json_check__key(const char *s, size_t n, size_t *i)
+{
+	while (*i < n && json_check__ws(s[*i]))
+		(*i)++;
+	if (*i >= n || s[*i] != '"' || !json_check__string(s, n, i))
+		return false;
+	while (*i < n && json_check__ws(s[*i]))
+		(*i)++;
+	return *i < n && s[(*i)++] == ':';
+}
+
 static inline bool json_check__digits(const char *s, size_t n, size_t *i)
 {
 	size_t start = *i;
@@ -183,11 +195,7 @@ static inline bool json_valid(const char *s, size_t n)
 				}
 				stack[depth++] = c;
 				if (c == '{') {
-					if (i >= n || s[i] != '"' || !json_check__string(s, n, &i))
-						goto out;
-					while (i < n && json_check__ws(s[i]))
-						i++;
-					if (i >= n || s[i++] != ':')
+					if (!json_check__key(s, n, &i))
 						goto out;
 				}
 				continue; /* the member's or element's value */
@@ -230,13 +238,7 @@ static inline bool json_valid(const char *s, size_t n)
 				goto out;
 			i++;
 			if (top == '{') {
-				while (i < n && json_check__ws(s[i]))
-					i++;
-				if (i >= n || s[i] != '"' || !json_check__string(s, n, &i))
-					goto out;
-				while (i < n && json_check__ws(s[i]))
-					i++;
-				if (i >= n || s[i++] != ':')
+				if (!json_check__key(s, n, &i))
 					goto out;
 			}
 			break;
