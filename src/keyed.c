@@ -841,7 +841,7 @@ ats_err *ats_keyed_new(ats_keyed **out, const ats_keyed_config *cfg)
 	*out = NULL;
 	ats_keyed *m = aligned_alloc(64, (sizeof *m + 63) & ~(size_t)63);
 	if (!m)
-		return ats_err_new(ATS_ERR_OUT_OF_MEMORY, "ats_keyed_new");
+		return ats_err_oom; /* making a new error would need memory too */
 	ats_err *err = ats_keyed_init(m, cfg);
 	if (err) {
 		free(m);
