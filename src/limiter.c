@@ -46,7 +46,7 @@ static void slot_write(struct ats__limiter_slot *s, const struct slot_config *cf
 static void slot_read(struct ats__limiter_slot *s, struct slot_config *cfg)
 {
 	struct ats__limiter_view v;
-	ats__limiter_load_slot(s, &v, true);
+	ats__limiter_load_slot(s, &v);
 	cfg->c = v.c;
 	cfg->c.burst_units = v.burst << v.c.shift;
 	cfg->burst = v.burst;
@@ -58,7 +58,7 @@ static bool view_prev(ats_limiter *l, uint64_t gen, struct ats__limiter_view *v)
 {
 	/* The setter of `gen` has published but not yet converted the word: the previous slot is still
 	 * intact (the next setter cannot start before the conversion) and is the word's clock. */
-	ats__limiter_load_slot(&l->slot[(gen - 1) & 1], v, true);
+	ats__limiter_load_slot(&l->slot[(gen - 1) & 1], v);
 	atomic_thread_fence(memory_order_acquire);
 	uint64_t w = atomic_load_explicit(&l->word, memory_order_acquire);
 	if (atomic_load_explicit(&l->gen, memory_order_relaxed) != gen || ((w ^ (gen - 1)) & 1))
@@ -71,7 +71,7 @@ static bool view_prev(ats_limiter *l, uint64_t gen, struct ats__limiter_view *v)
 void ats__limiter_view(ats_limiter *l, struct ats__limiter_view *v)
 {
 	for (;;) {
-		if (ats__limiter_view_fast(l, v, true))
+		if (ats__limiter_view_fast(l, v))
 			return;
 		uint64_t g = atomic_load_explicit(&l->gen, memory_order_acquire);
 		if (g != 0 && view_prev(l, g, v))

@@ -167,23 +167,23 @@ void ats_limiter_free(ats_limiter *l);
 
 /* ---- Hot paths: static inline, lock-free, no syscall, no allocation ---- */
 
+/* A configuration slot and the word it applies to, read consistently: the warm and cold paths
+ * (src/limiter.c) and ats_limiter_tokens_at compute on it; allow and check use ats__limiter_fast. */
 struct ats__limiter_view {
-	ats_token_clock c; /* burst_units holds burst2 (doubled units); frac_lo only in a full view */
+	ats_token_clock c; /* burst_units holds burst2 (doubled units) */
 	uint64_t burst;    /* derived from burst2 (no load) */
 	uint64_t gen;      /* generation whose units the word is in */
 	uint64_t word;
-	bool full; /* c.frac_lo was loaded */
 };
 
-/* Loads a slot into v: six loads from one cache line, seven with frac_lo (full). */
-static inline void ats__limiter_load_slot(struct ats__limiter_slot *s, struct ats__limiter_view *v, bool full)
+/* Loads a slot into v: seven loads from one cache line. */
+static inline void ats__limiter_load_slot(struct ats__limiter_slot *s, struct ats__limiter_view *v)
 {
 	v->c.epoch_ns = atomic_load_explicit(&s->epoch_ns, memory_order_relaxed);
 	v->c.base_units = atomic_load_explicit(&s->base_units, memory_order_relaxed);
 	v->c.mul_int = atomic_load_explicit(&s->mul_int, memory_order_relaxed);
 	v->c.frac_hi = atomic_load_explicit(&s->frac_hi, memory_order_relaxed);
-	v->c.frac_lo = full ? atomic_load_explicit(&s->frac_lo, memory_order_relaxed) : 0;
-	v->full = full;
+	v->c.frac_lo = atomic_load_explicit(&s->frac_lo, memory_order_relaxed);
 	v->c.burst_units = atomic_load_explicit(&s->burst2, memory_order_relaxed);
 	uint64_t si = atomic_load_explicit(&s->shift_inf, memory_order_relaxed);
 	v->c.shift = (uint32_t)si;
@@ -194,16 +194,11 @@ static inline void ats__limiter_load_slot(struct ats__limiter_slot *s, struct at
 
 /* A consistent (config, word) pair: the config is the one the word is expressed in. A seqlock
  * read: false while a setter publishes or converts (rare), and the caller takes its out-of-line
- * path, which uses the previous slot meanwhile and so never waits. 9 L1 loads (10 full), no write. */
-static inline bool ats__limiter_view_fast(ats_limiter *l, struct ats__limiter_view *v, bool full)
+ * path, which uses the previous slot meanwhile and so never waits. 10 L1 loads, no write. */
+static inline bool ats__limiter_view_fast(ats_limiter *l, struct ats__limiter_view *v)
 {
 	uint64_t g = atomic_load_explicit(&l->gen, memory_order_acquire);
-	/* A (well predicted) branch rather than an index: the CPU starts the slot loads without
-	 * waiting for gen, which is on the critical path right after the previous CAS. */
-	if (__builtin_expect(g & 1, 0))
-		ats__limiter_load_slot(&l->slot[1], v, full);
-	else
-		ats__limiter_load_slot(&l->slot[0], v, full);
+	ats__limiter_load_slot(&l->slot[g & 1], v);
 	atomic_thread_fence(memory_order_acquire);
 	uint64_t w = atomic_load_explicit(&l->word, memory_order_acquire);
 	if (atomic_load_explicit(&l->gen, memory_order_relaxed) != g || ((w ^ g) & 1))
@@ -213,25 +208,14 @@ static inline bool ats__limiter_view_fast(ats_limiter *l, struct ats__limiter_vi
 	return true;
 }
 
-/* The same, never failing, always full (out of line: loops, and uses the previous slot while a
- * conversion is pending). Lock-free. */
+/* The same, never failing (out of line: loops, and uses the previous slot while a conversion is
+ * pending). Lock-free. */
 void ats__limiter_view(ats_limiter *l, struct ats__limiter_view *v);
 
-/* The clock's reading at now_ns in doubled units (the word's scale); a full view. */
+/* The clock's reading at now_ns in doubled units (the word's scale). */
 static inline uint64_t ats__limiter_now2(const struct ats__limiter_view *v, uint64_t now_ns)
 {
 	return ats_token_clock_units(&v->c, now_ns) << 1;
-}
-
-/* The same on any view: false (rarely: a dt / 2^64 share of times) when the reading needs frac_lo
- * and the view has none; the caller then takes its out-of-line path. One multiply. */
-static inline bool ats__limiter_now2_hot(const struct ats__limiter_view *v, uint64_t now_ns, uint64_t *now2)
-{
-	uint64_t dt = now_ns > v->c.epoch_ns ? now_ns - v->c.epoch_ns : 0;
-	uint64_t units, hi_lo;
-	bool exact = ats__token_units_hi(v->c.base_units, v->c.mul_int, v->c.frac_hi, dt, &units, &hi_lo);
-	*now2 = units << 1;
-	return exact;
 }
 
 /* n > burst, from burst2 alone: n << (shift + 1) cannot overflow for n <= 2^32 (shift <= 30). */
@@ -240,30 +224,26 @@ static inline bool ats__limiter_over_burst(const struct ats__limiter_view *v, ui
 	return n > ATS_GCRA_MAX_N || (n << (v->c.shift + 1)) > v->c.burst_units;
 }
 
-/* Where the word goes if n are taken on view v: 1 they fit (*after set; an infinite rate always
- * fits and sets nothing), 0 refused, -2 the view lacks frac_lo and the reading needs it (take the
- * slow path). Pure. */
-static inline int ats__limiter_next(const struct ats__limiter_view *v, uint64_t n, uint64_t now_ns, uint64_t *after)
+/* Where the word goes if n are taken on view v: true when they fit (*after set; an infinite rate
+ * always fits and sets nothing). Pure. */
+static inline bool ats__limiter_next(const struct ats__limiter_view *v, uint64_t n, uint64_t now_ns, uint64_t *after)
 {
 	if (v->c.inf)
-		return 1;
-	uint64_t now2;
-	if (v->full)
-		now2 = ats__limiter_now2(v, now_ns);
-	else if (__builtin_expect(!ats__limiter_now2_hot(v, now_ns, &now2), 0))
-		return -2;
+		return true;
+	uint64_t now2 = ats__limiter_now2(v, now_ns);
 	*after = ats__gcra_start(v->word & ~(uint64_t)1, now2) + (n << (v->c.shift + 1));
 	return !ats__limiter_over_burst(v, n) && *after - now2 <= v->c.burst_units;
 }
 
 /* One attempt to take n tokens on view v: 1 granted, 0 refused (nothing written), -1 the CAS lost
- * (retry with a new view), -2 as ats__limiter_next. */
+ * (retry with a new view). */
 static inline int ats__limiter_try(ats_limiter *l, const struct ats__limiter_view *v, uint64_t n, uint64_t now_ns)
 {
 	uint64_t after;
-	int r = ats__limiter_next(v, n, now_ns, &after);
-	if (r != 1 || v->c.inf || n == 0)
-		return r;
+	if (!ats__limiter_next(v, n, now_ns, &after))
+		return 0;
+	if (v->c.inf || n == 0)
+		return 1;
 	uint64_t w = v->word;
 	return atomic_compare_exchange_strong_explicit(&l->word, &w, after | (v->gen & 1), memory_order_release,
 	                                               memory_order_relaxed)
@@ -271,14 +251,13 @@ static inline int ats__limiter_try(ats_limiter *l, const struct ats__limiter_vie
 	           : -1;
 }
 
-/* Whether n fit on view v: 1 yes, 0 no, -2 as ats__limiter_next. */
-static inline int ats__limiter_fits(const struct ats__limiter_view *v, uint64_t n, uint64_t now_ns)
+/* Whether n fit on view v. */
+static inline bool ats__limiter_fits(const struct ats__limiter_view *v, uint64_t n, uint64_t now_ns)
 {
 	uint64_t after;
 	return ats__limiter_next(v, n, now_ns, &after);
 }
 
-/* For full views. */
 static inline int64_t ats__limiter_tokens(const struct ats__limiter_view *v, uint64_t now_ns)
 {
 	if (v->c.inf)
@@ -289,21 +268,70 @@ static inline int64_t ats__limiter_tokens(const struct ats__limiter_view *v, uin
 	return (int64_t)(avail2 >> (v->c.shift + 1)); /* arithmetic shift: floor */
 }
 
-/* Out-of-line versions for when a setter is at work (kept out so the hot view stays in registers). */
+/* Out-of-line versions for when a setter is at work or the fast path cannot decide. */
 bool ats__limiter_allow_slow(ats_limiter *l, uint64_t n, uint64_t now_ns);
 bool ats__limiter_check_slow(ats_limiter *l, uint64_t n, uint64_t now_ns);
 int64_t ats__limiter_tokens_slow(ats_limiter *l, uint64_t now_ns);
+
+/* One attempt on the word's current generation, straight from the limiter (no view struct), each
+ * config value used as soon as it is loaded so that a caller's loop keeps everything in registers:
+ * 1 n fit (and, with take, were taken; an infinite rate writes nothing), 0 refused (nothing
+ * written), -1 the CAS lost (retry), -2 take the out-of-line path (a setter at work, now_ns before
+ * the clock's epoch, n > 2^32, or a reading that needs frac_lo). The seqlock read of
+ * ats__limiter_view_fast; the refusal test alone also refuses n > burst, since
+ * after - now2 = debt + n2 with debt >= 0 (no wrap: debt < 2^63, n2 <= 2^63). */
+static inline int ats__limiter_fast(ats_limiter *l, uint64_t n, uint64_t now_ns, bool take)
+{
+	/* Opaque to the optimizer, so that a caller's loop does not keep &l->gen, &l->slot[0] and
+	 * &l->slot[1] in three registers of their own (they are all l plus a displacement). */
+	__asm__ volatile("" : "+r"(l));
+	uint64_t g = atomic_load_explicit(&l->gen, memory_order_acquire);
+	/* A (well predicted) branch rather than an index or a cmov: the CPU starts the slot loads
+	 * without waiting for gen, which is on the critical path right after the previous CAS. The
+	 * empty asm keeps the compiler from turning the branch into a cmov. */
+	struct ats__limiter_slot *s = &l->slot[0];
+	if (__builtin_expect(g & 1, 0)) {
+		s = &l->slot[1];
+		__asm__("" : "+r"(s));
+	}
+	uint64_t epoch = atomic_load_explicit(&s->epoch_ns, memory_order_relaxed);
+	uint64_t base = atomic_load_explicit(&s->base_units, memory_order_relaxed);
+	uint64_t mul = atomic_load_explicit(&s->mul_int, memory_order_relaxed);
+	uint64_t frac_hi = atomic_load_explicit(&s->frac_hi, memory_order_relaxed);
+	uint64_t burst2 = atomic_load_explicit(&s->burst2, memory_order_relaxed);
+	uint64_t shift_inf = atomic_load_explicit(&s->shift_inf, memory_order_relaxed);
+	atomic_thread_fence(memory_order_acquire);
+	uint64_t w = atomic_load_explicit(&l->word, memory_order_acquire);
+	if (__builtin_expect(atomic_load_explicit(&l->gen, memory_order_relaxed) != g || ((w ^ g) & 1) ||
+	                         now_ns < epoch || n > ATS_GCRA_MAX_N,
+	                     0))
+		return -2;
+	if (__builtin_expect(shift_inf >> 32, 0))
+		return 1;
+	uint64_t dt = now_ns - epoch;
+	unsigned __int128 hi = (unsigned __int128)dt * frac_hi;
+	if (__builtin_expect((uint64_t)hi > ~dt, 0))
+		return -2;
+	uint64_t now2 = (base + dt * mul + (uint64_t)(hi >> 64)) << 1;
+	uint64_t after = ats__gcra_start(w & ~(uint64_t)1, now2) + (n << ((uint32_t)shift_inf + 1));
+	if (after - now2 > burst2)
+		return 0;
+	if (!take || n == 0)
+		return 1;
+	uint64_t expected = w;
+	return atomic_compare_exchange_strong_explicit(&l->word, &expected, after | (w & 1), memory_order_release,
+	                                               memory_order_relaxed)
+	           ? 1
+	           : -1;
+}
 
 /* Takes n tokens at now_ns if they are there. Lock-free: one CAS per attempt, retried only when
  * another acquire or a setter changed the word; the refusal path is loads only, no write. Release
  * on success. Cost: ~floor.load_cas + 1 multiply; a refusal 9 L1 loads and 1 multiply, no write. */
 static inline bool ats_limiter_allow_at(ats_limiter *l, uint64_t n, uint64_t now_ns)
 {
-	struct ats__limiter_view v;
 	for (;;) {
-		if (!ats__limiter_view_fast(l, &v, false))
-			return ats__limiter_allow_slow(l, n, now_ns);
-		int r = ats__limiter_try(l, &v, n, now_ns);
+		int r = ats__limiter_fast(l, n, now_ns, true);
 		if (r >= 0)
 			return r;
 		if (r == -2)
@@ -320,9 +348,8 @@ static inline bool ats_limiter_allow(ats_limiter *l, uint64_t n)
  * seqlock retry while a setter is at work. */
 static inline bool ats_limiter_check_at(ats_limiter *l, uint64_t n, uint64_t now_ns)
 {
-	struct ats__limiter_view v;
-	int r;
-	if (!ats__limiter_view_fast(l, &v, false) || (r = ats__limiter_fits(&v, n, now_ns)) < 0)
+	int r = ats__limiter_fast(l, n, now_ns, false);
+	if (__builtin_expect(r < 0, 0))
 		return ats__limiter_check_slow(l, n, now_ns);
 	return r;
 }
@@ -337,7 +364,7 @@ static inline bool ats_limiter_check(ats_limiter *l, uint64_t n)
 static inline int64_t ats_limiter_tokens_at(ats_limiter *l, uint64_t now_ns)
 {
 	struct ats__limiter_view v;
-	if (!ats__limiter_view_fast(l, &v, true))
+	if (!ats__limiter_view_fast(l, &v))
 		return ats__limiter_tokens_slow(l, now_ns);
 	return ats__limiter_tokens(&v, now_ns);
 }
