@@ -313,13 +313,17 @@ static inline int ats__limiter_fast(ats_limiter *l, uint64_t n, uint64_t now_ns,
 	if (__builtin_expect((uint64_t)hi > ~dt, 0))
 		return -2;
 	uint64_t now2 = (base + dt * mul + (uint64_t)(hi >> 64)) << 1;
-	uint64_t after = ats__gcra_start(w & ~(uint64_t)1, now2) + (n << ((uint32_t)shift_inf + 1));
-	if (after - now2 > burst2)
+	/* The parity rides on the increment (start and n2 are even), which is ready early, rather than
+	 * being or-ed into the result last, one step further along the CAS's dependency chain.
+	 * next - now2 = debt + n2 + parity, all even but the parity: at most 2^64 - 1, no wrap. */
+	uint64_t parity = w & 1;
+	uint64_t next = ats__gcra_start(w - parity, now2) + ((n << ((uint32_t)shift_inf + 1)) | parity);
+	if (next - now2 > burst2 + parity)
 		return 0;
 	if (!take || n == 0)
 		return 1;
 	uint64_t expected = w;
-	return atomic_compare_exchange_strong_explicit(&l->word, &expected, after | (w & 1), memory_order_release,
+	return atomic_compare_exchange_strong_explicit(&l->word, &expected, next, memory_order_release,
 	                                               memory_order_relaxed)
 	           ? 1
 	           : -1;
