@@ -3,7 +3,8 @@
  *
  *   atscale-bench [--quick] [--json] [--filter PATTERN] [--threads N] [--no-peers] [--list]
  *
- * PATTERN is a substring, or an fnmatch glob when it holds '*', '?' or '['. --threads sets the
+ * PATTERN is a comma-separated list of substrings, or fnmatch globs when they hold '*', '?' or '[';
+ * a row runs when any selects it. --threads sets the
  * "all threads" count (default: the online cores).
  */
 #include "bench.h"
@@ -46,13 +47,28 @@ static uint64_t mono_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+/* Whether one pattern of a comma-separated filter (the len bytes at pat) selects name. */
+static bool pattern_selects(const char *pat, size_t len, const char *name)
+{
+	char one[256];
+	snprintf(one, sizeof one, "%.*s", (int)len, pat);
+	if (strpbrk(one, "*?["))
+		return fnmatch(one, name, 0) == 0;
+	return strstr(name, one) != NULL;
+}
+
 static bool selected(const char *name)
 {
 	if (!opt.filter)
 		return true;
-	if (strpbrk(opt.filter, "*?["))
-		return fnmatch(opt.filter, name, 0) == 0;
-	return strstr(name, opt.filter) != NULL;
+	for (const char *p = opt.filter;; p++) {
+		size_t len = strcspn(p, ",");
+		if (pattern_selects(p, len, name))
+			return true;
+		p += len;
+		if (!*p)
+			return false;
+	}
 }
 
 static void print_header(void)
@@ -150,49 +166,98 @@ static uint64_t timed_run(const ats_bench *b, void *state, unsigned threads, uin
 	return last - first;
 }
 
-static void run_row(const ats_bench *b, unsigned threads)
+/* One row at one thread count. */
+struct row_case {
+	const ats_bench *b;
+	unsigned threads;
+	void *state;
+	bool ok;
+	uint64_t iters;
+	double samples[11];
+	ats_bench_result r;
+};
+
+static void case_setup(struct row_case *c)
 {
-	void *state = b->setup ? b->setup(threads) : NULL;
-	if (b->setup && !state) {
+	c->state = c->b->setup ? c->b->setup(c->threads) : NULL;
+	c->ok = !c->b->setup || c->state;
+}
+
+/* Grows the per-thread iteration count until one run takes the target time, then warms up. */
+static void case_calibrate(struct row_case *c)
+{
+	uint64_t target = opt.quick ? 2000000u : 20000000u;
+	uint64_t iters = 64, t = 0;
+	for (;;) {
+		t = timed_run(c->b, c->state, c->threads, iters);
+		if (t >= target / 2 || iters > (1ull << 40))
+			break;
+		iters *= 4;
+	}
+	if (t < target && t > 0)
+		iters = (uint64_t)((double)iters * (double)target / (double)t) + 1;
+	timed_run(c->b, c->state, c->threads, iters); /* warm-up at full size */
+	c->iters = iters;
+}
+
+static void case_sample(struct row_case *c, int rep)
+{
+	c->samples[rep] = (double)timed_run(c->b, c->state, c->threads, c->iters) / ((double)c->iters * c->threads);
+}
+
+static void case_finish(struct row_case *c, int reps)
+{
+	if (!c->ok) {
 		if (!opt.json)
-			printf("%-36s %7u  skipped (setup failed)\n", b->name, threads);
-		return;
-	}
-	ats_bench_result r = {0};
-	if (b->measure) {
-		if (!b->measure(state, opt.quick, &r)) {
-			if (!opt.json)
-				printf("%-36s %7u  skipped\n", b->name, threads);
-			goto out;
-		}
+			printf("%-36s %7u  skipped%s\n", c->b->name, c->threads, c->state ? "" : " (setup failed)");
 	} else {
-		/* Calibrate: grow the per-thread iteration count until one run takes the target time. */
-		uint64_t target = opt.quick ? 2000000u : 20000000u;
-		uint64_t iters = 64, t = 0;
-		for (;;) {
-			t = timed_run(b, state, threads, iters);
-			if (t >= target / 2 || iters > (1ull << 40))
-				break;
-			iters *= 4;
+		if (!c->b->measure) {
+			qsort(c->samples, (size_t)reps, sizeof *c->samples, cmp_double);
+			c->r.ns_per_op = c->samples[reps / 2];
+			c->r.min = c->samples[0];
+			c->r.max = c->samples[reps - 1];
 		}
-		if (t < target && t > 0)
-			iters = (uint64_t)((double)iters * (double)target / (double)t) + 1;
-		timed_run(b, state, threads, iters); /* warm-up at full size */
-		int reps = opt.quick ? 3 : 11;
-		double samples[11];
-		for (int i = 0; i < reps; i++)
-			samples[i] = (double)timed_run(b, state, threads, iters) / ((double)iters * threads);
-		qsort(samples, (size_t)reps, sizeof *samples, cmp_double);
-		r.ns_per_op = samples[reps / 2];
-		r.min = samples[0];
-		r.max = samples[reps - 1];
+		if (c->b->extra)
+			c->b->extra(c->state, c->r.extra, sizeof c->r.extra);
+		print_row(c->b->name, c->threads, (c->b->flags & ATS_BENCH_PEER) != 0, c->r.ns_per_op, c->r.min,
+		          c->r.max, c->r.extra);
 	}
-	if (b->extra)
-		b->extra(state, r.extra, sizeof r.extra);
-	print_row(b->name, threads, (b->flags & ATS_BENCH_PEER) != 0, r.ns_per_op, r.min, r.max, r.extra);
-out:
-	if (b->teardown)
-		b->teardown(state);
+	if (c->b->teardown && c->state)
+		c->b->teardown(c->state);
+}
+
+/* Runs the cases and prints them in order. Rows that measure themselves run first, one after the
+ * other. The timed rows are set up and calibrated, then sampled round-robin: repetition i of every
+ * row before repetition i + 1 of any. The machine's noise comes in periods of seconds (other
+ * tenants, frequency changes), so sampling all rows across the whole run gives each median the
+ * same mix of quiet and noisy periods and keeps the ratios between rows (to the floors, 1 to N
+ * threads) steady where back-to-back runs of one row would all fall in one period. Every state
+ * stays alive until the end (the largest, the 1M-key maps, take some 100 MB each). */
+static void run_cases(struct row_case *cases, size_t n)
+{
+	int reps = opt.quick ? 3 : 11;
+	for (size_t i = 0; i < n; i++) {
+		struct row_case *c = &cases[i];
+		if (!c->b->measure)
+			continue;
+		case_setup(c);
+		if (c->ok && !c->b->measure(c->state, opt.quick, &c->r))
+			c->ok = false;
+	}
+	for (size_t i = 0; i < n; i++) {
+		struct row_case *c = &cases[i];
+		if (c->b->measure)
+			continue;
+		case_setup(c);
+		if (c->ok)
+			case_calibrate(c);
+	}
+	for (int rep = 0; rep < reps; rep++)
+		for (size_t i = 0; i < n; i++)
+			if (!cases[i].b->measure && cases[i].ok)
+				case_sample(&cases[i], rep);
+	for (size_t i = 0; i < n; i++)
+		case_finish(&cases[i], reps);
 }
 
 static int cmp_bench(const void *a, const void *b)
@@ -338,6 +403,8 @@ int main(int argc, char **argv)
 	}
 	qsort(benches, nbenches, sizeof *benches, cmp_bench);
 	print_header();
+	static struct row_case cases[3 * MAX_BENCHES];
+	size_t ncases = 0;
 	for (size_t i = 0; i < nbenches; i++) {
 		const ats_bench *b = benches[i];
 		if (!selected(b->name))
@@ -349,12 +416,13 @@ int main(int argc, char **argv)
 		unsigned flags =
 		    b->flags & (ATS_BENCH_1T | ATS_BENCH_MT | ATS_BENCH_FIXED_2T) ? b->flags : b->flags | ATS_BENCH_1T;
 		if (flags & ATS_BENCH_1T)
-			run_row(b, 1);
+			cases[ncases++] = (struct row_case){.b = b, .threads = 1};
 		if (flags & ATS_BENCH_FIXED_2T)
-			run_row(b, 2);
+			cases[ncases++] = (struct row_case){.b = b, .threads = 2};
 		if ((flags & ATS_BENCH_MT) && opt.threads > 1 && !((flags & ATS_BENCH_FIXED_2T) && opt.threads == 2))
-			run_row(b, opt.threads);
+			cases[ncases++] = (struct row_case){.b = b, .threads = opt.threads};
 	}
+	run_cases(cases, ncases);
 	if (opt.peers)
 		run_peers(argv[0]);
 	return 0;

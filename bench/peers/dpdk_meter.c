@@ -32,13 +32,21 @@ static int cmp_double(const void *a, const void *b)
 	return (x > y) - (x < y);
 }
 
+/* As atscale-bench: a comma-separated list of substrings or globs, any of which selects. */
 static bool selected(const char *filter, const char *name)
 {
 	if (!filter)
 		return true;
-	if (strpbrk(filter, "*?["))
-		return fnmatch(filter, name, 0) == 0;
-	return strstr(name, filter) != NULL;
+	for (const char *p = filter;; p++) {
+		size_t len = strcspn(p, ",");
+		char one[256];
+		snprintf(one, sizeof one, "%.*s", (int)len, p);
+		if (strpbrk(one, "*?[") ? fnmatch(one, name, 0) == 0 : strstr(name, one) != NULL)
+			return true;
+		p += len;
+		if (!*p)
+			return false;
+	}
 }
 
 static volatile uint64_t sink;

@@ -28,15 +28,22 @@ func register(name string, parallel bool, fn func(b *testing.B)) {
 	peers = append(peers, peer{name, parallel, fn})
 }
 
+// selected is atscale-bench's filter: a comma-separated list of substrings or globs, any of which
+// selects the row.
 func selected(filter, name string) bool {
 	if filter == "" {
 		return true
 	}
-	if strings.ContainsAny(filter, "*?[") {
-		ok, _ := path.Match(filter, name)
-		return ok
+	for _, pat := range strings.Split(filter, ",") {
+		if strings.ContainsAny(pat, "*?[") {
+			if ok, _ := path.Match(pat, name); ok {
+				return true
+			}
+		} else if strings.Contains(name, pat) {
+			return true
+		}
 	}
-	return strings.Contains(name, filter)
+	return false
 }
 
 func main() {
