@@ -261,7 +261,11 @@ Test(keyed, per_key_override)
 	ats_err *err = ats_keyed_set_limit(m, "d", 1, &other, T0);
 	cr_assert(ats_err_is(err, ATS_ERR_LIMITED));
 	ats_err_unref(err);
-	cr_assert_eq(ats_keyed_count(m), 4, "the failed override added nothing");
+	/* Each insert also sweeps a few slots for idle keys, and which keys it meets depends on the
+	 * map's random hash seed: a key found full again (e, whose limit is infinite; later b) may be
+	 * evicted, losslessly, and counts as evicted instead of present. */
+	ats_keyed_stats_get(m, &st);
+	cr_assert_eq(ats_keyed_count(m) + st.evicted_idle, 4, "the failed override added nothing");
 	cr_assert_eq(drain(m, "d", 1, T0), 5);
 	/* Back to the default: tokens carry over, capped at the default burst. */
 	cr_assert_null(ats_keyed_set_limit(m, "a", 1, NULL, T0 + 2000 * MS));
@@ -269,7 +273,9 @@ Test(keyed, per_key_override)
 	cr_assert_null(ats_keyed_set_limit(m, "a", 1, NULL, T0 + 2000 * MS), "already the default");
 	cr_assert_null(ats_keyed_set_limit(m, "c", 1, &slow, T0), "already this limit");
 	cr_assert_eq(ats_keyed_tokens_at(m, "c", 1, T0), 0, "and nothing reset");
-	cr_assert_eq(ats_keyed_count(m), 5, "%zu keys", ats_keyed_count(m));
+	ats_keyed_stats_get(m, &st);
+	cr_assert_eq(ats_keyed_count(m) + st.evicted_idle, 5, "%zu keys, %llu evicted idle", ats_keyed_count(m),
+	             (unsigned long long)st.evicted_idle);
 	ats_keyed_free(m);
 }
 
