@@ -181,7 +181,8 @@ struct row_case {
 	const ats_bench *b;
 	unsigned threads;
 	void *state;
-	bool ok;
+	bool setup_failed;
+	bool ok; /* set up, and (rows that measure themselves) measured */
 	uint64_t iters;
 	unsigned retaken; /* samples taken again because the threads did not run side by side */
 	double samples[11];
@@ -191,7 +192,8 @@ struct row_case {
 static void case_setup(struct row_case *c)
 {
 	c->state = c->b->setup ? c->b->setup(c->threads) : NULL;
-	c->ok = !c->b->setup || c->state;
+	c->setup_failed = c->b->setup && !c->state;
+	c->ok = !c->setup_failed;
 }
 
 /* Grows the per-thread iteration count until one run takes the target time, then warms up. */
@@ -234,7 +236,8 @@ static void case_finish(struct row_case *c, int reps)
 {
 	if (!c->ok) {
 		if (!opt.json)
-			printf("%-36s %7u  skipped%s\n", c->b->name, c->threads, c->state ? "" : " (setup failed)");
+			printf("%-36s %7u  skipped%s\n", c->b->name, c->threads,
+			       c->setup_failed ? " (setup failed)" : "");
 	} else {
 		if (!c->b->measure) {
 			qsort(c->samples, (size_t)reps, sizeof *c->samples, cmp_double);
@@ -252,7 +255,7 @@ static void case_finish(struct row_case *c, int reps)
 		print_row(c->b->name, c->threads, (c->b->flags & ATS_BENCH_PEER) != 0, c->r.ns_per_op, c->r.min,
 		          c->r.max, c->r.extra);
 	}
-	if (c->b->teardown && c->state)
+	if (c->b->teardown && !c->setup_failed)
 		c->b->teardown(c->state);
 }
 
