@@ -10,11 +10,12 @@
  * that nothing is left when the run ends. */
 #include "atscale/ctx.h"
 #include "atscale/clock.h"
-#include "internal/timer_wheel.h"
+#include "wheel_model.h"
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -258,55 +259,32 @@ static void run_ctx(const uint8_t *d, size_t n)
 
 /* ---- The wheel ---- */
 
+static void wheel_check(const char *why)
+{
+	if (why) {
+		fprintf(stderr, "fuzz_ctx: timing wheel: %s\n", why);
+		abort();
+	}
+}
+
 static void run_wheel(const uint8_t *d, size_t n)
 {
-	enum { N = 64 };
-	static struct ats__tw w;
-	static struct ats__tw_node node[N];
-	bool armed[N] = {0};
-	uint64_t exp[N] = {0};
-	memset(node, 0, sizeof node);
-	ats__tw_init(&w, n >= 9 ? ((uint64_t)d[1] << 40 | (uint64_t)d[2] << 20 | d[3]) : 0);
+	static struct wheel_model m;
+	wheel_model_init(&m, 64, n >= 9 ? ((uint64_t)d[1] << 40 | (uint64_t)d[2] << 20 | d[3]) : 0);
 	for (size_t pos = 9; pos + 6 <= n; pos += 6) {
-		int k = d[pos + 1] % N;
+		int k = d[pos + 1] % m.nodes;
 		/* A distance spread over every level: d[2] picks the magnitude, the rest the value. */
 		uint64_t raw =
 		    (uint64_t)d[pos + 3] << 24 | (uint64_t)d[pos + 4] << 16 | (uint64_t)d[pos + 5] << 8 | d[pos];
 		uint64_t dist = raw & ((1ull << (d[pos + 2] % 47)) - 1);
 		switch (d[pos] % 3) {
-		case 0:
-			if (!armed[k]) {
-				bool filed = ats__tw_add(&w, &node[k], w.now + dist);
-				CHECK(filed == (dist > 0));
-				armed[k] = filed;
-				exp[k] = w.now + dist;
-			}
-			break;
-		case 1:
-			ats__tw_del(&w, &node[k]);
-			armed[k] = false;
-			break;
+		case 0: wheel_check(wheel_model_add(&m, k, m.w.now + dist)); break;
+		case 1: wheel_model_del(&m, k); break;
 		default: {
-			uint64_t next = ats__tw_next(&w), min = UINT64_MAX;
-			for (int i = 0; i < N; i++)
-				if (armed[i] && exp[i] < min)
-					min = exp[i];
-			CHECK(next <= min);
-			CHECK(next > w.now);
-			uint64_t to = (d[pos + 1] & 1) && next != UINT64_MAX ? next : w.now + dist;
-			struct ats__tw_node *x = ats__tw_advance(&w, to);
-			bool got[N] = {0};
-			for (; x; x = x->next) {
-				CHECK(!got[x - node]);
-				got[x - node] = true;
-			}
-			for (int i = 0; i < N; i++) {
-				bool due = armed[i] && exp[i] <= to;
-				CHECK(got[i] == due);
-				CHECK(ats__tw_armed(&node[i]) == (armed[i] && !due));
-				if (due)
-					armed[i] = false;
-			}
+			uint64_t next;
+			wheel_check(wheel_model_next(&m, &next));
+			wheel_check(
+			    wheel_model_advance(&m, (d[pos + 1] & 1) && next != UINT64_MAX ? next : m.w.now + dist));
 		}
 		}
 	}

@@ -7,7 +7,7 @@
 #include "atscale/ctx.h"
 #include "atscale/clock.h"
 #include "internal/ctx_hooks.h"
-#include "internal/timer_wheel.h"
+#include "wheel_model.h"
 
 #include <poll.h>
 #include <pthread.h>
@@ -681,57 +681,32 @@ Test(ctx, release_while_cancelling)
 
 Test(timer_wheel, matches_model)
 {
-	enum { N = 256 };
-	static struct ats__tw w;
-	static struct ats__tw_node node[N];
-	bool armed[N] = {0};
-	uint64_t exp[N] = {0};
+	static struct wheel_model m;
 	uint64_t seed = 88172645463325252ull;
 #define RND() (seed ^= seed << 13, seed ^= seed >> 7, seed ^= seed << 17, seed)
-	ats__tw_init(&w, 12345);
-	memset(node, 0, sizeof node);
+	wheel_model_init(&m, WHEEL_MODEL_MAX_NODES, 12345);
 	for (int step = 0; step < 200000; step++) {
 		uint64_t r = RND();
-		int k = (int)(r % N);
+		int k = (int)(r % WHEEL_MODEL_MAX_NODES);
+		const char *why = NULL;
 		switch ((r >> 8) % 4) {
 		case 0:
-		case 1:
-			if (!armed[k]) {
-				/* Spread over every level: 1 .. 2^40 ticks ahead, and sometimes the past. */
-				uint64_t d = (RND() & ((1ull << ((r >> 16) % 41)) - 1));
-				uint64_t e = w.now + d - ((r >> 24) % 8 == 0 ? d : 0);
-				bool filed = ats__tw_add(&w, &node[k], e);
-				cr_assert_eq(filed, e > w.now);
-				armed[k] = filed;
-				exp[k] = e;
-			}
+		case 1: {
+			/* Spread over every level: 1 .. 2^40 ticks ahead, and sometimes the past. */
+			uint64_t d = (RND() & ((1ull << ((r >> 16) % 41)) - 1));
+			why = wheel_model_add(&m, k, m.w.now + d - ((r >> 24) % 8 == 0 ? d : 0));
 			break;
-		case 2:
-			ats__tw_del(&w, &node[k]);
-			armed[k] = false;
-			break;
+		}
+		case 2: wheel_model_del(&m, k); break;
 		default: {
-			uint64_t next = ats__tw_next(&w), min = UINT64_MAX;
-			for (int i = 0; i < N; i++)
-				if (armed[i] && exp[i] < min)
-					min = exp[i];
-			cr_assert_leq(next, min, "next %llu after the earliest expiry %llu", (unsigned long long)next,
-			              (unsigned long long)min);
-			cr_assert_gt(next, w.now);
-			uint64_t to = (r >> 32) % 3 == 0 ? next : w.now + (RND() & ((1ull << ((r >> 40) % 36)) - 1));
-			struct ats__tw_node *x = ats__tw_advance(&w, to);
-			bool got[N] = {0};
-			for (; x; x = x->next)
-				got[x - node] = true;
-			for (int i = 0; i < N; i++) {
-				bool due = armed[i] && exp[i] <= to;
-				cr_assert_eq(got[i], due, "node %d expires %llu, advanced to %llu", i,
-				             (unsigned long long)exp[i], (unsigned long long)to);
-				cr_assert_eq(ats__tw_armed(&node[i]), armed[i] && !due);
-				if (due)
-					armed[i] = false;
-			}
+			uint64_t next;
+			why = wheel_model_next(&m, &next);
+			if (!why)
+				why = wheel_model_advance(
+				    &m,
+				    (r >> 32) % 3 == 0 ? next : m.w.now + (RND() & ((1ull << ((r >> 40) % 36)) - 1)));
 		}
 		}
+		cr_assert_null(why, "step %d: %s", step, why);
 	}
 }
