@@ -101,10 +101,11 @@ struct ats_ctx {
 	ats_ctx *sib_next, **sib_pprev; /* in parent->children, guarded by parent's lock */
 	ats_ctx *children;
 	ats_ctx_after *afters;
-	int fired_efd;      /* the fd to signal, read under the lock by the cancel */
-	uint8_t fired_wake; /* the cancel saw waiters */
-	ats_err *err;       /* set before the state turns done, immutable after */
-	ats_ctx *walk_next; /* the cancel walk's stack, then the free list of finalize */
+	int fired_efd;        /* the fd to signal, read under the lock by the cancel */
+	uint8_t fired_wake;   /* the cancel saw waiters */
+	uint8_t fired_afters; /* the cancel saw after-funcs (none can be added once done) */
+	ats_err *err;         /* set before the state turns done, immutable after */
+	ats_ctx *walk_next;   /* the cancel walk's stack, then the free list of finalize */
 	struct ats__tw_node tnode;
 	struct merge_reg merge[]; /* a merge's after-funcs on its other parents (or a value table) */
 };
@@ -533,6 +534,7 @@ static void mark_locked(ats_ctx *c, uint32_t s, ats_err *err)
 	c->err = err_ref(err);
 	c->fired_efd = c->efd;
 	c->fired_wake = (s & ATS__CTX_WAITERS) != 0;
+	c->fired_afters = c->afters != NULL;
 }
 
 static bool needs_notify(const ats_ctx *c)
@@ -545,7 +547,8 @@ static bool needs_notify(const ats_ctx *c)
 static void notify(ats_ctx *c)
 {
 	timer_disarm(c);
-	run_afters(c);
+	if (c->fired_afters)
+		run_afters(c); /* its lock, taken only when there is something to run */
 	if (c->fired_wake)
 		futex_wake(&c->h.state, INT_MAX);
 	if (c->fired_efd >= 0) {
@@ -799,6 +802,7 @@ static ats_ctx *ctx_new(ats_ctx *parent, size_t extra, uint32_t flags)
 	c->afters = NULL;
 	c->fired_efd = -1;
 	c->fired_wake = 0;
+	c->fired_afters = 0;
 	c->err = NULL;
 	c->walk_next = NULL;
 	c->tnode.next = NULL;
