@@ -306,7 +306,9 @@ static struct {
 	_Atomic uint64_t planned; /* tick the thread will wake at; UINT64_MAX while it scans */
 } svc = {.once = PTHREAD_ONCE_INIT};
 
-static _Thread_local uint32_t my_shard = UINT32_MAX;
+/* The library's own thread-locals are initial-exec (one %fs-relative access; the default model
+ * in PIC code calls __tls_get_addr), as in error.c and limiter.c: a few bytes of static TLS. */
+static _Thread_local uint32_t my_shard __attribute__((tls_model("initial-exec"))) = UINT32_MAX;
 
 uint64_t ats_ctx_timer_precision_ns(void)
 {
@@ -479,7 +481,7 @@ struct running_after {
 	bool self_stopped;
 	struct running_after *outer;
 };
-static _Thread_local struct running_after *tls_running;
+static _Thread_local struct running_after *tls_running __attribute__((tls_model("initial-exec")));
 
 enum {
 	A_IDLE = 0,
@@ -672,7 +674,7 @@ struct ctx_cache {
 };
 /* On the heap, made at a thread's first free, so that threads that never free a context pay no
  * TLS for it (the library may be dlopen'ed). */
-static _Thread_local struct ctx_cache *cache;
+static _Thread_local struct ctx_cache *cache __attribute__((tls_model("initial-exec")));
 static pthread_key_t cache_key;
 static pthread_once_t cache_once = PTHREAD_ONCE_INIT;
 
