@@ -218,35 +218,40 @@ static inline uint64_t ats__limiter_now2(const struct ats__limiter_view *v, uint
 	return ats_token_clock_units(&v->c, now_ns) << 1;
 }
 
-/* n > burst, from burst2 alone: n << (shift + 1) cannot overflow for n <= 2^32 (shift <= 30). */
-static inline bool ats__limiter_over_burst(const struct ats__limiter_view *v, uint64_t n)
+/* The GCRA step on the word's scale: the word after taking n (<= 2^32) at now2 (the clock in
+ * doubled units), parity kept; false when they do not fit, n > burst included, since
+ * next - now2 = debt + n2 + parity with debt >= 0 (no wrap: debt < 2^63 and n2 <= 2^63, both
+ * even). The parity rides on the increment, which is ready early, rather than being or-ed into the
+ * result last, one step further along the CAS's dependency chain. Pure. */
+static inline bool ats__limiter_step(uint64_t word, uint64_t now2, uint64_t n, uint32_t shift, uint64_t burst2,
+                                     uint64_t *next)
 {
-	return n > ATS_GCRA_MAX_N || (n << (v->c.shift + 1)) > v->c.burst_units;
+	uint64_t parity = word & 1;
+	*next = ats__gcra_start(word - parity, now2) + ((n << (shift + 1)) | parity);
+	return *next - now2 <= burst2 + parity;
 }
 
-/* Where the word goes if n are taken on view v: true when they fit (*after set; an infinite rate
+/* Where the word goes if n are taken on view v: true when they fit (*next set; an infinite rate
  * always fits and sets nothing). Pure. */
-static inline bool ats__limiter_next(const struct ats__limiter_view *v, uint64_t n, uint64_t now_ns, uint64_t *after)
+static inline bool ats__limiter_next(const struct ats__limiter_view *v, uint64_t n, uint64_t now_ns, uint64_t *next)
 {
 	if (v->c.inf)
 		return true;
-	uint64_t now2 = ats__limiter_now2(v, now_ns);
-	*after = ats__gcra_start(v->word & ~(uint64_t)1, now2) + (n << (v->c.shift + 1));
-	return !ats__limiter_over_burst(v, n) && *after - now2 <= v->c.burst_units;
+	return n <= ATS_GCRA_MAX_N &&
+	       ats__limiter_step(v->word, ats__limiter_now2(v, now_ns), n, v->c.shift, v->c.burst_units, next);
 }
 
 /* One attempt to take n tokens on view v: 1 granted, 0 refused (nothing written), -1 the CAS lost
  * (retry with a new view). */
 static inline int ats__limiter_try(ats_limiter *l, const struct ats__limiter_view *v, uint64_t n, uint64_t now_ns)
 {
-	uint64_t after;
-	if (!ats__limiter_next(v, n, now_ns, &after))
+	uint64_t next;
+	if (!ats__limiter_next(v, n, now_ns, &next))
 		return 0;
 	if (v->c.inf || n == 0)
 		return 1;
 	uint64_t w = v->word;
-	return atomic_compare_exchange_strong_explicit(&l->word, &w, after | (v->gen & 1), memory_order_release,
-	                                               memory_order_relaxed)
+	return atomic_compare_exchange_strong_explicit(&l->word, &w, next, memory_order_release, memory_order_relaxed)
 	           ? 1
 	           : -1;
 }
@@ -254,8 +259,8 @@ static inline int ats__limiter_try(ats_limiter *l, const struct ats__limiter_vie
 /* Whether n fit on view v. */
 static inline bool ats__limiter_fits(const struct ats__limiter_view *v, uint64_t n, uint64_t now_ns)
 {
-	uint64_t after;
-	return ats__limiter_next(v, n, now_ns, &after);
+	uint64_t next;
+	return ats__limiter_next(v, n, now_ns, &next);
 }
 
 static inline int64_t ats__limiter_tokens(const struct ats__limiter_view *v, uint64_t now_ns)
@@ -273,13 +278,12 @@ bool ats__limiter_allow_slow(ats_limiter *l, uint64_t n, uint64_t now_ns);
 bool ats__limiter_check_slow(ats_limiter *l, uint64_t n, uint64_t now_ns);
 int64_t ats__limiter_tokens_slow(ats_limiter *l, uint64_t now_ns);
 
-/* One attempt on the word's current generation, straight from the limiter (no view struct), each
- * config value used as soon as it is loaded so that a caller's loop keeps everything in registers:
- * 1 n fit (and, with take, were taken; an infinite rate writes nothing), 0 refused (nothing
- * written), -1 the CAS lost (retry), -2 take the out-of-line path (a setter at work, now_ns before
- * the clock's epoch, n > 2^32, or a reading that needs frac_lo). The seqlock read of
- * ats__limiter_view_fast; the refusal test alone also refuses n > burst, since
- * after - now2 = debt + n2 with debt >= 0 (no wrap: debt < 2^63, n2 <= 2^63). */
+/* One attempt on the word's current generation, straight from the limiter: the seqlock read of
+ * ats__limiter_view_fast and ats__limiter_step, without a view struct and without frac_lo, so that
+ * a caller's loop keeps it all in registers. 1 n fit (and, with take, were taken; an infinite rate
+ * writes nothing), 0 refused (nothing written), -1 the CAS lost (retry), -2 take the out-of-line
+ * path (a setter at work, now_ns before the clock's epoch, n > 2^32, or a reading that needs
+ * frac_lo). */
 static inline int ats__limiter_fast(ats_limiter *l, uint64_t n, uint64_t now_ns, bool take)
 {
 	/* Opaque to the optimizer, so that a caller's loop does not keep &l->gen, &l->slot[0] and
@@ -313,12 +317,8 @@ static inline int ats__limiter_fast(ats_limiter *l, uint64_t n, uint64_t now_ns,
 	if (__builtin_expect((uint64_t)hi > ~dt, 0))
 		return -2;
 	uint64_t now2 = (base + dt * mul + (uint64_t)(hi >> 64)) << 1;
-	/* The parity rides on the increment (start and n2 are even), which is ready early, rather than
-	 * being or-ed into the result last, one step further along the CAS's dependency chain.
-	 * next - now2 = debt + n2 + parity, all even but the parity: at most 2^64 - 1, no wrap. */
-	uint64_t parity = w & 1;
-	uint64_t next = ats__gcra_start(w - parity, now2) + ((n << ((uint32_t)shift_inf + 1)) | parity);
-	if (next - now2 > burst2 + parity)
+	uint64_t next;
+	if (!ats__limiter_step(w, now2, n, (uint32_t)shift_inf, burst2, &next))
 		return 0;
 	if (!take || n == 0)
 		return 1;
