@@ -3,14 +3,13 @@
  *
  *   atscale-bench [--quick] [--json] [--filter PATTERN] [--threads N] [--no-peers] [--list]
  *
- * PATTERN is a comma-separated list of substrings, or fnmatch globs when they hold '*', '?' or '[';
- * a row runs when any selects it. --threads sets the
- * "all threads" count (default: the online cores).
+ * PATTERN is a comma-separated list of substrings or globs (bench/filter.h); a row runs when any
+ * selects it. --threads sets the "all threads" count (default: the online cores).
  */
 #include "bench.h"
+#include "filter.h"
 
 #include <dirent.h>
-#include <fnmatch.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -47,28 +46,9 @@ static uint64_t mono_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-/* Whether one pattern of a comma-separated filter (the len bytes at pat) selects name. */
-static bool pattern_selects(const char *pat, size_t len, const char *name)
-{
-	char one[256];
-	snprintf(one, sizeof one, "%.*s", (int)len, pat);
-	if (strpbrk(one, "*?["))
-		return fnmatch(one, name, 0) == 0;
-	return strstr(name, one) != NULL;
-}
-
 static bool selected(const char *name)
 {
-	if (!opt.filter)
-		return true;
-	for (const char *p = opt.filter;; p++) {
-		size_t len = strcspn(p, ",");
-		if (pattern_selects(p, len, name))
-			return true;
-		p += len;
-		if (!*p)
-			return false;
-	}
+	return ats_bench_filter_selects(opt.filter, name);
 }
 
 static void print_header(void)

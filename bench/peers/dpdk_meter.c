@@ -4,13 +4,14 @@
  *
  *   dpdk-meter [--quick] [--threads N] [--filter PATTERN]
  */
-#include <fnmatch.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "../filter.h"
 
 #include <rte_cycles.h>
 #include <rte_eal.h>
@@ -30,23 +31,6 @@ static int cmp_double(const void *a, const void *b)
 {
 	double x = *(const double *)a, y = *(const double *)b;
 	return (x > y) - (x < y);
-}
-
-/* As atscale-bench: a comma-separated list of substrings or globs, any of which selects. */
-static bool selected(const char *filter, const char *name)
-{
-	if (!filter)
-		return true;
-	for (const char *p = filter;; p++) {
-		size_t len = strcspn(p, ",");
-		char one[256];
-		snprintf(one, sizeof one, "%.*s", (int)len, p);
-		if (strpbrk(one, "*?[") ? fnmatch(one, name, 0) == 0 : strstr(name, one) != NULL)
-			return true;
-		p += len;
-		if (!*p)
-			return false;
-	}
 }
 
 static volatile uint64_t sink;
@@ -76,7 +60,7 @@ int main(int argc, char **argv)
 		else if (!strcmp(argv[i], "--threads") && i + 1 < argc)
 			i++;
 	}
-	if (!selected(filter, NAME))
+	if (!ats_bench_filter_selects(filter, NAME))
 		return 0;
 	/* No hugepages, devices or telemetry: rte_meter only needs the TSC frequency EAL measures. */
 	char *eal[] = {"dpdk-meter", "--no-huge", "--no-telemetry", "--no-pci",    "-l", "0",
