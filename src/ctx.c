@@ -539,9 +539,11 @@ static void mark_locked(ats_ctx *c, uint32_t s, ats_err *err)
 	c->fired_afters = c->afters != NULL;
 }
 
+/* After mark_locked: whether notify() has anything to do for c. */
 static bool needs_notify(const ats_ctx *c)
 {
-	return c->afters || c->fired_efd >= 0 || c->fired_wake || atomic_load_explicit(&c->armed, memory_order_relaxed);
+	return c->fired_afters || c->fired_efd >= 0 || c->fired_wake ||
+	       atomic_load_explicit(&c->armed, memory_order_relaxed);
 }
 
 /* After c went done and its lock is gone: disarm its timer, run its after-funcs, wake its waiters,
