@@ -26,11 +26,11 @@
 #include "atscale/ctx.h"
 #include "atscale/clock.h"
 #include "internal/ctx_hooks.h"
+#include "internal/futex.h"
 #include "internal/timer_wheel.h"
 
 #include <errno.h>
 #include <limits.h>
-#include <linux/futex.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -45,33 +45,6 @@
 
 #define likely(x) __builtin_expect(!!(x), 1)
 #define unlikely(x) __builtin_expect(!!(x), 0)
-
-/* ---- Futex helpers ---- */
-
-static void futex_wait(_Atomic uint32_t *addr, uint32_t val, uint64_t deadline_ns)
-{
-	struct timespec ts, *tsp = NULL;
-	if (deadline_ns != ATS_CTX_NO_DEADLINE) {
-		ts.tv_sec = (time_t)(deadline_ns / 1000000000u);
-		ts.tv_nsec = (long)(deadline_ns % 1000000000u);
-		tsp = &ts;
-	}
-	/* FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC timeout (FUTEX_CLOCK_REALTIME unset). */
-	syscall(SYS_futex, (uint32_t *)addr, FUTEX_WAIT_BITSET | FUTEX_PRIVATE_FLAG, val, tsp, NULL,
-	        FUTEX_BITSET_MATCH_ANY);
-}
-
-static void futex_wake(_Atomic uint32_t *addr, int n)
-{
-	syscall(SYS_futex, (uint32_t *)addr, FUTEX_WAKE | FUTEX_PRIVATE_FLAG, n, NULL, NULL, 0);
-}
-
-static inline void cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-	__builtin_ia32_pause();
-#endif
-}
 
 /* ---- The context ---- */
 
@@ -122,7 +95,7 @@ static inline uint32_t ctx_lock(ats_ctx *c)
 			continue;
 		}
 		if (spins < 256)
-			cpu_relax();
+			ats__cpu_relax();
 		else
 			sched_yield();
 		s = atomic_load_explicit(&c->h.state, memory_order_relaxed);
@@ -280,7 +253,7 @@ static inline void shard_lock(struct shard *s)
 			return;
 		while (atomic_load_explicit(&s->lock, memory_order_relaxed)) {
 			if (++spins < 256)
-				cpu_relax();
+				ats__cpu_relax();
 			else
 				sched_yield();
 		}
@@ -321,7 +294,7 @@ static void kick(void)
 {
 	atomic_fetch_add_explicit(&svc.seq, 1, memory_order_seq_cst);
 	if (atomic_load_explicit(&svc.sleeping, memory_order_seq_cst))
-		futex_wake(&svc.seq, 1);
+		ats__futex_wake(&svc.seq, 1);
 }
 
 /* The timer thread: advance every shard to now, fire what is due, sleep until the next due tick.
@@ -376,7 +349,7 @@ static void *timer_main(void *arg)
 		}
 		atomic_store_explicit(&svc.planned, next, memory_order_seq_cst);
 		atomic_store_explicit(&svc.sleeping, 1, memory_order_seq_cst);
-		futex_wait(&svc.seq, seq, next == UINT64_MAX ? ATS_CTX_NO_DEADLINE : next << TICK_SHIFT);
+		ats__futex_wait(&svc.seq, seq, next == UINT64_MAX ? ATS_CTX_NO_DEADLINE : next << TICK_SHIFT);
 		atomic_store_explicit(&svc.sleeping, 0, memory_order_relaxed);
 	}
 	return NULL;
@@ -503,7 +476,7 @@ static void run_after(ats_ctx *c, ats_ctx_after *a)
 	if (!frame.self_stopped) {
 		uint32_t old = atomic_exchange_explicit(&a->state_, A_DONE, memory_order_acq_rel);
 		if (old & A_WAITER)
-			futex_wake(&a->state_, INT_MAX);
+			ats__futex_wake(&a->state_, INT_MAX);
 	}
 	ats_ctx_release(c); /* the registration's reference */
 }
@@ -554,7 +527,7 @@ static void notify(ats_ctx *c)
 	if (c->fired_afters)
 		run_afters(c); /* its lock, taken only when there is something to run */
 	if (c->fired_wake)
-		futex_wake(&c->h.state, INT_MAX);
+		ats__futex_wake(&c->h.state, INT_MAX);
 	if (c->fired_efd >= 0) {
 		uint64_t one = 1;
 		ssize_t rc = write(c->fired_efd, &one, sizeof one);
@@ -1083,7 +1056,7 @@ bool ats_ctx_wait(ats_ctx *ctx, uint64_t deadline_ns)
 		 * between the check and the sleep makes the sleep return at once. */
 		if (st & ATS__CTX_LOCKED) {
 			/* Only the holder may change a locked word; it holds it for a few instructions. */
-			cpu_relax();
+			ats__cpu_relax();
 			continue;
 		}
 		if (!(st & ATS__CTX_WAITERS)) {
@@ -1094,7 +1067,7 @@ bool ats_ctx_wait(ats_ctx *ctx, uint64_t deadline_ns)
 		}
 		/* A lock holder may change the word meanwhile (EAGAIN, loop) and puts it back as it was
 		 * unless it cancels, which wakes us. */
-		futex_wait(&ctx->h.state, st, until);
+		ats__futex_wait(&ctx->h.state, st, until);
 	}
 }
 
@@ -1188,6 +1161,6 @@ bool ats_ctx_after_stop(ats_ctx_after *a)
 				continue;
 			st |= A_WAITER;
 		}
-		futex_wait(&a->state_, st, ATS_CTX_NO_DEADLINE);
+		ats__futex_wait(&a->state_, st, ATS_CTX_NO_DEADLINE);
 	}
 }

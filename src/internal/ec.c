@@ -1,0 +1,58 @@
+#include "internal/ec.h"
+#include "internal/futex.h"
+
+#include "atscale/clock.h"
+
+static int ec_gettime(const struct ck_ec_ops *ops, struct timespec *out)
+{
+	(void)ops;
+	return clock_gettime(CLOCK_MONOTONIC, out);
+}
+
+static uint64_t ec_deadline_ns(const struct timespec *deadline)
+{
+	if (!deadline)
+		return ATS__FUTEX_FOREVER;
+	return (uint64_t)deadline->tv_sec * 1000000000u + (uint64_t)deadline->tv_nsec;
+}
+
+static void ec_wait32(const struct ck_ec_wait_state *state, const uint32_t *addr, uint32_t expected,
+                      const struct timespec *deadline)
+{
+	(void)state;
+	ats__futex_wait((const _Atomic uint32_t *)addr, expected, ec_deadline_ns(deadline));
+}
+
+/* ck_ec64 keeps its waiter flag and low counter bits in the low half (little-endian here, as
+ * every target atscale builds for), so a futex on that half sees every change that matters. */
+static void ec_wait64(const struct ck_ec_wait_state *state, const uint64_t *addr, uint64_t expected,
+                      const struct timespec *deadline)
+{
+	(void)state;
+	ats__futex_wait((const _Atomic uint32_t *)addr, (uint32_t)expected, ec_deadline_ns(deadline));
+}
+
+static void ec_wake32(const struct ck_ec_ops *ops, const uint32_t *addr)
+{
+	(void)ops;
+	ats__futex_wake((const _Atomic uint32_t *)addr, INT32_MAX);
+}
+
+static void ec_wake64(const struct ck_ec_ops *ops, const uint64_t *addr)
+{
+	(void)ops;
+	ats__futex_wake((const _Atomic uint32_t *)addr, INT32_MAX);
+}
+
+/* Spin and back-off parameters stay at ck_ec's defaults; every wait passes the caller's own
+ * deadline, which ck_ec honours on top of its back-off. */
+const struct ck_ec_ops ats__ec_ops = {
+	.gettime = ec_gettime,
+	.wait32 = ec_wait32,
+	.wait64 = ec_wait64,
+	.wake32 = ec_wake32,
+	.wake64 = ec_wake64,
+};
+
+const struct ck_ec_mode ats__ec_mode_mp = {.ops = &ats__ec_ops, .single_producer = false};
+const struct ck_ec_mode ats__ec_mode_sp = {.ops = &ats__ec_ops, .single_producer = true};
