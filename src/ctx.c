@@ -317,6 +317,9 @@ static void *timer_main(void *arg)
 		uint32_t seq = atomic_load_explicit(&svc.seq, memory_order_seq_cst);
 		if (atomic_load_explicit(&svc.stop, memory_order_acquire))
 			break;
+		/* CLOCK_MONOTONIC itself, not the default clock: the thread sleeps on futex deadlines of
+		 * that clock, and a clock behind it (the coarse one) would make it spin until it caught
+		 * up. A context still expires within the default clock's precision of its deadline. */
 		uint64_t now_tick = ats_now_ns() >> TICK_SHIFT, next = UINT64_MAX;
 		struct ats__tw_node *fire = NULL;
 		for (unsigned i = 0; i < svc.nshards; i++) {
@@ -822,7 +825,7 @@ static ats_err *finish_child(ats_ctx *parent, ats_ctx *c, uint64_t deadline_ns, 
 		link_child(parent, c);
 	if (own_deadline && !ats_ctx_done(c)) {
 		if (now_ns == 0)
-			now_ns = ats_now_ns();
+			now_ns = ats_fast_now_ns();
 		int rc = deadline_ns <= now_ns ? ARM_EXPIRED : timer_arm(c);
 		if (rc == ARM_EXPIRED) {
 			cancel_direct(c, ATS__CTX_DEADLINE, sentinel_err(ATS__CTX_DEADLINE));
@@ -876,7 +879,7 @@ ats_err *ats_ctx_with_timeout_at(ats_ctx *parent, uint64_t timeout_ns, uint64_t 
 
 ats_err *ats_ctx_with_timeout(ats_ctx *parent, uint64_t timeout_ns, ats_ctx **out)
 {
-	return ats_ctx_with_timeout_at(parent, timeout_ns, ats_now_ns(), out);
+	return ats_ctx_with_timeout_at(parent, timeout_ns, ats_fast_now_ns(), out);
 }
 
 /* Slot assignment for value keys: the first ATS_CTX_VALUE_SLOTS keys used get a slot each. */
@@ -1024,7 +1027,7 @@ static bool expire_if_due(ats_ctx *c, uint64_t now_ns)
 ats_err *ats_ctx_err(ats_ctx *ctx)
 {
 	if (!ats_ctx_done(ctx)) {
-		if (ctx->h.deadline_ns == ATS_CTX_NO_DEADLINE || !expire_if_due(ctx, ats_now_ns()))
+		if (ctx->h.deadline_ns == ATS_CTX_NO_DEADLINE || !expire_if_due(ctx, ats_fast_now_ns()))
 			return NULL;
 	}
 	/* A real reference, sentinels included: the caller unrefs it (the sentinel array keeps its own). */
@@ -1046,7 +1049,7 @@ bool ats_ctx_wait(ats_ctx *ctx, uint64_t deadline_ns)
 		uint32_t st = atomic_load_explicit(&ctx->h.state, memory_order_acquire);
 		if (st & ATS__CTX_DONE_MASK)
 			return true;
-		uint64_t now = ats_now_ns();
+		uint64_t now = ats_now_ns(); /* the futex's clock, as the timer thread's */
 		if (expire_if_due(ctx, now))
 			return true;
 		if (now >= deadline_ns)

@@ -338,7 +338,7 @@ ats_err *ats_limiter_wait(ats_limiter *l, uint64_t n, ats_ctx *ctx)
 {
 	if (!l || !ctx)
 		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "limiter or ctx is NULL");
-	uint64_t now = ats_now_ns();
+	uint64_t now = ats_fast_now_ns(); /* the library's one time base, as the plain calls */
 	if (ats_ctx_done_at(ctx, now))
 		return ats_err_wrap(ats_ctx_err(ctx), "waiting for %llu tokens", (unsigned long long)n);
 	uint64_t burst = ats_limiter_burst(l);
@@ -363,7 +363,7 @@ ats_err *ats_limiter_wait(ats_limiter *l, uint64_t n, ats_ctx *ctx)
 		return NULL;
 	/* Done before the tokens' time (cancelled; or its deadline, which a clock step can bring
 	 * before act_ns): give back what can be given back, report why. */
-	ats_limiter_cancel_at(&r, ats_now_ns());
+	ats_limiter_cancel_at(&r, ats_fast_now_ns());
 	return ats_err_wrap(ats_ctx_err(ctx), "waiting for %llu tokens", (unsigned long long)n);
 }
 

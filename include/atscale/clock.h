@@ -4,10 +4,48 @@
  * The `_at(now_ns)` convention: every hot path in atscale has a variant that takes the time from
  * the caller, so a poll loop reads the clock once per batch and passes the same now_ns to every
  * call. Callers may pass ats_now_ns(), ats_fast_now_ns() or their own clock on the same scale.
+ *
+ * One time base. Every atscale call that reads a clock itself (the plain limiter calls, context
+ * timeouts and waits, error timestamps) reads ats_fast_now_ns(), the library's default clock. Its
+ * contract: a reading is never behind an earlier ats_now_ns() reading, on any thread, by more than
+ * ats_fast_precision_ns(), and that precision is at most 1 us on every source but the coarse one,
+ * which is used only when the user asks for it by name. So mixing `_at(ats_now_ns())` calls with
+ * plain calls loses at most a precision's worth of time. Sleeps (futex deadlines: ctx waits, the
+ * timer thread) are on CLOCK_MONOTONIC itself, so a deadline is met within that same precision.
+ *
+ * Sources of the default clock (ats_fast_source() says which is in use):
+ *  - "tsc": the CPU's counter (x86 TSC, arm64 CNTVCT_EL0) scaled to CLOCK_MONOTONIC. Chosen when
+ *    the counter is trusted: on x86 when CPUID reports an invariant TSC (constant rate in every
+ *    power state: /proc/cpuinfo's constant_tsc + nonstop_tsc), on arm64 always (the generic timer
+ *    is architecturally constant-rate and shared by all cores). The kernel's own choice is not
+ *    asked: many VMs boot with `tsc=unstable` or prefer kvm-clock, xen or Hyper-V clocksources
+ *    (all of which read the same TSC underneath) because a migration or snapshot restore may make
+ *    the TSC jump or change rate, and the kernel's clocksource must never step back. This clock
+ *    checks the counter itself instead: it re-anchors against CLOCK_MONOTONIC at least every
+ *    10 ms of counter time (sooner while young: a quarter of its age, so the calibration error
+ *    stays below the anchoring jitter), and at each re-anchoring compares its extrapolation with
+ *    CLOCK_MONOTONIC. If the counter ran backwards, or disagrees by more than 50 us + 0.1% of the
+ *    time since the last anchor (beyond any NTP slew, which is at most 0.05%), the counter is
+ *    dropped for good and the clock is CLOCK_MONOTONIC from then on ("monotonic (tsc dropped:
+ *    ...)"). A jump smaller than that bound, or inside one re-anchoring window, is not seen until
+ *    the next re-anchoring. Per thread, readings never go backwards (each thread keeps its last
+ *    reading); across threads they are ordered within the precision, as long as the cores' counters
+ *    are synchronized, which the invariant-counter CPUs above guarantee and the kernel checks at
+ *    boot.
+ *  - "monotonic": CLOCK_MONOTONIC through the vDSO (precise to the ns), where the counter is not
+ *    trusted or was dropped.
+ *  - "coarse": CLOCK_MONOTONIC_COARSE (steps of one kernel tick, typically 1-4 ms, and it lags by
+ *    up to two: its precision is reported as two ticks). Only when asked for,
+ *    by ats_clock_force(ATS_CLOCK_COARSE) or ATS_CLOCK=coarse: a limiter read by a clock that
+ *    moves once per tick grants at most `burst` per tick, whatever its rate.
+ *
+ * Forcing a source: the environment variable ATS_CLOCK=tsc|monotonic|coarse|auto, read at the
+ * first clock use, or ats_clock_force() at any time.
  */
 #ifndef ATSCALE_CLOCK_H
 #define ATSCALE_CLOCK_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdatomic.h>
 #include <time.h>
@@ -16,7 +54,8 @@
 extern "C" {
 #endif
 
-/* CLOCK_MONOTONIC in ns. Wait-free; one vDSO call (~15-25 ns), no syscall. */
+/* CLOCK_MONOTONIC in ns: the reference every other clock here is measured against. Wait-free;
+ * one vDSO call, no system call (on most clocksources: see floor.clock_monotonic). */
 static inline uint64_t ats_now_ns(void)
 {
 	struct timespec ts;
@@ -32,64 +71,113 @@ static inline uint64_t ats_wall_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-/* The cheap clock's state (private; read by the inline fast path). A seqlock guards the anchor:
- * the TSC value and CLOCK_MONOTONIC time of the last anchoring and the ns-per-tick multiplier
- * (32.32 fixed point), refined at each re-anchoring from the whole time since start-up. */
+/* The sources of the default clock. */
+typedef enum ats_clock_source {
+	ATS_CLOCK_AUTO = 0,  /* the policy above: tsc when trusted, else monotonic */
+	ATS_CLOCK_TSC,       /* the CPU counter, calibrated and checked */
+	ATS_CLOCK_MONOTONIC, /* CLOCK_MONOTONIC */
+	ATS_CLOCK_COARSE,    /* CLOCK_MONOTONIC_COARSE, opt-in only */
+} ats_clock_source;
+
+/* The default clock's state (private; read by the inline fast path). A seqlock guards the anchor:
+ * the counter value and CLOCK_MONOTONIC time of the last anchoring and the ns-per-tick multiplier
+ * (32.32 fixed point). */
 struct ats__fast_clock {
 	_Atomic uint32_t seq;  /* odd while a re-anchoring writes */
-	_Atomic uint32_t mode; /* 0 not started, 1 TSC, 2 coarse */
+	_Atomic uint32_t mode; /* 0 before the first use, else an ats_clock_source (never AUTO) */
 	_Atomic uint64_t tsc_base;
 	_Atomic uint64_t ns_base;
 	_Atomic uint64_t mult;           /* ns per tick << 32 */
-	_Atomic uint64_t reanchor_ticks; /* re-anchor after this many ticks (~50 ms) */
+	_Atomic uint64_t reanchor_ticks; /* re-anchor after this many ticks */
 };
 extern struct ats__fast_clock ats__fast_clock;
 uint64_t ats__fast_now_slow(uint64_t tsc);
 
+/* The calling thread's last reading of the counter clock (private): readings are clamped to it, so
+ * per thread they never go backwards, even across a re-anchoring that moves the anchor back or a
+ * reading that took the CLOCK_MONOTONIC path. Initial-exec: one thread-pointer-relative access. */
+#ifdef __cplusplus
+#define ATS__THREAD_LOCAL thread_local
+#else
+#define ATS__THREAD_LOCAL _Thread_local
+#endif
+extern ATS__THREAD_LOCAL uint64_t ats__fast_last __attribute__((tls_model("initial-exec")));
+
+/* The raw CPU counter: rdtsc on x86, CNTVCT_EL0 on arm64 (after an isb, so the read is not
+ * hoisted above earlier instructions); 0 where there is none (the clock then never uses it). */
 static inline uint64_t ats__rdtsc(void)
 {
 #if defined(__x86_64__) || defined(__i386__)
 	uint32_t lo, hi;
 	__asm__ __volatile__("rdtsc" : "=a"(lo), "=d"(hi));
 	return ((uint64_t)hi << 32) | lo;
+#elif defined(__aarch64__)
+	uint64_t v;
+	__asm__ __volatile__("isb\n\tmrs %0, cntvct_el0" : "=r"(v) : : "memory");
+	return v;
 #else
 	return 0;
 #endif
 }
 
-/* The cheap clock: CLOCK_MONOTONIC scale, read from the TSC (calibrated against CLOCK_MONOTONIC
- * and re-anchored every ~50 ms) when the kernel itself trusts the TSC, else CLOCK_MONOTONIC_COARSE.
- * Wait-free; ~6-10 ns with the TSC. Precision: ats_fast_precision_ns(). Across threads and at a
- * re-anchoring it may differ from ats_now_ns() by up to that precision (so it can step back by
- * that much); everything in atscale tolerates a clock that steps back. The first call calibrates
- * (about 1 ms, once per process). */
+/* The default clock (see the top of this file). Wait-free. With the tsc source: a counter read, a
+ * multiply and a seqlock check, no call; with monotonic: ats_now_ns(); cost per source in the
+ * floor.clock_fast benchmark row. Every library call that reads a clock itself reads this one.
+ * The first call picks the source and, for tsc, calibrates (about 1 ms, once per process). */
 static inline uint64_t ats_fast_now_ns(void)
 {
 	struct ats__fast_clock *c = &ats__fast_clock;
 	for (;;) {
 		uint32_t seq = atomic_load_explicit(&c->seq, memory_order_acquire);
-		if (atomic_load_explicit(&c->mode, memory_order_relaxed) != 1 || (seq & 1))
+		uint32_t mode = atomic_load_explicit(&c->mode, memory_order_relaxed);
+		if (mode != ATS_CLOCK_TSC) {
+			if (mode == ATS_CLOCK_MONOTONIC)
+				return ats_now_ns();
 			return ats__fast_now_slow(0);
+		}
+		if (seq & 1)
+			return ats__fast_now_slow(0); /* a re-anchoring is writing: never wait for it */
 		uint64_t tsc = ats__rdtsc();
 		uint64_t base = atomic_load_explicit(&c->tsc_base, memory_order_relaxed);
 		uint64_t ns = atomic_load_explicit(&c->ns_base, memory_order_relaxed);
 		uint64_t mult = atomic_load_explicit(&c->mult, memory_order_relaxed);
 		uint64_t limit = atomic_load_explicit(&c->reanchor_ticks, memory_order_relaxed);
+		/* Seqlock read side: the loads above happen before the re-check of seq. */
 		atomic_thread_fence(memory_order_acquire);
 		if (atomic_load_explicit(&c->seq, memory_order_relaxed) != seq)
 			continue;
 		uint64_t delta = tsc - base;
 		if (tsc < base || delta > limit)
 			return ats__fast_now_slow(tsc);
-		return ns + (uint64_t)(((unsigned __int128)delta * mult) >> 32);
+		__extension__ typedef unsigned __int128 ats__u128;
+		uint64_t now = ns + (uint64_t)(((ats__u128)delta * mult) >> 32);
+		if (now < ats__fast_last)
+			return ats__fast_last;
+		ats__fast_last = now;
+		return now;
 	}
 }
 
-/* The cheap clock's current precision bound in ns (calibration error over one anchoring window,
- * or the coarse clock's resolution). Improves as the process runs. */
+/* The default clock's precision in ns: the bound in the contract at the top of this file. For tsc,
+ * the anchoring jitter plus the largest drift measured between recent re-anchorings (so it follows
+ * the machine: it shrinks as calibration improves and grows if NTP slews hard); 1 for monotonic;
+ * two kernel ticks for coarse. Lock-free; a few loads (a clock_getres for the others). */
 uint64_t ats_fast_precision_ns(void);
-/* "tsc" or "coarse". */
+
+/* The source in use: "tsc", "monotonic" or "coarse"; after the counter was dropped,
+ * "monotonic (tsc dropped: <why>)"; after ATS_CLOCK named one that cannot be had,
+ * "monotonic (ATS_CLOCK=<value> not available: <why>)". The string is static. Lock-free. */
 const char *ats_fast_source(void);
+
+/* The source in use, as an enum (never ATS_CLOCK_AUTO). */
+ats_clock_source ats_clock_current(void);
+
+/* Makes the default clock use `source` from now on (ATS_CLOCK_AUTO: the policy above). Returns
+ * false and changes nothing when it cannot be had: tsc where the CPU has no usable counter or after
+ * it was dropped. Threads reading the clock during the switch see either source; readings may step
+ * back by up to the larger precision of the two. Blocking (the first switch to tsc calibrates for
+ * about 1 ms); for tests and start-up code, not hot paths. */
+bool ats_clock_force(ats_clock_source source);
 
 #ifdef __cplusplus
 }

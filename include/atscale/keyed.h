@@ -54,6 +54,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "atscale/clock.h"
 #include "atscale/error.h"
 #include "atscale/gcra.h"
 
@@ -144,6 +145,15 @@ static inline bool ats_keyed_allow_at(ats_keyed *m, const void *key, size_t len,
 {
 	return ats_keyed_allow_n_at(m, key, len, 1, now_ns);
 }
+/* The same at ats_fast_now_ns(), the library's one time base (clock.h). */
+static inline bool ats_keyed_allow_n(ats_keyed *m, const void *key, size_t len, uint64_t n)
+{
+	return ats_keyed_allow_n_at(m, key, len, n, ats_fast_now_ns());
+}
+static inline bool ats_keyed_allow(ats_keyed *m, const void *key, size_t len)
+{
+	return ats_keyed_allow_n_at(m, key, len, 1, ats_fast_now_ns());
+}
 
 /* A burst of `count` requests for n tokens each (a batch of packets) under one timestamp: hashes
  * every key and prefetches its slot before resolving any, so the cache misses overlap (as DPDK's
@@ -156,6 +166,10 @@ size_t ats_keyed_allow_burst_at(ats_keyed *m, const void *const keys[], const si
 /* Whole tokens the key has at now_ns without taking any (a new key: its burst). 0 for bad input.
  * Wait-free; adds nothing. */
 uint64_t ats_keyed_tokens_at(ats_keyed *m, const void *key, size_t len, uint64_t now_ns);
+static inline uint64_t ats_keyed_tokens(ats_keyed *m, const void *key, size_t len)
+{
+	return ats_keyed_tokens_at(m, key, len, ats_fast_now_ns());
+}
 
 /* Gives one key its own rate and burst (lim NULL: back to the map's default), adding the key if
  * it is new. The tokens it has now carry over, capped at the new burst; a full (idle) or new key

@@ -47,11 +47,11 @@ static void ec_wake64(const struct ck_ec_ops *ops, const uint64_t *addr)
 /* Spin and back-off parameters stay at ck_ec's defaults; every wait passes the caller's own
  * deadline, which ck_ec honours on top of its back-off. */
 const struct ck_ec_ops ats__ec_ops = {
-	.gettime = ec_gettime,
-	.wait32 = ec_wait32,
-	.wait64 = ec_wait64,
-	.wake32 = ec_wake32,
-	.wake64 = ec_wake64,
+    .gettime = ec_gettime,
+    .wait32 = ec_wait32,
+    .wait64 = ec_wait64,
+    .wake32 = ec_wake32,
+    .wake64 = ec_wake64,
 };
 
 const struct ck_ec_mode ats__ec_mode_mp = {.ops = &ats__ec_ops, .single_producer = false};
