@@ -39,6 +39,8 @@ static struct {
 	unsigned threads;
 } opt = {.peers = true};
 
+static unsigned rows_cap_hit; /* rows with a sample that hit MAX_RETAKES */
+
 static uint64_t mono_ns(void)
 {
 	struct timespec ts;
@@ -164,7 +166,8 @@ struct row_case {
 	bool setup_failed;
 	bool ok; /* set up, and (rows that measure themselves) measured */
 	uint64_t iters;
-	unsigned retaken; /* samples taken again because the threads did not run side by side */
+	unsigned retaken;  /* samples taken again because the threads did not run side by side */
+	unsigned cap_hit;  /* samples still not side by side after MAX_RETAKES: the row's figure is suspect */
 	double samples[11];
 	ats_bench_result r;
 };
@@ -196,7 +199,9 @@ static void case_calibrate(struct row_case *c)
 /* A sample in which the threads ran side by side for less than this share of the wall time
  * measured the host's scheduling (on a shared VM a vCPU can stall for milliseconds), not the code:
  * a contended row looks faster and a scaling row slower. It is taken again, at most MAX_RETAKES
- * times per sample; the row reports how many were. */
+ * times per sample; the row reports how many were ("retaken"), and how many samples were still
+ * not side by side when the cap was reached ("retake_cap_hit"): such a row's figure was not
+ * measured side by side and must not be quoted as a multi-thread result. */
 #define MIN_SIDE_BY_SIDE 0.9
 #define MAX_RETAKES 4
 
@@ -206,8 +211,12 @@ static void case_sample(struct row_case *c, int rep)
 		double side_by_side;
 		uint64_t t = timed_run(c->b, c->state, c->threads, c->iters, &side_by_side);
 		c->samples[rep] = (double)t / ((double)c->iters * c->threads);
-		if (side_by_side >= MIN_SIDE_BY_SIDE || attempt == MAX_RETAKES)
+		if (side_by_side >= MIN_SIDE_BY_SIDE)
 			return;
+		if (attempt == MAX_RETAKES) {
+			c->cap_hit++; /* kept, but said: the row reports it and the table flags it */
+			return;
+		}
 		c->retaken++;
 	}
 }
@@ -231,6 +240,12 @@ static void case_finish(struct row_case *c, int reps)
 			size_t len = strlen(c->r.extra);
 			snprintf(c->r.extra + len, sizeof c->r.extra - len, "%s\"retaken\": %u", len ? ", " : "",
 			         c->retaken);
+		}
+		if (c->cap_hit) {
+			size_t len = strlen(c->r.extra);
+			snprintf(c->r.extra + len, sizeof c->r.extra - len, "%s\"retake_cap_hit\": %u", len ? ", " : "",
+			         c->cap_hit);
+			rows_cap_hit++;
 		}
 		print_row(c->b->name, c->threads, (c->b->flags & ATS_BENCH_PEER) != 0, c->r.ns_per_op, c->r.min,
 		          c->r.max, c->r.extra);
@@ -437,6 +452,11 @@ int main(int argc, char **argv)
 			cases[ncases++] = (struct row_case){.b = b, .threads = opt.threads};
 	}
 	run_cases(cases, ncases);
+	if (rows_cap_hit)
+		fprintf(stderr,
+		        "atscale-bench: %u row(s) hit the retake cap (\"retake_cap_hit\"): some of their samples never ran "
+		        "side by side, so their multi-thread figures are not side-by-side measurements\n",
+		        rows_cap_hit);
 	if (opt.peers)
 		run_peers(argv[0]);
 	return 0;

@@ -49,6 +49,7 @@ static bool calibrated;                /* origin, jitter and the anchor are set 
 static uint64_t window_ns;             /* the current re-anchoring window (under the seqlock) */
 static unsigned drift_strikes;         /* re-anchorings in a row above the target at the min window */
 static _Atomic uint64_t drift_ns;      /* recent drift over one window (decaying max) */
+static _Atomic uint64_t last_jitter_ns; /* how long the current anchor's pair read took */
 static _Atomic bool dropped;           /* the counter was dropped for good */
 static char drop_note[160];            /* why, written once before `dropped` is set */
 static char init_note[160];            /* why the first choice was monotonic, written once by init */
@@ -203,7 +204,7 @@ static void reanchor(void)
 		drop_counter();
 		goto out;
 	}
-	if (jitter > 4 * anchor_jitter_ns + 200 || ns <= ns_base)
+	if (jitter > 2 * anchor_jitter_ns + 100 || ns <= ns_base)
 		goto out; /* preempted while reading: keep the anchor, a later call re-anchors */
 	uint64_t since = ns - ns_base;
 	uint64_t predicted = ns_base + (uint64_t)(((u128)(tsc - base) * mult) >> 32);
@@ -235,6 +236,8 @@ static void reanchor(void)
 		if (drift * 4 < PRECISION_TARGET_NS && window_ns < WINDOW_MAX_NS)
 			window_ns *= 2;
 	}
+	/* Relaxed: the precision is advisory; readers may see it a re-anchoring late. */
+	atomic_store_explicit(&last_jitter_ns, jitter + 1, memory_order_relaxed);
 	uint64_t new_mult = (uint64_t)(((u128)(ns - origin_ns) << 32) / (tsc - origin_tsc));
 	atomic_store_explicit(&c->tsc_base, tsc, memory_order_relaxed);
 	atomic_store_explicit(&c->ns_base, ns, memory_order_relaxed);
@@ -353,12 +356,16 @@ uint64_t ats_fast_precision_ns(void)
 	struct timespec res;
 	switch (ats_clock_current()) {
 	case ATS_CLOCK_TSC: {
-		/* Jitter of the anchor itself, plus the larger of the measured drift over one window and
+		/* Jitter of the anchor itself (the calibration's or the current anchor's read, whichever
+		 * took longer), plus the larger of the measured drift over one window and
 		 * the multiplier's calibration error over one window (2 jitters over the age, at most a
 		 * quarter of which is one window). */
 		uint64_t calib = anchor_jitter_ns / 2;
 		uint64_t drift = atomic_load_explicit(&drift_ns, memory_order_relaxed);
-		return anchor_jitter_ns + (drift > calib ? drift : calib);
+		uint64_t jitter = atomic_load_explicit(&last_jitter_ns, memory_order_relaxed);
+		if (jitter < anchor_jitter_ns)
+			jitter = anchor_jitter_ns;
+		return jitter + (drift > calib ? drift : calib);
 	}
 	case ATS_CLOCK_COARSE:
 		/* The coarse clock moves once per tick and is updated a tick late: measured, it lags
