@@ -558,15 +558,18 @@ static void take_children_locked(ats_ctx *c, uint32_t reason, ats_err *err, ats_
 		*ch->sib_pprev = ch->sib_next;
 		if (ch->sib_next)
 			ch->sib_next->sib_pprev = ch->sib_pprev;
-		atomic_store_explicit(&ch->linked, 0, memory_order_relaxed);
 		atomic_store_explicit(&c->kids, atomic_load_explicit(&c->kids, memory_order_relaxed) - 1,
-		                      memory_order_relaxed);
+		                      memory_order_relaxed); /* c's lock is held: its readers take it */
 		if (ch->children || needs_notify(ch)) {
 			atomic_store_explicit(&ch->kids, atomic_load_explicit(&ch->kids, memory_order_relaxed) + 1,
-			                      memory_order_relaxed);
+			                      memory_order_relaxed); /* the release below publishes it */
 			ch->walk_next = *stack;
 			*stack = ch;
 		}
+		/* Release, and after the pin: ats_ctx_release's quick path reads `linked` (acquire) before
+		 * `kids` and the lock bit, so a release that sees ch unlinked also sees the pin and this
+		 * lock (see there). */
+		atomic_store_explicit(&ch->linked, 0, memory_order_release);
 		ctx_unlock(ch, reason); /* publishes done */
 		ch = next;
 	}
@@ -583,7 +586,8 @@ static void unlink_from_parent(ats_ctx *c)
 	*c->sib_pprev = c->sib_next;
 	if (c->sib_next)
 		c->sib_next->sib_pprev = c->sib_pprev;
-	atomic_store_explicit(&c->linked, 0, memory_order_relaxed);
+	/* Release: the caller's reference or pin on c happens before a quick release sees c unlinked. */
+	atomic_store_explicit(&c->linked, 0, memory_order_release);
 	bool free_p = drop_kid_locked(p);
 	ctx_unlock(p, s);
 	if (free_p)
@@ -738,7 +742,16 @@ void ats_ctx_release(ats_ctx *ctx)
 	if (!ctx || (ctx->h.flags & F_STATIC))
 		return;
 	/* The common case, no atomic write: the caller holds the only reference and nothing else can
-	 * reach c (no link, no timer, no merge, no kids), so no one can take a new one. */
+	 * reach c (no link, no timer, no merge, no kids), so no one can take a new one.
+	 * Why these loads suffice on a weakly ordered CPU: every other thread that can still touch c
+	 * reached it through its parent's list, a timer wheel or a reference. A parent's cancel walk
+	 * pins c (kids + 1) if it will touch c after unlocking it, and only then stores linked = 0
+	 * with release, all under c's lock; the timer pins c under its lock and then stores
+	 * armed = 0 with release; the one who unlinks c itself holds a reference or a pin and stores
+	 * linked = 0 with release. So a load here that sees linked == 0 or armed == 0 from such a
+	 * thread synchronizes with it: the later loads (acquire, in this order) see its pin in
+	 * `kids`, or its lock bit still set in `state`, or the unlock that ended its last touch of
+	 * c. Any of the first two sends this call to the locked path. */
 	if (atomic_load_explicit(&ctx->refs, memory_order_acquire) == 1 &&
 	    !atomic_load_explicit(&ctx->linked, memory_order_acquire) &&
 	    !atomic_load_explicit(&ctx->armed, memory_order_acquire) && ctx->nmerge == 0 &&

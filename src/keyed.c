@@ -49,7 +49,10 @@
 /* liburcu's grace periods are made of membarrier and its own asm atomics, which ThreadSanitizer
  * cannot see. Readers release a per-map sync object when they leave a read-side section and every
  * RCU callback acquires it before freeing, which is exactly the order a grace period guarantees;
- * callbacks release it when done and ats_keyed_destroy acquires it after rcu_barrier. */
+ * a writer releases it just before each call_rcu (its own reads of what the callback frees come
+ * first, in program order, and the enqueue happens before the callback runs); callbacks release
+ * it when done and ats_keyed_destroy acquires it after rcu_barrier. Every call_rcu and
+ * rcu_barrier in this file is covered: resize (table), grace_kick (epoch), destroy (barrier). */
 void __tsan_acquire(void *addr);
 void __tsan_release(void *addr);
 #define TSAN_ACQUIRE(p) __tsan_acquire(p)
@@ -331,6 +334,7 @@ static void grace_kick(ats_keyed *m)
 	m->epoch++;
 	atomic_store_explicit(&m->grace_target, m->epoch, memory_order_relaxed);
 	m->killed_since_grace = 0;
+	TSAN_RELEASE(&m->tsan_sync); /* the writes above happen before grace_cb (see resize) */
 	urcu_memb_call_rcu((struct rcu_head *)m->grace_head, grace_cb);
 }
 
@@ -455,6 +459,9 @@ static bool resize(ats_keyed *m, size_t slots, uint64_t now_ns)
 	m->hand = m->sweep = 0;
 	atomic_store_explicit(&m->table, nt, memory_order_release);
 	atomic_fetch_add_explicit(&m->resizes, 1, memory_order_relaxed);
+	/* This thread read `old` above, and call_rcu's enqueue happens before the callback that
+	 * frees it (liburcu's queue hand-off, which ThreadSanitizer cannot see): say so. */
+	TSAN_RELEASE(&m->tsan_sync);
 	urcu_memb_call_rcu(&old->rcu, table_free_cb);
 	return true;
 }
@@ -591,6 +598,7 @@ static void wait_for_frees(ats_keyed *m)
 	grace_kick(m);
 	pthread_mutex_unlock(&m->lock);
 	urcu_memb_barrier();
+	TSAN_ACQUIRE(&m->tsan_sync); /* the callbacks' writes happen before this */
 	pthread_mutex_lock(&m->lock);
 }
 
