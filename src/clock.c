@@ -183,7 +183,7 @@ static void drop_counter(void)
 static void reanchor(void)
 {
 	struct ats__fast_clock *c = &ats__fast_clock;
-	uint32_t seq = atomic_load_explicit(&c->seq, memory_order_relaxed);
+	uint32_t seq = atomic_load_explicit(&c->seq, memory_order_relaxed); /* the CAS below checks it */
 	/* Acquire: the previous re-anchoring's writes (window, strikes) happen before ours. The release
 	 * fence after it orders the odd seq before the anchor's stores (seqlock write side): a reader
 	 * that sees any new anchor field then sees the odd seq on its re-check. */
@@ -191,10 +191,12 @@ static void reanchor(void)
 	                                                          memory_order_relaxed))
 		return; /* another thread is re-anchoring */
 	atomic_thread_fence(memory_order_release);
+	/* Relaxed: a stale tsc here only re-anchors a counter no reader is using, which is harmless. */
 	if (atomic_load_explicit(&c->mode, memory_order_relaxed) != ATS_CLOCK_TSC)
 		goto out; /* a switch or a drop happened meanwhile */
 	uint64_t tsc = 0, ns = 0;
 	uint64_t jitter = read_pair(&tsc, &ns);
+	/* Relaxed: the seqlock holder is their only writer (calibrate runs before tsc is in use). */
 	uint64_t base = atomic_load_explicit(&c->tsc_base, memory_order_relaxed);
 	uint64_t ns_base = atomic_load_explicit(&c->ns_base, memory_order_relaxed);
 	uint64_t mult = atomic_load_explicit(&c->mult, memory_order_relaxed);
@@ -218,6 +220,7 @@ static void reanchor(void)
 	}
 	/* The drift over one window (scaled down when the clock sat unread for longer). */
 	uint64_t drift = since > window_ns ? (uint64_t)((u128)off * window_ns / since) : off;
+	/* Relaxed: drift_ns only feeds the advisory precision; the seqlock holder is its only writer. */
 	uint64_t old = atomic_load_explicit(&drift_ns, memory_order_relaxed);
 	uint64_t decayed = old - old / 8;
 	atomic_store_explicit(&drift_ns, drift > decayed ? drift : decayed, memory_order_relaxed);

@@ -128,8 +128,10 @@ static inline uint64_t ats_fast_now_ns(void)
 {
 	struct ats__fast_clock *c = &ats__fast_clock;
 	for (;;) {
+		/* Acquire: a mode switched to tsc was stored (release) after its first anchor. */
+		uint32_t mode = atomic_load_explicit(&c->mode, memory_order_acquire);
+		/* Acquire: the seqlock read side (the anchor loads below come after it). */
 		uint32_t seq = atomic_load_explicit(&c->seq, memory_order_acquire);
-		uint32_t mode = atomic_load_explicit(&c->mode, memory_order_relaxed);
 		if (mode != ATS_CLOCK_TSC) {
 			if (mode == ATS_CLOCK_MONOTONIC)
 				return ats_now_ns();
@@ -138,6 +140,7 @@ static inline uint64_t ats_fast_now_ns(void)
 		if (seq & 1)
 			return ats__fast_now_slow(0); /* a re-anchoring is writing: never wait for it */
 		uint64_t tsc = ats__rdtsc();
+		/* Relaxed: the seqlock orders them (the fence and re-check below). */
 		uint64_t base = atomic_load_explicit(&c->tsc_base, memory_order_relaxed);
 		uint64_t ns = atomic_load_explicit(&c->ns_base, memory_order_relaxed);
 		uint64_t mult = atomic_load_explicit(&c->mult, memory_order_relaxed);
