@@ -41,6 +41,7 @@ typedef unsigned __int128 u128;
 struct ats__fast_clock ats__fast_clock;
 ATS__THREAD_LOCAL uint64_t ats__fast_last __attribute__((tls_model("initial-exec")));
 _Atomic int64_t ats__clock_fault_ticks;
+_Atomic int ats__clock_distrust_counter;
 
 /* Written before the mode that makes them visible is stored (release), or under the seqlock. */
 static uint64_t origin_tsc, origin_ns; /* the first anchor */
@@ -84,11 +85,13 @@ static bool counter_trusted(void)
 {
 #if defined(__x86_64__) || defined(__i386__)
 	unsigned a, b, c, d;
+	if (atomic_load_explicit(&ats__clock_distrust_counter, memory_order_relaxed)) /* a test knob */
+		return false;
 	if (!counter_available() || !__get_cpuid(0x80000007, &a, &b, &c, &d))
 		return false;
 	return (d & (1u << 8)) != 0; /* CPUID.80000007H:EDX.InvariantTSC */
 #elif defined(__aarch64__)
-	return true;
+	return !atomic_load_explicit(&ats__clock_distrust_counter, memory_order_relaxed); /* a test knob */
 #else
 	return false;
 #endif

@@ -160,6 +160,20 @@ Test(clock, the_default_is_never_coarse_and_is_tsc_exactly_when_the_cpu_says_inv
 	cr_expect_leq(ats_fast_precision_ns(), 1000);
 }
 
+/* The path most cloud VMs take where the CPU does not report an invariant counter: forced here so
+ * that it runs on every machine, whatever its CPU. */
+Test(clock, an_untrusted_counter_gives_monotonic_never_coarse)
+{
+	atomic_store(&ats__clock_distrust_counter, 1);
+	start_with(NULL);
+	cr_expect_eq(ats_clock_current(), ATS_CLOCK_MONOTONIC);
+	cr_expect_str_eq(ats_fast_source(), "monotonic (the CPU reports no invariant counter)");
+	cr_expect_eq(ats_fast_precision_ns(), 1);
+	expect_tight("untrusted", trace_two_threads());
+	cr_expect(ats_clock_force(ATS_CLOCK_AUTO));
+	cr_expect_eq(ats_clock_current(), ATS_CLOCK_MONOTONIC);
+}
+
 Test(clock, env_picks_each_source)
 {
 	start_with("monotonic");

@@ -12,6 +12,8 @@
  *   and nothing is over-granted. */
 #include <atscale/atscale.h>
 
+#include "internal/clock_hooks.h"
+
 #include <criterion/criterion.h>
 #include <stdlib.h>
 
@@ -100,6 +102,15 @@ Test(rate, monotonic) { rate_test(ATS_CLOCK_MONOTONIC); }
 Test(rate, the_default_source)
 {
 	unsetenv("ATS_CLOCK");
+	rate_test(ats_clock_current());
+}
+
+/* The default where the CPU reports no invariant counter (most cloud VMs' fallback), forced. */
+Test(rate, the_default_on_an_untrusted_counter)
+{
+	atomic_store(&ats__clock_distrust_counter, 1);
+	unsetenv("ATS_CLOCK");
+	cr_expect_eq(ats_clock_current(), ATS_CLOCK_MONOTONIC, "%s", ats_fast_source());
 	rate_test(ats_clock_current());
 }
 

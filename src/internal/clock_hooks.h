@@ -9,4 +9,8 @@
  * snapshot restore) would: the clock must notice and drop the counter. */
 extern _Atomic int64_t ats__clock_fault_ticks;
 
+/* Non-zero: the clock starts as on a CPU that reports no invariant counter (read at the first
+ * clock use and by ats_clock_force(ATS_CLOCK_AUTO)), so the untrusted path runs on every machine. */
+extern _Atomic int ats__clock_distrust_counter;
+
 #endif
