@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* Contexts: create + cancel + release, with and without a timer, the done check, cancelling a
  * tree of 1000 children, value lookup, and the timer's lateness (p50/p99 of fired deadlines, as
  * seen by a thread blocked in poll(2) on the context's fd). Go peers: bench/peers/go/ctx.go. */

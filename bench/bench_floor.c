@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* The physical floor: what the hardware charges for the primitives every hot path is made of. */
 #include "bench.h"
 #include "atscale/clock.h"

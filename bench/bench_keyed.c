@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* Keyed limiters at a million keys: the map (one random key per op, and bursts of 32 keys per
  * call), plus the two library tables the issue asked to measure against it (cds_lfht and ck_hs,
  * each a node per key holding the key and its TAT), all doing the same GCRA take per lookup. The

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* atscale-bench: runs every registered row, then the peer programs in peers/ beside it, and prints
  * a table (or, with --json, one JSON object per line).
  *

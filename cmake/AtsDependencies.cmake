@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-2-Clause
 # Finds atscale's dependencies with pkg-config. A missing one stops the configure step with the
 # Debian package that provides it, so the fix is one apt-get away.
 find_package(Threads REQUIRED)

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* Model-based fuzz target for the exact limiter: random sequences of allow, check, tokens, reserve,
  * cancel, throttle, set rate, set burst and time steps (backwards too) run against the limiter and
  * against a slow reference model that keeps time and TAT as unbounded 128-bit integers and reads

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-2-Clause
 # Turns `atscale-bench --json` lines (stdin) into the Markdown table the README shows.
 set -euo pipefail
 echo "| row | threads | median | min | max | notes |"

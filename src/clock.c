@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* The default clock: the CPU counter scaled to CLOCK_MONOTONIC nanoseconds where it is trusted,
  * else CLOCK_MONOTONIC; the coarse clock only when asked for (policy and contract: clock.h).
  *

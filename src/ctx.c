@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* Contexts: the cancellation tree, deadlines and the timer service, after-funcs, values.
  *
  * Concurrency design (no global lock anywhere; every path counted in atomic read-modify-writes,

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* Structured errors: construction, lifetime, accessors, formats and the user/log split. */
 #include "atscale/error.h"
 #include "atscale/clock.h"

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* Keyed rate limiters (include/atscale/keyed.h).
  *
  * Why a hand-written table. DESIGN.md asks for a library where one exists, and the issue names two:

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* Rate limiters: the cold and warm paths of include/atscale/limiter.h (the hot paths are inline
  * there). Written by hand because no library offers a lock-free exact GCRA with runtime rate
  * changes, reservations and per-core leasing on one 64-bit word. */

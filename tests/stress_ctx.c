@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* Contexts under contention (run under TSan and ASan): every thread creating, cancelling,
  * releasing, merging and waiting on one shared tree, timers firing into releases and cancels.
  * Counts are exact: every waiter wakes, every after-func runs or is stopped exactly once, every

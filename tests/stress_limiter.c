@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* Concurrent tests of the rate limiters (label "concurrent": also run under ThreadSanitizer).
  * Exact counts where the outcome is determined; otherwise an audit of every grant's time against
  * the limit. Bounded iterations, never sleeps. */

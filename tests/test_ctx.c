@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* Contexts: tree cancellation, causes, deadlines and the timer, waiting, fds, after-funcs,
  * without_cancel, merge, values, OOM; and the timing wheel against a reference model.
  * Nothing here sleeps to synchronize: tests wait with ats_ctx_wait, poll on the context's fd,

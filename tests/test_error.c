@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* Unit tests of the structured errors: constructors, accessors, chains, kinds and boundaries, the
  * user/log split, copy-on-write decorations, stacks, both formats, limits, and out-of-memory.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* Unit tests of the rate limiters (include/atscale/limiter.h): x/time/rate's cases ported to
  * synthetic time, plus what x/time/rate gets wrong (jump back, tiny rates, huge n), runtime
  * changes, the redis-cell result, the sharded bound and the multi-limit rollback. */

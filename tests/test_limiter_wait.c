@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* ats_limiter_wait: x/time/rate's TestWaitSimple, TestWaitCancel, TestWaitTimeout and TestWaitInf,
  * ported. Waits are real but short (about 1 ms); the cancelling thread acts on what it observes
  * (the reservation showing in the tokens), never on a sleep. */

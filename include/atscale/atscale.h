@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* atscale: the whole public API. */
 #ifndef ATSCALE_H
 #define ATSCALE_H

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* atscale clocks. All times are uint64_t nanoseconds on the CLOCK_MONOTONIC scale unless a name
  * says otherwise.
  *

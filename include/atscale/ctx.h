@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* atscale contexts: cancellation, deadlines, causes and values, after Go's `context`, with what
  * libdill, folly's CancellationToken and Trio add to it.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* atscale structured errors.
  *
  * An error says what happened (a canonical code, a message and a cause chain), when and where

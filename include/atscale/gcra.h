@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* The GCRA core shared by every atscale rate limiter (exact, sharded, multi, keyed).
  *
  * GCRA keeps one number per bucket, the theoretical arrival time (TAT): the moment the bucket

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* Keyed rate limiters: one GCRA bucket per key (an IP address, a user id) in an RCU-protected
  * hash map with a hard cap on keys and on memory.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* atscale rate limiters: an exact lock-free token bucket, a sharded per-core bucket and an
  * all-or-nothing multi-limit, all on the GCRA core of gcra.h.
  *

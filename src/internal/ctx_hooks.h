@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* Test hooks of the ctx module (not part of the public API). */
 #ifndef ATS_INTERNAL_CTX_HOOKS_H
 #define ATS_INTERNAL_CTX_HOOKS_H

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 #include "internal/ec.h"
 #include "internal/futex.h"
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* The operations atscale gives Concurrency Kit's eventcounts (ck_ec): futex waits on the
  * CLOCK_MONOTONIC scale, so a ck_ec deadline is an atscale deadline.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* Futex wait and wake, and the spin-loop hint: the parking primitives every blocking path of
  * atscale uses (contexts, the timer service, channels, pools).
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* Private hooks of the keyed module, for its tests. */
 #ifndef ATSCALE_INTERNAL_KEYED_H
 #define ATSCALE_INTERNAL_KEYED_H

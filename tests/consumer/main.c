@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* Built outside the tree against the installed atscale, with pkg-config and with CMake. */
 #include <atscale/atscale.h>
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-2-Clause
 # The install test (ctest install_consumer): install the build into a scratch prefix, then build
 # tests/consumer/main.c against it with pkg-config (shared and static) and with
 # find_package(atscale) (both targets), and run every program.
