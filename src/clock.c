@@ -19,6 +19,7 @@
  */
 #include "atscale/clock.h"
 #include "internal/clock_hooks.h"
+#include "internal/compiler.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -30,7 +31,6 @@
 
 typedef unsigned __int128 u128;
 
-#define NS_PER_SEC 1000000000u
 #define CALIBRATION_NS 1000000u   /* the first calibration window */
 #define WINDOW_MIN_NS 100000u     /* re-anchor at least this far apart... */
 #define WINDOW_MAX_NS 10000000u   /* ...and at most this far */
@@ -63,7 +63,7 @@ static uint64_t coarse_ns(void)
 {
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-	return (uint64_t)ts.tv_sec * NS_PER_SEC + (uint64_t)ts.tv_nsec;
+	return (uint64_t)ts.tv_sec * ATS_NS_PER_SEC + (uint64_t)ts.tv_nsec;
 }
 
 /* A counter exists and can be read from user space. */
@@ -365,8 +365,8 @@ uint64_t ats_fast_precision_ns(void)
 		/* The coarse clock moves once per tick and is updated a tick late: measured, it lags
 		 * CLOCK_MONOTONIC by up to two of its resolution steps. */
 		clock_getres(CLOCK_MONOTONIC_COARSE, &res);
-		return 2 * ((uint64_t)res.tv_sec * NS_PER_SEC + (uint64_t)res.tv_nsec);
-	default: clock_getres(CLOCK_MONOTONIC, &res); return (uint64_t)res.tv_sec * NS_PER_SEC + (uint64_t)res.tv_nsec;
+		return 2 * ((uint64_t)res.tv_sec * ATS_NS_PER_SEC + (uint64_t)res.tv_nsec);
+	default: clock_getres(CLOCK_MONOTONIC, &res); return (uint64_t)res.tv_sec * ATS_NS_PER_SEC + (uint64_t)res.tv_nsec;
 	}
 }
 

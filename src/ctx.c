@@ -26,6 +26,7 @@
  */
 #include "atscale/ctx.h"
 #include "atscale/clock.h"
+#include "internal/compiler.h"
 #include "internal/ctx_hooks.h"
 #include "internal/futex.h"
 #include "internal/timer_wheel.h"
@@ -44,8 +45,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#define likely(x) __builtin_expect(!!(x), 1)
-#define unlikely(x) __builtin_expect(!!(x), 0)
 
 /* ---- The context ---- */
 
@@ -89,16 +88,13 @@ static inline uint32_t ctx_lock(ats_ctx *c)
 {
 	uint32_t s = atomic_load_explicit(&c->h.state, memory_order_relaxed);
 	for (unsigned spins = 0;; spins++) {
-		if (likely(!(s & ATS__CTX_LOCKED))) {
-			if (likely(atomic_compare_exchange_weak_explicit(&c->h.state, &s, s | ATS__CTX_LOCKED,
+		if (ats__likely(!(s & ATS__CTX_LOCKED))) {
+			if (ats__likely(atomic_compare_exchange_weak_explicit(&c->h.state, &s, s | ATS__CTX_LOCKED,
 			                                                 memory_order_acquire, memory_order_relaxed)))
 				return s;
 			continue;
 		}
-		if (spins < 256)
-			ats__cpu_relax();
-		else
-			sched_yield();
+		ats__spin_pause(spins);
 		s = atomic_load_explicit(&c->h.state, memory_order_relaxed);
 	}
 }
@@ -124,7 +120,7 @@ _Atomic uint32_t ats__ctx_fail_allocs;
 
 static void *ctx_malloc(size_t n)
 {
-	if (unlikely(atomic_load_explicit(&ats__ctx_fail_allocs, memory_order_relaxed))) {
+	if (ats__unlikely(atomic_load_explicit(&ats__ctx_fail_allocs, memory_order_relaxed))) {
 		atomic_fetch_sub_explicit(&ats__ctx_fail_allocs, 1, memory_order_relaxed);
 		return NULL;
 	}
@@ -138,7 +134,7 @@ static _Atomic(ats_err *) sentinel[3]; /* [ATS__CTX_CANCELLED], [ATS__CTX_DEADLI
 static ats_err *sentinel_err(uint32_t reason)
 {
 	ats_err *e = atomic_load_explicit(&sentinel[reason], memory_order_acquire);
-	if (likely(e))
+	if (ats__likely(e))
 		return e;
 	e = reason == ATS__CTX_DEADLINE ? ats_err_new(ATS_ERR_DEADLINE_EXCEEDED, "context deadline exceeded")
 	                                : ats_err_new(ATS_ERR_CANCELLED, "context cancelled");
@@ -241,29 +237,18 @@ static bool drop_ref(ats_ctx *c)
  * (one atomic write per arm or disarm instead of two): held for a few instructions by armers and
  * for one advance by the timer thread; waiters spin, then yield. */
 struct shard {
-	_Alignas(64) _Atomic uint32_t lock;
+	_Alignas(ATS__CACHE_LINE) _Atomic uint32_t lock;
 	struct ats__tw wheel;
 };
 
 static inline void shard_lock(struct shard *s)
 {
-	for (unsigned spins = 0;; spins++) {
-		uint32_t z = 0;
-		if (likely(atomic_compare_exchange_weak_explicit(&s->lock, &z, 1, memory_order_acquire,
-		                                                 memory_order_relaxed)))
-			return;
-		while (atomic_load_explicit(&s->lock, memory_order_relaxed)) {
-			if (++spins < 256)
-				ats__cpu_relax();
-			else
-				sched_yield();
-		}
-	}
+	ats__spin_lock(&s->lock);
 }
 
 static inline void shard_unlock(struct shard *s)
 {
-	atomic_store_explicit(&s->lock, 0, memory_order_release);
+	ats__spin_unlock(&s->lock);
 }
 
 static struct {
@@ -274,7 +259,7 @@ static struct {
 	unsigned nshards;
 	struct shard *shards; /* never freed: other threads may arm after exit() began */
 	_Atomic uint32_t next_shard;
-	_Alignas(64) _Atomic uint32_t seq; /* the thread sleeps on it; armers bump it to kick */
+	_Alignas(ATS__CACHE_LINE) _Atomic uint32_t seq; /* the thread sleeps on it; armers bump it to kick */
 	_Atomic uint32_t sleeping;
 	_Atomic uint32_t stop;
 	_Atomic uint64_t planned; /* tick the thread will wake at; UINT64_MAX while it scans */
@@ -411,10 +396,10 @@ enum { ARM_OK, ARM_EXPIRED, ARM_FAILED };
 static int timer_arm(ats_ctx *c)
 {
 	pthread_once(&svc.once, timer_start);
-	if (unlikely(!svc.ok))
+	if (ats__unlikely(!svc.ok))
 		return ARM_FAILED;
 	uint32_t idx = my_shard;
-	if (unlikely(idx == UINT32_MAX))
+	if (ats__unlikely(idx == UINT32_MAX))
 		idx = my_shard = atomic_fetch_add_explicit(&svc.next_shard, 1, memory_order_relaxed);
 	idx &= svc.nshards - 1;
 	uint64_t d = c->h.deadline_ns;
@@ -682,7 +667,7 @@ static void *ctx_alloc(size_t extra)
 static void ctx_free(ats_ctx *c, bool base_size)
 {
 	struct ctx_cache *cc = cache;
-	if (unlikely(!cc) && base_size) {
+	if (ats__unlikely(!cc) && base_size) {
 		pthread_once(&cache_once, cache_key_make);
 		cc = malloc(sizeof *cc);
 		if (cc) {
@@ -889,7 +874,7 @@ static _Atomic uint32_t next_key_slot;
 static uint32_t key_slot(ats_ctx_key *key)
 {
 	uint32_t s = atomic_load_explicit(&key->slot_, memory_order_acquire);
-	if (likely(s != ATS__CTX_KEY_UNASSIGNED))
+	if (ats__likely(s != ATS__CTX_KEY_UNASSIGNED))
 		return s;
 	uint32_t mine = atomic_load_explicit(&next_key_slot, memory_order_relaxed);
 	do {

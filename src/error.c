@@ -172,7 +172,7 @@ static uint64_t wall_from_mono(uint64_t mono)
 {
 	uint64_t at = atomic_load_explicit(&wall_offset_at, memory_order_relaxed);
 	/* Signed: another thread may have stamped a slightly later `at` than our mono. */
-	if (__builtin_expect(at == 0 || (int64_t)(mono - at) > 1000000000, 0)) {
+	if (__builtin_expect(at == 0 || (int64_t)(mono - at) > (int64_t)ATS_NS_PER_SEC, 0)) {
 		int64_t off = (int64_t)(ats_wall_ns() - ats_now_ns());
 		atomic_store_explicit(&wall_offset, off, memory_order_relaxed);
 		atomic_store_explicit(&wall_offset_at, mono ? mono : 1, memory_order_relaxed);
@@ -751,7 +751,7 @@ static void symbolize(struct out *o, void *pc)
  * gmtime_r takes glibc's time zone lock. */
 static void put_time(struct out *o, uint64_t wall_ns)
 {
-	uint64_t secs = wall_ns / 1000000000u;
+	uint64_t secs = wall_ns / ATS_NS_PER_SEC;
 	int64_t z = (int64_t)(secs / 86400) + 719468;
 	unsigned sod = (unsigned)(secs % 86400);
 	int64_t era = z / 146097;
@@ -774,7 +774,7 @@ static void put_time(struct out *o, uint64_t wall_ns)
 	put(o, ":", 1);
 	put_padded(o, sod % 60, 2);
 	put(o, ".", 1);
-	put_padded(o, (unsigned)(wall_ns % 1000000000u), 9);
+	put_padded(o, (unsigned)(wall_ns % ATS_NS_PER_SEC), 9);
 	put(o, "Z", 1);
 }
 

@@ -3,6 +3,8 @@
  * there). Written by hand because no library offers a lock-free exact GCRA with runtime rate
  * changes, reservations and per-core leasing on one 64-bit word. */
 #include "atscale/limiter.h"
+#include "internal/compiler.h"
+#include "internal/limiter.h"
 
 #include <pthread.h>
 #include <sched.h>
@@ -59,10 +61,10 @@ static bool view_prev(ats_limiter *l, uint64_t gen, struct ats__limiter_view *v)
 {
 	/* The setter of `gen` has published but not yet converted the word: the previous slot is still
 	 * intact (the next setter cannot start before the conversion) and is the word's clock. */
-	ats__limiter_load_slot(&l->slot[(gen - 1) & 1], v);
+	ats__limiter_load_slot(&l->slot_[(gen - 1) & 1], v);
 	atomic_thread_fence(memory_order_acquire);
-	uint64_t w = atomic_load_explicit(&l->word, memory_order_acquire);
-	if (atomic_load_explicit(&l->gen, memory_order_relaxed) != gen || ((w ^ (gen - 1)) & 1))
+	uint64_t w = atomic_load_explicit(&l->word_, memory_order_acquire);
+	if (atomic_load_explicit(&l->gen_, memory_order_relaxed) != gen || ((w ^ (gen - 1)) & 1))
 		return false;
 	v->gen = gen - 1;
 	v->word = w;
@@ -74,7 +76,7 @@ void ats__limiter_view(ats_limiter *l, struct ats__limiter_view *v)
 	for (;;) {
 		if (ats__limiter_view_fast(l, v))
 			return;
-		uint64_t g = atomic_load_explicit(&l->gen, memory_order_acquire);
+		uint64_t g = atomic_load_explicit(&l->gen_, memory_order_acquire);
 		if (g != 0 && view_prev(l, g, v))
 			return;
 	}
@@ -123,8 +125,8 @@ static ats_err *check_config(ats_rate rate, uint64_t burst, uint64_t now_ns, ats
 static bool slot_stable(ats_limiter *l, uint64_t gen)
 {
 	atomic_thread_fence(memory_order_acquire);
-	uint64_t w = atomic_load_explicit(&l->word, memory_order_acquire);
-	uint64_t g = atomic_load_explicit(&l->gen, memory_order_relaxed);
+	uint64_t w = atomic_load_explicit(&l->word_, memory_order_acquire);
+	uint64_t g = atomic_load_explicit(&l->gen_, memory_order_relaxed);
 	return ((w ^ gen) & 1) == 0 && (g == gen || g == gen + 1);
 }
 
@@ -137,12 +139,12 @@ ats_err *ats_limiter_init_at(ats_limiter *l, ats_rate rate, uint64_t burst, uint
 	if (err)
 		return ats_err_wrap(err, "initializing a limiter");
 	memset(l, 0, sizeof *l);
-	atomic_flag_clear(&l->setting);
-	slot_write(&l->slot[0], &cfg, 0);
+	atomic_init(&l->setting_, 0);
+	slot_write(&l->slot_[0], &cfg, 0);
 	/* TAT 0 at base 0: full. The release orders the slot before a hand-off of l to other threads
 	 * made with a relaxed publication (the usual hand-off orders it anyway). */
-	atomic_store_explicit(&l->word, 0, memory_order_relaxed);
-	atomic_store_explicit(&l->gen, 0, memory_order_release);
+	atomic_store_explicit(&l->word_, 0, memory_order_relaxed);
+	atomic_store_explicit(&l->gen_, 0, memory_order_release);
 	return NULL;
 }
 
@@ -206,7 +208,7 @@ static uint64_t delay_for(ats_limiter *l, const struct ats__limiter_view *v, uin
 {
 	if (units == 0)
 		return 0;
-	struct ats__limiter_slot *s = &l->slot[v->gen & 1];
+	struct ats__limiter_slot *s = &l->slot_[v->gen & 1];
 	uint64_t events = atomic_load_explicit(&s->events, memory_order_relaxed);
 	uint64_t period = atomic_load_explicit(&s->period_ns, memory_order_relaxed);
 	uint64_t d = ns_for_units(events, period, v->c.shift, units);
@@ -223,14 +225,14 @@ bool ats_limiter_reserve_within_at(ats_limiter *l, uint64_t n, uint64_t max_dela
                                    ats_reservation *r)
 {
 	memset(r, 0, sizeof *r);
-	r->lim = l;
+	r->lim_ = l;
 	struct ats__limiter_view v;
 	for (;;) {
 		ats__limiter_view(l, &v);
 		/* The events/period read by delay_for come from the same slot; a setter that rewrote it in
 		 * between bumps gen, caught by the check below. */
 		if (v.c.inf) {
-			*r = (ats_reservation){.ok = true, .n = n, .act_ns = now_ns, .lim = l, .gen = v.gen, .inf = 1};
+			*r = (ats_reservation){.ok = true, .n = n, .act_ns = now_ns, .lim_ = l, .gen_ = v.gen, .inf_ = 1};
 			return true;
 		}
 		if (n > v.burst)
@@ -247,16 +249,16 @@ bool ats_limiter_reserve_within_at(ats_limiter *l, uint64_t n, uint64_t max_dela
 		if (delay == UINT64_MAX || delay > max_delay_ns)
 			return false;
 		uint64_t w = v.word;
-		if (n2 != 0 && !atomic_compare_exchange_strong_explicit(&l->word, &w, after | (v.gen & 1),
+		if (n2 != 0 && !atomic_compare_exchange_strong_explicit(&l->word_, &w, after | (v.gen & 1),
 		                                                        memory_order_release, memory_order_relaxed))
 			continue;
 		r->ok = true;
 		r->n = n;
 		r->delay_ns = delay;
 		r->act_ns = now_ns + delay;
-		r->gen = v.gen;
-		r->tat2 = after;
-		r->n2 = n2;
+		r->gen_ = v.gen;
+		r->tat2_ = after;
+		r->n2_ = n2;
 		return true;
 	}
 }
@@ -281,9 +283,9 @@ uint64_t ats_limiter_cancel_at(ats_reservation *r, uint64_t now_ns)
 	if (!r || !r->ok)
 		return 0;
 	r->ok = false; /* a second cancel gives nothing */
-	if (r->inf || r->n2 == 0 || now_ns > r->act_ns)
+	if (r->inf_ || r->n2_ == 0 || now_ns > r->act_ns)
 		return 0;
-	ats_limiter *l = r->lim;
+	ats_limiter *l = r->lim_;
 	struct ats__limiter_view v;
 	for (;;) {
 		ats__limiter_view(l, &v);
@@ -291,14 +293,14 @@ uint64_t ats_limiter_cancel_at(ats_reservation *r, uint64_t now_ns)
 			return 0;
 		uint64_t tat2 = v.word & ~(uint64_t)1;
 		uint64_t restore2;
-		if (v.gen == r->gen) {
+		if (v.gen == r->gen_) {
 			/* Units later callers reserved on top of this reservation are theirs. */
-			uint64_t later = pos_diff(tat2, r->tat2);
-			restore2 = r->n2 > later ? r->n2 - later : 0;
-		} else if (v.gen == r->gen + 1) {
+			uint64_t later = pos_diff(tat2, r->tat2_);
+			restore2 = r->n2_ > later ? r->n2_ - later : 0;
+		} else if (v.gen == r->gen_ + 1) {
 			/* One change in between: apply the rule in the old units up to the conversion, convert
 			 * what is left (rounding down), then apply it in the new units. */
-			struct ats__limiter_slot *s = &l->slot[v.gen & 1];
+			struct ats__limiter_slot *s = &l->slot_[v.gen & 1];
 			uint64_t conv_old = atomic_load_explicit(&s->conv_old, memory_order_relaxed);
 			uint64_t conv_new = atomic_load_explicit(&s->conv_new, memory_order_relaxed);
 			uint64_t prev = atomic_load_explicit(&s->prev_shift_inf, memory_order_relaxed);
@@ -307,8 +309,8 @@ uint64_t ats_limiter_cancel_at(ats_reservation *r, uint64_t now_ns)
 			if (prev >> 32)
 				return 0;
 			uint32_t so = (uint32_t)prev, sn = v.c.shift;
-			uint64_t later_old = pos_diff(conv_old & ~(uint64_t)1, r->tat2);
-			uint64_t left_old = r->n2 > later_old ? (r->n2 - later_old) >> 1 : 0;
+			uint64_t later_old = pos_diff(conv_old & ~(uint64_t)1, r->tat2_);
+			uint64_t left_old = r->n2_ > later_old ? (r->n2_ - later_old) >> 1 : 0;
 			uint64_t left_new = sn >= so ? left_old << (sn - so) : left_old >> (so - sn);
 			uint64_t later_new = pos_diff(tat2, conv_new & ~(uint64_t)1);
 			restore2 = (left_new << 1) > later_new ? (left_new << 1) - later_new : 0;
@@ -322,7 +324,7 @@ uint64_t ats_limiter_cancel_at(ats_reservation *r, uint64_t now_ns)
 		if (restore2 == 0)
 			return 0;
 		uint64_t w = v.word;
-		if (atomic_compare_exchange_strong_explicit(&l->word, &w, (tat2 - restore2) | (v.gen & 1),
+		if (atomic_compare_exchange_strong_explicit(&l->word_, &w, (tat2 - restore2) | (v.gen & 1),
 		                                            memory_order_release, memory_order_relaxed))
 			return restore2 >> (v.c.shift + 1);
 	}
@@ -408,7 +410,7 @@ bool ats_limiter_throttle_at(ats_limiter *l, uint64_t n, uint64_t now_ns, ats_li
 			return false;
 		res->allowed = true;
 		uint64_t w = v.word;
-		if (n == 0 || atomic_compare_exchange_strong_explicit(&l->word, &w, after | (v.gen & 1),
+		if (n == 0 || atomic_compare_exchange_strong_explicit(&l->word_, &w, after | (v.gen & 1),
 		                                                      memory_order_release, memory_order_relaxed))
 			return true;
 	}
@@ -452,10 +454,9 @@ ats_err *ats_limiter_set_at(ats_limiter *l, ats_rate rate, uint64_t burst, uint6
 	ats_err *err = check_config(rate, burst, now_ns, &nw.c);
 	if (err)
 		return ats_err_wrap(err, "changing a limiter");
-	while (atomic_flag_test_and_set_explicit(&l->setting, memory_order_acquire))
-		sched_yield();
-	uint64_t g = atomic_load_explicit(&l->gen, memory_order_relaxed);
-	struct ats__limiter_slot *os = &l->slot[g & 1];
+	ats__spin_lock(&l->setting_);
+	uint64_t g = atomic_load_explicit(&l->gen_, memory_order_relaxed);
+	struct ats__limiter_slot *os = &l->slot_[g & 1];
 	struct slot_config o;
 	slot_read(os, &o);
 	/* The new clock reads, at now_ns, one unit past both the old clock and the word's TAT (any
@@ -466,37 +467,37 @@ ats_err *ats_limiter_set_at(ats_limiter *l, ats_rate rate, uint64_t burst, uint6
 	 * units (the parity bit alone guards only one change: at a fixed instant a full bucket's word
 	 * used to come back identical two changes later, in other units). */
 	uint64_t old_units = ats_token_clock_units(&o.c, now_ns);
-	uint64_t ahead2 = (atomic_load_explicit(&l->word, memory_order_acquire) & ~(uint64_t)1) - (old_units << 1);
+	uint64_t ahead2 = (atomic_load_explicit(&l->word_, memory_order_acquire) & ~(uint64_t)1) - (old_units << 1);
 	nw.c.base_units = old_units + ((int64_t)ahead2 > 0 ? ahead2 >> 1 : 0) + 1;
 	/* Seqlock writer: readers that still name generation g-1 (the slot about to be rewritten) see
 	 * gen >= g after any load that observed these stores. */
 	atomic_thread_fence(memory_order_release);
-	struct ats__limiter_slot *ns = &l->slot[(g + 1) & 1];
+	struct ats__limiter_slot *ns = &l->slot_[(g + 1) & 1];
 	slot_write(ns, &nw, atomic_load_explicit(&os->shift_inf, memory_order_relaxed));
-	atomic_store_explicit(&l->gen, g + 1, memory_order_release);
+	atomic_store_explicit(&l->gen_, g + 1, memory_order_release);
 	/* Convert the word; acquirers keep using the old slot until this CAS flips the parity. */
-	uint64_t w = atomic_load_explicit(&l->word, memory_order_acquire);
+	uint64_t w = atomic_load_explicit(&l->word_, memory_order_acquire);
 	for (;;) {
 		uint64_t nw_word = convert_word(&o, &nw, w, g + 1, now_ns);
 		atomic_store_explicit(&ns->conv_old, w, memory_order_relaxed);
 		atomic_store_explicit(&ns->conv_new, nw_word, memory_order_relaxed);
-		if (atomic_compare_exchange_weak_explicit(&l->word, &w, nw_word, memory_order_acq_rel,
+		if (atomic_compare_exchange_weak_explicit(&l->word_, &w, nw_word, memory_order_acq_rel,
 		                                          memory_order_acquire))
 			break;
 	}
-	atomic_flag_clear_explicit(&l->setting, memory_order_release);
+	ats__spin_unlock(&l->setting_);
 	return NULL;
 }
 
 ats_rate ats_limiter_rate(ats_limiter *l)
 {
 	for (;;) {
-		uint64_t g = atomic_load_explicit(&l->gen, memory_order_acquire);
-		struct ats__limiter_slot *s = &l->slot[g & 1];
+		uint64_t g = atomic_load_explicit(&l->gen_, memory_order_acquire);
+		struct ats__limiter_slot *s = &l->slot_[g & 1];
 		ats_rate r = {atomic_load_explicit(&s->events, memory_order_relaxed),
 		              atomic_load_explicit(&s->period_ns, memory_order_relaxed)};
 		atomic_thread_fence(memory_order_acquire);
-		if (atomic_load_explicit(&l->gen, memory_order_relaxed) == g)
+		if (atomic_load_explicit(&l->gen_, memory_order_relaxed) == g)
 			return r;
 	}
 }
@@ -504,10 +505,10 @@ ats_rate ats_limiter_rate(ats_limiter *l)
 uint64_t ats_limiter_burst(ats_limiter *l)
 {
 	for (;;) {
-		uint64_t g = atomic_load_explicit(&l->gen, memory_order_acquire);
-		uint64_t b = atomic_load_explicit(&l->slot[g & 1].burst, memory_order_relaxed);
+		uint64_t g = atomic_load_explicit(&l->gen_, memory_order_acquire);
+		uint64_t b = atomic_load_explicit(&l->slot_[g & 1].burst, memory_order_relaxed);
 		atomic_thread_fence(memory_order_acquire);
-		if (atomic_load_explicit(&l->gen, memory_order_relaxed) == g)
+		if (atomic_load_explicit(&l->gen_, memory_order_relaxed) == g)
 			return b;
 	}
 }
@@ -554,7 +555,7 @@ uint64_t ats__limiter_take_upto_at(ats_limiter *l, uint64_t min_n, uint64_t max_
 		if (k < min_n)
 			return 0;
 		uint64_t w = v.word;
-		if (atomic_compare_exchange_weak_explicit(&l->word, &w, (start + (k << s1)) | (v.gen & 1),
+		if (atomic_compare_exchange_weak_explicit(&l->word_, &w, (start + (k << s1)) | (v.gen & 1),
 		                                          memory_order_release, memory_order_relaxed))
 			return k;
 	}
@@ -586,20 +587,20 @@ ats_err *ats_sharded_init_at(ats_sharded *s, const ats_sharded_config *cfg, uint
 	if (lease_ns > ATS_SHARDED_MAX_LEASE_NS)
 		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "lease %llu ns exceeds 2^38 ns",
 		                   (unsigned long long)lease_ns);
-	ats_err *err = ats_limiter_init_at(&s->exact, cfg->rate, cfg->burst, now_ns);
+	ats_err *err = ats_limiter_init_at(&s->exact_, cfg->rate, cfg->burst, now_ns);
 	if (err)
 		return ats_err_wrap(err, "initializing a sharded limiter");
-	s->shards = aligned_alloc(64, sizeof *s->shards * 2 * (size_t)shards);
-	if (!s->shards)
+	s->shards_ = aligned_alloc(64, sizeof *s->shards_ * 2 * (size_t)shards);
+	if (!s->shards_)
 		return ats_err_oom;
 	/* Empty, last used at now_ns: a word of 0 would read as used at time 0 mod 2^40, which is "in
 	 * the future" (a stale now_ns) for half of all times, and such a cache would never lease. */
 	for (uint32_t i = 0; i < 2 * shards; i++)
-		atomic_init(&s->shards[i].word, now_ns << 24);
-	s->slots = s->shards + shards;
-	s->nshards = shards;
-	s->batch = batch;
-	s->lease_ns = lease_ns;
+		atomic_init(&s->shards_[i].word, now_ns << 24);
+	s->slots_ = s->shards_ + shards;
+	s->nshards_ = shards;
+	s->batch_ = batch;
+	s->lease_ns_ = lease_ns;
 	return NULL;
 }
 
@@ -611,9 +612,9 @@ ats_err *ats_sharded_init(ats_sharded *s, const ats_sharded_config *cfg)
 void ats_sharded_destroy(ats_sharded *s)
 {
 	if (s) {
-		free(s->shards);
-		s->shards = NULL;
-		s->slots = NULL;
+		free(s->shards_);
+		s->shards_ = NULL;
+		s->slots_ = NULL;
 	}
 }
 
@@ -644,8 +645,8 @@ bool ats__sharded_slow(ats_sharded *s, _Atomic uint64_t *p, uint64_t n, uint64_t
 {
 	if (n == 0)
 		return true;
-	if (n > s->batch)
-		return ats_limiter_allow_at(&s->exact, n, now_ns);
+	if (n > s->batch_)
+		return ats_limiter_allow_at(&s->exact_, n, now_ns);
 	uint64_t w = atomic_load_explicit(p, memory_order_relaxed);
 	for (;;) {
 		uint64_t tok = w & ATS__SHARD_TOKENS;
@@ -653,8 +654,8 @@ bool ats__sharded_slow(ats_sharded *s, _Atomic uint64_t *p, uint64_t n, uint64_t
 		/* A now_ns older than the shard's last use must not reuse its lease (the shard's operations
 		 * stay ordered by time, which the over-admission bound relies on): exact bucket. */
 		if (age < 0)
-			return ats_limiter_allow_at(&s->exact, n, now_ns);
-		bool fresh = (uint64_t)age <= s->lease_ns;
+			return ats_limiter_allow_at(&s->exact_, n, now_ns);
+		bool fresh = (uint64_t)age <= s->lease_ns_;
 		if (tok != ATS__SHARD_LEASING && fresh && tok >= n) {
 			if (atomic_compare_exchange_weak_explicit(p, &w, (now_ns << 24) | (tok - n),
 			                                          memory_order_relaxed, memory_order_relaxed))
@@ -663,13 +664,13 @@ bool ats__sharded_slow(ats_sharded *s, _Atomic uint64_t *p, uint64_t n, uint64_t
 		}
 		/* Another thread is leasing for this shard: never wait for it. */
 		if (tok == ATS__SHARD_LEASING && fresh)
-			return ats_limiter_allow_at(&s->exact, n, now_ns);
+			return ats_limiter_allow_at(&s->exact_, n, now_ns);
 		/* Empty, short or expired (its tokens are dropped): lease, holding the shard meanwhile so
 		 * that it never has more than one lease outstanding. */
 		uint64_t marker = (now_ns << 24) | ATS__SHARD_LEASING;
 		if (!atomic_compare_exchange_weak_explicit(p, &w, marker, memory_order_relaxed, memory_order_relaxed))
 			continue;
-		uint64_t got = ats__limiter_take_upto_at(&s->exact, n, s->batch, now_ns);
+		uint64_t got = ats__limiter_take_upto_at(&s->exact_, n, s->batch_, now_ns);
 		uint64_t lease = (now_ns << 24) | (got ? got - n : 0);
 		/* Fails only if the marker was taken over after lease_ns: the lease is dropped. */
 		atomic_compare_exchange_strong_explicit(p, &marker, lease, memory_order_relaxed, memory_order_relaxed);
@@ -747,27 +748,27 @@ bool ats__sharded_thread_slow(ats_sharded *s, uint64_t n, uint64_t now_ns)
 	if (ats__thread_index1 == 0)
 		index_assign();
 	uint32_t i = ats__thread_index1 - 1;
-	if (i >= s->nshards)
+	if (i >= s->nshards_)
 		return ats_sharded_allow_shard_at(s, ats__current_cpu(), n, now_ns);
 	if (n == 0)
 		return true;
-	if (n > s->batch)
-		return ats_limiter_allow_at(&s->exact, n, now_ns);
+	if (n > s->batch_)
+		return ats_limiter_allow_at(&s->exact_, n, now_ns);
 	/* The slot is this thread's alone: plain relaxed load and store. */
-	_Atomic uint64_t *p = &s->slots[i].word;
+	_Atomic uint64_t *p = &s->slots_[i].word;
 	uint64_t w = atomic_load_explicit(p, memory_order_relaxed);
 	uint64_t tok = w & ATS__SHARD_TOKENS;
 	int64_t age = (int64_t)((now_ns - (w >> 24)) << 24) >> 24;
 	/* A now_ns older than the slot's last use must not reuse its lease (the slot's operations stay
 	 * ordered by time, which the over-admission bound relies on): exact bucket. */
 	if (age < 0)
-		return ats_limiter_allow_at(&s->exact, n, now_ns);
-	if ((uint64_t)age <= s->lease_ns && tok >= n) {
+		return ats_limiter_allow_at(&s->exact_, n, now_ns);
+	if ((uint64_t)age <= s->lease_ns_ && tok >= n) {
 		atomic_store_explicit(p, (now_ns << 24) | (tok - n), memory_order_relaxed);
 		return true;
 	}
 	/* Empty, short or expired (its tokens are dropped): lease a new batch. */
-	uint64_t got = ats__limiter_take_upto_at(&s->exact, n, s->batch, now_ns);
+	uint64_t got = ats__limiter_take_upto_at(&s->exact_, n, s->batch_, now_ns);
 	atomic_store_explicit(p, (now_ns << 24) | (got ? got - n : 0), memory_order_relaxed);
 	return got != 0;
 }
@@ -776,12 +777,12 @@ bool ats__sharded_thread_slow(ats_sharded *s, uint64_t n, uint64_t now_ns)
 
 bool ats_multi_allow_at(ats_limiter *const *ls, size_t count, uint64_t n, uint64_t now_ns)
 {
-	if (!ls || count == 0 || count > 64)
+	if (!ls || count == 0 || count > ATS_MULTI_MAX)
 		return false;
 	for (size_t i = 0; i < count; i++)
 		if (!ls[i] || !ats_limiter_check_at(ls[i], n, now_ns))
 			return false;
-	ats_reservation rs[64];
+	ats_reservation rs[ATS_MULTI_MAX];
 	for (size_t i = 0; i < count; i++) {
 		if (!ats_limiter_reserve_within_at(ls[i], n, 0, now_ns, &rs[i])) {
 			while (i-- > 0)

@@ -635,7 +635,7 @@ Test(sharded, over_admission_bound_is_shards_times_batch)
 	for (unsigned i = 0; i < 4; i++)
 		cr_expect(ats_sharded_allow_shard_at(s, i, 1, T0));
 	uint64_t t = T0 + 320 * MS; /* 32 tokens refilled at 100/s: the exact bucket is full again */
-	cr_expect_eq(ats_limiter_tokens_at(&s->exact, t), 64);
+	cr_expect_eq(ats_limiter_tokens_at(&s->exact_, t), 64);
 	uint64_t got = drain(s, t);
 	cr_expect_eq(got, 64 + 4 * 7);
 	cr_expect_leq(got, 64 + 4 * 8);
@@ -679,8 +679,8 @@ Test(sharded, over_admission_bound_with_slots_and_shards)
 	pthread_barrier_wait(&b); /* the 4 slots hold 7 tokens each, the bucket has 32 */
 	for (unsigned i = 0; i < 4; i++)
 		cr_expect(ats_sharded_allow_shard_at(s, i, 1, T0));
-	cr_expect_eq(ats_limiter_tokens_at(&s->exact, T0), 0);
-	cr_expect_eq(ats_limiter_tokens_at(&s->exact, t), 64);
+	cr_expect_eq(ats_limiter_tokens_at(&s->exact_, T0), 0);
+	cr_expect_eq(ats_limiter_tokens_at(&s->exact_, t), 64);
 	uint64_t got = drain(s, t);
 	pthread_barrier_wait(&b);
 	for (int i = 0; i < 4; i++) {
@@ -704,9 +704,9 @@ Test(sharded, fresh_caches_lease_at_any_time)
 	ats_sharded_destroy(s);
 	cr_assert_null(ats_sharded_init_at(s, &cfg, t1));
 	cr_expect(ats_sharded_allow_shard_at(s, 0, 1, t1));
-	cr_expect_eq(ats_limiter_tokens_at(&s->exact, t1), 64 - 8);
+	cr_expect_eq(ats_limiter_tokens_at(&s->exact_, t1), 64 - 8);
 	cr_expect(ats_sharded_allow_at(s, 1, t1));
-	cr_expect_eq(ats_limiter_tokens_at(&s->exact, t1), 64 - 16);
+	cr_expect_eq(ats_limiter_tokens_at(&s->exact_, t1), 64 - 16);
 	ats_sharded_free(s);
 }
 
@@ -725,10 +725,10 @@ Test(sharded, big_n_stale_time_and_bad_config)
 	ats_sharded *s = mk_sharded(2, 4, 64, SEC);
 	cr_expect(ats_sharded_allow_shard_at(s, 0, 1, T0 + SEC));
 	cr_expect(ats_sharded_allow_shard_at(s, 0, 20, T0 + SEC)); /* n > batch: straight from the bucket */
-	cr_expect_eq(ats_limiter_tokens_at(&s->exact, T0 + SEC), 64 - 4 - 20);
+	cr_expect_eq(ats_limiter_tokens_at(&s->exact_, T0 + SEC), 64 - 4 - 20);
 	/* A stale now_ns does not use the shard's lease (still 3 tokens) but the exact bucket. */
 	cr_expect(ats_sharded_allow_shard_at(s, 0, 1, T0 + SEC - 1));
-	cr_expect_eq(ats_limiter_tokens_at(&s->exact, T0 + SEC), 64 - 4 - 20 - 1);
+	cr_expect_eq(ats_limiter_tokens_at(&s->exact_, T0 + SEC), 64 - 4 - 20 - 1);
 	cr_expect(ats_sharded_allow_shard_at(s, 0, 0, T0));
 	ats_sharded_free(s);
 
@@ -749,12 +749,12 @@ Test(sharded, current_cpu)
 	ats_sharded *s = NULL;
 	ats_sharded_config cfg = {.rate = ats_rate_per_sec(1000), .burst = 100};
 	cr_assert_null(ats_sharded_new(&s, &cfg));
-	cr_expect_geq(s->nshards, 1);
-	cr_expect_geq(s->batch, 1);
+	cr_expect_geq(s->nshards_, 1);
+	cr_expect_geq(s->batch_, 1);
 	uint64_t got = 0;
 	for (int i = 0; i < 200; i++)
 		got += ats_sharded_allow(s, 1);
-	cr_expect_geq(got, 100 - s->nshards * s->batch);
+	cr_expect_geq(got, 100 - s->nshards_ * s->batch_);
 	ats_sharded_free(s);
 }
 

@@ -49,9 +49,9 @@
 #ifndef ATSCALE_CTX_H
 #define ATSCALE_CTX_H
 
+#include "atscale/common.h"
 #include "atscale/error.h"
 
-#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -71,7 +71,7 @@ typedef struct ats_ctx ats_ctx;
 
 typedef struct ats_ctx_key {
 	const char *name;
-	_Atomic uint32_t slot_; /* private: assigned on first use */
+	ATS_ATOMIC(uint32_t) slot_; /* private: assigned on first use */
 } ats_ctx_key;
 
 #define ATS__CTX_KEY_UNASSIGNED UINT32_MAX
@@ -81,30 +81,6 @@ typedef struct ats_ctx_key {
 	}
 /* Defines a key: `static ATS_CTX_KEY(request_id);` */
 #define ATS_CTX_KEY(var) ats_ctx_key var = ATS_CTX_KEY_INIT(#var)
-
-/* ---- Private: the transparent prefix of every context, read by the inline fast paths. ---- */
-struct ats__ctx_xval {
-	const ats_ctx_key *key;
-	void *value;
-	const struct ats__ctx_xval *next;
-};
-struct ats__ctx_vals {
-	uint32_t mask; /* which slots hold a value */
-	const struct ats__ctx_xval *overflow;
-	void *slot[ATS_CTX_VALUE_SLOTS];
-};
-#define ATS__CTX_CANCELLED 1u
-#define ATS__CTX_DEADLINE 2u
-#define ATS__CTX_DONE_MASK 3u
-#define ATS__CTX_LOCKED 4u
-#define ATS__CTX_WAITERS 0x80000000u
-struct ats__ctx_head {
-	_Atomic uint32_t state; /* 0 live; the reason (1 cancelled, 2 deadline) once done; lock, waiters */
-	uint32_t flags;
-	uint64_t deadline_ns;             /* immutable */
-	const struct ats__ctx_vals *vals; /* immutable; NULL when no values */
-};
-bool ats__ctx_lookup_overflow(const struct ats__ctx_vals *v, const ats_ctx_key *key, void **out);
 
 /* ---- Making contexts ---- */
 
@@ -170,25 +146,14 @@ bool ats_ctx_cancel(ats_ctx *ctx, ats_err *cause);
  * often as you like; a true result makes everything written before the cancel visible. It turns
  * true when the timer fires, not at the deadline's exact nanosecond: use ats_ctx_done_at to also
  * compare the deadline with a time you already have. */
-static inline bool ats_ctx_done(const ats_ctx *ctx)
-{
-	const struct ats__ctx_head *h = (const struct ats__ctx_head *)(const void *)ctx;
-	return (atomic_load_explicit((_Atomic uint32_t *)&h->state, memory_order_acquire) & ATS__CTX_DONE_MASK) != 0;
-}
+static inline bool ats_ctx_done(const ats_ctx *ctx);
 
 /* Done, or its deadline is at or before now_ns (caller's CLOCK_MONOTONIC time). Wait-free; no
  * timer thread involved. */
-static inline bool ats_ctx_done_at(const ats_ctx *ctx, uint64_t now_ns)
-{
-	const struct ats__ctx_head *h = (const struct ats__ctx_head *)(const void *)ctx;
-	return ats_ctx_done(ctx) || now_ns >= h->deadline_ns;
-}
+static inline bool ats_ctx_done_at(const ats_ctx *ctx, uint64_t now_ns);
 
 /* The deadline (CLOCK_MONOTONIC ns), ATS_CTX_NO_DEADLINE when none. Wait-free. */
-static inline uint64_t ats_ctx_deadline(const ats_ctx *ctx)
-{
-	return ((const struct ats__ctx_head *)(const void *)ctx)->deadline_ns;
-}
+static inline uint64_t ats_ctx_deadline(const ats_ctx *ctx);
 
 /* Why ctx is done: a new reference to an ATS_ERR_CANCELLED ("context cancelled") or
  * ATS_ERR_DEADLINE_EXCEEDED ("context deadline exceeded") error whose cause is the cancel's
@@ -226,7 +191,7 @@ typedef struct ats_ctx_after {
 	ats_ctx *ctx_;
 	void (*fn_)(void *);
 	void *arg_;
-	_Atomic uint32_t state_;
+	ATS_ATOMIC(uint32_t) state_;
 } ats_ctx_after;
 
 /* Runs fn(arg) once when ctx is done, on the thread that cancels it (the timer thread for
@@ -246,27 +211,10 @@ bool ats_ctx_after_stop(ats_ctx_after *a);
 /* The value ctx carries for key (the nearest ancestor's that set it): true and *out, or false.
  * Wait-free; O(1) for the first ATS_CTX_VALUE_SLOTS keys of the process (~1 ns), O(values with
  * overflow keys) after that. */
-static inline bool ats_ctx_lookup(const ats_ctx *ctx, ats_ctx_key *key, void **out)
-{
-	const struct ats__ctx_vals *v = ((const struct ats__ctx_head *)(const void *)ctx)->vals;
-	uint32_t s = atomic_load_explicit(&key->slot_, memory_order_relaxed);
-	if (!v || s == ATS__CTX_KEY_UNASSIGNED)
-		return false;
-	if (s < ATS_CTX_VALUE_SLOTS) {
-		if (!((v->mask >> s) & 1u))
-			return false;
-		*out = v->slot[s];
-		return true;
-	}
-	return ats__ctx_lookup_overflow(v, key, out);
-}
+static inline bool ats_ctx_lookup(const ats_ctx *ctx, ats_ctx_key *key, void **out);
 
 /* The value for key, or NULL when there is none. Wait-free; as ats_ctx_lookup. */
-static inline void *ats_ctx_value(const ats_ctx *ctx, ats_ctx_key *key)
-{
-	void *v = NULL;
-	return ats_ctx_lookup(ctx, key, &v) ? v : NULL;
-}
+static inline void *ats_ctx_value(const ats_ctx *ctx, ats_ctx_key *key);
 
 /* ---- The timer service ---- */
 
@@ -277,4 +225,6 @@ uint64_t ats_ctx_timer_precision_ns(void);
 #ifdef __cplusplus
 }
 #endif
+
+#include "atscale/ctx_inl.h" /* the inline bodies (not API) */
 #endif

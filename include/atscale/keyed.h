@@ -50,7 +50,7 @@
 #define ATSCALE_KEYED_H
 
 #include <pthread.h>
-#include <stdatomic.h>
+#include "atscale/common.h"
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -100,25 +100,25 @@ struct ats__keyed_table;
 /* The map. Transparent only so that it can live in caller memory (ats_keyed_init); every field is
  * private. */
 typedef struct ats_keyed {
-	_Atomic(struct ats__keyed_table *) table; /* private: the published table */
+	ATS_ATOMIC(struct ats__keyed_table *) table; /* private: the published table */
 	uint64_t seed[2];                         /* private: hash seed */
 	ats_token_clock clock;                    /* private: the default limit */
 	ats_token_clock *overrides;               /* private: override limits, append-only */
 	ats_keyed_limit *override_limits;         /* private: what each override was made from */
-	_Atomic uint32_t noverrides;              /* private */
+	ATS_ATOMIC(uint32_t) noverrides;              /* private */
 	uint32_t max_overrides;                   /* private */
 	size_t max_slots, key_limit, max_bytes;   /* private: caps */
 	size_t base_bytes;                        /* private: memory besides tables */
-	_Atomic size_t table_bytes;               /* private: tables, including ones awaiting free */
-	_Atomic size_t keys;                      /* private */
+	ATS_ATOMIC(size_t) table_bytes;               /* private: tables, including ones awaiting free */
+	ATS_ATOMIC(size_t) keys;                      /* private */
 	size_t used, hand, sweep;                 /* private: writer-only */
 	uint32_t epoch;                           /* private: writer-only grace epoch */
 	uint64_t evict_ns;                        /* private: latest time a key was evicted at */
-	_Atomic uint32_t safe_epoch;              /* private: slots killed before it are reusable */
-	_Atomic uint32_t grace_target;            /* private: safe_epoch once the grace period ends */
-	_Atomic int grace_inflight;               /* private */
+	ATS_ATOMIC(uint32_t) safe_epoch;              /* private: slots killed before it are reusable */
+	ATS_ATOMIC(uint32_t) grace_target;            /* private: safe_epoch once the grace period ends */
+	ATS_ATOMIC(int) grace_inflight;               /* private */
 	size_t killed_since_grace;                /* private: writer-only */
-	_Atomic uint64_t inserts, evicted_idle, evicted_forced, resizes, insert_failures; /* private */
+	ATS_ATOMIC(uint64_t) inserts, evicted_idle, evicted_forced, resizes, insert_failures; /* private */
 	pthread_mutex_t lock; /* private: writers (insert, evict, resize) */
 	void *grace_head[2];  /* private: struct rcu_head for grace epochs */
 	char tsan_sync;       /* private: ThreadSanitizer's view of grace periods */
