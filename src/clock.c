@@ -41,7 +41,9 @@ typedef unsigned __int128 u128;
 
 struct ats__fast_clock ats__fast_clock;
 ATS__THREAD_LOCAL uint64_t ats__fast_last __attribute__((tls_model("initial-exec")));
+#ifdef ATS_TESTING
 _Atomic int64_t ats__clock_fault_ticks;
+#endif
 
 /* Written before the mode that makes them visible is stored (release), or under the seqlock. */
 static uint64_t origin_tsc, origin_ns; /* the first anchor */
@@ -99,7 +101,11 @@ static bool counter_trusted(void)
 static uint64_t read_pair(uint64_t *tsc, uint64_t *ns)
 {
 	uint64_t best = UINT64_MAX;
+#ifdef ATS_TESTING
 	int64_t fault = atomic_load_explicit(&ats__clock_fault_ticks, memory_order_relaxed); /* a test knob */
+#else
+	const int64_t fault = 0;
+#endif
 	for (int i = 0; i < 5; i++) {
 		uint64_t a = ats_now_ns();
 		uint64_t t = ats__rdtsc();

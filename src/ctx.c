@@ -116,14 +116,18 @@ ats_ctx *ats_ctx_background(void)
 }
 
 /* Allocation failure injection for the tests (the OOM paths must change nothing). */
+#ifdef ATS_TESTING
 _Atomic uint32_t ats__ctx_fail_allocs;
+#endif
 
 static void *ctx_malloc(size_t n)
 {
+#ifdef ATS_TESTING
 	if (ats__unlikely(atomic_load_explicit(&ats__ctx_fail_allocs, memory_order_relaxed))) {
 		atomic_fetch_sub_explicit(&ats__ctx_fail_allocs, 1, memory_order_relaxed);
 		return NULL;
 	}
+#endif
 	return malloc(n);
 }
 

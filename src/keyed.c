@@ -60,7 +60,9 @@ void __tsan_release(void *addr);
 #define TSAN_RELEASE(p) ((void)(p))
 #endif
 
+#ifdef ATS_TESTING
 _Atomic int ats__keyed_fail_alloc;
+#endif
 
 /* ---- Slots and tables ---- */
 
@@ -109,8 +111,10 @@ static struct ats__keyed_table *table_alloc(ats_keyed *m, size_t slots)
 	size_t held = atomic_load_explicit(&m->table_bytes, memory_order_relaxed);
 	if (m->max_bytes && m->base_bytes + held + bytes > m->max_bytes)
 		return NULL;
+#ifdef ATS_TESTING
 	if (atomic_load_explicit(&ats__keyed_fail_alloc, memory_order_relaxed))
 		return NULL;
+#endif
 	char *mem = calloc(1, bytes);
 	if (!mem)
 		return NULL;

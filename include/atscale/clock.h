@@ -81,22 +81,22 @@ static inline uint64_t ats_fast_now_ns(void);
  * the anchoring jitter plus the largest drift measured between recent re-anchorings (so it follows
  * the machine: it shrinks as calibration improves and grows if NTP slews hard); 1 for monotonic;
  * two kernel ticks for coarse. Lock-free; a few loads (a clock_getres for the others). */
-uint64_t ats_fast_precision_ns(void);
+ATS_API uint64_t ats_fast_precision_ns(void);
 
 /* The source in use: "tsc", "monotonic" or "coarse"; after the counter was dropped,
  * "monotonic (tsc dropped: <why>)"; after ATS_CLOCK named one that cannot be had,
  * "monotonic (ATS_CLOCK=<value> not available: <why>)". The string is static. Lock-free. */
-const char *ats_fast_source(void);
+ATS_API const char *ats_fast_source(void);
 
 /* The source in use, as an enum (never ATS_CLOCK_AUTO). */
-ats_clock_source ats_clock_current(void);
+ATS_API ats_clock_source ats_clock_current(void);
 
 /* Makes the default clock use `source` from now on (ATS_CLOCK_AUTO: the policy above). Returns
  * false and changes nothing when it cannot be had: tsc where the CPU has no usable counter or after
  * it was dropped. Threads reading the clock during the switch see either source; readings may step
  * back by up to the larger precision of the two. Blocking (the first switch to tsc calibrates for
  * about 1 ms); for tests and start-up code, not hot paths. */
-bool ats_clock_force(ats_clock_source source);
+ATS_API bool ats_clock_force(ats_clock_source source);
 
 #ifdef __cplusplus
 }

@@ -86,50 +86,50 @@ typedef struct ats_ctx_key {
 
 /* The root: never cancelled, no deadline, no values. Static; ref/release are no-ops on it.
  * Wait-free. */
-ats_ctx *ats_ctx_background(void);
+ATS_API ats_ctx *ats_ctx_background(void);
 
 /* A child that is done when cancelled or when its parent is. Blocking: an allocation (from a
  * per-thread cache in the common case) and the parent's lock for a few instructions to link the
  * child, one atomic write. Create + cancel + release is three atomic writes in all (~60 ns on a
  * shared 2-core VM). Born done if the parent is. */
-ats_err *ats_ctx_with_cancel(ats_ctx *parent, ats_ctx **out);
+ATS_API ats_err *ats_ctx_with_cancel(ats_ctx *parent, ats_ctx **out);
 
 /* A child that is also done at deadline_ns (CLOCK_MONOTONIC ns): its deadline is the earlier of
  * deadline_ns and its parent's. Arms a timer only when it is earlier than the parent's (O(1), one
  * shard lock, no system call in the common case). A deadline already past gives a child born
  * done with ATS_ERR_DEADLINE_EXCEEDED. Blocking, like with_cancel; ~50 ns with a timer. Fails
  * only for lack of memory, or (once, system error) when the timer thread cannot start. */
-ats_err *ats_ctx_with_deadline(ats_ctx *parent, uint64_t deadline_ns, ats_ctx **out);
+ATS_API ats_err *ats_ctx_with_deadline(ats_ctx *parent, uint64_t deadline_ns, ats_ctx **out);
 /* with_deadline(parent, now + timeout_ns), with now = ats_now_ns() or the caller's now_ns. */
-ats_err *ats_ctx_with_timeout(ats_ctx *parent, uint64_t timeout_ns, ats_ctx **out);
-ats_err *ats_ctx_with_timeout_at(ats_ctx *parent, uint64_t timeout_ns, uint64_t now_ns, ats_ctx **out);
+ATS_API ats_err *ats_ctx_with_timeout(ats_ctx *parent, uint64_t timeout_ns, ats_ctx **out);
+ATS_API ats_err *ats_ctx_with_timeout_at(ats_ctx *parent, uint64_t timeout_ns, uint64_t now_ns, ats_ctx **out);
 
 /* A child (cancellable, like with_cancel) carrying `value` under `key`, shadowing any value the
  * parent has for it. One allocation holds the child and its value table (copy of the parent's
  * table, O(ATS_CTX_VALUE_SLOTS)). Blocking, like with_cancel. */
-ats_err *ats_ctx_with_value(ats_ctx *parent, ats_ctx_key *key, void *value, ats_ctx **out);
+ATS_API ats_err *ats_ctx_with_value(ats_ctx *parent, ats_ctx_key *key, void *value, ats_ctx **out);
 
 /* A context with the parent's values that is never cancelled and has no deadline (Go's
  * WithoutCancel; Trio's shield): for cleanup that must finish after its request is cancelled.
  * Its children can be cancelled as usual. Blocking (allocation only). */
-ats_err *ats_ctx_without_cancel(ats_ctx *parent, ats_ctx **out);
+ATS_API ats_err *ats_ctx_without_cancel(ats_ctx *parent, ats_ctx **out);
 
 /* A context done as soon as any of parents[0..n-1] is (with that parent's error), with the values
  * of parents[0] and the earliest of their deadlines (folly's merged tokens). It is linked as a
  * child of the first cancellable parent and registers an after-func on each other one; releasing
  * it stops them. n >= 1. Blocking; one allocation; O(n). */
-ats_err *ats_ctx_merge(ats_ctx *const *parents, size_t n, ats_ctx **out);
+ATS_API ats_err *ats_ctx_merge(ats_ctx *const *parents, size_t n, ats_ctx **out);
 
 /* ---- Lifetime ---- */
 
 /* Adds a reference; wait-free (one atomic add). Returns ctx. A child does not count here: its link
  * keeps its parent alive (a parent released before its children stays linked and cancellable
  * until the last of them goes). */
-ats_ctx *ats_ctx_ref(ats_ctx *ctx);
+ATS_API ats_ctx *ats_ctx_ref(ats_ctx *ctx);
 /* Drops a reference. The last one disarms the timer, unlinks the context from its parent (its
  * lock, briefly), stops a merge's after-funcs and frees it, then drops its reference to the
  * parent (iteratively: chains of any length). NULL-safe. Blocking (locks, free). */
-void ats_ctx_release(ats_ctx *ctx);
+ATS_API void ats_ctx_release(ats_ctx *ctx);
 
 /* ---- Cancelling ---- */
 
@@ -138,7 +138,7 @@ void ats_ctx_release(ats_ctx *ctx);
  * without_cancel); the cause is then dropped. Runs the after-funcs of every context it cancels on
  * the calling thread. Blocking: takes each context's lock in turn; O(subtree), iterative, no
  * allocation when cause is NULL. */
-bool ats_ctx_cancel(ats_ctx *ctx, ats_err *cause);
+ATS_API bool ats_ctx_cancel(ats_ctx *ctx, ats_err *cause);
 
 /* ---- Asking ---- */
 
@@ -160,11 +160,11 @@ static inline uint64_t ats_ctx_deadline(const ats_ctx *ctx);
  * cause, if one was given; NULL while not done. When the deadline has passed but the timer has
  * not fired yet, cancels ctx first (so err and done agree from then on). Lock-free when done (one
  * atomic add); one clock read otherwise. */
-ats_err *ats_ctx_err(ats_ctx *ctx);
+ATS_API ats_err *ats_ctx_err(ats_ctx *ctx);
 
 /* The cause given to the cancel that made ctx done or, when it had none, the error ats_ctx_err
  * returns (Go's context.Cause). Borrowed: valid while ctx is. NULL while not done. Wait-free. */
-const ats_err *ats_ctx_cause(const ats_ctx *ctx);
+ATS_API const ats_err *ats_ctx_cause(const ats_ctx *ctx);
 
 /* ---- Waiting ---- */
 
@@ -173,13 +173,13 @@ const ats_err *ats_ctx_cause(const ats_ctx *ctx);
  * (FUTEX_WAIT_BITSET, absolute monotonic timeout): no busy loop, no lost wake-up, no timer
  * thread needed: when ctx's own deadline passes first, the waiter cancels ctx itself (deadline
  * exceeded) and returns true. Blocking; no allocation. */
-bool ats_ctx_wait(ats_ctx *ctx, uint64_t deadline_ns);
+ATS_API bool ats_ctx_wait(ats_ctx *ctx, uint64_t deadline_ns);
 
 /* A file descriptor that becomes readable (EPOLLIN) when ctx is done, for epoll/poll loops. Made on
  * first call (an eventfd, EFD_CLOEXEC | EFD_NONBLOCK), owned by ctx and closed when it is freed:
  * do not close it or read from it. The same fd on every call. Blocking (ctx's lock; eventfd(2)
  * the first time). Fails with a system error when the process is out of descriptors. */
-ats_err *ats_ctx_fd(ats_ctx *ctx, int *fd);
+ATS_API ats_err *ats_ctx_fd(ats_ctx *ctx, int *fd);
 
 /* ---- After-funcs ---- */
 
@@ -199,12 +199,12 @@ typedef struct ats_ctx_after {
  * semantics). Never runs for a context that can never be cancelled. The registration holds a
  * reference to ctx until it runs or is stopped. Blocking (ctx's lock, a few instructions); O(1);
  * no allocation, cannot fail. */
-void ats_ctx_after_func(ats_ctx *ctx, ats_ctx_after *a, void (*fn)(void *), void *arg);
+ATS_API void ats_ctx_after_func(ats_ctx *ctx, ats_ctx_after *a, void (*fn)(void *), void *arg);
 
 /* Stops a registration: true when fn had not run and now never will; false when it ran, or is
  * running, in which case stop waits for it to return (except from within fn itself). Calling it
  * again returns the same answer. Blocking; O(1). */
-bool ats_ctx_after_stop(ats_ctx_after *a);
+ATS_API bool ats_ctx_after_stop(ats_ctx_after *a);
 
 /* ---- Values ---- */
 
@@ -220,7 +220,7 @@ static inline void *ats_ctx_value(const ats_ctx *ctx, ats_ctx_key *key);
 
 /* The timer wheel's tick: how late (at most, plus the scheduler's wake-up latency) a deadline
  * fires. */
-uint64_t ats_ctx_timer_precision_ns(void);
+ATS_API uint64_t ats_ctx_timer_precision_ns(void);
 
 #ifdef __cplusplus
 }

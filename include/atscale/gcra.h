@@ -26,6 +26,7 @@
 #define ATSCALE_GCRA_H
 
 #include "atscale/common.h"
+
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -83,11 +84,11 @@ typedef struct ats_token_clock {
  * starts full). Errors (invalid argument, nothing written): burst > 2^32, a rate above
  * ATS_RATE_MAX_PER_SEC, or events == 0 with a non-zero period is allowed (rate 0: the initial
  * burst, then nothing). Not a hot path: one 128-bit division. */
-ats_err *ats_token_clock_make(ats_token_clock *clock, ats_rate rate, uint64_t burst, uint64_t epoch_ns);
+ATS_API ats_err *ats_token_clock_make(ats_token_clock *clock, ats_rate rate, uint64_t burst, uint64_t epoch_ns);
 /* The same with shift capped at max_shift (<= 30): coarser units for callers that need headroom
  * in the TAT word (the exact limiter keeps burst << shift <= 2^61). */
-ats_err *ats_token_clock_make_max_shift(ats_token_clock *clock, ats_rate rate, uint64_t burst, uint64_t epoch_ns,
-                                        uint32_t max_shift);
+ATS_API ats_err *ats_token_clock_make_max_shift(ats_token_clock *clock, ats_rate rate, uint64_t burst,
+                                                uint64_t epoch_ns, uint32_t max_shift);
 
 /* The clock's reading at now_ns, in units (modulo 2^64). Times before the epoch read as the
  * epoch. Wait-free, no memory access beyond the clock; two multiplies (the dt * frac_lo one only
@@ -96,12 +97,13 @@ static inline uint64_t ats_token_clock_units(const ats_token_clock *c, uint64_t 
 
 /* The TAT after taking n tokens from a bucket at `tat` when the clock reads `now_units`, or false
  * when they do not fit. Pure function. n must be <= ATS_GCRA_MAX_N. */
-static inline bool ats_gcra_next(const ats_token_clock *c, uint64_t tat, uint64_t now_units, uint64_t n, uint64_t *next);
+static inline bool ats_gcra_next(const ats_token_clock *c, uint64_t tat, uint64_t now_units, uint64_t n,
+                                 uint64_t *next);
 
 /* Takes n tokens from the bucket whose TAT is *tat if they fit. Lock-free: one relaxed load and
  * one CAS per attempt (the modification order of *tat alone guarantees no over-grant); the deny
  * path writes nothing. Cost: ~1 CAS when uncontended. n must be <= ATS_GCRA_MAX_N. */
-static inline bool ats_gcra_take_at(const ats_token_clock *c, ATS_ATOMIC(uint64_t) *tat, uint64_t now_ns, uint64_t n);
+static inline bool ats_gcra_take_at(const ats_token_clock *c, ATS_ATOMIC(uint64_t) * tat, uint64_t now_ns, uint64_t n);
 
 /* Whole tokens available in a bucket at `tat` (0..burst). Pure function. */
 static inline uint64_t ats_gcra_tokens(const ats_token_clock *c, uint64_t tat, uint64_t now_ns);

@@ -50,7 +50,7 @@ static inline bool ats_gcra_next(const ats_token_clock *c, uint64_t tat, uint64_
 	return after - now_units <= c->burst_units;
 }
 
-static inline bool ats_gcra_take_at(const ats_token_clock *c, ATS_ATOMIC(uint64_t) *tat, uint64_t now_ns, uint64_t n)
+static inline bool ats_gcra_take_at(const ats_token_clock *c, ATS_ATOMIC(uint64_t) * tat, uint64_t now_ns, uint64_t n)
 {
 	if (c->inf)
 		return true;

@@ -122,13 +122,13 @@ typedef struct ats_limiter_result {
 
 /* Initializes a limiter in caller memory (64-byte aligned), full at now_ns. Errors (nothing written
  * that matters): burst > 2^32, rate > 10^12/s, NULL l. ats_limiter_init reads ats_fast_now_ns(). */
-ats_err *ats_limiter_init_at(ats_limiter *l, ats_rate rate, uint64_t burst, uint64_t now_ns);
-ats_err *ats_limiter_init(ats_limiter *l, ats_rate rate, uint64_t burst);
+ATS_API ats_err *ats_limiter_init_at(ats_limiter *l, ats_rate rate, uint64_t burst, uint64_t now_ns);
+ATS_API ats_err *ats_limiter_init(ats_limiter *l, ats_rate rate, uint64_t burst);
 /* Nothing to release (the limiter owns no memory); present for symmetry. */
-void ats_limiter_destroy(ats_limiter *l);
+ATS_API void ats_limiter_destroy(ats_limiter *l);
 /* On the heap (cache-line aligned). *out is NULL on error. */
-ats_err *ats_limiter_new(ats_limiter **out, ats_rate rate, uint64_t burst);
-void ats_limiter_free(ats_limiter *l);
+ATS_API ats_err *ats_limiter_new(ats_limiter **out, ats_rate rate, uint64_t burst);
+ATS_API void ats_limiter_free(ats_limiter *l);
 
 /* ---- Hot paths: static inline, lock-free, no syscall, no allocation ---- */
 
@@ -157,21 +157,21 @@ static inline int64_t ats_limiter_tokens(ats_limiter *l);
  * when n > burst, when the delay would exceed max_delay_ns (UINT64_MAX: no limit) or be infinite
  * (rate 0), or when the debt would pass 2^61 units (a wait of >= 73 years at 10^9/s). Returns r->ok.
  * Lock-free: one CAS per attempt; one 128-bit division when the delay is not 0. */
-bool ats_limiter_reserve_within_at(ats_limiter *l, uint64_t n, uint64_t max_delay_ns, uint64_t now_ns,
-                                   ats_reservation *r);
-bool ats_limiter_reserve_at(ats_limiter *l, uint64_t n, uint64_t now_ns, ats_reservation *r);
-bool ats_limiter_reserve(ats_limiter *l, uint64_t n, ats_reservation *r);
+ATS_API bool ats_limiter_reserve_within_at(ats_limiter *l, uint64_t n, uint64_t max_delay_ns, uint64_t now_ns,
+                                           ats_reservation *r);
+ATS_API bool ats_limiter_reserve_at(ats_limiter *l, uint64_t n, uint64_t now_ns, ats_reservation *r);
+ATS_API bool ats_limiter_reserve(ats_limiter *l, uint64_t n, ats_reservation *r);
 /* Gives back what later callers have not built on (see the header comment); a no-op for a refused
  * reservation, once now_ns is past its time to act, or under an infinite rate. Idempotent only in
  * the sense that a second cancel gives back nothing more: call it at most once. Returns the whole
  * tokens given back (fractions of a token are given back too but not counted). Lock-free. */
-uint64_t ats_limiter_cancel_at(ats_reservation *r, uint64_t now_ns);
-uint64_t ats_limiter_cancel(ats_reservation *r);
+ATS_API uint64_t ats_limiter_cancel_at(ats_reservation *r, uint64_t now_ns);
+ATS_API uint64_t ats_limiter_cancel(ats_reservation *r);
 
 /* redis-cell's CL.THROTTLE: tries to take n and says how it went. Lock-free; the refusal path
  * writes nothing. One 128-bit division for each of retry_after and reset_after when not 0. */
-bool ats_limiter_throttle_at(ats_limiter *l, uint64_t n, uint64_t now_ns, ats_limiter_result *res);
-bool ats_limiter_throttle(ats_limiter *l, uint64_t n, ats_limiter_result *res);
+ATS_API bool ats_limiter_throttle_at(ats_limiter *l, uint64_t n, uint64_t now_ns, ats_limiter_result *res);
+ATS_API bool ats_limiter_throttle(ats_limiter *l, uint64_t n, ats_limiter_result *res);
 
 /* ---- Blocking ---- */
 
@@ -186,20 +186,20 @@ bool ats_limiter_throttle(ats_limiter *l, uint64_t n, ats_limiter_result *res);
  *    wrapped with what was being waited for.
  * NULL on success. Blocking (never past ctx's deadline); times on the CLOCK_MONOTONIC scale
  * (ats_now_ns, the scale of ctx deadlines). No allocation unless it returns an error. */
-ats_err *ats_limiter_wait(ats_limiter *l, uint64_t n, ats_ctx *ctx);
+ATS_API ats_err *ats_limiter_wait(ats_limiter *l, uint64_t n, ats_ctx *ctx);
 
 /* ---- Runtime changes (not hot paths): see the rule in the header comment ----
  * Errors (nothing changed): burst > 2^32, rate > 10^12/s. Acquirers are never blocked; setters
  * serialize on a spin lock among themselves. */
-ats_err *ats_limiter_set_at(ats_limiter *l, ats_rate rate, uint64_t burst, uint64_t now_ns);
-ats_err *ats_limiter_set_rate_at(ats_limiter *l, ats_rate rate, uint64_t now_ns);
-ats_err *ats_limiter_set_burst_at(ats_limiter *l, uint64_t burst, uint64_t now_ns);
-ats_err *ats_limiter_set_rate(ats_limiter *l, ats_rate rate);
-ats_err *ats_limiter_set_burst(ats_limiter *l, uint64_t burst);
+ATS_API ats_err *ats_limiter_set_at(ats_limiter *l, ats_rate rate, uint64_t burst, uint64_t now_ns);
+ATS_API ats_err *ats_limiter_set_rate_at(ats_limiter *l, ats_rate rate, uint64_t now_ns);
+ATS_API ats_err *ats_limiter_set_burst_at(ats_limiter *l, uint64_t burst, uint64_t now_ns);
+ATS_API ats_err *ats_limiter_set_rate(ats_limiter *l, ats_rate rate);
+ATS_API ats_err *ats_limiter_set_burst(ats_limiter *l, uint64_t burst);
 
 /* The current configuration (a consistent pair). Loads only. */
-ats_rate ats_limiter_rate(ats_limiter *l);
-uint64_t ats_limiter_burst(ats_limiter *l);
+ATS_API ats_rate ats_limiter_rate(ats_limiter *l);
+ATS_API uint64_t ats_limiter_burst(ats_limiter *l);
 
 /* ---- Sharded limiter ---- */
 
@@ -223,11 +223,11 @@ static inline uint64_t ats_sharded_max_excess(const ats_sharded *s);
 
 /* Errors: invalid config (as the exact limiter, plus batch > burst or > 2^24 - 2, lease > 2^38 ns),
  * out of memory. _init allocates the shard array (one cache line per shard); _destroy frees it. */
-ats_err *ats_sharded_init_at(ats_sharded *s, const ats_sharded_config *cfg, uint64_t now_ns);
-ats_err *ats_sharded_init(ats_sharded *s, const ats_sharded_config *cfg);
-void ats_sharded_destroy(ats_sharded *s);
-ats_err *ats_sharded_new(ats_sharded **out, const ats_sharded_config *cfg);
-void ats_sharded_free(ats_sharded *s);
+ATS_API ats_err *ats_sharded_init_at(ats_sharded *s, const ats_sharded_config *cfg, uint64_t now_ns);
+ATS_API ats_err *ats_sharded_init(ats_sharded *s, const ats_sharded_config *cfg);
+ATS_API void ats_sharded_destroy(ats_sharded *s);
+ATS_API ats_err *ats_sharded_new(ats_sharded **out, const ats_sharded_config *cfg);
+ATS_API void ats_sharded_free(ats_sharded *s);
 
 /* Takes n tokens from shard `shard` (any number; reduced modulo the shard count). Lock-free: one
  * CAS on the shard's own cache line when its lease covers n; else leases a batch from the exact
@@ -254,8 +254,8 @@ static inline bool ats_sharded_allow(ats_sharded *s, uint64_t n);
  * only reads (so the usual refusal writes nothing); the second takes in order and, if one refuses,
  * gives back to the earlier ones with the cancel rule. Lock-free. count <= ATS_MULTI_MAX; NULL entries and
  * count 0 give false. */
-bool ats_multi_allow_at(ats_limiter *const *ls, size_t count, uint64_t n, uint64_t now_ns);
-bool ats_multi_allow(ats_limiter *const *ls, size_t count, uint64_t n);
+ATS_API bool ats_multi_allow_at(ats_limiter *const *ls, size_t count, uint64_t n, uint64_t now_ns);
+ATS_API bool ats_multi_allow(ats_limiter *const *ls, size_t count, uint64_t n);
 
 #ifdef __cplusplus
 }

@@ -119,9 +119,7 @@ static inline int ats__limiter_try(ats_limiter *l, const struct ats__limiter_vie
 	if (v->c.inf || n == 0)
 		return 1;
 	uint64_t w = v->word;
-	return ats__atomic_cas_strong(&l->word_, &w, next, ats__mo_release, ats__mo_relaxed)
-	           ? 1
-	           : -1;
+	return ats__atomic_cas_strong(&l->word_, &w, next, ats__mo_release, ats__mo_relaxed) ? 1 : -1;
 }
 
 /* Whether n fit on view v. */
@@ -142,9 +140,9 @@ static inline int64_t ats__limiter_tokens(const struct ats__limiter_view *v, uin
 }
 
 /* Out-of-line versions for when a setter is at work or the fast path cannot decide. */
-bool ats__limiter_allow_slow(ats_limiter *l, uint64_t n, uint64_t now_ns);
-bool ats__limiter_check_slow(ats_limiter *l, uint64_t n, uint64_t now_ns);
-int64_t ats__limiter_tokens_slow(ats_limiter *l, uint64_t now_ns);
+ATS_API bool ats__limiter_allow_slow(ats_limiter *l, uint64_t n, uint64_t now_ns);
+ATS_API bool ats__limiter_check_slow(ats_limiter *l, uint64_t n, uint64_t now_ns);
+ATS_API int64_t ats__limiter_tokens_slow(ats_limiter *l, uint64_t now_ns);
 
 /* One attempt on the word's current generation, straight from the limiter: the seqlock read of
  * ats__limiter_view_fast and ats__limiter_step, without a view struct and without frac_lo, so that
@@ -174,8 +172,8 @@ static inline int ats__limiter_fast(ats_limiter *l, uint64_t n, uint64_t now_ns,
 	uint64_t shift_inf = ats__atomic_load(&s->shift_inf, ats__mo_relaxed);
 	ats__atomic_fence(ats__mo_acquire);
 	uint64_t w = ats__atomic_load(&l->word_, ats__mo_acquire);
-	if (__builtin_expect(ats__atomic_load(&l->gen_, ats__mo_relaxed) != g || ((w ^ g) & 1) ||
-	                         now_ns < epoch || n > ATS_GCRA_MAX_N,
+	if (__builtin_expect(ats__atomic_load(&l->gen_, ats__mo_relaxed) != g || ((w ^ g) & 1) || now_ns < epoch ||
+	                         n > ATS_GCRA_MAX_N,
 	                     0))
 		return -2;
 	if (__builtin_expect(shift_inf >> 32, 0))
@@ -191,10 +189,7 @@ static inline int ats__limiter_fast(ats_limiter *l, uint64_t n, uint64_t now_ns,
 	if (!take || n == 0)
 		return 1;
 	uint64_t expected = w;
-	return ats__atomic_cas_strong(&l->word_, &expected, next, ats__mo_release,
-	                                               ats__mo_relaxed)
-	           ? 1
-	           : -1;
+	return ats__atomic_cas_strong(&l->word_, &expected, next, ats__mo_release, ats__mo_relaxed) ? 1 : -1;
 }
 
 static inline bool ats_limiter_allow_at(ats_limiter *l, uint64_t n, uint64_t now_ns)
@@ -258,13 +253,13 @@ typedef struct ats_sharded {
 
 /* The calling thread's process-wide index plus one: 0 before its first ats_sharded_allow_at,
  * UINT32_MAX once it is exiting (private). Initial-exec TLS: one %fs-relative load. */
-extern ATS__THREAD_LOCAL uint32_t ats__thread_index1 __attribute__((tls_model("initial-exec")));
+ATS_API extern ATS__THREAD_LOCAL uint32_t ats__thread_index1 __attribute__((tls_model("initial-exec")));
 
 /* Cold: lease a batch for shard p or fall back to the exact bucket. */
-bool ats__sharded_slow(ats_sharded *s, ATS_ATOMIC(uint64_t) *p, uint64_t n, uint64_t now_ns);
+ATS_API bool ats__sharded_slow(ats_sharded *s, ATS_ATOMIC(uint64_t) * p, uint64_t n, uint64_t now_ns);
 
 /* Cold: index assignment, leasing for the thread's slot, and the fallbacks. */
-bool ats__sharded_thread_slow(ats_sharded *s, uint64_t n, uint64_t now_ns);
+ATS_API bool ats__sharded_thread_slow(ats_sharded *s, uint64_t n, uint64_t now_ns);
 
 static inline uint64_t ats_sharded_max_excess(const ats_sharded *s)
 {
@@ -285,8 +280,7 @@ static inline bool ats_sharded_allow_shard_at(ats_sharded *s, unsigned shard, ui
 			return ats__sharded_slow(s, p, n, now_ns);
 		if (n == 0)
 			return true;
-		if (ats__atomic_cas_weak(p, &w, (now_ns << 24) | (tok - n), ats__mo_relaxed,
-		                                          ats__mo_relaxed))
+		if (ats__atomic_cas_weak(p, &w, (now_ns << 24) | (tok - n), ats__mo_relaxed, ats__mo_relaxed))
 			return true;
 	}
 }

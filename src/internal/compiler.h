@@ -51,8 +51,8 @@ static inline void ats__spin_lock(_Atomic uint32_t *lock)
 {
 	for (unsigned spins = 0;; spins++) {
 		uint32_t z = 0;
-		if (ats__likely(atomic_compare_exchange_weak_explicit(lock, &z, 1, memory_order_acquire,
-		                                                      memory_order_relaxed)))
+		if (ats__likely(
+		        atomic_compare_exchange_weak_explicit(lock, &z, 1, memory_order_acquire, memory_order_relaxed)))
 			return;
 		while (atomic_load_explicit(lock, memory_order_relaxed))
 			ats__spin_pause(++spins);
