@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-#define SEC 1000000000ull
+#define SEC ATS_NS_PER_SEC
 #define SLOTS 64
 
 static unsigned nthreads(void)

@@ -17,7 +17,7 @@
 #include <unistd.h>
 
 #define MS 1000000ull
-#define SEC 1000000000ull
+#define SEC ATS_NS_PER_SEC
 
 static ats_ctx *child_of(ats_ctx *p)
 {

@@ -8,7 +8,7 @@
 #include <pthread.h>
 
 #define MS UINT64_C(1000000)
-#define SEC UINT64_C(1000000000)
+#define SEC ATS_NS_PER_SEC
 #define D (100 * MS)
 /* Far from 0 so that "before the epoch" and wrap-around paths are exercised. */
 #define T0 (UINT64_C(1) << 50)
