@@ -619,19 +619,10 @@ bool ats_err_is(const ats_err *err, ats_code code)
 	return ats_err_find(err, code) != NULL;
 }
 
-static const char *const code_names[] = {
-    [ATS_ERR_CANCELLED] = "cancelled",
-    [ATS_ERR_DEADLINE_EXCEEDED] = "deadline_exceeded",
-    [ATS_ERR_CLOSED] = "closed",
-    [ATS_ERR_LIMITED] = "limited",
-    [ATS_ERR_INVALID_ARGUMENT] = "invalid_argument",
-    [ATS_ERR_OUT_OF_MEMORY] = "out_of_memory",
-    [ATS_ERR_UNAVAILABLE] = "unavailable",
-    [ATS_ERR_NOT_FOUND] = "not_found",
-    [ATS_ERR_EXISTS] = "exists",
-    [ATS_ERR_SYSTEM] = "system",
-    [ATS_ERR_INTERNAL] = "internal",
-};
+#define CODE_NAME(NAME, name, what) [ATS_ERR_##NAME] = #name,
+static const char *const code_names[] = {ATS_ERR_CODE_MAP(CODE_NAME)};
+#undef CODE_NAME
+_Static_assert(sizeof code_names / sizeof *code_names == ATS_ERR_CODE_COUNT + 1, "one name per code");
 
 const char *ats_code_name(ats_code code)
 {

@@ -50,21 +50,33 @@
 extern "C" {
 #endif
 
-/* The closed set of canonical codes. */
+/* The closed set of canonical codes, the one list the enum, ATS_ERR_CODE_COUNT and ats_code_name()
+ * are generated from (as libuv's UV_ERRNO_MAP): X(NAME, name, what it means) gives ATS_ERR_NAME,
+ * numbered from 1 in this order, and the stable lower-case name "name". Codes are only ever added
+ * at the end. */
+#define ATS_ERR_CODE_MAP(X)                                                                                            \
+	X(CANCELLED, cancelled, "the operation was cancelled (ctx cancelled, pool stopped)")                           \
+	X(DEADLINE_EXCEEDED, deadline_exceeded, "a deadline passed, or would pass before the operation ends")          \
+	X(CLOSED, closed, "the channel, pool or object was closed")                                                    \
+	X(LIMITED, limited, "a rate or resource limit refused the request")                                            \
+	X(INVALID_ARGUMENT, invalid_argument, "the caller passed something that can never work")                       \
+	X(OUT_OF_MEMORY, out_of_memory, "an allocation failed")                                                        \
+	X(UNAVAILABLE, unavailable, "a dependency is down or busy; retrying may help")                                 \
+	X(NOT_FOUND, not_found, "a named thing does not exist")                                                        \
+	X(EXISTS, exists, "a named thing already exists")                                                              \
+	X(SYSTEM, system, "a system call failed (the \"errno\" attachment says how)")                                   \
+	X(INTERNAL, internal, "a bug: an invariant broke or an unexpected error escaped")
+
+#define ATS__ERR_CODE_ENUM(NAME, name, what) ATS_ERR_##NAME,
 typedef enum ats_code {
-	ATS_ERR_CANCELLED = 1,     /* the operation was cancelled (ctx cancelled, pool stopped) */
-	ATS_ERR_DEADLINE_EXCEEDED, /* a deadline passed, or would pass before the operation ends */
-	ATS_ERR_CLOSED,            /* the channel, pool or object was closed */
-	ATS_ERR_LIMITED,           /* a rate or resource limit refused the request */
-	ATS_ERR_INVALID_ARGUMENT,  /* the caller passed something that can never work */
-	ATS_ERR_OUT_OF_MEMORY,     /* an allocation failed */
-	ATS_ERR_UNAVAILABLE,       /* a dependency is down or busy; retrying may help */
-	ATS_ERR_NOT_FOUND,         /* a named thing does not exist */
-	ATS_ERR_EXISTS,            /* a named thing already exists */
-	ATS_ERR_SYSTEM,            /* a system call failed (the "errno" attachment says how) */
-	ATS_ERR_INTERNAL,          /* a bug: an invariant broke or an unexpected error escaped */
+	ATS__ERR_CODE_NONE = 0, /* not a code: success (a NULL error) has none */
+	ATS_ERR_CODE_MAP(ATS__ERR_CODE_ENUM)
 } ats_code;
-#define ATS_ERR_CODE_COUNT 11
+#undef ATS__ERR_CODE_ENUM
+
+/* How many codes there are (they run from 1 to ATS_ERR_CODE_COUNT). */
+#define ATS__ERR_CODE_ONE(NAME, name, what) +1
+#define ATS_ERR_CODE_COUNT (0 ATS_ERR_CODE_MAP(ATS__ERR_CODE_ONE))
 
 typedef enum ats_err_kind {
 	ATS_KIND_KNOWN = 0, /* a well-formed error for a known edge case */
