@@ -85,6 +85,10 @@ enum { S_EMPTY = 0, S_LIVE = 1, S_DEAD = 2 };
 #define GONE_THRESHOLD ((UINT64_C(1) << 62) + (UINT64_C(1) << 60))
 
 #define MIN_SLOTS 8
+/* The load factor: a table holds keys in at most LOAD_NUM/LOAD_DEN of its slots (3/4), and grows
+ * (or caps key_limit) there, so a probe chain stays short. */
+#define LOAD_NUM 3
+#define LOAD_DEN 4
 #define SWEEP_PER_INSERT 4 /* idle keys looked for by each insert (lossless upkeep) */
 #define IDLE_WINDOW 64     /* slots a forced eviction looks through for an idle key first */
 
@@ -517,7 +521,7 @@ static struct slot *reserve(ats_keyed *m, const struct kref *k, uint64_t now_ns,
 		keys--;
 	struct ats__keyed_table *t = atomic_load_explicit(&m->table, memory_order_relaxed);
 	size_t slots = t->mask + 1;
-	if ((keys + 1) * 4 > slots * 3 && slots < m->max_slots)
+	if ((keys + 1) * LOAD_DEN > slots * LOAD_NUM && slots < m->max_slots)
 		resize(m, slots * 2, now_ns); /* on failure, fill further and evict at the hard load */
 	bool purged = false;
 	for (int attempt = 0;; attempt++) {
@@ -805,7 +809,7 @@ ats_err *ats_keyed_init(ats_keyed *m, const ats_keyed_config *cfg)
 	m->clock = clock;
 	m->max_overrides = max_ov;
 	m->max_slots = max_slots;
-	m->key_limit = max_slots / 4 * 3 < cfg->max_keys ? max_slots / 4 * 3 : cfg->max_keys;
+	m->key_limit = max_slots / LOAD_DEN * LOAD_NUM < cfg->max_keys ? max_slots / LOAD_DEN * LOAD_NUM : cfg->max_keys;
 	m->max_bytes = cfg->max_bytes;
 	m->base_bytes = base;
 	if (getrandom(m->seed, sizeof m->seed, GRND_NONBLOCK) != (ssize_t)sizeof m->seed) {
