@@ -2,12 +2,13 @@
 /* atscale contexts: cancellation, deadlines, causes and values, after Go's `context`, with what
  * libdill, folly's CancellationToken and Trio add to it.
  *
- * THE RULE, for this module and every one that follows (limiter wait, channels, pool, heartbeats,
- * hedging): every call that can block takes an `ats_ctx *` as its first argument, returns as soon
- * as that context is done (cancelled or past its deadline) with the context's error
- * (ats_ctx_err: ATS_ERR_CANCELLED or ATS_ERR_DEADLINE_EXCEEDED wrapping the cause), and never
- * blocks past the context's deadline. Pass ats_ctx_background() only where blocking forever is
- * what the caller wants.
+ * THE RULE, for every module that blocks on a context (limiter wait, channels, pool, heartbeats,
+ * hedging): every call that can block takes the `ats_ctx *` it follows as its LAST argument
+ * (ats_limiter_wait(l, n, ctx)), returns as soon as that context is done (cancelled or past its deadline) with the
+ * context's error (ats_ctx_err: ATS_ERR_CANCELLED or ATS_ERR_DEADLINE_EXCEEDED wrapping the cause), and never blocks
+ * past the context's deadline. Pass ats_ctx_background() only where blocking forever is what the caller wants. This
+ * module's own calls take the context they act on as their first argument (ats_ctx_wait(ctx, deadline_ns)). Progress
+ * words (wait-free, lock-free, blocking) are defined in atscale.h.
  *
  * Model. Contexts form trees. ats_ctx_background() is the root that is never cancelled. A child
  * (with_cancel, with_deadline, with_timeout, with_value) is done when it is cancelled, when its
@@ -90,14 +91,14 @@ ATS_API ats_ctx *ats_ctx_background(void);
 
 /* A child that is done when cancelled or when its parent is. Blocking: an allocation (from a
  * per-thread cache in the common case) and the parent's lock for a few instructions to link the
- * child, one atomic write. Create + cancel + release is three atomic writes in all (~60 ns on a
- * shared 2-core VM). Born done if the parent is. */
+ * child, one atomic write. Create + cancel + release is three atomic writes in all (benchmark row
+ * ctx.with_cancel_cancel). Born done if the parent is. */
 ATS_API ats_err *ats_ctx_with_cancel(ats_ctx *parent, ats_ctx **out);
 
 /* A child that is also done at deadline_ns (CLOCK_MONOTONIC ns): its deadline is the earlier of
  * deadline_ns and its parent's. Arms a timer only when it is earlier than the parent's (O(1), one
  * shard lock, no system call in the common case). A deadline already past gives a child born
- * done with ATS_ERR_DEADLINE_EXCEEDED. Blocking, like with_cancel; ~50 ns with a timer. Fails
+ * done with ATS_ERR_DEADLINE_EXCEEDED. Blocking, like with_cancel (with a timer: row ctx.with_timeout_cancel). Fails
  * only for lack of memory, or (once, system error) when the timer thread cannot start. */
 ATS_API ats_err *ats_ctx_with_deadline(ats_ctx *parent, uint64_t deadline_ns, ats_ctx **out);
 /* with_deadline(parent, now + timeout_ns), with now = ats_now_ns() or the caller's now_ns. */
@@ -142,7 +143,7 @@ ATS_API bool ats_ctx_cancel(ats_ctx *ctx, ats_err *cause);
 
 /* ---- Asking ---- */
 
-/* Whether ctx is done. Wait-free: one acquire load of ctx's own word (~0.3 ns), so poll it as
+/* Whether ctx is done. Wait-free: one acquire load of ctx's own word (row ctx.done), so poll it as
  * often as you like; a true result makes everything written before the cancel visible. It turns
  * true when the timer fires, not at the deadline's exact nanosecond: use ats_ctx_done_at to also
  * compare the deadline with a time you already have. */
@@ -158,8 +159,9 @@ static inline uint64_t ats_ctx_deadline(const ats_ctx *ctx);
 /* Why ctx is done: a new reference to an ATS_ERR_CANCELLED ("context cancelled") or
  * ATS_ERR_DEADLINE_EXCEEDED ("context deadline exceeded") error whose cause is the cancel's
  * cause, if one was given; NULL while not done. When the deadline has passed but the timer has
- * not fired yet, cancels ctx first (so err and done agree from then on). Lock-free when done (one
- * atomic add); one clock read otherwise. */
+ * not fired yet, cancels ctx first (so err and done agree from then on). Wait-free when done (one
+ * atomic add) and while the deadline is ahead (one clock read); blocking when it cancels an
+ * expired context (as ats_ctx_cancel). */
 ATS_API ats_err *ats_ctx_err(ats_ctx *ctx);
 
 /* The cause given to the cancel that made ctx done or, when it had none, the error ats_ctx_err
@@ -209,7 +211,7 @@ ATS_API bool ats_ctx_after_stop(ats_ctx_after *a);
 /* ---- Values ---- */
 
 /* The value ctx carries for key (the nearest ancestor's that set it): true and *out, or false.
- * Wait-free; O(1) for the first ATS_CTX_VALUE_SLOTS keys of the process (~1 ns), O(values with
+ * Wait-free; O(1) for the first ATS_CTX_VALUE_SLOTS keys of the process (row ctx.value_lookup), O(values with
  * overflow keys) after that. */
 static inline bool ats_ctx_lookup(const ats_ctx *ctx, ats_ctx_key *key, void **out);
 

@@ -64,7 +64,7 @@ extern "C" {
 	X(UNAVAILABLE, unavailable, "a dependency is down or busy; retrying may help")                                 \
 	X(NOT_FOUND, not_found, "a named thing does not exist")                                                        \
 	X(EXISTS, exists, "a named thing already exists")                                                              \
-	X(SYSTEM, system, "a system call failed (the \"errno\" attachment says how)")                                   \
+	X(SYSTEM, system, "a system call failed (the \"errno\" attachment says how)")                                  \
 	X(INTERNAL, internal, "a bug: an invariant broke or an unexpected error escaped")
 
 #define ATS__ERR_CODE_ENUM(NAME, name, what) ATS_ERR_##NAME,
@@ -86,7 +86,8 @@ typedef enum ats_err_kind {
 
 typedef struct ats_err ats_err;
 
-/* Per-call stack switch for the ats__err_new family. */
+/* Private: the per-call stack switch the macros below pass to ats__err_new (DEFAULT, or ON for
+ * ats_err_new_stack). No public call takes it; ATS_STACK_OFF exists for the library's tests. */
 enum {
 	ATS_STACK_DEFAULT = 0, /* bugs capture a stack; known errors follow ats_err_set_stack_default */
 	ATS_STACK_ON = 1,
@@ -137,8 +138,8 @@ ATS_API ats_err *ats_err_with_kv(ats_err *err, const char *key, const char *fmt,
 /* Adds a reference; wait-free (one atomic add). Returns err. NULL-safe. */
 ATS_API ats_err *ats_err_ref(ats_err *err);
 /* Drops a reference; the last one frees the error and its cause chain (iteratively, so chains of
- * any length are fine). NULL-safe. Wait-free but for the free: one atomic decrement, none when the
- * caller holds the only reference. */
+ * any length are fine). NULL-safe. Wait-free while other references remain (one atomic
+ * decrement); blocking when it drops the last one (free). */
 ATS_API void ats_err_unref(ats_err *err);
 
 /* ---- Reading (all wait-free, no allocation; NULL err gives 0/NULL/false) ---- */
@@ -199,17 +200,17 @@ ATS_API size_t ats_err_user_text(const ats_err *err, char *buf, size_t len);
 /* ---- Global settings ---- */
 
 /* The log hook receives full records (bugs shown to users, ats_err_log). The default writes the
- * JSON format, one line, to stderr. NULL restores the default. Thread-safe and lock-free: each
- * distinct (fn, arg) pair gets one small node, kept for the process's life (so a logger racing
- * a swap never reads freed memory; memory grows with distinct hooks, not with swaps); the swap is
- * an atomic store. A logger that raced a swap may still call the previous hook once. The hook may
- * be called from any thread at once. */
+ * JSON format, one line, to stderr. NULL restores the default. Thread-safe; blocking (it may
+ * allocate): each distinct (fn, arg) pair gets one small node, kept for the process's life (so a
+ * logger racing a swap never reads freed memory; memory grows with distinct hooks, not with
+ * swaps); the swap is an atomic store. A logger that raced a swap may still call the previous hook
+ * once. The hook may be called from any thread at once. */
 typedef void (*ats_err_log_fn)(const ats_err *err, void *arg);
 ATS_API void ats_err_set_log_hook(ats_err_log_fn fn, void *arg);
 /* Sends err's full record to the log hook. */
 ATS_API void ats_err_log(const ats_err *err);
-/* Whether known edge cases capture a stack by default (default: false). Bugs always do unless a
- * call says ATS_STACK_OFF. Thread-safe (relaxed atomic). */
+/* Whether known edge cases capture a stack by default (default: false). Bugs always capture one.
+ * Thread-safe (relaxed atomic). */
 ATS_API void ats_err_set_stack_default(bool capture_for_known);
 
 /* ---- Internals behind the macros ---- */

@@ -92,7 +92,7 @@ ATS_API ats_err *ats_token_clock_make_max_shift(ats_token_clock *clock, ats_rate
 
 /* The clock's reading at now_ns, in units (modulo 2^64). Times before the epoch read as the
  * epoch. Wait-free, no memory access beyond the clock; two multiplies (the dt * frac_lo one only
- * in the rare case where it can carry, see above), ~1.5 ns. */
+ * in the rare case where it can carry: see gcra_inl.h). */
 static inline uint64_t ats_token_clock_units(const ats_token_clock *c, uint64_t now_ns);
 
 /* The TAT after taking n tokens from a bucket at `tat` when the clock reads `now_units`, or false

@@ -38,8 +38,8 @@
  *    (and the eviction of an idle key then fails: it is no longer idle) or sees the mark and starts
  *    again on the key's new slot. Slots are reused only after an RCU grace period.
  *
- * Threads. The map reads under liburcu's memb flavour (rcu_read_lock ~2 ns, no fences on the read
- * side). A thread is registered with liburcu on its first call (a thread-local test) and
+ * Threads. The map reads under liburcu's memb flavour (no fences on the read side: compare rows
+ * keyed.allow_1m and floor.dram_miss). A thread is registered with liburcu on its first call (a thread-local test) and
  * unregistered when it exits (a pthread key destructor); a thread the application registered
  * itself is used as it is, and stays the application's to unregister. The calls below may be made
  * inside the application's own rcu_read_lock sections (nesting is fine) but ats_keyed_destroy may
@@ -139,8 +139,12 @@ ATS_API void ats_keyed_free(ats_keyed *m);
 
 /* Takes n tokens from the key's bucket if they fit; adds the key (full) if it is new. False when
  * denied, and for a NULL map, an empty, NULL or too long key, or n == 0 or n > 2^32, which change
- * nothing. Lock-free when the key is present (hash, one slot read, one CAS; the deny path writes
- * nothing); blocking (the writer mutex) when it is new. A new key whose n exceeds its burst is
+ * nothing. Lock-free when the key is present (hash, one slot read, one CAS; the deny path makes no
+ * CAS, only a relaxed fetch_or that sets the key's reference bit for the CLOCK eviction, and only
+ * when it was clear). Blocking when the key is new: the writer mutex, and, when max_bytes leaves no
+ * room while replaced tables await their grace period, a wait for them (urcu_memb_barrier(), with
+ * the mutex dropped; skipped inside the caller's own rcu_read_lock section, which then gets a
+ * denial instead). A new key whose n exceeds its burst is
  * denied without being added. Relaxed ordering: a grant orders nothing else. */
 ATS_API bool ats_keyed_allow_n_at(ats_keyed *m, const void *key, size_t len, uint64_t n, uint64_t now_ns);
 static inline bool ats_keyed_allow_at(ats_keyed *m, const void *key, size_t len, uint64_t now_ns)

@@ -130,17 +130,18 @@ ATS_API void ats_limiter_destroy(ats_limiter *l);
 ATS_API ats_err *ats_limiter_new(ats_limiter **out, ats_rate rate, uint64_t burst);
 ATS_API void ats_limiter_free(ats_limiter *l);
 
-/* ---- Hot paths: static inline, lock-free, no syscall, no allocation ---- */
+/* ---- Hot paths: static inline, lock-free (progress words: atscale.h), no syscall, no allocation ---- */
 
 /* Takes n tokens at now_ns if they are there. Lock-free: one CAS per attempt, retried only when
  * another acquire or a setter changed the word; the refusal path is loads only, no write. Release
- * on success. Cost: ~floor.load_cas + 1 multiply; a refusal 9 L1 loads and 1 multiply, no write. */
+ * on success. Cost: about row floor.load_cas plus one multiply (rows limiter.allow_at, limiter.deny_at); a
+ * refusal is 9 L1 loads and 1 multiply, no write. */
 static inline bool ats_limiter_allow_at(ats_limiter *l, uint64_t n, uint64_t now_ns);
 
 static inline bool ats_limiter_allow(ats_limiter *l, uint64_t n);
 
-/* Whether n tokens are there at now_ns, without taking them. Loads only; wait-free but for a
- * seqlock retry while a setter is at work. */
+/* Whether n tokens are there at now_ns, without taking them. Loads only. Wait-free unless a setter is
+ * at work; then lock-free (the out-of-line path retries its seqlock read). */
 static inline bool ats_limiter_check_at(ats_limiter *l, uint64_t n, uint64_t now_ns);
 
 static inline bool ats_limiter_check(ats_limiter *l, uint64_t n);
@@ -236,7 +237,7 @@ ATS_API void ats_sharded_free(ats_sharded *s);
 static inline bool ats_sharded_allow_shard_at(ats_sharded *s, unsigned shard, uint64_t n, uint64_t now_ns);
 
 /* Takes n tokens from the calling thread's slot. Wait-free on a hit: one TLS load, a relaxed load
- * and a relaxed store on the thread's own cache line, no locked instruction (~2 ns). Else
+ * and a relaxed store on the thread's own cache line, no locked instruction (row sharded.allow_at). Else
  * (lease empty, short or expired, stale now_ns, n > batch, first call of the thread, more threads
  * than slots) out of line: leases a batch from the exact bucket (one CAS there), or takes n from
  * the exact bucket, or uses the current core's shard (lock-free). Must not be called from a signal
