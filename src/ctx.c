@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: BSD-2-Clause */
 /* Contexts: the cancellation tree, deadlines and the timer service, after-funcs, values.
  *
- * Concurrency design (no global lock anywhere; every path counted in atomic read-modify-writes,
- * ~7 ns each, since they are what create + cancel + release costs):
+ * Concurrency design (no global lock anywhere; every path counted in atomic read-modify-writes
+ * (row floor.fetch_add each), since they are what create + cancel + release costs):
  *  - Each context's lock is a bit of its own state word. Every thread but the holder changes the
  *    word only by CAS from an unlocked value, so the holder knows the word exactly and unlocks with
  *    a plain release store, which can also carry the done reason: a cancel is one CAS and one
@@ -632,8 +632,8 @@ bool ats_ctx_cancel(ats_ctx *ctx, ats_err *cause)
 
 /* ---- Freeing ---- */
 
-/* A per-thread cache of freed contexts of the base size: glibc's malloc + free costs ~15 ns here,
- * a quarter of a create + cancel + release. Bounded (1024 blocks, ~200 KB, enough for a request
+/* A per-thread cache of freed contexts of the base size: glibc's malloc + free is a sizeable
+ * share of a create + cancel + release (row ctx.with_cancel_cancel). Bounded (1024 blocks, ~200 KB, enough for a request
  * fanning out to a thousand children); emptied when the thread exits. */
 #define CACHE_MAX 1024
 struct ctx_cache {

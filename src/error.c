@@ -644,7 +644,7 @@ const char *ats_err_kind_name(ats_err_kind kind)
 /* ---- Formatting ---- */
 
 /* An snprintf-style writer: counts every byte, stores what fits. Numbers are written by hand:
- * vsnprintf costs ~100 ns a call, several times what the whole field does. */
+ * a vsnprintf call costs several times what the whole field does (row error.format). */
 struct out {
 	char *buf;
 	size_t len;
