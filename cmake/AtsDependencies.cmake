@@ -15,7 +15,9 @@ function(ats_require prefix module debian_package)
   endif()
 endfunction()
 
-ats_require(CK ck libck-dev)
-ats_require(URCU liburcu liburcu-dev)
-ats_require(URCU_CDS liburcu-cds liburcu-dev)
-ats_require(UNWIND libunwind libunwind-dev)
+ats_require(CK ck libck-dev)                  # headers only (ck_ec)
+ats_require(URCU liburcu liburcu-dev)         # linked: keyed's RCU (memb flavour)
+ats_require(UNWIND libunwind libunwind-dev)   # linked: error stacks
+if(ATS_BUILD_BENCH)
+  ats_require(URCU_CDS liburcu-cds liburcu-dev) # the benchmark's cds_lfht comparison only
+endif()
