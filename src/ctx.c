@@ -367,7 +367,7 @@ static void timer_start(void)
 	unsigned n = 1;
 	while (n < (unsigned)(cpus > 0 ? cpus : 1) && n < MAX_SHARDS)
 		n <<= 1;
-	struct shard *shards = aligned_alloc(64, n * sizeof *shards);
+	struct shard *shards = aligned_alloc(ATS__CACHE_LINE, n * sizeof *shards);
 	if (!shards)
 		return;
 	uint64_t now_tick = ats_now_ns() >> TICK_SHIFT;

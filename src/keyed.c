@@ -29,6 +29,7 @@
 #define _LGPL_SOURCE
 #include "atscale/keyed.h"
 #include "atscale/clock.h"
+#include "internal/compiler.h"
 #include "internal/keyed.h"
 
 #include <urcu/urcu-memb.h>
@@ -139,7 +140,7 @@ static void table_free_now(struct ats__keyed_table *t)
 
 static void table_free_cb(struct rcu_head *head)
 {
-	struct ats__keyed_table *t = caa_container_of(head, struct ats__keyed_table, rcu);
+	struct ats__keyed_table *t = ats__container_of(head, struct ats__keyed_table, rcu);
 	ats_keyed *m = t->map;
 	TSAN_ACQUIRE(&m->tsan_sync);
 	table_free_now(t);
@@ -319,7 +320,7 @@ static inline bool dead_reusable(const ats_keyed *m, uint32_t x)
 
 static void grace_cb(struct rcu_head *head)
 {
-	ats_keyed *m = caa_container_of((void *)head, ats_keyed, grace_head);
+	ats_keyed *m = ats__container_of((void *)head, ats_keyed, grace_head);
 	TSAN_ACQUIRE(&m->tsan_sync);
 	uint32_t target = atomic_load_explicit(&m->grace_target, memory_order_relaxed);
 	uint32_t cur = atomic_load_explicit(&m->safe_epoch, memory_order_relaxed);
@@ -847,7 +848,7 @@ ats_err *ats_keyed_new(ats_keyed **out, const ats_keyed_config *cfg)
 	if (!out)
 		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "ats_keyed_new: NULL out");
 	*out = NULL;
-	ats_keyed *m = aligned_alloc(64, (sizeof *m + 63) & ~(size_t)63);
+	ats_keyed *m = aligned_alloc(ATS__CACHE_LINE, (sizeof *m + ATS__CACHE_LINE - 1) & ~(size_t)(ATS__CACHE_LINE - 1));
 	if (!m)
 		return ats_err_oom; /* making a new error would need memory too */
 	ats_err *err = ats_keyed_init(m, cfg);

@@ -163,7 +163,7 @@ ats_err *ats_limiter_new(ats_limiter **out, ats_rate rate, uint64_t burst)
 	if (!out)
 		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "out is NULL");
 	*out = NULL;
-	ats_limiter *l = aligned_alloc(64, sizeof *l);
+	ats_limiter *l = aligned_alloc(ATS__CACHE_LINE, sizeof *l);
 	if (!l)
 		return ats_err_oom;
 	ats_err *err = ats_limiter_init(l, rate, burst);
@@ -590,7 +590,7 @@ ats_err *ats_sharded_init_at(ats_sharded *s, const ats_sharded_config *cfg, uint
 	ats_err *err = ats_limiter_init_at(&s->exact_, cfg->rate, cfg->burst, now_ns);
 	if (err)
 		return ats_err_wrap(err, "initializing a sharded limiter");
-	s->shards_ = aligned_alloc(64, sizeof *s->shards_ * 2 * (size_t)shards);
+	s->shards_ = aligned_alloc(ATS__CACHE_LINE, sizeof *s->shards_ * 2 * (size_t)shards);
 	if (!s->shards_)
 		return ats_err_oom;
 	/* Empty, last used at now_ns: a word of 0 would read as used at time 0 mod 2^40, which is "in
@@ -623,7 +623,7 @@ ats_err *ats_sharded_new(ats_sharded **out, const ats_sharded_config *cfg)
 	if (!out)
 		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "out is NULL");
 	*out = NULL;
-	ats_sharded *s = aligned_alloc(64, sizeof *s);
+	ats_sharded *s = aligned_alloc(ATS__CACHE_LINE, sizeof *s);
 	if (!s)
 		return ats_err_oom;
 	ats_err *err = ats_sharded_init(s, cfg);
