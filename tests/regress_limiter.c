@@ -3,6 +3,7 @@
  * showed it (the spec tests are in test_limiter.c). The comment above each test says what the bug
  * was. */
 #include <atscale/limiter.h>
+#include "internal/limiter.h" /* ats__limiter_try */
 
 #include <criterion/criterion.h>
 

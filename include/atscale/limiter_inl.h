@@ -99,36 +99,6 @@ static inline bool ats__limiter_step(uint64_t word, uint64_t now2, uint64_t n, u
 	return *next - now2 <= burst2 + parity;
 }
 
-/* Where the word goes if n are taken on view v: true when they fit (*next set; an infinite rate
- * always fits and sets nothing). Pure. */
-static inline bool ats__limiter_next(const struct ats__limiter_view *v, uint64_t n, uint64_t now_ns, uint64_t *next)
-{
-	if (v->c.inf)
-		return true;
-	return n <= ATS_GCRA_MAX_N &&
-	       ats__limiter_step(v->word, ats__limiter_now2(v, now_ns), n, v->c.shift, v->c.burst_units, next);
-}
-
-/* One attempt to take n tokens on view v: 1 granted, 0 refused (nothing written), -1 the CAS lost
- * (retry with a new view). */
-static inline int ats__limiter_try(ats_limiter *l, const struct ats__limiter_view *v, uint64_t n, uint64_t now_ns)
-{
-	uint64_t next;
-	if (!ats__limiter_next(v, n, now_ns, &next))
-		return 0;
-	if (v->c.inf || n == 0)
-		return 1;
-	uint64_t w = v->word;
-	return ats__atomic_cas_strong(&l->word_, &w, next, ats__mo_release, ats__mo_relaxed) ? 1 : -1;
-}
-
-/* Whether n fit on view v. */
-static inline bool ats__limiter_fits(const struct ats__limiter_view *v, uint64_t n, uint64_t now_ns)
-{
-	uint64_t next;
-	return ats__limiter_next(v, n, now_ns, &next);
-}
-
 static inline int64_t ats__limiter_tokens(const struct ats__limiter_view *v, uint64_t now_ns)
 {
 	if (v->c.inf)
