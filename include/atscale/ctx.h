@@ -4,11 +4,12 @@
  *
  * THE RULE, for every module that blocks on a context (limiter wait, channels, pool, heartbeats,
  * hedging): every call that can block takes the `ats_ctx *` it follows as its LAST argument
- * (ats_limiter_wait(l, n, ctx)), returns as soon as that context is done (cancelled or past its deadline) with the
- * context's error (ats_ctx_err: ATS_ERR_CANCELLED or ATS_ERR_DEADLINE_EXCEEDED wrapping the cause), and never blocks
- * past the context's deadline. Pass ats_ctx_background() only where blocking forever is what the caller wants. This
- * module's own calls take the context they act on as their first argument (ats_ctx_wait(ctx, deadline_ns)). Progress
- * words (wait-free, lock-free, blocking) are defined in atscale.h.
+ * (ats_limiter_wait(l, n, ctx)), returns as soon as that context is done (cancelled or past its
+ * deadline) with the context's error (ats_ctx_err: ATS_ERR_CANCELLED or ATS_ERR_DEADLINE_EXCEEDED
+ * wrapping the cause), and never blocks past the context's deadline. Pass ats_ctx_background() only
+ * where blocking forever is what the caller wants. This module's own calls take the context they
+ * act on as their first argument (ats_ctx_wait(ctx, deadline_ns)). Progress words (wait-free,
+ * lock-free, blocking) are defined in atscale.h.
  *
  * Model. Contexts form trees. ats_ctx_background() is the root that is never cancelled. A child
  * (with_cancel, with_deadline, with_timeout, with_value) is done when it is cancelled, when its
@@ -96,10 +97,11 @@ ATS_API ats_ctx *ats_ctx_background(void);
 ATS_API ats_err *ats_ctx_with_cancel(ats_ctx *parent, ats_ctx **out);
 
 /* A child that is also done at deadline_ns (CLOCK_MONOTONIC ns): its deadline is the earlier of
- * deadline_ns and its parent's. Arms a timer only when it is earlier than the parent's (O(1), one
- * shard lock, no system call in the common case). A deadline already past gives a child born
- * done with ATS_ERR_DEADLINE_EXCEEDED. Blocking, like with_cancel (with a timer: row ctx.with_timeout_cancel). Fails
- * only for lack of memory, or (once, system error) when the timer thread cannot start. */
+ * deadline_ns and its parent's. Arms a timer only when it is earlier than the parent's (O(1),
+ * one shard lock, no system call in the common case). A deadline already past gives a child born
+ * done with ATS_ERR_DEADLINE_EXCEEDED. Blocking, like with_cancel (with a timer: row
+ * ctx.with_timeout_cancel). Fails only for lack of memory, or (once, system error) when the
+ * timer thread cannot start. */
 ATS_API ats_err *ats_ctx_with_deadline(ats_ctx *parent, uint64_t deadline_ns, ats_ctx **out);
 /* with_deadline(parent, now + timeout_ns), with now = ats_now_ns() or the caller's now_ns. */
 ATS_API ats_err *ats_ctx_with_timeout(ats_ctx *parent, uint64_t timeout_ns, ats_ctx **out);
@@ -211,8 +213,8 @@ ATS_API bool ats_ctx_after_stop(ats_ctx_after *a);
 /* ---- Values ---- */
 
 /* The value ctx carries for key (the nearest ancestor's that set it): true and *out, or false.
- * Wait-free; O(1) for the first ATS_CTX_VALUE_SLOTS keys of the process (row ctx.value_lookup), O(values with
- * overflow keys) after that. */
+ * Wait-free; O(1) for the first ATS_CTX_VALUE_SLOTS keys of the process (row ctx.value_lookup),
+ * O(values with overflow keys) after that. */
 static inline bool ats_ctx_lookup(const ats_ctx *ctx, ats_ctx_key *key, void **out);
 
 /* The value for key, or NULL when there is none. Wait-free; as ats_ctx_lookup. */

@@ -38,8 +38,8 @@
  *    (and the eviction of an idle key then fails: it is no longer idle) or sees the mark and starts
  *    again on the key's new slot. Slots are reused only after an RCU grace period.
  *
- * Threads. The map reads under liburcu's memb flavour (no fences on the read side: compare rows
- * keyed.allow_1m and floor.dram_miss). A thread is registered with liburcu on its first call (a thread-local test) and
+ * Threads. The map reads under liburcu's memb flavour (no fences on the read side; row
+ * keyed.allow_1m). A thread is registered with liburcu on its first call (a thread-local test) and
  * unregistered when it exits (a pthread key destructor); a thread the application registered
  * itself is used as it is, and stays the application's to unregister. The calls below may be made
  * inside the application's own rcu_read_lock sections (nesting is fine) but ats_keyed_destroy may

@@ -130,18 +130,18 @@ ATS_API void ats_limiter_destroy(ats_limiter *l);
 ATS_API ats_err *ats_limiter_new(ats_limiter **out, ats_rate rate, uint64_t burst);
 ATS_API void ats_limiter_free(ats_limiter *l);
 
-/* ---- Hot paths: static inline, lock-free (progress words: atscale.h), no syscall, no allocation ---- */
+/* ---- Hot paths: static inline, lock-free, no system call, no allocation ---- */
 
 /* Takes n tokens at now_ns if they are there. Lock-free: one CAS per attempt, retried only when
- * another acquire or a setter changed the word; the refusal path is loads only, no write. Release
- * on success. Cost: about row floor.load_cas plus one multiply (rows limiter.allow_at, limiter.deny_at); a
- * refusal is 9 L1 loads and 1 multiply, no write. */
+ * another acquire or a setter changed the word; the refusal path is loads only, no write.
+ * Release on success. Cost: about row floor.load_cas plus one multiply (rows limiter.allow_at,
+ * limiter.deny_at); a refusal is 9 L1 loads and 1 multiply, no write. */
 static inline bool ats_limiter_allow_at(ats_limiter *l, uint64_t n, uint64_t now_ns);
 
 static inline bool ats_limiter_allow(ats_limiter *l, uint64_t n);
 
-/* Whether n tokens are there at now_ns, without taking them. Loads only. Wait-free unless a setter is
- * at work; then lock-free (the out-of-line path retries its seqlock read). */
+/* Whether n tokens are there at now_ns, without taking them. Loads only. Wait-free unless a
+ * setter is at work; then lock-free (the out-of-line path retries its seqlock read). */
 static inline bool ats_limiter_check_at(ats_limiter *l, uint64_t n, uint64_t now_ns);
 
 static inline bool ats_limiter_check(ats_limiter *l, uint64_t n);
@@ -236,13 +236,13 @@ ATS_API void ats_sharded_free(ats_sharded *s);
  * bucket directly. Never waits. Relaxed (the exact bucket's CAS orders the leases). */
 static inline bool ats_sharded_allow_shard_at(ats_sharded *s, unsigned shard, uint64_t n, uint64_t now_ns);
 
-/* Takes n tokens from the calling thread's slot. Wait-free on a hit: one TLS load, a relaxed load
- * and a relaxed store on the thread's own cache line, no locked instruction (row sharded.allow_at). Else
- * (lease empty, short or expired, stale now_ns, n > batch, first call of the thread, more threads
- * than slots) out of line: leases a batch from the exact bucket (one CAS there), or takes n from
- * the exact bucket, or uses the current core's shard (lock-free). Must not be called from a signal
- * handler that interrupts the same thread inside a call on the same limiter (the slot is the
- * thread's alone). */
+/* Takes n tokens from the calling thread's slot. Wait-free on a hit: one TLS load, a relaxed
+ * load and a relaxed store on the thread's own cache line, no locked instruction (row
+ * sharded.allow_at). Else (lease empty, short or expired, stale now_ns, n > batch, first call of
+ * the thread, more threads than slots) out of line: leases a batch from the exact bucket (one
+ * CAS there), or takes n from the exact bucket, or uses the current core's shard (lock-free).
+ * Must not be called from a signal handler that interrupts the same thread inside a call on the
+ * same limiter (the slot is the thread's alone). */
 static inline bool ats_sharded_allow_at(ats_sharded *s, uint64_t n, uint64_t now_ns);
 
 static inline bool ats_sharded_allow(ats_sharded *s, uint64_t n);
@@ -252,9 +252,9 @@ static inline bool ats_sharded_allow(ats_sharded *s, uint64_t n);
 #define ATS_MULTI_MAX 64 /* the most limiters one multi-acquire may span */
 
 /* Takes n from every limiter of ls[0..count) or from none (see the header comment). A first pass
- * only reads (so the usual refusal writes nothing); the second takes in order and, if one refuses,
- * gives back to the earlier ones with the cancel rule. Lock-free. count <= ATS_MULTI_MAX; NULL entries and
- * count 0 give false. */
+ * only reads (so the usual refusal writes nothing); the second takes in order and, if one
+ * refuses, gives back to the earlier ones with the cancel rule. Lock-free. count <=
+ * ATS_MULTI_MAX; NULL entries and count 0 give false. */
 ATS_API bool ats_multi_allow_at(ats_limiter *const *ls, size_t count, uint64_t n, uint64_t now_ns);
 ATS_API bool ats_multi_allow(ats_limiter *const *ls, size_t count, uint64_t n);
 

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: BSD-2-Clause */
-/* Futex wait and wake: the parking primitives every blocking path of atscale uses (contexts, the timer service, channels, pools).
- *
- * Why by hand: glibc exposes no futex wrapper, and ck_ec's ops (src/internal/ec.h) need one. */
+/* Futex wait and wake: the parking primitives every blocking path of atscale uses (contexts, the
+ * timer service, channels, pools). Why by hand: glibc exposes no futex wrapper, and ck_ec's ops
+ * (src/internal/ec.h) need one. */
 #ifndef ATS_INTERNAL_FUTEX_H
 #define ATS_INTERNAL_FUTEX_H
 
