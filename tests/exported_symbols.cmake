@@ -1,8 +1,11 @@
 # SPDX-License-Identifier: BSD-2-Clause
 # ctest exported_symbols: the shared library exports only the ats_ API and the ats__ symbols that
 # public inline code needs (tests/exported_symbols.txt). Fails naming any other defined dynamic
-# symbol (a test hook, an internal helper, a symbol without the ats_ prefix).
-# cmake -DNM=<nm> -DLIB=<libatscale.so> -DALLOW=<exported_symbols.txt> -P exported_symbols.cmake
+# symbol (a test hook, an internal helper, a symbol without the ats_ prefix), and, given the static
+# library, any ats_ API function it defines that the shared library does not export (a public
+# declaration missing ATS_API).
+# cmake -DNM=<nm> -DLIB=<libatscale.so> -DALLOW=<exported_symbols.txt> [-DSTATIC=<libatscale.a>]
+#       -P exported_symbols.cmake
 execute_process(COMMAND ${NM} -D --defined-only ${LIB} OUTPUT_VARIABLE out RESULT_VARIABLE rc)
 if(NOT rc EQUAL 0)
   message(FATAL_ERROR "${NM} -D --defined-only ${LIB} failed")
@@ -10,12 +13,14 @@ endif()
 file(STRINGS ${ALLOW} allow REGEX "^[^#]")
 string(REPLACE "\n" ";" lines "${out}")
 set(bad "")
+set(exported "")
 set(count 0)
 foreach(line IN LISTS lines)
   if(line STREQUAL "")
     continue()
   endif()
   string(REGEX REPLACE "^.* " "" sym "${line}")
+  list(APPEND exported "${sym}")
   math(EXPR count "${count} + 1")
   if(sym MATCHES "^ats_[a-z]")
     continue()
@@ -31,5 +36,26 @@ endif()
 if(bad)
   string(REPLACE ";" "\n  " bad "${bad}")
   message(FATAL_ERROR "exported but neither ats_ API nor allowed in ${ALLOW}:\n  ${bad}")
+endif()
+if(STATIC)
+  execute_process(COMMAND ${NM} -g --defined-only ${STATIC} OUTPUT_VARIABLE sout RESULT_VARIABLE rc ERROR_QUIET)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "${NM} -g --defined-only ${STATIC} failed")
+  endif()
+  string(REPLACE "\n" ";" slines "${sout}")
+  set(hidden "")
+  foreach(line IN LISTS slines)
+    if(line MATCHES "^[0-9a-f]+ [TDBR] (ats_[a-z][a-z0-9_]*)$")
+      list(FIND exported "${CMAKE_MATCH_1}" i)
+      if(i EQUAL -1)
+        list(APPEND hidden "${CMAKE_MATCH_1}")
+      endif()
+    endif()
+  endforeach()
+  if(hidden)
+    list(REMOVE_DUPLICATES hidden)
+    string(REPLACE ";" "\n  " hidden "${hidden}")
+    message(FATAL_ERROR "ats_ API defined but not exported (declare it ATS_API):\n  ${hidden}")
+  endif()
 endif()
 message(STATUS "${count} exported symbols, all ats_ API or allowed")
