@@ -67,11 +67,12 @@ extern "C" {
 	X(SYSTEM, system, "a system call failed (the \"errno\" attachment says how)")                                  \
 	X(INTERNAL, internal, "a bug: an invariant broke or an unexpected error escaped")
 
-#define ATS__ERR_CODE_ENUM(NAME, name, what) ATS_ERR_##NAME,
-typedef enum ats_code {
-	ATS__ERR_CODE_NONE = 0, /* not a code: success (a NULL error) has none */
-	ATS_ERR_CODE_MAP(ATS__ERR_CODE_ENUM)
-} ats_code;
+/* (private: each code's position in the list, from 0) */
+#define ATS__ERR_CODE_INDEX(NAME, name, what) ATS__ERR_INDEX_##NAME,
+enum ats__err_code_index { ATS_ERR_CODE_MAP(ATS__ERR_CODE_INDEX) };
+#undef ATS__ERR_CODE_INDEX
+#define ATS__ERR_CODE_ENUM(NAME, name, what) ATS_ERR_##NAME = ATS__ERR_INDEX_##NAME + 1,
+typedef enum ats_code { ATS_ERR_CODE_MAP(ATS__ERR_CODE_ENUM) } ats_code;
 #undef ATS__ERR_CODE_ENUM
 
 /* How many codes there are (they run from 1 to ATS_ERR_CODE_COUNT). */
