@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* The benchmark runner's registry. Each bench/bench_<module>.c defines rows with ATS_BENCH and
  * the one runner, atscale-bench, measures them all the same way: warm-up, then repeated timed
  * runs, reporting the median, min and max ns per operation. At N threads ns_per_op is wall time

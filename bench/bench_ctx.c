@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* Contexts: create + cancel + release, with and without a timer, the done check, cancelling a
  * tree of 1000 children, value lookup, and the timer's lateness (p50/p99 of fired deadlines, as
  * seen by a thread blocked in poll(2) on the context's fd). Go peers: bench/peers/go/ctx.go. */
@@ -56,7 +57,7 @@ static void with_timeout_cancel_run(void *state, unsigned tid, uint64_t iters)
 	for (uint64_t i = 0; i < iters; i++) {
 		ats_ctx *c;
 		/* Reads the clock every time, as Go's WithTimeout does (the _at variant would not). */
-		if (ats_ctx_with_timeout(p, 1000000000u, &c))
+		if (ats_ctx_with_timeout(p, ATS_NS_PER_SEC, &c))
 			abort();
 		ats_ctx_cancel(c, NULL);
 		ats_ctx_release(c);

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* Structured errors: what making, wrapping, testing and printing an error costs.
  *
  * Every row frees what it makes (new + unref), since a C caller must; the Go peers leave that to

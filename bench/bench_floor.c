@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* The physical floor: what the hardware charges for the primitives every hot path is made of. */
 #include "bench.h"
 #include "atscale/clock.h"
@@ -167,7 +168,7 @@ static bool sleep_late_measure(bool quick, unsigned percentile, ats_bench_result
 	for (size_t i = 0; i < n; i++) {
 		seed ^= seed << 13, seed ^= seed >> 7, seed ^= seed << 17;
 		uint64_t deadline = ats_now_ns() + 200000 + seed % 1800000;
-		struct timespec ts = {(time_t)(deadline / 1000000000u), (long)(deadline % 1000000000u)};
+		struct timespec ts = {(time_t)(deadline / ATS_NS_PER_SEC), (long)(deadline % ATS_NS_PER_SEC)};
 		while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) != 0)
 			;
 		late[i] = ats_now_ns() - deadline;

@@ -1,5 +1,6 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* Keyed limiters at a million keys: the map (one random key per op, and bursts of 32 keys per
- * call), plus the two library tables the issue asked to measure against it (cds_lfht and ck_hs,
+ * call), plus the two library tables measured against it (cds_lfht and ck_hs,
  * each a node per key holding the key and its TAT), all doing the same GCRA take per lookup. The
  * floor to compare with is floor.dram_miss (bench_floor.c); the Go peer is peer.go.xrate_keyed_1m
  * (peers/go/keyed.go). */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* Rate limiter rows: the exact limiter's grant and refusal paths, the sharded limiter at 1 and at
  * all threads, and a two-limit all-or-nothing acquire. Peers: peer.go.xrate_* (bench/peers/go) and
  * peer.dpdk.rte_meter_srtcm (bench/peers/dpdk_meter.c); the floors are floor.cas and floor.load_cas. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* The row filter of atscale-bench and of the C peers (the Go peer has the same rule in Go): a
  * comma-separated list of patterns, each a substring, or an fnmatch glob when it holds '*', '?'
  * or '['; a row runs when any pattern selects it, and every row runs without a filter. */

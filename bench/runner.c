@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* atscale-bench: runs every registered row, then the peer programs in peers/ beside it, and prints
  * a table (or, with --json, one JSON object per line).
  *
@@ -6,6 +7,7 @@
  * PATTERN is a comma-separated list of substrings or globs (bench/filter.h); a row runs when any
  * selects it. --threads sets the "all threads" count (default: the online cores).
  */
+#include "atscale/common.h"
 #include "bench.h"
 #include "filter.h"
 
@@ -45,7 +47,7 @@ static uint64_t mono_ns(void)
 {
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+	return (uint64_t)ts.tv_sec * ATS_NS_PER_SEC + (uint64_t)ts.tv_nsec;
 }
 
 static bool selected(const char *name)

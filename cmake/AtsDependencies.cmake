@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-2-Clause
 # Finds atscale's dependencies with pkg-config. A missing one stops the configure step with the
 # Debian package that provides it, so the fix is one apt-get away.
 find_package(Threads REQUIRED)
@@ -14,7 +15,9 @@ function(ats_require prefix module debian_package)
   endif()
 endfunction()
 
-ats_require(CK ck libck-dev)
-ats_require(URCU liburcu liburcu-dev)
-ats_require(URCU_CDS liburcu-cds liburcu-dev)
-ats_require(UNWIND libunwind libunwind-dev)
+ats_require(CK ck libck-dev)                  # headers only (ck_ec)
+ats_require(URCU liburcu liburcu-dev)         # linked: keyed's RCU (memb flavour)
+ats_require(UNWIND libunwind libunwind-dev)   # linked: error stacks
+if(ATS_BUILD_BENCH)
+  ats_require(URCU_CDS liburcu-cds liburcu-dev) # the benchmark's cds_lfht comparison only
+endif()

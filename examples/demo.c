@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* atscale-demo: each pattern the library has, shown once with real output. */
 #include <atscale/atscale.h>
 

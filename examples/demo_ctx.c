@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* atscale-demo, contexts: a timeout firing on a blocked wait, a cancel cause propagating down a
  * tree, and an after-func. */
 #include <atscale/atscale.h>

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* Keyed limiters, shown once: per-IP limits, an override for one client, eviction of idle keys,
  * and the map's key count and memory. Synthetic time, so the output is the same on every run. */
 #include <atscale/atscale.h>

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* The rate limiters, shown once with real output: a burst then refusals with retry-after,
  * reserve and cancel, and a sharded limiter shared by two threads. */
 #include <atscale/atscale.h>

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* libFuzzer target: random context trees and operation orders against a reference model, and
  * the timing wheel against a sorted-expiry model. The first byte picks the mode.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* libFuzzer target for the structured errors: the input is a little program that builds, wraps,
  * decorates, shares and drops errors made of arbitrary bytes (messages, keys, values, user text,
  * hints), and formats them into buffers of every size. Checked on every format:

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* libFuzzer target for the keyed map: random allow / burst / tokens / override / idle-eviction /
  * time sequences on a map that must resize and evict, checked step by step against a reference
  * model that knows nothing of tables or eviction: one exact GCRA bucket per key. Idle eviction and

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* Model-based fuzz target for the exact limiter: random sequences of allow, check, tokens, reserve,
  * cancel, throttle, set rate, set burst and time steps (backwards too) run against the limiter and
  * against a slow reference model that keeps time and TAT as unbounded 128-bit integers and reads
@@ -164,7 +165,7 @@ static bool m_valid(ats_rate r, uint64_t burst)
 {
 	if (burst > ATS_GCRA_MAX_N)
 		return false;
-	return r.period_ns == 0 || (u128)r.events * 1000000000u <= (u128)1000000000000u * r.period_ns;
+	return r.period_ns == 0 || (u128)r.events * ATS_NS_PER_SEC <= (u128)ATS_RATE_MAX_PER_SEC * r.period_ns;
 }
 
 static void m_set(struct model *m, ats_rate r, uint64_t burst, uint64_t t)
@@ -218,8 +219,8 @@ static ats_rate gen_rate(struct in *in)
 {
 	switch (take(in, 1) % 8) {
 	case 0: return ATS_RATE_INF;
-	case 1: return (ats_rate){0, 1000000000};
-	case 2: return ats_rate_every(3600 * UINT64_C(1000000000));
+	case 1: return (ats_rate){0, ATS_NS_PER_SEC};
+	case 2: return ats_rate_every(3600 * ATS_NS_PER_SEC);
 	case 3: return ats_rate_per_sec(12500000000u);
 	case 4: return ats_rate_per_sec(1 + take(in, 2));
 	case 5: return (ats_rate){1 + take(in, 4), 1 + take(in, 5)};

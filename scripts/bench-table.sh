@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-2-Clause
 # Turns `atscale-bench --json` lines (stdin) into the Markdown table the README shows. A row marked
 # (!) hit the retake cap: its threads did not run side by side, so its figure must not be quoted.
 set -euo pipefail

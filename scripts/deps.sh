@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-2-Clause
 # Installs the Debian packages atscale builds, tests and benchmarks with (only those missing).
 set -euo pipefail
 packages=(

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-2-Clause
 # The main job: install what is missing, build the release preset, run the demo, then print the
 # benchmark table (pass --quick, --json or --filter PATTERN through to atscale-bench).
 set -euo pipefail

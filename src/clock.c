@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* The default clock: the CPU counter scaled to CLOCK_MONOTONIC nanoseconds where it is trusted,
  * else CLOCK_MONOTONIC; the coarse clock only when asked for (policy and contract: clock.h).
  *
@@ -18,6 +19,7 @@
  */
 #include "atscale/clock.h"
 #include "internal/clock_hooks.h"
+#include "internal/compiler.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -29,7 +31,6 @@
 
 typedef unsigned __int128 u128;
 
-#define NS_PER_SEC 1000000000u
 #define CALIBRATION_NS 1000000u   /* the first calibration window */
 #define WINDOW_MIN_NS 100000u     /* re-anchor at least this far apart... */
 #define WINDOW_MAX_NS 10000000u   /* ...and at most this far */
@@ -40,8 +41,10 @@ typedef unsigned __int128 u128;
 
 struct ats__fast_clock ats__fast_clock;
 ATS__THREAD_LOCAL uint64_t ats__fast_last __attribute__((tls_model("initial-exec")));
+#ifdef ATS_TESTING
 _Atomic int64_t ats__clock_fault_ticks;
 _Atomic int ats__clock_distrust_counter;
+#endif
 
 /* Written before the mode that makes them visible is stored (release), or under the seqlock. */
 static uint64_t origin_tsc, origin_ns; /* the first anchor */
@@ -64,7 +67,7 @@ static uint64_t coarse_ns(void)
 {
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-	return (uint64_t)ts.tv_sec * NS_PER_SEC + (uint64_t)ts.tv_nsec;
+	return (uint64_t)ts.tv_sec * ATS_NS_PER_SEC + (uint64_t)ts.tv_nsec;
 }
 
 /* A counter exists and can be read from user space. */
@@ -85,13 +88,19 @@ static bool counter_trusted(void)
 {
 #if defined(__x86_64__) || defined(__i386__)
 	unsigned a, b, c, d;
+#ifdef ATS_TESTING
 	if (atomic_load_explicit(&ats__clock_distrust_counter, memory_order_relaxed)) /* a test knob */
 		return false;
+#endif
 	if (!counter_available() || !__get_cpuid(0x80000007, &a, &b, &c, &d))
 		return false;
 	return (d & (1u << 8)) != 0; /* CPUID.80000007H:EDX.InvariantTSC */
 #elif defined(__aarch64__)
+#ifdef ATS_TESTING
 	return !atomic_load_explicit(&ats__clock_distrust_counter, memory_order_relaxed); /* a test knob */
+#else
+	return true;
+#endif
 #else
 	return false;
 #endif
@@ -102,7 +111,11 @@ static bool counter_trusted(void)
 static uint64_t read_pair(uint64_t *tsc, uint64_t *ns)
 {
 	uint64_t best = UINT64_MAX;
+#ifdef ATS_TESTING
 	int64_t fault = atomic_load_explicit(&ats__clock_fault_ticks, memory_order_relaxed); /* a test knob */
+#else
+	const int64_t fault = 0;
+#endif
 	for (int i = 0; i < 5; i++) {
 		uint64_t a = ats_now_ns();
 		uint64_t t = ats__rdtsc();
@@ -377,8 +390,8 @@ uint64_t ats_fast_precision_ns(void)
 		/* The coarse clock moves once per tick and is updated a tick late: measured, it lags
 		 * CLOCK_MONOTONIC by up to two of its resolution steps. */
 		clock_getres(CLOCK_MONOTONIC_COARSE, &res);
-		return 2 * ((uint64_t)res.tv_sec * NS_PER_SEC + (uint64_t)res.tv_nsec);
-	default: clock_getres(CLOCK_MONOTONIC, &res); return (uint64_t)res.tv_sec * NS_PER_SEC + (uint64_t)res.tv_nsec;
+		return 2 * ((uint64_t)res.tv_sec * ATS_NS_PER_SEC + (uint64_t)res.tv_nsec);
+	default: clock_getres(CLOCK_MONOTONIC, &res); return (uint64_t)res.tv_sec * ATS_NS_PER_SEC + (uint64_t)res.tv_nsec;
 	}
 }
 

@@ -1,7 +1,8 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* Contexts: the cancellation tree, deadlines and the timer service, after-funcs, values.
  *
- * Concurrency design (no global lock anywhere; every path counted in atomic read-modify-writes,
- * ~7 ns each, since they are what create + cancel + release costs):
+ * Concurrency design (no global lock anywhere; every path counted in atomic read-modify-writes
+ * (row floor.fetch_add each), since they are what create + cancel + release costs):
  *  - Each context's lock is a bit of its own state word. Every thread but the holder changes the
  *    word only by CAS from an unlocked value, so the holder knows the word exactly and unlocks with
  *    a plain release store, which can also carry the done reason: a cancel is one CAS and one
@@ -25,6 +26,7 @@
  */
 #include "atscale/ctx.h"
 #include "atscale/clock.h"
+#include "internal/compiler.h"
 #include "internal/ctx_hooks.h"
 #include "internal/futex.h"
 #include "internal/timer_wheel.h"
@@ -43,8 +45,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#define likely(x) __builtin_expect(!!(x), 1)
-#define unlikely(x) __builtin_expect(!!(x), 0)
 
 /* ---- The context ---- */
 
@@ -88,16 +88,13 @@ static inline uint32_t ctx_lock(ats_ctx *c)
 {
 	uint32_t s = atomic_load_explicit(&c->h.state, memory_order_relaxed);
 	for (unsigned spins = 0;; spins++) {
-		if (likely(!(s & ATS__CTX_LOCKED))) {
-			if (likely(atomic_compare_exchange_weak_explicit(&c->h.state, &s, s | ATS__CTX_LOCKED,
+		if (ats__likely(!(s & ATS__CTX_LOCKED))) {
+			if (ats__likely(atomic_compare_exchange_weak_explicit(&c->h.state, &s, s | ATS__CTX_LOCKED,
 			                                                 memory_order_acquire, memory_order_relaxed)))
 				return s;
 			continue;
 		}
-		if (spins < 256)
-			ats__cpu_relax();
-		else
-			sched_yield();
+		ats__spin_pause(spins);
 		s = atomic_load_explicit(&c->h.state, memory_order_relaxed);
 	}
 }
@@ -119,14 +116,18 @@ ats_ctx *ats_ctx_background(void)
 }
 
 /* Allocation failure injection for the tests (the OOM paths must change nothing). */
+#ifdef ATS_TESTING
 _Atomic uint32_t ats__ctx_fail_allocs;
+#endif
 
 static void *ctx_malloc(size_t n)
 {
-	if (unlikely(atomic_load_explicit(&ats__ctx_fail_allocs, memory_order_relaxed))) {
+#ifdef ATS_TESTING
+	if (ats__unlikely(atomic_load_explicit(&ats__ctx_fail_allocs, memory_order_relaxed))) {
 		atomic_fetch_sub_explicit(&ats__ctx_fail_allocs, 1, memory_order_relaxed);
 		return NULL;
 	}
+#endif
 	return malloc(n);
 }
 
@@ -137,7 +138,7 @@ static _Atomic(ats_err *) sentinel[3]; /* [ATS__CTX_CANCELLED], [ATS__CTX_DEADLI
 static ats_err *sentinel_err(uint32_t reason)
 {
 	ats_err *e = atomic_load_explicit(&sentinel[reason], memory_order_acquire);
-	if (likely(e))
+	if (ats__likely(e))
 		return e;
 	e = reason == ATS__CTX_DEADLINE ? ats_err_new(ATS_ERR_DEADLINE_EXCEEDED, "context deadline exceeded")
 	                                : ats_err_new(ATS_ERR_CANCELLED, "context cancelled");
@@ -240,29 +241,18 @@ static bool drop_ref(ats_ctx *c)
  * (one atomic write per arm or disarm instead of two): held for a few instructions by armers and
  * for one advance by the timer thread; waiters spin, then yield. */
 struct shard {
-	_Alignas(64) _Atomic uint32_t lock;
+	_Alignas(ATS__CACHE_LINE) _Atomic uint32_t lock;
 	struct ats__tw wheel;
 };
 
 static inline void shard_lock(struct shard *s)
 {
-	for (unsigned spins = 0;; spins++) {
-		uint32_t z = 0;
-		if (likely(atomic_compare_exchange_weak_explicit(&s->lock, &z, 1, memory_order_acquire,
-		                                                 memory_order_relaxed)))
-			return;
-		while (atomic_load_explicit(&s->lock, memory_order_relaxed)) {
-			if (++spins < 256)
-				ats__cpu_relax();
-			else
-				sched_yield();
-		}
-	}
+	ats__spin_lock(&s->lock);
 }
 
 static inline void shard_unlock(struct shard *s)
 {
-	atomic_store_explicit(&s->lock, 0, memory_order_release);
+	ats__spin_unlock(&s->lock);
 }
 
 static struct {
@@ -273,7 +263,7 @@ static struct {
 	unsigned nshards;
 	struct shard *shards; /* never freed: other threads may arm after exit() began */
 	_Atomic uint32_t next_shard;
-	_Alignas(64) _Atomic uint32_t seq; /* the thread sleeps on it; armers bump it to kick */
+	_Alignas(ATS__CACHE_LINE) _Atomic uint32_t seq; /* the thread sleeps on it; armers bump it to kick */
 	_Atomic uint32_t sleeping;
 	_Atomic uint32_t stop;
 	_Atomic uint64_t planned; /* tick the thread will wake at; UINT64_MAX while it scans */
@@ -377,7 +367,7 @@ static void timer_start(void)
 	unsigned n = 1;
 	while (n < (unsigned)(cpus > 0 ? cpus : 1) && n < MAX_SHARDS)
 		n <<= 1;
-	struct shard *shards = aligned_alloc(64, n * sizeof *shards);
+	struct shard *shards = aligned_alloc(ATS__CACHE_LINE, n * sizeof *shards);
 	if (!shards)
 		return;
 	uint64_t now_tick = ats_now_ns() >> TICK_SHIFT;
@@ -410,10 +400,10 @@ enum { ARM_OK, ARM_EXPIRED, ARM_FAILED };
 static int timer_arm(ats_ctx *c)
 {
 	pthread_once(&svc.once, timer_start);
-	if (unlikely(!svc.ok))
+	if (ats__unlikely(!svc.ok))
 		return ARM_FAILED;
 	uint32_t idx = my_shard;
-	if (unlikely(idx == UINT32_MAX))
+	if (ats__unlikely(idx == UINT32_MAX))
 		idx = my_shard = atomic_fetch_add_explicit(&svc.next_shard, 1, memory_order_relaxed);
 	idx &= svc.nshards - 1;
 	uint64_t d = c->h.deadline_ns;
@@ -646,8 +636,8 @@ bool ats_ctx_cancel(ats_ctx *ctx, ats_err *cause)
 
 /* ---- Freeing ---- */
 
-/* A per-thread cache of freed contexts of the base size: glibc's malloc + free costs ~15 ns here,
- * a quarter of a create + cancel + release. Bounded (1024 blocks, ~200 KB, enough for a request
+/* A per-thread cache of freed contexts of the base size: glibc's malloc + free is a sizeable
+ * share of a create + cancel + release (row ctx.with_cancel_cancel). Bounded (1024 blocks, ~200 KB, enough for a request
  * fanning out to a thousand children); emptied when the thread exits. */
 #define CACHE_MAX 1024
 struct ctx_cache {
@@ -685,7 +675,7 @@ static void *ctx_alloc(size_t extra)
 static void ctx_free(ats_ctx *c, bool base_size)
 {
 	struct ctx_cache *cc = cache;
-	if (unlikely(!cc) && base_size) {
+	if (ats__unlikely(!cc) && base_size) {
 		pthread_once(&cache_once, cache_key_make);
 		cc = malloc(sizeof *cc);
 		if (cc) {
@@ -901,7 +891,7 @@ static _Atomic uint32_t next_key_slot;
 static uint32_t key_slot(ats_ctx_key *key)
 {
 	uint32_t s = atomic_load_explicit(&key->slot_, memory_order_acquire);
-	if (likely(s != ATS__CTX_KEY_UNASSIGNED))
+	if (ats__likely(s != ATS__CTX_KEY_UNASSIGNED))
 		return s;
 	uint32_t mine = atomic_load_explicit(&next_key_slot, memory_order_relaxed);
 	do {

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* Structured errors: construction, lifetime, accessors, formats and the user/log split. */
 #include "atscale/error.h"
 #include "atscale/clock.h"
@@ -171,7 +172,7 @@ static uint64_t wall_from_mono(uint64_t mono)
 {
 	uint64_t at = atomic_load_explicit(&wall_offset_at, memory_order_relaxed);
 	/* Signed: another thread may have stamped a slightly later `at` than our mono. */
-	if (__builtin_expect(at == 0 || (int64_t)(mono - at) > 1000000000, 0)) {
+	if (__builtin_expect(at == 0 || (int64_t)(mono - at) > (int64_t)ATS_NS_PER_SEC, 0)) {
 		int64_t off = (int64_t)(ats_wall_ns() - ats_now_ns());
 		atomic_store_explicit(&wall_offset, off, memory_order_relaxed);
 		atomic_store_explicit(&wall_offset_at, mono ? mono : 1, memory_order_relaxed);
@@ -618,19 +619,10 @@ bool ats_err_is(const ats_err *err, ats_code code)
 	return ats_err_find(err, code) != NULL;
 }
 
-static const char *const code_names[] = {
-    [ATS_ERR_CANCELLED] = "cancelled",
-    [ATS_ERR_DEADLINE_EXCEEDED] = "deadline_exceeded",
-    [ATS_ERR_CLOSED] = "closed",
-    [ATS_ERR_LIMITED] = "limited",
-    [ATS_ERR_INVALID_ARGUMENT] = "invalid_argument",
-    [ATS_ERR_OUT_OF_MEMORY] = "out_of_memory",
-    [ATS_ERR_UNAVAILABLE] = "unavailable",
-    [ATS_ERR_NOT_FOUND] = "not_found",
-    [ATS_ERR_EXISTS] = "exists",
-    [ATS_ERR_SYSTEM] = "system",
-    [ATS_ERR_INTERNAL] = "internal",
-};
+#define CODE_NAME(NAME, name, what) [ATS_ERR_##NAME] = #name,
+static const char *const code_names[] = {ATS_ERR_CODE_MAP(CODE_NAME)};
+#undef CODE_NAME
+_Static_assert(sizeof code_names / sizeof *code_names == ATS_ERR_CODE_COUNT + 1, "one name per code");
 
 const char *ats_code_name(ats_code code)
 {
@@ -652,7 +644,7 @@ const char *ats_err_kind_name(ats_err_kind kind)
 /* ---- Formatting ---- */
 
 /* An snprintf-style writer: counts every byte, stores what fits. Numbers are written by hand:
- * vsnprintf costs ~100 ns a call, several times what the whole field does. */
+ * a vsnprintf call costs several times what the whole field does (row error.format). */
 struct out {
 	char *buf;
 	size_t len;
@@ -750,7 +742,7 @@ static void symbolize(struct out *o, void *pc)
  * gmtime_r takes glibc's time zone lock. */
 static void put_time(struct out *o, uint64_t wall_ns)
 {
-	uint64_t secs = wall_ns / 1000000000u;
+	uint64_t secs = wall_ns / ATS_NS_PER_SEC;
 	int64_t z = (int64_t)(secs / 86400) + 719468;
 	unsigned sod = (unsigned)(secs % 86400);
 	int64_t era = z / 146097;
@@ -773,7 +765,7 @@ static void put_time(struct out *o, uint64_t wall_ns)
 	put(o, ":", 1);
 	put_padded(o, sod % 60, 2);
 	put(o, ".", 1);
-	put_padded(o, (unsigned)(wall_ns % 1000000000u), 9);
+	put_padded(o, (unsigned)(wall_ns % ATS_NS_PER_SEC), 9);
 	put(o, "Z", 1);
 }
 

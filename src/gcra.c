@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* Token clocks for the GCRA core (include/atscale/gcra.h). */
 #include "atscale/gcra.h"
 

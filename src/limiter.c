@@ -1,7 +1,11 @@
-/* Rate limiters: the cold and warm paths of include/atscale/limiter.h (the hot paths are inline
- * there). Written by hand because no library offers a lock-free exact GCRA with runtime rate
- * changes, reservations and per-core leasing on one 64-bit word. */
+/* SPDX-License-Identifier: BSD-2-Clause */
+/* The exact limiter: the cold and warm paths of include/atscale/limiter.h (the hot paths are inline
+ * in limiter_inl.h). Written by hand because no library offers a lock-free exact GCRA with runtime
+ * rate changes, reservations and per-core leasing on one 64-bit word. The sharded limiter is in
+ * sharded.c, the multi-limit in multi.c; both build on this file's API. */
 #include "atscale/limiter.h"
+#include "internal/compiler.h"
+#include "internal/limiter.h"
 
 #include <pthread.h>
 #include <sched.h>
@@ -58,10 +62,10 @@ static bool view_prev(ats_limiter *l, uint64_t gen, struct ats__limiter_view *v)
 {
 	/* The setter of `gen` has published but not yet converted the word: the previous slot is still
 	 * intact (the next setter cannot start before the conversion) and is the word's clock. */
-	ats__limiter_load_slot(&l->slot[(gen - 1) & 1], v);
+	ats__limiter_load_slot(&l->slot_[(gen - 1) & 1], v);
 	atomic_thread_fence(memory_order_acquire);
-	uint64_t w = atomic_load_explicit(&l->word, memory_order_acquire);
-	if (atomic_load_explicit(&l->gen, memory_order_relaxed) != gen || ((w ^ (gen - 1)) & 1))
+	uint64_t w = atomic_load_explicit(&l->word_, memory_order_acquire);
+	if (atomic_load_explicit(&l->gen_, memory_order_relaxed) != gen || ((w ^ (gen - 1)) & 1))
 		return false;
 	v->gen = gen - 1;
 	v->word = w;
@@ -73,7 +77,7 @@ void ats__limiter_view(ats_limiter *l, struct ats__limiter_view *v)
 	for (;;) {
 		if (ats__limiter_view_fast(l, v))
 			return;
-		uint64_t g = atomic_load_explicit(&l->gen, memory_order_acquire);
+		uint64_t g = atomic_load_explicit(&l->gen_, memory_order_acquire);
 		if (g != 0 && view_prev(l, g, v))
 			return;
 	}
@@ -122,8 +126,8 @@ static ats_err *check_config(ats_rate rate, uint64_t burst, uint64_t now_ns, ats
 static bool slot_stable(ats_limiter *l, uint64_t gen)
 {
 	atomic_thread_fence(memory_order_acquire);
-	uint64_t w = atomic_load_explicit(&l->word, memory_order_acquire);
-	uint64_t g = atomic_load_explicit(&l->gen, memory_order_relaxed);
+	uint64_t w = atomic_load_explicit(&l->word_, memory_order_acquire);
+	uint64_t g = atomic_load_explicit(&l->gen_, memory_order_relaxed);
 	return ((w ^ gen) & 1) == 0 && (g == gen || g == gen + 1);
 }
 
@@ -136,12 +140,12 @@ ats_err *ats_limiter_init_at(ats_limiter *l, ats_rate rate, uint64_t burst, uint
 	if (err)
 		return ats_err_wrap(err, "initializing a limiter");
 	memset(l, 0, sizeof *l);
-	atomic_flag_clear(&l->setting);
-	slot_write(&l->slot[0], &cfg, 0);
+	atomic_init(&l->setting_, 0);
+	slot_write(&l->slot_[0], &cfg, 0);
 	/* TAT 0 at base 0: full. The release orders the slot before a hand-off of l to other threads
 	 * made with a relaxed publication (the usual hand-off orders it anyway). */
-	atomic_store_explicit(&l->word, 0, memory_order_relaxed);
-	atomic_store_explicit(&l->gen, 0, memory_order_release);
+	atomic_store_explicit(&l->word_, 0, memory_order_relaxed);
+	atomic_store_explicit(&l->gen_, 0, memory_order_release);
 	return NULL;
 }
 
@@ -160,7 +164,7 @@ ats_err *ats_limiter_new(ats_limiter **out, ats_rate rate, uint64_t burst)
 	if (!out)
 		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "out is NULL");
 	*out = NULL;
-	ats_limiter *l = aligned_alloc(64, sizeof *l);
+	ats_limiter *l = aligned_alloc(ATS__CACHE_LINE, sizeof *l);
 	if (!l)
 		return ats_err_oom;
 	ats_err *err = ats_limiter_init(l, rate, burst);
@@ -205,7 +209,7 @@ static uint64_t delay_for(ats_limiter *l, const struct ats__limiter_view *v, uin
 {
 	if (units == 0)
 		return 0;
-	struct ats__limiter_slot *s = &l->slot[v->gen & 1];
+	struct ats__limiter_slot *s = &l->slot_[v->gen & 1];
 	uint64_t events = atomic_load_explicit(&s->events, memory_order_relaxed);
 	uint64_t period = atomic_load_explicit(&s->period_ns, memory_order_relaxed);
 	uint64_t d = ns_for_units(events, period, v->c.shift, units);
@@ -222,14 +226,14 @@ bool ats_limiter_reserve_within_at(ats_limiter *l, uint64_t n, uint64_t max_dela
                                    ats_reservation *r)
 {
 	memset(r, 0, sizeof *r);
-	r->lim = l;
+	r->lim_ = l;
 	struct ats__limiter_view v;
 	for (;;) {
 		ats__limiter_view(l, &v);
 		/* The events/period read by delay_for come from the same slot; a setter that rewrote it in
 		 * between bumps gen, caught by the check below. */
 		if (v.c.inf) {
-			*r = (ats_reservation){.ok = true, .n = n, .act_ns = now_ns, .lim = l, .gen = v.gen, .inf = 1};
+			*r = (ats_reservation){.ok = true, .n = n, .act_ns = now_ns, .lim_ = l, .gen_ = v.gen, .inf_ = 1};
 			return true;
 		}
 		if (n > v.burst)
@@ -246,16 +250,16 @@ bool ats_limiter_reserve_within_at(ats_limiter *l, uint64_t n, uint64_t max_dela
 		if (delay == UINT64_MAX || delay > max_delay_ns)
 			return false;
 		uint64_t w = v.word;
-		if (n2 != 0 && !atomic_compare_exchange_strong_explicit(&l->word, &w, after | (v.gen & 1),
+		if (n2 != 0 && !atomic_compare_exchange_strong_explicit(&l->word_, &w, after | (v.gen & 1),
 		                                                        memory_order_release, memory_order_relaxed))
 			continue;
 		r->ok = true;
 		r->n = n;
 		r->delay_ns = delay;
 		r->act_ns = now_ns + delay;
-		r->gen = v.gen;
-		r->tat2 = after;
-		r->n2 = n2;
+		r->gen_ = v.gen;
+		r->tat2_ = after;
+		r->n2_ = n2;
 		return true;
 	}
 }
@@ -280,9 +284,9 @@ uint64_t ats_limiter_cancel_at(ats_reservation *r, uint64_t now_ns)
 	if (!r || !r->ok)
 		return 0;
 	r->ok = false; /* a second cancel gives nothing */
-	if (r->inf || r->n2 == 0 || now_ns > r->act_ns)
+	if (r->inf_ || r->n2_ == 0 || now_ns > r->act_ns)
 		return 0;
-	ats_limiter *l = r->lim;
+	ats_limiter *l = r->lim_;
 	struct ats__limiter_view v;
 	for (;;) {
 		ats__limiter_view(l, &v);
@@ -290,14 +294,14 @@ uint64_t ats_limiter_cancel_at(ats_reservation *r, uint64_t now_ns)
 			return 0;
 		uint64_t tat2 = v.word & ~(uint64_t)1;
 		uint64_t restore2;
-		if (v.gen == r->gen) {
+		if (v.gen == r->gen_) {
 			/* Units later callers reserved on top of this reservation are theirs. */
-			uint64_t later = pos_diff(tat2, r->tat2);
-			restore2 = r->n2 > later ? r->n2 - later : 0;
-		} else if (v.gen == r->gen + 1) {
+			uint64_t later = pos_diff(tat2, r->tat2_);
+			restore2 = r->n2_ > later ? r->n2_ - later : 0;
+		} else if (v.gen == r->gen_ + 1) {
 			/* One change in between: apply the rule in the old units up to the conversion, convert
 			 * what is left (rounding down), then apply it in the new units. */
-			struct ats__limiter_slot *s = &l->slot[v.gen & 1];
+			struct ats__limiter_slot *s = &l->slot_[v.gen & 1];
 			uint64_t conv_old = atomic_load_explicit(&s->conv_old, memory_order_relaxed);
 			uint64_t conv_new = atomic_load_explicit(&s->conv_new, memory_order_relaxed);
 			uint64_t prev = atomic_load_explicit(&s->prev_shift_inf, memory_order_relaxed);
@@ -306,8 +310,8 @@ uint64_t ats_limiter_cancel_at(ats_reservation *r, uint64_t now_ns)
 			if (prev >> 32)
 				return 0;
 			uint32_t so = (uint32_t)prev, sn = v.c.shift;
-			uint64_t later_old = pos_diff(conv_old & ~(uint64_t)1, r->tat2);
-			uint64_t left_old = r->n2 > later_old ? (r->n2 - later_old) >> 1 : 0;
+			uint64_t later_old = pos_diff(conv_old & ~(uint64_t)1, r->tat2_);
+			uint64_t left_old = r->n2_ > later_old ? (r->n2_ - later_old) >> 1 : 0;
 			uint64_t left_new = sn >= so ? left_old << (sn - so) : left_old >> (so - sn);
 			uint64_t later_new = pos_diff(tat2, conv_new & ~(uint64_t)1);
 			restore2 = (left_new << 1) > later_new ? (left_new << 1) - later_new : 0;
@@ -321,7 +325,7 @@ uint64_t ats_limiter_cancel_at(ats_reservation *r, uint64_t now_ns)
 		if (restore2 == 0)
 			return 0;
 		uint64_t w = v.word;
-		if (atomic_compare_exchange_strong_explicit(&l->word, &w, (tat2 - restore2) | (v.gen & 1),
+		if (atomic_compare_exchange_strong_explicit(&l->word_, &w, (tat2 - restore2) | (v.gen & 1),
 		                                            memory_order_release, memory_order_relaxed))
 			return restore2 >> (v.c.shift + 1);
 	}
@@ -407,7 +411,7 @@ bool ats_limiter_throttle_at(ats_limiter *l, uint64_t n, uint64_t now_ns, ats_li
 			return false;
 		res->allowed = true;
 		uint64_t w = v.word;
-		if (n == 0 || atomic_compare_exchange_strong_explicit(&l->word, &w, after | (v.gen & 1),
+		if (n == 0 || atomic_compare_exchange_strong_explicit(&l->word_, &w, after | (v.gen & 1),
 		                                                      memory_order_release, memory_order_relaxed))
 			return true;
 	}
@@ -451,10 +455,9 @@ ats_err *ats_limiter_set_at(ats_limiter *l, ats_rate rate, uint64_t burst, uint6
 	ats_err *err = check_config(rate, burst, now_ns, &nw.c);
 	if (err)
 		return ats_err_wrap(err, "changing a limiter");
-	while (atomic_flag_test_and_set_explicit(&l->setting, memory_order_acquire))
-		sched_yield();
-	uint64_t g = atomic_load_explicit(&l->gen, memory_order_relaxed);
-	struct ats__limiter_slot *os = &l->slot[g & 1];
+	ats__spin_lock(&l->setting_);
+	uint64_t g = atomic_load_explicit(&l->gen_, memory_order_relaxed);
+	struct ats__limiter_slot *os = &l->slot_[g & 1];
 	struct slot_config o;
 	slot_read(os, &o);
 	/* The new clock reads, at now_ns, one unit past both the old clock and the word's TAT (any
@@ -465,37 +468,37 @@ ats_err *ats_limiter_set_at(ats_limiter *l, ats_rate rate, uint64_t burst, uint6
 	 * units (the parity bit alone guards only one change: at a fixed instant a full bucket's word
 	 * used to come back identical two changes later, in other units). */
 	uint64_t old_units = ats_token_clock_units(&o.c, now_ns);
-	uint64_t ahead2 = (atomic_load_explicit(&l->word, memory_order_acquire) & ~(uint64_t)1) - (old_units << 1);
+	uint64_t ahead2 = (atomic_load_explicit(&l->word_, memory_order_acquire) & ~(uint64_t)1) - (old_units << 1);
 	nw.c.base_units = old_units + ((int64_t)ahead2 > 0 ? ahead2 >> 1 : 0) + 1;
 	/* Seqlock writer: readers that still name generation g-1 (the slot about to be rewritten) see
 	 * gen >= g after any load that observed these stores. */
 	atomic_thread_fence(memory_order_release);
-	struct ats__limiter_slot *ns = &l->slot[(g + 1) & 1];
+	struct ats__limiter_slot *ns = &l->slot_[(g + 1) & 1];
 	slot_write(ns, &nw, atomic_load_explicit(&os->shift_inf, memory_order_relaxed));
-	atomic_store_explicit(&l->gen, g + 1, memory_order_release);
+	atomic_store_explicit(&l->gen_, g + 1, memory_order_release);
 	/* Convert the word; acquirers keep using the old slot until this CAS flips the parity. */
-	uint64_t w = atomic_load_explicit(&l->word, memory_order_acquire);
+	uint64_t w = atomic_load_explicit(&l->word_, memory_order_acquire);
 	for (;;) {
 		uint64_t nw_word = convert_word(&o, &nw, w, g + 1, now_ns);
 		atomic_store_explicit(&ns->conv_old, w, memory_order_relaxed);
 		atomic_store_explicit(&ns->conv_new, nw_word, memory_order_relaxed);
-		if (atomic_compare_exchange_weak_explicit(&l->word, &w, nw_word, memory_order_acq_rel,
+		if (atomic_compare_exchange_weak_explicit(&l->word_, &w, nw_word, memory_order_acq_rel,
 		                                          memory_order_acquire))
 			break;
 	}
-	atomic_flag_clear_explicit(&l->setting, memory_order_release);
+	ats__spin_unlock(&l->setting_);
 	return NULL;
 }
 
 ats_rate ats_limiter_rate(ats_limiter *l)
 {
 	for (;;) {
-		uint64_t g = atomic_load_explicit(&l->gen, memory_order_acquire);
-		struct ats__limiter_slot *s = &l->slot[g & 1];
+		uint64_t g = atomic_load_explicit(&l->gen_, memory_order_acquire);
+		struct ats__limiter_slot *s = &l->slot_[g & 1];
 		ats_rate r = {atomic_load_explicit(&s->events, memory_order_relaxed),
 		              atomic_load_explicit(&s->period_ns, memory_order_relaxed)};
 		atomic_thread_fence(memory_order_acquire);
-		if (atomic_load_explicit(&l->gen, memory_order_relaxed) == g)
+		if (atomic_load_explicit(&l->gen_, memory_order_relaxed) == g)
 			return r;
 	}
 }
@@ -503,10 +506,10 @@ ats_rate ats_limiter_rate(ats_limiter *l)
 uint64_t ats_limiter_burst(ats_limiter *l)
 {
 	for (;;) {
-		uint64_t g = atomic_load_explicit(&l->gen, memory_order_acquire);
-		uint64_t b = atomic_load_explicit(&l->slot[g & 1].burst, memory_order_relaxed);
+		uint64_t g = atomic_load_explicit(&l->gen_, memory_order_acquire);
+		uint64_t b = atomic_load_explicit(&l->slot_[g & 1].burst, memory_order_relaxed);
 		atomic_thread_fence(memory_order_acquire);
-		if (atomic_load_explicit(&l->gen, memory_order_relaxed) == g)
+		if (atomic_load_explicit(&l->gen_, memory_order_relaxed) == g)
 			return b;
 	}
 }
@@ -553,245 +556,8 @@ uint64_t ats__limiter_take_upto_at(ats_limiter *l, uint64_t min_n, uint64_t max_
 		if (k < min_n)
 			return 0;
 		uint64_t w = v.word;
-		if (atomic_compare_exchange_weak_explicit(&l->word, &w, (start + (k << s1)) | (v.gen & 1),
+		if (atomic_compare_exchange_weak_explicit(&l->word_, &w, (start + (k << s1)) | (v.gen & 1),
 		                                          memory_order_release, memory_order_relaxed))
 			return k;
 	}
-}
-
-/* ---- Sharded limiter ---- */
-
-ats_err *ats_sharded_init_at(ats_sharded *s, const ats_sharded_config *cfg, uint64_t now_ns)
-{
-	if (!s || !cfg)
-		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "sharded limiter or config is NULL");
-	uint32_t shards = cfg->shards;
-	if (shards == 0) {
-		long n = sysconf(_SC_NPROCESSORS_CONF);
-		shards = n > 0 ? (uint32_t)n : 1;
-	}
-	uint64_t batch = cfg->batch;
-	if (batch == 0) {
-		batch = cfg->burst / (2 * (uint64_t)shards);
-		if (batch == 0)
-			batch = 1;
-		if (batch > ATS_SHARDED_MAX_BATCH)
-			batch = ATS_SHARDED_MAX_BATCH;
-	} else if (batch > ATS_SHARDED_MAX_BATCH || (batch > cfg->burst && !ats_rate_is_inf(cfg->rate))) {
-		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "batch %llu exceeds the burst (%llu) or 2^24 - 2",
-		                   (unsigned long long)batch, (unsigned long long)cfg->burst);
-	}
-	uint64_t lease_ns = cfg->lease_ns ? cfg->lease_ns : 1000000;
-	if (lease_ns > ATS_SHARDED_MAX_LEASE_NS)
-		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "lease %llu ns exceeds 2^38 ns",
-		                   (unsigned long long)lease_ns);
-	ats_err *err = ats_limiter_init_at(&s->exact, cfg->rate, cfg->burst, now_ns);
-	if (err)
-		return ats_err_wrap(err, "initializing a sharded limiter");
-	s->shards = aligned_alloc(64, sizeof *s->shards * 2 * (size_t)shards);
-	if (!s->shards)
-		return ats_err_oom;
-	/* Empty, last used at now_ns: a word of 0 would read as used at time 0 mod 2^40, which is "in
-	 * the future" (a stale now_ns) for half of all times, and such a cache would never lease. */
-	for (uint32_t i = 0; i < 2 * shards; i++)
-		atomic_init(&s->shards[i].word, now_ns << 24);
-	s->slots = s->shards + shards;
-	s->nshards = shards;
-	s->batch = batch;
-	s->lease_ns = lease_ns;
-	return NULL;
-}
-
-ats_err *ats_sharded_init(ats_sharded *s, const ats_sharded_config *cfg)
-{
-	return ats_sharded_init_at(s, cfg, ats_fast_now_ns());
-}
-
-void ats_sharded_destroy(ats_sharded *s)
-{
-	if (s) {
-		free(s->shards);
-		s->shards = NULL;
-		s->slots = NULL;
-	}
-}
-
-ats_err *ats_sharded_new(ats_sharded **out, const ats_sharded_config *cfg)
-{
-	if (!out)
-		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "out is NULL");
-	*out = NULL;
-	ats_sharded *s = aligned_alloc(64, sizeof *s);
-	if (!s)
-		return ats_err_oom;
-	ats_err *err = ats_sharded_init(s, cfg);
-	if (err) {
-		free(s);
-		return err;
-	}
-	*out = s;
-	return NULL;
-}
-
-void ats_sharded_free(ats_sharded *s)
-{
-	ats_sharded_destroy(s);
-	free(s);
-}
-
-bool ats__sharded_slow(ats_sharded *s, _Atomic uint64_t *p, uint64_t n, uint64_t now_ns)
-{
-	if (n == 0)
-		return true;
-	if (n > s->batch)
-		return ats_limiter_allow_at(&s->exact, n, now_ns);
-	uint64_t w = atomic_load_explicit(p, memory_order_relaxed);
-	for (;;) {
-		uint64_t tok = w & ATS__SHARD_TOKENS;
-		int64_t age = (int64_t)((now_ns - (w >> 24)) << 24) >> 24;
-		/* A now_ns older than the shard's last use must not reuse its lease (the shard's operations
-		 * stay ordered by time, which the over-admission bound relies on): exact bucket. */
-		if (age < 0)
-			return ats_limiter_allow_at(&s->exact, n, now_ns);
-		bool fresh = (uint64_t)age <= s->lease_ns;
-		if (tok != ATS__SHARD_LEASING && fresh && tok >= n) {
-			if (atomic_compare_exchange_weak_explicit(p, &w, (now_ns << 24) | (tok - n),
-			                                          memory_order_relaxed, memory_order_relaxed))
-				return true;
-			continue;
-		}
-		/* Another thread is leasing for this shard: never wait for it. */
-		if (tok == ATS__SHARD_LEASING && fresh)
-			return ats_limiter_allow_at(&s->exact, n, now_ns);
-		/* Empty, short or expired (its tokens are dropped): lease, holding the shard meanwhile so
-		 * that it never has more than one lease outstanding. */
-		uint64_t marker = (now_ns << 24) | ATS__SHARD_LEASING;
-		if (!atomic_compare_exchange_weak_explicit(p, &w, marker, memory_order_relaxed, memory_order_relaxed))
-			continue;
-		uint64_t got = ats__limiter_take_upto_at(&s->exact, n, s->batch, now_ns);
-		uint64_t lease = (now_ns << 24) | (got ? got - n : 0);
-		/* Fails only if the marker was taken over after lease_ns: the lease is dropped. */
-		atomic_compare_exchange_strong_explicit(p, &marker, lease, memory_order_relaxed, memory_order_relaxed);
-		return got != 0;
-	}
-}
-
-/* ---- Thread indices (the per-thread slots' owners) ----
- * Process-wide, lowest free first, so that the threads alive at once hold the indices below their
- * count. Handed out once per thread under a mutex (not a hot path) and handed back by a pthread key
- * destructor at thread exit; the mutex orders the old owner's last slot writes before the new
- * owner's first reads. A fork()ed child keeps its parent's other threads' indices (leaked: those
- * slots go unused there). */
-
-__thread uint32_t ats__thread_index1 __attribute__((tls_model("initial-exec")));
-
-static pthread_mutex_t index_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_once_t index_once = PTHREAD_ONCE_INIT;
-static pthread_key_t index_key;
-static bool index_key_ok;
-static uint8_t *index_used; /* index_cap flags */
-static uint32_t index_cap;
-
-static void index_release(void *p)
-{
-	uint32_t i = (uint32_t)(uintptr_t)p - 1;
-	pthread_mutex_lock(&index_lock);
-	if (i < index_cap)
-		index_used[i] = 0;
-	pthread_mutex_unlock(&index_lock);
-	/* Calls after this point (other destructors) take the shared paths. */
-	ats__thread_index1 = UINT32_MAX;
-}
-
-static void index_init(void)
-{
-	index_key_ok = pthread_key_create(&index_key, index_release) == 0;
-}
-
-/* Gives the calling thread its index; leaves it at 0 (shared paths, retried next call) when out of
- * memory. */
-static void index_assign(void)
-{
-	pthread_once(&index_once, index_init);
-	if (!index_key_ok) {
-		ats__thread_index1 = UINT32_MAX;
-		return;
-	}
-	pthread_mutex_lock(&index_lock);
-	uint32_t i = 0;
-	while (i < index_cap && index_used[i])
-		i++;
-	if (i == index_cap) {
-		uint32_t cap = index_cap ? 2 * index_cap : 64;
-		uint8_t *used = cap > index_cap && cap < UINT32_MAX / 2 ? realloc(index_used, cap) : NULL;
-		if (!used) {
-			pthread_mutex_unlock(&index_lock);
-			return;
-		}
-		memset(used + index_cap, 0, cap - index_cap);
-		index_used = used;
-		index_cap = cap;
-	}
-	index_used[i] = 1;
-	pthread_mutex_unlock(&index_lock);
-	if (pthread_setspecific(index_key, (void *)(uintptr_t)(i + 1)) != 0) {
-		index_release((void *)(uintptr_t)(i + 1));
-		return;
-	}
-	ats__thread_index1 = i + 1;
-}
-
-bool ats__sharded_thread_slow(ats_sharded *s, uint64_t n, uint64_t now_ns)
-{
-	if (ats__thread_index1 == 0)
-		index_assign();
-	uint32_t i = ats__thread_index1 - 1;
-	if (i >= s->nshards)
-		return ats_sharded_allow_shard_at(s, ats__current_cpu(), n, now_ns);
-	if (n == 0)
-		return true;
-	if (n > s->batch)
-		return ats_limiter_allow_at(&s->exact, n, now_ns);
-	/* The slot is this thread's alone: plain relaxed load and store. */
-	_Atomic uint64_t *p = &s->slots[i].word;
-	uint64_t w = atomic_load_explicit(p, memory_order_relaxed);
-	uint64_t tok = w & ATS__SHARD_TOKENS;
-	int64_t age = (int64_t)((now_ns - (w >> 24)) << 24) >> 24;
-	/* A now_ns older than the slot's last use must not reuse its lease (the slot's operations stay
-	 * ordered by time, which the over-admission bound relies on): exact bucket. */
-	if (age < 0)
-		return ats_limiter_allow_at(&s->exact, n, now_ns);
-	if ((uint64_t)age <= s->lease_ns && tok >= n) {
-		atomic_store_explicit(p, (now_ns << 24) | (tok - n), memory_order_relaxed);
-		return true;
-	}
-	/* Empty, short or expired (its tokens are dropped): lease a new batch. */
-	uint64_t got = ats__limiter_take_upto_at(&s->exact, n, s->batch, now_ns);
-	atomic_store_explicit(p, (now_ns << 24) | (got ? got - n : 0), memory_order_relaxed);
-	return got != 0;
-}
-
-/* ---- Multi-limit ---- */
-
-bool ats_multi_allow_at(ats_limiter *const *ls, size_t count, uint64_t n, uint64_t now_ns)
-{
-	if (!ls || count == 0 || count > 64)
-		return false;
-	for (size_t i = 0; i < count; i++)
-		if (!ls[i] || !ats_limiter_check_at(ls[i], n, now_ns))
-			return false;
-	ats_reservation rs[64];
-	for (size_t i = 0; i < count; i++) {
-		if (!ats_limiter_reserve_within_at(ls[i], n, 0, now_ns, &rs[i])) {
-			while (i-- > 0)
-				ats_limiter_cancel_at(&rs[i], now_ns);
-			return false;
-		}
-	}
-	return true;
-}
-
-bool ats_multi_allow(ats_limiter *const *ls, size_t count, uint64_t n)
-{
-	return ats_multi_allow_at(ls, count, n, ats_fast_now_ns());
 }

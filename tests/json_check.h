@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* A strict JSON validator (RFC 8259) for the tests and fuzz targets: the whole input must be one
  * value with optional surrounding whitespace; strings must be valid UTF-8 without raw control
  * characters, with well-formed escapes and paired surrogates; numbers follow the grammar exactly.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* Contexts under contention (run under TSan and ASan): every thread creating, cancelling,
  * releasing, merging and waiting on one shared tree, timers firing into releases and cancels.
  * Counts are exact: every waiter wakes, every after-func runs or is stopped exactly once, every
@@ -11,7 +12,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-#define SEC 1000000000ull
+#define SEC ATS_NS_PER_SEC
 #define SLOTS 64
 
 static unsigned nthreads(void)

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* Errors shared across threads: concurrent ref/unref with exact counting, concurrent
  * copy-on-write decoration, concurrent log-hook swaps while logging, and concurrent construction
  * (ids, stacks). Runs under ThreadSanitizer and ASan; threads start together on a barrier and are

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* Keyed map stress: allows, inserts, idle and forced evictions, resizes and overrides from every
  * core at once, with synthetic time, checked by exact counts: no key is ever granted more than
  * burst + rate * elapsed (plus one burst per forced eviction, the documented effect), and the map

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* Concurrent tests of the rate limiters (label "concurrent": also run under ThreadSanitizer).
  * Exact counts where the outcome is determined; otherwise an audit of every grant's time against
  * the limit. Bounded iterations, never sleeps. */
@@ -61,7 +62,7 @@ static void *count_exact(void *p)
 Test(stress, exact_count_no_refill)
 {
 	ats_limiter *l = NULL;
-	cr_assert_null(ats_limiter_new(&l, (ats_rate){0, 1000000000}, 10000));
+	cr_assert_null(ats_limiter_new(&l, (ats_rate){0, ATS_NS_PER_SEC}, 10000));
 	struct count_arg a[THREADS];
 	for (int i = 0; i < THREADS; i++)
 		a[i] = (struct count_arg){.l = l, .now = ats_now_ns(), .tries = 10000};
@@ -86,7 +87,7 @@ struct setter_arg {
 static void *setter(void *p)
 {
 	struct setter_arg *a = p;
-	static const ats_rate rates[] = {{1, 3600000000000u}, {10000000000u, 1000000000u}, {7, 3}, {0, 1000}};
+	static const ats_rate rates[] = {{1, 3600000000000u}, {10000000000u, ATS_NS_PER_SEC}, {7, 3}, {0, 1000}};
 	while (!atomic_load_explicit(a->stop, memory_order_relaxed)) {
 		ats_err *err = ats_limiter_set_rate_at(a->l, rates[a->changes % 4], a->now);
 		cr_assert_null(err);
@@ -131,7 +132,7 @@ static void *count_sharded(void *p)
 Test(stress, sharded_count_no_refill)
 {
 	ats_sharded *s = NULL;
-	ats_sharded_config cfg = {.rate = {0, 1000000000}, .burst = 10000, .batch = 7, .shards = 3};
+	ats_sharded_config cfg = {.rate = {0, ATS_NS_PER_SEC}, .burst = 10000, .batch = 7, .shards = 3};
 	cr_assert_null(ats_sharded_new(&s, &cfg));
 	struct count_arg a[THREADS];
 	for (int i = 0; i < THREADS; i++)
@@ -164,8 +165,8 @@ static void *count_multi(void *p)
 Test(stress, multi_never_over_grants)
 {
 	ats_limiter *a = NULL, *b = NULL;
-	cr_assert_null(ats_limiter_new(&a, (ats_rate){0, 1000000000}, 6000));
-	cr_assert_null(ats_limiter_new(&b, (ats_rate){0, 1000000000}, 3000));
+	cr_assert_null(ats_limiter_new(&a, (ats_rate){0, ATS_NS_PER_SEC}, 6000));
+	cr_assert_null(ats_limiter_new(&b, (ats_rate){0, ATS_NS_PER_SEC}, 3000));
 	ats_limiter *ab[] = {a, b};
 	struct count_arg args[THREADS];
 	uint64_t now = ats_now_ns() + 1000;

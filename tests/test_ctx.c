@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* Contexts: tree cancellation, causes, deadlines and the timer, waiting, fds, after-funcs,
  * without_cancel, merge, values, OOM; and the timing wheel against a reference model.
  * Nothing here sleeps to synchronize: tests wait with ats_ctx_wait, poll on the context's fd,
@@ -16,7 +17,7 @@
 #include <unistd.h>
 
 #define MS 1000000ull
-#define SEC 1000000000ull
+#define SEC ATS_NS_PER_SEC
 
 static ats_ctx *child_of(ats_ctx *p)
 {

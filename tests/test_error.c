@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* Unit tests of the structured errors: constructors, accessors, chains, kinds and boundaries, the
  * user/log split, copy-on-write decorations, stacks, both formats, limits, and out-of-memory.
  *
@@ -192,7 +193,7 @@ Test(error, new_has_every_field)
 	cr_assert(mono + prec >= before && mono <= after + prec, "mono %llu outside [%llu, %llu] +- %llu",
 	          (unsigned long long)mono, (unsigned long long)before, (unsigned long long)after,
 	          (unsigned long long)prec);
-	int64_t wall_skew = (int64_t)(ats_err_wall_ns(e) - ((uint64_t)rt.tv_sec * 1000000000u + (uint64_t)rt.tv_nsec));
+	int64_t wall_skew = (int64_t)(ats_err_wall_ns(e) - ((uint64_t)rt.tv_sec * ATS_NS_PER_SEC + (uint64_t)rt.tv_nsec));
 	cr_assert(wall_skew > -100000000 && wall_skew < 100000000, "wall time off by %lld ns", (long long)wall_skew);
 	void *const *frames = NULL;
 	cr_assert_eq(ats_err_stack(e, &frames), 0, "known errors capture no stack by default");
@@ -740,7 +741,7 @@ Test(error, human_format_fields)
 	snprintf(want, sizeof want, "thread %d\n  time: ", (int)gettid());
 	cr_assert(strstr(text, want));
 	/* The date is the wall stamp's, to the second. */
-	time_t secs = (time_t)(ats_err_wall_ns(e) / 1000000000u);
+	time_t secs = (time_t)(ats_err_wall_ns(e) / ATS_NS_PER_SEC);
 	struct tm tm;
 	gmtime_r(&secs, &tm);
 	char date[64];

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-2-Clause
 # test_error: allocation failure injection and named stack frames.
 # The allocator calls of the test and of libatscale.a go through the test's __wrap_* functions,
 # which count live blocks and can fail the Nth allocation (the OOM tests).

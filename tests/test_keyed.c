@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* Keyed limiters: every documented semantic, with synthetic time (no sleeps). */
 #include <criterion/criterion.h>
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* ats_limiter_wait: x/time/rate's TestWaitSimple, TestWaitCancel, TestWaitTimeout and TestWaitInf,
  * ported. Waits are real but short (about 1 ms); the cancelling thread acts on what it observes
  * (the reservation showing in the tokens), never on a sleep. */
@@ -74,7 +75,7 @@ static void *cancel_when_reserved(void *p)
 
 Test(wait, cancel_returns_the_reservation_and_wraps_the_cause)
 {
-	ats_limiter *l = mk(ats_rate_every(3600 * UINT64_C(1000000000)), 3); /* a token per hour */
+	ats_limiter *l = mk(ats_rate_every(3600 * ATS_NS_PER_SEC), 3); /* a token per hour */
 	ats_ctx *c = NULL;
 	cr_assert_null(ats_ctx_with_cancel(ats_ctx_background(), &c));
 	cr_expect_null(ats_limiter_wait(l, 2, c));
@@ -102,7 +103,7 @@ Test(wait, inf_ignores_burst)
 
 Test(wait, rate_zero_without_deadline_is_limited)
 {
-	ats_limiter *l = mk((ats_rate){0, 1000000000}, 1);
+	ats_limiter *l = mk((ats_rate){0, ATS_NS_PER_SEC}, 1);
 	cr_expect_null(ats_limiter_wait(l, 1, ats_ctx_background()));
 	ats_err *err = ats_limiter_wait(l, 1, ats_ctx_background());
 	cr_expect_eq(ats_err_code(err), ATS_ERR_LIMITED);

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* The timing wheel (src/internal/timer_wheel.h) beside a model of which nodes are armed and when
  * they expire: the check shared by tests/test_ctx.c (seeded random steps) and fuzz/fuzz_ctx.c (the
  * fuzzer's bytes). Each step returns NULL when the wheel agrees with the model, else a description

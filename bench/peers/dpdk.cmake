@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-2-Clause
 # DPDK's rte_meter as a peer: dpdk-meter times rte_meter_srtcm_color_blind_check, built only when
 # pkg-config finds libdpdk (apt-get install dpdk-dev).
 pkg_check_modules(ATS_DPDK QUIET IMPORTED_TARGET libdpdk)

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* dpdk-meter: DPDK's rte_meter srTCM as a peer of atscale's limiters. Times
  * rte_meter_srtcm_color_blind_check on one thread with the TSC time passed in, as rte_meter
  * expects (its state is 24 bytes and not thread-safe). Prints the runner's JSON line.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* atscale clocks. All times are uint64_t nanoseconds on the CLOCK_MONOTONIC scale unless a name
  * says otherwise.
  *
@@ -45,9 +46,10 @@
 #ifndef ATSCALE_CLOCK_H
 #define ATSCALE_CLOCK_H
 
+#include "atscale/common.h"
+
 #include <stdbool.h>
 #include <stdint.h>
-#include <stdatomic.h>
 #include <time.h>
 
 #ifdef __cplusplus
@@ -56,20 +58,10 @@ extern "C" {
 
 /* CLOCK_MONOTONIC in ns: the reference every other clock here is measured against. Wait-free;
  * one vDSO call, no system call (on most clocksources: see floor.clock_monotonic). */
-static inline uint64_t ats_now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
+static inline uint64_t ats_now_ns(void);
 
-/* CLOCK_REALTIME in ns since the Unix epoch (for records, never for timeouts). */
-static inline uint64_t ats_wall_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
+/* CLOCK_REALTIME in ns since the Unix epoch (for records, never for timeouts). Wait-free. */
+static inline uint64_t ats_wall_ns(void);
 
 /* The sources of the default clock. */
 typedef enum ats_clock_source {
@@ -79,110 +71,36 @@ typedef enum ats_clock_source {
 	ATS_CLOCK_COARSE,    /* CLOCK_MONOTONIC_COARSE, opt-in only */
 } ats_clock_source;
 
-/* The default clock's state (private; read by the inline fast path). A seqlock guards the anchor:
- * the counter value and CLOCK_MONOTONIC time of the last anchoring and the ns-per-tick multiplier
- * (32.32 fixed point). */
-struct ats__fast_clock {
-	_Atomic uint32_t seq;  /* odd while a re-anchoring writes */
-	_Atomic uint32_t mode; /* 0 before the first use, else an ats_clock_source (never AUTO) */
-	_Atomic uint64_t tsc_base;
-	_Atomic uint64_t ns_base;
-	_Atomic uint64_t mult;           /* ns per tick << 32 */
-	_Atomic uint64_t reanchor_ticks; /* re-anchor after this many ticks */
-};
-extern struct ats__fast_clock ats__fast_clock;
-uint64_t ats__fast_now_slow(uint64_t tsc);
-
-/* The calling thread's last reading of the counter clock (private): readings are clamped to it, so
- * per thread they never go backwards, even across a re-anchoring that moves the anchor back or a
- * reading that took the CLOCK_MONOTONIC path. Initial-exec: one thread-pointer-relative access. */
-#ifdef __cplusplus
-#define ATS__THREAD_LOCAL thread_local
-#else
-#define ATS__THREAD_LOCAL _Thread_local
-#endif
-extern ATS__THREAD_LOCAL uint64_t ats__fast_last __attribute__((tls_model("initial-exec")));
-
-/* The raw CPU counter: rdtsc on x86, CNTVCT_EL0 on arm64 (after an isb, so the read is not
- * hoisted above earlier instructions); 0 where there is none (the clock then never uses it). */
-static inline uint64_t ats__rdtsc(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-	uint32_t lo, hi;
-	__asm__ __volatile__("rdtsc" : "=a"(lo), "=d"(hi));
-	return ((uint64_t)hi << 32) | lo;
-#elif defined(__aarch64__)
-	uint64_t v;
-	__asm__ __volatile__("isb\n\tmrs %0, cntvct_el0" : "=r"(v) : : "memory");
-	return v;
-#else
-	return 0;
-#endif
-}
-
 /* The default clock (see the top of this file). Wait-free. With the tsc source: a counter read, a
  * multiply and a seqlock check, no call; with monotonic: ats_now_ns(); cost per source in the
  * floor.clock_fast benchmark row. Every library call that reads a clock itself reads this one.
  * The first call picks the source and, for tsc, calibrates (about 1 ms, once per process). */
-static inline uint64_t ats_fast_now_ns(void)
-{
-	struct ats__fast_clock *c = &ats__fast_clock;
-	for (;;) {
-		/* Acquire: a mode switched to tsc was stored (release) after its first anchor. */
-		uint32_t mode = atomic_load_explicit(&c->mode, memory_order_acquire);
-		/* Acquire: the seqlock read side (the anchor loads below come after it). */
-		uint32_t seq = atomic_load_explicit(&c->seq, memory_order_acquire);
-		if (mode != ATS_CLOCK_TSC) {
-			if (mode == ATS_CLOCK_MONOTONIC)
-				return ats_now_ns();
-			return ats__fast_now_slow(0);
-		}
-		if (seq & 1)
-			return ats__fast_now_slow(0); /* a re-anchoring is writing: never wait for it */
-		uint64_t tsc = ats__rdtsc();
-		/* Relaxed: the seqlock orders them (the fence and re-check below). */
-		uint64_t base = atomic_load_explicit(&c->tsc_base, memory_order_relaxed);
-		uint64_t ns = atomic_load_explicit(&c->ns_base, memory_order_relaxed);
-		uint64_t mult = atomic_load_explicit(&c->mult, memory_order_relaxed);
-		uint64_t limit = atomic_load_explicit(&c->reanchor_ticks, memory_order_relaxed);
-		/* Seqlock read side: the loads above happen before the re-check of seq. */
-		atomic_thread_fence(memory_order_acquire);
-		if (atomic_load_explicit(&c->seq, memory_order_relaxed) != seq)
-			continue;
-		uint64_t delta = tsc - base;
-		if (tsc < base || delta > limit)
-			return ats__fast_now_slow(tsc);
-		__extension__ typedef unsigned __int128 ats__u128;
-		uint64_t now = ns + (uint64_t)(((ats__u128)delta * mult) >> 32);
-		if (now < ats__fast_last)
-			return ats__fast_last;
-		ats__fast_last = now;
-		return now;
-	}
-}
+static inline uint64_t ats_fast_now_ns(void);
 
 /* The default clock's precision in ns: the bound in the contract at the top of this file. For tsc,
  * the anchoring jitter plus the largest drift measured between recent re-anchorings (so it follows
  * the machine: it shrinks as calibration improves and grows if NTP slews hard); 1 for monotonic;
  * two kernel ticks for coarse. Lock-free; a few loads (a clock_getres for the others). */
-uint64_t ats_fast_precision_ns(void);
+ATS_API uint64_t ats_fast_precision_ns(void);
 
 /* The source in use: "tsc", "monotonic" or "coarse"; after the counter was dropped,
  * "monotonic (tsc dropped: <why>)"; after ATS_CLOCK named one that cannot be had,
  * "monotonic (ATS_CLOCK=<value> not available: <why>)". The string is static. Lock-free. */
-const char *ats_fast_source(void);
+ATS_API const char *ats_fast_source(void);
 
 /* The source in use, as an enum (never ATS_CLOCK_AUTO). */
-ats_clock_source ats_clock_current(void);
+ATS_API ats_clock_source ats_clock_current(void);
 
 /* Makes the default clock use `source` from now on (ATS_CLOCK_AUTO: the policy above). Returns
  * false and changes nothing when it cannot be had: tsc where the CPU has no usable counter or after
  * it was dropped. Threads reading the clock during the switch see either source; readings may step
  * back by up to the larger precision of the two. Blocking (the first switch to tsc calibrates for
  * about 1 ms); for tests and start-up code, not hot paths. */
-bool ats_clock_force(ats_clock_source source);
+ATS_API bool ats_clock_force(ats_clock_source source);
 
 #ifdef __cplusplus
 }
 #endif
+
+#include "atscale/clock_inl.h" /* the inline bodies (not API) */
 #endif

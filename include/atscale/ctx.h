@@ -1,12 +1,15 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* atscale contexts: cancellation, deadlines, causes and values, after Go's `context`, with what
  * libdill, folly's CancellationToken and Trio add to it.
  *
- * THE RULE, for this module and every one that follows (limiter wait, channels, pool, heartbeats,
- * hedging): every call that can block takes an `ats_ctx *` as its first argument, returns as soon
- * as that context is done (cancelled or past its deadline) with the context's error
- * (ats_ctx_err: ATS_ERR_CANCELLED or ATS_ERR_DEADLINE_EXCEEDED wrapping the cause), and never
- * blocks past the context's deadline. Pass ats_ctx_background() only where blocking forever is
- * what the caller wants.
+ * THE RULE, for every module that blocks on a context (limiter wait, channels, pool, heartbeats,
+ * hedging): every call that can block takes the `ats_ctx *` it follows as its LAST argument
+ * (ats_limiter_wait(l, n, ctx)), returns as soon as that context is done (cancelled or past its
+ * deadline) with the context's error (ats_ctx_err: ATS_ERR_CANCELLED or ATS_ERR_DEADLINE_EXCEEDED
+ * wrapping the cause), and never blocks past the context's deadline. Pass ats_ctx_background() only
+ * where blocking forever is what the caller wants. This module's own calls take the context they
+ * act on as their first argument (ats_ctx_wait(ctx, deadline_ns)). Progress words (wait-free,
+ * lock-free, blocking) are defined in atscale.h.
  *
  * Model. Contexts form trees. ats_ctx_background() is the root that is never cancelled. A child
  * (with_cancel, with_deadline, with_timeout, with_value) is done when it is cancelled, when its
@@ -48,9 +51,9 @@
 #ifndef ATSCALE_CTX_H
 #define ATSCALE_CTX_H
 
+#include "atscale/common.h"
 #include "atscale/error.h"
 
-#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -70,7 +73,7 @@ typedef struct ats_ctx ats_ctx;
 
 typedef struct ats_ctx_key {
 	const char *name;
-	_Atomic uint32_t slot_; /* private: assigned on first use */
+	ATS_ATOMIC(uint32_t) slot_; /* private: assigned on first use */
 } ats_ctx_key;
 
 #define ATS__CTX_KEY_UNASSIGNED UINT32_MAX
@@ -81,78 +84,55 @@ typedef struct ats_ctx_key {
 /* Defines a key: `static ATS_CTX_KEY(request_id);` */
 #define ATS_CTX_KEY(var) ats_ctx_key var = ATS_CTX_KEY_INIT(#var)
 
-/* ---- Private: the transparent prefix of every context, read by the inline fast paths. ---- */
-struct ats__ctx_xval {
-	const ats_ctx_key *key;
-	void *value;
-	const struct ats__ctx_xval *next;
-};
-struct ats__ctx_vals {
-	uint32_t mask; /* which slots hold a value */
-	const struct ats__ctx_xval *overflow;
-	void *slot[ATS_CTX_VALUE_SLOTS];
-};
-#define ATS__CTX_CANCELLED 1u
-#define ATS__CTX_DEADLINE 2u
-#define ATS__CTX_DONE_MASK 3u
-#define ATS__CTX_LOCKED 4u
-#define ATS__CTX_WAITERS 0x80000000u
-struct ats__ctx_head {
-	_Atomic uint32_t state; /* 0 live; the reason (1 cancelled, 2 deadline) once done; lock, waiters */
-	uint32_t flags;
-	uint64_t deadline_ns;             /* immutable */
-	const struct ats__ctx_vals *vals; /* immutable; NULL when no values */
-};
-bool ats__ctx_lookup_overflow(const struct ats__ctx_vals *v, const ats_ctx_key *key, void **out);
-
 /* ---- Making contexts ---- */
 
 /* The root: never cancelled, no deadline, no values. Static; ref/release are no-ops on it.
  * Wait-free. */
-ats_ctx *ats_ctx_background(void);
+ATS_API ats_ctx *ats_ctx_background(void);
 
 /* A child that is done when cancelled or when its parent is. Blocking: an allocation (from a
  * per-thread cache in the common case) and the parent's lock for a few instructions to link the
- * child, one atomic write. Create + cancel + release is three atomic writes in all (~60 ns on a
- * shared 2-core VM). Born done if the parent is. */
-ats_err *ats_ctx_with_cancel(ats_ctx *parent, ats_ctx **out);
+ * child, one atomic write. Create + cancel + release is three atomic writes in all (benchmark row
+ * ctx.with_cancel_cancel). Born done if the parent is. */
+ATS_API ats_err *ats_ctx_with_cancel(ats_ctx *parent, ats_ctx **out);
 
 /* A child that is also done at deadline_ns (CLOCK_MONOTONIC ns): its deadline is the earlier of
- * deadline_ns and its parent's. Arms a timer only when it is earlier than the parent's (O(1), one
- * shard lock, no system call in the common case). A deadline already past gives a child born
- * done with ATS_ERR_DEADLINE_EXCEEDED. Blocking, like with_cancel; ~50 ns with a timer. Fails
- * only for lack of memory, or (once, system error) when the timer thread cannot start. */
-ats_err *ats_ctx_with_deadline(ats_ctx *parent, uint64_t deadline_ns, ats_ctx **out);
+ * deadline_ns and its parent's. Arms a timer only when it is earlier than the parent's (O(1),
+ * one shard lock, no system call in the common case). A deadline already past gives a child born
+ * done with ATS_ERR_DEADLINE_EXCEEDED. Blocking, like with_cancel (with a timer: row
+ * ctx.with_timeout_cancel). Fails only for lack of memory, or (once, system error) when the
+ * timer thread cannot start. */
+ATS_API ats_err *ats_ctx_with_deadline(ats_ctx *parent, uint64_t deadline_ns, ats_ctx **out);
 /* with_deadline(parent, now + timeout_ns), with now = ats_now_ns() or the caller's now_ns. */
-ats_err *ats_ctx_with_timeout(ats_ctx *parent, uint64_t timeout_ns, ats_ctx **out);
-ats_err *ats_ctx_with_timeout_at(ats_ctx *parent, uint64_t timeout_ns, uint64_t now_ns, ats_ctx **out);
+ATS_API ats_err *ats_ctx_with_timeout(ats_ctx *parent, uint64_t timeout_ns, ats_ctx **out);
+ATS_API ats_err *ats_ctx_with_timeout_at(ats_ctx *parent, uint64_t timeout_ns, uint64_t now_ns, ats_ctx **out);
 
 /* A child (cancellable, like with_cancel) carrying `value` under `key`, shadowing any value the
  * parent has for it. One allocation holds the child and its value table (copy of the parent's
  * table, O(ATS_CTX_VALUE_SLOTS)). Blocking, like with_cancel. */
-ats_err *ats_ctx_with_value(ats_ctx *parent, ats_ctx_key *key, void *value, ats_ctx **out);
+ATS_API ats_err *ats_ctx_with_value(ats_ctx *parent, ats_ctx_key *key, void *value, ats_ctx **out);
 
 /* A context with the parent's values that is never cancelled and has no deadline (Go's
  * WithoutCancel; Trio's shield): for cleanup that must finish after its request is cancelled.
  * Its children can be cancelled as usual. Blocking (allocation only). */
-ats_err *ats_ctx_without_cancel(ats_ctx *parent, ats_ctx **out);
+ATS_API ats_err *ats_ctx_without_cancel(ats_ctx *parent, ats_ctx **out);
 
 /* A context done as soon as any of parents[0..n-1] is (with that parent's error), with the values
  * of parents[0] and the earliest of their deadlines (folly's merged tokens). It is linked as a
  * child of the first cancellable parent and registers an after-func on each other one; releasing
  * it stops them. n >= 1. Blocking; one allocation; O(n). */
-ats_err *ats_ctx_merge(ats_ctx *const *parents, size_t n, ats_ctx **out);
+ATS_API ats_err *ats_ctx_merge(ats_ctx *const *parents, size_t n, ats_ctx **out);
 
 /* ---- Lifetime ---- */
 
 /* Adds a reference; wait-free (one atomic add). Returns ctx. A child does not count here: its link
  * keeps its parent alive (a parent released before its children stays linked and cancellable
  * until the last of them goes). */
-ats_ctx *ats_ctx_ref(ats_ctx *ctx);
+ATS_API ats_ctx *ats_ctx_ref(ats_ctx *ctx);
 /* Drops a reference. The last one disarms the timer, unlinks the context from its parent (its
  * lock, briefly), stops a merge's after-funcs and frees it, then drops its reference to the
  * parent (iteratively: chains of any length). NULL-safe. Blocking (locks, free). */
-void ats_ctx_release(ats_ctx *ctx);
+ATS_API void ats_ctx_release(ats_ctx *ctx);
 
 /* ---- Cancelling ---- */
 
@@ -161,44 +141,34 @@ void ats_ctx_release(ats_ctx *ctx);
  * without_cancel); the cause is then dropped. Runs the after-funcs of every context it cancels on
  * the calling thread. Blocking: takes each context's lock in turn; O(subtree), iterative, no
  * allocation when cause is NULL. */
-bool ats_ctx_cancel(ats_ctx *ctx, ats_err *cause);
+ATS_API bool ats_ctx_cancel(ats_ctx *ctx, ats_err *cause);
 
 /* ---- Asking ---- */
 
-/* Whether ctx is done. Wait-free: one acquire load of ctx's own word (~0.3 ns), so poll it as
+/* Whether ctx is done. Wait-free: one acquire load of ctx's own word (row ctx.done), so poll it as
  * often as you like; a true result makes everything written before the cancel visible. It turns
  * true when the timer fires, not at the deadline's exact nanosecond: use ats_ctx_done_at to also
  * compare the deadline with a time you already have. */
-static inline bool ats_ctx_done(const ats_ctx *ctx)
-{
-	const struct ats__ctx_head *h = (const struct ats__ctx_head *)(const void *)ctx;
-	return (atomic_load_explicit((_Atomic uint32_t *)&h->state, memory_order_acquire) & ATS__CTX_DONE_MASK) != 0;
-}
+static inline bool ats_ctx_done(const ats_ctx *ctx);
 
 /* Done, or its deadline is at or before now_ns (caller's CLOCK_MONOTONIC time). Wait-free; no
  * timer thread involved. */
-static inline bool ats_ctx_done_at(const ats_ctx *ctx, uint64_t now_ns)
-{
-	const struct ats__ctx_head *h = (const struct ats__ctx_head *)(const void *)ctx;
-	return ats_ctx_done(ctx) || now_ns >= h->deadline_ns;
-}
+static inline bool ats_ctx_done_at(const ats_ctx *ctx, uint64_t now_ns);
 
 /* The deadline (CLOCK_MONOTONIC ns), ATS_CTX_NO_DEADLINE when none. Wait-free. */
-static inline uint64_t ats_ctx_deadline(const ats_ctx *ctx)
-{
-	return ((const struct ats__ctx_head *)(const void *)ctx)->deadline_ns;
-}
+static inline uint64_t ats_ctx_deadline(const ats_ctx *ctx);
 
 /* Why ctx is done: a new reference to an ATS_ERR_CANCELLED ("context cancelled") or
  * ATS_ERR_DEADLINE_EXCEEDED ("context deadline exceeded") error whose cause is the cancel's
  * cause, if one was given; NULL while not done. When the deadline has passed but the timer has
- * not fired yet, cancels ctx first (so err and done agree from then on). Lock-free when done (one
- * atomic add); one clock read otherwise. */
-ats_err *ats_ctx_err(ats_ctx *ctx);
+ * not fired yet, cancels ctx first (so err and done agree from then on). Wait-free when done (one
+ * atomic add) and while the deadline is ahead (one clock read); blocking when it cancels an
+ * expired context (as ats_ctx_cancel). */
+ATS_API ats_err *ats_ctx_err(ats_ctx *ctx);
 
 /* The cause given to the cancel that made ctx done or, when it had none, the error ats_ctx_err
  * returns (Go's context.Cause). Borrowed: valid while ctx is. NULL while not done. Wait-free. */
-const ats_err *ats_ctx_cause(const ats_ctx *ctx);
+ATS_API const ats_err *ats_ctx_cause(const ats_ctx *ctx);
 
 /* ---- Waiting ---- */
 
@@ -207,13 +177,13 @@ const ats_err *ats_ctx_cause(const ats_ctx *ctx);
  * (FUTEX_WAIT_BITSET, absolute monotonic timeout): no busy loop, no lost wake-up, no timer
  * thread needed: when ctx's own deadline passes first, the waiter cancels ctx itself (deadline
  * exceeded) and returns true. Blocking; no allocation. */
-bool ats_ctx_wait(ats_ctx *ctx, uint64_t deadline_ns);
+ATS_API bool ats_ctx_wait(ats_ctx *ctx, uint64_t deadline_ns);
 
 /* A file descriptor that becomes readable (EPOLLIN) when ctx is done, for epoll/poll loops. Made on
  * first call (an eventfd, EFD_CLOEXEC | EFD_NONBLOCK), owned by ctx and closed when it is freed:
  * do not close it or read from it. The same fd on every call. Blocking (ctx's lock; eventfd(2)
  * the first time). Fails with a system error when the process is out of descriptors. */
-ats_err *ats_ctx_fd(ats_ctx *ctx, int *fd);
+ATS_API ats_err *ats_ctx_fd(ats_ctx *ctx, int *fd);
 
 /* ---- After-funcs ---- */
 
@@ -225,7 +195,7 @@ typedef struct ats_ctx_after {
 	ats_ctx *ctx_;
 	void (*fn_)(void *);
 	void *arg_;
-	_Atomic uint32_t state_;
+	ATS_ATOMIC(uint32_t) state_;
 } ats_ctx_after;
 
 /* Runs fn(arg) once when ctx is done, on the thread that cancels it (the timer thread for
@@ -233,47 +203,32 @@ typedef struct ats_ctx_after {
  * semantics). Never runs for a context that can never be cancelled. The registration holds a
  * reference to ctx until it runs or is stopped. Blocking (ctx's lock, a few instructions); O(1);
  * no allocation, cannot fail. */
-void ats_ctx_after_func(ats_ctx *ctx, ats_ctx_after *a, void (*fn)(void *), void *arg);
+ATS_API void ats_ctx_after_func(ats_ctx *ctx, ats_ctx_after *a, void (*fn)(void *), void *arg);
 
 /* Stops a registration: true when fn had not run and now never will; false when it ran, or is
  * running, in which case stop waits for it to return (except from within fn itself). Calling it
  * again returns the same answer. Blocking; O(1). */
-bool ats_ctx_after_stop(ats_ctx_after *a);
+ATS_API bool ats_ctx_after_stop(ats_ctx_after *a);
 
 /* ---- Values ---- */
 
 /* The value ctx carries for key (the nearest ancestor's that set it): true and *out, or false.
- * Wait-free; O(1) for the first ATS_CTX_VALUE_SLOTS keys of the process (~1 ns), O(values with
- * overflow keys) after that. */
-static inline bool ats_ctx_lookup(const ats_ctx *ctx, ats_ctx_key *key, void **out)
-{
-	const struct ats__ctx_vals *v = ((const struct ats__ctx_head *)(const void *)ctx)->vals;
-	uint32_t s = atomic_load_explicit(&key->slot_, memory_order_relaxed);
-	if (!v || s == ATS__CTX_KEY_UNASSIGNED)
-		return false;
-	if (s < ATS_CTX_VALUE_SLOTS) {
-		if (!((v->mask >> s) & 1u))
-			return false;
-		*out = v->slot[s];
-		return true;
-	}
-	return ats__ctx_lookup_overflow(v, key, out);
-}
+ * Wait-free; O(1) for the first ATS_CTX_VALUE_SLOTS keys of the process (row ctx.value_lookup),
+ * O(values with overflow keys) after that. */
+static inline bool ats_ctx_lookup(const ats_ctx *ctx, ats_ctx_key *key, void **out);
 
 /* The value for key, or NULL when there is none. Wait-free; as ats_ctx_lookup. */
-static inline void *ats_ctx_value(const ats_ctx *ctx, ats_ctx_key *key)
-{
-	void *v = NULL;
-	return ats_ctx_lookup(ctx, key, &v) ? v : NULL;
-}
+static inline void *ats_ctx_value(const ats_ctx *ctx, ats_ctx_key *key);
 
 /* ---- The timer service ---- */
 
 /* The timer wheel's tick: how late (at most, plus the scheduler's wake-up latency) a deadline
  * fires. */
-uint64_t ats_ctx_timer_precision_ns(void);
+ATS_API uint64_t ats_ctx_timer_precision_ns(void);
 
 #ifdef __cplusplus
 }
 #endif
+
+#include "atscale/ctx_inl.h" /* the inline bodies (not API) */
 #endif

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* atscale structured errors.
  *
  * An error says what happened (a canonical code, a message and a cause chain), when and where
@@ -37,6 +38,8 @@
 #ifndef ATSCALE_ERROR_H
 #define ATSCALE_ERROR_H
 
+#include "atscale/common.h"
+
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -47,21 +50,34 @@
 extern "C" {
 #endif
 
-/* The closed set of canonical codes. */
-typedef enum ats_code {
-	ATS_ERR_CANCELLED = 1,     /* the operation was cancelled (ctx cancelled, pool stopped) */
-	ATS_ERR_DEADLINE_EXCEEDED, /* a deadline passed, or would pass before the operation ends */
-	ATS_ERR_CLOSED,            /* the channel, pool or object was closed */
-	ATS_ERR_LIMITED,           /* a rate or resource limit refused the request */
-	ATS_ERR_INVALID_ARGUMENT,  /* the caller passed something that can never work */
-	ATS_ERR_OUT_OF_MEMORY,     /* an allocation failed */
-	ATS_ERR_UNAVAILABLE,       /* a dependency is down or busy; retrying may help */
-	ATS_ERR_NOT_FOUND,         /* a named thing does not exist */
-	ATS_ERR_EXISTS,            /* a named thing already exists */
-	ATS_ERR_SYSTEM,            /* a system call failed (the "errno" attachment says how) */
-	ATS_ERR_INTERNAL,          /* a bug: an invariant broke or an unexpected error escaped */
-} ats_code;
-#define ATS_ERR_CODE_COUNT 11
+/* The closed set of canonical codes, the one list the enum, ATS_ERR_CODE_COUNT and ats_code_name()
+ * are generated from (as libuv's UV_ERRNO_MAP): X(NAME, name, what it means) gives ATS_ERR_NAME,
+ * numbered from 1 in this order, and the stable lower-case name "name". Codes are only ever added
+ * at the end. */
+#define ATS_ERR_CODE_MAP(X)                                                                                            \
+	X(CANCELLED, cancelled, "the operation was cancelled (ctx cancelled, pool stopped)")                           \
+	X(DEADLINE_EXCEEDED, deadline_exceeded, "a deadline passed, or would pass before the operation ends")          \
+	X(CLOSED, closed, "the channel, pool or object was closed")                                                    \
+	X(LIMITED, limited, "a rate or resource limit refused the request")                                            \
+	X(INVALID_ARGUMENT, invalid_argument, "the caller passed something that can never work")                       \
+	X(OUT_OF_MEMORY, out_of_memory, "an allocation failed")                                                        \
+	X(UNAVAILABLE, unavailable, "a dependency is down or busy; retrying may help")                                 \
+	X(NOT_FOUND, not_found, "a named thing does not exist")                                                        \
+	X(EXISTS, exists, "a named thing already exists")                                                              \
+	X(SYSTEM, system, "a system call failed (the \"errno\" attachment says how)")                                  \
+	X(INTERNAL, internal, "a bug: an invariant broke or an unexpected error escaped")
+
+/* (private: each code's position in the list, from 0) */
+#define ATS__ERR_CODE_INDEX(NAME, name, what) ATS__ERR_INDEX_##NAME,
+enum ats__err_code_index { ATS_ERR_CODE_MAP(ATS__ERR_CODE_INDEX) };
+#undef ATS__ERR_CODE_INDEX
+#define ATS__ERR_CODE_ENUM(NAME, name, what) ATS_ERR_##NAME = ATS__ERR_INDEX_##NAME + 1,
+typedef enum ats_code { ATS_ERR_CODE_MAP(ATS__ERR_CODE_ENUM) } ats_code;
+#undef ATS__ERR_CODE_ENUM
+
+/* How many codes there are (they run from 1 to ATS_ERR_CODE_COUNT). */
+#define ATS__ERR_CODE_ONE(NAME, name, what) +1
+#define ATS_ERR_CODE_COUNT (0 ATS_ERR_CODE_MAP(ATS__ERR_CODE_ONE))
 
 typedef enum ats_err_kind {
 	ATS_KIND_KNOWN = 0, /* a well-formed error for a known edge case */
@@ -71,7 +87,8 @@ typedef enum ats_err_kind {
 
 typedef struct ats_err ats_err;
 
-/* Per-call stack switch for the ats__err_new family. */
+/* Private: the per-call stack switch the macros below pass to ats__err_new (DEFAULT, or ON for
+ * ats_err_new_stack). No public call takes it; ATS_STACK_OFF exists for the library's tests. */
 enum {
 	ATS_STACK_DEFAULT = 0, /* bugs capture a stack; known errors follow ats_err_set_stack_default */
 	ATS_STACK_ON = 1,
@@ -80,7 +97,7 @@ enum {
 #define ATS_ERR_MAX_FRAMES 32
 
 /* The static error returned when memory for an error could not be had. */
-extern ats_err *const ats_err_oom;
+ATS_API extern ats_err *const ats_err_oom;
 
 /* ---- Making errors (all take printf-style formats; all capture file:line:function). ---- */
 
@@ -112,65 +129,66 @@ extern ats_err *const ats_err_oom;
 /* Decorations, applied while the caller still holds the only reference. Each consumes `err` and
  * returns the decorated error: the same object when the caller is the sole owner, else a copy
  * (errors others can see never change). On out-of-memory the error comes back undecorated. */
-ats_err *ats_err_with_user(ats_err *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-ats_err *ats_err_with_hint(ats_err *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-ats_err *ats_err_with_kv(ats_err *err, const char *key, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+ATS_API ats_err *ats_err_with_user(ats_err *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+ATS_API ats_err *ats_err_with_hint(ats_err *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+ATS_API ats_err *ats_err_with_kv(ats_err *err, const char *key, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 /* ---- Lifetime ---- */
 
 /* Adds a reference; wait-free (one atomic add). Returns err. NULL-safe. */
-ats_err *ats_err_ref(ats_err *err);
+ATS_API ats_err *ats_err_ref(ats_err *err);
 /* Drops a reference; the last one frees the error and its cause chain (iteratively, so chains of
- * any length are fine). NULL-safe. Wait-free but for the free: one atomic decrement, none when the
- * caller holds the only reference. */
-void ats_err_unref(ats_err *err);
+ * any length are fine). NULL-safe. Wait-free while other references remain (one atomic
+ * decrement); blocking when it drops the last one (free). */
+ATS_API void ats_err_unref(ats_err *err);
 
 /* ---- Reading (all wait-free, no allocation; NULL err gives 0/NULL/false) ---- */
 
-ats_code ats_err_code(const ats_err *err);
-ats_err_kind ats_err_kind_of(const ats_err *err);
-bool ats_err_is_bug(const ats_err *err);
-const char *ats_err_message(const ats_err *err);
+ATS_API ats_code ats_err_code(const ats_err *err);
+ATS_API ats_err_kind ats_err_kind_of(const ats_err *err);
+ATS_API bool ats_err_is_bug(const ats_err *err);
+ATS_API const char *ats_err_message(const ats_err *err);
 /* The next error in the chain (borrowed: valid while err is). */
-const ats_err *ats_err_cause(const ats_err *err);
+ATS_API const ats_err *ats_err_cause(const ats_err *err);
 /* The deepest error in the chain (err itself when it has no cause). */
-const ats_err *ats_err_root(const ats_err *err);
-const char *ats_err_user(const ats_err *err); /* the user message set on this error, or NULL */
-const char *ats_err_hint(const ats_err *err); /* the hint set on this error, or NULL */
-size_t ats_err_kv_count(const ats_err *err);
-bool ats_err_kv_at(const ats_err *err, size_t i, const char **key, const char **value);
+ATS_API const ats_err *ats_err_root(const ats_err *err);
+ATS_API const char *ats_err_user(const ats_err *err); /* the user message set on this error, or NULL */
+ATS_API const char *ats_err_hint(const ats_err *err); /* the hint set on this error, or NULL */
+ATS_API size_t ats_err_kv_count(const ats_err *err);
+ATS_API bool ats_err_kv_at(const ats_err *err, size_t i, const char **key, const char **value);
 /* The value of `key` on this error or, failing that, the nearest cause that has it. */
-const char *ats_err_kv_get(const ats_err *err, const char *key);
-uint64_t ats_err_log_id(const ats_err *err);  /* unique in the process, never 0 for a real error */
-uint64_t ats_err_wall_ns(const ats_err *err); /* CLOCK_REALTIME nanoseconds */
-uint64_t ats_err_mono_ns(const ats_err *err); /* CLOCK_MONOTONIC nanoseconds */
-int ats_err_thread_id(const ats_err *err);    /* kernel thread id (gettid) */
-const char *ats_err_file(const ats_err *err);
-int ats_err_line(const ats_err *err);
-const char *ats_err_func(const ats_err *err);
+ATS_API const char *ats_err_kv_get(const ats_err *err, const char *key);
+ATS_API uint64_t ats_err_log_id(const ats_err *err);  /* unique in the process, never 0 for a real error */
+ATS_API uint64_t ats_err_wall_ns(const ats_err *err); /* CLOCK_REALTIME nanoseconds */
+ATS_API uint64_t ats_err_mono_ns(const ats_err *err); /* CLOCK_MONOTONIC nanoseconds */
+ATS_API int ats_err_thread_id(const ats_err *err);    /* kernel thread id (gettid) */
+ATS_API const char *ats_err_file(const ats_err *err);
+ATS_API int ats_err_line(const ats_err *err);
+ATS_API const char *ats_err_func(const ats_err *err);
 /* The raw stack (return addresses, innermost first); 0 frames when none was captured. */
-size_t ats_err_stack(const ats_err *err, void *const **frames);
+ATS_API size_t ats_err_stack(const ats_err *err, void *const **frames);
 
 /* True when err or any error in its cause chain has `code`. */
-bool ats_err_is(const ats_err *err, ats_code code);
+ATS_API bool ats_err_is(const ats_err *err, ats_code code);
 /* The first error in the chain with `code` (borrowed), or NULL. */
-const ats_err *ats_err_find(const ats_err *err, ats_code code);
+ATS_API const ats_err *ats_err_find(const ats_err *err, ats_code code);
 
 /* The code's stable lower-case name ("deadline_exceeded"); "unknown" outside the set. */
-const char *ats_code_name(ats_code code);
-const char *ats_err_kind_name(ats_err_kind kind);
+ATS_API const char *ats_code_name(ats_code code);
+ATS_API const char *ats_err_kind_name(ats_err_kind kind);
 
 /* ---- Formatting (snprintf contract: returns the length the whole text needs, writes at most
  * len-1 bytes and a NUL when len > 0). Symbolizes the stack with dladdr. Blocking: allocation-free
  * but may take the dynamic loader's lock while symbolizing. ---- */
 
 /* Multi-line human format: every error of the chain with all its fields and symbolized stack. */
-size_t ats_err_format(const ats_err *err, char *buf, size_t len);
+ATS_API size_t ats_err_format(const ats_err *err, char *buf, size_t len);
 /* One JSON object (valid JSON and valid UTF-8 whatever bytes the messages hold); the chain is
  * the "cause" member, nested. */
-size_t ats_err_format_json(const ats_err *err, char *buf, size_t len);
+ATS_API size_t ats_err_format_json(const ats_err *err, char *buf, size_t len);
 /* Writes the human format to f. */
-void ats_err_print(const ats_err *err, FILE *f);
+ATS_API void ats_err_print(const ats_err *err, FILE *f);
 
 /* What to show a user: for a well-formed error, its user message (the first one set along the
  * chain) or, if none, its message, followed by the hint (the first set along the chain) in
@@ -178,34 +196,34 @@ void ats_err_print(const ats_err *err, FILE *f);
  * id <id>." after handing the full record to the log hook. Every call on a bug logs it, so size
  * the buffer once rather than calling twice (128 bytes always fit the bug text). snprintf
  * contract. */
-size_t ats_err_user_text(const ats_err *err, char *buf, size_t len);
+ATS_API size_t ats_err_user_text(const ats_err *err, char *buf, size_t len);
 
 /* ---- Global settings ---- */
 
 /* The log hook receives full records (bugs shown to users, ats_err_log). The default writes the
- * JSON format, one line, to stderr. NULL restores the default. Thread-safe and lock-free: each
- * distinct (fn, arg) pair gets one small node, kept for the process's life (so a logger racing
- * a swap never reads freed memory; memory grows with distinct hooks, not with swaps); the swap is
- * an atomic store. A logger that raced a swap may still call the previous hook once. The hook may
- * be called from any thread at once. */
+ * JSON format, one line, to stderr. NULL restores the default. Thread-safe; blocking (it may
+ * allocate): each distinct (fn, arg) pair gets one small node, kept for the process's life (so a
+ * logger racing a swap never reads freed memory; memory grows with distinct hooks, not with
+ * swaps); the swap is an atomic store. A logger that raced a swap may still call the previous hook
+ * once. The hook may be called from any thread at once. */
 typedef void (*ats_err_log_fn)(const ats_err *err, void *arg);
-void ats_err_set_log_hook(ats_err_log_fn fn, void *arg);
+ATS_API void ats_err_set_log_hook(ats_err_log_fn fn, void *arg);
 /* Sends err's full record to the log hook. */
-void ats_err_log(const ats_err *err);
-/* Whether known edge cases capture a stack by default (default: false). Bugs always do unless a
- * call says ATS_STACK_OFF. Thread-safe (relaxed atomic). */
-void ats_err_set_stack_default(bool capture_for_known);
+ATS_API void ats_err_log(const ats_err *err);
+/* Whether known edge cases capture a stack by default (default: false). Bugs always capture one.
+ * Thread-safe (relaxed atomic). */
+ATS_API void ats_err_set_stack_default(bool capture_for_known);
 
 /* ---- Internals behind the macros ---- */
-ats_err *ats__err_new(const char *file, int line, const char *func, ats_err_kind kind, ats_code code, int stack,
-                      ats_err *cause, const char *fmt, ...) __attribute__((format(printf, 8, 9)));
-ats_err *ats__err_vnew(const char *file, int line, const char *func, ats_err_kind kind, ats_code code, int stack,
-                       ats_err *cause, const char *fmt, va_list ap);
-ats_err *ats__err_wrap(const char *file, int line, const char *func, ats_err *cause, int stack, const char *fmt, ...)
-    __attribute__((format(printf, 6, 7)));
-ats_err *ats__err_errno(const char *file, int line, const char *func, int errnum, const char *fmt, ...)
+ATS_API ats_err *ats__err_new(const char *file, int line, const char *func, ats_err_kind kind, ats_code code, int stack,
+                              ats_err *cause, const char *fmt, ...) __attribute__((format(printf, 8, 9)));
+ATS_API ats_err *ats__err_vnew(const char *file, int line, const char *func, ats_err_kind kind, ats_code code,
+                               int stack, ats_err *cause, const char *fmt, va_list ap);
+ATS_API ats_err *ats__err_wrap(const char *file, int line, const char *func, ats_err *cause, int stack, const char *fmt,
+                               ...) __attribute__((format(printf, 6, 7)));
+ATS_API ats_err *ats__err_errno(const char *file, int line, const char *func, int errnum, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
-ats_err *ats__err_boundary(const char *file, int line, const char *func, ats_err *err);
+ATS_API ats_err *ats__err_boundary(const char *file, int line, const char *func, ats_err *err);
 
 #ifdef __cplusplus
 }

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* The GCRA core shared by every atscale rate limiter (exact, sharded, multi, keyed).
  *
  * GCRA keeps one number per bucket, the theoretical arrival time (TAT): the moment the bucket
@@ -24,7 +25,8 @@
 #ifndef ATSCALE_GCRA_H
 #define ATSCALE_GCRA_H
 
-#include <stdatomic.h>
+#include "atscale/common.h"
+
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -41,18 +43,23 @@ typedef struct ats_rate {
 	uint64_t period_ns;
 } ats_rate;
 
-#define ATS_NS_PER_SEC UINT64_C(1000000000)
+#ifdef __cplusplus
+#define ATS_RATE_INF (ats_rate{1, 0})
+#else
 #define ATS_RATE_INF ((ats_rate){1, 0})
+#endif
 #define ATS_RATE_MAX_PER_SEC UINT64_C(1000000000000) /* 10^12 per second */
 
 static inline ats_rate ats_rate_per_sec(uint64_t events)
 {
-	return (ats_rate){events, ATS_NS_PER_SEC};
+	ats_rate r = {events, ATS_NS_PER_SEC};
+	return r;
 }
 /* One event every `interval_ns` (Go's rate.Every). */
 static inline ats_rate ats_rate_every(uint64_t interval_ns)
 {
-	return (ats_rate){1, interval_ns};
+	ats_rate r = {1, interval_ns};
+	return r;
 }
 static inline bool ats_rate_is_inf(ats_rate r)
 {
@@ -77,89 +84,37 @@ typedef struct ats_token_clock {
  * starts full). Errors (invalid argument, nothing written): burst > 2^32, a rate above
  * ATS_RATE_MAX_PER_SEC, or events == 0 with a non-zero period is allowed (rate 0: the initial
  * burst, then nothing). Not a hot path: one 128-bit division. */
-ats_err *ats_token_clock_make(ats_token_clock *clock, ats_rate rate, uint64_t burst, uint64_t epoch_ns);
+ATS_API ats_err *ats_token_clock_make(ats_token_clock *clock, ats_rate rate, uint64_t burst, uint64_t epoch_ns);
 /* The same with shift capped at max_shift (<= 30): coarser units for callers that need headroom
  * in the TAT word (the exact limiter keeps burst << shift <= 2^61). */
-ats_err *ats_token_clock_make_max_shift(ats_token_clock *clock, ats_rate rate, uint64_t burst, uint64_t epoch_ns,
-                                        uint32_t max_shift);
-
-/* The high half of the fraction's product: true when the low half (dt * frac_lo / 2^64, which is
- * < dt) cannot carry into the result, i.e. when the low 64 bits of dt * frac_hi are more than dt
- * below 2^64 (all but a dt / 2^64 share of times). *units is then the exact reading; otherwise
- * the caller adds the low half (ats_token_clock_units) or takes a path that has frac_lo. */
-static inline bool ats__token_units_hi(uint64_t base_units, uint64_t mul_int, uint64_t frac_hi, uint64_t dt,
-                                       uint64_t *units, uint64_t *hi_lo)
-{
-	unsigned __int128 hi = (unsigned __int128)dt * frac_hi;
-	*units = base_units + dt * mul_int + (uint64_t)(hi >> 64);
-	*hi_lo = (uint64_t)hi;
-	return (uint64_t)hi <= ~dt;
-}
+ATS_API ats_err *ats_token_clock_make_max_shift(ats_token_clock *clock, ats_rate rate, uint64_t burst,
+                                                uint64_t epoch_ns, uint32_t max_shift);
 
 /* The clock's reading at now_ns, in units (modulo 2^64). Times before the epoch read as the
  * epoch. Wait-free, no memory access beyond the clock; two multiplies (the dt * frac_lo one only
- * in the rare case where it can carry, see above), ~1.5 ns. */
-static inline uint64_t ats_token_clock_units(const ats_token_clock *c, uint64_t now_ns)
-{
-	uint64_t dt = now_ns > c->epoch_ns ? now_ns - c->epoch_ns : 0;
-	uint64_t units, hi_lo;
-	if (__builtin_expect(!ats__token_units_hi(c->base_units, c->mul_int, c->frac_hi, dt, &units, &hi_lo), 0)) {
-		uint64_t lo = (uint64_t)(((unsigned __int128)dt * c->frac_lo) >> 64);
-		units += hi_lo + lo < hi_lo; /* the carry */
-	}
-	return units;
-}
-
-/* max(tat, now) on the modular unit clock: tat counts as "ahead" when within 2^63 units. */
-static inline uint64_t ats__gcra_start(uint64_t tat, uint64_t now_units)
-{
-	return (int64_t)(tat - now_units) > 0 ? tat : now_units;
-}
+ * in the rare case where it can carry: see gcra_inl.h). */
+static inline uint64_t ats_token_clock_units(const ats_token_clock *c, uint64_t now_ns);
 
 /* The TAT after taking n tokens from a bucket at `tat` when the clock reads `now_units`, or false
  * when they do not fit. Pure function. n must be <= ATS_GCRA_MAX_N. */
-static inline bool ats_gcra_next(const ats_token_clock *c, uint64_t tat, uint64_t now_units, uint64_t n, uint64_t *next)
-{
-	uint64_t start = ats__gcra_start(tat, now_units);
-	uint64_t after = start + (n << c->shift);
-	*next = after;
-	return after - now_units <= c->burst_units;
-}
+static inline bool ats_gcra_next(const ats_token_clock *c, uint64_t tat, uint64_t now_units, uint64_t n,
+                                 uint64_t *next);
 
 /* Takes n tokens from the bucket whose TAT is *tat if they fit. Lock-free: one relaxed load and
  * one CAS per attempt (the modification order of *tat alone guarantees no over-grant); the deny
  * path writes nothing. Cost: ~1 CAS when uncontended. n must be <= ATS_GCRA_MAX_N. */
-static inline bool ats_gcra_take_at(const ats_token_clock *c, _Atomic uint64_t *tat, uint64_t now_ns, uint64_t n)
-{
-	if (c->inf)
-		return true;
-	uint64_t now = ats_token_clock_units(c, now_ns);
-	uint64_t cur = atomic_load_explicit(tat, memory_order_relaxed);
-	for (;;) {
-		uint64_t next;
-		if (!ats_gcra_next(c, cur, now, n, &next))
-			return false;
-		if (atomic_compare_exchange_weak_explicit(tat, &cur, next, memory_order_relaxed, memory_order_relaxed))
-			return true;
-	}
-}
+static inline bool ats_gcra_take_at(const ats_token_clock *c, ATS_ATOMIC(uint64_t) * tat, uint64_t now_ns, uint64_t n);
 
 /* Whole tokens available in a bucket at `tat` (0..burst). Pure function. */
-static inline uint64_t ats_gcra_tokens(const ats_token_clock *c, uint64_t tat, uint64_t now_ns)
-{
-	uint64_t now = ats_token_clock_units(c, now_ns);
-	uint64_t debt = ats__gcra_start(tat, now) - now;
-	return debt >= c->burst_units ? 0 : (c->burst_units - debt) >> c->shift;
-}
+static inline uint64_t ats_gcra_tokens(const ats_token_clock *c, uint64_t tat, uint64_t now_ns);
 
 /* True when the bucket is full at now_ns (TAT <= now): it may be forgotten with no change in
  * behaviour. Pure function. */
-static inline bool ats_gcra_is_full(const ats_token_clock *c, uint64_t tat, uint64_t now_ns)
-{
-	return (int64_t)(tat - ats_token_clock_units(c, now_ns)) <= 0;
-}
+static inline bool ats_gcra_is_full(const ats_token_clock *c, uint64_t tat, uint64_t now_ns);
 
 #ifdef __cplusplus
 }
 #endif
+
+#include "atscale/gcra_inl.h" /* the inline bodies (not API) */
 #endif

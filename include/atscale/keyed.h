@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* Keyed rate limiters: one GCRA bucket per key (an IP address, a user id) in an RCU-protected
  * hash map with a hard cap on keys and on memory.
  *
@@ -37,8 +38,8 @@
  *    (and the eviction of an idle key then fails: it is no longer idle) or sees the mark and starts
  *    again on the key's new slot. Slots are reused only after an RCU grace period.
  *
- * Threads. The map reads under liburcu's memb flavour (rcu_read_lock ~2 ns, no fences on the read
- * side). A thread is registered with liburcu on its first call (a thread-local test) and
+ * Threads. The map reads under liburcu's memb flavour (no fences on the read side; row
+ * keyed.allow_1m). A thread is registered with liburcu on its first call (a thread-local test) and
  * unregistered when it exits (a pthread key destructor); a thread the application registered
  * itself is used as it is, and stays the application's to unregister. The calls below may be made
  * inside the application's own rcu_read_lock sections (nesting is fine) but ats_keyed_destroy may
@@ -48,8 +49,9 @@
 #ifndef ATSCALE_KEYED_H
 #define ATSCALE_KEYED_H
 
+#include "atscale/common.h"
+
 #include <pthread.h>
-#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -99,25 +101,25 @@ struct ats__keyed_table;
 /* The map. Transparent only so that it can live in caller memory (ats_keyed_init); every field is
  * private. */
 typedef struct ats_keyed {
-	_Atomic(struct ats__keyed_table *) table; /* private: the published table */
-	uint64_t seed[2];                         /* private: hash seed */
-	ats_token_clock clock;                    /* private: the default limit */
-	ats_token_clock *overrides;               /* private: override limits, append-only */
-	ats_keyed_limit *override_limits;         /* private: what each override was made from */
-	_Atomic uint32_t noverrides;              /* private */
-	uint32_t max_overrides;                   /* private */
-	size_t max_slots, key_limit, max_bytes;   /* private: caps */
-	size_t base_bytes;                        /* private: memory besides tables */
-	_Atomic size_t table_bytes;               /* private: tables, including ones awaiting free */
-	_Atomic size_t keys;                      /* private */
-	size_t used, hand, sweep;                 /* private: writer-only */
-	uint32_t epoch;                           /* private: writer-only grace epoch */
-	uint64_t evict_ns;                        /* private: latest time a key was evicted at */
-	_Atomic uint32_t safe_epoch;              /* private: slots killed before it are reusable */
-	_Atomic uint32_t grace_target;            /* private: safe_epoch once the grace period ends */
-	_Atomic int grace_inflight;               /* private */
-	size_t killed_since_grace;                /* private: writer-only */
-	_Atomic uint64_t inserts, evicted_idle, evicted_forced, resizes, insert_failures; /* private */
+	ATS_ATOMIC(struct ats__keyed_table *) table; /* private: the published table */
+	uint64_t seed[2];                            /* private: hash seed */
+	ats_token_clock clock;                       /* private: the default limit */
+	ats_token_clock *overrides;                  /* private: override limits, append-only */
+	ats_keyed_limit *override_limits;            /* private: what each override was made from */
+	ATS_ATOMIC(uint32_t) noverrides;             /* private */
+	uint32_t max_overrides;                      /* private */
+	size_t max_slots, key_limit, max_bytes;      /* private: caps */
+	size_t base_bytes;                           /* private: memory besides tables */
+	ATS_ATOMIC(size_t) table_bytes;              /* private: tables, including ones awaiting free */
+	ATS_ATOMIC(size_t) keys;                     /* private */
+	size_t used, hand, sweep;                    /* private: writer-only */
+	uint32_t epoch;                              /* private: writer-only grace epoch */
+	uint64_t evict_ns;                           /* private: latest time a key was evicted at */
+	ATS_ATOMIC(uint32_t) safe_epoch;             /* private: slots killed before it are reusable */
+	ATS_ATOMIC(uint32_t) grace_target;           /* private: safe_epoch once the grace period ends */
+	ATS_ATOMIC(int) grace_inflight;              /* private */
+	size_t killed_since_grace;                   /* private: writer-only */
+	ATS_ATOMIC(uint64_t) inserts, evicted_idle, evicted_forced, resizes, insert_failures; /* private */
 	pthread_mutex_t lock; /* private: writers (insert, evict, resize) */
 	void *grace_head[2];  /* private: struct rcu_head for grace epochs */
 	char tsan_sync;       /* private: ThreadSanitizer's view of grace periods */
@@ -126,21 +128,25 @@ typedef struct ats_keyed {
 /* Makes a map in caller memory. Errors (nothing allocated): NULL arguments, max_keys 0, a burst
  * outside 1..2^32 or a rate above 10^12/s (ATS_ERR_INVALID_ARGUMENT), a max_bytes too small for
  * the smallest table, out of memory. Blocking (allocates the pre-sized table). */
-ats_err *ats_keyed_init(ats_keyed *m, const ats_keyed_config *cfg);
+ATS_API ats_err *ats_keyed_init(ats_keyed *m, const ats_keyed_config *cfg);
 /* Frees what the map holds. Blocking: waits for calls in flight on other threads (a grace period)
  * and for deferred frees (rcu_barrier). No new call may start on the map; must not be called
  * inside an RCU read-side section. NULL-safe. */
-void ats_keyed_destroy(ats_keyed *m);
+ATS_API void ats_keyed_destroy(ats_keyed *m);
 /* The same on the heap. */
-ats_err *ats_keyed_new(ats_keyed **out, const ats_keyed_config *cfg);
-void ats_keyed_free(ats_keyed *m);
+ATS_API ats_err *ats_keyed_new(ats_keyed **out, const ats_keyed_config *cfg);
+ATS_API void ats_keyed_free(ats_keyed *m);
 
 /* Takes n tokens from the key's bucket if they fit; adds the key (full) if it is new. False when
  * denied, and for a NULL map, an empty, NULL or too long key, or n == 0 or n > 2^32, which change
- * nothing. Lock-free when the key is present (hash, one slot read, one CAS; the deny path writes
- * nothing); blocking (the writer mutex) when it is new. A new key whose n exceeds its burst is
+ * nothing. Lock-free when the key is present (hash, one slot read, one CAS; the deny path makes no
+ * CAS, only a relaxed fetch_or that sets the key's reference bit for the CLOCK eviction, and only
+ * when it was clear). Blocking when the key is new: the writer mutex, and, when max_bytes leaves no
+ * room while replaced tables await their grace period, a wait for them (urcu_memb_barrier(), with
+ * the mutex dropped; skipped inside the caller's own rcu_read_lock section, which then gets a
+ * denial instead). A new key whose n exceeds its burst is
  * denied without being added. Relaxed ordering: a grant orders nothing else. */
-bool ats_keyed_allow_n_at(ats_keyed *m, const void *key, size_t len, uint64_t n, uint64_t now_ns);
+ATS_API bool ats_keyed_allow_n_at(ats_keyed *m, const void *key, size_t len, uint64_t n, uint64_t now_ns);
 static inline bool ats_keyed_allow_at(ats_keyed *m, const void *key, size_t len, uint64_t now_ns)
 {
 	return ats_keyed_allow_n_at(m, key, len, 1, now_ns);
@@ -160,12 +166,12 @@ static inline bool ats_keyed_allow(ats_keyed *m, const void *key, size_t len)
  * rte_hash_lookup_bulk does). results[i] is what ats_keyed_allow_n_at would return for keys[i],
  * taken in order (a key twice in the burst is charged twice). Returns how many were granted.
  * Lock-free for present keys; blocking for new ones. */
-size_t ats_keyed_allow_burst_at(ats_keyed *m, const void *const keys[], const size_t lens[], size_t count, uint64_t n,
-                                uint64_t now_ns, bool results[]);
+ATS_API size_t ats_keyed_allow_burst_at(ats_keyed *m, const void *const keys[], const size_t lens[], size_t count,
+                                        uint64_t n, uint64_t now_ns, bool results[]);
 
 /* Whole tokens the key has at now_ns without taking any (a new key: its burst). 0 for bad input.
  * Wait-free; adds nothing. */
-uint64_t ats_keyed_tokens_at(ats_keyed *m, const void *key, size_t len, uint64_t now_ns);
+ATS_API uint64_t ats_keyed_tokens_at(ats_keyed *m, const void *key, size_t len, uint64_t now_ns);
 static inline uint64_t ats_keyed_tokens(ats_keyed *m, const void *key, size_t len)
 {
 	return ats_keyed_tokens_at(m, key, len, ats_fast_now_ns());
@@ -177,17 +183,18 @@ static inline uint64_t ats_keyed_tokens(ats_keyed *m, const void *key, size_t le
  * storage; more than max_overrides distinct ones give ATS_ERR_LIMITED. Errors change nothing.
  * Blocking (writer mutex); concurrent allows on the key are never over-granted: they finish on
  * the old slot or move to the new one. */
-ats_err *ats_keyed_set_limit(ats_keyed *m, const void *key, size_t len, const ats_keyed_limit *lim, uint64_t now_ns);
+ATS_API ats_err *ats_keyed_set_limit(ats_keyed *m, const void *key, size_t len, const ats_keyed_limit *lim,
+                                     uint64_t now_ns);
 
 /* Sweeps up to max_slots slots (0: the whole table) and evicts the idle keys among them
  * (losslessly). Returns how many. Blocking (writer mutex). */
-size_t ats_keyed_evict_idle_at(ats_keyed *m, uint64_t now_ns, size_t max_slots);
+ATS_API size_t ats_keyed_evict_idle_at(ats_keyed *m, uint64_t now_ns, size_t max_slots);
 
 /* Keys in the map, and the memory it holds (tables, including a replaced one awaiting its grace
  * period, and the map's arrays). Wait-free, relaxed reads. */
-size_t ats_keyed_count(const ats_keyed *m);
-size_t ats_keyed_bytes(const ats_keyed *m);
-void ats_keyed_stats_get(const ats_keyed *m, ats_keyed_stats *out);
+ATS_API size_t ats_keyed_count(const ats_keyed *m);
+ATS_API size_t ats_keyed_bytes(const ats_keyed *m);
+ATS_API void ats_keyed_stats_get(const ats_keyed *m, ats_keyed_stats *out);
 
 #ifdef __cplusplus
 }

@@ -1,4 +1,7 @@
-/* Test hooks of the ctx module (not part of the public API). */
+/* SPDX-License-Identifier: BSD-2-Clause */
+/* Test hooks of the ctx module (not part of the public API).. They exist only in
+ * the test variant of the library (atscale_testing, built with -DATS_TESTING), never in the
+ * installed one. */
 #ifndef ATS_INTERNAL_CTX_HOOKS_H
 #define ATS_INTERNAL_CTX_HOOKS_H
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 #include "internal/ec.h"
 #include "internal/futex.h"
 
@@ -13,7 +14,7 @@ static uint64_t ec_deadline_ns(const struct timespec *deadline)
 {
 	if (!deadline)
 		return ATS__FUTEX_FOREVER;
-	return (uint64_t)deadline->tv_sec * 1000000000u + (uint64_t)deadline->tv_nsec;
+	return (uint64_t)deadline->tv_sec * ATS_NS_PER_SEC + (uint64_t)deadline->tv_nsec;
 }
 
 static void ec_wait32(const struct ck_ec_wait_state *state, const uint32_t *addr, uint32_t expected,

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* The operations atscale gives Concurrency Kit's eventcounts (ck_ec): futex waits on the
  * CLOCK_MONOTONIC scale, so a ck_ec deadline is an atscale deadline.
  *
@@ -5,6 +6,8 @@
  * one eventcount can be shared between modules without a mismatch in clocks or wake-ups. */
 #ifndef ATS_INTERNAL_EC_H
 #define ATS_INTERNAL_EC_H
+
+#include "internal/compiler.h"
 
 #include <ck_ec.h>
 #include <stdint.h>
@@ -19,7 +22,7 @@ extern const struct ck_ec_mode ats__ec_mode_sp;
  * timespec: pass NULL to ck_ec instead. */
 static inline struct timespec ats__ec_timespec(uint64_t ns)
 {
-	struct timespec ts = {.tv_sec = (time_t)(ns / 1000000000u), .tv_nsec = (long)(ns % 1000000000u)};
+	struct timespec ts = {.tv_sec = (time_t)(ns / ATS_NS_PER_SEC), .tv_nsec = (long)(ns % ATS_NS_PER_SEC)};
 	return ts;
 }
 

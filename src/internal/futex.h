@@ -1,9 +1,11 @@
-/* Futex wait and wake, and the spin-loop hint: the parking primitives every blocking path of
- * atscale uses (contexts, the timer service, channels, pools).
- *
- * Why by hand: glibc exposes no futex wrapper, and ck_ec's ops (src/internal/ec.h) need one. */
+/* SPDX-License-Identifier: BSD-2-Clause */
+/* Futex wait and wake: the parking primitives every blocking path of atscale uses (contexts, the
+ * timer service, channels, pools). Why by hand: glibc exposes no futex wrapper, and ck_ec's ops
+ * (src/internal/ec.h) need one. */
 #ifndef ATS_INTERNAL_FUTEX_H
 #define ATS_INTERNAL_FUTEX_H
+
+#include "internal/compiler.h"
 
 #include <linux/futex.h>
 #include <stdatomic.h>
@@ -22,8 +24,8 @@ static inline void ats__futex_wait(const _Atomic uint32_t *addr, uint32_t val, u
 {
 	struct timespec ts, *tsp = NULL;
 	if (deadline_ns != ATS__FUTEX_FOREVER) {
-		ts.tv_sec = (time_t)(deadline_ns / 1000000000u);
-		ts.tv_nsec = (long)(deadline_ns % 1000000000u);
+		ts.tv_sec = (time_t)(deadline_ns / ATS_NS_PER_SEC);
+		ts.tv_nsec = (long)(deadline_ns % ATS_NS_PER_SEC);
 		tsp = &ts;
 	}
 	/* FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC timeout (FUTEX_CLOCK_REALTIME unset). */
@@ -35,17 +37,6 @@ static inline void ats__futex_wait(const _Atomic uint32_t *addr, uint32_t val, u
 static inline void ats__futex_wake(const _Atomic uint32_t *addr, int n)
 {
 	syscall(SYS_futex, (const uint32_t *)addr, FUTEX_WAKE | FUTEX_PRIVATE_FLAG, n, NULL, NULL, 0);
-}
-
-/* The spin-wait hint (PAUSE on x86, YIELD on arm64): lets the sibling hyperthread run and saves
- * power while a thread spins on a word another thread will change. */
-static inline void ats__cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-	__builtin_ia32_pause();
-#elif defined(__aarch64__)
-	__asm__ __volatile__("yield" ::: "memory");
-#endif
 }
 
 #endif

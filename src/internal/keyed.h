@@ -1,4 +1,7 @@
-/* Private hooks of the keyed module, for its tests. */
+/* SPDX-License-Identifier: BSD-2-Clause */
+/* Private hooks of the keyed module, for its tests. They exist only in
+ * the test variant of the library (atscale_testing, built with -DATS_TESTING), never in the
+ * installed one. */
 #ifndef ATSCALE_INTERNAL_KEYED_H
 #define ATSCALE_INTERNAL_KEYED_H
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* The hierarchical timing wheel; see timer_wheel.h for the scheme. */
 #include "internal/timer_wheel.h"
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* A hierarchical timing wheel (Varghese & Lauck), the data structure behind the ctx timer service.
  *
  * Time is counted in ticks (the service uses 2^16 ns = 65.5 us). The wheel has ATS__TW_LEVELS

@@ -1,13 +1,96 @@
-/* Built outside the tree against the installed atscale, with pkg-config and with CMake. */
+/* SPDX-License-Identifier: BSD-2-Clause */
+/* Built outside the tree against the installed atscale, with pkg-config and with CMake, as strict
+ * ISO C11 (gcc, clang: -std=c11 -Wall -Wextra -Wpedantic -Werror) and as C++17 (g++, clang++,
+ * the same warnings): it includes every public header and calls a hot path of each module. */
 #include <atscale/atscale.h>
+#include <atscale/clock.h>
+#include <atscale/common.h>
+#include <atscale/ctx.h>
+#include <atscale/error.h>
+#include <atscale/export.h>
+#include <atscale/gcra.h>
+#include <atscale/keyed.h>
+#include <atscale/limiter.h>
 
 #include <stdio.h>
+#include <string.h>
+
+static ATS_CTX_KEY(consumer_key);
+
+static int check(int ok, const char *what)
+{
+	if (!ok)
+		printf("consumer: %s FAILED\n", what);
+	return ok;
+}
 
 int main(void)
 {
+	int ok = 1;
+
+	/* error */
 	ats_err *err = ats_err_new(ATS_ERR_LIMITED, "consumer %d", 42);
-	int ok = ats_err_is(err, ATS_ERR_LIMITED) && ats_now_ns() > 0;
+	ok &= check(ats_err_is(err, ATS_ERR_LIMITED) && strcmp(ats_code_name(ATS_ERR_LIMITED), "limited") == 0, "error");
 	ats_err_unref(err);
-	printf("consumer: %s\n", ok ? "ok" : "FAILED");
+
+	/* clock */
+	uint64_t now = ats_fast_now_ns();
+	ok &= check(ats_now_ns() > 0 && now > 0 && ats_wall_ns() > 0, "clock");
+
+	/* gcra */
+	ats_token_clock tc;
+	ats_err *e = ats_token_clock_make(&tc, ats_rate_per_sec(10), 2, now);
+	ATS_ATOMIC(uint64_t) tat;
+	ats__atomic_store(&tat, 0, ats__mo_relaxed);
+	ok &= check(!e && ats_gcra_take_at(&tc, &tat, now, 1) && ats_gcra_take_at(&tc, &tat, now, 1) &&
+	                !ats_gcra_take_at(&tc, &tat, now, 1),
+	            "gcra");
+
+	/* limiter: exact, sharded, multi */
+	ats_limiter *lim = NULL;
+	e = ats_limiter_new(&lim, ats_rate_per_sec(1000), 5);
+	ok &= check(!e && ats_limiter_allow_at(lim, 5, now) && !ats_limiter_allow_at(lim, 1, now) &&
+	                ats_limiter_tokens_at(lim, now) == 0 && ats_limiter_allow(lim, 0),
+	            "limiter");
+	ats_limiter *const ls[1] = {lim};
+	ok &= check(!ats_multi_allow_at(ls, 1, 1, now), "multi");
+	ats_sharded_config cfg;
+	memset(&cfg, 0, sizeof cfg);
+	cfg.rate = ats_rate_per_sec(1000000);
+	cfg.burst = 1000;
+	cfg.shards = 2;
+	ats_sharded *sh = NULL;
+	e = ats_sharded_new(&sh, &cfg);
+	ok &= check(!e && ats_sharded_allow(sh, 1) && ats_sharded_allow_shard_at(sh, 1, 1, ats_fast_now_ns()), "sharded");
+	ats_sharded_free(sh);
+	ats_limiter_free(lim);
+
+	/* ctx */
+	ats_ctx *ctx = NULL;
+	int value = 7;
+	e = ats_ctx_with_value(ats_ctx_background(), &consumer_key, &value, &ctx);
+	ok &= check(!e && !ats_ctx_done(ctx) && ats_ctx_value(ctx, &consumer_key) == &value, "ctx values");
+	ats_ctx_cancel(ctx, NULL);
+	ats_err *cerr = ats_ctx_err(ctx);
+	ok &= check(ats_ctx_done(ctx) && ats_err_code(cerr) == ATS_ERR_CANCELLED, "ctx cancel");
+	ats_err_unref(cerr);
+	ats_ctx_release(ctx);
+
+	/* keyed */
+	ats_keyed_config kc;
+	memset(&kc, 0, sizeof kc);
+	kc.rate = ats_rate_per_sec(1);
+	kc.burst = 1;
+	kc.max_keys = 16;
+	ats_keyed *m = NULL;
+	e = ats_keyed_new(&m, &kc);
+	ok &= check(!e && ats_keyed_allow(m, "k", 1) && !ats_keyed_allow(m, "k", 1), "keyed");
+	ats_keyed_free(m);
+
+#ifdef __cplusplus
+	printf("consumer (C++ %ld): %s\n", (long)__cplusplus, ok ? "ok" : "FAILED");
+#else
+	printf("consumer (C %ld): %s\n", (long)__STDC_VERSION__, ok ? "ok" : "FAILED");
+#endif
 	return ok ? 0 : 1;
 }

@@ -1,6 +1,9 @@
+# SPDX-License-Identifier: BSD-2-Clause
 # The install test (ctest install_consumer): install the build into a scratch prefix, then build
 # tests/consumer/main.c against it with pkg-config (shared and static) and with
-# find_package(atscale) (both targets), and run every program.
+# find_package(atscale) (both targets), and run every program. The same source is also built as
+# strict ISO C11 with gcc and clang and as C++17 with g++ and clang++ (-Wall -Wextra -Wpedantic
+# -Werror): every public header must compile in every mode.
 set(prefix ${BINARY_DIR}/consumer-prefix)
 set(work ${BINARY_DIR}/consumer-work)
 file(REMOVE_RECURSE ${prefix} ${work})
@@ -42,6 +45,23 @@ run(${work}/pc_shared)
 run(${C_COMPILER} ${SOURCE_DIR}/tests/consumer/main.c -o ${work}/pc_static -static-libgcc
     -Wl,-Bstatic -latscale -Wl,-Bdynamic ${sflags})
 run(${work}/pc_static)
+
+# Every compiler mode: strict C11 with gcc and clang, C++17 with g++ and clang++.
+set(strict -Wall -Wextra -Wpedantic -Werror)
+foreach(cc gcc clang g++ clang++)
+  find_program(ATS_CC_${cc} NAMES ${cc})
+  if(NOT ATS_CC_${cc})
+    message(FATAL_ERROR "the install test builds the consumer with ${cc}, which is not installed")
+  endif()
+  if(cc MATCHES "\\+\\+$")
+    set(mode -std=c++17 ${strict} -x c++ ${SOURCE_DIR}/tests/consumer/main.c -x none)
+  else()
+    set(mode -std=c11 ${strict} ${SOURCE_DIR}/tests/consumer/main.c)
+  endif()
+  string(MAKE_C_IDENTIFIER ${cc} id)
+  run(${ATS_CC_${cc}} ${mode} -o ${work}/strict_${id} ${flags} -Wl,-rpath,${prefix}/${LIBDIR})
+  run(${work}/strict_${id})
+endforeach()
 
 # find_package(atscale).
 run(${CMAKE_COMMAND} -S ${SOURCE_DIR}/tests/consumer -B ${work}/cmake -DCMAKE_PREFIX_PATH=${prefix}

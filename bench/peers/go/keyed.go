@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-2-Clause
 package main
 
 // peer.go.xrate_keyed_1m: what a Go server would write for per-key limits: a map of

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-2-Clause
 // go-peers: the Go side of atscale-bench. Each file in this folder registers the rows of the Go
 // package a user would pick instead of atscale; this program times them with testing.Benchmark
 // and prints the runner's JSON lines.

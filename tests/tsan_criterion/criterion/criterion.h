@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* A Criterion-compatible runner for the ThreadSanitizer build of the stress tests.
  *
  * Why: Criterion (2.4, through boxfort) maps its inheritable arena with MAP_FIXED at random

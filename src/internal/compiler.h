@@ -1,0 +1,67 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/* Machine and compiler facts every source file shares (not API): the cache line, branch hints,
+ * container_of, time units, the spin-wait hint and the one spin lock the library's hand-written
+ * locks use. */
+#ifndef ATS_INTERNAL_COMPILER_H
+#define ATS_INTERNAL_COMPILER_H
+
+#include "atscale/common.h" /* ATS_NS_PER_SEC, ATS__CACHE_LINE */
+
+#include <sched.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define ats__likely(x) __builtin_expect(!!(x), 1)
+#define ats__unlikely(x) __builtin_expect(!!(x), 0)
+
+/* The struct of type `type` whose member `member` is at ptr. */
+#define ats__container_of(ptr, type, member) ((type *)(void *)((char *)(ptr)-offsetof(type, member)))
+
+/* The spin-wait hint (PAUSE on x86, YIELD on arm64): lets the sibling hyperthread run and saves
+ * power while a thread spins on a word another thread will change. */
+static inline void ats__cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+	__builtin_ia32_pause();
+#elif defined(__aarch64__)
+	__asm__ __volatile__("yield" ::: "memory");
+#endif
+}
+
+/* How long a spinning waiter stays on the CPU before it starts yielding it. */
+#define ATS__SPIN_RELAX_ROUNDS 256u
+
+/* Round `spins` (counted by the caller from 0) of waiting for a word another thread holds: the
+ * spin hint for the first ATS__SPIN_RELAX_ROUNDS rounds (the holder is running and about to let
+ * go), sched_yield() after that (the holder was preempted). */
+static inline void ats__spin_pause(unsigned spins)
+{
+	if (spins < ATS__SPIN_RELAX_ROUNDS)
+		ats__cpu_relax();
+	else
+		sched_yield();
+}
+
+/* The spin lock: test-and-test-and-set on a 32-bit word (0 free, 1 held), acquire on lock and a
+ * plain release store on unlock (one atomic write per lock/unlock pair besides the CAS). For
+ * critical sections of a few instructions (the timer wheel's shards, a limiter's setters); the
+ * ctx lock is a bit of the context's state word and shares only ats__spin_pause. Blocking. */
+static inline void ats__spin_lock(_Atomic uint32_t *lock)
+{
+	for (unsigned spins = 0;; spins++) {
+		uint32_t z = 0;
+		if (ats__likely(
+		        atomic_compare_exchange_weak_explicit(lock, &z, 1, memory_order_acquire, memory_order_relaxed)))
+			return;
+		while (atomic_load_explicit(lock, memory_order_relaxed))
+			ats__spin_pause(++spins);
+	}
+}
+
+static inline void ats__spin_unlock(_Atomic uint32_t *lock)
+{
+	atomic_store_explicit(lock, 0, memory_order_release);
+}
+
+#endif
