@@ -44,6 +44,12 @@
  * libunwind then looks up unwind tables with dl_iterate_phdr, which takes the dynamic loader's
  * lock, blocks signals with sigprocmask and may probe memory with a write() to a pipe. Capture
  * is therefore lock-free only in the steady state; bugs (which capture by default) are rare.
+ *
+ * Symbol names. Frames are named with dladdr, which sees only dynamic symbols: shared libraries'
+ * exported functions are named, but an executable's own frames print as (server+0x244f) unless
+ * it is linked with -rdynamic (CMake: link atscale::rdynamic, or set ENABLE_EXPORTS on the
+ * executable). Static functions are never named. The module+offset form always resolves with
+ * `addr2line -f -e server 0x244f`.
  */
 #ifndef ATSCALE_ERROR_H
 #define ATSCALE_ERROR_H
