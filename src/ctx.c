@@ -650,7 +650,9 @@ bool ats_ctx_cancel(ats_ctx *ctx, ats_err *cause)
 	if (!cause) {
 		err = sentinel_err(ATS__CTX_CANCELLED);
 	} else {
-		err = ats_err_wrapc(cause, ATS_ERR_CANCELLED, "context cancelled");
+		/* Shared by the whole subtree, so it has no place or time of its own: the cause has
+		 * the caller's. */
+		err = ats__err_shared(ATS_ERR_CANCELLED, cause, "context cancelled");
 		if (err == ats_err_oom)
 			err = sentinel_err(ATS__CTX_CANCELLED); /* the cause is lost, the cancel is not */
 	}
@@ -741,7 +743,8 @@ static void finalize(ats_ctx *c)
 		}
 		ats_ctx *owner = c->vals_owner;
 		err_unref(c->err);
-		ats_err_unref(c->deadline_err);
+		if (c->deadline_err)
+			ats_err_unref(c->deadline_err);
 		if (c->efd >= 0)
 			close(c->efd);
 		ctx_free(c, c->nmerge == 0 && !(c->h.flags & F_OWN_VALS));
@@ -804,7 +807,8 @@ static ats_ctx *ctx_new(ats_ctx *parent, size_t extra, uint32_t flags)
 	c->fired_wake = 0;
 	c->fired_afters = 0;
 	c->err = NULL;
-	c->deadline_err = ats_err_ref(parent->deadline_err); /* goes with the deadline */
+	/* Goes with the deadline; NULL (the shared record) unless an ancestor gave a deadline cause. */
+	c->deadline_err = parent->deadline_err ? ats_err_ref(parent->deadline_err) : NULL;
 	c->walk_next = NULL;
 	c->tnode.next = NULL;
 	c->tnode.pprev = NULL;

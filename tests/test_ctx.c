@@ -85,6 +85,9 @@ Test(ctx, cancel_with_cause_wraps_it)
 	cr_assert_eq(ats_err_cause(e), cause);
 	cr_assert_eq(ats_ctx_cause(c), cause);
 	cr_assert(ats_err_is(e, ATS_ERR_UNAVAILABLE));
+	/* The subtree's record has no place of its own; the cause keeps where it was made. */
+	cr_assert(ats_err_is_shared(e));
+	cr_assert_str_eq(ats_err_file(cause), __FILE__);
 	/* A later cancel neither changes the cause nor leaks its own. */
 	cr_assert_not(ats_ctx_cancel(c, ats_err_new(ATS_ERR_INTERNAL, "late")));
 	cr_assert_eq(ats_ctx_cause(c), cause);

@@ -43,9 +43,10 @@
  * These are shared records (ats_err_is_shared): they have no place, thread or time, and print
  * "shared record: no place or time" instead of a place that would only be their first user's.
  * Wrap one where you check it (ats_err_wrap) to record your place and time. A cancel with a
- * cause makes one error, wrapping the cause, shared by the whole subtree; a deadline with a cause
- * (with_deadline_cause) makes its shared "context deadline exceeded" record, wrapping the cause
- * and carrying a "deadline_ns" attachment, when the context is made, so expiry stays free.
+ * cause makes one shared record, wrapping the cause (which has the place and time it was made
+ * at), for the whole subtree. A deadline with a cause (with_deadline_cause) makes its shared
+ * "context deadline exceeded" record, wrapping the cause and carrying a "deadline_ns"
+ * attachment, when the context is made, so that expiry stays allocation-free.
  *
  * Constructors return NULL on success or an error (ats_err_oom when memory ran out, in which case
  * nothing changed and *out is NULL).
