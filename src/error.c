@@ -672,7 +672,7 @@ static const char *const code_user_texts[] = {
     [ATS_ERR_UNAVAILABLE] = "The service is unavailable. Try again later.",
     [ATS_ERR_NOT_FOUND] = "The requested item was not found.",
     [ATS_ERR_EXISTS] = "The item already exists.",
-    [ATS_ERR_SYSTEM] = "The service could not complete the request.",
+    [ATS_ERR_SYSTEM] = "The service ran into a system problem. Try again later.",
     [ATS_ERR_INTERNAL] = "The service could not complete the request.",
 };
 _Static_assert(sizeof code_user_texts / sizeof *code_user_texts == ATS_ERR_CODE_COUNT + 1, "one user line per code");
@@ -840,22 +840,21 @@ size_t ats_err_format(const ats_err *err, char *buf, size_t len)
 		puts_(&o, "\n");
 		if (err->shared) {
 			puts_(&o, "  shared record: no place or time\n");
-			goto decorations;
+		} else {
+			puts_(&o, "  at: ");
+			puts_(&o, err->file);
+			puts_(&o, ":");
+			put_i64(&o, err->line);
+			puts_(&o, " (");
+			puts_(&o, err->func);
+			puts_(&o, ")  thread ");
+			put_i64(&o, err->tid);
+			puts_(&o, "\n  time: ");
+			put_time(&o, err->wall_ns);
+			puts_(&o, "  (monotonic ");
+			put_u64(&o, err->mono_ns);
+			puts_(&o, " ns)\n");
 		}
-		puts_(&o, "  at: ");
-		puts_(&o, err->file);
-		puts_(&o, ":");
-		put_i64(&o, err->line);
-		puts_(&o, " (");
-		puts_(&o, err->func);
-		puts_(&o, ")  thread ");
-		put_i64(&o, err->tid);
-		puts_(&o, "\n  time: ");
-		put_time(&o, err->wall_ns);
-		puts_(&o, "  (monotonic ");
-		put_u64(&o, err->mono_ns);
-		puts_(&o, " ns)\n");
-	decorations:
 		if (err->user) {
 			puts_(&o, "  user message: ");
 			puts_(&o, err->user);

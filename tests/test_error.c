@@ -457,6 +457,8 @@ Test(error, code_user_text_table)
 		cr_assert_not_null(t);
 		cr_assert_neq(strcmp(t, ats_code_user_text((ats_code)0)), 0, "code %d has its own line", c);
 		cr_assert(strlen(t) > 10 && t[strlen(t) - 1] == '.', "a sentence: %s", t);
+		for (int d = 1; d < c; d++)
+			cr_assert_str_neq(t, ats_code_user_text((ats_code)d), "codes %d and %d share a line", d, c);
 	}
 	cr_assert_str_eq(ats_code_user_text(ATS_ERR_CANCELLED), "The request was cancelled.");
 	cr_assert_str_eq(ats_code_user_text(ATS_ERR_DEADLINE_EXCEEDED), "The request took too long.");
