@@ -137,8 +137,9 @@ ATS_NODISCARD ats_err *ats_ctx_with_timeout_at(ats_ctx *parent, uint64_t timeout
  * WithTimeoutCause): ats_ctx_err stays an ATS_ERR_DEADLINE_EXCEEDED error, now wrapping cause,
  * and ats_ctx_cause returns cause, for this context and every one under it that it expires.
  * Takes ownership of cause, on success and on failure alike (like ats_ctx_cancel); NULL gives
- * plain with_deadline / with_timeout. When the parent's deadline is earlier, the child keeps the
- * parent's deadline and the parent's cause, and this cause is dropped. Blocking, like
+ * plain with_deadline / with_timeout. When the deadline is not earlier than the parent's (or is
+ * ATS_CTX_NO_DEADLINE), the child keeps the parent's deadline and the parent's cause, and this
+ * cause is dropped. Blocking, like
  * with_deadline, plus one error record (one malloc and an attachment) made here so that expiry
  * allocates nothing. Fails with ats_err_oom (cause dropped, nothing made, *out NULL) when memory
  * runs out. */
