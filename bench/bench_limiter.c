@@ -79,7 +79,12 @@ static void *deny_setup(unsigned threads)
 		ats_err_unref(err);
 		return NULL;
 	}
-	ats_limiter_init_at(l, ats_rate_per_sec(1), 1, T0);
+	err = ats_limiter_init_at(l, ats_rate_per_sec(1), 1, T0);
+	if (err) {
+		ats_err_unref(err);
+		ats_limiter_free(l);
+		return NULL;
+	}
 	ats_limiter_allow_at(l, 1, T0);
 	return l;
 }

@@ -61,10 +61,21 @@ void demo_ctx(void)
 	/* 2. A cancel cause propagating down a tree, and an after-func. */
 	ats_ctx *server = NULL, *request = NULL, *db = NULL, *cache = NULL;
 	static ATS_CTX_KEY(request_id);
-	ats_ctx_with_cancel(ats_ctx_background(), &server);
-	ats_ctx_with_value(server, &request_id, (void *)"req-42", &request);
-	ats_ctx_with_timeout(request, 2000000000, &db); /* the db call's own 2 s budget */
-	ats_ctx_with_cancel(request, &cache);
+	err = ats_ctx_with_cancel(ats_ctx_background(), &server);
+	if (!err)
+		err = ats_ctx_with_value(server, &request_id, (void *)"req-42", &request);
+	if (!err)
+		err = ats_ctx_with_timeout(request, 2000000000, &db); /* the db call's own 2 s budget */
+	if (!err)
+		err = ats_ctx_with_cancel(request, &cache);
+	if (err) {
+		ats_err_print(err, stdout);
+		ats_err_unref(err);
+		ats_ctx_release(db); /* NULL-safe: whatever was made before the failure */
+		ats_ctx_release(request);
+		ats_ctx_release(server);
+		return;
+	}
 	ats_ctx_after after;
 	ats_ctx_after_func(db, &after, on_cancel, ats_ctx_value(db, &request_id));
 	printf("tree: server -> request(%s) -> {db (2 s timeout), cache}; shutting the server down\n",

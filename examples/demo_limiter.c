@@ -51,7 +51,12 @@ void demo_limiter(void)
 	printf("cancel the first at 160 ms: %llu of 3 tokens back (the 2 reserved after it stay taken)\n",
 	       (unsigned long long)back);
 
-	ats_limiter_set_rate_at(&lim, ats_rate_per_sec(1000), t0 + 160 * ms);
+	err = ats_limiter_set_rate_at(&lim, ats_rate_per_sec(1000), t0 + 160 * ms);
+	if (err) {
+		ats_err_print(err, stdout);
+		ats_err_unref(err);
+		return;
+	}
 	printf("rate set to 1000/s at 160 ms: %lld tokens then, %lld at 165 ms\n",
 	       (long long)ats_limiter_tokens_at(&lim, t0 + 160 * ms),
 	       (long long)ats_limiter_tokens_at(&lim, t0 + 165 * ms));

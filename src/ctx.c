@@ -78,6 +78,9 @@ struct ats_ctx {
 	uint8_t fired_wake;   /* the cancel saw waiters */
 	uint8_t fired_afters; /* the cancel saw after-funcs (none can be added once done) */
 	ats_err *err;         /* set before the state turns done, immutable after */
+	ats_err *deadline_err; /* what expiry reports: NULL for the shared record, else a counted
+	                        * reference to the record of the deadline cause whose deadline this
+	                        * is (own, or inherited with the deadline); immutable */
 	ats_ctx *walk_next;   /* the cancel walk's stack, then the free list of finalize */
 	struct ats__tw_node tnode;
 	struct merge_reg merge[]; /* a merge's after-funcs on its other parents (or a value table) */
@@ -131,7 +134,16 @@ static void *ctx_malloc(size_t n)
 	return malloc(n);
 }
 
-/* ---- The shared errors of cancels without a cause ---- */
+/* ---- The shared errors of cancels without a cause ----
+ *
+ * A cancel or expiry without a cause reports one process-wide record, marked shared (no place,
+ * thread or time: see error.h), rather than one record per context. A per-context record would
+ * either cost an allocation on every cancel and every expiry (the timer thread fires thousands
+ * of them per tick under load, the cancel walk marks whole subtrees) or be made lazily in
+ * ats_ctx_err, where it would race with other readers and could only say where the context was
+ * made, which the caller's own wrap already tells better. The shared record is honest instead:
+ * it says what happened and that it has no place or time; a caller that wants more wraps it at
+ * the place it checked (ats_err_wrap) or gives a cause (ats_ctx_cancel, with_deadline_cause). */
 
 static _Atomic(ats_err *) sentinel[3]; /* [ATS__CTX_CANCELLED], [ATS__CTX_DEADLINE] */
 
@@ -140,8 +152,8 @@ static ats_err *sentinel_err(uint32_t reason)
 	ats_err *e = atomic_load_explicit(&sentinel[reason], memory_order_acquire);
 	if (ats__likely(e))
 		return e;
-	e = reason == ATS__CTX_DEADLINE ? ats_err_new(ATS_ERR_DEADLINE_EXCEEDED, "context deadline exceeded")
-	                                : ats_err_new(ATS_ERR_CANCELLED, "context cancelled");
+	e = reason == ATS__CTX_DEADLINE ? ats__err_shared(ATS_ERR_DEADLINE_EXCEEDED, NULL, "context deadline exceeded")
+	                                : ats__err_shared(ATS_ERR_CANCELLED, NULL, "context cancelled");
 	if (e == ats_err_oom)
 		return e; /* static and uncounted too; try again next time */
 	ats_err *expected = NULL;
@@ -157,6 +169,13 @@ static bool is_shared_err(const ats_err *e)
 {
 	return e == ats_err_oom || e == atomic_load_explicit(&sentinel[ATS__CTX_CANCELLED], memory_order_relaxed) ||
 	       e == atomic_load_explicit(&sentinel[ATS__CTX_DEADLINE], memory_order_relaxed);
+}
+
+/* The error an expiry of c reports: its deadline cause's record, or the shared one. Borrowed;
+ * no allocation once the shared record exists (the timer thread makes it at start). */
+static ats_err *expiry_err(const ats_ctx *c)
+{
+	return c->deadline_err ? c->deadline_err : sentinel_err(ATS__CTX_DEADLINE);
 }
 
 static ats_err *err_ref(ats_err *e)
@@ -337,7 +356,7 @@ static void *timer_main(void *arg)
 			struct ats__tw_node *n = fire;
 			fire = n->next;
 			ats_ctx *c = (ats_ctx *)(void *)((char *)n - offsetof(ats_ctx, tnode));
-			cancel_direct(c, ATS__CTX_DEADLINE, sentinel_err(ATS__CTX_DEADLINE));
+			cancel_direct(c, ATS__CTX_DEADLINE, expiry_err(c));
 			unpin(c);
 		}
 		atomic_store_explicit(&svc.planned, next, memory_order_seq_cst);
@@ -625,7 +644,9 @@ bool ats_ctx_cancel(ats_ctx *ctx, ats_err *cause)
 	if (!cause) {
 		err = sentinel_err(ATS__CTX_CANCELLED);
 	} else {
-		err = ats_err_wrapc(cause, ATS_ERR_CANCELLED, "context cancelled");
+		/* Shared by the whole subtree, so it has no place or time of its own: the cause has
+		 * the caller's. */
+		err = ats__err_shared(ATS_ERR_CANCELLED, cause, "context cancelled");
 		if (err == ats_err_oom)
 			err = sentinel_err(ATS__CTX_CANCELLED); /* the cause is lost, the cancel is not */
 	}
@@ -716,6 +737,8 @@ static void finalize(ats_ctx *c)
 		}
 		ats_ctx *owner = c->vals_owner;
 		err_unref(c->err);
+		if (c->deadline_err)
+			ats_err_unref(c->deadline_err);
 		if (c->efd >= 0)
 			close(c->efd);
 		ctx_free(c, c->nmerge == 0 && !(c->h.flags & F_OWN_VALS));
@@ -787,6 +810,8 @@ static ats_ctx *ctx_new(ats_ctx *parent, size_t extra, uint32_t flags)
 	c->fired_wake = 0;
 	c->fired_afters = 0;
 	c->err = NULL;
+	/* Goes with the deadline; NULL (the shared record) unless an ancestor gave a deadline cause. */
+	c->deadline_err = parent->deadline_err ? ats_err_ref(parent->deadline_err) : NULL;
 	c->walk_next = NULL;
 	c->tnode.next = NULL;
 	c->tnode.pprev = NULL;
@@ -819,11 +844,17 @@ static void link_child(ats_ctx *p, ats_ctx *c)
 /* The common body of with_cancel/with_deadline/with_value: c is fully built but for its deadline
  * and linking. A timer is armed only when the child's own deadline is earlier than its parent's:
  * otherwise the parent's timer cancels the child through the link. */
-static ats_err *finish_child(ats_ctx *parent, ats_ctx *c, uint64_t deadline_ns, uint64_t now_ns, ats_ctx **out)
+static ats_err *finish_child(ats_ctx *parent, ats_ctx *c, uint64_t deadline_ns, uint64_t now_ns, ats_err *expiry,
+                             ats_ctx **out)
 {
 	bool own_deadline = deadline_ns < c->h.deadline_ns;
-	if (own_deadline)
+	if (own_deadline) {
 		c->h.deadline_ns = deadline_ns;
+		ats_err_unref(c->deadline_err);
+		c->deadline_err = expiry;
+	} else {
+		ats_err_unref(expiry); /* the parent's deadline comes first, and its cause with it */
+	}
 	if (parent->h.flags & F_CANCELLABLE)
 		link_child(parent, c);
 	if (own_deadline && !ats_ctx_done(c)) {
@@ -831,7 +862,7 @@ static ats_err *finish_child(ats_ctx *parent, ats_ctx *c, uint64_t deadline_ns, 
 			now_ns = ats_fast_now_ns();
 		int rc = deadline_ns <= now_ns ? ARM_EXPIRED : timer_arm(c);
 		if (rc == ARM_EXPIRED) {
-			cancel_direct(c, ATS__CTX_DEADLINE, sentinel_err(ATS__CTX_DEADLINE));
+			cancel_direct(c, ATS__CTX_DEADLINE, expiry_err(c));
 		} else if (rc == ARM_FAILED) {
 			int saved = errno;
 			ats_ctx_release(c);
@@ -853,36 +884,64 @@ ats_err *ats_ctx_with_cancel(ats_ctx *parent, ats_ctx **out)
 		*out = NULL;
 		return ats_err_oom;
 	}
-	return finish_child(parent, c, ATS_CTX_NO_DEADLINE, 0, out);
+	return finish_child(parent, c, ATS_CTX_NO_DEADLINE, 0, NULL, out);
 }
 
-static ats_err *with_deadline(ats_ctx *parent, uint64_t deadline_ns, uint64_t now_ns, ats_ctx **out)
+/* Consumes cause. Its record is made here, at construction, so that expiry (on the timer thread,
+ * in ats_ctx_err or ats_ctx_wait) never allocates: it is a shared record (no place or time: it is
+ * made before it fires, and the whole subtree reports it) carrying the cause and the deadline. */
+static ats_err *with_deadline(ats_ctx *parent, uint64_t deadline_ns, uint64_t now_ns, ats_err *cause, ats_ctx **out)
 {
+	ats_err *expiry = NULL;
+	if (cause) {
+		expiry = ats__err_shared(ATS_ERR_DEADLINE_EXCEEDED, cause, "context deadline exceeded");
+		if (expiry == ats_err_oom) {
+			*out = NULL;
+			return ats_err_oom;
+		}
+		expiry = ats_err_with_kv(expiry, "deadline_ns", "%llu", (unsigned long long)deadline_ns);
+	}
 	ats_ctx *c = ctx_new(parent, 0, F_CANCELLABLE);
 	if (!c) {
+		ats_err_unref(expiry);
 		*out = NULL;
 		return ats_err_oom;
 	}
-	return finish_child(parent, c, deadline_ns, now_ns, out);
+	return finish_child(parent, c, deadline_ns, now_ns, expiry, out);
 }
 
 ats_err *ats_ctx_with_deadline(ats_ctx *parent, uint64_t deadline_ns, ats_ctx **out)
 {
-	return with_deadline(parent, deadline_ns, 0, out);
+	return with_deadline(parent, deadline_ns, 0, NULL, out);
 }
 
-ats_err *ats_ctx_with_timeout_at(ats_ctx *parent, uint64_t timeout_ns, uint64_t now_ns, ats_ctx **out)
+ats_err *ats_ctx_with_deadline_cause(ats_ctx *parent, uint64_t deadline_ns, ats_err *cause, ats_ctx **out)
+{
+	return with_deadline(parent, deadline_ns, 0, cause, out);
+}
+
+static ats_err *with_timeout(ats_ctx *parent, uint64_t timeout_ns, uint64_t now_ns, ats_err *cause, ats_ctx **out)
 {
 	uint64_t d = now_ns + timeout_ns;
 	if (d < now_ns || timeout_ns == ATS_CTX_NO_DEADLINE)
 		d = ATS_CTX_NO_DEADLINE;
 	/* now_ns + 1: a caller's now of 0 must not read as "unknown". */
-	return with_deadline(parent, d, now_ns ? now_ns : 1, out);
+	return with_deadline(parent, d, now_ns ? now_ns : 1, cause, out);
+}
+
+ats_err *ats_ctx_with_timeout_at(ats_ctx *parent, uint64_t timeout_ns, uint64_t now_ns, ats_ctx **out)
+{
+	return with_timeout(parent, timeout_ns, now_ns, NULL, out);
 }
 
 ats_err *ats_ctx_with_timeout(ats_ctx *parent, uint64_t timeout_ns, ats_ctx **out)
 {
-	return ats_ctx_with_timeout_at(parent, timeout_ns, ats_fast_now_ns(), out);
+	return with_timeout(parent, timeout_ns, ats_fast_now_ns(), NULL, out);
+}
+
+ats_err *ats_ctx_with_timeout_cause(ats_ctx *parent, uint64_t timeout_ns, ats_err *cause, ats_ctx **out)
+{
+	return with_timeout(parent, timeout_ns, ats_fast_now_ns(), cause, out);
 }
 
 /* Slot assignment for value keys: the first ATS_CTX_VALUE_SLOTS keys used get a slot each. */
@@ -960,7 +1019,7 @@ ats_err *ats_ctx_with_value(ats_ctx *parent, ats_ctx_key *key, void *value, ats_
 	}
 	*tail = NULL;
 	c->h.vals = v;
-	return finish_child(parent, c, ATS_CTX_NO_DEADLINE, 0, out);
+	return finish_child(parent, c, ATS_CTX_NO_DEADLINE, 0, NULL, out);
 }
 
 ats_err *ats_ctx_without_cancel(ats_ctx *parent, ats_ctx **out)
@@ -971,6 +1030,8 @@ ats_err *ats_ctx_without_cancel(ats_ctx *parent, ats_ctx **out)
 		return ats_err_oom;
 	}
 	c->h.deadline_ns = ATS_CTX_NO_DEADLINE;
+	ats_err_unref(c->deadline_err);
+	c->deadline_err = NULL;
 	*out = c;
 	return NULL;
 }
@@ -1000,9 +1061,13 @@ ats_err *ats_ctx_merge(ats_ctx *const *parents, size_t n, ats_ctx **out)
 	ats_ctx *c = ctx_new(first, (n - 1) * sizeof(struct merge_reg), F_CANCELLABLE);
 	if (!c)
 		return ats_err_oom;
-	for (size_t i = 1; i < n; i++)
-		if (parents[i]->h.deadline_ns < c->h.deadline_ns)
+	for (size_t i = 1; i < n; i++) {
+		if (parents[i]->h.deadline_ns < c->h.deadline_ns) {
 			c->h.deadline_ns = parents[i]->h.deadline_ns;
+			ats_err_unref(c->deadline_err);
+			c->deadline_err = ats_err_ref(parents[i]->deadline_err);
+		}
+	}
 	/* No timer of its own: every deadline it has is a parent's, whose timer cancels the parent
 	 * and so, through the link or an after-func, the merge. */
 	if (first->h.flags & F_CANCELLABLE)
@@ -1023,7 +1088,7 @@ static bool expire_if_due(ats_ctx *c, uint64_t now_ns)
 {
 	if (now_ns < c->h.deadline_ns || !(c->h.flags & F_CANCELLABLE))
 		return false;
-	cancel_direct(c, ATS__CTX_DEADLINE, sentinel_err(ATS__CTX_DEADLINE));
+	cancel_direct(c, ATS__CTX_DEADLINE, expiry_err(c));
 	return true;
 }
 

@@ -25,6 +25,7 @@ struct ats_err {
 	uint8_t code;
 	uint8_t is_static;
 	uint8_t nframes;
+	uint8_t shared; /* no place, thread or time of its own (see error.h) */
 	int line;
 	int tid;
 	uint32_t nkv;
@@ -48,6 +49,7 @@ static struct ats_err oom_error = {
     .kind = ATS_KIND_KNOWN,
     .code = ATS_ERR_OUT_OF_MEMORY,
     .is_static = 1,
+    .shared = 1,
     .file = "",
     .func = "",
     .log_id = 0,
@@ -271,6 +273,7 @@ static ats_err *make(const char *file, int line, const char *func, ats_err_kind 
 	e->kind = (uint8_t)kind;
 	e->code = (uint8_t)code;
 	e->is_static = 0;
+	e->shared = 0;
 	e->nframes = (uint8_t)nframes;
 	e->line = line;
 	e->tid = thread_id(t);
@@ -356,6 +359,20 @@ ats_err *ats__err_boundary(const char *file, int line, const char *func, ats_err
 	              "unexpected error crossed a module boundary");
 }
 
+ats_err *ats__err_shared(ats_code code, ats_err *cause, const char *msg)
+{
+	ats_err *e = ats__err_new("", 0, "", ATS_KIND_KNOWN, code, ATS_STACK_OFF, cause, "%s", msg);
+	if (e == ats_err_oom)
+		return e;
+	/* Clear what make() stamped: a shared record's place and time would describe its first
+	 * user only. The log id stays: it still names this one record. */
+	e->shared = 1;
+	e->tid = 0;
+	e->mono_ns = 0;
+	e->wall_ns = 0;
+	return e;
+}
+
 /* ---- Decorations (copy on write) ---- */
 
 static char *vdup(const char *fmt, va_list ap)
@@ -412,7 +429,7 @@ static struct ats_err *owned(ats_err *err)
 		free(c);
 		return NULL;
 	}
-	ats_err_ref(c->cause);
+	c->cause = ats_err_ref(c->cause);
 	ats_err_unref(err);
 	return c;
 }
@@ -599,6 +616,10 @@ const char *ats_err_func(const ats_err *err)
 {
 	return err ? err->func : NULL;
 }
+bool ats_err_is_shared(const ats_err *err)
+{
+	return err && err->shared;
+}
 size_t ats_err_stack(const ats_err *err, void *const **frames)
 {
 	if (frames)
@@ -629,6 +650,31 @@ const char *ats_code_name(ats_code code)
 	if ((unsigned)code < sizeof code_names / sizeof *code_names && code_names[code])
 		return code_names[code];
 	return "unknown";
+}
+
+/* One line per code, written for the people using an application: nothing in them depends on
+ * what failed inside it. */
+static const char *const code_user_texts[] = {
+    [ATS_ERR_CANCELLED] = "The request was cancelled.",
+    [ATS_ERR_DEADLINE_EXCEEDED] = "The request took too long.",
+    [ATS_ERR_CLOSED] = "The service is closing. Try again later.",
+    [ATS_ERR_LIMITED] = "Too many requests. Try again later.",
+    [ATS_ERR_INVALID_ARGUMENT] = "The request is not valid.",
+    [ATS_ERR_OUT_OF_MEMORY] = "The service is overloaded. Try again later.",
+    [ATS_ERR_UNAVAILABLE] = "The service is unavailable. Try again later.",
+    [ATS_ERR_NOT_FOUND] = "The requested item was not found.",
+    [ATS_ERR_EXISTS] = "The item already exists.",
+    [ATS_ERR_SYSTEM] = "The service ran into a system problem. Try again later.",
+    [ATS_ERR_INTERNAL] = "The service could not complete the request.",
+};
+_Static_assert(sizeof code_user_texts / sizeof *code_user_texts == ATS_ERR_CODE_COUNT + 1, "one user line per code");
+_Static_assert(sizeof code_names / sizeof *code_names == ATS_ERR_CODE_COUNT + 1, "one name per code");
+
+const char *ats_code_user_text(ats_code code)
+{
+	if ((unsigned)code < sizeof code_user_texts / sizeof *code_user_texts && code_user_texts[code])
+		return code_user_texts[code];
+	return "The request failed.";
 }
 
 const char *ats_err_kind_name(ats_err_kind kind)
@@ -784,21 +830,23 @@ size_t ats_err_format(const ats_err *err, char *buf, size_t len)
 		puts_(&o, ")  log id: ");
 		put_u64(&o, err->log_id);
 		puts_(&o, "\n");
-		if (err->is_static)
-			continue;
-		puts_(&o, "  at: ");
-		puts_(&o, err->file);
-		puts_(&o, ":");
-		put_i64(&o, err->line);
-		puts_(&o, " (");
-		puts_(&o, err->func);
-		puts_(&o, ")  thread ");
-		put_i64(&o, err->tid);
-		puts_(&o, "\n  time: ");
-		put_time(&o, err->wall_ns);
-		puts_(&o, "  (monotonic ");
-		put_u64(&o, err->mono_ns);
-		puts_(&o, " ns)\n");
+		if (err->shared) {
+			puts_(&o, "  shared record: no place or time\n");
+		} else {
+			puts_(&o, "  at: ");
+			puts_(&o, err->file);
+			puts_(&o, ":");
+			put_i64(&o, err->line);
+			puts_(&o, " (");
+			puts_(&o, err->func);
+			puts_(&o, ")  thread ");
+			put_i64(&o, err->tid);
+			puts_(&o, "\n  time: ");
+			put_time(&o, err->wall_ns);
+			puts_(&o, "  (monotonic ");
+			put_u64(&o, err->mono_ns);
+			puts_(&o, " ns)\n");
+		}
 		if (err->user) {
 			puts_(&o, "  user message: ");
 			puts_(&o, err->user);
@@ -915,7 +963,9 @@ size_t ats_err_format_json(const ats_err *err, char *buf, size_t len)
 		puts_(&o, ats_err_kind_name((ats_err_kind)err->kind));
 		puts_(&o, "\",\"log_id\":");
 		put_u64(&o, err->log_id);
-		if (!err->is_static) {
+		if (err->shared) {
+			puts_(&o, ",\"shared\":true");
+		} else {
 			puts_(&o, ",\"wall_ns\":");
 			put_u64(&o, err->wall_ns);
 			puts_(&o, ",\"mono_ns\":");
@@ -1004,7 +1054,7 @@ size_t ats_err_user_text(const ats_err *err, char *buf, size_t len)
 		if (!hint)
 			hint = e->hint;
 	}
-	puts_(&o, user ? user : ats_err_message(err));
+	puts_(&o, user ? user : ats_code_user_text((ats_code)err->code));
 	if (hint) {
 		puts_(&o, " (");
 		puts_(&o, hint);

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* Prints the default clock's source and precision as this process got them (ATS_CLOCK applies):
  * scripts/test.sh uses it to tell which sources this machine can give. */
 #include <atscale/clock.h>

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* The default clock (clock.h): every source it can run on, each against CLOCK_MONOTONIC.
  *
  * Criterion runs each test in its own process, so a test that sets ATS_CLOCK before its first

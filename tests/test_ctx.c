@@ -86,6 +86,9 @@ Test(ctx, cancel_with_cause_wraps_it)
 	cr_assert_eq(ats_err_cause(e), cause);
 	cr_assert_eq(ats_ctx_cause(c), cause);
 	cr_assert(ats_err_is(e, ATS_ERR_UNAVAILABLE));
+	/* The subtree's record has no place of its own; the cause keeps where it was made. */
+	cr_assert(ats_err_is_shared(e));
+	cr_assert_str_eq(ats_err_file(cause), __FILE__);
 	/* A later cancel neither changes the cause nor leaks its own. */
 	cr_assert_not(ats_ctx_cancel(c, ats_err_new(ATS_ERR_INTERNAL, "late")));
 	cr_assert_eq(ats_ctx_cause(c), cause);
@@ -711,4 +714,165 @@ Test(timer_wheel, matches_model)
 		}
 		cr_assert_null(why, "step %d: %s", step, why);
 	}
+}
+
+/* ---- Honest deadline and cancel records, and deadline causes ---- */
+
+/* Two contexts expiring in different places and at different times: neither record claims a
+ * place or time it does not have; both say they are shared. */
+Test(ctx, expiry_records_are_marked_shared)
+{
+	ats_ctx *a = NULL, *b = NULL;
+	cr_assert_null(ats_ctx_with_deadline(ats_ctx_background(), 1, &a)); /* born expired */
+	cr_assert_null(ats_ctx_with_timeout(ats_ctx_background(), 1 * MS, &b));
+	cr_assert(ats_ctx_wait(b, ATS_CTX_NO_DEADLINE));
+	ats_err *ea = ats_ctx_err(a), *eb = ats_ctx_err(b);
+	ats_ctx *c = child_of(ats_ctx_background());
+	cr_assert(ats_ctx_cancel(c, NULL));
+	ats_err *ec = ats_ctx_err(c);
+	const ats_err *errs[] = {ea, eb, ec};
+	for (size_t i = 0; i < 3; i++) {
+		cr_assert(ats_err_is_shared(errs[i]), "record %zu", i);
+		cr_assert_str_eq(ats_err_file(errs[i]), "");
+		cr_assert_eq(ats_err_line(errs[i]), 0);
+		cr_assert_eq(ats_err_thread_id(errs[i]), 0);
+		cr_assert_eq(ats_err_wall_ns(errs[i]), 0);
+		char text[1024];
+		ats_err_format(errs[i], text, sizeof text);
+		cr_assert(strstr(text, "shared record: no place or time"), "%s", text);
+		cr_assert_null(strstr(text, "ctx.c"), "no fake place: %s", text);
+		ats_err_format_json(errs[i], text, sizeof text);
+		cr_assert(strstr(text, "\"shared\":true"), "%s", text);
+		cr_assert_null(strstr(text, "\"file\""), "%s", text);
+	}
+	cr_assert_eq(ats_err_code(ea), ATS_ERR_DEADLINE_EXCEEDED);
+	cr_assert_eq(ats_err_code(ec), ATS_ERR_CANCELLED);
+	/* Decorating the shared record copies it (the copy is the caller's) and stays shared. */
+	ats_err *d = ats_err_with_user(ats_err_ref(ea), "Too slow.");
+	cr_assert_neq(d, ea);
+	cr_assert(ats_err_is_shared(d));
+	ats_err_unref(d);
+	/* A wrap where the caller checked records the caller's place. */
+	ats_err *w = ats_err_wrap(ats_err_ref(eb), "GET k0");
+	cr_assert_not(ats_err_is_shared(w));
+	cr_assert_str_eq(ats_err_file(w), __FILE__);
+	ats_err_unref(w);
+	ats_err_unref(ea);
+	ats_err_unref(eb);
+	ats_err_unref(ec);
+	ats_ctx_release(a);
+	ats_ctx_release(b);
+	ats_ctx_release(c);
+}
+
+/* Go's WithDeadlineCause: the error stays deadline exceeded, the cause is the given one, for the
+ * context and its subtree, whichever path expires it (born expired, ats_ctx_err, the timer). */
+Test(ctx, deadline_cause)
+{
+	/* Born expired. */
+	ats_err *cause = ats_err_new(ATS_ERR_UNAVAILABLE, "backend budget spent");
+	ats_ctx *a = NULL;
+	cr_assert_null(ats_ctx_with_deadline_cause(ats_ctx_background(), 1, cause, &a));
+	cr_assert(ats_ctx_done(a));
+	ats_err *e = ats_ctx_err(a);
+	cr_assert_eq(ats_err_code(e), ATS_ERR_DEADLINE_EXCEEDED);
+	cr_assert_str_eq(ats_err_message(e), "context deadline exceeded");
+	cr_assert_eq(ats_ctx_cause(a), cause, "the cause given, not a copy");
+	cr_assert_eq(ats_err_cause(e), cause);
+	cr_assert(ats_err_is_shared(e));
+	cr_assert_str_eq(ats_err_kv_get(e, "deadline_ns"), "1");
+	ats_err_unref(e);
+	ats_ctx_release(a);
+
+	/* Fired by the timer, seen through a child made before. */
+	cause = ats_err_new(ATS_ERR_LIMITED, "request budget");
+	ats_ctx *p = NULL;
+	cr_assert_null(ats_ctx_with_timeout_cause(ats_ctx_background(), 2 * MS, cause, &p));
+	ats_ctx *kid = child_of(p);
+	SPIN_UNTIL(ats_ctx_done(kid));
+	cr_assert_eq(ats_ctx_cause(kid), cause);
+	cr_assert_eq(ats_ctx_cause(p), cause);
+	e = ats_ctx_err(kid);
+	cr_assert_eq(ats_err_code(e), ATS_ERR_DEADLINE_EXCEEDED);
+	ats_err_unref(e);
+	ats_ctx_release(kid);
+
+	/* A child made after, with a later deadline of its own, keeps the parent's deadline and cause
+	 * and drops its own; expired through ats_ctx_err (no timer involved). */
+	ats_ctx *late = NULL;
+	cr_assert_null(
+	    ats_ctx_with_deadline_cause(p, ATS_CTX_NO_DEADLINE - 1, ats_err_new(ATS_ERR_CLOSED, "x"), &late));
+	cr_assert_eq(ats_ctx_cause(late), cause);
+	ats_ctx_release(late);
+	ats_ctx_release(p);
+
+	/* A descendant without a deadline of its own, expired by ats_ctx_err before any timer ran. */
+	uint64_t now = ats_now_ns();
+	cause = ats_err_new(ATS_ERR_UNAVAILABLE, "soon");
+	cr_assert_null(ats_ctx_with_deadline_cause(ats_ctx_background(), now + 1 * MS, cause, &p));
+	kid = child_of(p);
+	while (ats_now_ns() < now + 1 * MS)
+		;
+	e = ats_ctx_err(kid);
+	cr_assert_eq(ats_err_code(e), ATS_ERR_DEADLINE_EXCEEDED);
+	cr_assert_eq(ats_ctx_cause(kid), cause);
+	ats_err_unref(e);
+	ats_ctx_release(kid);
+	ats_ctx_release(p);
+
+	/* A cancel first: the cancel's cause wins, the deadline cause is never used. */
+	cr_assert_null(
+	    ats_ctx_with_timeout_cause(ats_ctx_background(), 10 * SEC, ats_err_new(ATS_ERR_LIMITED, "t"), &p));
+	ats_err *stop = ats_err_new(ATS_ERR_CLOSED, "shutdown");
+	cr_assert(ats_ctx_cancel(p, stop));
+	cr_assert_eq(ats_ctx_cause(p), stop);
+	e = ats_ctx_err(p);
+	cr_assert_eq(ats_err_code(e), ATS_ERR_CANCELLED);
+	ats_err_unref(e);
+	ats_ctx_release(p);
+}
+
+Test(ctx, deadline_cause_null_oom)
+{
+	ats_ctx *c = (ats_ctx *)1;
+	/* Out of memory for the context: ats_err_oom, *out NULL, the cause dropped (ASan checks that
+	 * it is freed, not leaked). First, while no freed context is cached for reuse. */
+	atomic_store(&ats__ctx_fail_allocs, 1);
+	cr_assert_eq(ats_ctx_with_deadline_cause(ats_ctx_background(), 1, ats_err_new(ATS_ERR_CLOSED, "c"), &c),
+	             ats_err_oom);
+	cr_assert_null(c);
+	atomic_store(&ats__ctx_fail_allocs, 0);
+
+	/* NULL cause: plain with_deadline, the shared record is its own cause. */
+	cr_assert_null(ats_ctx_with_deadline_cause(ats_ctx_background(), 1, NULL, &c));
+	ats_err *e = ats_ctx_err(c);
+	cr_assert_eq(ats_err_code(e), ATS_ERR_DEADLINE_EXCEEDED);
+	cr_assert_eq(ats_ctx_cause(c), e);
+	ats_err_unref(e);
+	ats_ctx_release(c);
+
+	/* The static OOM error as the cause is kept like any other. */
+	cr_assert_null(ats_ctx_with_timeout_cause(ats_ctx_background(), 0, ats_err_oom, &c));
+	cr_assert(ats_ctx_done(c));
+	cr_assert_eq(ats_ctx_cause(c), ats_err_oom);
+	cr_assert_eq(ats_err_code(ats_ctx_cause(c)), ATS_ERR_OUT_OF_MEMORY);
+	ats_ctx_release(c);
+}
+
+/* A merge takes the deadline, and with it the cause, of the parent whose deadline is earliest. */
+Test(ctx, merge_takes_the_earliest_deadline_cause)
+{
+	ats_ctx *far = NULL, *near = NULL, *m = NULL;
+	ats_err *near_cause = ats_err_new(ATS_ERR_LIMITED, "near");
+	cr_assert_null(
+	    ats_ctx_with_timeout_cause(ats_ctx_background(), 10 * SEC, ats_err_new(ATS_ERR_CLOSED, "far"), &far));
+	cr_assert_null(ats_ctx_with_deadline_cause(ats_ctx_background(), ats_now_ns() + 1 * MS, near_cause, &near));
+	ats_ctx *ps[] = {far, near};
+	cr_assert_null(ats_ctx_merge(ps, 2, &m));
+	cr_assert_eq(ats_ctx_deadline(m), ats_ctx_deadline(near));
+	cr_assert(ats_ctx_wait(m, ATS_CTX_NO_DEADLINE));
+	cr_assert_eq(ats_ctx_cause(m), near_cause);
+	ats_ctx_release(m);
+	ats_ctx_release(near);
+	ats_ctx_release(far);
 }

@@ -323,7 +323,13 @@ Test(error, wrap_of_oom_is_oom)
 	assert_json(ats_err_oom);
 	char buf[64];
 	ats_err_user_text(ats_err_oom, buf, sizeof buf);
-	cr_assert_str_eq(buf, "out of memory");
+	cr_assert_str_eq(buf, ats_code_user_text(ATS_ERR_OUT_OF_MEMORY));
+	cr_assert(ats_err_is_shared(ats_err_oom), "the static error is a shared record");
+	char text[512];
+	ats_err_format(ats_err_oom, text, sizeof text);
+	cr_assert(strstr(text, "shared record: no place or time"), "%s", text);
+	ats_err_format_json(ats_err_oom, text, sizeof text);
+	cr_assert(strstr(text, "\"shared\":true") && !strstr(text, "\"file\""), "%s", text);
 	/* A chain whose root is the static error frees fine. */
 	ats_err *e = ats_err_wrapc(ats_err_oom, ATS_ERR_UNAVAILABLE, "gave up");
 	cr_assert_eq(ats_err_root(e), ats_err_oom);
@@ -422,10 +428,10 @@ Test(error, user_text_known)
 
 	ats_err *e = ats_err_new(ATS_ERR_LIMITED, "queue full: 64 of 64");
 	ats_err_user_text(e, buf, sizeof buf);
-	cr_assert_str_eq(buf, "queue full: 64 of 64", "no user message: the message");
+	cr_assert_str_eq(buf, "Too many requests. Try again later.", "no user message: the code's line");
 	e = ats_err_with_hint(e, "Retry in %d seconds.", 5);
 	ats_err_user_text(e, buf, sizeof buf);
-	cr_assert_str_eq(buf, "queue full: 64 of 64 (Retry in 5 seconds.)");
+	cr_assert_str_eq(buf, "Too many requests. Try again later. (Retry in 5 seconds.)");
 	e = ats_err_with_user(e, "The server is busy.");
 	cr_assert_str_eq(ats_err_user(e), "The server is busy.");
 	cr_assert_str_eq(ats_err_hint(e), "Retry in 5 seconds.");
@@ -442,6 +448,113 @@ Test(error, user_text_known)
 	cr_assert_eq(rec.calls, 0, "known errors are not logged by user_text");
 	ats_err_unref(e);
 	ats_err_set_log_hook(NULL, NULL);
+}
+
+/* Every code has its own fixed line, and nothing else in the table stands in for one. */
+Test(error, code_user_text_table)
+{
+	for (int c = 1; c <= ATS_ERR_CODE_COUNT; c++) {
+		const char *t = ats_code_user_text((ats_code)c);
+		cr_assert_not_null(t);
+		cr_assert_neq(strcmp(t, ats_code_user_text((ats_code)0)), 0, "code %d has its own line", c);
+		cr_assert(strlen(t) > 10 && t[strlen(t) - 1] == '.', "a sentence: %s", t);
+		for (int d = 1; d < c; d++)
+			cr_assert_str_neq(t, ats_code_user_text((ats_code)d), "codes %d and %d share a line", d, c);
+	}
+	cr_assert_str_eq(ats_code_user_text(ATS_ERR_CANCELLED), "The request was cancelled.");
+	cr_assert_str_eq(ats_code_user_text(ATS_ERR_DEADLINE_EXCEEDED), "The request took too long.");
+	cr_assert_str_eq(ats_code_user_text(ATS_ERR_LIMITED), "Too many requests. Try again later.");
+	cr_assert_not_null(ats_code_user_text((ats_code)(ATS_ERR_CODE_COUNT + 1)));
+	cr_assert_not_null(ats_code_user_text((ats_code)-1));
+}
+
+/* Whatever the code, the chain or the attachments, internals never reach the user text: only a
+ * user message, a hint, the code's fixed line or (for bugs) the log id line do. */
+Test(error, user_text_never_leaks)
+{
+	struct hook_rec rec = {0};
+	ats_err_set_log_hook(rec_hook, &rec); /* keep bugs' records off stderr */
+	static const char *const secrets[] = {"/etc/ssl/private/server.key", "10.0.0.7:6379", "AKIAIOSFODNN7EXAMPLE",
+	                                      "GET k0 (backend delay 5000000 us)"};
+	char buf[512], full[4096];
+	for (int c = 1; c <= ATS_ERR_CODE_COUNT; c++) {
+		for (int shape = 0; shape < 5; shape++) {
+			ats_err *e;
+			switch (shape) {
+			case 0: e = ats_err_new((ats_code)c, "open %s failed", secrets[0]); break;
+			case 1: /* wrapped, with attachments at every level */
+				e = ats_err_new((ats_code)c, "connect %s", secrets[1]);
+				e = ats_err_with_kv(e, "key", "%s", secrets[2]);
+				e = ats_err_wrap(e, "%s", secrets[3]);
+				e = ats_err_with_kv(e, "path", "%s", secrets[0]);
+				break;
+			case 2: /* a new code over a cause */
+				e = ats_err_wrapc(ats_err_new((ats_code)c, "%s", secrets[2]), ATS_ERR_UNAVAILABLE,
+				                  "via %s", secrets[1]);
+				break;
+			case 3: e = ats_err_raw((ats_code)c, "%s", secrets[3]); break;
+			default: e = ats_err_boundary(ats_err_errno(5, "read %s", secrets[0])); break;
+			}
+			cr_assert_not_null(e);
+			size_t n = ats_err_user_text(e, buf, sizeof buf);
+			cr_assert_eq(n, strlen(buf));
+			for (size_t i = 0; i < sizeof secrets / sizeof *secrets; i++)
+				cr_assert_null(strstr(buf, secrets[i]), "code %d shape %d leaks %s: %s", c, shape,
+				               secrets[i], buf);
+			cr_assert_null(strstr(buf, ats_err_message(e)), "code %d shape %d: %s", c, shape, buf);
+			if (ats_err_kind_of(e) == ATS_KIND_KNOWN)
+				cr_assert_str_eq(buf, ats_code_user_text(ats_err_code(e)));
+			else
+				cr_assert(strstr(buf, "unexpected issue"), "%s", buf);
+			/* The secrets are still all in the record, for the logs. */
+			ats_err_format(e, full, sizeof full);
+			cr_assert(strstr(full, ats_err_message(ats_err_root(e))), "%s", full);
+			/* A user message along the chain is what shows, and it is all that shows. */
+			if (ats_err_kind_of(e) == ATS_KIND_KNOWN) {
+				e = ats_err_wrap(ats_err_with_user(e, "Please sign in again."), "%s", secrets[0]);
+				ats_err_user_text(e, buf, sizeof buf);
+				cr_assert_str_eq(buf, "Please sign in again.");
+			}
+			ats_err_unref(e);
+		}
+	}
+	ats_err_set_log_hook(NULL, NULL);
+}
+
+/* ats__err_shared: no place, thread or time, in every format; decorations still work. */
+Test(error, shared_records)
+{
+	ats_err *e = ats__err_shared(ATS_ERR_CANCELLED, ats_err_new(ATS_ERR_CLOSED, "closed"), "shared");
+	cr_assert(ats_err_is_shared(e));
+	cr_assert_not(ats_err_is_shared(ats_err_cause(e)));
+	cr_assert_not(ats_err_is_shared(NULL));
+	cr_assert_str_eq(ats_err_file(e), "");
+	cr_assert_eq(ats_err_line(e), 0);
+	cr_assert_eq(ats_err_thread_id(e), 0);
+	cr_assert_eq(ats_err_wall_ns(e), 0);
+	cr_assert_eq(ats_err_mono_ns(e), 0);
+	cr_assert_neq(ats_err_log_id(e), 0);
+	cr_assert_eq(ats_err_code(e), ATS_ERR_CANCELLED);
+	char text[2048];
+	ats_err_format(e, text, sizeof text);
+	cr_assert(strstr(text, "error: shared\n  code: cancelled (known)  log id: "), "%s", text);
+	cr_assert(strstr(text, "shared record: no place or time"), "%s", text);
+	cr_assert(strstr(text, "at: " __FILE__), "the cause keeps its place: %s", text);
+	size_t n = ats_err_format_json(e, text, sizeof text);
+	cr_assert(json_valid(text, n), "%s", text);
+	cr_assert(strstr(text, "\"shared\":true,"), "%s", text);
+	cr_assert_gt(strstr(text, "\"file\""), strstr(text, "\"cause\""), "no file member before the cause: %s", text);
+	/* A copy made by a decoration stays shared. */
+	ats_err *other = ats_err_ref(e);
+	e = ats_err_with_user(e, "Stopped.");
+	cr_assert_neq(e, other);
+	cr_assert(ats_err_is_shared(e));
+	ats_err_unref(other);
+	ats_err_unref(e);
+	/* A percent sign in the message is text, not a format. */
+	e = ats__err_shared(ATS_ERR_LIMITED, NULL, "100% full");
+	cr_assert_str_eq(ats_err_message(e), "100% full");
+	ats_err_unref(e);
 }
 
 Test(error, user_text_bug_logs_full_record)

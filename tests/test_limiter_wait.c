@@ -14,7 +14,7 @@ static ats_limiter *mk(ats_rate r, uint64_t burst)
 {
 	ats_limiter *l = NULL;
 	cr_assert_null(ats_limiter_new(&l, r, burst));
-	ats_limiter_init_at(l, r, burst, ats_now_ns());
+	cr_assert_null(ats_limiter_init_at(l, r, burst, ats_now_ns()));
 	return l;
 }
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 /* One time base (clock.h): the plain calls, which read the default clock, against the `_at` calls
  * given ats_now_ns(), on every source of the default clock this machine can give.
  *
@@ -78,8 +79,9 @@ static struct rate_run run_rates(void)
 static void expect_rate(const char *what, struct pair_counts c, double floor_fraction)
 {
 	/* The `_at` side is the reference: about 1000 in the second, fewer only if the thread was
-	 * descheduled, which costs both sides alike. */
-	cr_expect_geq(c.at, 500, "%s: only %llu granted at ats_now_ns() in a second", what, (unsigned long long)c.at);
+	 * descheduled, which costs both sides alike (the calls alternate). Far fewer means the
+	 * machine starved the loop and the ratio below says nothing. */
+	cr_expect_geq(c.at, 200, "%s: only %llu granted at ats_now_ns() in a second", what, (unsigned long long)c.at);
 	cr_expect_leq(c.at, 1002, "%s: %llu over-granted", what, (unsigned long long)c.at);
 	cr_expect_leq(c.plain, 1002, "%s: %llu over-granted", what, (unsigned long long)c.plain);
 	cr_expect_geq((double)c.plain, floor_fraction * (double)c.at, "%s (%s): plain %llu, at(ats_now_ns()) %llu", what,

@@ -41,9 +41,15 @@
  *
  * Errors and ownership. ats_ctx_cancel() consumes the cause it is given. ats_ctx_err() returns a
  * new reference (NULL while not done). ats_ctx_cause() returns a borrowed pointer valid while the
- * context is. A cancel without a cause shares one process-wide "context cancelled" error (and the
- * timer one "context deadline exceeded" error), so cancelling allocates nothing; a cancel with a
- * cause makes one error, wrapping the cause, shared by the whole subtree.
+ * context is. A cancel without a cause shares one process-wide "context cancelled" error (and
+ * expiry one "context deadline exceeded" error), so cancelling and expiring allocate nothing.
+ * These are shared records (ats_err_is_shared): they have no place, thread or time, and print
+ * "shared record: no place or time" instead of a place that would only be their first user's.
+ * Wrap one where you check it (ats_err_wrap) to record your place and time. A cancel with a
+ * cause makes one shared record, wrapping the cause (which has the place and time it was made
+ * at), for the whole subtree. A deadline with a cause (with_deadline_cause) makes its shared
+ * "context deadline exceeded" record, wrapping the cause and carrying a "deadline_ns"
+ * attachment, when the context is made, so that expiry stays allocation-free.
  *
  * Constructors return NULL on success or an error (ats_err_oom when memory ran out, in which case
  * nothing changed and *out is NULL).
@@ -94,7 +100,7 @@ ATS_API ats_ctx *ats_ctx_background(void);
  * per-thread cache in the common case) and the parent's lock for a few instructions to link the
  * child, one atomic write. Create + cancel + release is three atomic writes in all (benchmark row
  * ctx.with_cancel_cancel). Born done if the parent is. */
-ATS_API ats_err *ats_ctx_with_cancel(ats_ctx *parent, ats_ctx **out);
+ATS_API ATS_NODISCARD ats_err *ats_ctx_with_cancel(ats_ctx *parent, ats_ctx **out);
 
 /* A child that is also done at deadline_ns (CLOCK_MONOTONIC ns): its deadline is the earlier of
  * deadline_ns and its parent's. Arms a timer only when it is earlier than the parent's (O(1),
@@ -102,26 +108,40 @@ ATS_API ats_err *ats_ctx_with_cancel(ats_ctx *parent, ats_ctx **out);
  * done with ATS_ERR_DEADLINE_EXCEEDED. Blocking, like with_cancel (with a timer: row
  * ctx.with_timeout_cancel). Fails only for lack of memory, or (once, system error) when the
  * timer thread cannot start. */
-ATS_API ats_err *ats_ctx_with_deadline(ats_ctx *parent, uint64_t deadline_ns, ats_ctx **out);
+ATS_API ATS_NODISCARD ats_err *ats_ctx_with_deadline(ats_ctx *parent, uint64_t deadline_ns, ats_ctx **out);
 /* with_deadline(parent, now + timeout_ns), with now = ats_now_ns() or the caller's now_ns. */
-ATS_API ats_err *ats_ctx_with_timeout(ats_ctx *parent, uint64_t timeout_ns, ats_ctx **out);
-ATS_API ats_err *ats_ctx_with_timeout_at(ats_ctx *parent, uint64_t timeout_ns, uint64_t now_ns, ats_ctx **out);
+ATS_API ATS_NODISCARD ats_err *ats_ctx_with_timeout(ats_ctx *parent, uint64_t timeout_ns, ats_ctx **out);
+ATS_API ATS_NODISCARD ats_err *ats_ctx_with_timeout_at(ats_ctx *parent, uint64_t timeout_ns, uint64_t now_ns, ats_ctx **out);
+
+/* with_deadline / with_timeout whose expiry reports `cause` (Go's WithDeadlineCause and
+ * WithTimeoutCause): ats_ctx_err stays an ATS_ERR_DEADLINE_EXCEEDED error, now wrapping cause,
+ * and ats_ctx_cause returns cause, for this context and every one under it that it expires.
+ * Takes ownership of cause, on success and on failure alike (like ats_ctx_cancel); NULL gives
+ * plain with_deadline / with_timeout. When the deadline is not earlier than the parent's (or is
+ * ATS_CTX_NO_DEADLINE), the child keeps the parent's deadline and the parent's cause, and this
+ * cause is dropped. Blocking, like
+ * with_deadline, plus one error record (one malloc and an attachment) made here so that expiry
+ * allocates nothing. Fails with ats_err_oom (cause dropped, nothing made, *out NULL) when memory
+ * runs out. */
+ATS_API ATS_NODISCARD ats_err *ats_ctx_with_deadline_cause(ats_ctx *parent, uint64_t deadline_ns,
+                                                           ats_err *cause, ats_ctx **out);
+ATS_API ATS_NODISCARD ats_err *ats_ctx_with_timeout_cause(ats_ctx *parent, uint64_t timeout_ns, ats_err *cause, ats_ctx **out);
 
 /* A child (cancellable, like with_cancel) carrying `value` under `key`, shadowing any value the
  * parent has for it. One allocation holds the child and its value table (copy of the parent's
  * table, O(ATS_CTX_VALUE_SLOTS)). Blocking, like with_cancel. */
-ATS_API ats_err *ats_ctx_with_value(ats_ctx *parent, ats_ctx_key *key, void *value, ats_ctx **out);
+ATS_API ATS_NODISCARD ats_err *ats_ctx_with_value(ats_ctx *parent, ats_ctx_key *key, void *value, ats_ctx **out);
 
 /* A context with the parent's values that is never cancelled and has no deadline (Go's
  * WithoutCancel; Trio's shield): for cleanup that must finish after its request is cancelled.
  * Its children can be cancelled as usual. Blocking (allocation only). */
-ATS_API ats_err *ats_ctx_without_cancel(ats_ctx *parent, ats_ctx **out);
+ATS_API ATS_NODISCARD ats_err *ats_ctx_without_cancel(ats_ctx *parent, ats_ctx **out);
 
 /* A context done as soon as any of parents[0..n-1] is (with that parent's error), with the values
  * of parents[0] and the earliest of their deadlines (folly's merged tokens). It is linked as a
  * child of the first cancellable parent and registers an after-func on each other one; releasing
  * it stops them. n >= 1. Blocking; one allocation; O(n). */
-ATS_API ats_err *ats_ctx_merge(ats_ctx *const *parents, size_t n, ats_ctx **out);
+ATS_API ATS_NODISCARD ats_err *ats_ctx_merge(ats_ctx *const *parents, size_t n, ats_ctx **out);
 
 /* ---- Lifetime ---- */
 
@@ -164,10 +184,11 @@ static inline uint64_t ats_ctx_deadline(const ats_ctx *ctx);
  * not fired yet, cancels ctx first (so err and done agree from then on). Wait-free when done (one
  * atomic add) and while the deadline is ahead (one clock read); blocking when it cancels an
  * expired context (as ats_ctx_cancel). */
-ATS_API ats_err *ats_ctx_err(ats_ctx *ctx);
+ATS_API ATS_NODISCARD ats_err *ats_ctx_err(ats_ctx *ctx);
 
-/* The cause given to the cancel that made ctx done or, when it had none, the error ats_ctx_err
- * returns (Go's context.Cause). Borrowed: valid while ctx is. NULL while not done. Wait-free. */
+/* The cause given to the cancel that made ctx done, or to with_deadline_cause / with_timeout_cause
+ * when its deadline did, or, when there was none, the error ats_ctx_err returns (Go's
+ * context.Cause). Borrowed: valid while ctx is. NULL while not done. Wait-free. */
 ATS_API const ats_err *ats_ctx_cause(const ats_ctx *ctx);
 
 /* ---- Waiting ---- */
@@ -183,7 +204,7 @@ ATS_API bool ats_ctx_wait(ats_ctx *ctx, uint64_t deadline_ns);
  * first call (an eventfd, EFD_CLOEXEC | EFD_NONBLOCK), owned by ctx and closed when it is freed:
  * do not close it or read from it. The same fd on every call. Blocking (ctx's lock; eventfd(2)
  * the first time). Fails with a system error when the process is out of descriptors. */
-ATS_API ats_err *ats_ctx_fd(ats_ctx *ctx, int *fd);
+ATS_API ATS_NODISCARD ats_err *ats_ctx_fd(ats_ctx *ctx, int *fd);
 
 /* ---- After-funcs ---- */
 

@@ -11,9 +11,20 @@
  *    and by applications (cancelled, deadline exceeded, closed, limited, invalid argument, ...);
  *  - bugs (ATS_KIND_BUG): anything else. A foreign or raw error (ATS_KIND_RAW: an errno value, a
  *    third-party failure) that reaches a module boundary is wrapped as a bug by
- *    ats_err_boundary(). ats_err_user_text() shows the user message of a well-formed error and,
- *    for a bug, a generic "unexpected issue" line with the log id while the full record goes to
- *    the log hook.
+ *    ats_err_boundary().
+ *
+ * What users see never leaks internals. ats_err_user_text() shows only text written for users:
+ * a user message set with ats_err_with_user() on the error or one of its causes or, when none
+ * is set, a fixed generic line for the code (ats_code_user_text: "The request was cancelled.",
+ * "Too many requests. Try again later.", ...). Messages, attachments, file names and stacks go
+ * to logs and ats_err_format() only, so put anything secret (paths, ports, keys, peer names) in
+ * them freely. A bug (or a raw error shown to a user) gets "An unexpected issue occurred; please
+ * report it with log id <id>." while its full record goes to the log hook.
+ *
+ * Shared records. A record made once and handed to many callers (ats_err_oom, and the errors of
+ * contexts cancelled or expired without a cause, see ctx.h) has no place, thread or time of its
+ * own: ats_err_is_shared() says so, ats_err_format() prints "shared record: no place or time"
+ * and the JSON format has "shared":true instead of the file, line, thread and time members.
  *
  * Ownership: an `ats_err *` is a counted reference; NULL means success. Constructors return a new
  * reference; ats_err_wrap*, ats_err_bug, ats_err_boundary and ats_err_with_* consume the
@@ -34,6 +45,12 @@
  * libunwind then looks up unwind tables with dl_iterate_phdr, which takes the dynamic loader's
  * lock, blocks signals with sigprocmask and may probe memory with a write() to a pipe. Capture
  * is therefore lock-free only in the steady state; bugs (which capture by default) are rare.
+ *
+ * Symbol names. Frames are named with dladdr, which sees only dynamic symbols: shared libraries'
+ * exported functions are named, but an executable's own frames print as (server+0x244f) unless
+ * it is linked with -rdynamic (CMake: link atscale::rdynamic, or set ENABLE_EXPORTS on the
+ * executable). Static functions are never named. The module+offset form always resolves with
+ * `addr2line -f -e server 0x244f`.
  */
 #ifndef ATSCALE_ERROR_H
 #define ATSCALE_ERROR_H
@@ -48,6 +65,15 @@
 
 #ifdef __cplusplus
 extern "C" {
+#endif
+
+/* On every function returning an `ats_err *`: ignoring the result leaks the error, or worse,
+ * ignores a failure. The compiler warns (-Wunused-result; with GCC even a (void) cast does not
+ * silence it, so handle the error: `ats_err_unref(f())` when there is truly nothing to do). */
+#if defined(__GNUC__) || defined(__clang__)
+#define ATS_NODISCARD __attribute__((warn_unused_result))
+#else
+#define ATS_NODISCARD
 #endif
 
 /* The closed set of canonical codes, the one list the enum, ATS_ERR_CODE_COUNT and ats_code_name()
@@ -129,15 +155,15 @@ ATS_API extern ats_err *const ats_err_oom;
 /* Decorations, applied while the caller still holds the only reference. Each consumes `err` and
  * returns the decorated error: the same object when the caller is the sole owner, else a copy
  * (errors others can see never change). On out-of-memory the error comes back undecorated. */
-ATS_API ats_err *ats_err_with_user(ats_err *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-ATS_API ats_err *ats_err_with_hint(ats_err *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-ATS_API ats_err *ats_err_with_kv(ats_err *err, const char *key, const char *fmt, ...)
+ATS_API ATS_NODISCARD ats_err *ats_err_with_user(ats_err *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+ATS_API ATS_NODISCARD ats_err *ats_err_with_hint(ats_err *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+ATS_API ATS_NODISCARD ats_err *ats_err_with_kv(ats_err *err, const char *key, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
 /* ---- Lifetime ---- */
 
 /* Adds a reference; wait-free (one atomic add). Returns err. NULL-safe. */
-ATS_API ats_err *ats_err_ref(ats_err *err);
+ATS_API ATS_NODISCARD ats_err *ats_err_ref(ats_err *err);
 /* Drops a reference; the last one frees the error and its cause chain (iteratively, so chains of
  * any length are fine). NULL-safe. Wait-free while other references remain (one atomic
  * decrement); blocking when it drops the last one (free). */
@@ -168,6 +194,9 @@ ATS_API int ats_err_line(const ats_err *err);
 ATS_API const char *ats_err_func(const ats_err *err);
 /* The raw stack (return addresses, innermost first); 0 frames when none was captured. */
 ATS_API size_t ats_err_stack(const ats_err *err, void *const **frames);
+/* True for a shared record (see above): no place, thread or time of its own; file and func are
+ * "", line, thread and times 0. Wait-free. */
+ATS_API bool ats_err_is_shared(const ats_err *err);
 
 /* True when err or any error in its cause chain has `code`. */
 ATS_API bool ats_err_is(const ats_err *err, ats_code code);
@@ -177,6 +206,10 @@ ATS_API const ats_err *ats_err_find(const ats_err *err, ats_code code);
 /* The code's stable lower-case name ("deadline_exceeded"); "unknown" outside the set. */
 ATS_API const char *ats_code_name(ats_code code);
 ATS_API const char *ats_err_kind_name(ats_err_kind kind);
+/* The fixed line shown to a user for a well-formed error with `code` and no user message ("The
+ * request took too long." for deadline_exceeded); a generic line outside the set. Static text,
+ * never NULL; wait-free. */
+ATS_API const char *ats_code_user_text(ats_code code);
 
 /* ---- Formatting (snprintf contract: returns the length the whole text needs, writes at most
  * len-1 bytes and a NUL when len > 0). Symbolizes the stack with dladdr. Blocking: allocation-free
@@ -190,11 +223,12 @@ ATS_API size_t ats_err_format_json(const ats_err *err, char *buf, size_t len);
 /* Writes the human format to f. */
 ATS_API void ats_err_print(const ats_err *err, FILE *f);
 
-/* What to show a user: for a well-formed error, its user message (the first one set along the
- * chain) or, if none, its message, followed by the hint (the first set along the chain) in
- * parentheses; for a bug or a raw error, "An unexpected issue occurred; please report it with log
- * id <id>." after handing the full record to the log hook. Every call on a bug logs it, so size
- * the buffer once rather than calling twice (128 bytes always fit the bug text). snprintf
+/* What to show a user, never a message or attachment: for a well-formed error, its user message
+ * (the first one set along the chain) or, if none, ats_code_user_text(code), followed by the hint
+ * (the first set along the chain) in parentheses; for a bug or a raw error, "An unexpected issue
+ * occurred; please report it with log id <id>." after handing the full record to the log hook.
+ * Every call on a bug logs it, so size the buffer once rather than calling twice (128 bytes
+ * always fit the bug text). Allocation-free; blocking only through the log hook. snprintf
  * contract. */
 ATS_API size_t ats_err_user_text(const ats_err *err, char *buf, size_t len);
 
@@ -215,15 +249,19 @@ ATS_API void ats_err_log(const ats_err *err);
 ATS_API void ats_err_set_stack_default(bool capture_for_known);
 
 /* ---- Internals behind the macros ---- */
-ATS_API ats_err *ats__err_new(const char *file, int line, const char *func, ats_err_kind kind, ats_code code, int stack,
+ATS_API ATS_NODISCARD ats_err *ats__err_new(const char *file, int line, const char *func, ats_err_kind kind, ats_code code, int stack,
                               ats_err *cause, const char *fmt, ...) __attribute__((format(printf, 8, 9)));
-ATS_API ats_err *ats__err_vnew(const char *file, int line, const char *func, ats_err_kind kind, ats_code code,
+ATS_API ATS_NODISCARD ats_err *ats__err_vnew(const char *file, int line, const char *func, ats_err_kind kind, ats_code code,
                                int stack, ats_err *cause, const char *fmt, va_list ap);
-ATS_API ats_err *ats__err_wrap(const char *file, int line, const char *func, ats_err *cause, int stack, const char *fmt,
+ATS_API ATS_NODISCARD ats_err *ats__err_wrap(const char *file, int line, const char *func, ats_err *cause, int stack, const char *fmt,
                                ...) __attribute__((format(printf, 6, 7)));
-ATS_API ats_err *ats__err_errno(const char *file, int line, const char *func, int errnum, const char *fmt, ...)
+ATS_API ATS_NODISCARD ats_err *ats__err_errno(const char *file, int line, const char *func, int errnum, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
-ATS_API ats_err *ats__err_boundary(const char *file, int line, const char *func, ats_err *err);
+ATS_API ATS_NODISCARD ats_err *ats__err_boundary(const char *file, int line, const char *func, ats_err *err);
+/* A shared record (no place, thread or time) with `code`, message `msg` (static text, not copied
+ * into a format) and `cause` (consumed); for modules that hand one record to many callers. One
+ * malloc; ats_err_oom (the cause dropped) when it fails. */
+ATS_NODISCARD ats_err *ats__err_shared(ats_code code, ats_err *cause, const char *msg);
 
 #ifdef __cplusplus
 }

@@ -128,13 +128,13 @@ typedef struct ats_keyed {
 /* Makes a map in caller memory. Errors (nothing allocated): NULL arguments, max_keys 0, a burst
  * outside 1..2^32 or a rate above 10^12/s (ATS_ERR_INVALID_ARGUMENT), a max_bytes too small for
  * the smallest table, out of memory. Blocking (allocates the pre-sized table). */
-ATS_API ats_err *ats_keyed_init(ats_keyed *m, const ats_keyed_config *cfg);
+ATS_API ATS_NODISCARD ats_err *ats_keyed_init(ats_keyed *m, const ats_keyed_config *cfg);
 /* Frees what the map holds. Blocking: waits for calls in flight on other threads (a grace period)
  * and for deferred frees (rcu_barrier). No new call may start on the map; must not be called
  * inside an RCU read-side section. NULL-safe. */
 ATS_API void ats_keyed_destroy(ats_keyed *m);
 /* The same on the heap. */
-ATS_API ats_err *ats_keyed_new(ats_keyed **out, const ats_keyed_config *cfg);
+ATS_API ATS_NODISCARD ats_err *ats_keyed_new(ats_keyed **out, const ats_keyed_config *cfg);
 ATS_API void ats_keyed_free(ats_keyed *m);
 
 /* Takes n tokens from the key's bucket if they fit; adds the key (full) if it is new. False when
@@ -183,7 +183,7 @@ static inline uint64_t ats_keyed_tokens(ats_keyed *m, const void *key, size_t le
  * storage; more than max_overrides distinct ones give ATS_ERR_LIMITED. Errors change nothing.
  * Blocking (writer mutex); concurrent allows on the key are never over-granted: they finish on
  * the old slot or move to the new one. */
-ATS_API ats_err *ats_keyed_set_limit(ats_keyed *m, const void *key, size_t len, const ats_keyed_limit *lim,
+ATS_API ATS_NODISCARD ats_err *ats_keyed_set_limit(ats_keyed *m, const void *key, size_t len, const ats_keyed_limit *lim,
                                      uint64_t now_ns);
 
 /* Sweeps up to max_slots slots (0: the whole table) and evicts the idle keys among them

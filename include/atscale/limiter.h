@@ -122,12 +122,12 @@ typedef struct ats_limiter_result {
 
 /* Initializes a limiter in caller memory (64-byte aligned), full at now_ns. Errors (nothing written
  * that matters): burst > 2^32, rate > 10^12/s, NULL l. ats_limiter_init reads ats_fast_now_ns(). */
-ATS_API ats_err *ats_limiter_init_at(ats_limiter *l, ats_rate rate, uint64_t burst, uint64_t now_ns);
-ATS_API ats_err *ats_limiter_init(ats_limiter *l, ats_rate rate, uint64_t burst);
+ATS_API ATS_NODISCARD ats_err *ats_limiter_init_at(ats_limiter *l, ats_rate rate, uint64_t burst, uint64_t now_ns);
+ATS_API ATS_NODISCARD ats_err *ats_limiter_init(ats_limiter *l, ats_rate rate, uint64_t burst);
 /* Nothing to release (the limiter owns no memory); present for symmetry. */
 ATS_API void ats_limiter_destroy(ats_limiter *l);
 /* On the heap (cache-line aligned). *out is NULL on error. */
-ATS_API ats_err *ats_limiter_new(ats_limiter **out, ats_rate rate, uint64_t burst);
+ATS_API ATS_NODISCARD ats_err *ats_limiter_new(ats_limiter **out, ats_rate rate, uint64_t burst);
 ATS_API void ats_limiter_free(ats_limiter *l);
 
 /* ---- Hot paths: static inline, lock-free, no system call, no allocation ---- */
@@ -187,16 +187,16 @@ ATS_API bool ats_limiter_throttle(ats_limiter *l, uint64_t n, ats_limiter_result
  *    wrapped with what was being waited for.
  * NULL on success. Blocking (never past ctx's deadline); times on the CLOCK_MONOTONIC scale
  * (ats_now_ns, the scale of ctx deadlines). No allocation unless it returns an error. */
-ATS_API ats_err *ats_limiter_wait(ats_limiter *l, uint64_t n, ats_ctx *ctx);
+ATS_API ATS_NODISCARD ats_err *ats_limiter_wait(ats_limiter *l, uint64_t n, ats_ctx *ctx);
 
 /* ---- Runtime changes (not hot paths): see the rule in the header comment ----
  * Errors (nothing changed): burst > 2^32, rate > 10^12/s. Acquirers are never blocked; setters
  * serialize on a spin lock among themselves. */
-ATS_API ats_err *ats_limiter_set_at(ats_limiter *l, ats_rate rate, uint64_t burst, uint64_t now_ns);
-ATS_API ats_err *ats_limiter_set_rate_at(ats_limiter *l, ats_rate rate, uint64_t now_ns);
-ATS_API ats_err *ats_limiter_set_burst_at(ats_limiter *l, uint64_t burst, uint64_t now_ns);
-ATS_API ats_err *ats_limiter_set_rate(ats_limiter *l, ats_rate rate);
-ATS_API ats_err *ats_limiter_set_burst(ats_limiter *l, uint64_t burst);
+ATS_API ATS_NODISCARD ats_err *ats_limiter_set_at(ats_limiter *l, ats_rate rate, uint64_t burst, uint64_t now_ns);
+ATS_API ATS_NODISCARD ats_err *ats_limiter_set_rate_at(ats_limiter *l, ats_rate rate, uint64_t now_ns);
+ATS_API ATS_NODISCARD ats_err *ats_limiter_set_burst_at(ats_limiter *l, uint64_t burst, uint64_t now_ns);
+ATS_API ATS_NODISCARD ats_err *ats_limiter_set_rate(ats_limiter *l, ats_rate rate);
+ATS_API ATS_NODISCARD ats_err *ats_limiter_set_burst(ats_limiter *l, uint64_t burst);
 
 /* The current configuration (a consistent pair). Loads only. */
 ATS_API ats_rate ats_limiter_rate(ats_limiter *l);
@@ -224,10 +224,10 @@ static inline uint64_t ats_sharded_max_excess(const ats_sharded *s);
 
 /* Errors: invalid config (as the exact limiter, plus batch > burst or > 2^24 - 2, lease > 2^38 ns),
  * out of memory. _init allocates the shard array (one cache line per shard); _destroy frees it. */
-ATS_API ats_err *ats_sharded_init_at(ats_sharded *s, const ats_sharded_config *cfg, uint64_t now_ns);
-ATS_API ats_err *ats_sharded_init(ats_sharded *s, const ats_sharded_config *cfg);
+ATS_API ATS_NODISCARD ats_err *ats_sharded_init_at(ats_sharded *s, const ats_sharded_config *cfg, uint64_t now_ns);
+ATS_API ATS_NODISCARD ats_err *ats_sharded_init(ats_sharded *s, const ats_sharded_config *cfg);
 ATS_API void ats_sharded_destroy(ats_sharded *s);
-ATS_API ats_err *ats_sharded_new(ats_sharded **out, const ats_sharded_config *cfg);
+ATS_API ATS_NODISCARD ats_err *ats_sharded_new(ats_sharded **out, const ats_sharded_config *cfg);
 ATS_API void ats_sharded_free(ats_sharded *s);
 
 /* Takes n tokens from shard `shard` (any number; reduced modulo the shard count). Lock-free: one

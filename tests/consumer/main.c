@@ -15,6 +15,12 @@
 #include <stdio.h>
 #include <string.h>
 
+/* Not static: with -rdynamic it is in the dynamic symbol table, which is what names a frame. */
+__attribute__((noinline)) ats_err *consumer_frame(void)
+{
+	return ats_err_new_stack(ATS_ERR_LIMITED, "consumer frame");
+}
+
 static ATS_CTX_KEY(consumer_key);
 
 static int check(int ok, const char *what)
@@ -86,6 +92,17 @@ int main(void)
 	e = ats_keyed_new(&m, &kc);
 	ok &= check(!e && ats_keyed_allow(m, "k", 1) && !ats_keyed_allow(m, "k", 1), "keyed");
 	ats_keyed_free(m);
+
+#ifdef CONSUMER_EXPECTS_NAMES
+	err = consumer_frame();
+	char text[4096];
+	ats_err_format(err, text, sizeof text);
+	if (!strstr(text, "consumer_frame+0x")) {
+		printf("consumer: no symbol name for the program's own frame:\n%s", text);
+		ok = 0;
+	}
+	ats_err_unref(err);
+#endif
 
 #ifdef __cplusplus
 	printf("consumer (C++ %ld): %s\n", (long)__cplusplus, ok ? "ok" : "FAILED");

@@ -69,3 +69,4 @@ run(${CMAKE_COMMAND} -S ${SOURCE_DIR}/tests/consumer -B ${work}/cmake -DCMAKE_PR
 run(${CMAKE_COMMAND} --build ${work}/cmake)
 run(${work}/cmake/consumer_shared)
 run(${work}/cmake/consumer_static)
+run(${work}/cmake/consumer_rdynamic)
