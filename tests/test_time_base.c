@@ -76,6 +76,18 @@ static struct rate_run run_rates(void)
 	return r;
 }
 
+/* run_rates, taken again (at most twice more) when the loop itself was starved: with burst 1 a
+ * loop descheduled for over a millisecond loses a token on both sides, and a second in which the
+ * reference got under half its rate measured the machine's load, not the clocks. The ratio is
+ * asserted on the last run whatever it was. */
+static struct rate_run measured_rates(void)
+{
+	struct rate_run r = run_rates();
+	for (int retry = 0; retry < 2 && (r.exact.at < 500 || r.sharded.at < 500 || r.keyed.at < 500); retry++)
+		r = run_rates();
+	return r;
+}
+
 static void expect_rate(const char *what, struct pair_counts c, double floor_fraction)
 {
 	/* The `_at` side is the reference: about 1000 in the second, fewer only if the thread was
@@ -92,7 +104,7 @@ static void rate_test(ats_clock_source source)
 {
 	if (!use(source))
 		return;
-	struct rate_run r = run_rates();
+	struct rate_run r = measured_rates();
 	expect_rate("limiter", r.exact, 0.95);
 	expect_rate("sharded", r.sharded, 0.95);
 	expect_rate("keyed", r.keyed, 0.95);
@@ -122,7 +134,7 @@ Test(rate, coarse_holds_what_its_precision_states)
 {
 	if (!use(ATS_CLOCK_COARSE))
 		return;
-	struct rate_run r = run_rates();
+	struct rate_run r = measured_rates();
 	double allowed = (double)SEC / (double)ats_fast_precision_ns();
 	double fraction = allowed / 1000.0 < 1.0 ? 0.95 * allowed / 1000.0 : 0.95;
 	expect_rate("limiter", r.exact, fraction);
