@@ -14,7 +14,9 @@
  * probability about n^2 / 2^129 (10^9 keys: under 10^-20), whatever keys an attacker picks
  * without knowing the seed. Short and long keys never meet: the slot records which form it holds,
  * so a 16-byte key can never equal a long key's hash. A long key costs one SipHash over its bytes
- * (about 1 ns per byte) before the lookup; short keys pay nothing for long ones. The table's
+ * before the lookup (measured on a busy 2-core VM: about 45 ns more than a 16-byte key at 17 to 32
+ * bytes, 220 ns more at 256; keyed.long32_allow_1m in atscale-bench); short keys pay one length
+ * compare for long ones. The table's
  * hash is seeded per map from getrandom too, so an attacker choosing keys (source addresses)
  * cannot aim them at one probe chain.
  *
