@@ -1,9 +1,9 @@
 /* Keyed limiters at a million keys: the map (one random key per op, and bursts of 32 keys per
  * call; the throttle call, which also computes the client's answer; 32-byte keys, which the map
- * identifies by a SipHash of their bytes), plus the two library tables the issue asked to measure against it (cds_lfht and ck_hs,
- * each a node per key holding the key and its TAT), all doing the same GCRA take per lookup. The
- * floor to compare with is floor.dram_miss (bench_floor.c); the Go peer is peer.go.xrate_keyed_1m
- * (peers/go/keyed.go). */
+ * identifies by a SipHash of their bytes), plus the two library tables one would build it on
+ * (cds_lfht and ck_hs, each a node per key holding the key and its TAT), all doing the same GCRA
+ * take per lookup. The floor to compare with is floor.dram_miss (bench_floor.c); the Go peer is
+ * peer.go.xrate_keyed_1m (peers/go/keyed.go). */
 #define _LGPL_SOURCE
 #include "bench.h"
 #include "atscale/clock.h"
@@ -195,10 +195,10 @@ static const ats_bench keyed_allow_1m_burst32 = {"keyed.allow_1m_burst32",
                                                  keyed_teardown,
                                                  NULL,
                                                  keyed_extra};
-static const ats_bench keyed_throttle_1m = {
-    "keyed.throttle_1m", ATS_BENCH_1T, keyed_setup, keyed_throttle_run, keyed_teardown, NULL, keyed_extra};
-static const ats_bench keyed_long32_1m = {
-    "keyed.long32_allow_1m", ATS_BENCH_1T, keyed_setup_long, keyed_long_run, keyed_teardown, NULL, keyed_extra};
+static const ats_bench keyed_throttle_1m = {"keyed.throttle_1m", ATS_BENCH_1T, keyed_setup, keyed_throttle_run,
+                                            keyed_teardown,      NULL,         keyed_extra};
+static const ats_bench keyed_long32_1m = {"keyed.long32_allow_1m", ATS_BENCH_1T, keyed_setup_long, keyed_long_run,
+                                          keyed_teardown,          NULL,         keyed_extra};
 ATS_BENCH(keyed_allow_1m)
 ATS_BENCH(keyed_allow_1m_burst32)
 ATS_BENCH(keyed_throttle_1m)

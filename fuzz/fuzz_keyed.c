@@ -153,8 +153,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			ats_limiter_result r;
 			ats_keyed_status st = ats_keyed_throttle_at(m, key, len, n, now, &r);
 			bool want = model_allow(&model[id], n, now);
-			CHECK((st == ATS_KEYED_ALLOWED) == want && r.allowed == want, "throttle key %u n %llu: %d model %d\n",
-			      id, (unsigned long long)n, (int)st, want);
+			CHECK((st == ATS_KEYED_ALLOWED) == want && r.allowed == want,
+			      "throttle key %u n %llu: %d model %d\n", id, (unsigned long long)n, (int)st, want);
 			CHECK(want || st == (n > r.limit ? ATS_KEYED_EXCEEDS_BURST : ATS_KEYED_DENIED),
 			      "throttle key %u: status %d\n", id, (int)st);
 			CHECK(ats_keyed_throttle_at(m, key, ATS_KEYED_MAX_KEY + 1, n, now, &r) == ATS_KEYED_INVALID_KEY,

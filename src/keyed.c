@@ -1,6 +1,6 @@
 /* Keyed rate limiters (include/atscale/keyed.h).
  *
- * Why a hand-written table. DESIGN.md asks for a library where one exists, and the issue names two:
+ * Why a hand-written table. DESIGN.md asks for a library where one exists, and two fit:
  * liburcu's cds_lfht and ck_hs. Both were measured at 1M random 4-byte keys, pre-sized, one GCRA
  * take per lookup (rows keyed.alt_cds_lfht_1m and keyed.alt_ck_hs_1m in bench/bench_keyed.c):
  * each chases a bucket or pointer array and then a separately allocated node, two dependent cache
@@ -22,10 +22,11 @@
  *
  * Slot states, in `meta`: EMPTY (never used; ends a probe), LIVE (the key's form and a 25-bit hash
  * tag, so a probe compares one word before the key; the form is the length of a key of up to 16
- * bytes, stored as it is, or LONG_FORM for a longer key stored as its 128-bit SipHash) and DEAD (with the grace epoch it died in). The "gone"
- * mark is a TAT 2^63 - 2^60 units ahead of the writer's clock: no real TAT is ever more than
- * burst (<= 2^62 units) plus the timestamp spread (< 2^60) ahead of a reader's clock, so a reader
- * tells the two apart with one comparison before any arithmetic that could wrap.
+ * bytes, stored as it is, or LONG_FORM for a longer key stored as its 128-bit SipHash) and DEAD
+ * (with the grace epoch it died in). The "gone" mark is a TAT 2^63 - 2^60 units ahead of the
+ * writer's clock: no real TAT is ever more than burst (<= 2^62 units) plus the timestamp spread
+ * (< 2^60) ahead of a reader's clock, so a reader tells the two apart with one comparison before
+ * any arithmetic that could wrap.
  */
 #define _LGPL_SOURCE
 #include "atscale/keyed.h"
@@ -381,8 +382,9 @@ static void fill_result(const ats_keyed_limit *lim, const ats_token_clock *c, ui
 	res->remaining = debt_after >= c->burst_units ? 0 : (c->burst_units - debt_after) >> c->shift;
 	res->reset_after_ns = to_i64(delay_for(lim, c, now_ns, debt_after));
 	if (!fits)
-		res->retry_after_ns =
-		    n > lim->burst ? INT64_MAX : to_i64(delay_for(lim, c, now_ns, debt + (n << c->shift) - c->burst_units));
+		res->retry_after_ns = n > lim->burst
+		                          ? INT64_MAX
+		                          : to_i64(delay_for(lim, c, now_ns, debt + (n << c->shift) - c->burst_units));
 }
 
 /* slot_take with the throttle's answer in *res. Lock-free as slot_take; the divisions run once,
@@ -801,8 +803,8 @@ static inline int resolve(ats_keyed *m, struct ats__keyed_table *t, const struct
 }
 
 /* resolve with the throttle's answer in *res. */
-static int resolve_throttle(ats_keyed *m, struct ats__keyed_table *t, const struct kref *k, uint64_t n,
-                            uint64_t now_ns, ats_limiter_result *res)
+static int resolve_throttle(ats_keyed *m, struct ats__keyed_table *t, const struct kref *k, uint64_t n, uint64_t now_ns,
+                            ats_limiter_result *res)
 {
 	while (t) {
 		struct slot *s = find(t, k);
@@ -921,14 +923,14 @@ ats_keyed_status ats_keyed_throttle_at(ats_keyed *m, const void *key, size_t len
 }
 
 size_t ats_keyed_throttle_burst_at(ats_keyed *m, const void *const keys[], const size_t lens[], size_t count,
-                                   uint64_t n, uint64_t now_ns, ats_keyed_status status[],
-                                   ats_limiter_result results[])
+                                   uint64_t n, uint64_t now_ns, ats_keyed_status status[], ats_limiter_result results[])
 {
 	if (!status || !results)
 		return 0;
 	if (!m || !keys || !lens || !n_ok(n)) {
 		for (size_t i = 0; i < count; i++)
-			status[i] = refuse(!m || !keys || !lens ? ATS_KEYED_INVALID_KEY : ATS_KEYED_INVALID_N, &results[i]);
+			status[i] =
+			    refuse(!m || !keys || !lens ? ATS_KEYED_INVALID_KEY : ATS_KEYED_INVALID_N, &results[i]);
 		return 0;
 	}
 	size_t allowed = 0;

@@ -62,8 +62,9 @@ static void *hammer(void *arg)
 				atomic_fetch_add_explicit(&c->long_grants[hot], 1, memory_order_relaxed);
 			/* Threads' clocks differ by up to ITERS * STEP, so a denial's wait can be that much
 			 * longer than one token's. */
-			bool timed_denial = st == ATS_KEYED_DENIED && !r.allowed && r.remaining == 0 && r.limit == BURST &&
-			                    r.retry_after_ns > 0 && r.retry_after_ns <= (int64_t)(PERIOD + ITERS * STEP);
+			bool timed_denial = st == ATS_KEYED_DENIED && !r.allowed && r.remaining == 0 &&
+			                    r.limit == BURST && r.retry_after_ns > 0 &&
+			                    r.retry_after_ns <= (int64_t)(PERIOD + ITERS * STEP);
 			/* Under max_bytes a new key may find no room; never without a cap. */
 			if (st != ATS_KEYED_ALLOWED && !timed_denial && !(c->check_caps && st == ATS_KEYED_NO_ROOM))
 				atomic_fetch_add_explicit(&c->bad_answers, 1, memory_order_relaxed);

@@ -599,7 +599,8 @@ static void throttle_vs_limiter(ats_rate rate, uint64_t burst, uint64_t max_step
 		expect_same(&got, &want, what, step);
 		cr_assert_eq(st == ATS_KEYED_ALLOWED, ok, "%s step %d: status %d", what, step, (int)st);
 		if (!ok) {
-			cr_assert_eq(st, n > burst ? ATS_KEYED_EXCEEDS_BURST : ATS_KEYED_DENIED, "%s step %d", what, step);
+			cr_assert_eq(st, n > burst ? ATS_KEYED_EXCEEDS_BURST : ATS_KEYED_DENIED, "%s step %d", what,
+			             step);
 			if (n > burst)
 				cr_assert_eq(got.retry_after_ns, INT64_MAX);
 			else

@@ -218,14 +218,14 @@ static inline int ats_keyed_status_code(ats_keyed_status st)
  * with the key's rate and burst made at time 0 and driven by the same times (one whose clock has
  * the same resolution: bursts up to 2^31 at any rate). On ALLOWED, DENIED and EXCEEDS_BURST *res
  * is filled: limit (the key's burst), remaining (whole tokens left after this call),
- * retry_after_ns (-1 when allowed; else the time until n tokens will be there, rounded up to
- * the clock's unit (at most 2 ns) so a retry then succeeds unless others took tokens meanwhile;
+ * retry_after_ns (-1 when allowed; else the time until n tokens will be there, rounded up to the
+ * clock's unit (at most 2 ns) so a retry then succeeds unless others took tokens meanwhile;
  * INT64_MAX for n above the burst or a rate of 0) and reset_after_ns (until the bucket is full
- * again; INT64_MAX at rate 0). A denied request takes nothing. An infinite rate allows everything with remaining = limit.
- * A new key is answered as full and added only when allowed. On the other statuses *res says
- * allowed false, retry_after_ns INT64_MAX and zero elsewhere. res may not be NULL.
- * Progress and cost as ats_keyed_allow_n_at (lock-free for a present key, blocking for a new one;
- * no allocation) plus up to two 128-bit divisions for the times. */
+ * again; INT64_MAX at rate 0). A denied request takes nothing. An infinite rate allows everything
+ * with remaining = limit. A new key is answered as full and added only when allowed. On the other
+ * statuses *res says allowed false, retry_after_ns INT64_MAX and zero elsewhere. res may not be
+ * NULL. Progress and cost as ats_keyed_allow_n_at (lock-free for a present key, blocking for a new
+ * one; no allocation) plus up to two 128-bit divisions for the times. */
 ats_keyed_status ats_keyed_throttle_at(ats_keyed *m, const void *key, size_t len, uint64_t n, uint64_t now_ns,
                                        ats_limiter_result *res);
 /* The same at ats_fast_now_ns(). */
