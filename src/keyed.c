@@ -50,9 +50,11 @@
 #endif
 #ifdef ATS_KEYED_TSAN
 /* liburcu's grace periods are made of membarrier and its own asm atomics, which ThreadSanitizer
- * cannot see. Readers release a per-map sync object when they leave a read-side section and every
- * RCU callback acquires it before freeing, which is exactly the order a grace period guarantees;
- * callbacks release it when done and ats_keyed_destroy acquires it after rcu_barrier. */
+ * cannot see. Readers release a per-map sync object when they leave a read-side section, and a
+ * writer releases it before it enqueues a callback (its own accesses to a replaced table come
+ * before that table's free); every RCU callback acquires it before freeing, which is exactly the
+ * order a grace period guarantees; callbacks release it when done and ats_keyed_destroy acquires
+ * it after rcu_barrier. */
 void __tsan_acquire(void *addr);
 void __tsan_release(void *addr);
 #define TSAN_ACQUIRE(p) __tsan_acquire(p)
@@ -475,6 +477,7 @@ static void grace_kick(ats_keyed *m)
 	m->epoch++;
 	atomic_store_explicit(&m->grace_target, m->epoch, memory_order_relaxed);
 	m->killed_since_grace = 0;
+	TSAN_RELEASE(&m->tsan_sync); /* as in resize: the enqueue orders what came before it */
 	urcu_memb_call_rcu((struct rcu_head *)m->grace_head, grace_cb);
 }
 
@@ -599,6 +602,7 @@ static bool resize(ats_keyed *m, size_t slots, uint64_t now_ns)
 	m->hand = m->sweep = 0;
 	atomic_store_explicit(&m->table, nt, memory_order_release);
 	atomic_fetch_add_explicit(&m->resizes, 1, memory_order_relaxed);
+	TSAN_RELEASE(&m->tsan_sync); /* this thread's reads of old come before the callback frees it */
 	urcu_memb_call_rcu(&old->rcu, table_free_cb);
 	return true;
 }
