@@ -1,9 +1,10 @@
 /* SPDX-License-Identifier: BSD-2-Clause */
 /* Keyed limiters at a million keys: the map (one random key per op, and bursts of 32 keys per
- * call), plus the two library tables measured against it (cds_lfht and ck_hs,
- * each a node per key holding the key and its TAT), all doing the same GCRA take per lookup. The
- * floor to compare with is floor.dram_miss (bench_floor.c); the Go peer is peer.go.xrate_keyed_1m
- * (peers/go/keyed.go). */
+ * call; the throttle call, which also computes the client's answer; 32-byte keys, which the map
+ * identifies by a SipHash of their bytes), plus the two library tables one would build it on
+ * (cds_lfht and ck_hs, each a node per key holding the key and its TAT), all doing the same GCRA
+ * take per lookup. The floor to compare with is floor.dram_miss (bench_floor.c); the Go peer is
+ * peer.go.xrate_keyed_1m (peers/go/keyed.go). */
 #define _LGPL_SOURCE
 #include "bench.h"
 #include "atscale/clock.h"
@@ -15,6 +16,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #define NKEYS 1000000u
@@ -58,9 +60,18 @@ struct kstate {
 	double rss_per_key, map_per_key;
 };
 
-static void *keyed_setup(unsigned threads)
+#define LONG_KEY 32
+
+/* Key i as a 32-byte key: a shared 28-byte prefix (a URL, a tenant) and key_of(i) last. */
+static inline void long_key_of(uint32_t i, unsigned char out[LONG_KEY])
 {
-	(void)threads;
+	uint32_t k = key_of(i);
+	memset(out, 'p', LONG_KEY - sizeof k);
+	memcpy(out + LONG_KEY - sizeof k, &k, sizeof k);
+}
+
+static void *keyed_setup_keys(bool long_keys)
+{
 	struct kstate *s = calloc(1, sizeof *s);
 	if (!s)
 		return NULL;
@@ -78,11 +89,29 @@ static void *keyed_setup(unsigned threads)
 	uint64_t now = ats_now_ns();
 	for (uint32_t i = 0; i < NKEYS; i++) {
 		uint32_t k = key_of(i);
-		(void)ats_keyed_allow_at(s->m, &k, sizeof k, now);
+		unsigned char lk[LONG_KEY];
+		if (long_keys) {
+			long_key_of(i, lk);
+			(void)ats_keyed_allow_at(s->m, lk, sizeof lk, now);
+		} else {
+			(void)ats_keyed_allow_at(s->m, &k, sizeof k, now);
+		}
 	}
 	s->rss_per_key = (double)(rss_bytes() - rss0) / NKEYS;
 	s->map_per_key = (double)ats_keyed_bytes(s->m) / (double)ats_keyed_count(s->m);
 	return s;
+}
+
+static void *keyed_setup(unsigned threads)
+{
+	(void)threads;
+	return keyed_setup_keys(false);
+}
+
+static void *keyed_setup_long(unsigned threads)
+{
+	(void)threads;
+	return keyed_setup_keys(true);
 }
 
 static void keyed_teardown(void *state)
@@ -108,6 +137,32 @@ static void keyed_allow_run(void *state, unsigned tid, uint64_t iters)
 			now = ats_fast_now_ns(); /* a poll loop reads its clock once per batch */
 		uint32_t k = key_of(random_index(&x));
 		ats_bench_sink(ats_keyed_allow_at(m, &k, sizeof k, now));
+	}
+}
+
+static void keyed_throttle_run(void *state, unsigned tid, uint64_t iters)
+{
+	ats_keyed *m = ((struct kstate *)state)->m;
+	uint64_t x = 0x9e3779b97f4a7c15ull * (tid + 1), now = 0;
+	for (uint64_t i = 0; i < iters; i++) {
+		if ((i & 15) == 0)
+			now = ats_fast_now_ns();
+		uint32_t k = key_of(random_index(&x));
+		ats_limiter_result r;
+		ats_bench_sink(ats_keyed_throttle_at(m, &k, sizeof k, 1, now, &r) + r.remaining);
+	}
+}
+
+static void keyed_long_run(void *state, unsigned tid, uint64_t iters)
+{
+	ats_keyed *m = ((struct kstate *)state)->m;
+	uint64_t x = 0x9e3779b97f4a7c15ull * (tid + 1), now = 0;
+	unsigned char k[LONG_KEY];
+	for (uint64_t i = 0; i < iters; i++) {
+		if ((i & 15) == 0)
+			now = ats_fast_now_ns();
+		long_key_of(random_index(&x), k);
+		ats_bench_sink(ats_keyed_allow_at(m, k, sizeof k, now));
 	}
 }
 
@@ -141,8 +196,14 @@ static const ats_bench keyed_allow_1m_burst32 = {"keyed.allow_1m_burst32",
                                                  keyed_teardown,
                                                  NULL,
                                                  keyed_extra};
+static const ats_bench keyed_throttle_1m = {"keyed.throttle_1m", ATS_BENCH_1T, keyed_setup, keyed_throttle_run,
+                                            keyed_teardown,      NULL,         keyed_extra};
+static const ats_bench keyed_long32_1m = {"keyed.long32_allow_1m", ATS_BENCH_1T, keyed_setup_long, keyed_long_run,
+                                          keyed_teardown,          NULL,         keyed_extra};
 ATS_BENCH(keyed_allow_1m)
 ATS_BENCH(keyed_allow_1m_burst32)
+ATS_BENCH(keyed_throttle_1m)
+ATS_BENCH(keyed_long32_1m)
 
 /* ---- The same work on the library tables (bench-only; why the map is not built on them) ---- */
 

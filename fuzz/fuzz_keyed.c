@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: BSD-2-Clause */
-/* libFuzzer target for the keyed map: random allow / burst / tokens / override / idle-eviction /
- * time sequences on a map that must resize and evict, checked step by step against a reference
- * model that knows nothing of tables or eviction: one exact GCRA bucket per key. Idle eviction and
+/* libFuzzer target for the keyed map: random allow / throttle / burst / tokens / override /
+ * idle-eviction / time sequences, over short keys and long ones (17..256 bytes, identified by
+ * their hash) that share long prefixes, on a map that must resize and evict, checked step by step
+ * against a reference model that knows nothing of tables or eviction: one exact GCRA bucket per key. Idle eviction and
  * growth are lossless, so the map must agree with the model on every answer. */
 #include "atscale/keyed.h"
 
@@ -26,9 +27,18 @@ static ats_token_clock clocks[LIMITS];
 
 static void key_bytes(unsigned id, unsigned char *buf, size_t *len)
 {
-	*len = 1 + id % 16; /* lengths 1..16; ids differ in byte 0 */
-	memset(buf, 0xa5, *len);
-	buf[0] = (unsigned char)id;
+	static const size_t long_lens[] = {17, 32, 255, 256};
+	if (id < 32) {
+		*len = 1 + id % 16; /* lengths 1..16; ids differ in byte 0 */
+		memset(buf, 0xa5, *len);
+		buf[0] = (unsigned char)id;
+	} else {
+		/* Long keys of four lengths, the same bytes but for the last one: every id in this range
+		 * shares all but one byte with three others. */
+		*len = long_lens[id % 4];
+		memset(buf, 0xa5, *len);
+		buf[*len - 1] = (unsigned char)(id / 4);
+	}
 }
 
 static uint64_t model_tokens(const struct model_key *k, uint64_t now)
@@ -91,9 +101,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	struct model_key model[KEYS] = {{0}};
 	uint64_t now = 1000000;
 	for (size_t i = 0; i + 4 <= size; i += 4) {
-		unsigned op = data[i] % 6, id = data[i + 1] % KEYS, arg = data[i + 2];
+		unsigned op = data[i] % 7, id = data[i + 1] % KEYS, arg = data[i + 2];
 		now += (uint64_t)data[i + 3] * (data[i + 3] > 200 ? 1000 : 10);
-		unsigned char key[16];
+		unsigned char key[ATS_KEYED_MAX_KEY];
 		size_t len;
 		key_bytes(id, key, &len);
 		switch (op) {
@@ -124,7 +134,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			/* A burst of up to 8 keys (repeats allowed), answered in order. */
 			const void *keys[8];
 			size_t lens[8];
-			unsigned char kb[8][16];
+			unsigned char kb[8][ATS_KEYED_MAX_KEY];
 			bool res[8];
 			size_t count = 1 + arg % 8;
 			for (size_t j = 0; j < count; j++) {
@@ -136,6 +146,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				bool want = model_allow(&model[(id + j * (arg % 3)) % KEYS], 1, now);
 				CHECK(res[j] == want, "burst entry %zu: map %d model %d\n", j, res[j], want);
 			}
+			break;
+		}
+		case 6: {
+			/* The throttle agrees with the model on the outcome; a denial changes nothing. */
+			uint64_t n = 1 + arg % 10;
+			ats_limiter_result r;
+			ats_keyed_status st = ats_keyed_throttle_at(m, key, len, n, now, &r);
+			bool want = model_allow(&model[id], n, now);
+			CHECK((st == ATS_KEYED_ALLOWED) == want && r.allowed == want,
+			      "throttle key %u n %llu: %d model %d\n", id, (unsigned long long)n, (int)st, want);
+			CHECK(want || st == (n > r.limit ? ATS_KEYED_EXCEEDS_BURST : ATS_KEYED_DENIED),
+			      "throttle key %u: status %d\n", id, (int)st);
+			CHECK(ats_keyed_throttle_at(m, key, ATS_KEYED_MAX_KEY + 1, n, now, &r) == ATS_KEYED_INVALID_KEY,
+			      "a 257-byte key\n");
 			break;
 		}
 		}

@@ -20,11 +20,13 @@
  *    old one. A reader that meets the mark follows the old table's `next` link, so it never waits;
  *  - writers (insert, evict, resize, override) serialize on one mutex: new keys are the slow path.
  *
- * Slot states, in `meta`: EMPTY (never used; ends a probe), LIVE (len and a 25-bit hash tag, so a
- * probe compares one word before the key) and DEAD (with the grace epoch it died in). The "gone"
- * mark is a TAT 2^63 - 2^60 units ahead of the writer's clock: no real TAT is ever more than
- * burst (<= 2^62 units) plus the timestamp spread (< 2^60) ahead of a reader's clock, so a reader
- * tells the two apart with one comparison before any arithmetic that could wrap.
+ * Slot states, in `meta`: EMPTY (never used; ends a probe), LIVE (the key's form and a 25-bit hash
+ * tag, so a probe compares one word before the key; the form is the length of a key of up to 16
+ * bytes, stored as it is, or LONG_FORM for a longer key stored as its 128-bit SipHash) and DEAD
+ * (with the grace epoch it died in). The "gone" mark is a TAT 2^63 - 2^60 units ahead of the
+ * writer's clock: no real TAT is ever more than burst (<= 2^62 units) plus the timestamp spread
+ * (< 2^60) ahead of a reader's clock, so a reader tells the two apart with one comparison before
+ * any arithmetic that could wrap.
  */
 #define _LGPL_SOURCE
 #include "atscale/keyed.h"
@@ -34,6 +36,7 @@
 
 #include <urcu/urcu-memb.h>
 
+#include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
@@ -166,6 +169,65 @@ static inline uint32_t load32(const unsigned char *p)
 	return v;
 }
 
+/* SipHash-2-4 with a 128-bit output (Aumasson and Bernstein's reference, little-endian words):
+ * a PRF keyed by the map's secret seed, so without the seed no choice of long keys collides more
+ * often than random 128-bit values would. Eight rounds to finish plus two per 8 bytes (about
+ * 45 ns at 32 bytes, 220 ns at 256 on a busy VM); only keys over 16 bytes pay it. */
+#define ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
+#define SIPROUND                                                                                                       \
+	do {                                                                                                           \
+		v0 += v1;                                                                                              \
+		v1 = ROTL(v1, 13);                                                                                     \
+		v1 ^= v0;                                                                                              \
+		v0 = ROTL(v0, 32);                                                                                     \
+		v2 += v3;                                                                                              \
+		v3 = ROTL(v3, 16);                                                                                     \
+		v3 ^= v2;                                                                                              \
+		v0 += v3;                                                                                              \
+		v3 = ROTL(v3, 21);                                                                                     \
+		v3 ^= v0;                                                                                              \
+		v2 += v1;                                                                                              \
+		v1 = ROTL(v1, 17);                                                                                     \
+		v1 ^= v2;                                                                                              \
+		v2 = ROTL(v2, 32);                                                                                     \
+	} while (0)
+
+static __attribute__((noinline)) void siphash128(const uint64_t seed[2], const unsigned char *p, size_t len,
+                                                 uint64_t out[2])
+{
+	uint64_t v0 = UINT64_C(0x736f6d6570736575) ^ seed[0], v1 = UINT64_C(0x646f72616e646f6d) ^ seed[1];
+	uint64_t v2 = UINT64_C(0x6c7967656e657261) ^ seed[0], v3 = UINT64_C(0x7465646279746573) ^ seed[1];
+	v1 ^= 0xee;
+	const unsigned char *end = p + (len & ~(size_t)7);
+	for (; p != end; p += 8) {
+		uint64_t w = load64(p);
+		v3 ^= w;
+		SIPROUND;
+		SIPROUND;
+		v0 ^= w;
+	}
+	uint64_t b = (uint64_t)len << 56;
+	for (size_t i = 0; i < (len & 7); i++)
+		b |= (uint64_t)p[i] << (8 * i);
+	v3 ^= b;
+	SIPROUND;
+	SIPROUND;
+	v0 ^= b;
+	v2 ^= 0xee;
+	for (int i = 0; i < 4; i++)
+		SIPROUND;
+	out[0] = v0 ^ v1 ^ v2 ^ v3;
+	v1 ^= 0xdd;
+	for (int i = 0; i < 4; i++)
+		SIPROUND;
+	out[1] = v0 ^ v1 ^ v2 ^ v3;
+}
+
+/* The form of a key over ATS_KEYED_INLINE_KEY bytes, in meta's length field: no inline key has
+ * it, so a short key and a long key's hash never compare equal. */
+#define LONG_FORM (ATS_KEYED_INLINE_KEY + 1)
+_Static_assert(LONG_FORM <= 31, "the form fits meta's 5-bit length field");
+
 /* Packs 1..16 key bytes into two words, one-to-one for a given length (overlapping loads cover
  * every byte; the length is compared separately, in meta). */
 static inline void key_words(const void *key, size_t len, uint64_t w[2])
@@ -204,7 +266,7 @@ static inline uint32_t hash_tag(uint64_t h)
 
 static inline bool key_ok(const void *key, size_t len)
 {
-	return key && len >= 1 && len <= ATS_KEYED_KEY_MAX;
+	return ats_keyed_key_ok(key, len);
 }
 
 struct kref {
@@ -214,9 +276,15 @@ struct kref {
 	uint32_t len;
 };
 
+/* k->len is the key's form: its length, or LONG_FORM. */
 static inline void kref_make(const ats_keyed *m, const void *key, size_t len, struct kref *k)
 {
-	key_words(key, len, k->w);
+	if (__builtin_expect(len > ATS_KEYED_INLINE_KEY, 0)) {
+		siphash128(m->seed, key, len, k->w);
+		len = LONG_FORM;
+	} else {
+		key_words(key, len, k->w);
+	}
 	k->h = key_hash(m, k->w, len);
 	k->len = (uint32_t)len;
 	k->meta = META_LIVE(len, hash_tag(k->h));
@@ -248,12 +316,18 @@ static inline const ats_token_clock *aux_clock(const ats_keyed *m, uint32_t aux)
 	return id ? &m->overrides[id - 1] : &m->clock;
 }
 
+static inline const ats_keyed_limit *aux_limit(const ats_keyed *m, uint32_t aux)
+{
+	uint32_t id = aux >> 1;
+	return id ? &m->override_limits[id - 1] : &m->limit;
+}
+
 static inline bool is_gone(uint64_t tat, uint64_t now_units)
 {
 	return (int64_t)(tat - now_units) > (int64_t)GONE_THRESHOLD;
 }
 
-enum { T_DENIED, T_GRANTED, T_GONE };
+enum { T_DENIED, T_GRANTED, T_GONE, T_TOO_BIG, T_NO_ROOM };
 
 /* One GCRA take on a slot. Lock-free: relaxed loads and one relaxed CAS per attempt (the TAT's
  * modification order alone prevents over-grant, as in ats_gcra_take_at); the deny path writes
@@ -277,6 +351,76 @@ static inline int slot_take(const ats_keyed *m, struct slot *s, uint64_t n, uint
 		if (atomic_compare_exchange_weak_explicit(&s->tat, &cur, next, memory_order_relaxed,
 		                                          memory_order_relaxed))
 			return T_GRANTED;
+	}
+}
+
+/* ---- Throttle answers (the exact limiter's, limiter.c, on the key's clock) ---- */
+
+static int64_t to_i64(uint64_t ns)
+{
+	return ns > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)ns;
+}
+
+/* The delay from now_ns until `units` more units have passed on c, rounded up to whole ns exactly
+ * as ats_limiter_throttle_at rounds it (one 128-bit division). UINT64_MAX: never (rate 0). */
+static uint64_t delay_for(const ats_keyed_limit *lim, const ats_token_clock *c, uint64_t now_ns, uint64_t units)
+{
+	if (units == 0)
+		return 0;
+	if (lim->rate.events == 0)
+		return UINT64_MAX;
+	unsigned __int128 num = (unsigned __int128)units * lim->rate.period_ns;
+	unsigned __int128 den = (unsigned __int128)lim->rate.events << c->shift;
+	unsigned __int128 q = (num + den - 1) / den;
+	if (q >= UINT64_MAX)
+		return UINT64_MAX;
+	uint64_t from = now_ns < c->epoch_ns ? c->epoch_ns : now_ns;
+	uint64_t act = from + (uint64_t)q < from ? UINT64_MAX : from + (uint64_t)q;
+	return act == UINT64_MAX ? UINT64_MAX : act - now_ns;
+}
+
+/* Fills *res for a request of n at clock reading `now` on a bucket at `tat` (before the request),
+ * granted or not (`fits`). Pure. */
+static void fill_result(const ats_keyed_limit *lim, const ats_token_clock *c, uint64_t tat, uint64_t now, uint64_t n,
+                        bool fits, uint64_t now_ns, ats_limiter_result *res)
+{
+	*res = (ats_limiter_result){.allowed = fits, .limit = lim->burst, .retry_after_ns = -1};
+	if (c->inf) {
+		res->remaining = lim->burst;
+		return;
+	}
+	uint64_t start = ats__gcra_start(tat, now), debt = start - now;
+	uint64_t debt_after = fits ? debt + (n << c->shift) : debt;
+	res->remaining = debt_after >= c->burst_units ? 0 : (c->burst_units - debt_after) >> c->shift;
+	res->reset_after_ns = to_i64(delay_for(lim, c, now_ns, debt_after));
+	if (!fits)
+		res->retry_after_ns = n > lim->burst
+		                          ? INT64_MAX
+		                          : to_i64(delay_for(lim, c, now_ns, debt + (n << c->shift) - c->burst_units));
+}
+
+/* slot_take with the throttle's answer in *res. Lock-free as slot_take; the divisions run once,
+ * after the outcome is settled. */
+static int slot_throttle(const ats_keyed *m, struct slot *s, uint64_t n, uint64_t now_ns, ats_limiter_result *res)
+{
+	uint32_t aux = atomic_load_explicit(&s->aux, memory_order_relaxed);
+	if (!(aux & AUX_REF))
+		atomic_fetch_or_explicit(&s->aux, AUX_REF, memory_order_relaxed);
+	const ats_token_clock *c = aux_clock(m, aux);
+	const ats_keyed_limit *lim = aux_limit(m, aux);
+	uint64_t now = ats_token_clock_units(c, now_ns);
+	uint64_t cur = atomic_load_explicit(&s->tat, memory_order_relaxed);
+	for (;;) {
+		if (is_gone(cur, now))
+			return T_GONE;
+		uint64_t next;
+		bool fits = c->inf || ats_gcra_next(c, cur, now, n, &next);
+		if (fits && !c->inf &&
+		    !atomic_compare_exchange_weak_explicit(&s->tat, &cur, next, memory_order_relaxed,
+		                                           memory_order_relaxed))
+			continue;
+		fill_result(lim, c, cur, now, n, fits, now_ns, res);
+		return fits ? T_GRANTED : n > lim->burst ? T_TOO_BIG : T_DENIED;
 	}
 }
 
@@ -614,37 +758,46 @@ static void wait_for_frees(ats_keyed *m)
 /* Runs outside any read-side section of ours: a writer that waits for a grace period holding the
  * mutex must never wait on a reader that waits for the mutex. The mutex alone keeps the current
  * table alive (only replaced tables are freed). */
-static bool slow_take(ats_keyed *m, const struct kref *k, uint64_t n, uint64_t now_ns)
+static int slow_take(ats_keyed *m, const struct kref *k, uint64_t n, uint64_t now_ns, ats_limiter_result *res)
 {
 	pthread_mutex_lock(&m->lock);
-	bool ok;
+	int r;
 	for (int attempt = 0;; attempt++) {
 		struct slot *s = find(atomic_load_explicit(&m->table, memory_order_relaxed), k);
-		if (s) {
-			ok = slot_take(m, s, n, now_ns) == T_GRANTED; /* never T_GONE under the mutex */
+		if (s) { /* never T_GONE under the mutex */
+			r = res ? slot_throttle(m, s, n, now_ns, res) : slot_take(m, s, n, now_ns);
 			break;
 		}
+		/* A new key is full (as of the latest eviction, see fresh_tat) and is added only if
+		 * granted. */
 		const ats_token_clock *c = &m->clock;
-		uint64_t now = ats_token_clock_units(c, now_ns), next = 0;
-		ok = c->inf || ats_gcra_next(c, fresh_tat(m, c, now_ns), now, n, &next);
-		if (!ok)
+		uint64_t now = ats_token_clock_units(c, now_ns), tat = fresh_tat(m, c, now_ns), next = 0;
+		bool fits = c->inf || ats_gcra_next(c, tat, now, n, &next);
+		if (!fits) {
+			if (res)
+				fill_result(&m->limit, c, tat, now, n, false, now_ns, res);
+			r = n > m->limit.burst ? T_TOO_BIG : T_DENIED;
 			break;
+		}
 		bool wait;
 		struct slot *d = reserve(m, k, now_ns, false, &wait);
 		if (!d && wait && attempt == 0) {
 			wait_for_frees(m);
 			continue;
 		}
-		if (d)
+		if (d) {
 			publish(m, d, k, AUX_REF, next);
-		else if (wait)
+			if (res)
+				fill_result(&m->limit, c, tat, now, n, true, now_ns, res);
+		} else if (wait) {
 			atomic_fetch_add_explicit(&m->insert_failures, 1, memory_order_relaxed);
-		ok = d != NULL;
+		}
+		r = d ? T_GRANTED : T_NO_ROOM;
 		break;
 	}
 	grace_kick(m);
 	pthread_mutex_unlock(&m->lock);
-	return ok;
+	return r;
 }
 
 /* The key's take, starting from table t inside a read-side section: T_GRANTED, T_DENIED, or
@@ -666,6 +819,23 @@ static inline int resolve(ats_keyed *m, struct ats__keyed_table *t, const struct
 	return T_GONE;
 }
 
+/* resolve with the throttle's answer in *res. */
+static int resolve_throttle(ats_keyed *m, struct ats__keyed_table *t, const struct kref *k, uint64_t n, uint64_t now_ns,
+                            ats_limiter_result *res)
+{
+	while (t) {
+		struct slot *s = find(t, k);
+		if (!s)
+			break;
+		int r = slot_throttle(m, s, n, now_ns, res);
+		if (r != T_GONE)
+			return r;
+		(void)atomic_load_explicit(&s->tat, memory_order_acquire); /* as in resolve */
+		t = atomic_load_explicit(&t->next, memory_order_acquire);
+	}
+	return T_GONE;
+}
+
 static inline bool n_ok(uint64_t n)
 {
 	return n >= 1 && n <= ATS_GCRA_MAX_N;
@@ -673,6 +843,7 @@ static inline bool n_ok(uint64_t n)
 
 bool ats_keyed_allow_n_at(ats_keyed *m, const void *key, size_t len, uint64_t n, uint64_t now_ns)
 {
+	assert(key_ok(key, len) && "ats_keyed_allow_n_at: invalid key (see ats_keyed_key_ok)");
 	if (!m || !key_ok(key, len) || !n_ok(n))
 		return false;
 	struct kref k;
@@ -682,7 +853,7 @@ bool ats_keyed_allow_n_at(ats_keyed *m, const void *key, size_t len, uint64_t n,
 	int r = resolve(m, atomic_load_explicit(&m->table, memory_order_acquire), &k, n, now_ns);
 	TSAN_RELEASE(&m->tsan_sync);
 	urcu_memb_read_unlock();
-	return r == T_GONE ? slow_take(m, &k, n, now_ns) : r == T_GRANTED;
+	return (r == T_GONE ? slow_take(m, &k, n, now_ns, NULL) : r) == T_GRANTED;
 }
 
 #define BURST_CHUNK 32
@@ -707,6 +878,7 @@ size_t ats_keyed_allow_burst_at(ats_keyed *m, const void *const keys[], const si
 		/* Hash everything and start every slot's cache miss before waiting on any of them. */
 		for (size_t i = 0; i < c; i++) {
 			if (!key_ok(keys[base + i], lens[base + i])) {
+				assert(!"ats_keyed_allow_burst_at: invalid key (see ats_keyed_key_ok)");
 				k[i].len = 0;
 				continue;
 			}
@@ -720,7 +892,7 @@ size_t ats_keyed_allow_burst_at(ats_keyed *m, const void *const keys[], const si
 				 * table again (the one held before may be replaced meanwhile). */
 				TSAN_RELEASE(&m->tsan_sync);
 				urcu_memb_read_unlock();
-				r = slow_take(m, &k[i], n, now_ns) ? T_GRANTED : T_DENIED;
+				r = slow_take(m, &k[i], n, now_ns, NULL);
 				urcu_memb_read_lock();
 				t = atomic_load_explicit(&m->table, memory_order_acquire);
 			}
@@ -731,6 +903,90 @@ size_t ats_keyed_allow_burst_at(ats_keyed *m, const void *const keys[], const si
 	TSAN_RELEASE(&m->tsan_sync);
 	urcu_memb_read_unlock();
 	return granted;
+}
+
+static const ats_keyed_status status_of[] = {
+    [T_DENIED] = ATS_KEYED_DENIED,
+    [T_GRANTED] = ATS_KEYED_ALLOWED,
+    [T_TOO_BIG] = ATS_KEYED_EXCEEDS_BURST,
+    [T_NO_ROOM] = ATS_KEYED_NO_ROOM,
+};
+
+static inline ats_keyed_status refuse(ats_keyed_status st, ats_limiter_result *res)
+{
+	*res = (ats_limiter_result){.retry_after_ns = INT64_MAX};
+	return st;
+}
+
+ats_keyed_status ats_keyed_throttle_at(ats_keyed *m, const void *key, size_t len, uint64_t n, uint64_t now_ns,
+                                       ats_limiter_result *res)
+{
+	if (!m || !key_ok(key, len))
+		return refuse(ATS_KEYED_INVALID_KEY, res);
+	if (!n_ok(n))
+		return refuse(ATS_KEYED_INVALID_N, res);
+	struct kref k;
+	kref_make(m, key, len, &k);
+	reg_thread();
+	urcu_memb_read_lock();
+	int r = resolve_throttle(m, atomic_load_explicit(&m->table, memory_order_acquire), &k, n, now_ns, res);
+	TSAN_RELEASE(&m->tsan_sync);
+	urcu_memb_read_unlock();
+	if (r == T_GONE)
+		r = slow_take(m, &k, n, now_ns, res);
+	if (r == T_NO_ROOM)
+		return refuse(ATS_KEYED_NO_ROOM, res);
+	return status_of[r];
+}
+
+size_t ats_keyed_throttle_burst_at(ats_keyed *m, const void *const keys[], const size_t lens[], size_t count,
+                                   uint64_t n, uint64_t now_ns, ats_keyed_status status[], ats_limiter_result results[])
+{
+	if (!status || !results)
+		return 0;
+	if (!m || !keys || !lens || !n_ok(n)) {
+		for (size_t i = 0; i < count; i++)
+			status[i] =
+			    refuse(!m || !keys || !lens ? ATS_KEYED_INVALID_KEY : ATS_KEYED_INVALID_N, &results[i]);
+		return 0;
+	}
+	size_t allowed = 0;
+	struct kref k[BURST_CHUNK];
+	reg_thread();
+	urcu_memb_read_lock();
+	for (size_t base = 0; base < count; base += BURST_CHUNK) {
+		size_t c = count - base < BURST_CHUNK ? count - base : BURST_CHUNK;
+		struct ats__keyed_table *t = atomic_load_explicit(&m->table, memory_order_acquire);
+		for (size_t i = 0; i < c; i++) {
+			if (!key_ok(keys[base + i], lens[base + i])) {
+				k[i].len = 0;
+				continue;
+			}
+			kref_make(m, keys[base + i], lens[base + i], &k[i]);
+			__builtin_prefetch(&t->slots[k[i].h & t->mask], 1, 3);
+		}
+		for (size_t i = 0; i < c; i++) {
+			ats_limiter_result *res = &results[base + i];
+			if (!k[i].len) {
+				status[base + i] = refuse(ATS_KEYED_INVALID_KEY, res);
+				continue;
+			}
+			int r = resolve_throttle(m, t, &k[i], n, now_ns, res);
+			if (r == T_GONE) {
+				/* A new key: the writer path runs outside the read-side section (see above). */
+				TSAN_RELEASE(&m->tsan_sync);
+				urcu_memb_read_unlock();
+				r = slow_take(m, &k[i], n, now_ns, res);
+				urcu_memb_read_lock();
+				t = atomic_load_explicit(&m->table, memory_order_acquire);
+			}
+			status[base + i] = r == T_NO_ROOM ? refuse(ATS_KEYED_NO_ROOM, res) : status_of[r];
+			allowed += r == T_GRANTED;
+		}
+	}
+	TSAN_RELEASE(&m->tsan_sync);
+	urcu_memb_read_unlock();
+	return allowed;
 }
 
 static uint64_t clock_tokens(const ats_token_clock *c, uint64_t tat, uint64_t now_ns)
@@ -815,6 +1071,7 @@ ats_err *ats_keyed_init(ats_keyed *m, const ats_keyed_config *cfg)
 
 	memset(m, 0, sizeof *m);
 	m->clock = clock;
+	m->limit = (ats_keyed_limit){cfg->rate, cfg->burst};
 	m->max_overrides = max_ov;
 	m->max_slots = max_slots;
 	m->key_limit = max_slots / LOAD_DEN * LOAD_NUM < cfg->max_keys ? max_slots / LOAD_DEN * LOAD_NUM : cfg->max_keys;
@@ -893,7 +1150,7 @@ ats_err *ats_keyed_set_limit(ats_keyed *m, const void *key, size_t len, const at
 {
 	if (!m || !key_ok(key, len))
 		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "ats_keyed_set_limit: %s",
-		                   !m ? "NULL map" : "key must be 1 to 16 bytes");
+		                   !m ? "NULL map" : "key must be 1 to 256 bytes");
 	ats_token_clock clock;
 	if (lim) {
 		if (lim->burst == 0)

@@ -2,7 +2,9 @@
 /* Keyed map stress: allows, inserts, idle and forced evictions, resizes and overrides from every
  * core at once, with synthetic time, checked by exact counts: no key is ever granted more than
  * burst + rate * elapsed (plus one burst per forced eviction, the documented effect), and the map
- * never holds more keys or bytes than its caps. Run under ASan and TSan. */
+ * never holds more keys or bytes than its caps. Hot keys come in two forms, short ones through the
+ * bool call and long ones (identified by their hash) through the throttle call, counted apart.
+ * Run under ASan and TSan. */
 #include <criterion/criterion.h>
 
 #include "atscale/keyed.h"
@@ -21,6 +23,8 @@
 struct ctx {
 	ats_keyed *m;
 	_Atomic uint64_t grants[HOT];
+	_Atomic uint64_t long_grants[HOT]; /* the throttle call on long keys */
+	_Atomic int bad_answers;           /* throttle answers that contradict themselves */
 	_Atomic unsigned go;
 	bool check_caps;
 	size_t max_bytes, key_limit;
@@ -48,6 +52,24 @@ static void *hammer(void *arg)
 		uint32_t hot = (uint32_t)(x % HOT);
 		if (ats_keyed_allow_at(c->m, &hot, sizeof hot, now))
 			atomic_fetch_add_explicit(&c->grants[hot], 1, memory_order_relaxed);
+		if (i % 2 == 0) {
+			/* The same hot key, long: 40 bytes, differing from the others in its last 4. */
+			char key[40];
+			memset(key, 'h', sizeof key);
+			memcpy(key + sizeof key - sizeof hot, &hot, sizeof hot);
+			ats_limiter_result r;
+			ats_keyed_status st = ats_keyed_throttle_at(c->m, key, sizeof key, 1, now, &r);
+			if (st == ATS_KEYED_ALLOWED)
+				atomic_fetch_add_explicit(&c->long_grants[hot], 1, memory_order_relaxed);
+			/* Threads' clocks differ by up to ITERS * STEP, so a denial's wait can be that much
+			 * longer than one token's. */
+			bool timed_denial = st == ATS_KEYED_DENIED && !r.allowed && r.remaining == 0 &&
+			                    r.limit == BURST && r.retry_after_ns > 0 &&
+			                    r.retry_after_ns <= (int64_t)(PERIOD + ITERS * STEP);
+			/* Under max_bytes a new key may find no room; never without a cap. */
+			if (st != ATS_KEYED_ALLOWED && !timed_denial && !(c->check_caps && st == ATS_KEYED_NO_ROOM))
+				atomic_fetch_add_explicit(&c->bad_answers, 1, memory_order_relaxed);
+		}
 		if (i % 4 == 0) {
 			/* A key seen once: an insert now, idle 1 us later. */
 			uint64_t cold = ((uint64_t)w->tid << 32) | (i + 1);
@@ -96,7 +118,12 @@ static void check_grants(struct ctx *c, uint64_t forced)
 		cr_assert_leq(g, bound, "key %d: %llu grants, bound %llu", k, (unsigned long long)g,
 		              (unsigned long long)bound);
 		total += g;
+		uint64_t lg = atomic_load(&c->long_grants[k]);
+		cr_assert_leq(lg, bound, "long key %d: %llu grants, bound %llu", k, (unsigned long long)lg,
+		              (unsigned long long)bound);
+		cr_assert_gt(lg, 0, "long key %d was never granted", k);
 	}
+	cr_assert_eq(atomic_load(&c->bad_answers), 0, "a throttle answer was neither allowed nor a timed denial");
 	/* Sanity: the limiter is not just denying everything (each key is asked ~30x its rate). */
 	cr_assert_geq(total, (uint64_t)HOT * (bound - BURST * forced) / 2, "total %llu", (unsigned long long)total);
 }

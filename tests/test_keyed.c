@@ -6,6 +6,7 @@
 #include "internal/keyed.h"
 
 #include <pthread.h>
+#include <signal.h>
 #include <urcu/urcu-memb.h>
 #include <stdio.h>
 #include <string.h>
@@ -112,16 +113,16 @@ Test(keyed, allow_n_and_stale_time)
 Test(keyed, bad_input_is_false_and_changes_nothing)
 {
 	ats_keyed *m = make(cfg_default(100));
-	char big[17] = "0123456789abcdef";
+	char big[ATS_KEYED_MAX_KEY + 1];
+	memset(big, 'b', sizeof big);
 	cr_assert_not(ats_keyed_allow_at(NULL, "a", 1, T0));
-	cr_assert_not(ats_keyed_allow_at(m, NULL, 1, T0));
-	cr_assert_not(ats_keyed_allow_at(m, "a", 0, T0));
-	cr_assert_not(ats_keyed_allow_at(m, big, 17, T0));
 	cr_assert_not(ats_keyed_allow_n_at(m, "a", 1, 0, T0));
 	cr_assert_not(ats_keyed_allow_n_at(m, "a", 1, (UINT64_C(1) << 32) + 1, T0));
-	cr_assert_eq(ats_keyed_tokens_at(m, big, 17, T0), 0);
+	cr_assert_eq(ats_keyed_tokens_at(m, big, sizeof big, T0), 0);
+	cr_assert_eq(ats_keyed_tokens_at(m, NULL, 1, T0), 0);
 	cr_assert_eq(ats_keyed_tokens_at(NULL, "a", 1, T0), 0);
-	expect_invalid(ats_keyed_set_limit(m, big, 17, NULL, T0));
+	expect_invalid(ats_keyed_set_limit(m, big, sizeof big, NULL, T0));
+	expect_invalid(ats_keyed_set_limit(m, big, 0, NULL, T0));
 	expect_invalid(ats_keyed_set_limit(NULL, "a", 1, NULL, T0));
 	ats_keyed_limit zero = {ats_rate_per_sec(1), 0};
 	expect_invalid(ats_keyed_set_limit(m, "a", 1, &zero, T0));
@@ -133,9 +134,64 @@ Test(keyed, bad_input_is_false_and_changes_nothing)
 	ats_keyed_stats_get(m, &st);
 	cr_assert_eq(st.inserts, 0);
 	cr_assert_eq(st.overrides, 0, "a rejected limit takes no override entry");
-	cr_assert(ats_keyed_allow_at(m, big, 16, T0), "16 bytes is the longest key");
+	cr_assert(ats_keyed_allow_at(m, big, ATS_KEYED_MAX_KEY, T0), "256 bytes is the longest key");
 	ats_keyed_free(m);
 }
+
+Test(keyed, key_ok_states_the_limits)
+{
+	char k[ATS_KEYED_MAX_KEY + 1] = {0};
+	cr_assert(ats_keyed_key_ok(k, 1));
+	cr_assert(ats_keyed_key_ok(k, ATS_KEYED_INLINE_KEY));
+	cr_assert(ats_keyed_key_ok(k, ATS_KEYED_INLINE_KEY + 1));
+	cr_assert(ats_keyed_key_ok(k, ATS_KEYED_MAX_KEY));
+	cr_assert_not(ats_keyed_key_ok(k, ATS_KEYED_MAX_KEY + 1));
+	cr_assert_not(ats_keyed_key_ok(k, 0));
+	cr_assert_not(ats_keyed_key_ok(NULL, 1));
+}
+
+/* The bool calls answer a bad key with false in release builds and fail an assert in debug
+ * builds, so a caller's bug is not mistaken for a limited client. */
+#ifdef NDEBUG
+Test(keyed, bool_calls_refuse_a_bad_key)
+{
+	ats_keyed *m = make(cfg_default(100));
+	char big[ATS_KEYED_MAX_KEY + 1] = {0};
+	cr_assert_not(ats_keyed_allow_at(m, NULL, 1, T0));
+	cr_assert_not(ats_keyed_allow_at(m, "a", 0, T0));
+	cr_assert_not(ats_keyed_allow_at(m, big, sizeof big, T0));
+	const void *keys[2] = {"a", big};
+	size_t lens[2] = {1, sizeof big};
+	bool got[2];
+	cr_assert_eq(ats_keyed_allow_burst_at(m, keys, lens, 2, 1, T0, got), 1);
+	cr_assert(got[0]);
+	cr_assert_not(got[1]);
+	cr_assert_eq(ats_keyed_count(m), 1);
+	ats_keyed_free(m);
+}
+#else
+Test(keyed, bool_call_asserts_on_an_empty_key, .signal = SIGABRT)
+{
+	ats_keyed *m = make(cfg_default(100));
+	(void)ats_keyed_allow_at(m, "a", 0, T0);
+}
+
+Test(keyed, bool_call_asserts_on_a_too_long_key, .signal = SIGABRT)
+{
+	ats_keyed *m = make(cfg_default(100));
+	char big[ATS_KEYED_MAX_KEY + 1] = {0};
+	(void)ats_keyed_allow_at(m, big, sizeof big, T0);
+}
+
+Test(keyed, burst_asserts_on_a_null_key, .signal = SIGABRT)
+{
+	ats_keyed *m = make(cfg_default(100));
+	const void *keys[2] = {"a", NULL};
+	size_t lens[2] = {1, 1};
+	bool got[2];
+	(void)ats_keyed_allow_burst_at(m, keys, lens, 2, 1, T0, got);
+}
+#endif
 
 Test(keyed, every_length_and_byte_is_a_distinct_key)
 {
@@ -391,7 +447,6 @@ Test(keyed, burst_matches_one_by_one)
 		keys[i] = &ids[i];
 		lens[i] = 4;
 	}
-	lens[50] = 0; /* an invalid entry is false and changes nothing */
 	for (uint64_t round = 0; round < 3; round++) {
 		uint64_t now = T0 + round * 150 * MS;
 		size_t granted = ats_keyed_allow_burst_at(a, keys, lens, 100, 1, now, got);
@@ -497,4 +552,284 @@ Test(keyed, lives_in_caller_memory)
 	ats_keyed_destroy(&m);
 	ats_keyed_destroy(NULL);
 	ats_keyed_free(NULL);
+}
+
+/* ---- Throttle: the exact limiter's answers, per key ---- */
+
+static void expect_same(const ats_limiter_result *got, const ats_limiter_result *want, const char *what, int step)
+{
+	cr_assert_eq(got->allowed, want->allowed, "%s step %d: allowed", what, step);
+	cr_assert_eq(got->limit, want->limit, "%s step %d: limit", what, step);
+	cr_assert_eq(got->remaining, want->remaining, "%s step %d: remaining %llu vs %llu", what, step,
+	             (unsigned long long)got->remaining, (unsigned long long)want->remaining);
+	cr_assert_eq(got->retry_after_ns, want->retry_after_ns, "%s step %d: retry_after %lld vs %lld", what, step,
+	             (long long)got->retry_after_ns, (long long)want->retry_after_ns);
+	cr_assert_eq(got->reset_after_ns, want->reset_after_ns, "%s step %d: reset_after %lld vs %lld", what, step,
+	             (long long)got->reset_after_ns, (long long)want->reset_after_ns);
+}
+
+static uint64_t xorshift(uint64_t *x)
+{
+	*x ^= *x << 13, *x ^= *x >> 7, *x ^= *x << 17;
+	return *x;
+}
+
+/* One key of the map and one ats_limiter (made at time 0, the map's clock epoch) with the same rate
+ * and burst, driven by the same random (time, n) sequence: every answer must be equal, and a
+ * denied request must change nothing. A short and a long key each get their own limiter. */
+static void throttle_vs_limiter(ats_rate rate, uint64_t burst, uint64_t max_step_ns, const char *what)
+{
+	ats_keyed_config cfg = {.rate = rate, .burst = burst, .max_keys = 16};
+	ats_keyed *m = make(cfg);
+	char long_key[200];
+	memset(long_key, 'L', sizeof long_key);
+	const void *keys[2] = {"short", long_key};
+	size_t lens[2] = {5, sizeof long_key};
+	ats_limiter lim[2];
+	for (int k = 0; k < 2; k++)
+		cr_assert_null(ats_limiter_init_at(&lim[k], rate, burst, 0));
+	uint64_t x = 0x243f6a8885a308d3ull ^ burst, now = T0;
+	uint64_t granted[2] = {0, 0}, first = now;
+	for (int step = 0; step < 4000; step++) {
+		now += xorshift(&x) % max_step_ns;
+		int k = (int)(xorshift(&x) & 1);
+		uint64_t n = 1 + xorshift(&x) % (burst + 1); /* sometimes burst + 1: never fits */
+		ats_limiter_result got, want;
+		ats_keyed_status st = ats_keyed_throttle_at(m, keys[k], lens[k], n, now, &got);
+		bool ok = ats_limiter_throttle_at(&lim[k], n, now, &want);
+		expect_same(&got, &want, what, step);
+		cr_assert_eq(st == ATS_KEYED_ALLOWED, ok, "%s step %d: status %d", what, step, (int)st);
+		if (!ok) {
+			cr_assert_eq(st, n > burst ? ATS_KEYED_EXCEEDS_BURST : ATS_KEYED_DENIED, "%s step %d", what,
+			             step);
+			if (n > burst)
+				cr_assert_eq(got.retry_after_ns, INT64_MAX);
+			else
+				cr_assert_geq(got.retry_after_ns, 0);
+		} else {
+			granted[k] += n;
+		}
+	}
+	/* Counted: neither key got more than burst + rate * elapsed. */
+	for (int k = 0; k < 2; k++) {
+		unsigned __int128 cap = (unsigned __int128)(now - first) * rate.events / rate.period_ns + burst;
+		cr_assert_leq(granted[k], (uint64_t)cap, "%s key %d", what, k);
+	}
+	ats_keyed_free(m);
+}
+
+Test(keyed, throttle_matches_the_exact_limiter)
+{
+	throttle_vs_limiter(ats_rate_per_sec(10), 5, 300 * MS, "10/s burst 5");
+	throttle_vs_limiter((ats_rate){3, 1000}, 4, 2000, "3 per us burst 4");
+	throttle_vs_limiter((ats_rate){7, 3 * ATS_NS_PER_SEC}, 9, 2 * ATS_NS_PER_SEC, "7 per 3 s burst 9");
+	throttle_vs_limiter(ats_rate_per_sec(UINT64_C(1000000000)), 1000, 3000, "1e9/s burst 1000");
+}
+
+Test(keyed, throttle_retry_after_is_when_the_tokens_are_there)
+{
+	ats_keyed *m = make(cfg_default(100));
+	ats_limiter_result r;
+	cr_assert_eq(ats_keyed_throttle_at(m, "ip", 2, 5, T0, &r), ATS_KEYED_ALLOWED);
+	cr_assert(r.allowed);
+	cr_assert_eq(r.limit, 5);
+	cr_assert_eq(r.remaining, 0);
+	cr_assert_eq(r.retry_after_ns, -1);
+	cr_assert_eq(r.reset_after_ns, (int64_t)(500 * MS));
+	cr_assert_eq(ats_keyed_throttle_at(m, "ip", 2, 2, T0 + 50 * MS, &r), ATS_KEYED_DENIED);
+	cr_assert_not(r.allowed);
+	cr_assert_eq(r.remaining, 0);
+	cr_assert_eq(r.retry_after_ns, (int64_t)(150 * MS));
+	cr_assert_eq(r.reset_after_ns, (int64_t)(450 * MS));
+	/* The denial took nothing: 1 ns before, still denied, and retry_after is rounded up to the
+	 * clock's unit (here 2^26 units per token, 1.5 ns), never down. */
+	cr_assert_eq(ats_keyed_throttle_at(m, "ip", 2, 2, T0 + 200 * MS - 1, &r), ATS_KEYED_DENIED);
+	cr_assert(r.retry_after_ns >= 1 && r.retry_after_ns <= 2, "%lld", (long long)r.retry_after_ns);
+	cr_assert_eq(ats_keyed_throttle_at(m, "ip", 2, 2, T0 + 200 * MS - 1 + (uint64_t)r.retry_after_ns, &r),
+	             ATS_KEYED_ALLOWED);
+	cr_assert_eq(r.remaining, 0);
+	/* n above the burst: never, and says so; a new key is not added for it. */
+	cr_assert_eq(ats_keyed_throttle_at(m, "ip", 2, 6, T0 + 200 * MS, &r), ATS_KEYED_EXCEEDS_BURST);
+	cr_assert_eq(r.retry_after_ns, INT64_MAX);
+	cr_assert_eq(r.limit, 5);
+	cr_assert_eq(ats_keyed_throttle_at(m, "new", 3, 6, T0, &r), ATS_KEYED_EXCEEDS_BURST);
+	cr_assert_eq(r.retry_after_ns, INT64_MAX);
+	cr_assert_eq(r.remaining, 5);
+	cr_assert_eq(r.reset_after_ns, 0);
+	cr_assert_eq(ats_keyed_count(m), 1);
+	/* The bool call and the throttle share the bucket. */
+	cr_assert(ats_keyed_allow_n_at(m, "ip", 2, 1, T0 + 300 * MS));
+	cr_assert_eq(ats_keyed_throttle_at(m, "ip", 2, 1, T0 + 300 * MS, &r), ATS_KEYED_DENIED);
+	ats_keyed_free(m);
+}
+
+Test(keyed, throttle_follows_overrides_and_infinite_rates)
+{
+	ats_keyed *m = make(cfg_default(100));
+	ats_keyed_limit slow = {ats_rate_per_sec(1), 2}, inf = {ATS_RATE_INF, 3}, zero = {{0, 1}, 1};
+	cr_assert_null(ats_keyed_set_limit(m, "slow", 4, &slow, T0));
+	cr_assert_null(ats_keyed_set_limit(m, "inf", 3, &inf, T0));
+	cr_assert_null(ats_keyed_set_limit(m, "zero", 4, &zero, T0));
+	ats_limiter_result r;
+	cr_assert_eq(ats_keyed_throttle_at(m, "slow", 4, 2, T0, &r), ATS_KEYED_ALLOWED);
+	cr_assert_eq(r.limit, 2);
+	cr_assert_eq(r.reset_after_ns, (int64_t)(2000 * MS));
+	cr_assert_eq(ats_keyed_throttle_at(m, "slow", 4, 3, T0, &r), ATS_KEYED_EXCEEDS_BURST);
+	cr_assert_eq(ats_keyed_throttle_at(m, "slow", 4, 1, T0, &r), ATS_KEYED_DENIED);
+	cr_assert_eq(r.retry_after_ns, (int64_t)(1000 * MS));
+	for (int i = 0; i < 10; i++) {
+		cr_assert_eq(ats_keyed_throttle_at(m, "inf", 3, 1000, T0, &r), ATS_KEYED_ALLOWED);
+		cr_assert_eq(r.remaining, 3);
+		cr_assert_eq(r.limit, 3);
+	}
+	cr_assert_eq(ats_keyed_throttle_at(m, "zero", 4, 1, T0, &r), ATS_KEYED_ALLOWED);
+	cr_assert_eq(r.reset_after_ns, INT64_MAX, "rate 0: never full again");
+	cr_assert_eq(ats_keyed_throttle_at(m, "zero", 4, 1, T0 + 1000000 * MS, &r), ATS_KEYED_DENIED);
+	cr_assert_eq(r.retry_after_ns, INT64_MAX, "rate 0: never");
+	ats_keyed_free(m);
+}
+
+static void expect_refused(ats_keyed_status got, ats_keyed_status want, const ats_limiter_result *r)
+{
+	cr_assert_eq(got, want, "status %d, want %d", (int)got, (int)want);
+	cr_assert_not(r->allowed);
+	cr_assert_eq(r->retry_after_ns, INT64_MAX);
+	cr_assert_eq(r->remaining, 0);
+	cr_assert_eq(r->limit, 0);
+}
+
+Test(keyed, throttle_tells_bad_input_from_denial)
+{
+	ats_keyed *m = make(cfg_default(100));
+	char big[ATS_KEYED_MAX_KEY + 1] = {0};
+	ats_limiter_result r;
+	expect_refused(ats_keyed_throttle_at(NULL, "a", 1, 1, T0, &r), ATS_KEYED_INVALID_KEY, &r);
+	expect_refused(ats_keyed_throttle_at(m, NULL, 1, 1, T0, &r), ATS_KEYED_INVALID_KEY, &r);
+	expect_refused(ats_keyed_throttle_at(m, "a", 0, 1, T0, &r), ATS_KEYED_INVALID_KEY, &r);
+	expect_refused(ats_keyed_throttle_at(m, big, sizeof big, 1, T0, &r), ATS_KEYED_INVALID_KEY, &r);
+	expect_refused(ats_keyed_throttle_at(m, "a", 1, 0, T0, &r), ATS_KEYED_INVALID_N, &r);
+	expect_refused(ats_keyed_throttle_at(m, "a", 1, (UINT64_C(1) << 32) + 1, T0, &r), ATS_KEYED_INVALID_N, &r);
+	cr_assert_eq(ats_keyed_count(m), 0, "bad input adds nothing");
+	cr_assert_eq(ats_keyed_status_code(ATS_KEYED_ALLOWED), 0);
+	cr_assert_eq(ats_keyed_status_code(ATS_KEYED_DENIED), ATS_ERR_LIMITED);
+	cr_assert_eq(ats_keyed_status_code(ATS_KEYED_EXCEEDS_BURST), ATS_ERR_INVALID_ARGUMENT);
+	cr_assert_eq(ats_keyed_status_code(ATS_KEYED_INVALID_KEY), ATS_ERR_INVALID_ARGUMENT);
+	cr_assert_eq(ats_keyed_status_code(ATS_KEYED_INVALID_N), ATS_ERR_INVALID_ARGUMENT);
+	cr_assert_eq(ats_keyed_status_code(ATS_KEYED_NO_ROOM), ATS_ERR_OUT_OF_MEMORY);
+
+	/* Out of memory for a new key is its own answer too, and takes nothing. */
+	ats_keyed_config c = cfg_default(1000);
+	c.capacity_hint = 8; /* 16 slots: the hard load is 15 keys without growth */
+	ats_keyed *small = make(c);
+	atomic_store(&ats__keyed_fail_alloc, 1);
+	ats_keyed_status st = ATS_KEYED_ALLOWED;
+	for (uint32_t k = 0; k < 20 && st == ATS_KEYED_ALLOWED; k++)
+		st = ats_keyed_throttle_at(small, &k, 4, 1, T0, &r);
+	expect_refused(st, ATS_KEYED_NO_ROOM, &r);
+	atomic_store(&ats__keyed_fail_alloc, 0);
+	ats_keyed_free(small);
+	ats_keyed_free(m);
+}
+
+Test(keyed, throttle_burst_matches_one_by_one)
+{
+	ats_keyed *a = make(cfg_default(1000)), *b = make(cfg_default(1000));
+	char long_keys[3][40];
+	for (int i = 0; i < 3; i++)
+		memset(long_keys[i], 'a' + i, sizeof long_keys[i]);
+	uint32_t ids[70];
+	const void *keys[70];
+	size_t lens[70];
+	for (int i = 0; i < 70; i++) {
+		ids[i] = (uint32_t)(i * 7 % 13);
+		keys[i] = i % 5 == 4 ? (const void *)long_keys[i % 3] : (const void *)&ids[i];
+		lens[i] = i % 5 == 4 ? sizeof long_keys[0] : 4;
+	}
+	lens[33] = 0; /* invalid entries answer alone and change nothing */
+	lens[34] = ATS_KEYED_MAX_KEY + 1;
+	ats_keyed_status st[70];
+	ats_limiter_result res[70];
+	for (uint64_t round = 0; round < 4; round++) {
+		uint64_t now = T0 + round * 150 * MS, n = 1 + round % 2;
+		size_t allowed = ats_keyed_throttle_burst_at(a, keys, lens, 70, n, now, st, res);
+		size_t want = 0;
+		for (int i = 0; i < 70; i++) {
+			ats_limiter_result r;
+			ats_keyed_status s1 = ats_keyed_throttle_at(b, keys[i], lens[i], n, now, &r);
+			cr_assert_eq(st[i], s1, "round %llu entry %d", (unsigned long long)round, i);
+			expect_same(&res[i], &r, "burst", i);
+			want += s1 == ATS_KEYED_ALLOWED;
+		}
+		cr_assert_eq(allowed, want);
+	}
+	cr_assert_eq(ats_keyed_count(a), 16);
+	cr_assert_eq(ats_keyed_throttle_burst_at(a, keys, lens, 70, 0, T0, st, res), 0);
+	cr_assert_eq(st[0], ATS_KEYED_INVALID_N);
+	cr_assert_eq(ats_keyed_throttle_burst_at(NULL, keys, lens, 70, 1, T0, st, res), 0);
+	cr_assert_eq(st[69], ATS_KEYED_INVALID_KEY);
+	ats_keyed_free(a);
+	ats_keyed_free(b);
+}
+
+/* ---- Long keys: by their 128-bit keyed hash, in an identity space of their own ---- */
+
+Test(keyed, long_keys_work_and_are_independent)
+{
+	ats_keyed *m = make(cfg_default(1000));
+	static const size_t lens[] = {16, 17, 32, 255, 256};
+	unsigned char key[ATS_KEYED_MAX_KEY];
+	memset(key, 0x42, sizeof key);
+	/* The same bytes at each length: five distinct keys (the 16-byte one inline). */
+	for (size_t i = 0; i < sizeof lens / sizeof lens[0]; i++)
+		cr_assert_eq(drain(m, key, lens[i], T0), 5, "len %zu", lens[i]);
+	cr_assert_eq(ats_keyed_count(m), 5);
+	for (size_t i = 0; i < sizeof lens / sizeof lens[0]; i++)
+		cr_assert_eq(ats_keyed_tokens_at(m, key, lens[i], T0), 0, "len %zu drained", lens[i]);
+	/* Keys sharing a 255-byte prefix differ in their last byte; and in their first. */
+	for (int b = 0; b < 8; b++) {
+		key[255] = (unsigned char)b;
+		cr_assert_eq(drain(m, key, 256, T0 + 1), b == 0x42 ? 0 : 5, "last byte %d", b);
+	}
+	key[255] = 0x42;
+	key[0] = 0;
+	cr_assert_eq(drain(m, key, 256, T0 + 1), 5, "first byte differs");
+	cr_assert_eq(ats_keyed_count(m), 14);
+	/* Refill is per key. */
+	cr_assert_eq(drain(m, key, 256, T0 + 1 + 100 * MS), 1);
+	cr_assert_eq(ats_keyed_tokens_at(m, key, 255, T0 + 1 + 100 * MS), 5, "a fresh 255-byte key");
+	ats_keyed_free(m);
+}
+
+Test(keyed, long_keys_survive_growth_eviction_and_overrides)
+{
+	ats_keyed_config c = cfg_default(100000);
+	c.capacity_hint = 8;
+	ats_keyed *m = make(c);
+	char key[64];
+	for (uint32_t i = 0; i < 3000; i++) {
+		memset(key, 'k', sizeof key);
+		memcpy(key + sizeof key - sizeof i, &i, sizeof i);
+		cr_assert(ats_keyed_allow_n_at(m, key, sizeof key, 1 + i % 5, T0), "key %u", i);
+	}
+	ats_keyed_stats st;
+	ats_keyed_stats_get(m, &st);
+	cr_assert_gt(st.resizes, 5, "moved through several tables");
+	cr_assert_eq(st.keys, 3000);
+	for (uint32_t i = 0; i < 3000; i++) {
+		memset(key, 'k', sizeof key);
+		memcpy(key + sizeof key - sizeof i, &i, sizeof i);
+		cr_assert_eq(ats_keyed_tokens_at(m, key, sizeof key, T0), 5 - (1 + i % 5), "key %u kept its debt", i);
+	}
+	/* An override on a long key moves it to a new slot with its tokens. */
+	uint32_t i = 7;
+	memset(key, 'k', sizeof key);
+	memcpy(key + sizeof key - sizeof i, &i, sizeof i);
+	ats_keyed_limit lim = {ats_rate_per_sec(1), 50};
+	cr_assert_null(ats_keyed_set_limit(m, key, sizeof key, &lim, T0));
+	cr_assert_eq(ats_keyed_tokens_at(m, key, sizeof key, T0), 2);
+	cr_assert_eq(ats_keyed_tokens_at(m, key, sizeof key, T0 + 100000 * MS), 50);
+	/* Idle long keys go as losslessly as short ones. */
+	cr_assert_eq(ats_keyed_evict_idle_at(m, T0 + 1000 * MS, 0), 2999, "all but the override");
+	cr_assert_eq(ats_keyed_tokens_at(m, key, sizeof key, T0 + 100000 * MS), 50);
+	ats_keyed_free(m);
 }

@@ -7,11 +7,26 @@
  * million random keys that is about one cache miss (see `atscale-bench --filter keyed` beside
  * floor.dram_miss). A miss (a new key) takes the map's writer mutex to insert it.
  *
- * Keys are 1..ATS_KEYED_KEY_MAX bytes stored inline; longer or empty keys are refused (the hot
- * path returns false, the others ATS_ERR_INVALID_ARGUMENT). Hash a longer key to 16 bytes with a
- * keyed hash (SipHash, BLAKE2) first if you need one; collisions then share a bucket. The table's
- * hash is seeded per map from getrandom, so an attacker choosing keys (source addresses) cannot
- * aim them at one probe chain.
+ * Keys are any byte strings of 1..ATS_KEYED_MAX_KEY (256) bytes; ats_keyed_key_ok() says whether
+ * one is. Keys of up to ATS_KEYED_INLINE_KEY (16) bytes are stored as they are, so they never
+ * collide. A longer key is identified by a 128-bit SipHash-2-4 of its bytes (and length), keyed
+ * with the map's secret seed: the slot stays 32 bytes, and two distinct long keys share a bucket
+ * only if their hashes collide, which with n distinct long keys alive in one map happens with
+ * probability about n^2 / 2^129 (10^9 keys: under 10^-20), whatever keys an attacker picks
+ * without knowing the seed. Short and long keys never meet: the slot records which form it holds,
+ * so a 16-byte key can never equal a long key's hash. A long key costs one SipHash over its bytes
+ * before the lookup (measured on a busy 2-core VM: about 45 ns more than a 16-byte key at 17 to 32
+ * bytes, 220 ns more at 256; keyed.long32_allow_1m in atscale-bench); short keys pay one length
+ * compare for long ones. The table's
+ * hash is seeded per map from getrandom too, so an attacker choosing keys (source addresses)
+ * cannot aim them at one probe chain.
+ *
+ * Bad input. ats_keyed_throttle_at() reports an invalid key (NULL, empty, longer than
+ * ATS_KEYED_MAX_KEY), an n of 0 or above 2^32, an n above the key's burst and a key that could not
+ * be added apart from a denial (ats_keyed_status); it never allocates. The bool calls keep one
+ * answer for speed: false for denied and for bad input alike, and in builds without NDEBUG they
+ * assert that the key is valid, so a bad key shows up in testing instead of as a limited client.
+ * Check untrusted lengths with ats_keyed_key_ok() first, or use ats_keyed_throttle_at().
  *
  * Memory. The map keeps at most `max_keys` keys and never holds more than `max_bytes` (tables,
  * including a replaced table that waits for its RCU grace period, plus the map's own arrays). It
@@ -59,12 +74,14 @@
 #include "atscale/clock.h"
 #include "atscale/error.h"
 #include "atscale/gcra.h"
+#include "atscale/limiter.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-#define ATS_KEYED_KEY_MAX 16            /* longest key, in bytes */
+#define ATS_KEYED_MAX_KEY 256           /* longest key, in bytes */
+#define ATS_KEYED_INLINE_KEY 16         /* longest key stored as it is; longer ones by their hash */
 #define ATS_KEYED_OVERRIDES_DEFAULT 64  /* distinct override limits when the config says 0 */
 #define ATS_KEYED_OVERRIDES_MAX 1048576 /* most distinct override limits a map can hold */
 
@@ -104,6 +121,7 @@ typedef struct ats_keyed {
 	ATS_ATOMIC(struct ats__keyed_table *) table; /* private: the published table */
 	uint64_t seed[2];                            /* private: hash seed */
 	ats_token_clock clock;                       /* private: the default limit */
+	ats_keyed_limit limit;                       /* private: what clock was made from */
 	ats_token_clock *overrides;                  /* private: override limits, append-only */
 	ats_keyed_limit *override_limits;            /* private: what each override was made from */
 	ATS_ATOMIC(uint32_t) noverrides;             /* private */
@@ -137,9 +155,16 @@ ATS_API void ats_keyed_destroy(ats_keyed *m);
 ATS_API ATS_NODISCARD ats_err *ats_keyed_new(ats_keyed **out, const ats_keyed_config *cfg);
 ATS_API void ats_keyed_free(ats_keyed *m);
 
+/* Whether `key` can name a bucket: not NULL and 1..ATS_KEYED_MAX_KEY bytes long. Wait-free, two
+ * compares. Every call below refuses exactly the keys this refuses. */
+static inline bool ats_keyed_key_ok(const void *key, size_t len)
+{
+	return key && len >= 1 && len <= ATS_KEYED_MAX_KEY;
+}
+
 /* Takes n tokens from the key's bucket if they fit; adds the key (full) if it is new. False when
- * denied, and for a NULL map, an empty, NULL or too long key, or n == 0 or n > 2^32, which change
- * nothing. Lock-free when the key is present (hash, one slot read, one CAS; the deny path makes no
+ * denied, and for a NULL map, an invalid key, or n == 0 or n > 2^32, which change nothing; in
+ * builds without NDEBUG an invalid key fails an assert instead (see "Bad input" above). Lock-free when the key is present (hash, one slot read, one CAS; the deny path makes no
  * CAS, only a relaxed fetch_or that sets the key's reference bit for the CLOCK eviction, and only
  * when it was clear). Blocking when the key is new: the writer mutex, and, when max_bytes leaves no
  * room while replaced tables await their grace period, a wait for them (urcu_memb_barrier(), with
@@ -164,10 +189,64 @@ static inline bool ats_keyed_allow(ats_keyed *m, const void *key, size_t len)
 /* A burst of `count` requests for n tokens each (a batch of packets) under one timestamp: hashes
  * every key and prefetches its slot before resolving any, so the cache misses overlap (as DPDK's
  * rte_hash_lookup_bulk does). results[i] is what ats_keyed_allow_n_at would return for keys[i],
- * taken in order (a key twice in the burst is charged twice). Returns how many were granted.
- * Lock-free for present keys; blocking for new ones. */
+ * taken in order (a key twice in the burst is charged twice; an invalid key asserts as there).
+ * Returns how many were granted. Lock-free for present keys; blocking for new ones. */
 ATS_API size_t ats_keyed_allow_burst_at(ats_keyed *m, const void *const keys[], const size_t lens[], size_t count,
                                         uint64_t n, uint64_t now_ns, bool results[]);
+
+/* What a throttle call did. Only ATS_KEYED_ALLOWED took tokens; every other status changes
+ * nothing in the map. */
+typedef enum ats_keyed_status {
+	ATS_KEYED_ALLOWED = 0,   /* n tokens taken */
+	ATS_KEYED_DENIED,        /* not enough tokens now; retry_after_ns says when there will be */
+	ATS_KEYED_EXCEEDS_BURST, /* n is above the key's burst: it never fits (retry_after_ns INT64_MAX) */
+	ATS_KEYED_INVALID_KEY,   /* NULL map, or a key ats_keyed_key_ok refuses */
+	ATS_KEYED_INVALID_N,     /* n == 0 or n > 2^32 */
+	ATS_KEYED_NO_ROOM,       /* a new key could not be added: out of memory, or max_bytes */
+} ats_keyed_status;
+
+/* The error code for a status, for callers that report through ats_err: 0 (success) for allowed,
+ * ATS_ERR_LIMITED for denied, ATS_ERR_INVALID_ARGUMENT for the three bad inputs,
+ * ATS_ERR_OUT_OF_MEMORY for no room. Pure. */
+static inline int ats_keyed_status_code(ats_keyed_status st)
+{
+	switch (st) {
+	case ATS_KEYED_ALLOWED: return 0;
+	case ATS_KEYED_DENIED: return ATS_ERR_LIMITED;
+	case ATS_KEYED_NO_ROOM: return ATS_ERR_OUT_OF_MEMORY;
+	default: return ATS_ERR_INVALID_ARGUMENT;
+	}
+}
+
+/* ats_limiter_throttle_at for one key: tries to take n tokens and says how it went, in the same
+ * result (limiter.h) with the same GCRA math, so a key's answers equal those of an ats_limiter
+ * with the key's rate and burst made at time 0 and driven by the same times (one whose clock has
+ * the same resolution: bursts up to 2^31 at any rate). On ALLOWED, DENIED and EXCEEDS_BURST *res
+ * is filled: limit (the key's burst), remaining (whole tokens left after this call),
+ * retry_after_ns (-1 when allowed; else the time until n tokens will be there, rounded up to the
+ * clock's unit (at most 2 ns) so a retry then succeeds unless others took tokens meanwhile;
+ * INT64_MAX for n above the burst or a rate of 0) and reset_after_ns (until the bucket is full
+ * again; INT64_MAX at rate 0). A denied request takes nothing. An infinite rate allows everything
+ * with remaining = limit. A new key is answered as full and added only when allowed. On the other
+ * statuses *res says allowed false, retry_after_ns INT64_MAX and zero elsewhere. res may not be
+ * NULL. Progress and cost as ats_keyed_allow_n_at (lock-free for a present key, blocking for a new
+ * one; no allocation) plus up to two 128-bit divisions for the times. */
+ATS_API ats_keyed_status ats_keyed_throttle_at(ats_keyed *m, const void *key, size_t len, uint64_t n,
+                                               uint64_t now_ns, ats_limiter_result *res);
+/* The same at ats_fast_now_ns(). */
+static inline ats_keyed_status ats_keyed_throttle(ats_keyed *m, const void *key, size_t len, uint64_t n,
+                                                  ats_limiter_result *res)
+{
+	return ats_keyed_throttle_at(m, key, len, n, ats_fast_now_ns(), res);
+}
+
+/* ats_keyed_throttle_at for a burst of keys under one timestamp, with the prefetching of
+ * ats_keyed_allow_burst_at: status[i] and results[i] are what ats_keyed_throttle_at would give
+ * for keys[i], taken in order. Returns how many were allowed. Lock-free for present keys; blocking
+ * for new ones. */
+ATS_API size_t ats_keyed_throttle_burst_at(ats_keyed *m, const void *const keys[], const size_t lens[],
+                                           size_t count, uint64_t n, uint64_t now_ns, ats_keyed_status status[],
+                                           ats_limiter_result results[]);
 
 /* Whole tokens the key has at now_ns without taking any (a new key: its burst). 0 for bad input.
  * Wait-free; adds nothing. */
