@@ -198,8 +198,11 @@ static void finalize(ats_ctx *c);
 /* Drops a kid (pin or link) with c's lock held; says whether c must now be freed. */
 static bool drop_kid_locked(ats_ctx *c)
 {
+	/* relaxed load: under c's lock. release store: ats_ctx_release's quick path reads kids without
+	 * the lock (acquire), then the lock bit; seeing this decrement must make this holder's lock bit
+	 * (or its unlock) visible to that read, or the quick path could free c before our unlock. */
 	uint32_t k = atomic_load_explicit(&c->kids, memory_order_relaxed) - 1;
-	atomic_store_explicit(&c->kids, k, memory_order_relaxed);
+	atomic_store_explicit(&c->kids, k, memory_order_release);
 	if (k == 0 && c->zombie) {
 		c->freeing = 1;
 		return true;
@@ -741,7 +744,11 @@ void ats_ctx_release(ats_ctx *ctx)
 	 * linked = 0 with release. So a load here that sees linked == 0 or armed == 0 from such a
 	 * thread synchronizes with it: the later loads (acquire, in this order) see its pin in
 	 * `kids`, or its lock bit still set in `state`, or the unlock that ended its last touch of
-	 * c. Any of the first two sends this call to the locked path. */
+	 * c. Any of the first two sends this call to the locked path. A pin or link dropped later is
+	 * dropped by a holder of c's lock with a release store of kids (drop_kid_locked), so a
+	 * kids == 0 read here that comes from such a store also makes that holder's lock bit, or its
+	 * unlock, visible to the state load below (a relaxed store would not: the quick path could
+	 * then free c before that holder's unlock store). */
 	if (atomic_load_explicit(&ctx->refs, memory_order_acquire) == 1 &&
 	    !atomic_load_explicit(&ctx->linked, memory_order_acquire) &&
 	    !atomic_load_explicit(&ctx->armed, memory_order_acquire) && ctx->nmerge == 0 &&
