@@ -89,9 +89,12 @@ struct ats_ctx {
 /* The lock bit. Returns the unlocked word seen; the holder unlocks with ctx_unlock(c, word). */
 static inline uint32_t ctx_lock(ats_ctx *c)
 {
+	/* relaxed, this load and the one in the loop: the CAS validates them. */
 	uint32_t s = atomic_load_explicit(&c->h.state, memory_order_relaxed);
 	for (unsigned spins = 0;; spins++) {
 		if (ats__likely(!(s & ATS__CTX_LOCKED))) {
+			/* acquire: pairs with ctx_unlock's release, so the last holder's writes are seen;
+			 * relaxed on failure: nothing taken, the loop retries. */
 			if (ats__likely(atomic_compare_exchange_weak_explicit(&c->h.state, &s, s | ATS__CTX_LOCKED,
 			                                                 memory_order_acquire, memory_order_relaxed)))
 				return s;
@@ -104,6 +107,8 @@ static inline uint32_t ctx_lock(ats_ctx *c)
 
 static inline void ctx_unlock(ats_ctx *c, uint32_t word)
 {
+	/* release: the critical section (and mark_locked's fields with a done reason) happens before
+	 * the next lock's acquire and any acquire load that sees this word (ats_ctx_done). */
 	atomic_store_explicit(&c->h.state, word, memory_order_release);
 }
 
@@ -126,6 +131,7 @@ _Atomic uint32_t ats__ctx_fail_allocs;
 static void *ctx_malloc(size_t n)
 {
 #ifdef ATS_TESTING
+	/* Relaxed, both: a test's failure-injection counter, ordered by nobody. */
 	if (ats__unlikely(atomic_load_explicit(&ats__ctx_fail_allocs, memory_order_relaxed))) {
 		atomic_fetch_sub_explicit(&ats__ctx_fail_allocs, 1, memory_order_relaxed);
 		return NULL;
@@ -149,6 +155,7 @@ static _Atomic(ats_err *) sentinel[3]; /* [ATS__CTX_CANCELLED], [ATS__CTX_DEADLI
 
 static ats_err *sentinel_err(uint32_t reason)
 {
+	/* acquire: pairs with the release CAS below, so the error's fields are seen. */
 	ats_err *e = atomic_load_explicit(&sentinel[reason], memory_order_acquire);
 	if (ats__likely(e))
 		return e;
@@ -157,6 +164,8 @@ static ats_err *sentinel_err(uint32_t reason)
 	if (e == ats_err_oom)
 		return e; /* static and uncounted too; try again next time */
 	ats_err *expected = NULL;
+	/* release: publishes e's fields; acquire on failure: the winner's error is used instead, so its
+	 * fields must be seen (the acquire half on success is not needed; cold path). */
 	if (!atomic_compare_exchange_strong_explicit(&sentinel[reason], &expected, e, memory_order_acq_rel,
 	                                             memory_order_acquire)) {
 		ats_err_unref(e);
@@ -167,6 +176,8 @@ static ats_err *sentinel_err(uint32_t reason)
 
 static bool is_shared_err(const ats_err *e)
 {
+	/* Relaxed, both: an identity test, nothing dereferenced. A sentinel reached this thread after
+	 * the load or CAS that returned it (sentinel_err), so coherence makes these loads see it. */
 	return e == ats_err_oom || e == atomic_load_explicit(&sentinel[ATS__CTX_CANCELLED], memory_order_relaxed) ||
 	       e == atomic_load_explicit(&sentinel[ATS__CTX_DEADLINE], memory_order_relaxed);
 }
@@ -194,6 +205,7 @@ static void err_unref(ats_err *e)
 ats_ctx *ats_ctx_ref(ats_ctx *ctx)
 {
 	if (ctx && !(ctx->h.flags & F_STATIC))
+		/* relaxed: the caller holds a reference already; only the decrement orders (drop_ref). */
 		atomic_fetch_add_explicit(&ctx->refs, 1, memory_order_relaxed);
 	return ctx;
 }
@@ -205,6 +217,8 @@ static bool pin(ats_ctx *c)
 {
 	uint32_t s = ctx_lock(c);
 	bool ok = !c->freeing;
+	/* Relaxed, both: under c's lock; an increment needs no release (a quick release that sees it
+	 * takes the locked path). */
 	if (ok)
 		atomic_store_explicit(&c->kids, atomic_load_explicit(&c->kids, memory_order_relaxed) + 1,
 		                      memory_order_relaxed);
@@ -217,8 +231,11 @@ static void finalize(ats_ctx *c);
 /* Drops a kid (pin or link) with c's lock held; says whether c must now be freed. */
 static bool drop_kid_locked(ats_ctx *c)
 {
+	/* relaxed load: under c's lock. release store: ats_ctx_release's quick path reads kids without
+	 * the lock (acquire), then the lock bit; seeing this decrement must make this holder's lock bit
+	 * (or its unlock) visible to that read, or the quick path could free c before our unlock. */
 	uint32_t k = atomic_load_explicit(&c->kids, memory_order_relaxed) - 1;
-	atomic_store_explicit(&c->kids, k, memory_order_relaxed);
+	atomic_store_explicit(&c->kids, k, memory_order_release);
 	if (k == 0 && c->zombie) {
 		c->freeing = 1;
 		return true;
@@ -239,9 +256,12 @@ static void unpin(ats_ctx *c)
  * zombie when its refs ran out. */
 static bool drop_ref(ats_ctx *c)
 {
+	/* acq_rel: release so this holder's uses of c happen before the free; acquire for the one that
+	 * reaches zero, so every other holder's uses happen before its free. */
 	if (atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) != 1)
 		return false;
 	uint32_t s = ctx_lock(c);
+	/* relaxed: under c's lock. */
 	bool free_it = atomic_load_explicit(&c->kids, memory_order_relaxed) == 0;
 	if (free_it)
 		c->freeing = 1;
@@ -324,6 +344,7 @@ static void *timer_main(void *arg)
 	for (;;) {
 		atomic_store_explicit(&svc.planned, UINT64_MAX, memory_order_seq_cst);
 		uint32_t seq = atomic_load_explicit(&svc.seq, memory_order_seq_cst);
+		/* acquire: pairs with timer_stop's release; the flag carries no data (more than needed). */
 		if (atomic_load_explicit(&svc.stop, memory_order_acquire))
 			break;
 		/* CLOCK_MONOTONIC itself, not the default clock: the thread sleeps on futex deadlines of
@@ -343,7 +364,8 @@ static void *timer_main(void *arg)
 					fire = n;
 				}
 				/* Last touch of a context being freed: its finalize waits for armed == 0 or
-				 * for this shard's lock. */
+				 * for this shard's lock. Release: pairs with timer_disarm's and the quick
+				 * release's acquire loads, so this thread's wheel unlinking and pin are seen. */
 				atomic_store_explicit(&c->armed, 0, memory_order_release);
 				n = following;
 			}
@@ -362,6 +384,7 @@ static void *timer_main(void *arg)
 		atomic_store_explicit(&svc.planned, next, memory_order_seq_cst);
 		atomic_store_explicit(&svc.sleeping, 1, memory_order_seq_cst);
 		ats__futex_wait(&svc.seq, seq, next == UINT64_MAX ? ATS_CTX_NO_DEADLINE : next << TICK_SHIFT);
+		/* relaxed: only spares kickers a futex wake; a stale 1 costs one spurious wake. */
 		atomic_store_explicit(&svc.sleeping, 0, memory_order_relaxed);
 	}
 	return NULL;
@@ -373,6 +396,7 @@ static void timer_stop(void)
 {
 	if (!svc.ok || svc.joined)
 		return;
+	/* release: pairs with timer_main's acquire load; the kick's seq_cst bump wakes it. */
 	atomic_store_explicit(&svc.stop, 1, memory_order_release);
 	kick();
 	if (!pthread_equal(pthread_self(), svc.thread))
@@ -423,6 +447,7 @@ static int timer_arm(ats_ctx *c)
 		return ARM_FAILED;
 	uint32_t idx = my_shard;
 	if (ats__unlikely(idx == UINT32_MAX))
+		/* relaxed: a round-robin counter, ordered by nobody. */
 		idx = my_shard = atomic_fetch_add_explicit(&svc.next_shard, 1, memory_order_relaxed);
 	idx &= svc.nshards - 1;
 	uint64_t d = c->h.deadline_ns;
@@ -433,6 +458,7 @@ static int timer_arm(ats_ctx *c)
 	bool filed = ats__tw_add(&s->wheel, &c->tnode, tick);
 	if (filed) {
 		c->shard = idx;
+		/* release: pairs with timer_disarm's acquire load, so c->shard is seen. */
 		atomic_store_explicit(&c->armed, 1, memory_order_release);
 	}
 	shard_unlock(s);
@@ -447,11 +473,15 @@ static int timer_arm(ats_ctx *c)
  * context cancelled by its parent, or released after its timer fired). */
 static void timer_disarm(ats_ctx *c)
 {
+	/* acquire: pairs with timer_arm's release (c->shard is seen) and with the timer thread's
+	 * release of 0 (its last touch of c->tnode is done). */
 	if (!atomic_load_explicit(&c->armed, memory_order_acquire))
 		return;
 	struct shard *s = &svc.shards[c->shard];
 	shard_lock(s);
 	ats__tw_del(&s->wheel, &c->tnode);
+	/* relaxed: under the shard lock. A lock-free reader of this 0 is ordered after us otherwise:
+	 * disarmers hold a reference or pin, dropped with release, before c can be freed. */
 	atomic_store_explicit(&c->armed, 0, memory_order_relaxed);
 	shard_unlock(s);
 }
@@ -486,6 +516,8 @@ static void run_after(ats_ctx *c, ats_ctx_after *a)
 	a->fn_(a->arg_);
 	tls_running = frame.outer;
 	if (!frame.self_stopped) {
+		/* acq_rel: release so a stopper's acquire load of A_DONE sees the callback's effects; the
+		 * acquire half is more than needed (A_WAITER only decides the wake). */
 		uint32_t old = atomic_exchange_explicit(&a->state_, A_DONE, memory_order_acq_rel);
 		if (old & A_WAITER)
 			ats__futex_wake(&a->state_, INT_MAX);
@@ -507,6 +539,7 @@ static void run_afters(ats_ctx *c)
 		c->afters = a->next_;
 		if (a->next_)
 			a->next_->pprev_ = &c->afters;
+		/* relaxed: under c's lock, which ats_ctx_after_stop takes before it trusts A_ARMED. */
 		atomic_store_explicit(&a->state_, A_RUNNING, memory_order_relaxed);
 		ctx_unlock(c, s);
 		run_after(c, a);
@@ -527,6 +560,8 @@ static void mark_locked(ats_ctx *c, uint32_t s, ats_err *err)
 /* After mark_locked: whether notify() has anything to do for c. */
 static bool needs_notify(const ats_ctx *c)
 {
+	/* relaxed: a hint; a timer armed concurrently and missed here is disarmed by finish_child
+	 * (which re-checks done after arming) or by finalize. */
 	return c->fired_afters || c->fired_efd >= 0 || c->fired_wake ||
 	       atomic_load_explicit(&c->armed, memory_order_relaxed);
 }
@@ -567,9 +602,12 @@ static void take_children_locked(ats_ctx *c, uint32_t reason, ats_err *err, ats_
 		*ch->sib_pprev = ch->sib_next;
 		if (ch->sib_next)
 			ch->sib_next->sib_pprev = ch->sib_pprev;
+		/* Relaxed, both: c's lock is held, and this never frees c for a quick release: the caller
+		 * holds a reference or pin on c (cancel_direct), dropped later with release. */
 		atomic_store_explicit(&c->kids, atomic_load_explicit(&c->kids, memory_order_relaxed) - 1,
-		                      memory_order_relaxed); /* c's lock is held: its readers take it */
+		                      memory_order_relaxed);
 		if (ch->children || needs_notify(ch)) {
+			/* Relaxed, both: ch's lock is held; the release of linked below publishes the pin. */
 			atomic_store_explicit(&ch->kids, atomic_load_explicit(&ch->kids, memory_order_relaxed) + 1,
 			                      memory_order_relaxed); /* the release below publishes it */
 			ch->walk_next = *stack;
@@ -588,6 +626,9 @@ static void take_children_locked(ats_ctx *c, uint32_t reason, ats_err *err, ats_
  * Only the one who made c done, or c's final free, calls it, so it never races with itself. */
 static void unlink_from_parent(ats_ctx *c)
 {
+	/* acquire: more than needed (linked == 1 comes from link_child, which the way this thread
+	 * reached c orders before it, c->parent with it; a walk never unlinks a c made done by
+	 * someone else); cold path. */
 	if (!atomic_load_explicit(&c->linked, memory_order_acquire))
 		return;
 	ats_ctx *p = c->parent;
@@ -722,6 +763,8 @@ static void finalize(ats_ctx *c)
 		for (uint32_t i = 0; i < c->nmerge; i++)
 			ats_ctx_after_stop(&c->merge[i].a);
 		timer_disarm(c);
+		/* acquire: pairs with the release stores of linked = 0 (a walk's, an unlinker's), so their
+		 * work on c before it is seen; a still-linked c's list is read under p's lock. */
 		if (atomic_load_explicit(&c->linked, memory_order_acquire)) {
 			ats_ctx *p = c->parent;
 			uint32_t s = ctx_lock(p);
@@ -764,7 +807,14 @@ void ats_ctx_release(ats_ctx *ctx)
 	 * linked = 0 with release. So a load here that sees linked == 0 or armed == 0 from such a
 	 * thread synchronizes with it: the later loads (acquire, in this order) see its pin in
 	 * `kids`, or its lock bit still set in `state`, or the unlock that ended its last touch of
-	 * c. Any of the first two sends this call to the locked path. */
+	 * c. Any of the first two sends this call to the locked path. A pin or link dropped later is
+	 * dropped by a holder of c's lock with a release store of kids (drop_kid_locked), so a
+	 * kids == 0 read here that comes from such a store also makes that holder's lock bit, or its
+	 * unlock, visible to the state load below (a relaxed store would not: the quick path could
+	 * then free c before that holder's unlock store).
+	 * Acquire, all five loads: each pairs with the release named above (refs: drop_ref's
+	 * decrement; linked, armed, kids: the stores above; state: ctx_unlock) and keeps the loads
+	 * after it in order. */
 	if (atomic_load_explicit(&ctx->refs, memory_order_acquire) == 1 &&
 	    !atomic_load_explicit(&ctx->linked, memory_order_acquire) &&
 	    !atomic_load_explicit(&ctx->armed, memory_order_acquire) && ctx->nmerge == 0 &&
@@ -826,6 +876,7 @@ static void link_child(ats_ctx *p, ats_ctx *c)
 	uint32_t reason = s & ATS__CTX_DONE_MASK;
 	if (reason) {
 		c->err = err_ref(p->err);
+		/* relaxed: c is not linked and not yet visible to other threads (its hand-off orders it). */
 		atomic_store_explicit(&c->h.state, reason, memory_order_relaxed);
 	} else {
 		c->sib_next = p->children;
@@ -834,6 +885,8 @@ static void link_child(ats_ctx *p, ats_ctx *c)
 		p->children = c;
 		c->sib_pprev = &p->children;
 		c->parent = p;
+		/* Relaxed, linked and kids: under p's lock; linked = 1 and an increment need no release
+		 * (whoever reads them without a lock reached c or p through this thread). */
 		atomic_store_explicit(&c->linked, 1, memory_order_relaxed);
 		atomic_store_explicit(&p->kids, atomic_load_explicit(&p->kids, memory_order_relaxed) + 1,
 		                      memory_order_relaxed);
@@ -949,9 +1002,11 @@ static _Atomic uint32_t next_key_slot;
 
 static uint32_t key_slot(ats_ctx_key *key)
 {
+	/* acquire: more than needed (the slot number is the whole message, see ats_ctx_lookup); cold. */
 	uint32_t s = atomic_load_explicit(&key->slot_, memory_order_acquire);
 	if (ats__likely(s != ATS__CTX_KEY_UNASSIGNED))
 		return s;
+	/* Relaxed, the load and the CAS: a counter handing out slot numbers; no data rides on it. */
 	uint32_t mine = atomic_load_explicit(&next_key_slot, memory_order_relaxed);
 	do {
 		if (mine >= ATS_CTX_VALUE_SLOTS) {
@@ -961,6 +1016,7 @@ static uint32_t key_slot(ats_ctx_key *key)
 	} while (!atomic_compare_exchange_weak_explicit(&next_key_slot, &mine, mine + 1, memory_order_relaxed,
 	                                                memory_order_relaxed));
 	uint32_t expected = ATS__CTX_KEY_UNASSIGNED;
+	/* acq_rel and acquire on failure: more than needed (only the value is used); cold path. */
 	if (!atomic_compare_exchange_strong_explicit(&key->slot_, &expected, mine, memory_order_acq_rel,
 	                                             memory_order_acquire))
 		return expected; /* another thread assigned it first; the slot taken here stays unused */
@@ -1045,6 +1101,7 @@ static void merge_fire(void *arg)
 	ats_ctx *merged = r->merged, *parent = r->a.ctx_;
 	if (!pin(merged))
 		return;
+	/* acquire: pairs with the parent's release unlock that made it done, so parent->err is seen. */
 	uint32_t reason = atomic_load_explicit(&parent->h.state, memory_order_acquire) & ATS__CTX_DONE_MASK;
 	cancel_direct(merged, reason, parent->err);
 	unpin(merged);
@@ -1114,6 +1171,7 @@ bool ats_ctx_wait(ats_ctx *ctx, uint64_t deadline_ns)
 {
 	uint64_t until = deadline_ns < ctx->h.deadline_ns ? deadline_ns : ctx->h.deadline_ns;
 	for (;;) {
+		/* acquire: pairs with the canceller's release unlock, so ctx->err is seen by the caller. */
 		uint32_t st = atomic_load_explicit(&ctx->h.state, memory_order_acquire);
 		if (st & ATS__CTX_DONE_MASK)
 			return true;
@@ -1131,6 +1189,8 @@ bool ats_ctx_wait(ats_ctx *ctx, uint64_t deadline_ns)
 			continue;
 		}
 		if (!(st & ATS__CTX_WAITERS)) {
+			/* acq_rel, acquire on failure: more than needed (the bit carries no data: the
+			 * canceller's lock CAS reads it, the loop re-loads with acquire); cold path. */
 			if (!atomic_compare_exchange_weak_explicit(&ctx->h.state, &st, st | ATS__CTX_WAITERS,
 			                                           memory_order_acq_rel, memory_order_acquire))
 				continue;
@@ -1172,12 +1232,14 @@ void ats_ctx_after_func(ats_ctx *ctx, ats_ctx_after *a, void (*fn)(void *), void
 	a->next_ = NULL;
 	a->pprev_ = NULL;
 	if (!(ctx->h.flags & F_CANCELLABLE)) {
+		/* relaxed: a is the caller's; no other thread can reach it through ctx. */
 		atomic_store_explicit(&a->state_, A_NEVER, memory_order_relaxed);
 		return;
 	}
 	uint32_t s = ctx_lock(ctx);
 	if (!(s & ATS__CTX_DONE_MASK)) {
 		ats_ctx_ref(ctx);
+		/* relaxed: under ctx's lock, which every other reader of A_ARMED takes. */
 		atomic_store_explicit(&a->state_, A_ARMED, memory_order_relaxed);
 		a->next_ = ctx->afters;
 		if (ctx->afters)
@@ -1189,6 +1251,7 @@ void ats_ctx_after_func(ats_ctx *ctx, ats_ctx_after *a, void (*fn)(void *), void
 	}
 	ctx_unlock(ctx, s);
 	/* Already done: run it now, on this thread. */
+	/* relaxed: a was never on a list; only this thread and the caller's own stop can see it. */
 	atomic_store_explicit(&a->state_, A_RUNNING, memory_order_relaxed);
 	ats_ctx_ref(ctx); /* run_after drops the registration's reference */
 	run_after(ctx, a);
@@ -1196,6 +1259,9 @@ void ats_ctx_after_func(ats_ctx *ctx, ats_ctx_after *a, void (*fn)(void *), void
 
 bool ats_ctx_after_stop(ats_ctx_after *a)
 {
+	/* acquire: more than needed (an A_DONE read here is read again, with acquire, by the loop
+	 * below); relaxed store: a is idle, never armed or already stopped, so no other thread
+	 * touches it. */
 	uint32_t st = atomic_load_explicit(&a->state_, memory_order_acquire);
 	if (st == A_NEVER || st == A_STOPPED || st == A_IDLE) {
 		atomic_store_explicit(&a->state_, A_STOPPED, memory_order_relaxed);
@@ -1204,6 +1270,7 @@ bool ats_ctx_after_stop(ats_ctx_after *a)
 	ats_ctx *ctx = a->ctx_;
 	if (st == A_ARMED) {
 		uint32_t s = ctx_lock(ctx);
+		/* Relaxed, this load and the store below: under ctx's lock. */
 		if (atomic_load_explicit(&a->state_, memory_order_relaxed) == A_ARMED) {
 			*a->pprev_ = a->next_;
 			if (a->next_)
@@ -1223,10 +1290,14 @@ bool ats_ctx_after_stop(ats_ctx_after *a)
 	}
 	/* Running on another thread: wait for it to finish. */
 	for (;;) {
+		/* acquire: pairs with run_after's release exchange, so the callback's effects are seen
+		 * once this returns. */
 		st = atomic_load_explicit(&a->state_, memory_order_acquire);
 		if ((st & ~(uint32_t)A_WAITER) == A_DONE)
 			return false;
 		if (!(st & A_WAITER)) {
+			/* acq_rel, acquire on failure: more than needed (the bit only asks for a wake; the
+			 * loop re-loads with acquire); cold path. */
 			if (!atomic_compare_exchange_weak_explicit(&a->state_, &st, st | A_WAITER, memory_order_acq_rel,
 			                                           memory_order_acquire))
 				continue;

@@ -27,8 +27,9 @@ struct slot_config {
 };
 
 /* Writes a slot no acquirer may be using (the caller published a generation that makes readers of
- * its old contents retry, and issued a release fence after it). Relaxed stores: the seqlock's
- * fences order them. */
+ * its old contents retry, and issued a release fence after it). Relaxed, all thirteen stores: the
+ * caller's release fence before them and its release store of gen_ after them order them for the
+ * seqlock readers (or, in init, the publication of l). */
 static void slot_write(struct ats__limiter_slot *s, const struct slot_config *cfg, uint64_t prev_shift_inf)
 {
 	const ats_token_clock *c = &cfg->c;
@@ -54,6 +55,8 @@ static void slot_read(struct ats__limiter_slot *s, struct slot_config *cfg)
 	cfg->c = v.c;
 	cfg->c.burst_units = v.burst << v.c.shift;
 	cfg->burst = v.burst;
+	/* Relaxed, both (and ats__limiter_load_slot's): under the setters' lock, which orders every
+	 * slot write before them. */
 	cfg->rate.events = atomic_load_explicit(&s->events, memory_order_relaxed);
 	cfg->rate.period_ns = atomic_load_explicit(&s->period_ns, memory_order_relaxed);
 }
@@ -63,6 +66,10 @@ static bool view_prev(ats_limiter *l, uint64_t gen, struct ats__limiter_view *v)
 	/* The setter of `gen` has published but not yet converted the word: the previous slot is still
 	 * intact (the next setter cannot start before the conversion) and is the word's clock. */
 	ats__limiter_load_slot(&l->slot_[(gen - 1) & 1], v);
+	/* The seqlock re-check of ats__limiter_view_fast, same orders and reasons: the fence catches a
+	 * rewrite by setter gen + 1 (its predecessor's conversion then shows as parity gen, or gen_ moved
+	 * on); the acquire word load pairs with the converting release CAS, so a word that setter gen + 1
+	 * converted back to this parity makes the relaxed gen_ re-load see gen + 1. */
 	atomic_thread_fence(memory_order_acquire);
 	uint64_t w = atomic_load_explicit(&l->word_, memory_order_acquire);
 	if (atomic_load_explicit(&l->gen_, memory_order_relaxed) != gen || ((w ^ (gen - 1)) & 1))
@@ -77,6 +84,8 @@ void ats__limiter_view(ats_limiter *l, struct ats__limiter_view *v)
 	for (;;) {
 		if (ats__limiter_view_fast(l, v))
 			return;
+		/* acquire: pairs with setter g's release store of gen_; setter g - 1 wrote the previous slot
+		 * before setter g took the lock, so view_prev sees those fields. */
 		uint64_t g = atomic_load_explicit(&l->gen_, memory_order_acquire);
 		if (g != 0 && view_prev(l, g, v))
 			return;
@@ -125,6 +134,9 @@ static ats_err *check_config(ats_rate rate, uint64_t burst, uint64_t now_ns, ats
  * read saw that setter's store, the fences make the word's parity or the generation show it. */
 static bool slot_stable(ats_limiter *l, uint64_t gen)
 {
+	/* acquire fence: synchronizes with that setter's release fence (set_at) when a read saw its
+	 * store; acquire word load: pairs with the converting release CAS, so a word converted by setter
+	 * gen + 2 makes the relaxed gen_ re-load (kept after it) see gen + 2. */
 	atomic_thread_fence(memory_order_acquire);
 	uint64_t w = atomic_load_explicit(&l->word_, memory_order_acquire);
 	uint64_t g = atomic_load_explicit(&l->gen_, memory_order_relaxed);
@@ -143,7 +155,8 @@ ats_err *ats_limiter_init_at(ats_limiter *l, ats_rate rate, uint64_t burst, uint
 	atomic_init(&l->setting_, 0);
 	slot_write(&l->slot_[0], &cfg, 0);
 	/* TAT 0 at base 0: full. The release orders the slot before a hand-off of l to other threads
-	 * made with a relaxed publication (the usual hand-off orders it anyway). */
+	 * made with a relaxed publication (the usual hand-off orders it anyway): a reader's acquire
+	 * load of gen_ pairs with it. The word's store is relaxed: the release below orders it too. */
 	atomic_store_explicit(&l->word_, 0, memory_order_relaxed);
 	atomic_store_explicit(&l->gen_, 0, memory_order_release);
 	return NULL;
@@ -210,6 +223,7 @@ static uint64_t delay_for(ats_limiter *l, const struct ats__limiter_view *v, uin
 	if (units == 0)
 		return 0;
 	struct ats__limiter_slot *s = &l->slot_[v->gen & 1];
+	/* Relaxed, both: the caller validates them with slot_stable() before it uses the result. */
 	uint64_t events = atomic_load_explicit(&s->events, memory_order_relaxed);
 	uint64_t period = atomic_load_explicit(&s->period_ns, memory_order_relaxed);
 	uint64_t d = ns_for_units(events, period, v->c.shift, units);
@@ -250,6 +264,8 @@ bool ats_limiter_reserve_within_at(ats_limiter *l, uint64_t n, uint64_t max_dela
 		if (delay == UINT64_MAX || delay > max_delay_ns)
 			return false;
 		uint64_t w = v.word;
+		/* release: every grant on the word is a release, as allow's (limiter.h); relaxed on
+		 * failure: the loop takes a new view. */
 		if (n2 != 0 && !atomic_compare_exchange_strong_explicit(&l->word_, &w, after | (v.gen & 1),
 		                                                        memory_order_release, memory_order_relaxed))
 			continue;
@@ -302,6 +318,9 @@ uint64_t ats_limiter_cancel_at(ats_reservation *r, uint64_t now_ns)
 			/* One change in between: apply the rule in the old units up to the conversion, convert
 			 * what is left (rounding down), then apply it in the new units. */
 			struct ats__limiter_slot *s = &l->slot_[v.gen & 1];
+			/* Relaxed, all three: the view's acquire word load saw the converting release CAS (or
+			 * a grant in its release sequence), which setter v.gen made after storing these; a
+			 * rewrite by setter v.gen + 2 is caught by slot_stable(). */
 			uint64_t conv_old = atomic_load_explicit(&s->conv_old, memory_order_relaxed);
 			uint64_t conv_new = atomic_load_explicit(&s->conv_new, memory_order_relaxed);
 			uint64_t prev = atomic_load_explicit(&s->prev_shift_inf, memory_order_relaxed);
@@ -325,6 +344,7 @@ uint64_t ats_limiter_cancel_at(ats_reservation *r, uint64_t now_ns)
 		if (restore2 == 0)
 			return 0;
 		uint64_t w = v.word;
+		/* release and relaxed on failure: as the reservation's CAS. */
 		if (atomic_compare_exchange_strong_explicit(&l->word_, &w, (tat2 - restore2) | (v.gen & 1),
 		                                            memory_order_release, memory_order_relaxed))
 			return restore2 >> (v.c.shift + 1);
@@ -411,6 +431,7 @@ bool ats_limiter_throttle_at(ats_limiter *l, uint64_t n, uint64_t now_ns, ats_li
 			return false;
 		res->allowed = true;
 		uint64_t w = v.word;
+		/* release and relaxed on failure: as the reservation's CAS. */
 		if (n == 0 || atomic_compare_exchange_strong_explicit(&l->word_, &w, after | (v.gen & 1),
 		                                                      memory_order_release, memory_order_relaxed))
 			return true;
@@ -456,6 +477,7 @@ ats_err *ats_limiter_set_at(ats_limiter *l, ats_rate rate, uint64_t burst, uint6
 	if (err)
 		return ats_err_wrap(err, "changing a limiter");
 	ats__spin_lock(&l->setting_);
+	/* relaxed: under the lock; only setters (under it) store gen_. */
 	uint64_t g = atomic_load_explicit(&l->gen_, memory_order_relaxed);
 	struct ats__limiter_slot *os = &l->slot_[g & 1];
 	struct slot_config o;
@@ -468,20 +490,32 @@ ats_err *ats_limiter_set_at(ats_limiter *l, ats_rate rate, uint64_t burst, uint6
 	 * units (the parity bit alone guards only one change: at a fixed instant a full bucket's word
 	 * used to come back identical two changes later, in other units). */
 	uint64_t old_units = ats_token_clock_units(&o.c, now_ns);
+	/* acquire: more than needed (only the word's value is used, and the release fence below keeps
+	 * this load before the slot writes); free on x86, and this is the cold path. */
 	uint64_t ahead2 = (atomic_load_explicit(&l->word_, memory_order_acquire) & ~(uint64_t)1) - (old_units << 1);
 	nw.c.base_units = old_units + ((int64_t)ahead2 > 0 ? ahead2 >> 1 : 0) + 1;
 	/* Seqlock writer: readers that still name generation g-1 (the slot about to be rewritten) see
-	 * gen >= g after any load that observed these stores. */
+	 * gen >= g after any load that observed these stores. Release fence: the previous setter's store
+	 * of gen_ = g and its conversion of the word happen before it (through the lock), and it
+	 * synchronizes with the acquire fence of any reader whose relaxed slot load sees a store below. */
 	atomic_thread_fence(memory_order_release);
 	struct ats__limiter_slot *ns = &l->slot_[(g + 1) & 1];
+	/* relaxed: under the lock. release store of gen_: publishes slot g + 1 (slot_write's relaxed
+	 * stores) to readers whose acquire load of gen_ sees g + 1. */
 	slot_write(ns, &nw, atomic_load_explicit(&os->shift_inf, memory_order_relaxed));
 	atomic_store_explicit(&l->gen_, g + 1, memory_order_release);
-	/* Convert the word; acquirers keep using the old slot until this CAS flips the parity. */
+	/* Convert the word; acquirers keep using the old slot until this CAS flips the parity.
+	 * acquire load: more than needed (the value is all the CAS loop uses); cold path. */
 	uint64_t w = atomic_load_explicit(&l->word_, memory_order_acquire);
 	for (;;) {
 		uint64_t nw_word = convert_word(&o, &nw, w, g + 1, now_ns);
+		/* Relaxed, both: published by the CAS's release half (a canceller reads them only with a
+		 * view whose acquire word load saw this conversion). */
 		atomic_store_explicit(&ns->conv_old, w, memory_order_relaxed);
 		atomic_store_explicit(&ns->conv_new, nw_word, memory_order_relaxed);
+		/* acq_rel: the release half is required: it orders gen_ = g + 1 and conv_* before the new
+		 * parity, so a reader whose acquire word load sees it re-loads gen_ >= g + 1. The acquire
+		 * halves (success and failure) are more than needed (only the value is used); cold path. */
 		if (atomic_compare_exchange_weak_explicit(&l->word_, &w, nw_word, memory_order_acq_rel,
 		                                          memory_order_acquire))
 			break;
@@ -493,6 +527,9 @@ ats_err *ats_limiter_set_at(ats_limiter *l, ats_rate rate, uint64_t burst, uint6
 ats_rate ats_limiter_rate(ats_limiter *l)
 {
 	for (;;) {
+		/* A seqlock read: acquire gen_ (pairs with the setter's release store: the slot is seen),
+		 * relaxed fields, an acquire fence (pairs with the next-but-one setter's release fence if a
+		 * field was rewritten), relaxed re-load of gen_ (that setter's predecessor stored g + 1). */
 		uint64_t g = atomic_load_explicit(&l->gen_, memory_order_acquire);
 		struct ats__limiter_slot *s = &l->slot_[g & 1];
 		ats_rate r = {atomic_load_explicit(&s->events, memory_order_relaxed),
@@ -506,6 +543,7 @@ ats_rate ats_limiter_rate(ats_limiter *l)
 uint64_t ats_limiter_burst(ats_limiter *l)
 {
 	for (;;) {
+		/* The seqlock read of ats_limiter_rate, same orders and reasons. */
 		uint64_t g = atomic_load_explicit(&l->gen_, memory_order_acquire);
 		uint64_t b = atomic_load_explicit(&l->slot_[g & 1].burst, memory_order_relaxed);
 		atomic_thread_fence(memory_order_acquire);
@@ -556,6 +594,7 @@ uint64_t ats__limiter_take_upto_at(ats_limiter *l, uint64_t min_n, uint64_t max_
 		if (k < min_n)
 			return 0;
 		uint64_t w = v.word;
+		/* release and relaxed on failure: as the reservation's CAS. */
 		if (atomic_compare_exchange_weak_explicit(&l->word_, &w, (start + (k << s1)) | (v.gen & 1),
 		                                          memory_order_release, memory_order_relaxed))
 			return k;

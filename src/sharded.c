@@ -99,6 +99,9 @@ bool ats__sharded_slow(ats_sharded *s, _Atomic uint64_t *p, uint64_t n, uint64_t
 		return true;
 	if (n > s->batch_)
 		return ats_limiter_allow_at(&s->exact_, n, now_ns);
+	/* Relaxed, this load and the three CASes below: the shard's word is its whole state (a count,
+	 * a time and the leasing marker); no other data is published with it, and its modification
+	 * order alone keeps the count exact and the lease single. The load is validated by the CAS. */
 	uint64_t w = atomic_load_explicit(p, memory_order_relaxed);
 	for (;;) {
 		uint64_t tok = w & ATS__SHARD_TOKENS;
@@ -206,7 +209,8 @@ bool ats__sharded_thread_slow(ats_sharded *s, uint64_t n, uint64_t now_ns)
 		return true;
 	if (n > s->batch_)
 		return ats_limiter_allow_at(&s->exact_, n, now_ns);
-	/* The slot is this thread's alone: plain relaxed load and store. */
+	/* The slot is this thread's alone: plain relaxed load and store (both stores below too); the
+	 * index lock orders a previous owner's last store before this thread's first load. */
 	_Atomic uint64_t *p = &s->slots_[i].word;
 	uint64_t w = atomic_load_explicit(p, memory_order_relaxed);
 	uint64_t tok = w & ATS__SHARD_TOKENS;

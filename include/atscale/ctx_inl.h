@@ -39,6 +39,8 @@ ATS_API bool ats__ctx_lookup_overflow(const struct ats__ctx_vals *v, const ats_c
 static inline bool ats_ctx_done(const ats_ctx *ctx)
 {
 	const struct ats__ctx_head *h = (const struct ats__ctx_head *)(const void *)ctx;
+	/* acquire: pairs with the canceller's release unlock that stores the reason (ctx_unlock in
+	 * src/ctx.c), so a caller that sees done also sees the context's err. */
 	return (ats__atomic_load((ATS_ATOMIC(uint32_t) *)&h->state, ats__mo_acquire) & ATS__CTX_DONE_MASK) != 0;
 }
 
@@ -56,6 +58,10 @@ static inline uint64_t ats_ctx_deadline(const ats_ctx *ctx)
 static inline bool ats_ctx_lookup(const ats_ctx *ctx, ats_ctx_key *key, void **out)
 {
 	const struct ats__ctx_vals *v = ((const struct ats__ctx_head *)(const void *)ctx)->vals;
+	/* relaxed: the slot number is the whole message (no data rides on it). A table built with key
+	 * was built after its slot was assigned, and reached here through a hand-off of ctx, so this
+	 * load sees that slot; any other reading (unassigned, or a slot outside the mask) means the
+	 * table was built without key, and "not found" is the right answer. */
 	uint32_t s = ats__atomic_load(&key->slot_, ats__mo_relaxed);
 	if (!v || s == ATS__CTX_KEY_UNASSIGNED)
 		return false;

@@ -55,11 +55,14 @@ static inline bool ats_gcra_take_at(const ats_token_clock *c, ATS_ATOMIC(uint64_
 	if (c->inf)
 		return true;
 	uint64_t now = ats_token_clock_units(c, now_ns);
+	/* relaxed: the CAS below validates it. */
 	uint64_t cur = ats__atomic_load(tat, ats__mo_relaxed);
 	for (;;) {
 		uint64_t next;
 		if (!ats_gcra_next(c, cur, now, n, &next))
 			return false;
+		/* relaxed, both: the TAT is the bucket's whole state and publishes no other data; the
+		 * modification order of *tat alone rules out an over-grant (gcra.h). */
 		if (ats__atomic_cas_weak(tat, &cur, next, ats__mo_relaxed, ats__mo_relaxed))
 			return true;
 	}

@@ -48,7 +48,10 @@ struct ats__limiter_view {
 	uint64_t word;
 };
 
-/* Loads a slot into v: seven loads from one cache line. */
+/* Loads a slot into v: seven loads from one cache line. Relaxed, all seven: the caller either
+ * holds the setters' lock or is a seqlock reader that loaded gen_ with acquire before (pairing with
+ * the setter's release store of gen_, so the slot's fields are seen) and issues an acquire fence and
+ * re-checks gen_ and the word's parity after (which rejects fields a later setter rewrote). */
 static inline void ats__limiter_load_slot(struct ats__limiter_slot *s, struct ats__limiter_view *v)
 {
 	v->c.epoch_ns = ats__atomic_load(&s->epoch_ns, ats__mo_relaxed);
@@ -69,9 +72,16 @@ static inline void ats__limiter_load_slot(struct ats__limiter_slot *s, struct at
  * path, which uses the previous slot meanwhile and so never waits. 10 L1 loads, no write. */
 static inline bool ats__limiter_view_fast(ats_limiter *l, struct ats__limiter_view *v)
 {
+	/* acquire: pairs with ats_limiter_set_at's release store of gen_, so slot g's fields are seen. */
 	uint64_t g = ats__atomic_load(&l->gen_, ats__mo_acquire);
 	ats__limiter_load_slot(&l->slot_[g & 1], v);
+	/* acquire fence: the slot loads above complete before the re-checks below; if one of them saw
+	 * a later setter's rewrite, that setter's release fence (set_at) synchronizes with this fence,
+	 * and the re-load of gen_ sees the g + 1 its predecessor stored, so the read is rejected. */
 	ats__atomic_fence(ats__mo_acquire);
+	/* acquire: pairs with the release CAS that wrote the word (a conversion, or a grant in its
+	 * release sequence), so a word converted by setter g + 2 makes the re-load below see gen_ >=
+	 * g + 2; it also keeps that re-load after this load. relaxed re-load: ordered by this acquire. */
 	uint64_t w = ats__atomic_load(&l->word_, ats__mo_acquire);
 	if (ats__atomic_load(&l->gen_, ats__mo_relaxed) != g || ((w ^ g) & 1))
 		return false;
@@ -125,6 +135,9 @@ static inline int ats__limiter_fast(ats_limiter *l, uint64_t n, uint64_t now_ns,
 	/* Opaque to the optimizer, so that a caller's loop does not keep &l->gen_, &l->slot_[0] and
 	 * &l->slot_[1] in three registers of their own (they are all l plus a displacement). */
 	__asm__ volatile("" : "+r"(l));
+	/* The seqlock read of ats__limiter_view_fast, same orders and same reasons (see there): acquire
+	 * on gen_ (pairs with the setter's release store: the slot is seen), relaxed slot loads, acquire
+	 * fence, acquire word load (pairs with the converting release CAS), relaxed gen_ re-load. */
 	uint64_t g = ats__atomic_load(&l->gen_, ats__mo_acquire);
 	/* A (well predicted) branch rather than an index or a cmov: the CPU starts the slot loads
 	 * without waiting for gen, which is on the critical path right after the previous CAS. The
@@ -134,12 +147,14 @@ static inline int ats__limiter_fast(ats_limiter *l, uint64_t n, uint64_t now_ns,
 		s = &l->slot_[1];
 		__asm__("" : "+r"(s));
 	}
+	/* Relaxed, all six: validated by the fence and the re-checks below. */
 	uint64_t epoch = ats__atomic_load(&s->epoch_ns, ats__mo_relaxed);
 	uint64_t base = ats__atomic_load(&s->base_units, ats__mo_relaxed);
 	uint64_t mul = ats__atomic_load(&s->mul_int, ats__mo_relaxed);
 	uint64_t frac_hi = ats__atomic_load(&s->frac_hi, ats__mo_relaxed);
 	uint64_t burst2 = ats__atomic_load(&s->burst2, ats__mo_relaxed);
 	uint64_t shift_inf = ats__atomic_load(&s->shift_inf, ats__mo_relaxed);
+	/* The fence, the acquire word load and the relaxed gen_ re-load: as in ats__limiter_view_fast. */
 	ats__atomic_fence(ats__mo_acquire);
 	uint64_t w = ats__atomic_load(&l->word_, ats__mo_acquire);
 	if (__builtin_expect(ats__atomic_load(&l->gen_, ats__mo_relaxed) != g || ((w ^ g) & 1) || now_ns < epoch ||
@@ -159,6 +174,9 @@ static inline int ats__limiter_fast(ats_limiter *l, uint64_t n, uint64_t now_ns,
 	if (!take || n == 0)
 		return 1;
 	uint64_t expected = w;
+	/* release: limiter.h's "release on success" (pairs with the acquire word loads of later views);
+	 * the word's protocol itself needs none (a grant is an RMW, so it extends the release sequence of
+	 * the conversion it builds on). relaxed on failure: the caller retries with a fresh view. */
 	return ats__atomic_cas_strong(&l->word_, &expected, next, ats__mo_release, ats__mo_relaxed) ? 1 : -1;
 }
 
@@ -241,6 +259,7 @@ static inline bool ats_sharded_allow_shard_at(ats_sharded *s, unsigned shard, ui
 	if (shard >= s->nshards_)
 		shard %= s->nshards_;
 	ATS_ATOMIC(uint64_t) *p = &s->shards_[shard].word;
+	/* relaxed: the CAS below validates it. */
 	uint64_t w = ats__atomic_load(p, ats__mo_relaxed);
 	for (;;) {
 		uint64_t tok = w & ATS__SHARD_TOKENS;
@@ -250,6 +269,8 @@ static inline bool ats_sharded_allow_shard_at(ats_sharded *s, unsigned shard, ui
 			return ats__sharded_slow(s, p, n, now_ns);
 		if (n == 0)
 			return true;
+		/* relaxed, both: the shard's word is its whole state (a count and a time), it publishes no
+		 * other data, and its modification order alone keeps the count exact. */
 		if (ats__atomic_cas_weak(p, &w, (now_ns << 24) | (tok - n), ats__mo_relaxed, ats__mo_relaxed))
 			return true;
 	}
@@ -260,6 +281,8 @@ static inline bool ats_sharded_allow_at(ats_sharded *s, uint64_t n, uint64_t now
 	uint32_t i = ats__thread_index1 - 1; /* 0 (no index yet) wraps to UINT32_MAX: slow path */
 	if (__builtin_expect(i < s->nshards_, 1)) {
 		ATS_ATOMIC(uint64_t) *p = &s->slots_[i].word;
+		/* relaxed, this load and the store below: the slot belongs to this thread alone (the index
+		 * lock in sharded.c orders a previous owner's last store before this thread's first load). */
 		uint64_t w = ats__atomic_load(p, ats__mo_relaxed);
 		uint64_t tok = w & ATS__SHARD_TOKENS;
 		int64_t age = (int64_t)((now_ns - (w >> 24)) << 24) >> 24;

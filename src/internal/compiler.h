@@ -51,9 +51,12 @@ static inline void ats__spin_lock(_Atomic uint32_t *lock)
 {
 	for (unsigned spins = 0;; spins++) {
 		uint32_t z = 0;
+		/* acquire: pairs with ats__spin_unlock's release, so the last holder's critical section is
+		 * seen; relaxed on failure: nothing was taken, the loop tries again. */
 		if (ats__likely(
 		        atomic_compare_exchange_weak_explicit(lock, &z, 1, memory_order_acquire, memory_order_relaxed)))
 			return;
+		/* relaxed: a hint for when to retry; the CAS above is what acquires. */
 		while (atomic_load_explicit(lock, memory_order_relaxed))
 			ats__spin_pause(++spins);
 	}
@@ -61,6 +64,7 @@ static inline void ats__spin_lock(_Atomic uint32_t *lock)
 
 static inline void ats__spin_unlock(_Atomic uint32_t *lock)
 {
+	/* release: the critical section happens before the next holder's acquiring CAS. */
 	atomic_store_explicit(lock, 0, memory_order_release);
 }
 

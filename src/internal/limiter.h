@@ -45,6 +45,8 @@ static inline int ats__limiter_try(ats_limiter *l, const struct ats__limiter_vie
 	if (v->c.inf || n == 0)
 		return 1;
 	uint64_t w = v->word;
+	/* release: limiter.h's "release on success", as in ats__limiter_fast; relaxed on failure: the
+	 * caller retries with a new view. */
 	return ats__atomic_cas_strong(&l->word_, &w, next, ats__mo_release, ats__mo_relaxed) ? 1 : -1;
 }
 
