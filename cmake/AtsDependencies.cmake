@@ -18,3 +18,5 @@ ats_require(CK ck libck-dev)
 ats_require(URCU liburcu liburcu-dev)
 ats_require(URCU_CDS liburcu-cds liburcu-dev)
 ats_require(UNWIND libunwind libunwind-dev)
+# The fleet limiter's Redis client (src/fleet.c).
+ats_require(HIREDIS hiredis libhiredis-dev)

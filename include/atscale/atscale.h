@@ -8,5 +8,6 @@
 #include "atscale/gcra.h"
 #include "atscale/keyed.h"
 #include "atscale/limiter.h"
+#include "atscale/fleet.h"
 
 #endif
