@@ -130,6 +130,7 @@ struct ats__fleet_cold {
 	bool probe;                   /* lease once after connecting, demand or not */
 	uint64_t last_tok;            /* the lease's token count after the thread's last look */
 	uint64_t win_start_ns, win_used; /* the consumption window */
+	uint64_t last_round_ns;       /* when the thread last looked at the lease */
 	uint64_t rate_est;            /* tokens per second, smoothed */
 	uint64_t backoff_ns, next_connect_ns, next_lease_ns;
 	uint64_t rng;
@@ -348,6 +349,14 @@ static uint64_t round_once(ats_fleet *f, uint64_t now)
 	uint64_t used;
 	uint64_t tok = observe(f, now, &used);
 	c->win_used += used;
+	/* Up at once, from this round alone (a stream that starts or speeds up is seen within one
+	 * round, not one window); down only window by window, below. */
+	if (used && now > c->last_round_ns) {
+		uint64_t inst = (uint64_t)((unsigned __int128)used * ATS_NS_PER_SEC / (now - c->last_round_ns));
+		if (inst > c->rate_est)
+			c->rate_est = inst;
+	}
+	c->last_round_ns = now;
 	if (now - c->win_start_ns >= c->refresh_ns) {
 		uint64_t dt = now - c->win_start_ns;
 		uint64_t inst = (uint64_t)((unsigned __int128)c->win_used * ATS_NS_PER_SEC / dt);
@@ -555,6 +564,7 @@ ats_err *ats_fleet_init(ats_fleet *f, const ats_fleet_config *cfg)
 	snprintf(c->last_error, sizeof c->last_error, "not connected yet");
 	uint64_t now = ats_fast_now_ns();
 	c->win_start_ns = now;
+	c->last_round_ns = now;
 	c->rng = (now ^ (uintptr_t)c) | 1;
 	atomic_init(&c->batch, bmin);
 	/* Empty and expired: the first lease fills it. */
