@@ -24,7 +24,7 @@ static void check(const redisReply *r, uint64_t asked)
 	             r->element[1] && r->element[0]->type == REDIS_REPLY_INTEGER &&
 	             r->element[1]->type == REDIS_REPLY_INTEGER && r->element[0]->integer >= 0 &&
 	             (unsigned long long)r->element[0]->integer <= asked && r->element[1]->integer >= 0 &&
-	             r->element[1]->integer <= (1LL << 40);
+	             r->element[1]->integer <= (1LL << 53);
 	if (err) {
 		if (out.granted != 0 || shape || ats_err_code(err) != ATS_ERR_UNAVAILABLE)
 			abort();

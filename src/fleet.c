@@ -21,6 +21,7 @@
  * Quotients are taken with a floor and then corrected by one either way, because a double
  * division may round up to the next integer. */
 #define LUA_COMMON                                                                                                     \
+	"if redis.replicate_commands then redis.replicate_commands() end\n"                                            \
 	"local ev = tonumber(ARGV[1])\n"                                                                               \
 	"local per = tonumber(ARGV[2])\n"                                                                              \
 	"local burst = tonumber(ARGV[3])\n"                                                                            \
@@ -93,7 +94,7 @@ ats_err *ats__fleet_parse_reply(const void *reply, uint64_t asked, ats__fleet_re
 		return ats_err_with_kv(ats_err_new(ATS_ERR_UNAVAILABLE, "malformed reply from the lease script"),
 		                       "reply_type", "%d", r->type);
 	long long g = r->element[0]->integer, w = r->element[1]->integer;
-	if (g < 0 || (unsigned long long)g > asked || w < 0 || w > (1LL << 40))
+	if (g < 0 || (unsigned long long)g > asked || w < 0 || w > (1LL << 53))
 		return ats_err_with_kv(ats_err_new(ATS_ERR_UNAVAILABLE, "malformed reply from the lease script"),
 		                       "reply", "{%lld, %lld} for %llu asked", g, w, (unsigned long long)asked);
 	out->granted = (uint64_t)g;
@@ -336,7 +337,8 @@ static void lease_once(ats_fleet *f, uint64_t asked, uint64_t now)
 	atomic_store_explicit(&f->down, 0, memory_order_relaxed);
 	/* Redis had fewer than asked: come back once some have accrued, not at every token. */
 	if (rep.granted < asked) {
-		uint64_t wait = rep.wait_us * 1000;
+		/* at most a second: a slow rate's next token may be hours away, and demand may change */
+		uint64_t wait = rep.wait_us > 1000000 ? ATS_NS_PER_SEC : rep.wait_us * 1000;
 		c->next_lease_ns = after + (wait > c->refresh_ns / 8 ? wait : c->refresh_ns / 8);
 	}
 }

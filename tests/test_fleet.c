@@ -155,7 +155,7 @@ Test(fleet, reply_parser_accepts_only_the_scripts_answer)
 	    "*2\r\n:6\r\n:0\r\n",         /* more than asked */
 	    "*2\r\n:-1\r\n:0\r\n",        /* negative */
 	    "*2\r\n:1\r\n:-5\r\n",        /* negative wait */
-	    "*2\r\n:1\r\n:2199023255553\r\n", /* wait beyond 2^40 us */
+	    "*2\r\n:1\r\n:9007199254740993\r\n", /* wait beyond 2^53 us */
 	    "*1\r\n:1\r\n",               /* short */
 	    "*3\r\n:1\r\n:0\r\n:0\r\n",   /* long */
 	    "*2\r\n$1\r\n5\r\n:0\r\n",    /* a string where a number goes */
@@ -706,4 +706,95 @@ Test(fleet, redis_restart_fail_closed, .init = start_redis, .fini = stop_redis, 
 Test(fleet, redis_restart_fail_open, .init = start_redis, .fini = stop_redis, .timeout = 60)
 {
 	restart_case(ATS_FLEET_FAIL_OPEN);
+}
+
+/* ---- Redis slow: CLIENT PAUSE holds every command of every client for a second ---- */
+
+Test(fleet, slow_redis_times_out_never_blocks_an_acquire, .init = start_redis, .fini = stop_redis, .timeout = 60)
+{
+	ats_fleet_config c = base_cfg("slow", srv.port);
+	c.rate = ats_rate_per_sec(2000);
+	c.timeout_ns = 100000000;
+	c.reconnect_min_ns = 20000000;
+	c.reconnect_max_ns = 100000000;
+	c.lease_ns = 200000000;
+	c.policy = ATS_FLEET_FAIL_OPEN;
+	c.fallback_rate = ats_rate_per_sec(500);
+	c.fallback_burst = 10;
+	ats_fleet *f;
+	cr_assert_null(ats_fleet_new(&f, &c));
+	ats_fleet_stats st;
+	uint64_t deadline = ats_now_ns() + 5000000000u;
+	do {
+		ats_fleet_allow(f, 1);
+		ats_fleet_stats_get(f, &st);
+		cr_assert_lt(ats_now_ns(), deadline, "no leases");
+		pace(100000);
+	} while (st.leases < 3 || !st.up);
+
+	redisContext *rc = redisConnect("127.0.0.1", srv.port);
+	cr_assert(rc && !rc->err);
+	redisReply *r = redisCommand(rc, "CLIENT PAUSE 1000 ALL");
+	cr_assert(r && r->type == REDIS_REPLY_STATUS, "CLIENT PAUSE refused");
+	freeReplyObject(r);
+	redisFree(rc);
+	uint64_t t_pause = ats_now_ns(), worst = 0;
+	/* During the pause: the limiter goes down by timeout, and no acquire waits for the network. */
+	while (ats_now_ns() < t_pause + 900000000u) {
+		uint64_t t = ats_now_ns();
+		ats_fleet_allow(f, 1);
+		t = ats_now_ns() - t;
+		if (t > worst)
+			worst = t;
+		pace(100000);
+	}
+	ats_fleet_stats_get(f, &st);
+	cr_assert(!st.up, "a paused Redis was not noticed");
+	cr_assert_gt(st.fallback_allowed, 0);
+	ats_err *err = ats_fleet_status(f);
+	cr_assert_not_null(err);
+	cr_log_info("slow Redis: %s; slowest acquire %.3f ms\n", ats_err_kv_get(err, "redis_error"), worst / 1e6);
+	ats_err_unref(err);
+	/* An acquire that waited on the network would take the whole timeout (100 ms) or the pause. */
+	cr_assert_lt(worst, 50000000u, "an acquire took %llu ns", (unsigned long long)worst);
+	deadline = ats_now_ns() + 5000000000u;
+	ats_fleet_stats st0 = st;
+	do { /* and back once the pause ends */
+		ats_fleet_allow(f, 1);
+		ats_fleet_stats_get(f, &st);
+		cr_assert_lt(ats_now_ns(), deadline, "leasing did not resume after the pause");
+		pace(100000);
+	} while (!st.up || st.leases < st0.leases + 3);
+	ats_fleet_free(f);
+}
+
+/* ---- A script error (the key holds a string): reported, never a grant ---- */
+
+Test(fleet, script_error_is_reported_and_grants_nothing, .init = start_redis, .fini = stop_redis)
+{
+	redisContext *rc = redisConnect("127.0.0.1", srv.port);
+	cr_assert(rc && !rc->err);
+	freeReplyObject(redisCommand(rc, "SET wrongtype hello"));
+	ats_fleet_config c = base_cfg("wrongtype", srv.port);
+	c.reconnect_min_ns = 10000000;
+	c.reconnect_max_ns = 20000000;
+	ats_fleet *f;
+	cr_assert_null(ats_fleet_new(&f, &c));
+	wait_errors(f);
+	ats_err *err = ats_fleet_status(f);
+	cr_assert_eq(ats_err_code(err), ATS_ERR_UNAVAILABLE);
+	const char *text = ats_err_kv_get(err, "redis_error");
+	cr_assert_not_null(strstr(text, "WRONGTYPE"), "%s", text);
+	ats_err_unref(err);
+	for (int i = 0; i < 100; i++)
+		cr_assert(!ats_fleet_allow(f, 1));
+	ats_fleet_stats st;
+	ats_fleet_stats_get(f, &st);
+	cr_assert_eq(st.leased_tokens, 0);
+	/* Fix the key: leasing starts. */
+	freeReplyObject(redisCommand(rc, "DEL wrongtype"));
+	redisFree(rc);
+	wait_tokens(f, 1);
+	cr_assert_null(ats_fleet_status(f));
+	ats_fleet_free(f);
 }

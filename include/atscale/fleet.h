@@ -53,7 +53,9 @@
  * in lockstep.
  *
  * A script error or a reply that is not what the script returns is an error (the limiter goes
- * down, the text is kept) and never grants a token.
+ * down, the text is kept) and never grants a token. A lease call that times out may still have
+ * been charged in Redis: those tokens are lost to the fleet (at most one batch per timeout), which
+ * only ever lowers what it grants.
  *
  * Threads: every function may be called from any thread at once, except that ats_fleet_destroy
  * and ats_fleet_free must be the last call on the limiter. `_at` variants take the time from the
@@ -238,14 +240,14 @@ static inline int64_t ats_fleet_tokens(ats_fleet *f)
 /* What a lease call's reply said. */
 typedef struct ats__fleet_reply {
 	uint64_t granted; /* tokens leased, 0..asked */
-	uint64_t wait_us; /* until the next token (0: there are more now) */
+	uint64_t wait_us; /* until the next token (0: there are more now); <= 2^53 */
 	bool noscript;    /* the script is not loaded on this server: load it and retry */
 } ats__fleet_reply;
 
 /* Parses a reply of the lease script given as hiredis's redisReply (passed as const void *, so
  * this header does not need hiredis's). Pure: reads *reply only. NULL and *out filled when it is
  * an array of exactly two integers {granted, wait_us} with 0 <= granted <= asked and
- * 0 <= wait_us <= 2^40; otherwise ATS_ERR_UNAVAILABLE (an error reply: its text under
+ * 0 <= wait_us <= 2^53 (the script's doubles); otherwise ATS_ERR_UNAVAILABLE (an error reply: its text under
  * "redis_error"; anything else: "malformed reply") and out->granted is 0, so a garbage reply never
  * grants a token. out->noscript is set for a NOSCRIPT error. */
 ats_err *ats__fleet_parse_reply(const void *reply, uint64_t asked, ats__fleet_reply *out);
