@@ -415,7 +415,7 @@ static void *fleet_thread(void *arg)
 		/* acquire: pairs with the release bump of a miss, so its hungry flag is seen */
 		uint32_t seen = atomic_load_explicit(&c->wake, memory_order_acquire);
 		uint64_t next = round_once(f, ats_fast_now_ns());
-		if (atomic_load_explicit(&c->stop, memory_order_relaxed))
+		if (atomic_load_explicit(&c->stop, memory_order_relaxed)) /* relaxed: as above */
 			break;
 		/* A miss between the round and here changed `wake`, so the wait returns at once. */
 		ats__futex_wait(&c->wake, seen, next);
@@ -595,13 +595,16 @@ void ats_fleet_stop(ats_fleet *f)
 	if (!f || !f->cold)
 		return;
 	struct ats__fleet_cold *c = f->cold;
-	/* relaxed: only this caller and destroy (the same thread, by contract) read it here */
+	/* relaxed: the exchange only makes stop idempotent; the thread re-reads the flag every round
+	 * and pthread_join orders everything it did before this caller goes on */
 	if (atomic_exchange_explicit(&c->stop, 1, memory_order_relaxed))
 		return;
+	/* release: the thread's acquire load of `wake` then sees stop set (it re-checks after waking) */
 	atomic_fetch_add_explicit(&c->wake, 1, memory_order_release);
 	ats__futex_wake(&c->wake, 1);
 	pthread_join(c->thread, NULL);
-	/* Give the unexpired rest back. relaxed: the thread is joined and acquirers are gone. */
+	/* Give the unexpired rest back. relaxed: the thread is joined; an acquirer still running
+	 * (allowed with stop) takes from the word before or after the exchange, never the same token. */
 	uint64_t now = ats_fast_now_ns();
 	uint64_t w = atomic_exchange_explicit(&f->lease, lease_word(now, 0), memory_order_relaxed);
 	uint64_t tok = ats__fleet_expired(w, now) ? 0 : w & ATS__FLEET_TOKENS;

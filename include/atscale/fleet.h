@@ -155,6 +155,8 @@ ats_err *ats_fleet_init(ats_fleet *f, const ats_fleet_config *cfg);
 void ats_fleet_stop(ats_fleet *f);
 /* ats_fleet_stop, then frees what init allocated. Blocking. */
 void ats_fleet_destroy(ats_fleet *f);
+/* ats_fleet_init on a cache-line-aligned heap block (*out NULL on error; the same errors, plus
+ * NULL out); ats_fleet_free is ats_fleet_destroy, then frees the block. Blocking, as those. */
 ats_err *ats_fleet_new(ats_fleet **out, const ats_fleet_config *cfg);
 void ats_fleet_free(ats_fleet *f);
 
@@ -167,7 +169,7 @@ ats_err *ats_fleet_status(ats_fleet *f);
 /* Fills *out. Relaxed loads only; wait-free. */
 void ats_fleet_stats_get(ats_fleet *f, ats_fleet_stats *out);
 
-/* ---- Hot paths: static inline, lock-free, no system call, no allocation ---- */
+/* ---- Hot paths: static inline, lock-free, no allocation; a hit makes no system call ---- */
 
 /* Whether a lease word is past its expiry at now_ns: the signed 40-bit difference of ticks. */
 static inline bool ats__fleet_expired(uint64_t w, uint64_t now_ns)
@@ -187,7 +189,9 @@ int64_t ats__fleet_fallback_tokens(ats_fleet *f, uint64_t now_ns);
  * attempt, retried only when another thread or the refill changed the word; no system call, no
  * network. Relaxed: the word alone carries the count (its modification order is all the
  * exactness needs) and no other memory is published through it. Out of line when the lease cannot
- * cover n: see ats__fleet_miss (fail open may grant from the fallback limiter while down). */
+ * cover n: see ats__fleet_miss (fail open may grant from the fallback limiter while down; a refusal
+ * while up wakes the background thread, one futex wake per refill round at most). n == 0 is always
+ * granted (nothing taken); n > batch_max never fits a lease. */
 static inline bool ats_fleet_allow_at(ats_fleet *f, uint64_t n, uint64_t now_ns)
 {
 	uint64_t w = atomic_load_explicit(&f->lease, memory_order_relaxed); /* the CAS validates it */
@@ -201,6 +205,8 @@ static inline bool ats_fleet_allow_at(ats_fleet *f, uint64_t n, uint64_t now_ns)
 	}
 }
 
+/* ats_fleet_allow_at at ats_fast_now_ns() (the library's one time base): the same guarantees, plus
+ * one clock read (~5-10 ns, no system call; clock.h). */
 static inline bool ats_fleet_allow(ats_fleet *f, uint64_t n)
 {
 	return ats_fleet_allow_at(f, n, ats_fast_now_ns());
@@ -216,6 +222,7 @@ static inline bool ats_fleet_check_at(ats_fleet *f, uint64_t n, uint64_t now_ns)
 	return ats__fleet_check_miss(f, n, now_ns);
 }
 
+/* ats_fleet_check_at at ats_fast_now_ns(). */
 static inline bool ats_fleet_check(ats_fleet *f, uint64_t n)
 {
 	return ats_fleet_check_at(f, n, ats_fast_now_ns());
@@ -230,6 +237,7 @@ static inline int64_t ats_fleet_tokens_at(ats_fleet *f, uint64_t now_ns)
 	return t + ats__fleet_fallback_tokens(f, now_ns);
 }
 
+/* ats_fleet_tokens_at at ats_fast_now_ns(). */
 static inline int64_t ats_fleet_tokens(ats_fleet *f)
 {
 	return ats_fleet_tokens_at(f, ats_fast_now_ns());
