@@ -131,7 +131,7 @@ struct ats__fleet_cold {
 	bool probe;                   /* lease once after connecting, demand or not */
 	uint64_t last_tok;            /* the lease's token count after the thread's last look */
 	uint64_t win_start_ns, win_used; /* the consumption window */
-	uint64_t last_round_ns;       /* when the thread last looked at the lease */
+	uint64_t last_round_ns, round_used; /* the short (one poll) window */
 	uint64_t rate_est;            /* tokens per second, smoothed */
 	uint64_t backoff_ns, next_connect_ns, next_lease_ns;
 	uint64_t rng;
@@ -353,12 +353,14 @@ static uint64_t round_once(ats_fleet *f, uint64_t now)
 	c->win_used += used;
 	/* Up at once, from this round alone (a stream that starts or speeds up is seen within one
 	 * round, not one window); down only window by window, below. */
-	if (used && now > c->last_round_ns) {
-		uint64_t inst = (uint64_t)((unsigned __int128)used * ATS_NS_PER_SEC / (now - c->last_round_ns));
+	c->round_used += used;
+	if (now - c->last_round_ns >= poll) { /* over a whole poll: a short round's rate is noise */
+		uint64_t inst = (uint64_t)((unsigned __int128)c->round_used * ATS_NS_PER_SEC / (now - c->last_round_ns));
 		if (inst > c->rate_est)
 			c->rate_est = inst;
+		c->round_used = 0;
+		c->last_round_ns = now;
 	}
-	c->last_round_ns = now;
 	if (now - c->win_start_ns >= c->refresh_ns) {
 		uint64_t dt = now - c->win_start_ns;
 		uint64_t inst = (uint64_t)((unsigned __int128)c->win_used * ATS_NS_PER_SEC / dt);
@@ -390,11 +392,13 @@ static uint64_t round_once(ats_fleet *f, uint64_t now)
 		uint64_t w = atomic_load_explicit(&f->lease, memory_order_relaxed);
 		bool demand = used > 0 || hungry || c->probe || c->rate_est > 0 ||
 		              atomic_load_explicit(&c->leased_tokens, memory_order_relaxed) == 0; /* a counter */
-		bool low = tok < (b + 1) / 2;
+		/* Low water = one batch: the lease still covers one refresh interval of the stream when the
+		 * refill is asked for, four polls of slack before it would run dry. */
+		bool low = tok < b;
 		bool expiring = tok > 0 && ats__fleet_expired(w, now + 2 * poll);
 		if (demand && (low || expiring || c->probe) && tok < c->batch_max) {
 			c->probe = false;
-			uint64_t asked = b > tok ? b - tok : 1;
+			uint64_t asked = b;
 			if (tok + asked > c->batch_max)
 				asked = c->batch_max - tok;
 			lease_once(f, asked, now);

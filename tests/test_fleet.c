@@ -798,3 +798,50 @@ Test(fleet, script_error_is_reported_and_grants_nothing, .init = start_redis, .f
 	cr_assert_null(ats_fleet_status(f));
 	ats_fleet_free(f);
 }
+
+/* ---- A steady stream: served from the lease, the batch follows its rate ---- */
+
+Test(fleet, steady_stream_never_waits_and_batch_follows_rate, .init = start_redis, .fini = stop_redis, .timeout = 60)
+{
+	ats_fleet_config c = base_cfg("steady", srv.port);
+	c.rate = ats_rate_per_sec(200000); /* ten times the stream: the limit never refuses it */
+	c.burst = 20000;
+	c.batch_max = 20000;
+	/* 50 ms: the lease's slack (one refresh interval of the stream) then covers a background
+	 * thread that a loaded 2-core host leaves without a CPU for tens of ms */
+	c.refresh_ns = 50000000;
+	ats_fleet *f;
+	cr_assert_null(ats_fleet_new(&f, &c));
+	wait_tokens(f, 1);
+	/* 20000/s for 1 s, in steps of ~200 us: the tokens due so far are asked for at each step. */
+	const double per_ns = 20000 / 1e9;
+	uint64_t t0 = ats_now_ns(), asked = 0, refused = 0, refused_late = 0, steps = 0;
+	ats_fleet_stats st0;
+	for (;;) {
+		uint64_t now = ats_now_ns();
+		if (now - t0 >= 1000000000u)
+			break;
+		uint64_t due = (uint64_t)((double)(now - t0) * per_ns);
+		for (; asked < due; asked++) {
+			bool ok = ats_fleet_allow(f, 1);
+			refused += !ok;
+			refused_late += !ok && now - t0 > 200000000u; /* after a 200 ms warm-up */
+		}
+		if (++steps == 1)
+			ats_fleet_stats_get(f, &st0);
+		pace(200000);
+	}
+	ats_fleet_stats st;
+	ats_fleet_stats_get(f, &st);
+	double ops_per_grant = (double)(st.redis_ops - st0.redis_ops) / (double)(asked - refused);
+	cr_log_info("steady 20000/s: %llu asked, %llu refused (%llu after warm-up), batch %llu, %.4f redis ops per grant\n",
+	            (unsigned long long)asked, (unsigned long long)refused, (unsigned long long)refused_late,
+	            (unsigned long long)st.batch, ops_per_grant);
+	cr_assert_leq(refused_late, asked / 50, "a steady stream waited on Redis: %llu refused after warm-up",
+	              (unsigned long long)refused_late);
+	/* one refresh interval of the stream: 1000 tokens (x2 for hungry doubling, /2 for a slow window) */
+	cr_assert_geq(st.batch, 500, "batch %llu", (unsigned long long)st.batch);
+	cr_assert_leq(st.batch, 4000, "batch %llu", (unsigned long long)st.batch);
+	cr_assert_leq(ops_per_grant, 0.01);
+	ats_fleet_free(f);
+}

@@ -18,11 +18,13 @@
  * ---- Local side ----
  * The lease is one 64-bit word: (expiry in 1.024 us ticks mod 2^40) << 24 | tokens left. A hit
  * (ats_fleet_allow_at) is one relaxed load and one CAS on that word: no lock, no system call.
- * One background thread per ats_fleet does all the network work: it refills the lease before it
- * runs dry (below a low-water mark of half a batch, or soon after a refused acquire, or when the
- * lease is about to expire), so a steady stream never waits on Redis. The batch follows the
- * locally observed rate: about one refresh interval's worth of tokens (refresh_ns), between
- * batch_min and batch_max; it doubles (up to batch_max) while acquires are being refused. A lease
+ * One background thread per ats_fleet does all the network work. The batch follows the locally
+ * observed rate: about one refresh interval's worth of tokens (refresh_ns), between batch_min and
+ * batch_max; it doubles (up to batch_max) while acquires are being refused. The thread asks for one
+ * batch whenever the lease holds less than one batch (the low-water mark: the lease then still
+ * covers a refresh interval of the stream, while the thread looks every quarter interval), soon
+ * after a refused acquire, or when the lease is about to expire; so a steady stream never waits on
+ * Redis, and a lease holds at most two batches (never more than batch_max). A lease
  * expires lease_ns after it was last refilled (tokens then are dropped, not returned, as Doorman's
  * leases do); unused tokens are given back to Redis by ats_fleet_destroy/ats_fleet_free.
  *
