@@ -56,7 +56,12 @@ static void *fleet_setup(unsigned threads)
 	                      .key = "bench:fleet",
 	                      .rate = ats_rate_per_sec(1000000000),
 	                      .burst = ATS_FLEET_MAX_BATCH,
-	                      .batch_max = ATS_FLEET_MAX_BATCH};
+	                      .batch_min = 1 << 20,
+	                      .batch_max = ATS_FLEET_MAX_BATCH,
+	                      /* the runner times 20 ms runs with pauses between them: a long refresh keeps
+	                       * the batch (and the lease) large across the pauses, so the rows time hits */
+	                      .refresh_ns = 100000000,
+	                      .lease_ns = 10 * ATS_NS_PER_SEC};
 	struct fleet_state *s = calloc(1, sizeof *s);
 	ats_err *err = ats_fleet_new(&s->f, &c);
 	if (err) {
@@ -67,7 +72,7 @@ static void *fleet_setup(unsigned threads)
 	}
 	/* the first lease: a bounded wait on the observed state */
 	uint64_t deadline = ats_now_ns() + 5000000000u;
-	while (ats_fleet_tokens(s->f) < 1000 && ats_now_ns() < deadline) {
+	while (ats_fleet_tokens(s->f) < (1 << 20) && ats_now_ns() < deadline) {
 		struct timespec ts = {0, 1000000};
 		nanosleep(&ts, NULL);
 	}
