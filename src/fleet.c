@@ -424,6 +424,23 @@ static void *fleet_thread(void *arg)
 		/* A miss between the round and here changed `wake`, so the wait returns at once. */
 		ats__futex_wait(&c->wake, seen, next);
 	}
+	/* Stopping: give the unexpired rest back, from this thread, which blocks every signal (a write
+	 * to a connection Redis closed raises SIGPIPE, which would kill a caller's process).
+	 * relaxed: acquirers still running take from the word before or after the exchange, never the
+	 * same token; pthread_join orders the rest for the stopping caller. */
+	uint64_t now = ats_fast_now_ns();
+	uint64_t w = atomic_exchange_explicit(&f->lease, lease_word(now, 0), memory_order_relaxed);
+	uint64_t tok = ats__fleet_expired(w, now) ? 0 : w & ATS__FLEET_TOKENS;
+	if (tok && c->rc) {
+		redisReply *r = run_script(f, false, tok, now);
+		if (r && r->type == REDIS_REPLY_INTEGER)
+			BUMP(c, given_back, tok);
+		if (r)
+			freeReplyObject(r);
+	}
+	if (c->rc)
+		redisFree(c->rc);
+	c->rc = NULL;
 	return NULL;
 }
 
@@ -606,22 +623,7 @@ void ats_fleet_stop(ats_fleet *f)
 	/* release: the thread's acquire load of `wake` then sees stop set (it re-checks after waking) */
 	atomic_fetch_add_explicit(&c->wake, 1, memory_order_release);
 	ats__futex_wake(&c->wake, 1);
-	pthread_join(c->thread, NULL);
-	/* Give the unexpired rest back. relaxed: the thread is joined; an acquirer still running
-	 * (allowed with stop) takes from the word before or after the exchange, never the same token. */
-	uint64_t now = ats_fast_now_ns();
-	uint64_t w = atomic_exchange_explicit(&f->lease, lease_word(now, 0), memory_order_relaxed);
-	uint64_t tok = ats__fleet_expired(w, now) ? 0 : w & ATS__FLEET_TOKENS;
-	if (tok && c->rc) {
-		redisReply *r = run_script(f, false, tok, now);
-		if (r && r->type == REDIS_REPLY_INTEGER)
-			BUMP(c, given_back, tok);
-		if (r)
-			freeReplyObject(r);
-	}
-	if (c->rc)
-		redisFree(c->rc);
-	c->rc = NULL;
+	pthread_join(c->thread, NULL); /* it gave the lease back and disconnected */
 	pthread_mutex_lock(&c->mu);
 	snprintf(c->last_error, sizeof c->last_error, "stopped");
 	pthread_mutex_unlock(&c->mu);
