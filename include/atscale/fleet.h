@@ -59,8 +59,10 @@
  * been charged in Redis: those tokens are lost to the fleet (at most one batch per timeout), which
  * only ever lowers what it grants.
  *
- * Threads: every function may be called from any thread at once, except that ats_fleet_destroy
- * and ats_fleet_free must be the last call on the limiter. `_at` variants take the time from the
+ * Threads: every function may be called from any thread at once (ats_fleet_stop too: acquires
+ * racing it are served or refused, never double-served), except that ats_fleet_destroy and
+ * ats_fleet_free must be the last call on the limiter. All network I/O happens on the background
+ * thread, which blocks every signal (a closed connection's SIGPIPE never reaches the caller). `_at` variants take the time from the
  * caller (CLOCK_MONOTONIC scale ns); the others read ats_fast_now_ns().
  */
 #ifndef ATSCALE_FLEET_H
