@@ -21,3 +21,4 @@ ats_require(UNWIND libunwind libunwind-dev)   # linked: error stacks
 if(ATS_BUILD_BENCH)
   ats_require(URCU_CDS liburcu-cds liburcu-dev) # the benchmark's cds_lfht comparison only
 endif()
+ats_require(HIREDIS hiredis libhiredis-dev)     # linked: the fleet limiter's Redis client

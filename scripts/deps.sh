@@ -4,7 +4,8 @@
 set -euo pipefail
 packages=(
   build-essential cmake pkg-config clang libclang-rt-14-dev     # toolchains, libFuzzer, sanitizers
-  libck-dev liburcu-dev libunwind-dev                           # the library's dependencies
+  libck-dev liburcu-dev libunwind-dev libhiredis-dev            # the library's dependencies
+  redis-server                                                  # the fleet limiter's tests and bench
   libcriterion-dev                                              # tests
   golang-go golang-golang-x-time-dev golang-github-pkg-errors-dev dpdk-dev   # benchmark peers
 )

@@ -48,5 +48,6 @@
 #include "atscale/ctx.h"
 #include "atscale/limiter.h"
 #include "atscale/keyed.h"
+#include "atscale/fleet.h"
 
 #endif

@@ -1,0 +1,217 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/* Fleet limiter rows against a real redis-server (started once on a free loopback port in a
+ * scratch folder, persistence off, stopped at exit; tests/redis_server.h). Skipped with a note
+ * when redis-server is not installed.
+ *  - fleet.allow_at, fleet.allow: acquires served from the local lease (the background thread
+ *    keeps it filled); extra: redis_ops_per_grant (script calls per token granted) and the share
+ *    of acquires granted.
+ *  - peer.redis.gcra_lua: what a client without leases pays: one EVALSHA of the same GCRA script
+ *    per acquire, through hiredis.
+ *  - peer.redis.incr_window: the common fixed-window counter, INCR + EXPIRE per acquire (one round
+ *    trip, pipelined). */
+#include "bench.h"
+#include "atscale/fleet.h"
+
+#include <hiredis/hiredis.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "redis_server.h"
+
+static struct ats_test_redis server;
+static int server_state; /* 0 not tried, 1 running, -1 unavailable */
+
+static void server_stop(void)
+{
+	ats_test_redis_stop(&server);
+}
+
+static bool server_up(const char *row)
+{
+	if (server_state == 0) {
+		const char *why = ats_test_redis_start(&server, 0);
+		if (why) {
+			fprintf(stderr, "atscale-bench: fleet rows skipped: %s\n", why);
+			server_state = -1;
+		} else {
+			server_state = 1;
+			atexit(server_stop);
+		}
+	}
+	if (server_state < 0)
+		fprintf(stderr, "atscale-bench: %s skipped (no redis-server)\n", row);
+	return server_state > 0;
+}
+
+struct fleet_state {
+	ats_fleet *f;
+	uint64_t calls, grants;
+};
+
+static void *fleet_setup(unsigned threads)
+{
+	(void)threads;
+	if (!server_up("fleet"))
+		return NULL;
+	ats_fleet_config c = {.port = server.port,
+	                      .key = "bench:fleet",
+	                      .rate = ats_rate_per_sec(1000000000),
+	                      .burst = ATS_FLEET_MAX_BATCH,
+	                      .batch_min = 1 << 20,
+	                      .batch_max = ATS_FLEET_MAX_BATCH,
+	                      /* the runner times 20 ms runs with pauses between them: a long refresh keeps
+	                       * the batch (and the lease) large across the pauses, so the rows time hits */
+	                      .refresh_ns = 100000000,
+	                      .lease_ns = 10 * ATS_NS_PER_SEC};
+	struct fleet_state *s = calloc(1, sizeof *s);
+	ats_err *err = ats_fleet_new(&s->f, &c);
+	if (err) {
+		ats_err_print(err, stderr);
+		ats_err_unref(err);
+		free(s);
+		return NULL;
+	}
+	/* the first lease: a bounded wait on the observed state */
+	uint64_t deadline = ats_now_ns() + 5000000000u;
+	while (ats_fleet_tokens(s->f) < (1 << 20) && ats_now_ns() < deadline) {
+		struct timespec ts = {0, 1000000};
+		nanosleep(&ts, NULL);
+	}
+	return s;
+}
+
+static void fleet_teardown(void *state)
+{
+	struct fleet_state *s = state;
+	ats_fleet_free(s->f);
+	free(s);
+}
+
+static void fleet_allow_at_run(void *state, unsigned tid, uint64_t iters)
+{
+	(void)tid;
+	struct fleet_state *s = state;
+	uint64_t now = ats_fast_now_ns(), ok = 0;
+	for (uint64_t i = 0; i < iters; i++)
+		ok += ats_fleet_allow_at(s->f, 1, now + i);
+	s->calls += iters;
+	s->grants += ok;
+}
+
+static void fleet_allow_run(void *state, unsigned tid, uint64_t iters)
+{
+	(void)tid;
+	struct fleet_state *s = state;
+	uint64_t ok = 0;
+	for (uint64_t i = 0; i < iters; i++)
+		ok += ats_fleet_allow(s->f, 1);
+	s->calls += iters;
+	s->grants += ok;
+}
+
+static void fleet_extra(void *state, char *buf, size_t len)
+{
+	struct fleet_state *s = state;
+	ats_fleet_stats st;
+	ats_fleet_stats_get(s->f, &st);
+	snprintf(buf, len, "\"redis_ops_per_grant\": %.3g, \"granted_share\": %.4f, \"redis_ops\": %llu",
+	         s->grants ? (double)st.redis_ops / (double)s->grants : 0.0,
+	         s->calls ? (double)s->grants / (double)s->calls : 0.0, (unsigned long long)st.redis_ops);
+}
+
+/* ---- Peers: one round trip per acquire ---- */
+
+struct peer_state {
+	redisContext *rc;
+	char sha[48];
+	uint64_t calls, grants;
+};
+
+static void *peer_setup(unsigned threads)
+{
+	(void)threads;
+	if (!server_up("peer.redis"))
+		return NULL;
+	struct peer_state *s = calloc(1, sizeof *s);
+	s->rc = redisConnect("127.0.0.1", server.port);
+	if (!s->rc || s->rc->err) {
+		if (s->rc)
+			redisFree(s->rc);
+		free(s);
+		return NULL;
+	}
+	redisReply *r = redisCommand(s->rc, "SCRIPT LOAD %s", ats__fleet_lease_lua);
+	if (!r || r->type != REDIS_REPLY_STRING || r->len >= sizeof s->sha) {
+		if (r)
+			freeReplyObject(r);
+		redisFree(s->rc);
+		free(s);
+		return NULL;
+	}
+	snprintf(s->sha, sizeof s->sha, "%s", r->str);
+	freeReplyObject(r);
+	return s;
+}
+
+static void peer_teardown(void *state)
+{
+	struct peer_state *s = state;
+	redisFree(s->rc);
+	free(s);
+}
+
+/* The fleet's own GCRA script asked for one token per acquire (10^9/s: always granted). */
+static void gcra_lua_run(void *state, unsigned tid, uint64_t iters)
+{
+	(void)tid;
+	struct peer_state *s = state;
+	for (uint64_t i = 0; i < iters; i++) {
+		redisReply *r = redisCommand(s->rc, "EVALSHA %s 1 bench:peer 1000000000 1000000 16777215 1", s->sha);
+		ats__fleet_reply rep;
+		ats_err *err = ats__fleet_parse_reply(r, 1, &rep);
+		s->grants += rep.granted;
+		ats_err_unref(err);
+		if (r)
+			freeReplyObject(r);
+	}
+	s->calls += iters;
+}
+
+/* Fixed window of one second: INCR the window's counter, EXPIRE it, compare with the limit. */
+static void incr_window_run(void *state, unsigned tid, uint64_t iters)
+{
+	(void)tid;
+	struct peer_state *s = state;
+	for (uint64_t i = 0; i < iters; i++) {
+		unsigned long long win = ats_fast_now_ns() / ATS_NS_PER_SEC;
+		redisAppendCommand(s->rc, "INCR bench:win:%llu", win);
+		redisAppendCommand(s->rc, "EXPIRE bench:win:%llu 2", win);
+		redisReply *r1 = NULL, *r2 = NULL;
+		if (redisGetReply(s->rc, (void **)&r1) == REDIS_OK && redisGetReply(s->rc, (void **)&r2) == REDIS_OK)
+			s->grants += r1 && r1->type == REDIS_REPLY_INTEGER && r1->integer <= 1000000000;
+		if (r1)
+			freeReplyObject(r1);
+		if (r2)
+			freeReplyObject(r2);
+	}
+	s->calls += iters;
+}
+
+static void peer_extra(void *state, char *buf, size_t len)
+{
+	struct peer_state *s = state;
+	snprintf(buf, len, "\"granted_share\": %.4f", s->calls ? (double)s->grants / (double)s->calls : 0.0);
+}
+
+static const ats_bench fleet_allow_at = {"fleet.allow_at", ATS_BENCH_1T, fleet_setup, fleet_allow_at_run,
+                                         fleet_teardown, NULL, fleet_extra};
+static const ats_bench fleet_allow = {"fleet.allow", ATS_BENCH_1T, fleet_setup, fleet_allow_run, fleet_teardown,
+                                      NULL, fleet_extra};
+static const ats_bench peer_gcra_lua = {"peer.redis.gcra_lua", ATS_BENCH_1T | ATS_BENCH_PEER, peer_setup,
+                                        gcra_lua_run, peer_teardown, NULL, peer_extra};
+static const ats_bench peer_incr_window = {"peer.redis.incr_window", ATS_BENCH_1T | ATS_BENCH_PEER, peer_setup,
+                                           incr_window_run, peer_teardown, NULL, peer_extra};
+ATS_BENCH(fleet_allow_at)
+ATS_BENCH(fleet_allow)
+ATS_BENCH(peer_gcra_lua)
+ATS_BENCH(peer_incr_window)
