@@ -2,6 +2,7 @@
 #ifndef ATSCALE_H
 #define ATSCALE_H
 
+#include "atscale/chan.h"
 #include "atscale/clock.h"
 #include "atscale/error.h"
 #include "atscale/ctx.h"
