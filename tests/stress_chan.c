@@ -310,7 +310,9 @@ Test(stress_chan, no_lost_wakeup_cancel)
 	ats_chan_config cfg = ATS_CHAN_CONFIG(ATS_CHAN_MPMC, 1);
 	cfg.spin = 0;
 	cr_assert_null(ats_chan_new(&cfg, &c));
-	struct cancel_hunt h = {0};
+	struct cancel_hunt h;
+	atomic_init(&h.ctx, NULL);
+	atomic_init(&h.done, 0);
 	pthread_t t;
 	cr_assert_eq(pthread_create(&t, NULL, canceller, &h), 0);
 	for (uint32_t i = 1; i <= ROUNDS; i++) {
