@@ -662,8 +662,10 @@ ats_err *ats_chan_send(ats_chan *ch, void *v, ats_ctx *ctx)
 	struct chan *c = C(ch);
 	ats_chan_status st;
 	ats_err *err;
-	if (unlikely((err = ctx_check(ctx, ats_ctx_deadline(ctx)))))
-		return err;
+	/* One load, no clock read: a deadline that passed before the timer fired is caught once the
+	 * call has to wait (ctx.h: deadlines fire at most a tick late). */
+	if (unlikely(ats_ctx_done(ctx)))
+		return ats_ctx_err(ctx);
 	send_burst(c, &v, 1, &st);
 	if (likely(st == ATS_CHAN_OK))
 		return NULL;
@@ -683,8 +685,8 @@ ats_err *ats_chan_recv(ats_chan *ch, void **out, ats_ctx *ctx)
 		                   !ch ? "channel" : !out ? "out" : "ctx");
 	struct chan *c = C(ch);
 	ats_err *err;
-	if (unlikely((err = ctx_check(ctx, ats_ctx_deadline(ctx)))))
-		return err;
+	if (unlikely(ats_ctx_done(ctx))) /* one load, as in send */
+		return ats_ctx_err(ctx);
 	ats_chan_status st = ats_chan_try_recv(ch, out);
 	if (likely(st == ATS_CHAN_OK))
 		return NULL;
@@ -726,4 +728,76 @@ ats_err *ats_chan_recv_n(ats_chan *ch, void **out, size_t n, size_t *received, a
 		return err;
 	*received = 1 + ats_chan_try_recv_n(ch, out + 1, n - 1, NULL);
 	return NULL;
+}
+
+/* ---- Combinators ---- */
+
+ats_err *ats_chan_forward(ats_chan *in, ats_chan *out, size_t *forwarded, void **undelivered, ats_ctx *ctx)
+{
+	if (!in || !out || !ctx)
+		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "channel forward: NULL %s", !in ? "in" : !out ? "out" : "ctx");
+	size_t n = 0;
+	ats_err *err;
+	if (undelivered)
+		*undelivered = NULL;
+	for (;;) {
+		void *v;
+		if ((err = ats_chan_recv(in, &v, ctx))) {
+			if (ats_err_code(err) == ATS_ERR_CLOSED) {
+				ats_err_unref(err);
+				err = NULL; /* in closed and drained: done */
+			}
+			break;
+		}
+		if ((err = ats_chan_send(out, v, ctx))) {
+			/* Taken from in, not delivered: in cannot take it back at the front, so the caller gets it. */
+			if (undelivered)
+				*undelivered = v;
+			break;
+		}
+		n++;
+	}
+	if (forwarded)
+		*forwarded = n;
+	return err;
+}
+
+ats_err *ats_chan_tee(ats_chan *in, ats_chan *out1, ats_chan *out2, size_t *teed, void **undelivered, ats_ctx *ctx)
+{
+	if (!in || !out1 || !out2 || !ctx)
+		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "channel tee: NULL argument");
+	size_t n = 0;
+	ats_err *err;
+	if (undelivered)
+		*undelivered = NULL;
+	for (;;) {
+		void *v;
+		if ((err = ats_chan_recv(in, &v, ctx))) {
+			if (ats_err_code(err) == ATS_ERR_CLOSED) {
+				ats_err_unref(err);
+				err = NULL;
+			}
+			break;
+		}
+		/* Both sends, whichever is ready first (Go's tee: a select that drops each case once
+		 * it fired), so a slow reader of one side does not hold back the other more than one value. */
+		ats_chan_case cs[2] = {{.chan = out1, .send = true, .value = v}, {.chan = out2, .send = true, .value = v}};
+		for (int left = 2; left > 0 && !err; left--) {
+			size_t fired;
+			if ((err = ats_chan_select(cs, 2, false, &fired, ctx)))
+				break;
+			if (cs[fired].status != ATS_CHAN_OK)
+				err = ats_err_new(ATS_ERR_CLOSED, "channel tee: output %zu closed", fired + 1);
+			cs[fired].chan = NULL;
+		}
+		if (err) {
+			if (undelivered)
+				*undelivered = v;
+			break;
+		}
+		n++;
+	}
+	if (teed)
+		*teed = n;
+	return err;
 }

@@ -457,3 +457,91 @@ Test(select, parked_woken_by_send_close_and_cancel)
 		ats_chan_free(b, NULL, NULL);
 	}
 }
+
+/* ---- Combinators ---- */
+
+struct fwd {
+	ats_chan *in, *out, *out2;
+	ats_ctx *ctx;
+	ats_err *err;
+	size_t n;
+	void *undelivered;
+};
+
+static void *forward_main(void *arg)
+{
+	struct fwd *f = arg;
+	f->err = f->out2 ? ats_chan_tee(f->in, f->out, f->out2, &f->n, &f->undelivered, f->ctx)
+	                 : ats_chan_forward(f->in, f->out, &f->n, &f->undelivered, f->ctx);
+	return NULL;
+}
+
+Test(combinators, forward_until_closed_then_until_cancelled)
+{
+	ats_chan *in = mk(ATS_CHAN_MPMC, 4), *out = mk(ATS_CHAN_MPMC, 2);
+	struct fwd f = {.in = in, .out = out, .ctx = ats_ctx_background()};
+	pthread_t t;
+	cr_assert_eq(pthread_create(&t, NULL, forward_main, &f), 0);
+	for (uintptr_t i = 1; i <= 100; i++) {
+		cr_assert_null(ats_chan_send(in, V(i), ats_ctx_background()));
+		void *v;
+		cr_assert_null(ats_chan_recv(out, &v, ats_ctx_background()));
+		cr_assert_eq(v, V(i));
+	}
+	cr_assert_null(ats_chan_close(in));
+	pthread_join(t, NULL);
+	cr_expect_null(f.err);
+	cr_expect_eq(f.n, 100);
+	cr_expect_null(f.undelivered);
+	/* or-done: out full, the forwarder holds a value; cancelling ctx stops it and hands it back. */
+	ats_chan_free(in, NULL, NULL);
+	in = mk(ATS_CHAN_MPMC, 4);
+	cr_assert_eq(ats_chan_try_send(out, V(1)), ATS_CHAN_OK);
+	cr_assert_eq(ats_chan_try_send(out, V(2)), ATS_CHAN_OK);
+	cr_assert_eq(ats_chan_try_send(in, V(3)), ATS_CHAN_OK);
+	f = (struct fwd){.in = in, .out = out};
+	cr_assert_null(ats_ctx_with_cancel(ats_ctx_background(), &f.ctx));
+	cr_assert_eq(pthread_create(&t, NULL, forward_main, &f), 0);
+	ats_ctx_cancel(f.ctx, NULL);
+	pthread_join(t, NULL);
+	expect_code(f.err, ATS_ERR_CANCELLED);
+	cr_expect(f.undelivered == NULL || f.undelivered == V(3)); /* cancelled before or after taking it */
+	cr_expect_eq(ats_chan_len(in) + (f.undelivered != NULL), 1);
+	ats_ctx_release(f.ctx);
+	expect_code(ats_chan_forward(NULL, out, NULL, NULL, ats_ctx_background()), ATS_ERR_INVALID_ARGUMENT);
+	ats_chan_free(in, NULL, NULL);
+	ats_chan_free(out, NULL, NULL);
+}
+
+Test(combinators, tee_to_both)
+{
+	ats_chan *in = mk(ATS_CHAN_SPSC, 4), *a = mk(ATS_CHAN_SPSC, 1), *b = mk(ATS_CHAN_MPMC, 1000);
+	struct fwd f = {.in = in, .out = a, .out2 = b, .ctx = ats_ctx_background()};
+	pthread_t t;
+	cr_assert_eq(pthread_create(&t, NULL, forward_main, &f), 0);
+	for (uintptr_t i = 1; i <= 200; i++) {
+		cr_assert_null(ats_chan_send(in, V(i), ats_ctx_background()));
+		void *v;
+		cr_assert_null(ats_chan_recv(a, &v, ats_ctx_background()));
+		cr_assert_eq(v, V(i));
+	}
+	cr_assert_null(ats_chan_close(in));
+	pthread_join(t, NULL);
+	cr_expect_null(f.err);
+	cr_expect_eq(f.n, 200);
+	for (uintptr_t i = 1; i <= 200; i++) {
+		void *v;
+		cr_assert_eq(ats_chan_try_recv(b, &v), ATS_CHAN_OK);
+		cr_assert_eq(v, V(i));
+	}
+	/* An output closed: tee stops with closed and names the value in hand. */
+	ats_chan_free(in, NULL, NULL);
+	in = mk(ATS_CHAN_SPSC, 4);
+	cr_assert_null(ats_chan_close(a));
+	cr_assert_eq(ats_chan_try_send(in, V(7)), ATS_CHAN_OK);
+	expect_code(ats_chan_tee(in, a, b, NULL, &f.undelivered, ats_ctx_background()), ATS_ERR_CLOSED);
+	cr_expect_eq(f.undelivered, V(7));
+	ats_chan_free(in, NULL, NULL);
+	ats_chan_free(a, NULL, NULL);
+	ats_chan_free(b, NULL, NULL);
+}
