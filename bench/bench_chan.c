@@ -66,6 +66,7 @@ static void xb_run(void *state, unsigned tid, uint64_t iters)
 	struct xb *x = state;
 	x->iters = iters;
 	atomic_store_explicit(&x->done, 0, memory_order_relaxed); /* published by the release below */
+	/* release: partners that see the new gen see iters and done reset. */
 	atomic_fetch_add_explicit(&x->gen, 1, memory_order_release);
 	ats__futex_wake(&x->gen, INT32_MAX);
 	x->main_part(x, 0, iters);
@@ -77,6 +78,7 @@ static void xb_run(void *state, unsigned tid, uint64_t iters)
 static void xb_teardown(void *state)
 {
 	struct xb *x = state;
+	/* release, both: a partner that sees the new gen sees stop set. */
 	atomic_store_explicit(&x->stop, 1, memory_order_release);
 	atomic_fetch_add_explicit(&x->gen, 1, memory_order_release);
 	ats__futex_wake(&x->gen, INT32_MAX);
