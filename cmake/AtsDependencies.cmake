@@ -15,7 +15,7 @@ function(ats_require prefix module debian_package)
   endif()
 endfunction()
 
-ats_require(CK ck libck-dev)                  # headers only (ck_ec)
+ats_require(CK ck libck-dev)                  # linked: the channels' ck_ring and ck_ec
 ats_require(URCU liburcu liburcu-dev)         # linked: keyed's RCU (memb flavour)
 ats_require(UNWIND libunwind libunwind-dev)   # linked: error stacks
 if(ATS_BUILD_BENCH)

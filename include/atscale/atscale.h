@@ -49,5 +49,6 @@
 #include "atscale/limiter.h"
 #include "atscale/keyed.h"
 #include "atscale/fleet.h"
+#include "atscale/chan.h"
 
 #endif

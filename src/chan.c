@@ -1,0 +1,804 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/* Channels: ck_ring for the values, ck_ec eventcounts for parking.
+ *
+ * Layout: the ring's consumer and producer counters sit on their own cache lines (ck_ring pads
+ * them); the "not empty" eventcount and the single producer's in-send flag share a line written
+ * by senders; "not full" has a line written by receivers; the credit word (multi-producer) its
+ * own; the configuration, the slot pointer and the closed flag a read-mostly line.
+ *
+ * Close versus a racing send, per variant (the hard part: a send that passed its closed check
+ * must land before any receiver concludes "closed and drained", or that value is lost):
+ *  - multi-producer: the credit word holds the free credits and the closed bit. A sender takes a
+ *    credit with one CAS that fails when the bit is set; close sets the bit with one RMW. So each
+ *    send is ordered before or after close by the word's modification order. After close no
+ *    credit is taken, so credits outstanding (capacity - free) count values buffered, values in
+ *    a sender's hands between its CAS and its enqueue, and values a receiver dequeued but whose
+ *    credit it has not returned yet. A receiver that finds the ring empty reports closed only
+ *    when none is outstanding; otherwise it waits (WOULD_BLOCK), and whoever settles the last ones
+ *    bumps "not empty" (a sender does on every send; a receiver does when it returns a credit to
+ *    a closed channel).
+ *  - single-producer: no shared word is written per send but an in-send flag, in a Dekker pair
+ *    with the closed flag (both seq_cst): the sender sets `busy`, then reads `closed`; close sets
+ *    `closed`; a receiver that finds the ring empty reads `closed`, then `busy`. If it sees closed
+ *    and not busy, the sender either had cleared busy after its enqueue (release: the receiver's
+ *    re-check finds the value) or had not set it yet (so it will read closed and fail). A sender
+ *    clears busy and then bumps "not empty", so a receiver waiting on it wakes.
+ *
+ * Parking and why no wake-up is lost. Every send bumps "not empty" and every receive "not full"
+ * (ck_ec32_inc, multi-producer mode: any thread may bump, close and ctx wake-ups included); that
+ * bump is one locked add and makes a system call only when the eventcount's waiter flag is set.
+ * A parked thread (a blocking send/recv or a select over several cases) does, per round:
+ *   1. read its kick word (bumped by an after-func on its ctx when the ctx is cancelled);
+ *   2. for each eventcount it needs, set the waiter flag with a CAS and keep the value it saw
+ *      (ck_ec's own protocol for a waiter, done by hand so several can be armed at once);
+ *   3. full fence, then re-try every case and re-check the ctx;
+ *   4. sleep in futex_waitv on all those eventcount words and the kick word, each with the value
+ *      kept in 1-2.
+ * A send that lands after step 3's re-check bumps its eventcount after its enqueue. If that bump
+ * came before step 2's CAS, the CAS saw it, and then (fence) the re-check sees the value. If it
+ * came after, the word no longer holds the kept value, so futex_waitv returns at once, or the bump
+ * saw the flag and wakes the futex (ck_ec32_wake). A cancel marks the ctx done and then runs the
+ * after-func, which bumps the kick word and wakes it: before step 1 the re-check in 3 sees done,
+ * after it the kick word differs from the kept value. The same holds for close (it bumps both
+ * eventcounts after setting its flags). Without futex_waitv (Linux < 5.16) a thread sleeps on
+ * its first word with a 1 ms bound and re-checks: late, never lost.
+ */
+#include "atscale/chan.h"
+#include "atscale/clock.h"
+#include "internal/ec.h"
+#include "internal/futex.h"
+
+#include <ck_pr.h>
+#include <ck_ring.h>
+#include <errno.h>
+#include <linux/futex.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#define likely(x) __builtin_expect(!!(x), 1)
+#define unlikely(x) __builtin_expect(!!(x), 0)
+
+/* ThreadSanitizer cannot see ck_ring's ordering (ck_pr is inline assembly). A sender releases the
+ * channel before its enqueue and a receiver acquires it after its dequeue, so what a sender wrote
+ * before sending happens-before what the receiver reads after: the hand-over the ring gives, told
+ * to TSan. (The ring's own slot copies are listed in tests/tsan.supp.) */
+#if defined(__SANITIZE_THREAD__)
+#define ATS_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define ATS_TSAN 1
+#endif
+#endif
+#ifdef ATS_TSAN
+void __tsan_acquire(void *addr);
+void __tsan_release(void *addr);
+#define TSAN_RELEASE(p) __tsan_release(p)
+#define TSAN_ACQUIRE(p) __tsan_acquire(p)
+#else
+#define TSAN_RELEASE(p) ((void)0)
+#define TSAN_ACQUIRE(p) ((void)0)
+#endif
+
+#define CREDIT_CLOSED (UINT64_C(1) << 63)
+#define CREDIT_MASK (CREDIT_CLOSED - 1)
+#define EC_FLAG (UINT32_C(1) << 31) /* ck_ec32's waiter flag: the sign bit of its counter */
+
+struct chan {
+	struct ck_ring ring; /* c_head and p_tail/p_head each on their own line, then size/mask */
+	_Alignas(64) struct ck_ring_buffer *slots;
+	uint32_t cap;
+	uint8_t kind;
+	uint8_t sp;        /* single producer */
+	uint8_t mp;        /* multi producer: credits */
+	uint8_t sc;        /* single consumer */
+	uint8_t exact;     /* single producer and cap == ring mask: the ring's own full test is exact */
+	uint8_t busy_poll;
+	uint32_t spin;
+	_Atomic uint32_t closed; /* 1 once closed (also decides double close) */
+	_Alignas(64) struct ck_ec32 not_empty;
+	_Atomic uint32_t busy; /* single producer: in a send (Dekker with closed) */
+	_Alignas(64) struct ck_ec32 not_full;
+	_Alignas(64) _Atomic uint64_t credits; /* multi producer: CREDIT_CLOSED | free credits */
+};
+
+_Static_assert(sizeof(struct chan) <= ATS_CHAN_SIZE, "ats_chan too small");
+_Static_assert(_Alignof(struct chan) <= _Alignof(ats_chan), "ats_chan under-aligned");
+
+static inline struct chan *C(ats_chan *c)
+{
+	return (struct chan *)(void *)c;
+}
+
+/* ---- Ring access per variant ---- */
+
+static inline bool ring_enqueue(struct chan *c, void *v)
+{
+	TSAN_RELEASE(c);
+	switch (c->kind) {
+	case ATS_CHAN_SPSC: return ck_ring_enqueue_spsc(&c->ring, c->slots, v);
+	case ATS_CHAN_SPMC: return ck_ring_enqueue_spmc(&c->ring, c->slots, v);
+	case ATS_CHAN_MPSC: return ck_ring_enqueue_mpsc(&c->ring, c->slots, v);
+	default: return ck_ring_enqueue_mpmc(&c->ring, c->slots, v);
+	}
+}
+
+static inline bool ring_dequeue(struct chan *c, void **out)
+{
+	bool ok;
+	switch (c->kind) {
+	case ATS_CHAN_SPSC: ok = ck_ring_dequeue_spsc(&c->ring, c->slots, out); break;
+	case ATS_CHAN_SPMC: ok = ck_ring_dequeue_spmc(&c->ring, c->slots, out); break;
+	case ATS_CHAN_MPSC: ok = ck_ring_dequeue_mpsc(&c->ring, c->slots, out); break;
+	default: ok = ck_ring_dequeue_mpmc(&c->ring, c->slots, out); break;
+	}
+	if (ok)
+		TSAN_ACQUIRE(c);
+	return ok;
+}
+
+/* ---- Sending ---- */
+
+/* Multi-producer: takes up to n credits (one CAS). Returns how many; 0 with *closed set when the
+ * channel is closed. */
+static inline size_t take_credits(struct chan *c, size_t n, bool *closed)
+{
+	/* relaxed: the CAS below decides; its failure reloads the word. */
+	uint64_t w = atomic_load_explicit(&c->credits, memory_order_relaxed);
+	for (;;) {
+		if (w & CREDIT_CLOSED) {
+			*closed = true;
+			return 0;
+		}
+		uint64_t k = w < n ? w : n;
+		if (k == 0)
+			return 0;
+		/* acquire: a credit a receiver returned (release) comes after its dequeue freed the slot
+		 * (ck_ring orders the slot itself; this orders our view of the credit count with it). */
+		if (atomic_compare_exchange_weak_explicit(&c->credits, &w, w - k, memory_order_acquire,
+		                                          memory_order_relaxed))
+			return (size_t)k;
+	}
+}
+
+/* Single producer: enters a send. false when closed (busy already cleared, waiters bumped). */
+static inline bool sp_enter(struct chan *c)
+{
+	/* seq_cst, both: the Dekker pair with close's store and a receiver's loads (file comment). */
+	atomic_exchange_explicit(&c->busy, 1, memory_order_seq_cst);
+	if (unlikely(atomic_load_explicit(&c->closed, memory_order_seq_cst))) {
+		atomic_store_explicit(&c->busy, 0, memory_order_seq_cst);
+		ck_ec32_inc(&c->not_empty, &ats__ec_mode_mp);
+		return false;
+	}
+	return true;
+}
+
+static inline void sp_leave(struct chan *c)
+{
+	/* release: a receiver that reads busy == 0 (seq_cst) then finds what we enqueued. */
+	atomic_store_explicit(&c->busy, 0, memory_order_release);
+}
+
+static inline size_t sp_room(struct chan *c, size_t n)
+{
+	if (c->exact)
+		return n; /* the ring refuses the cap+1'th value itself */
+	/* Only this thread raises the occupancy, so cap - size is a floor on the room. */
+	size_t size = ck_ring_size(&c->ring);
+	size_t room = size < c->cap ? c->cap - size : 0;
+	return room < n ? room : n;
+}
+
+static size_t send_burst(struct chan *c, void *const *items, size_t n, ats_chan_status *st)
+{
+	size_t k;
+	if (c->mp) {
+		bool closed = false;
+		k = take_credits(c, n, &closed);
+		if (k == 0) {
+			*st = closed ? ATS_CHAN_CLOSED : ATS_CHAN_WOULD_BLOCK;
+			return 0;
+		}
+		/* With a credit the ring always has a slot: reserved-but-unread slots never exceed the
+		 * credits taken, and cap <= mask. The loop only guards that reasoning. */
+		for (size_t i = 0; i < k; i++)
+			while (unlikely(!ring_enqueue(c, items[i])))
+				ats__cpu_relax();
+	} else {
+		if (!sp_enter(c)) {
+			*st = ATS_CHAN_CLOSED;
+			return 0;
+		}
+		k = sp_room(c, n);
+		size_t i = 0;
+		while (i < k && ring_enqueue(c, items[i]))
+			i++;
+		k = i;
+		if (k == 0) {
+			/* A receiver may have seen us busy while the channel closed and parked: seq_cst
+			 * store and load, so either it sees busy clear on its re-check or we see closed
+			 * here and bump "not empty" for it. */
+			atomic_store_explicit(&c->busy, 0, memory_order_seq_cst);
+			if (unlikely(atomic_load_explicit(&c->closed, memory_order_seq_cst)))
+				ck_ec32_inc(&c->not_empty, &ats__ec_mode_mp);
+			*st = ATS_CHAN_WOULD_BLOCK;
+			return 0;
+		}
+		sp_leave(c);
+	}
+	ck_ec32_inc(&c->not_empty, &ats__ec_mode_mp);
+	*st = k == n ? ATS_CHAN_OK : ATS_CHAN_WOULD_BLOCK;
+	return k;
+}
+
+/* ---- Receiving ---- */
+
+static inline void after_recv(struct chan *c, size_t k)
+{
+	if (c->mp) {
+		/* release: the slot is read before the credit that lets a sender refill it. */
+		uint64_t w = atomic_fetch_add_explicit(&c->credits, k, memory_order_release);
+		if (unlikely(w & CREDIT_CLOSED))
+			ck_ec32_inc(&c->not_empty, &ats__ec_mode_mp); /* a receiver may wait on our credit */
+	}
+	ck_ec32_inc(&c->not_full, &ats__ec_mode_mp);
+}
+
+/* The ring looked empty: WOULD_BLOCK, or CLOSED once closed and nothing can still land, or OK
+ * with a value that landed meanwhile. */
+static ats_chan_status empty_or_closed(struct chan *c, void **out)
+{
+	if (c->mp) {
+		/* acquire: pairs with the credit returns and close's RMW. */
+		uint64_t w = atomic_load_explicit(&c->credits, memory_order_acquire);
+		if (!(w & CREDIT_CLOSED))
+			return ATS_CHAN_WOULD_BLOCK;
+		if ((w & CREDIT_MASK) != c->cap)
+			return ring_dequeue(c, out) ? (after_recv(c, 1), ATS_CHAN_OK) : ATS_CHAN_WOULD_BLOCK;
+		return ATS_CHAN_CLOSED; /* no credit outstanding: nothing buffered, nothing coming */
+	}
+	/* seq_cst, both: the Dekker pair with sp_enter (file comment). */
+	if (!atomic_load_explicit(&c->closed, memory_order_seq_cst))
+		return ATS_CHAN_WOULD_BLOCK;
+	if (atomic_load_explicit(&c->busy, memory_order_seq_cst))
+		return ATS_CHAN_WOULD_BLOCK;
+	if (ring_dequeue(c, out)) {
+		after_recv(c, 1);
+		return ATS_CHAN_OK;
+	}
+	return ATS_CHAN_CLOSED;
+}
+
+static size_t recv_burst(struct chan *c, void **out, size_t n, ats_chan_status *st)
+{
+	size_t k = 0;
+	while (k < n && ring_dequeue(c, &out[k]))
+		k++;
+	if (k) {
+		after_recv(c, k);
+		*st = k == n ? ATS_CHAN_OK : ATS_CHAN_WOULD_BLOCK;
+		return k;
+	}
+	*st = empty_or_closed(c, &out[0]);
+	return *st == ATS_CHAN_OK;
+}
+
+/* ---- Public non-blocking ops ---- */
+
+ats_chan_status ats_chan_try_send(ats_chan *ch, void *v)
+{
+	if (unlikely(!ch))
+		return ATS_CHAN_INVALID;
+	ats_chan_status st;
+	send_burst(C(ch), &v, 1, &st);
+	return st;
+}
+
+ats_chan_status ats_chan_try_recv(ats_chan *ch, void **out)
+{
+	if (unlikely(!ch || !out))
+		return ATS_CHAN_INVALID;
+	struct chan *c = C(ch);
+	void *v;
+	if (likely(ring_dequeue(c, &v))) {
+		after_recv(c, 1);
+		*out = v;
+		return ATS_CHAN_OK;
+	}
+	ats_chan_status st = empty_or_closed(c, &v);
+	if (st == ATS_CHAN_OK)
+		*out = v;
+	return st;
+}
+
+size_t ats_chan_try_send_n(ats_chan *ch, void *const *items, size_t n, ats_chan_status *status)
+{
+	ats_chan_status st = ATS_CHAN_OK;
+	size_t k = 0;
+	if (unlikely(!ch || (!items && n)))
+		st = ATS_CHAN_INVALID;
+	else if (n)
+		k = send_burst(C(ch), items, n, &st);
+	if (status)
+		*status = st;
+	return k;
+}
+
+size_t ats_chan_try_recv_n(ats_chan *ch, void **out, size_t n, ats_chan_status *status)
+{
+	ats_chan_status st = ATS_CHAN_OK;
+	size_t k = 0;
+	if (unlikely(!ch || (!out && n)))
+		st = ATS_CHAN_INVALID;
+	else if (n)
+		k = recv_burst(C(ch), out, n, &st);
+	if (status)
+		*status = st;
+	return k;
+}
+
+/* ---- Making and freeing ---- */
+
+ats_err *ats_chan_init(ats_chan *ch, const ats_chan_config *cfg)
+{
+	if (!ch || !cfg)
+		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "channel: NULL %s", ch ? "config" : "channel");
+	if (cfg->capacity == 0)
+		return ats_err_with_hint(ats_err_new(ATS_ERR_INVALID_ARGUMENT, "channel: capacity 0"),
+		                         "unbuffered (rendezvous) channels are not provided; use capacity 1");
+	if (cfg->capacity > ATS_CHAN_MAX_CAPACITY)
+		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "channel: capacity %zu above %zu", cfg->capacity,
+		                   (size_t)ATS_CHAN_MAX_CAPACITY);
+	if ((unsigned)cfg->kind > ATS_CHAN_SPSC)
+		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "channel: unknown kind %d", (int)cfg->kind);
+	size_t ring = 2;
+	while (ring < cfg->capacity + 1)
+		ring <<= 1;
+	struct ck_ring_buffer *slots = aligned_alloc(64, ring * sizeof *slots < 64 ? 64 : ring * sizeof *slots);
+	if (!slots)
+		return ats_err_oom;
+	struct chan *c = C(ch);
+	memset(c, 0, sizeof *c);
+	ck_ring_init(&c->ring, (unsigned)ring);
+	c->slots = slots;
+	c->cap = (uint32_t)cfg->capacity;
+	c->kind = (uint8_t)cfg->kind;
+	c->sp = cfg->kind == ATS_CHAN_SPSC || cfg->kind == ATS_CHAN_SPMC;
+	c->mp = !c->sp;
+	c->sc = cfg->kind == ATS_CHAN_SPSC || cfg->kind == ATS_CHAN_MPSC;
+	c->exact = c->sp && cfg->capacity == ring - 1;
+	c->busy_poll = cfg->busy_poll;
+	c->spin = cfg->spin;
+	ck_ec32_init(&c->not_empty, 0);
+	ck_ec32_init(&c->not_full, 0);
+	/* relaxed: init happens before the channel is shared (the sharing orders it). */
+	atomic_store_explicit(&c->credits, cfg->capacity, memory_order_relaxed);
+	atomic_store_explicit(&c->closed, 0, memory_order_relaxed);
+	atomic_store_explicit(&c->busy, 0, memory_order_relaxed);
+	return NULL;
+}
+
+void ats_chan_destroy(ats_chan *ch, void (*drop)(void *value, void *arg), void *arg)
+{
+	if (!ch)
+		return;
+	struct chan *c = C(ch);
+	void *v;
+	while (ring_dequeue(c, &v))
+		if (drop)
+			drop(v, arg);
+	free(c->slots);
+	c->slots = NULL;
+}
+
+ats_err *ats_chan_new(ats_chan **out, const ats_chan_config *cfg)
+{
+	if (!out)
+		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "channel: NULL out");
+	*out = NULL;
+	ats_chan *c = aligned_alloc(_Alignof(ats_chan), sizeof *c);
+	if (!c)
+		return ats_err_oom;
+	ats_err *err = ats_chan_init(c, cfg);
+	if (err) {
+		free(c);
+		return err;
+	}
+	*out = c;
+	return NULL;
+}
+
+void ats_chan_free(ats_chan *c, void (*drop)(void *value, void *arg), void *arg)
+{
+	if (!c)
+		return;
+	ats_chan_destroy(c, drop, arg);
+	free(c);
+}
+
+/* ---- Close and queries ---- */
+
+ats_err *ats_chan_close(ats_chan *ch)
+{
+	if (!ch)
+		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "channel: NULL channel");
+	struct chan *c = C(ch);
+	/* seq_cst: the single-producer Dekker pair (file comment); also orders double closes. */
+	if (atomic_exchange_explicit(&c->closed, 1, memory_order_seq_cst))
+		return ats_err_new(ATS_ERR_CLOSED, "channel: close of a closed channel");
+	/* acq_rel: this RMW is the point that orders each multi-producer send before or after close. */
+	atomic_fetch_or_explicit(&c->credits, CREDIT_CLOSED, memory_order_acq_rel);
+	/* Wake everyone parked: senders fail, receivers drain and then see closed. */
+	ck_ec32_inc(&c->not_empty, &ats__ec_mode_mp);
+	ck_ec32_inc(&c->not_full, &ats__ec_mode_mp);
+	return NULL;
+}
+
+bool ats_chan_closed(const ats_chan *ch)
+{
+	/* acquire: a true answer shows what the closer did before closing. */
+	return ch && atomic_load_explicit(&((const struct chan *)(const void *)ch)->closed, memory_order_acquire);
+}
+
+size_t ats_chan_len(const ats_chan *ch)
+{
+	return ch ? ck_ring_size(&((const struct chan *)(const void *)ch)->ring) : 0;
+}
+
+size_t ats_chan_cap(const ats_chan *ch)
+{
+	return ch ? ((const struct chan *)(const void *)ch)->cap : 0;
+}
+
+/* ---- Select and parking ---- */
+
+static _Thread_local uint32_t rng_state;
+
+static uint32_t rng_next(void)
+{
+	uint32_t x = rng_state;
+	if (unlikely(!x))
+		x = (uint32_t)(uintptr_t)&rng_state ^ (uint32_t)ats_now_ns() ^ 0x9e3779b9u;
+	x ^= x << 13, x ^= x >> 17, x ^= x << 5;
+	rng_state = x ? x : 1;
+	return x;
+}
+
+/* Tries one case: OK or CLOSED fire it, WOULD_BLOCK does not. */
+static ats_chan_status try_case(ats_chan_case *k)
+{
+	struct chan *c = C(k->chan);
+	ats_chan_status st;
+	if (k->send) {
+		send_burst(c, &k->value, 1, &st);
+	} else {
+		void *v = NULL;
+		if (ring_dequeue(c, &v)) {
+			after_recv(c, 1);
+			st = ATS_CHAN_OK;
+		} else {
+			st = empty_or_closed(c, &v);
+		}
+		if (st != ATS_CHAN_WOULD_BLOCK)
+			k->value = st == ATS_CHAN_OK ? v : NULL;
+	}
+	return st;
+}
+
+/* A start drawn uniformly among the cases with a channel (a draw over all n would favour the case
+ * after a run of NULL ones). */
+static size_t pick_start(const ats_chan_case *cases, size_t n)
+{
+	if (n < 2)
+		return 0;
+	size_t active = 0;
+	for (size_t i = 0; i < n; i++)
+		active += cases[i].chan != NULL;
+	if (active < 2)
+		return 0;
+	size_t r = rng_next() % active;
+	for (size_t i = 0;; i++)
+		if (cases[i].chan && r-- == 0)
+			return i;
+}
+
+/* One pass over the cases from `start`; the index that fired or SIZE_MAX. */
+static size_t try_round(ats_chan_case *cases, size_t n, size_t start)
+{
+	for (size_t j = 0; j < n; j++) {
+		size_t i = start + j < n ? start + j : start + j - n;
+		if (!cases[i].chan)
+			continue;
+		ats_chan_status st = try_case(&cases[i]);
+		if (st != ATS_CHAN_WOULD_BLOCK) {
+			cases[i].status = st;
+			return i;
+		}
+	}
+	return SIZE_MAX;
+}
+
+static void kick_fn(void *arg)
+{
+	_Atomic uint32_t *kick = arg;
+	/* release: the parked thread re-checks the ctx after seeing the new value. */
+	atomic_fetch_add_explicit(kick, 1, memory_order_release);
+	ats__futex_wake(kick, 1);
+}
+
+/* ck_ec's waiter step by hand: set the waiter flag, return the word (flag included) to sleep on. */
+static uint32_t ec_arm(struct ck_ec32 *ec)
+{
+	uint32_t cur = ck_pr_load_32(&ec->counter);
+	for (;;) {
+		if (cur & EC_FLAG)
+			return cur;
+		if (ck_pr_cas_32_value(&ec->counter, cur, cur | EC_FLAG, &cur))
+			return cur | EC_FLAG;
+	}
+}
+
+static ats_err *ctx_check(ats_ctx *ctx, uint64_t deadline)
+{
+	if (ats_ctx_done(ctx) || (deadline != ATS_CTX_NO_DEADLINE && ats_now_ns() >= deadline))
+		return ats_ctx_err(ctx); /* cancels a ctx whose deadline passed before its timer fired */
+	return NULL;
+}
+
+static void park(struct futex_waitv *w, unsigned nw, uint64_t deadline)
+{
+	struct timespec ts, *tsp = NULL;
+	if (deadline != ATS_CTX_NO_DEADLINE) {
+		ts = ats__ec_timespec(deadline);
+		tsp = &ts;
+	}
+	long r = syscall(SYS_futex_waitv, w, nw, 0, tsp, CLOCK_MONOTONIC);
+	if (r < 0 && errno == ENOSYS) {
+		/* No futex_waitv: sleep on the first word, bounded, and re-check (late, never lost). */
+		uint64_t until = ats_now_ns() + 1000000u;
+		ats__futex_wait((const _Atomic uint32_t *)(uintptr_t)w[0].uaddr, (uint32_t)w[0].val,
+		                until < deadline ? until : deadline);
+	}
+}
+
+/* The blocking core of send, recv and select: cases[0..n), none ready on the caller's first try
+ * (or not tried yet). Sets *fired; returns ctx's error when it is done first. */
+static ats_err *wait_cases(ats_chan_case *cases, size_t n, size_t *fired, ats_ctx *ctx, uint32_t spin, bool poll)
+{
+	uint64_t deadline = ats_ctx_deadline(ctx);
+	size_t i;
+	ats_err *err;
+	for (uint32_t s = 0; s < spin || poll; s++) {
+		if ((i = try_round(cases, n, pick_start(cases, n))) != SIZE_MAX) {
+			*fired = i;
+			return NULL;
+		}
+		/* The clock only every 64 tries: a done check is one load, a clock read is not. */
+		if (ats_ctx_done(ctx))
+			return ats_ctx_err(ctx);
+		if (!(s & 63) && (err = ctx_check(ctx, deadline)))
+			return err;
+		ats__cpu_relax();
+	}
+
+	struct futex_waitv w[ATS_CHAN_SELECT_MAX + 1];
+	_Atomic uint32_t kick = 0;
+	ats_ctx_after after;
+	ats_ctx_after_func(ctx, &after, kick_fn, &kick);
+	err = NULL;
+	for (;;) {
+		/* acquire: pairs with kick_fn's release (then the ctx check below sees done). */
+		uint32_t kv = atomic_load_explicit(&kick, memory_order_acquire);
+		unsigned nw = 0;
+		for (size_t j = 0; j < n; j++) {
+			if (!cases[j].chan)
+				continue;
+			struct chan *c = C(cases[j].chan);
+			struct ck_ec32 *ec = cases[j].send ? &c->not_full : &c->not_empty;
+			unsigned d = 0;
+			while (d < nw && w[d].uaddr != (uint64_t)(uintptr_t)&ec->counter)
+				d++;
+			if (d < nw)
+				continue; /* the same eventcount twice: one entry */
+			uint32_t val = ec_arm(ec);
+			w[nw++] = (struct futex_waitv){
+			    .val = val, .uaddr = (uint64_t)(uintptr_t)&ec->counter, .flags = FUTEX_32 | FUTEX_PRIVATE_FLAG};
+		}
+		w[nw++] = (struct futex_waitv){
+		    .val = kv, .uaddr = (uint64_t)(uintptr_t)&kick, .flags = FUTEX_32 | FUTEX_PRIVATE_FLAG};
+		/* Full fence: the flags above are set before the re-check below reads the rings (the
+		 * other half is the locked add of a sender's or receiver's eventcount bump). */
+		ck_pr_fence_memory();
+		if ((i = try_round(cases, n, pick_start(cases, n))) != SIZE_MAX) {
+			*fired = i;
+			break;
+		}
+		if ((err = ctx_check(ctx, deadline)))
+			break;
+		park(w, nw, deadline);
+	}
+	ats_ctx_after_stop(&after);
+	return err;
+}
+
+static ats_err *closed_err(void)
+{
+	return ats_err_new(ATS_ERR_CLOSED, "channel closed");
+}
+
+ats_err *ats_chan_select(ats_chan_case *cases, size_t n, bool has_default, size_t *fired, ats_ctx *ctx)
+{
+	if (!fired || !ctx || (!cases && n) || n > ATS_CHAN_SELECT_MAX)
+		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "select: %s",
+		                   !fired ? "NULL fired" : !ctx ? "NULL ctx" : n > ATS_CHAN_SELECT_MAX ? "too many cases" : "NULL cases");
+	ats_err *err;
+	if ((err = ctx_check(ctx, ats_ctx_deadline(ctx))))
+		return err;
+	size_t i = try_round(cases, n, pick_start(cases, n));
+	if (i != SIZE_MAX || has_default) {
+		*fired = i == SIZE_MAX ? ATS_CHAN_SELECT_DEFAULT : i;
+		return NULL;
+	}
+	uint32_t spin = 0;
+	bool poll = n > 0;
+	for (size_t j = 0; j < n; j++) {
+		if (!cases[j].chan)
+			continue;
+		struct chan *c = C(cases[j].chan);
+		spin = c->spin > spin ? c->spin : spin;
+		poll = poll && c->busy_poll;
+	}
+	return wait_cases(cases, n, fired, ctx, spin, poll);
+}
+
+/* ---- Blocking send and receive ---- */
+
+ats_err *ats_chan_send(ats_chan *ch, void *v, ats_ctx *ctx)
+{
+	if (unlikely(!ch || !ctx))
+		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "channel send: NULL %s", ch ? "ctx" : "channel");
+	struct chan *c = C(ch);
+	ats_chan_status st;
+	ats_err *err;
+	/* One load, no clock read: a deadline that passed before the timer fired is caught once the
+	 * call has to wait (ctx.h: deadlines fire at most a tick late). */
+	if (unlikely(ats_ctx_done(ctx)))
+		return ats_ctx_err(ctx);
+	send_burst(c, &v, 1, &st);
+	if (likely(st == ATS_CHAN_OK))
+		return NULL;
+	if (st == ATS_CHAN_CLOSED)
+		return closed_err();
+	ats_chan_case k = {.chan = ch, .send = true, .value = v};
+	size_t fired;
+	if ((err = wait_cases(&k, 1, &fired, ctx, c->spin, c->busy_poll)))
+		return err;
+	return k.status == ATS_CHAN_OK ? NULL : closed_err();
+}
+
+ats_err *ats_chan_recv(ats_chan *ch, void **out, ats_ctx *ctx)
+{
+	if (unlikely(!ch || !out || !ctx))
+		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "channel recv: NULL %s",
+		                   !ch ? "channel" : !out ? "out" : "ctx");
+	struct chan *c = C(ch);
+	ats_err *err;
+	if (unlikely(ats_ctx_done(ctx))) /* one load, as in send */
+		return ats_ctx_err(ctx);
+	ats_chan_status st = ats_chan_try_recv(ch, out);
+	if (likely(st == ATS_CHAN_OK))
+		return NULL;
+	if (st == ATS_CHAN_CLOSED)
+		return closed_err();
+	ats_chan_case k = {.chan = ch, .send = false};
+	size_t fired;
+	if ((err = wait_cases(&k, 1, &fired, ctx, c->spin, c->busy_poll)))
+		return err;
+	if (k.status != ATS_CHAN_OK)
+		return closed_err();
+	*out = k.value;
+	return NULL;
+}
+
+ats_err *ats_chan_send_n(ats_chan *ch, void *const *items, size_t n, size_t *sent, ats_ctx *ctx)
+{
+	if (!sent || (!items && n))
+		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "channel send_n: NULL %s", !sent ? "sent" : "items");
+	*sent = 0;
+	if (n == 0)
+		return NULL;
+	ats_err *err = ats_chan_send(ch, items[0], ctx);
+	if (err)
+		return err;
+	*sent = 1 + ats_chan_try_send_n(ch, items + 1, n - 1, NULL);
+	return NULL;
+}
+
+ats_err *ats_chan_recv_n(ats_chan *ch, void **out, size_t n, size_t *received, ats_ctx *ctx)
+{
+	if (!received || (!out && n))
+		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "channel recv_n: NULL %s", !received ? "received" : "out");
+	*received = 0;
+	if (n == 0)
+		return NULL;
+	ats_err *err = ats_chan_recv(ch, &out[0], ctx);
+	if (err)
+		return err;
+	*received = 1 + ats_chan_try_recv_n(ch, out + 1, n - 1, NULL);
+	return NULL;
+}
+
+/* ---- Combinators ---- */
+
+ats_err *ats_chan_forward(ats_chan *in, ats_chan *out, size_t *forwarded, void **undelivered, ats_ctx *ctx)
+{
+	if (!in || !out || !ctx)
+		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "channel forward: NULL %s", !in ? "in" : !out ? "out" : "ctx");
+	size_t n = 0;
+	ats_err *err;
+	if (undelivered)
+		*undelivered = NULL;
+	for (;;) {
+		void *v;
+		if ((err = ats_chan_recv(in, &v, ctx))) {
+			if (ats_err_code(err) == ATS_ERR_CLOSED) {
+				ats_err_unref(err);
+				err = NULL; /* in closed and drained: done */
+			}
+			break;
+		}
+		if ((err = ats_chan_send(out, v, ctx))) {
+			/* Taken from in, not delivered: in cannot take it back at the front, so the caller gets it. */
+			if (undelivered)
+				*undelivered = v;
+			break;
+		}
+		n++;
+	}
+	if (forwarded)
+		*forwarded = n;
+	return err;
+}
+
+ats_err *ats_chan_tee(ats_chan *in, ats_chan *out1, ats_chan *out2, size_t *teed, void **undelivered, ats_ctx *ctx)
+{
+	if (!in || !out1 || !out2 || !ctx)
+		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "channel tee: NULL argument");
+	size_t n = 0;
+	ats_err *err;
+	if (undelivered)
+		*undelivered = NULL;
+	for (;;) {
+		void *v;
+		if ((err = ats_chan_recv(in, &v, ctx))) {
+			if (ats_err_code(err) == ATS_ERR_CLOSED) {
+				ats_err_unref(err);
+				err = NULL;
+			}
+			break;
+		}
+		/* Both sends, whichever is ready first (Go's tee: a select that drops each case once
+		 * it fired), so a slow reader of one side does not hold back the other more than one value. */
+		ats_chan_case cs[2] = {{.chan = out1, .send = true, .value = v}, {.chan = out2, .send = true, .value = v}};
+		for (int left = 2; left > 0 && !err; left--) {
+			size_t fired;
+			if ((err = ats_chan_select(cs, 2, false, &fired, ctx)))
+				break;
+			if (cs[fired].status != ATS_CHAN_OK)
+				err = ats_err_new(ATS_ERR_CLOSED, "channel tee: output %zu closed", fired + 1);
+			cs[fired].chan = NULL;
+		}
+		if (err) {
+			if (undelivered)
+				*undelivered = v;
+			break;
+		}
+		n++;
+	}
+	if (teed)
+		*teed = n;
+	return err;
+}
