@@ -51,7 +51,9 @@ static unsigned drift_strikes;         /* re-anchorings in a row above the targe
 static _Atomic uint64_t drift_ns;      /* recent drift over one window (decaying max) */
 static _Atomic bool dropped;           /* the counter was dropped for good */
 static char drop_note[160];            /* why, written once before `dropped` is set */
-static char init_note[160];            /* why the first choice was monotonic, written once by init */
+/* Why the first choice was monotonic, written once by init: room for choose()'s longest note,
+ * "monotonic (" + asked_by[48] + " not available: " + why[96] + ")". */
+static char init_note[176];
 /* What ats_fast_source() says for monotonic: a literal, or init_note. */
 static _Atomic(const char *) monotonic_text = "monotonic";
 #define UNTRUSTED_TEXT "monotonic (the CPU reports no invariant counter)"
