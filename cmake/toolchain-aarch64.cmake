@@ -30,12 +30,13 @@ set(ENV{PKG_CONFIG_LIBDIR} "${ATS_ARM64_LIBDIR}/pkgconfig:/usr/lib/${ATS_TRIPLET
 set(ENV{PKG_CONFIG_PATH} "")
 unset(ENV{PKG_CONFIG_SYSROOT_DIR})
 
-# Programs built here run under qemu: -L supplies the arm64 dynamic loader (libc6-arm64-cross),
-# and the unpacked libraries are found through LD_LIBRARY_PATH, which (unlike the RUNPATH CMake
-# writes into the test binaries) also serves libraries' own dependencies (libcriterion needs
-# libnanomsg from the same prefix).
+# Programs built here run under qemu, which finds the arm64 dynamic loader and libc where multiarch
+# put them (libc6:arm64). No -L /usr/aarch64-linux-gnu: that prefix holds the cross toolchain's
+# own glibc build, whose loader paired with multiarch's libc hangs Criterion's test runner. The
+# unpacked libraries are found through LD_LIBRARY_PATH, which (unlike the RUNPATH CMake writes
+# into the test binaries) also serves libraries' own dependencies (libcriterion needs libnanomsg
+# from the same prefix).
 find_program(ATS_QEMU_AARCH64 NAMES qemu-aarch64 qemu-aarch64-static)
 if(ATS_QEMU_AARCH64)
-  set(CMAKE_CROSSCOMPILING_EMULATOR
-      ${ATS_QEMU_AARCH64} -L /usr/${ATS_TRIPLET} -E LD_LIBRARY_PATH=${ATS_ARM64_LIBDIR})
+  set(CMAKE_CROSSCOMPILING_EMULATOR ${ATS_QEMU_AARCH64} -E LD_LIBRARY_PATH=${ATS_ARM64_LIBDIR})
 endif()
