@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: BSD-2-Clause
 # Installs the Debian packages atscale builds, tests and benchmarks with (only those missing).
+# With --arm64, also the arm64 cross toolchain the arm64 preset uses (see install_arm64 below);
+# failing to get that prints why and leaves the x86-64 set-up as it is.
 set -euo pipefail
 packages=(
   build-essential cmake pkg-config clang libclang-rt-14-dev     # toolchains, libFuzzer, sanitizers
@@ -9,13 +11,60 @@ packages=(
   libcriterion-dev                                              # tests
   golang-go golang-golang-x-time-dev golang-github-pkg-errors-dev dpdk-dev   # benchmark peers
 )
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-[ ${#missing[@]} -eq 0 ] && exit 0
-echo "atscale: installing ${missing[*]}"
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
-$sudo apt-get update -q
-DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+updated=""
+apt_update() { [ -n "$updated" ] || $sudo apt-get update -q; updated=1; }
+missing_of() {
+  local p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || echo "$p"
+  done
+}
+install() {
+  local missing
+  mapfile -t missing < <(missing_of "$@")
+  [ ${#missing[@]} -eq 0 ] && return 0
+  echo "atscale: installing ${missing[*]}"
+  apt_update
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+}
+
+# The arm64 toolchain: the cross compiler, qemu-user, and the arm64 dependencies. liburcu and
+# libunwind install next to their x86-64 builds (multiarch); Concurrency Kit's and Criterion's
+# -dev packages cannot (same header paths, different contents), so their arm64 .debs and the
+# libraries they load are unpacked under ATS_ARM64_DEPS, where cmake/toolchain-aarch64.cmake
+# looks. The .pc files there are rewritten to point into the prefix.
+arm64_prefix=${ATS_ARM64_DEPS:-/opt/atscale-arm64-deps}
+arm64_unpacked=(libck0 libck-dev libcriterion3 libcriterion-dev libnanomsg5)
+install_arm64() {
+  dpkg --print-foreign-architectures | grep -qx arm64 || { $sudo dpkg --add-architecture arm64; updated=""; }
+  install gcc-aarch64-linux-gnu qemu-user libc6-dev:arm64 liburcu-dev:arm64 libunwind-dev:arm64 libhiredis-dev:arm64 \
+    libffi8:arm64 libgit2-1.5:arm64 # the last two: what libcriterion3 loads
+  local want p v
+  want=$(for p in "${arm64_unpacked[@]}"; do
+    v=$(apt-cache policy "$p:arm64" 2>/dev/null | sed -n 's/ *Candidate: //p')
+    echo "$p:arm64=$v"
+  done)
+  [ -f "$arm64_prefix/.debs" ] && [ "$(cat "$arm64_prefix/.debs")" = "$want" ] && return 0
+  if grep -q '=\(\|(none)\)$' <<<"$want"; then
+    echo "atscale: no arm64 candidate for: $(grep '=\(\|(none)\)$' <<<"$want" | tr '\n' ' ')" >&2
+    return 1
+  fi
+  echo "atscale: unpacking ${arm64_unpacked[*]} (arm64) into $arm64_prefix"
+  local tmp
+  tmp=$(mktemp -d)
+  (cd "$tmp" && apt-get download -q $want >/dev/null) || { rm -rf "$tmp"; return 1; }
+  $sudo mkdir -p "$arm64_prefix"
+  for p in "$tmp"/*.deb; do $sudo dpkg -x "$p" "$arm64_prefix"; done
+  rm -rf "$tmp"
+  $sudo sed -i "s|^prefix=/usr\$|prefix=$arm64_prefix/usr|; s|=/usr/include\$|=$arm64_prefix/usr/include|;
+                s|=/usr/lib/aarch64-linux-gnu\$|=$arm64_prefix/usr/lib/aarch64-linux-gnu|" \
+    "$arm64_prefix"/usr/lib/aarch64-linux-gnu/pkgconfig/*.pc
+  echo "$want" | $sudo tee "$arm64_prefix/.debs" >/dev/null
+}
+
+install "${packages[@]}"
+if [ "${1:-}" = "--arm64" ]; then
+  install_arm64 || { echo "atscale: the arm64 toolchain could not be installed (see above)" >&2; exit 2; }
+fi

@@ -62,5 +62,6 @@ echo "benchmark smoke run: $rows rows"
 [ "$rows" -gt 0 ]
 total=$((total + 1))
 
+step "arm64 build and release tests under qemu"; total=$((total + $(scripts/test-arm64.sh 3>&1 1>&2)))
 echo
 echo "atscale: $total passed, 0 failed"

@@ -56,7 +56,9 @@ static _Atomic uint64_t drift_ns;      /* recent drift over one window (decaying
 static _Atomic uint64_t last_jitter_ns; /* how long the current anchor's pair read took */
 static _Atomic bool dropped;           /* the counter was dropped for good */
 static char drop_note[160];            /* why, written once before `dropped` is set */
-static char init_note[160];            /* why the first choice was monotonic, written once by init */
+/* Why the first choice was monotonic, written once by init: room for choose()'s longest note,
+ * "monotonic (" + asked_by[48] + " not available: " + why[96] + ")". */
+static char init_note[176];
 /* What ats_fast_source() says for monotonic: a literal, or init_note. */
 static _Atomic(const char *) monotonic_text = "monotonic";
 #define UNTRUSTED_TEXT "monotonic (the CPU reports no invariant counter)"

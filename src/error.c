@@ -212,7 +212,11 @@ __attribute__((noinline)) static int capture(void **out, void *caller)
 	int n = unw_backtrace(raw, ATS_ERR_MAX_FRAMES + SLACK);
 	int skip = 1; /* without a match, drop only capture() itself */
 	for (int i = 0; i < n && i < SLACK; i++) {
-		if (raw[i] == caller) {
+		/* Within one instruction either way, not equal: an unwinder may report a frame's pc as
+		 * the return address, that address minus one (x86, to land inside the call) or the call
+		 * instruction itself (4 bytes back on arm64), while `caller` is the exact return address. */
+		uintptr_t d = (uintptr_t)raw[i] - (uintptr_t)caller + 4;
+		if (d <= 8) {
 			skip = i;
 			break;
 		}
