@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-2-Clause
 # Cross-builds atscale for arm64 (aarch64) on a Debian x86-64 host, and runs what it builds (the
 # tests, through ctest) under qemu-user. `scripts/deps.sh --arm64` installs everything it uses:
 #  - Debian's cross compiler (gcc-aarch64-linux-gnu) and qemu-user;

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-2-Clause
 # The arm64 step of scripts/test.sh: cross-builds the arm64 preset and runs its ctest under qemu.
 # Writes the number of tests that passed to file descriptor 3 (for test.sh's total; 0 when
 # skipped), everything else to stdout. When the arm64 toolchain cannot be had it says
