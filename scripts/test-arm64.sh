@@ -27,4 +27,5 @@ trap 'rm -f "$log"' EXIT
 ctest --test-dir build/arm64 --output-on-failure --no-tests=error -j "$(nproc)" --timeout 600 \
   -E '^(install_consumer|test_time_base|test_fleet|stress_fleet)$' | tee "$log"
 echo "arm64 step: $(($(date +%s) - start)) s"
+# Reached only when every test passed (set -e, pipefail): the count is the tests run.
 sed -n 's/.* tests failed out of \([0-9]*\).*/\1/p' "$log" | tail -n 1 >&3

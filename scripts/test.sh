@@ -62,6 +62,11 @@ echo "benchmark smoke run: $rows rows"
 [ "$rows" -gt 0 ]
 total=$((total + 1))
 
-step "arm64 build and release tests under qemu"; total=$((total + $(scripts/test-arm64.sh 3>&1 1>&2)))
+step "arm64 build and release tests under qemu"
+# A plain command, so that a failure there stops the run (set -e); it writes its count to fd 3.
+arm64_count=$(mktemp)
+scripts/test-arm64.sh 3>"$arm64_count"
+total=$((total + $(cat "$arm64_count")))
+rm -f "$arm64_count"
 echo
 echo "atscale: $total passed, 0 failed"

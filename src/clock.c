@@ -37,7 +37,8 @@ typedef unsigned __int128 u128;
 #define PRECISION_TARGET_NS 1000u /* the contract's bound for the counter */
 #define DROP_FLOOR_NS 50000u      /* disagreement that drops the counter: 50 us ... */
 #define DROP_RATE_DIVISOR 1000u   /* ... + 0.1% of the time since the last anchor */
-#define MAX_PAIR_JITTER_NS 2000u  /* a calibration pair read slower than this is retaken */
+#define MAX_PAIR_JITTER_NS 300u   /* a calibration pair read slower than this is retaken: the
+                                   * precision starts at 1.5 jitters, and must stay under 1 us */
 
 struct ats__fast_clock ats__fast_clock;
 ATS__THREAD_LOCAL uint64_t ats__fast_last __attribute__((tls_model("initial-exec")));
@@ -155,7 +156,7 @@ static bool calibrate(char *why, size_t len)
 		snprintf(why, len, "no CPU counter");
 		return false;
 	}
-	for (int attempt = 0; attempt < 3; attempt++) {
+	for (int attempt = 0; attempt < 5; attempt++) {
 		uint64_t t0 = 0, n0 = 0, t1 = 0, n1 = 0;
 		uint64_t j0 = read_pair(&t0, &n0);
 		while (ats_now_ns() - n0 < CALIBRATION_NS)
@@ -185,6 +186,7 @@ static bool calibrate(char *why, size_t len)
 		calibrated = true;
 		return true; /* published by the release store of the mode */
 	}
+	/* An emulator, or a host that preempts every read: the counter cannot hold the contract. */
 	snprintf(why, len, "every calibration read took over %u ns", MAX_PAIR_JITTER_NS);
 	return false;
 }
@@ -256,6 +258,18 @@ static void reanchor(void)
 		drift_strikes = 0;
 		if (drift * 4 < PRECISION_TARGET_NS && window_ns < WINDOW_MAX_NS)
 			window_ns *= 2;
+	}
+	/* The precision this anchor gives (as ats_fast_precision_ns computes it) must stay within the
+	 * contract's 1 us: a counter that cannot hold it here is dropped, not reported as worse. */
+	uint64_t stated_drift = atomic_load_explicit(&drift_ns, memory_order_relaxed); /* as above */
+	uint64_t calib = anchor_jitter_ns / 2;
+	uint64_t stated = (jitter + 1 > anchor_jitter_ns ? jitter + 1 : anchor_jitter_ns) +
+	                  (stated_drift > calib ? stated_drift : calib);
+	if (stated > PRECISION_TARGET_NS) {
+		snprintf(drop_note, sizeof drop_note,
+		         "monotonic (tsc dropped: its precision here, %llu ns, is above 1 us)", (unsigned long long)stated);
+		drop_counter();
+		goto out;
 	}
 	/* Relaxed: the precision is advisory; readers may see it a re-anchoring late. */
 	atomic_store_explicit(&last_jitter_ns, jitter + 1, memory_order_relaxed);

@@ -100,11 +100,22 @@ static void expect_tight(const char *source, struct trace t)
 	              (unsigned long long)t.precision);
 }
 
+/* Where the counter's reads are too slow or too jittery to hold the contract's 1 us (an emulator
+ * such as qemu-user, whose counter is the host's clock read through a trap), the clock drops it
+ * for CLOCK_MONOTONIC, as it must: the tests that need a healthy counter then have nothing to
+ * test, and say so. On real hardware this never triggers (the stated precision is tens of ns). */
+static void skip_if_counter_cannot_hold_1us(void)
+{
+	if (strstr(ats_fast_source(), "its precision here") != NULL)
+		cr_skip_test("the counter cannot hold 1 us on this machine: %s", ats_fast_source());
+}
+
 Test(clock, tsc_is_within_its_precision_and_never_goes_back)
 {
 	if (!use(ATS_CLOCK_TSC))
 		return;
 	struct trace t = trace_two_threads();
+	skip_if_counter_cannot_hold_1us();
 	cr_assert_str_eq(ats_fast_source(), "tsc", "the counter was dropped on a healthy run: %s", ats_fast_source());
 	expect_tight("tsc", t);
 }
@@ -154,10 +165,12 @@ Test(clock, the_default_is_never_coarse_and_is_tsc_exactly_when_the_cpu_says_inv
 	start_with(NULL);
 	ats_clock_source src = ats_clock_current();
 	cr_expect_neq(src, ATS_CLOCK_COARSE, "the default fell back to coarse: %s", ats_fast_source());
-	if (cpu_has_invariant_counter())
-		cr_expect_eq(src, ATS_CLOCK_TSC, "invariant counter, yet: %s", ats_fast_source());
-	else
+	if (!cpu_has_invariant_counter())
 		cr_expect_str_eq(ats_fast_source(), "monotonic (the CPU reports no invariant counter)");
+	else if (src != ATS_CLOCK_TSC)
+		/* Only a calibration that cannot hold 1 us (an emulator, a starved host) says no. */
+		cr_expect(strncmp(ats_fast_source(), "monotonic (tsc not available: ", 30) == 0,
+		          "invariant counter, yet: %s", ats_fast_source());
 	cr_expect_leq(ats_fast_precision_ns(), 1000);
 }
 
@@ -253,6 +266,7 @@ Test(clock, a_counter_that_jumps_forward_is_dropped_for_good)
 		return;
 	struct trace t = {0};
 	const char *src = jump_and_watch(INT64_C(1) << 36, &t); /* seconds of counter time */
+	skip_if_counter_cannot_hold_1us();
 	cr_expect_eq(ats_clock_current(), ATS_CLOCK_MONOTONIC);
 	cr_expect(strstr(src, "tsc dropped: it disagreed with CLOCK_MONOTONIC") != NULL, "%s", src);
 	cr_expect_eq(t.backwards, 0);
@@ -272,6 +286,7 @@ Test(clock, a_counter_that_runs_backwards_is_dropped_for_good)
 		return;
 	struct trace t = {0};
 	const char *src = jump_and_watch(-(INT64_C(1) << 30), &t); /* a fraction of a second */
+	skip_if_counter_cannot_hold_1us();
 	cr_expect_eq(ats_clock_current(), ATS_CLOCK_MONOTONIC);
 	cr_expect(strstr(src, "tsc dropped: it ran backwards") != NULL, "%s", src);
 	cr_expect_eq(t.backwards, 0);
@@ -289,5 +304,6 @@ Test(clock, a_small_disagreement_within_the_bound_keeps_the_counter)
 	while (ats_now_ns() < end)
 		(void)ats_fast_now_ns();
 	atomic_store(&ats__clock_fault_ticks, 0);
+	skip_if_counter_cannot_hold_1us();
 	cr_expect_eq(ats_clock_current(), ATS_CLOCK_TSC, "%s", ats_fast_source());
 }
