@@ -31,8 +31,8 @@
  *   atscale-example-server --port 6380 --no-limit --timeout-ms 50 &
  *   redis-benchmark -p 6380 -n 100000 -c 50 -t ping,get
  *
- * One thread, and the pending GETs are scanned linearly each batch: enough for an example. A
- * server with many thousands of requests in flight would keep them in a heap or timing wheel.
+ * One thread. The GETs waiting for the backend are kept in a binary heap by the time each must be
+ * settled (the earlier of its answer and its deadline), so a batch touches only what is due.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* accept4, signalfd */
@@ -77,7 +77,8 @@ struct conn;
  * pending GET waits in the queue with its reply ready. */
 struct req {
 	struct req *next;           /* the connection's queue */
-	struct req *pnext, *pprev;  /* the server's list of GETs waiting for the backend */
+	size_t hidx;                /* its place in the server's heap while it waits for the backend */
+	uint64_t due;               /* min(ready_ns, deadline): when it must be settled */
 	struct conn *c;
 	ats_ctx *ctx;               /* the request's deadline; NULL once answered */
 	uint64_t ready_ns;          /* when the simulated backend answers */
@@ -111,7 +112,8 @@ struct server {
 	ats_ctx *ctx;         /* cancelled at shutdown; every request context is its child */
 	ats_keyed *limits;
 	struct conn *conns;
-	struct req *pending;
+	struct req **heap; /* GETs waiting for the backend, earliest `due` first */
+	size_t heap_len, heap_cap;
 	uint64_t rng;
 	uint64_t admitted, limited, timed_out, cancelled, rejected, served;
 };
@@ -250,20 +252,63 @@ static uint64_t next_rand(struct server *s)
 	return s->rng = x;
 }
 
-static void pending_unlink(struct server *s, struct req *r)
+/* ---- the heap of waiting GETs ---- */
+
+static void heap_set(struct server *s, size_t i, struct req *r)
 {
-	if (r->pprev)
-		r->pprev->pnext = r->pnext;
-	else
-		s->pending = r->pnext;
-	if (r->pnext)
-		r->pnext->pprev = r->pprev;
-	r->pnext = r->pprev = NULL;
+	s->heap[i] = r;
+	r->hidx = i;
+}
+
+static void heap_fix(struct server *s, size_t i)
+{
+	struct req *r = s->heap[i];
+	while (i > 0 && s->heap[(i - 1) / 2]->due > r->due) { /* up */
+		heap_set(s, i, s->heap[(i - 1) / 2]);
+		i = (i - 1) / 2;
+	}
+	for (;;) { /* down */
+		size_t c = 2 * i + 1;
+		if (c >= s->heap_len)
+			break;
+		if (c + 1 < s->heap_len && s->heap[c + 1]->due < s->heap[c]->due)
+			c++;
+		if (s->heap[c]->due >= r->due)
+			break;
+		heap_set(s, i, s->heap[c]);
+		i = c;
+	}
+	heap_set(s, i, r);
+}
+
+static bool heap_push(struct server *s, struct req *r)
+{
+	if (s->heap_len == s->heap_cap) {
+		size_t cap = s->heap_cap ? 2 * s->heap_cap : 256;
+		struct req **h = realloc(s->heap, cap * sizeof *h);
+		if (!h)
+			return false;
+		s->heap = h;
+		s->heap_cap = cap;
+	}
+	heap_set(s, s->heap_len++, r);
+	heap_fix(s, r->hidx);
+	return true;
+}
+
+static void heap_remove(struct server *s, struct req *r)
+{
+	size_t i = r->hidx;
+	struct req *last = s->heap[--s->heap_len];
+	if (last != r) {
+		heap_set(s, i, last);
+		heap_fix(s, i);
+	}
 }
 
 /* Settles one waiting GET at `now` (read once for the batch): the deadline is checked first, so an
- * answer that came after it is never sent. */
-static void settle(struct server *s, struct req *r, uint64_t now)
+ * answer that came after it is never sent. Returns false when neither is due yet. */
+static bool settle(struct server *s, struct req *r, uint64_t now)
 {
 	struct conn *c = r->c;
 	if (ats_ctx_done_at(r->ctx, now)) {
@@ -277,10 +322,11 @@ static void settle(struct server *s, struct req *r, uint64_t now)
 		err = ats_err_wrap(err, "GET %s from %s on port %d: backend needs %llu us, budget %llu us", r->key,
 		                   c->addr, s->opt.port, (unsigned long long)(r->delay_ns / 1000),
 		                   (unsigned long long)(s->opt.timeout_ns / 1000));
-		pending_unlink(s, r);
+		heap_remove(s, r);
 		ats_ctx_release(r->ctx);
 		r->ctx = NULL;
 		answer_err(s, c, r, err, NULL);
+		return true;
 	} else if (now >= r->ready_ns) {
 		s->served++;
 		size_t klen = strlen(r->key);
@@ -289,26 +335,27 @@ static void settle(struct server *s, struct req *r, uint64_t now)
 		size_t len = 0;
 		if (reply)
 			len = (size_t)snprintf(reply, need, "$%zu\r\nvalue-of-%s\r\n", klen + 9, r->key);
-		pending_unlink(s, r);
+		heap_remove(s, r);
 		ats_ctx_release(r->ctx);
 		r->ctx = NULL;
 		answer(c, r, reply, len);
+		return true;
 	}
+	return false;
+}
+
+/* Settles every waiting GET due at `now`, earliest first. */
+static void settle_due(struct server *s, uint64_t now)
+{
+	while (s->heap_len && s->heap[0]->due <= now)
+		if (!settle(s, s->heap[0], now))
+			break; /* not reached: at `due` the answer or the deadline has come */
 }
 
 /* Sets the timerfd to the nearest backend answer or deadline of the waiting GETs. */
 static void arm_timer(struct server *s)
 {
-	uint64_t next = UINT64_MAX;
-	for (struct req *r = s->pending; r; r = r->pnext) {
-		uint64_t t = ats_ctx_deadline(r->ctx);
-		if (r->ready_ns < t)
-			t = r->ready_ns;
-		if (t < next)
-			next = t;
-	}
-	if (next == UINT64_MAX)
-		next = 0; /* disarm */
+	uint64_t next = s->heap_len ? s->heap[0]->due : 0; /* 0 disarms */
 	if (next == s->timer_armed)
 		return;
 	struct itimerspec its = {.it_value = {(time_t)(next / 1000000000u), (long)(next % 1000000000u)}};
@@ -415,10 +462,13 @@ static void command(struct server *s, struct conn *c, int argc, char **argv, siz
 		uint64_t span = s->opt.backend_max_ns - s->opt.backend_min_ns;
 		r->delay_ns = s->opt.backend_min_ns + (span ? next_rand(s) % (span + 1) : 0);
 		r->ready_ns = now + r->delay_ns;
-		r->pnext = s->pending;
-		if (s->pending)
-			s->pending->pprev = r;
-		s->pending = r;
+		uint64_t deadline = ats_ctx_deadline(r->ctx);
+		r->due = r->ready_ns < deadline ? r->ready_ns : deadline;
+		if (!heap_push(s, r)) {
+			ats_ctx_release(r->ctx);
+			r->ctx = NULL;
+			answer_err(s, c, r, ats_err_new(ATS_ERR_OUT_OF_MEMORY, "GET %s: no room to wait", r->key), NULL);
+		}
 	} else if (arg_is(argv[0], lens[0], "CLIENT") && argc == 3 && arg_is(argv[1], lens[1], "SETNAME")) {
 		if (!ats_keyed_key_ok(argv[2], lens[2])) {
 			ats_err *err = ats_err_new(ATS_ERR_INVALID_ARGUMENT, "client %s: name of %zu bytes", c->addr, lens[2]);
@@ -536,7 +586,7 @@ static void conn_free(struct server *s, struct conn *c)
 	for (struct req *r = c->head, *next; r; r = next) {
 		next = r->next;
 		if (r->ctx) {
-			pending_unlink(s, r);
+			heap_remove(s, r);
 			ats_ctx_release(r->ctx);
 		}
 		free(r->reply);
@@ -845,10 +895,7 @@ int main(int argc, char **argv)
 			}
 		}
 		/* Settle what this batch's `now` decides: answers due and deadlines passed. */
-		for (struct req *r = s.pending, *next; r; r = next) {
-			next = r->pnext;
-			settle(&s, r, now);
-		}
+		settle_due(&s, now);
 		arm_timer(&s);
 		for (struct conn *c = s.conns, *next; c; c = next) {
 			next = c->next;
@@ -864,10 +911,9 @@ int main(int argc, char **argv)
 	 * settles as cancelled; the replies get one non-blocking write and every connection closes. */
 	close(s.lfd);
 	uint64_t now = ats_now_ns();
-	for (struct req *r = s.pending, *next; r; r = next) {
-		next = r->pnext;
-		settle(&s, r, now);
-	}
+	while (s.heap_len)
+		if (!settle(&s, s.heap[0], now)) /* not reached: every request context is done now */
+			break;
 	while (s.conns) {
 		flush_out(s.conns);
 		conn_free(&s, s.conns);
@@ -879,6 +925,7 @@ int main(int argc, char **argv)
 	close(s.tfd);
 	close(s.sigfd);
 	close(s.ep);
+	free(s.heap);
 	ats_keyed_free(s.limits);
 	ats_ctx_release(s.ctx); /* closes the context's eventfd too */
 	return 0;
