@@ -124,7 +124,7 @@ static void die(const char *what)
 	exit(1);
 }
 
-/* The log gets the full record; clients get only the user text (reply_err). */
+/* The log gets the full record; clients get only the user text (format_err). */
 static void log_err(struct server *s, const ats_err *err)
 {
 	if (!s->opt.log)
