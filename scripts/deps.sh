@@ -8,6 +8,7 @@ packages=(
   build-essential cmake pkg-config clang libclang-rt-14-dev     # toolchains, libFuzzer, sanitizers
   libck-dev liburcu-dev libunwind-dev libhiredis-dev            # the library's dependencies
   redis-server                                                  # the fleet limiter's tests and bench
+  redis-tools                                                   # redis-cli, redis-benchmark: the example server's test
   libcriterion-dev                                              # tests
   golang-go golang-golang-x-time-dev golang-github-pkg-errors-dev dpdk-dev   # benchmark peers
 )

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: BSD-2-Clause
-# The whole test suite: Criterion tests in release and in ASan+UBSan, the concurrent tests under
-# TSan, every fuzz target briefly on its seed corpus, the install/consumer test, and a benchmark
-# smoke run (no thresholds). Warnings are errors. Set ATS_FUZZ_SECONDS to fuzz longer.
+# The whole test suite: Criterion tests and the example server's end-to-end test (ctest
+# example_server) in release and in ASan+UBSan, the concurrent tests under TSan, every fuzz target
+# briefly on its seed corpus, the install/consumer test, and a benchmark smoke run (no thresholds).
+# Warnings are errors. Set ATS_FUZZ_SECONDS to fuzz longer.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh
