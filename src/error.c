@@ -181,16 +181,21 @@ static _Atomic uint64_t wall_offset_at;
 
 static uint64_t wall_from_mono(uint64_t mono)
 {
-	/* relaxed, this load and the offset's (both ways): a stale or mixed pair costs one second of clock
-	 * drift at most, as said above; nothing else rides on them */
-	uint64_t at = atomic_load_explicit(&wall_offset_at, memory_order_relaxed);
+	/* acquire: pairs with the release store of `at` below, so a nonzero `at` comes with an offset at
+	 * least as new as the one stored before it, never the initial 0 (with relaxed, a weakly ordered
+	 * CPU could pair the first refresh's `at` with offset 0 and stamp boot-relative time as wall time).
+	 * An older offset than `at`'s is fine: one second of drift, as said above. */
+	uint64_t at = atomic_load_explicit(&wall_offset_at, memory_order_acquire);
 	/* Signed: another thread may have stamped a slightly later `at` than our mono. */
 	if (__builtin_expect(at == 0 || (int64_t)(mono - at) > (int64_t)ATS_NS_PER_SEC, 0)) {
 		int64_t off = (int64_t)(ats_wall_ns() - ats_now_ns());
+		/* relaxed: published by the release store of `at` just after */
 		atomic_store_explicit(&wall_offset, off, memory_order_relaxed);
-		atomic_store_explicit(&wall_offset_at, mono ? mono : 1, memory_order_relaxed);
+		/* release: pairs with the acquire load above (the offset stored first is seen with it) */
+		atomic_store_explicit(&wall_offset_at, mono ? mono : 1, memory_order_release);
 		return (uint64_t)((int64_t)mono + off);
 	}
+	/* relaxed: ordered after the acquire load of `at` above */
 	return (uint64_t)((int64_t)mono + atomic_load_explicit(&wall_offset, memory_order_relaxed));
 }
 
