@@ -429,7 +429,9 @@ ats_err *ats_chan_close(ats_chan *ch)
 	/* seq_cst: the single-producer Dekker pair (file comment); also orders double closes. */
 	if (atomic_exchange_explicit(&c->closed, 1, memory_order_seq_cst))
 		return ats_err_new(ATS_ERR_CLOSED, "channel: close of a closed channel");
-	/* acq_rel: this RMW is the point that orders each multi-producer send before or after close. */
+	/* acq_rel: this RMW is the point that orders each multi-producer send before or after close.
+	 * That needs only the word's modification order, and ck_ec32_inc's store fence orders it before
+	 * the bumps below; the acquire/release halves are stronger than needed, kept: once per channel. */
 	atomic_fetch_or_explicit(&c->credits, CREDIT_CLOSED, memory_order_acq_rel);
 	/* Wake everyone parked: senders fail, receivers drain and then see closed. */
 	ck_ec32_inc(&c->not_empty, &ats__ec_mode_mp);
@@ -611,6 +613,11 @@ static ats_err *wait_cases(ats_chan_case *cases, size_t n, size_t *fired, ats_ct
 		    .val = kv, .uaddr = (uint64_t)(uintptr_t)&kick, .flags = FUTEX_32 | FUTEX_PRIVATE_FLAG};
 		/* Full fence: the flags above are set before the re-check below reads the rings (the
 		 * other half is the locked add of a sender's or receiver's eventcount bump). */
+		/* On arm64 that bump (ck_ec32_inc, mp mode) is ck_pr_fence_store_atomic (dmb st) and then a
+		 * plain fetch-and-add: the bumper's ring, credit and closed stores are ordered before the add's
+		 * write, and this dmb sy orders our CAS (or load) that read it before the re-check's loads:
+		 * message passing, which ARMv8 forbids to fail. It needs ck's RMO build of ck_pr for arm64
+		 * (CK_MD_TSO would make both fences compiler-only), which cmake/AtsDependencies.cmake checks. */
 		ck_pr_fence_memory();
 		if ((i = try_round(cases, n, pick_start(cases, n))) != SIZE_MAX) {
 			*fired = i;

@@ -75,6 +75,7 @@ static _Atomic(struct log_hook *) log_hook;  /* the current hook; NULL = the def
 
 void ats_err_set_stack_default(bool capture_for_known)
 {
+	/* relaxed: a setting read on its own; nothing is published with it */
 	atomic_store_explicit(&stack_for_known, capture_for_known, memory_order_relaxed);
 }
 
@@ -82,6 +83,7 @@ void ats_err_set_log_hook(ats_err_log_fn fn, void *arg)
 {
 	struct log_hook *h = NULL;
 	if (fn) {
+		/* acquire: pairs with the release CAS below (another setter's): the nodes' fn, arg and next are seen */
 		struct log_hook *head = atomic_load_explicit(&log_hooks, memory_order_acquire);
 		for (h = head; h && (h->fn != fn || h->arg != arg); h = h->next)
 			;
@@ -92,12 +94,17 @@ void ats_err_set_log_hook(ats_err_log_fn fn, void *arg)
 			h->fn = fn;
 			h->arg = arg;
 			/* Two threads racing to add the same pair may both add it: harmless. */
+			/* release: publishes h's fields and next to the acquire loads of log_hooks; failure
+			 * acquire: not needed (head is only stored as next, never read through here, and our
+			 * CAS continues the release sequence of the one that wrote it), harmless: rare */
 			do
 				h->next = head;
 			while (!atomic_compare_exchange_weak_explicit(&log_hooks, &head, h, memory_order_release,
 			                                              memory_order_acquire));
 		}
 	}
+	/* release: pairs with ats_err_log's acquire: the node's fn and arg (ours, or one a setter published and
+	 * we acquired above) are seen */
 	atomic_store_explicit(&log_hook, h, memory_order_release);
 }
 
@@ -123,6 +130,7 @@ void ats_err_log(const ats_err *err)
 {
 	if (!err)
 		return;
+	/* acquire: pairs with ats_err_set_log_hook's release store */
 	struct log_hook *h = atomic_load_explicit(&log_hook, memory_order_acquire);
 	if (h)
 		h->fn(err, h->arg);
@@ -144,6 +152,7 @@ static _Atomic uint64_t next_id_block = 1;
 static uint64_t new_log_id(struct tls *t)
 {
 	if (__builtin_expect(t->next_id == t->id_end, 0)) {
+		/* relaxed: the RMW alone makes blocks unique; nothing is published with it */
 		t->next_id = atomic_fetch_add_explicit(&next_id_block, 1024, memory_order_relaxed);
 		t->id_end = t->next_id + 1024;
 	}
@@ -172,14 +181,21 @@ static _Atomic uint64_t wall_offset_at;
 
 static uint64_t wall_from_mono(uint64_t mono)
 {
-	uint64_t at = atomic_load_explicit(&wall_offset_at, memory_order_relaxed);
+	/* acquire: pairs with the release store of `at` below, so a nonzero `at` comes with an offset at
+	 * least as new as the one stored before it, never the initial 0 (with relaxed, a weakly ordered
+	 * CPU could pair the first refresh's `at` with offset 0 and stamp boot-relative time as wall time).
+	 * An older offset than `at`'s is fine: one second of drift, as said above. */
+	uint64_t at = atomic_load_explicit(&wall_offset_at, memory_order_acquire);
 	/* Signed: another thread may have stamped a slightly later `at` than our mono. */
 	if (__builtin_expect(at == 0 || (int64_t)(mono - at) > (int64_t)ATS_NS_PER_SEC, 0)) {
 		int64_t off = (int64_t)(ats_wall_ns() - ats_now_ns());
+		/* relaxed: published by the release store of `at` just after */
 		atomic_store_explicit(&wall_offset, off, memory_order_relaxed);
-		atomic_store_explicit(&wall_offset_at, mono ? mono : 1, memory_order_relaxed);
+		/* release: pairs with the acquire load above (the offset stored first is seen with it) */
+		atomic_store_explicit(&wall_offset_at, mono ? mono : 1, memory_order_release);
 		return (uint64_t)((int64_t)mono + off);
 	}
+	/* relaxed: ordered after the acquire load of `at` above */
 	return (uint64_t)((int64_t)mono + atomic_load_explicit(&wall_offset, memory_order_relaxed));
 }
 
@@ -199,6 +215,7 @@ static bool wants_stack(ats_err_kind kind, int stack)
 		return true;
 	if (stack == ATS_STACK_OFF)
 		return false;
+	/* relaxed: a setting (see ats_err_set_stack_default) */
 	return kind == ATS_KIND_BUG || atomic_load_explicit(&stack_for_known, memory_order_relaxed);
 }
 
@@ -405,6 +422,8 @@ static void free_decorations(struct ats_err *e)
 /* Returns an error the caller alone owns with err's content (err itself if already so), or NULL. */
 static struct ats_err *owned(ats_err *err)
 {
+	/* acquire: pairs with the release decrement of every owner gone before (ats_err_unref), so their
+	 * reads of err happen before the caller changes it in place */
 	if (atomic_load_explicit(&err->refs, memory_order_acquire) == 1)
 		return err;
 	struct ats_err *c = malloc(err->size);
@@ -513,6 +532,8 @@ ats_err *ats_err_with_kv(ats_err *err, const char *key, const char *fmt, ...)
 ats_err *ats_err_ref(ats_err *err)
 {
 	if (err && !err->is_static)
+		/* relaxed: the caller holds a reference, so the count cannot reach 0 here; no data is handed over
+		 * (the one who passes err on orders that) */
 		atomic_fetch_add_explicit(&err->refs, 1, memory_order_relaxed);
 	return err;
 }
@@ -523,6 +544,8 @@ void ats_err_unref(ats_err *err)
 		/* A count of 1 means the caller holds the only reference: no other thread can change it
 		 * (taking a reference needs one), so the last owner skips the atomic read-modify-write.
 		 * The acquire load pairs with the release decrement of the owner before us. */
+		/* acq_rel: release so this owner's reads of err happen before the free by the last owner; acquire
+		 * for when we are the last, to see every other owner's (the usual release + acquire fence, as one) */
 		if (atomic_load_explicit(&err->refs, memory_order_acquire) != 1 &&
 		    atomic_fetch_sub_explicit(&err->refs, 1, memory_order_acq_rel) != 1)
 			return;

@@ -118,10 +118,13 @@ static inline size_t table_bytes_for(size_t slots)
 static struct ats__keyed_table *table_alloc(ats_keyed *m, size_t slots)
 {
 	size_t bytes = table_bytes_for(slots);
+	/* relaxed: a byte count, publishing nothing; a stale (larger) value, a callback's free not yet seen,
+	 * only refuses, and may_wait then waits for the frees */
 	size_t held = atomic_load_explicit(&m->table_bytes, memory_order_relaxed);
 	if (m->max_bytes && m->base_bytes + held + bytes > m->max_bytes)
 		return NULL;
 #ifdef ATS_TESTING
+	/* relaxed: a test switch; nothing rides on it */
 	if (atomic_load_explicit(&ats__keyed_fail_alloc, memory_order_relaxed))
 		return NULL;
 #endif
@@ -134,12 +137,14 @@ static struct ats__keyed_table *table_alloc(ats_keyed *m, size_t slots)
 	t->mask = slots - 1;
 	t->map = m;
 	t->bytes = bytes;
+	/* relaxed: a byte count (see above); the table itself is published by m->table or next */
 	atomic_fetch_add_explicit(&m->table_bytes, bytes, memory_order_relaxed);
 	return t;
 }
 
 static void table_free_now(struct ats__keyed_table *t)
 {
+	/* relaxed: a byte count (see table_alloc) */
 	atomic_fetch_sub_explicit(&t->map->table_bytes, t->bytes, memory_order_relaxed);
 	free(t);
 }
@@ -297,8 +302,11 @@ static inline struct slot *find(const struct ats__keyed_table *t, const struct k
 	size_t i = k->h & t->mask;
 	for (size_t probes = 0; probes <= t->mask; probes++) {
 		struct slot *s = &t->slots[i];
+		/* acquire: pairs with the release store of meta in publish and resize: key, aux and TAT are seen */
 		uint32_t x = atomic_load_explicit(&s->meta, memory_order_acquire);
 		if (x == k->meta) {
+			/* relaxed, both: after the acquire on meta; a slot's key changes only after a grace period,
+			 * which this reader's read-side section (or a writer's mutex) holds off */
 			if (atomic_load_explicit(&s->key[0], memory_order_relaxed) == k->w[0] &&
 			    atomic_load_explicit(&s->key[1], memory_order_relaxed) == k->w[1])
 				return s;
@@ -334,11 +342,14 @@ enum { T_DENIED, T_GRANTED, T_GONE, T_TOO_BIG, T_NO_ROOM };
  * nothing but a clear reference bit. T_GONE: the key was evicted or moved. */
 static inline int slot_take(const ats_keyed *m, struct slot *s, uint64_t n, uint64_t now_ns)
 {
+	/* relaxed: aux was published with meta (find's acquire); the REF bit is a CLOCK hint, no data rides on it */
 	uint32_t aux = atomic_load_explicit(&s->aux, memory_order_relaxed);
 	if (!(aux & AUX_REF))
 		atomic_fetch_or_explicit(&s->aux, AUX_REF, memory_order_relaxed);
 	const ats_token_clock *c = aux_clock(m, aux);
 	uint64_t now = ats_token_clock_units(c, now_ns);
+	/* relaxed, this load and the CAS: the TAT's modification order alone decides; a gone mark seen here
+	 * is re-read with acquire by the caller (resolve) before it follows next */
 	uint64_t cur = atomic_load_explicit(&s->tat, memory_order_relaxed);
 	for (;;) {
 		if (is_gone(cur, now))
@@ -403,12 +414,14 @@ static void fill_result(const ats_keyed_limit *lim, const ats_token_clock *c, ui
  * after the outcome is settled. */
 static int slot_throttle(const ats_keyed *m, struct slot *s, uint64_t n, uint64_t now_ns, ats_limiter_result *res)
 {
+	/* relaxed: as in slot_take */
 	uint32_t aux = atomic_load_explicit(&s->aux, memory_order_relaxed);
 	if (!(aux & AUX_REF))
 		atomic_fetch_or_explicit(&s->aux, AUX_REF, memory_order_relaxed);
 	const ats_token_clock *c = aux_clock(m, aux);
 	const ats_keyed_limit *lim = aux_limit(m, aux);
 	uint64_t now = ats_token_clock_units(c, now_ns);
+	/* relaxed, this load and the CAS: as in slot_take */
 	uint64_t cur = atomic_load_explicit(&s->tat, memory_order_relaxed);
 	for (;;) {
 		if (is_gone(cur, now))
@@ -460,6 +473,8 @@ static inline bool dead_reusable(const ats_keyed *m, uint32_t x)
 {
 	if (META_STATE(x) != S_DEAD)
 		return false;
+	/* acquire: pairs with grace_cb's release, so the grace period that advanced it (every reader that
+	 * could still see the slot LIVE has left) happens before the caller rewrites the slot */
 	uint32_t safe = atomic_load_explicit(&m->safe_epoch, memory_order_acquire);
 	uint32_t age = (safe - (x >> 7)) & 0x1ffffffu;
 	return age >= 1 && age < (1u << 24);
@@ -469,10 +484,14 @@ static void grace_cb(struct rcu_head *head)
 {
 	ats_keyed *m = ats__container_of((void *)head, ats_keyed, grace_head);
 	TSAN_ACQUIRE(&m->tsan_sync);
+	/* relaxed, both: grace_kick stored target before call_rcu, whose enqueue happens before this
+	 * callback; only this callback stores safe_epoch, one at a time (grace_inflight) */
 	uint32_t target = atomic_load_explicit(&m->grace_target, memory_order_relaxed);
 	uint32_t cur = atomic_load_explicit(&m->safe_epoch, memory_order_relaxed);
+	/* release: pairs with dead_reusable's acquire */
 	if ((int32_t)((target - cur) << 7) > 0) /* only forward (25-bit epochs, modular) */
 		atomic_store_explicit(&m->safe_epoch, target, memory_order_release);
+	/* release: pairs with grace_kick's acquire: this callback's read of grace_target comes first */
 	atomic_store_explicit(&m->grace_inflight, 0, memory_order_release);
 	TSAN_RELEASE(&m->tsan_sync);
 }
@@ -481,8 +500,11 @@ static void grace_cb(struct rcu_head *head)
  * one call_rcu enqueue. */
 static void grace_kick(ats_keyed *m)
 {
+	/* acquire: pairs with grace_cb's release of 0, so the last callback is done with grace_target */
 	if (!m->killed_since_grace || atomic_load_explicit(&m->grace_inflight, memory_order_acquire))
 		return;
+	/* relaxed, both: read only by writers (under the mutex); call_rcu's enqueue below happens before
+	 * grace_cb, so the callback's 0 comes after this 1 and it sees this target */
 	atomic_store_explicit(&m->grace_inflight, 1, memory_order_relaxed);
 	m->epoch++;
 	atomic_store_explicit(&m->grace_target, m->epoch, memory_order_relaxed);
@@ -502,6 +524,8 @@ static inline uint64_t gone_mark(const ats_token_clock *c, uint64_t now_ns)
  * through *was_full whether the bucket was full (lossless). */
 static bool slot_evict(ats_keyed *m, struct slot *s, uint64_t now_ns, bool force, bool *was_full)
 {
+	/* relaxed, aux and TAT: under the writer mutex (readers only OR the REF hint into aux); the TAT is
+	 * validated by the exchange or CAS below */
 	uint32_t aux = atomic_load_explicit(&s->aux, memory_order_relaxed);
 	if (!force && aux >> 1)
 		return false; /* a key with its own limit is configuration: only the cap may drop it */
@@ -509,6 +533,9 @@ static bool slot_evict(ats_keyed *m, struct slot *s, uint64_t now_ns, bool force
 	uint64_t now = ats_token_clock_units(c, now_ns);
 	uint64_t cur = atomic_load_explicit(&s->tat, memory_order_relaxed);
 	bool full = (int64_t)(cur - now) <= 0;
+	/* release, the exchange and the CAS: pairs with the reader's acquire re-load in resolve, as resize's mark
+	 * does (an eviction itself publishes nothing a reader needs: cold path, kept); CAS failure relaxed:
+	 * nothing is evicted */
 	if (force) {
 		cur = atomic_exchange_explicit(&s->tat, now + GONE_OFFSET, memory_order_release);
 		full = (int64_t)(cur - now) <= 0;
@@ -516,11 +543,14 @@ static bool slot_evict(ats_keyed *m, struct slot *s, uint64_t now_ns, bool force
 	                                                             memory_order_release, memory_order_relaxed)) {
 		return false;
 	}
+	/* release: not needed (a reader that sees DEAD reads nothing more of the slot); kept: cold path */
 	atomic_store_explicit(&s->meta, META_DEAD(m->epoch), memory_order_release);
+	/* relaxed: only writers (under the mutex) change the count; readers get a statistic */
 	atomic_fetch_sub_explicit(&m->keys, 1, memory_order_relaxed);
 	m->killed_since_grace++;
 	if (now_ns > m->evict_ns)
 		m->evict_ns = now_ns;
+	/* relaxed: statistics */
 	if (full)
 		atomic_fetch_add_explicit(&m->evicted_idle, 1, memory_order_relaxed);
 	else
@@ -533,11 +563,13 @@ static bool slot_evict(ats_keyed *m, struct slot *s, uint64_t now_ns, bool force
 /* Evicts idle keys among `count` slots from the sweep cursor. */
 static size_t sweep_idle(ats_keyed *m, uint64_t now_ns, size_t count)
 {
+	/* relaxed: under the writer mutex; only writers store it */
 	struct ats__keyed_table *t = atomic_load_explicit(&m->table, memory_order_relaxed);
 	size_t evicted = 0;
 	for (size_t k = 0; k < count; k++) {
 		struct slot *s = &t->slots[m->sweep & t->mask];
 		m->sweep = (m->sweep + 1) & t->mask;
+		/* relaxed: under the writer mutex; only writers store it */
 		if (META_STATE(atomic_load_explicit(&s->meta, memory_order_relaxed)) == S_LIVE &&
 		    slot_evict(m, s, now_ns, false, NULL))
 			evicted++;
@@ -549,6 +581,7 @@ static size_t sweep_idle(ats_keyed *m, uint64_t now_ns, size_t count)
  * hand, else the first key the hand finds unreferenced (clearing reference bits as it passes). */
 static bool evict_one(ats_keyed *m, uint64_t now_ns)
 {
+	/* relaxed: under the writer mutex; only writers store it */
 	struct ats__keyed_table *t = atomic_load_explicit(&m->table, memory_order_relaxed);
 	size_t slots = t->mask + 1;
 	struct slot *victim = NULL;
@@ -558,12 +591,14 @@ static bool evict_one(ats_keyed *m, uint64_t now_ns)
 		m->hand = (m->hand + 1) & t->mask;
 		if (victim && ++since_victim > IDLE_WINDOW)
 			break;
+		/* relaxed: under the writer mutex; only writers store it */
 		if (META_STATE(atomic_load_explicit(&s->meta, memory_order_relaxed)) != S_LIVE)
 			continue;
 		if (slot_evict(m, s, now_ns, false, NULL))
 			return true;
 		if (victim)
 			continue;
+		/* relaxed, both: the REF bit is a CLOCK hint, set by readers with a relaxed OR; no data rides on it */
 		if (atomic_load_explicit(&s->aux, memory_order_relaxed) & AUX_REF)
 			atomic_fetch_and_explicit(&s->aux, ~AUX_REF, memory_order_relaxed);
 		else
@@ -577,14 +612,19 @@ static bool evict_one(ats_keyed *m, uint64_t now_ns)
  * nothing changed) when the memory cap or malloc says no. */
 static bool resize(ats_keyed *m, size_t slots, uint64_t now_ns)
 {
+	/* relaxed: under the writer mutex; only writers store it */
 	struct ats__keyed_table *old = atomic_load_explicit(&m->table, memory_order_relaxed);
 	struct ats__keyed_table *nt = table_alloc(m, slots);
 	if (!nt)
 		return false;
+	/* release: pairs with the acquire loads of next (resolve, tokens_at): a reader that follows the
+	 * link sees nt's fields and zeroed slots */
 	atomic_store_explicit(&old->next, nt, memory_order_release);
 	size_t used = 0;
 	for (size_t i = 0; i <= old->mask; i++) {
 		struct slot *s = &old->slots[i];
+		/* relaxed, meta, key and aux: under the writer mutex (readers only OR the REF hint into aux:
+		 * one lost while moving is harmless) */
 		uint32_t x = atomic_load_explicit(&s->meta, memory_order_relaxed);
 		if (META_STATE(x) != S_LIVE)
 			continue;
@@ -592,17 +632,24 @@ static bool resize(ats_keyed *m, size_t slots, uint64_t now_ns)
 		                 atomic_load_explicit(&s->key[1], memory_order_relaxed)};
 		uint32_t aux = atomic_load_explicit(&s->aux, memory_order_relaxed);
 		size_t j = key_hash(m, w, META_LEN(x)) & nt->mask;
+		/* relaxed: only this thread writes nt's slots */
 		while (atomic_load_explicit(&nt->slots[j].meta, memory_order_relaxed) != S_EMPTY)
 			j = (j + 1) & nt->mask;
 		struct slot *d = &nt->slots[j];
+		/* relaxed, all three and the TAT below: published by the release store of d->meta */
 		atomic_store_explicit(&d->key[0], w[0], memory_order_relaxed);
 		atomic_store_explicit(&d->key[1], w[1], memory_order_relaxed);
 		atomic_store_explicit(&d->aux, aux, memory_order_relaxed);
+		/* relaxed: the CAS below validates it */
 		uint64_t cur = atomic_load_explicit(&s->tat, memory_order_relaxed);
 		atomic_store_explicit(&d->tat, cur, memory_order_relaxed);
+		/* release: pairs with find's acquire on meta in nt: key, aux and TAT above are seen */
 		atomic_store_explicit(&d->meta, x, memory_order_release);
 		/* Only readers that see the mark look in nt, so d's TAT may still be corrected. */
 		uint64_t mark = gone_mark(aux_clock(m, aux), now_ns);
+		/* release: pairs with the reader's acquire re-load of the mark (resolve), so d, published above,
+		 * is seen through old->next; failure relaxed: only the value is used, copied into d (relaxed: the
+		 * mark's release orders that store too, and readers reach d only after the mark or the new table) */
 		while (!atomic_compare_exchange_weak_explicit(&s->tat, &cur, mark, memory_order_release,
 		                                              memory_order_relaxed))
 			atomic_store_explicit(&d->tat, cur, memory_order_relaxed);
@@ -610,7 +657,9 @@ static bool resize(ats_keyed *m, size_t slots, uint64_t now_ns)
 	}
 	m->used = used;
 	m->hand = m->sweep = 0;
+	/* release: pairs with the readers' acquire load of m->table: nt and every slot moved into it are seen */
 	atomic_store_explicit(&m->table, nt, memory_order_release);
+	/* relaxed: a statistic */
 	atomic_fetch_add_explicit(&m->resizes, 1, memory_order_relaxed);
 	/* This thread read `old` above, and call_rcu's enqueue happens before the callback that
 	 * frees it (liburcu's queue hand-off, which ThreadSanitizer cannot see): say so. */
@@ -626,16 +675,20 @@ static bool resize(ats_keyed *m, size_t slots, uint64_t now_ns)
 static size_t purge_dead(ats_keyed *m, struct ats__keyed_table *t)
 {
 	size_t start = 0;
+	/* relaxed: under the writer mutex; only writers store it */
 	while (atomic_load_explicit(&t->slots[start].meta, memory_order_relaxed) != S_EMPTY)
 		start++; /* one exists: the table is never full */
 	size_t freed = 0;
 	bool after_empty = true;
 	for (size_t k = 1; k <= t->mask; k++) {
 		struct slot *s = &t->slots[(start - k) & t->mask];
+		/* relaxed: under the writer mutex; only writers store it */
 		uint32_t x = atomic_load_explicit(&s->meta, memory_order_relaxed);
 		if (x == S_EMPTY) {
 			after_empty = true;
 		} else if (after_empty && dead_reusable(m, x)) {
+			/* release: not needed (a reader reads nothing of an EMPTY slot, and its next owner publishes
+			 * with its own release); kept: cold path */
 			atomic_store_explicit(&s->meta, S_EMPTY, memory_order_release);
 			freed++;
 		} else {
@@ -651,6 +704,7 @@ static size_t purge_dead(ats_keyed *m, struct ats__keyed_table *t)
  * period). */
 static bool may_wait(ats_keyed *m, const struct ats__keyed_table *t)
 {
+	/* relaxed: a byte count; a stale value only makes the caller wait for the frees once or fail */
 	return atomic_load_explicit(&m->table_bytes, memory_order_relaxed) > t->bytes && !urcu_memb_read_ongoing();
 }
 
@@ -665,17 +719,20 @@ static struct slot *reserve(ats_keyed *m, const struct kref *k, uint64_t now_ns,
 	*wait = false;
 	sweep_idle(m, now_ns, SWEEP_PER_INSERT);
 	/* A replacement (a new limit for a key still present after the sweep) frees the old slot. */
+	/* relaxed: under the writer mutex; only writers store it (the count and the table) */
 	size_t keys = atomic_load_explicit(&m->keys, memory_order_relaxed);
 	if (replacing && find(atomic_load_explicit(&m->table, memory_order_relaxed), k))
 		keys--;
 	if (keys + 1 > m->key_limit && evict_one(m, now_ns))
 		keys--;
+	/* relaxed: under the writer mutex; only writers store it */
 	struct ats__keyed_table *t = atomic_load_explicit(&m->table, memory_order_relaxed);
 	size_t slots = t->mask + 1;
 	if ((keys + 1) * LOAD_DEN > slots * LOAD_NUM && slots < m->max_slots)
 		resize(m, slots * 2, now_ns); /* on failure, fill further and evict at the hard load */
 	bool purged = false;
 	for (int attempt = 0;; attempt++) {
+		/* relaxed: under the writer mutex; only writers store it (the table and meta below) */
 		t = atomic_load_explicit(&m->table, memory_order_relaxed);
 		slots = t->mask + 1;
 		size_t i = h & t->mask;
@@ -703,6 +760,7 @@ static struct slot *reserve(ats_keyed *m, const struct kref *k, uint64_t now_ns,
 			target *= 2;
 		if (attempt == 0 && resize(m, target, now_ns))
 			continue;
+		/* relaxed: under the writer mutex; only writers store it (the table and meta below) */
 		t = atomic_load_explicit(&m->table, memory_order_relaxed);
 		slots = t->mask + 1;
 		if (may_wait(m, t)) {
@@ -710,6 +768,7 @@ static struct slot *reserve(ats_keyed *m, const struct kref *k, uint64_t now_ns,
 			return NULL;
 		}
 		if ((m->used + 1) * 16 > slots * 15) {
+			/* relaxed: a statistic */
 			atomic_fetch_add_explicit(&m->insert_failures, 1, memory_order_relaxed);
 			return NULL;
 		}
@@ -723,13 +782,18 @@ static struct slot *reserve(ats_keyed *m, const struct kref *k, uint64_t now_ns,
 /* Publishes a reserved slot: fields first, then meta with release. */
 static void publish(ats_keyed *m, struct slot *d, const struct kref *k, uint32_t aux, uint64_t tat)
 {
+	/* relaxed: under the writer mutex; only writers store it */
 	if (atomic_load_explicit(&d->meta, memory_order_relaxed) == S_EMPTY)
 		m->used++;
+	/* relaxed, all four: published by the release store of meta below */
 	atomic_store_explicit(&d->key[0], k->w[0], memory_order_relaxed);
 	atomic_store_explicit(&d->key[1], k->w[1], memory_order_relaxed);
 	atomic_store_explicit(&d->aux, aux, memory_order_relaxed);
 	atomic_store_explicit(&d->tat, tat, memory_order_relaxed);
+	/* release: pairs with find's acquire on meta: key, aux, TAT and an override's clock (stored before)
+	 * are seen; the slot was EMPTY or DEAD past a grace period, so no reader still reads its old key */
 	atomic_store_explicit(&d->meta, k->meta, memory_order_release);
+	/* relaxed, both: a count changed only under the mutex, and a statistic */
 	atomic_fetch_add_explicit(&m->keys, 1, memory_order_relaxed);
 	atomic_fetch_add_explicit(&m->inserts, 1, memory_order_relaxed);
 }
@@ -763,6 +827,7 @@ static int slow_take(ats_keyed *m, const struct kref *k, uint64_t n, uint64_t no
 	pthread_mutex_lock(&m->lock);
 	int r;
 	for (int attempt = 0;; attempt++) {
+		/* relaxed: under the writer mutex; only writers store it */
 		struct slot *s = find(atomic_load_explicit(&m->table, memory_order_relaxed), k);
 		if (s) { /* never T_GONE under the mutex */
 			r = res ? slot_throttle(m, s, n, now_ns, res) : slot_take(m, s, n, now_ns);
@@ -790,6 +855,7 @@ static int slow_take(ats_keyed *m, const struct kref *k, uint64_t n, uint64_t no
 			if (res)
 				fill_result(&m->limit, c, tat, now, n, true, now_ns, res);
 		} else if (wait) {
+			/* relaxed: a statistic */
 			atomic_fetch_add_explicit(&m->insert_failures, 1, memory_order_relaxed);
 		}
 		r = d ? T_GRANTED : T_NO_ROOM;
@@ -814,6 +880,8 @@ static inline int resolve(ats_keyed *m, struct ats__keyed_table *t, const struct
 		/* Moved or evicted: the acquire pairs with the mark's release, so a moved key's new slot
 		 * (published before the mark) is visible in t->next. */
 		(void)atomic_load_explicit(&s->tat, memory_order_acquire);
+		/* acquire: pairs with resize's release store of next: nt's fields and slots are seen (a key evicted
+		 * before the resize began has a mark older than the link, so the re-load above does not cover it) */
 		t = atomic_load_explicit(&t->next, memory_order_acquire);
 	}
 	return T_GONE;
@@ -831,6 +899,7 @@ static int resolve_throttle(ats_keyed *m, struct ats__keyed_table *t, const stru
 		if (r != T_GONE)
 			return r;
 		(void)atomic_load_explicit(&s->tat, memory_order_acquire); /* as in resolve */
+		/* acquire: as in resolve */
 		t = atomic_load_explicit(&t->next, memory_order_acquire);
 	}
 	return T_GONE;
@@ -850,6 +919,7 @@ bool ats_keyed_allow_n_at(ats_keyed *m, const void *key, size_t len, uint64_t n,
 	kref_make(m, key, len, &k);
 	reg_thread();
 	urcu_memb_read_lock();
+	/* acquire: pairs with resize's (and init's) release store of m->table: its fields and slots are seen */
 	int r = resolve(m, atomic_load_explicit(&m->table, memory_order_acquire), &k, n, now_ns);
 	TSAN_RELEASE(&m->tsan_sync);
 	urcu_memb_read_unlock();
@@ -874,6 +944,7 @@ size_t ats_keyed_allow_burst_at(ats_keyed *m, const void *const keys[], const si
 	urcu_memb_read_lock();
 	for (size_t base = 0; base < count; base += BURST_CHUNK) {
 		size_t c = count - base < BURST_CHUNK ? count - base : BURST_CHUNK;
+		/* acquire: as in ats_keyed_allow_n_at */
 		struct ats__keyed_table *t = atomic_load_explicit(&m->table, memory_order_acquire);
 		/* Hash everything and start every slot's cache miss before waiting on any of them. */
 		for (size_t i = 0; i < c; i++) {
@@ -894,6 +965,7 @@ size_t ats_keyed_allow_burst_at(ats_keyed *m, const void *const keys[], const si
 				urcu_memb_read_unlock();
 				r = slow_take(m, &k[i], n, now_ns, NULL);
 				urcu_memb_read_lock();
+				/* acquire: as in ats_keyed_allow_n_at */
 				t = atomic_load_explicit(&m->table, memory_order_acquire);
 			}
 			results[base + i] = r == T_GRANTED;
@@ -929,6 +1001,7 @@ ats_keyed_status ats_keyed_throttle_at(ats_keyed *m, const void *key, size_t len
 	kref_make(m, key, len, &k);
 	reg_thread();
 	urcu_memb_read_lock();
+	/* acquire: as in ats_keyed_allow_n_at */
 	int r = resolve_throttle(m, atomic_load_explicit(&m->table, memory_order_acquire), &k, n, now_ns, res);
 	TSAN_RELEASE(&m->tsan_sync);
 	urcu_memb_read_unlock();
@@ -956,6 +1029,7 @@ size_t ats_keyed_throttle_burst_at(ats_keyed *m, const void *const keys[], const
 	urcu_memb_read_lock();
 	for (size_t base = 0; base < count; base += BURST_CHUNK) {
 		size_t c = count - base < BURST_CHUNK ? count - base : BURST_CHUNK;
+		/* acquire: as in ats_keyed_allow_n_at */
 		struct ats__keyed_table *t = atomic_load_explicit(&m->table, memory_order_acquire);
 		for (size_t i = 0; i < c; i++) {
 			if (!key_ok(keys[base + i], lens[base + i])) {
@@ -978,6 +1052,7 @@ size_t ats_keyed_throttle_burst_at(ats_keyed *m, const void *const keys[], const
 				urcu_memb_read_unlock();
 				r = slow_take(m, &k[i], n, now_ns, res);
 				urcu_memb_read_lock();
+				/* acquire: as in ats_keyed_allow_n_at */
 				t = atomic_load_explicit(&m->table, memory_order_acquire);
 			}
 			status[base + i] = r == T_NO_ROOM ? refuse(ATS_KEYED_NO_ROOM, res) : status_of[r];
@@ -1003,17 +1078,22 @@ uint64_t ats_keyed_tokens_at(ats_keyed *m, const void *key, size_t len, uint64_t
 	reg_thread();
 	urcu_memb_read_lock();
 	uint64_t tokens = m->clock.burst_units >> m->clock.shift; /* a new key is full */
+	/* acquire: as in ats_keyed_allow_n_at */
 	struct ats__keyed_table *t = atomic_load_explicit(&m->table, memory_order_acquire);
 	while (t) {
 		struct slot *s = find(t, &k);
 		if (!s)
 			break;
+		/* relaxed: aux was published with meta (find's acquire) */
 		const ats_token_clock *c = aux_clock(m, atomic_load_explicit(&s->aux, memory_order_relaxed));
+		/* acquire: when it is the gone mark, this is resolve's re-load (pairs with the mark's release)
+		 * before next is followed; otherwise only the value is used */
 		uint64_t tat = atomic_load_explicit(&s->tat, memory_order_acquire);
 		if (!is_gone(tat, ats_token_clock_units(c, now_ns))) {
 			tokens = clock_tokens(c, tat, now_ns);
 			break;
 		}
+		/* acquire: as in resolve */
 		t = atomic_load_explicit(&t->next, memory_order_acquire);
 	}
 	TSAN_RELEASE(&m->tsan_sync);
@@ -1090,6 +1170,7 @@ ats_err *ats_keyed_init(ats_keyed *m, const ats_keyed_config *cfg)
 		free(m->override_limits);
 		return ats_err_new(ATS_ERR_OUT_OF_MEMORY, "ats_keyed_init: %zu slots", slots);
 	}
+	/* release: not needed (the caller's hand-off of m orders init), harmless: once per map */
 	atomic_store_explicit(&m->table, t, memory_order_release);
 	pthread_mutex_init(&m->lock, NULL);
 	return NULL;
@@ -1102,6 +1183,7 @@ void ats_keyed_destroy(ats_keyed *m)
 	urcu_memb_synchronize_rcu(); /* calls in flight on other threads */
 	urcu_memb_barrier();         /* deferred table frees and grace epochs */
 	TSAN_ACQUIRE(&m->tsan_sync);
+	/* relaxed: no other call runs now (the caller's contract) and the barriers above ordered the callbacks */
 	table_free_now(atomic_load_explicit(&m->table, memory_order_relaxed));
 	free(m->overrides);
 	free(m->override_limits);
@@ -1134,6 +1216,7 @@ void ats_keyed_free(ats_keyed *m)
 /* The override id (1-based) of an equal limit already made, or 0. Writer-only; O(overrides). */
 static uint32_t override_find(const ats_keyed *m, const ats_keyed_limit *lim)
 {
+	/* relaxed: under the writer mutex; only writers store it */
 	uint32_t n = atomic_load_explicit(&m->noverrides, memory_order_relaxed);
 	for (uint32_t i = 0; i < n; i++) {
 		const ats_keyed_limit *l = &m->override_limits[i];
@@ -1165,12 +1248,14 @@ ats_err *ats_keyed_set_limit(ats_keyed *m, const void *key, size_t len, const at
 	pthread_mutex_lock(&m->lock);
 	ats_err *err = NULL;
 	uint32_t id = lim ? override_find(m, lim) : 0;
+	/* relaxed: under the writer mutex; only writers store it */
 	uint32_t nov = atomic_load_explicit(&m->noverrides, memory_order_relaxed);
 	if (lim && !id && nov == m->max_overrides) {
 		err = ats_err_new(ATS_ERR_LIMITED, "ats_keyed_set_limit: all %u override limits are in use",
 		                  m->max_overrides);
 		goto out;
 	}
+	/* relaxed: under the writer mutex (the table, and aux below: readers only OR a hint bit) */
 	struct slot *old = find(atomic_load_explicit(&m->table, memory_order_relaxed), &k);
 	if (old && (!lim || id) && atomic_load_explicit(&old->aux, memory_order_relaxed) >> 1 == id)
 		goto out; /* the key already has this limit */
@@ -1178,12 +1263,14 @@ ats_err *ats_keyed_set_limit(ats_keyed *m, const void *key, size_t len, const at
 	bool wait;
 	for (int attempt = 0;; attempt++) {
 		d = reserve(m, &k, now_ns, old != NULL, &wait);
+		/* relaxed: under the writer mutex; only writers store it */
 		old = find(atomic_load_explicit(&m->table, memory_order_relaxed), &k); /* reserve may move it */
 		if (d || !wait || attempt)
 			break;
 		wait_for_frees(m);
 	}
 	if (!d) {
+		/* relaxed: a statistic */
 		if (wait) /* else reserve counted it */
 			atomic_fetch_add_explicit(&m->insert_failures, 1, memory_order_relaxed);
 		err = ats_err_new(ATS_ERR_OUT_OF_MEMORY, "ats_keyed_set_limit: no slot for the key");
@@ -1193,19 +1280,25 @@ ats_err *ats_keyed_set_limit(ats_keyed *m, const void *key, size_t len, const at
 		/* Published to readers by the slot's release below. */
 		m->overrides[nov] = clock;
 		m->override_limits[nov] = *lim;
+		/* relaxed: read under the mutex or as a statistic; the override reaches readers by publish's release */
 		atomic_store_explicit(&m->noverrides, nov + 1, memory_order_relaxed);
 		id = nov + 1;
 	}
 	const ats_token_clock *nc = aux_clock(m, id << 1);
 	uint64_t burst = nc->inf ? 0 : nc->burst_units >> nc->shift, tokens = burst;
 	if (old) {
+		/* relaxed: under the writer mutex; only writers store it (aux: readers only OR a hint bit) */
 		const ats_token_clock *oc = aux_clock(m, atomic_load_explicit(&old->aux, memory_order_relaxed));
+		/* acq_rel: the release pairs with a reader's acquire re-load as in slot_evict; the acquire half is not
+		 * needed (the old TAT is used as a value only); kept: cold path */
 		uint64_t tat = atomic_exchange_explicit(&old->tat, gone_mark(oc, now_ns), memory_order_acq_rel);
 		if (!oc->inf && !ats_gcra_is_full(oc, tat, now_ns))
 			tokens = ats_gcra_tokens(oc, tat, now_ns); /* a full bucket stays full, as a new key */
 		if (tokens > burst)
 			tokens = burst;
+		/* release: as in slot_evict (not needed; kept: cold path) */
 		atomic_store_explicit(&old->meta, META_DEAD(m->epoch), memory_order_release);
+		/* relaxed: as in slot_evict */
 		atomic_fetch_sub_explicit(&m->keys, 1, memory_order_relaxed);
 		m->killed_since_grace++;
 	}
@@ -1223,6 +1316,7 @@ size_t ats_keyed_evict_idle_at(ats_keyed *m, uint64_t now_ns, size_t max_slots)
 		return 0;
 	reg_thread();
 	pthread_mutex_lock(&m->lock);
+	/* relaxed: under the writer mutex; only writers store it */
 	size_t slots = atomic_load_explicit(&m->table, memory_order_relaxed)->mask + 1;
 	size_t evicted = sweep_idle(m, now_ns, max_slots && max_slots < slots ? max_slots : slots);
 	grace_kick(m);
@@ -1232,11 +1326,13 @@ size_t ats_keyed_evict_idle_at(ats_keyed *m, uint64_t now_ns, size_t max_slots)
 
 size_t ats_keyed_count(const ats_keyed *m)
 {
+	/* relaxed: a statistic */
 	return m ? atomic_load_explicit(&m->keys, memory_order_relaxed) : 0;
 }
 
 size_t ats_keyed_bytes(const ats_keyed *m)
 {
+	/* relaxed: a statistic */
 	return m ? m->base_bytes + atomic_load_explicit(&m->table_bytes, memory_order_relaxed) : 0;
 }
 
@@ -1252,10 +1348,12 @@ void ats_keyed_stats_get(const ats_keyed *m, ats_keyed_stats *out)
 	out->bytes = ats_keyed_bytes(m);
 	reg_thread();
 	urcu_memb_read_lock();
+	/* acquire: as in ats_keyed_allow_n_at (mask is read through it) */
 	out->slots = atomic_load_explicit(&mm->table, memory_order_acquire)->mask + 1;
 	TSAN_RELEASE(&mm->tsan_sync);
 	urcu_memb_read_unlock();
 	out->key_limit = m->key_limit;
+	/* relaxed, all six: statistics */
 	out->inserts = atomic_load_explicit(&mm->inserts, memory_order_relaxed);
 	out->evicted_idle = atomic_load_explicit(&mm->evicted_idle, memory_order_relaxed);
 	out->evicted_forced = atomic_load_explicit(&mm->evicted_forced, memory_order_relaxed);
