@@ -46,7 +46,9 @@
 #include "atscale/chan.h"
 #include "atscale/clock.h"
 #include "internal/ec.h"
+#include "internal/compiler.h"
 #include "internal/futex.h"
+#include "internal/tsan.h"
 
 #include <ck_pr.h>
 #include <ck_ring.h>
@@ -58,29 +60,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#define likely(x) __builtin_expect(!!(x), 1)
-#define unlikely(x) __builtin_expect(!!(x), 0)
-
 /* ThreadSanitizer cannot see ck_ring's ordering (ck_pr is inline assembly). A sender releases the
  * channel before its enqueue and a receiver acquires it after its dequeue, so what a sender wrote
  * before sending happens-before what the receiver reads after: the hand-over the ring gives, told
- * to TSan. (The ring's own slot copies are listed in tests/tsan.supp.) */
-#if defined(__SANITIZE_THREAD__)
-#define ATS_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define ATS_TSAN 1
-#endif
-#endif
-#ifdef ATS_TSAN
-void __tsan_acquire(void *addr);
-void __tsan_release(void *addr);
-#define TSAN_RELEASE(p) __tsan_release(p)
-#define TSAN_ACQUIRE(p) __tsan_acquire(p)
-#else
-#define TSAN_RELEASE(p) ((void)0)
-#define TSAN_ACQUIRE(p) ((void)0)
-#endif
+ * to TSan (internal/tsan.h). (The ring's own slot copies are listed in tests/tsan.supp.) */
 
 #define CREDIT_CLOSED (UINT64_C(1) << 63)
 #define CREDIT_MASK (CREDIT_CLOSED - 1)
@@ -168,7 +151,7 @@ static inline bool sp_enter(struct chan *c)
 {
 	/* seq_cst, both: the Dekker pair with close's store and a receiver's loads (file comment). */
 	atomic_exchange_explicit(&c->busy, 1, memory_order_seq_cst);
-	if (unlikely(atomic_load_explicit(&c->closed, memory_order_seq_cst))) {
+	if (ats__unlikely(atomic_load_explicit(&c->closed, memory_order_seq_cst))) {
 		atomic_store_explicit(&c->busy, 0, memory_order_seq_cst);
 		ck_ec32_inc(&c->not_empty, &ats__ec_mode_mp);
 		return false;
@@ -205,7 +188,7 @@ static size_t send_burst(struct chan *c, void *const *items, size_t n, ats_chan_
 		/* With a credit the ring always has a slot: reserved-but-unread slots never exceed the
 		 * credits taken, and cap <= mask. The loop only guards that reasoning. */
 		for (size_t i = 0; i < k; i++)
-			while (unlikely(!ring_enqueue(c, items[i])))
+			while (ats__unlikely(!ring_enqueue(c, items[i])))
 				ats__cpu_relax();
 	} else {
 		if (!sp_enter(c)) {
@@ -222,7 +205,7 @@ static size_t send_burst(struct chan *c, void *const *items, size_t n, ats_chan_
 			 * store and load, so either it sees busy clear on its re-check or we see closed
 			 * here and bump "not empty" for it. */
 			atomic_store_explicit(&c->busy, 0, memory_order_seq_cst);
-			if (unlikely(atomic_load_explicit(&c->closed, memory_order_seq_cst)))
+			if (ats__unlikely(atomic_load_explicit(&c->closed, memory_order_seq_cst)))
 				ck_ec32_inc(&c->not_empty, &ats__ec_mode_mp);
 			*st = ATS_CHAN_WOULD_BLOCK;
 			return 0;
@@ -241,7 +224,7 @@ static inline void after_recv(struct chan *c, size_t k)
 	if (c->mp) {
 		/* release: the slot is read before the credit that lets a sender refill it. */
 		uint64_t w = atomic_fetch_add_explicit(&c->credits, k, memory_order_release);
-		if (unlikely(w & CREDIT_CLOSED))
+		if (ats__unlikely(w & CREDIT_CLOSED))
 			ck_ec32_inc(&c->not_empty, &ats__ec_mode_mp); /* a receiver may wait on our credit */
 	}
 	ck_ec32_inc(&c->not_full, &ats__ec_mode_mp);
@@ -290,7 +273,7 @@ static size_t recv_burst(struct chan *c, void **out, size_t n, ats_chan_status *
 
 ats_chan_status ats_chan_try_send(ats_chan *ch, void *v)
 {
-	if (unlikely(!ch))
+	if (ats__unlikely(!ch))
 		return ATS_CHAN_INVALID;
 	ats_chan_status st;
 	send_burst(C(ch), &v, 1, &st);
@@ -299,11 +282,11 @@ ats_chan_status ats_chan_try_send(ats_chan *ch, void *v)
 
 ats_chan_status ats_chan_try_recv(ats_chan *ch, void **out)
 {
-	if (unlikely(!ch || !out))
+	if (ats__unlikely(!ch || !out))
 		return ATS_CHAN_INVALID;
 	struct chan *c = C(ch);
 	void *v;
-	if (likely(ring_dequeue(c, &v))) {
+	if (ats__likely(ring_dequeue(c, &v))) {
 		after_recv(c, 1);
 		*out = v;
 		return ATS_CHAN_OK;
@@ -318,7 +301,7 @@ size_t ats_chan_try_send_n(ats_chan *ch, void *const *items, size_t n, ats_chan_
 {
 	ats_chan_status st = ATS_CHAN_OK;
 	size_t k = 0;
-	if (unlikely(!ch || (!items && n)))
+	if (ats__unlikely(!ch || (!items && n)))
 		st = ATS_CHAN_INVALID;
 	else if (n)
 		k = send_burst(C(ch), items, n, &st);
@@ -331,7 +314,7 @@ size_t ats_chan_try_recv_n(ats_chan *ch, void **out, size_t n, ats_chan_status *
 {
 	ats_chan_status st = ATS_CHAN_OK;
 	size_t k = 0;
-	if (unlikely(!ch || (!out && n)))
+	if (ats__unlikely(!ch || (!out && n)))
 		st = ATS_CHAN_INVALID;
 	else if (n)
 		k = recv_burst(C(ch), out, n, &st);
@@ -462,7 +445,7 @@ static _Thread_local uint32_t rng_state;
 static uint32_t rng_next(void)
 {
 	uint32_t x = rng_state;
-	if (unlikely(!x))
+	if (ats__unlikely(!x))
 		x = (uint32_t)(uintptr_t)&rng_state ^ (uint32_t)ats_now_ns() ^ 0x9e3779b9u;
 	x ^= x << 13, x ^= x >> 17, x ^= x << 5;
 	rng_state = x ? x : 1;
@@ -665,17 +648,17 @@ ats_err *ats_chan_select(ats_chan_case *cases, size_t n, bool has_default, size_
 
 ats_err *ats_chan_send(ats_chan *ch, void *v, ats_ctx *ctx)
 {
-	if (unlikely(!ch || !ctx))
+	if (ats__unlikely(!ch || !ctx))
 		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "channel send: NULL %s", ch ? "ctx" : "channel");
 	struct chan *c = C(ch);
 	ats_chan_status st;
 	ats_err *err;
 	/* One load, no clock read: a deadline that passed before the timer fired is caught once the
 	 * call has to wait (ctx.h: deadlines fire at most a tick late). */
-	if (unlikely(ats_ctx_done(ctx)))
+	if (ats__unlikely(ats_ctx_done(ctx)))
 		return ats_ctx_err(ctx);
 	send_burst(c, &v, 1, &st);
-	if (likely(st == ATS_CHAN_OK))
+	if (ats__likely(st == ATS_CHAN_OK))
 		return NULL;
 	if (st == ATS_CHAN_CLOSED)
 		return closed_err();
@@ -688,15 +671,15 @@ ats_err *ats_chan_send(ats_chan *ch, void *v, ats_ctx *ctx)
 
 ats_err *ats_chan_recv(ats_chan *ch, void **out, ats_ctx *ctx)
 {
-	if (unlikely(!ch || !out || !ctx))
+	if (ats__unlikely(!ch || !out || !ctx))
 		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "channel recv: NULL %s",
 		                   !ch ? "channel" : !out ? "out" : "ctx");
 	struct chan *c = C(ch);
 	ats_err *err;
-	if (unlikely(ats_ctx_done(ctx))) /* one load, as in send */
+	if (ats__unlikely(ats_ctx_done(ctx))) /* one load, as in send */
 		return ats_ctx_err(ctx);
 	ats_chan_status st = ats_chan_try_recv(ch, out);
-	if (likely(st == ATS_CHAN_OK))
+	if (ats__likely(st == ATS_CHAN_OK))
 		return NULL;
 	if (st == ATS_CHAN_CLOSED)
 		return closed_err();

@@ -33,6 +33,7 @@
 #include "atscale/clock.h"
 #include "internal/compiler.h"
 #include "internal/keyed.h"
+#include "internal/tsan.h"
 
 #include <urcu/urcu-memb.h>
 
@@ -41,30 +42,14 @@
 #include <string.h>
 #include <sys/random.h>
 
-#if defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define ATS_KEYED_TSAN 1
-#endif
-#endif
-#if defined(__SANITIZE_THREAD__)
-#define ATS_KEYED_TSAN 1
-#endif
-#ifdef ATS_KEYED_TSAN
 /* liburcu's grace periods are made of membarrier and its own asm atomics, which ThreadSanitizer
  * cannot see. Readers release a per-map sync object when they leave a read-side section and every
  * RCU callback acquires it before freeing, which is exactly the order a grace period guarantees;
  * a writer releases it just before each call_rcu (its own reads of what the callback frees come
  * first, in program order, and the enqueue happens before the callback runs); callbacks release
  * it when done and ats_keyed_destroy acquires it after rcu_barrier. Every call_rcu and
- * rcu_barrier in this file is covered: resize (table), grace_kick (epoch), destroy (barrier). */
-void __tsan_acquire(void *addr);
-void __tsan_release(void *addr);
-#define TSAN_ACQUIRE(p) __tsan_acquire(p)
-#define TSAN_RELEASE(p) __tsan_release(p)
-#else
-#define TSAN_ACQUIRE(p) ((void)(p))
-#define TSAN_RELEASE(p) ((void)(p))
-#endif
+ * rcu_barrier in this file is covered: resize (table), grace_kick (epoch), destroy (barrier).
+ * (TSAN_RELEASE/TSAN_ACQUIRE: internal/tsan.h.) */
 
 #ifdef ATS_TESTING
 _Atomic int ats__keyed_fail_alloc;
