@@ -182,7 +182,8 @@ static void run_ctx(const uint8_t *d, size_t n)
 		case 1: {
 			bool past = b & 1;
 			uint64_t now = ats_now_ns();
-			uint64_t d0 = past ? now - 1 - b : now + HOUR * (1 + b);
+			/* Past on the clock the library reads, which may be behind now by its precision. */
+			uint64_t d0 = past ? now - ats_fast_precision_ns() - 1 - b : now + HOUR * (1 + b);
 			CHECK(ats_ctx_with_deadline(handle_of(p), d0, &out) == NULL);
 			int i = new_node(p, -1, true);
 			m[i].h = out;
