@@ -404,9 +404,10 @@ uint64_t ats_fast_precision_ns(void)
 	}
 	case ATS_CLOCK_COARSE:
 		/* The coarse clock moves once per tick and is updated a tick late: measured, it lags
-		 * CLOCK_MONOTONIC by up to two of its resolution steps. */
+		 * CLOCK_MONOTONIC by up to two of its resolution steps, and a tick handler held up on a
+		 * busy host adds more (8.65 ms seen at a 4 ms tick): three steps are stated. */
 		clock_getres(CLOCK_MONOTONIC_COARSE, &res);
-		return 2 * ((uint64_t)res.tv_sec * ATS_NS_PER_SEC + (uint64_t)res.tv_nsec);
+		return 3 * ((uint64_t)res.tv_sec * ATS_NS_PER_SEC + (uint64_t)res.tv_nsec);
 	default: clock_getres(CLOCK_MONOTONIC, &res); return (uint64_t)res.tv_sec * ATS_NS_PER_SEC + (uint64_t)res.tv_nsec;
 	}
 }

@@ -36,7 +36,7 @@
  *  - "monotonic": CLOCK_MONOTONIC through the vDSO (precise to the ns), where the counter is not
  *    trusted or was dropped.
  *  - "coarse": CLOCK_MONOTONIC_COARSE (steps of one kernel tick, typically 1-4 ms, and it lags by
- *    up to two: its precision is reported as two ticks). Only when asked for,
+ *    up to two, more on a busy host: its precision is reported as three ticks). Only when asked for,
  *    by ats_clock_force(ATS_CLOCK_COARSE) or ATS_CLOCK=coarse: a limiter read by a clock that
  *    moves once per tick grants at most `burst` per tick, whatever its rate.
  *
@@ -80,7 +80,7 @@ static inline uint64_t ats_fast_now_ns(void);
 /* The default clock's precision in ns: the bound in the contract at the top of this file. For tsc,
  * the anchoring jitter plus the largest drift measured between recent re-anchorings (so it follows
  * the machine: it shrinks as calibration improves and grows if NTP slews hard); 1 for monotonic;
- * two kernel ticks for coarse. Lock-free; a few loads (a clock_getres for the others). */
+ * three kernel ticks for coarse. Lock-free; a few loads (a clock_getres for the others). */
 ATS_API uint64_t ats_fast_precision_ns(void);
 
 /* The source in use: "tsc", "monotonic" or "coarse"; after the counter was dropped,
