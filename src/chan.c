@@ -67,7 +67,6 @@
 
 #define CREDIT_CLOSED (UINT64_C(1) << 63)
 #define CREDIT_MASK (CREDIT_CLOSED - 1)
-#define EC_FLAG (UINT32_C(1) << 31) /* ck_ec32's waiter flag: the sign bit of its counter */
 
 struct chan {
 	struct ck_ring ring; /* c_head and p_tail/p_head each on their own line, then size/mask */
@@ -506,47 +505,11 @@ static size_t try_round(ats_chan_case *cases, size_t n, size_t start)
 	return SIZE_MAX;
 }
 
-static void kick_fn(void *arg)
-{
-	_Atomic uint32_t *kick = arg;
-	/* release: the parked thread re-checks the ctx after seeing the new value. */
-	atomic_fetch_add_explicit(kick, 1, memory_order_release);
-	ats__futex_wake(kick, 1);
-}
-
-/* ck_ec's waiter step by hand: set the waiter flag, return the word (flag included) to sleep on. */
-static uint32_t ec_arm(struct ck_ec32 *ec)
-{
-	uint32_t cur = ck_pr_load_32(&ec->counter);
-	for (;;) {
-		if (cur & EC_FLAG)
-			return cur;
-		if (ck_pr_cas_32_value(&ec->counter, cur, cur | EC_FLAG, &cur))
-			return cur | EC_FLAG;
-	}
-}
-
 static ats_err *ctx_check(ats_ctx *ctx, uint64_t deadline)
 {
 	if (ats_ctx_done(ctx) || (deadline != ATS_CTX_NO_DEADLINE && ats_now_ns() >= deadline))
 		return ats_ctx_err(ctx); /* cancels a ctx whose deadline passed before its timer fired */
 	return NULL;
-}
-
-static void park(struct futex_waitv *w, unsigned nw, uint64_t deadline)
-{
-	struct timespec ts, *tsp = NULL;
-	if (deadline != ATS_CTX_NO_DEADLINE) {
-		ts = ats__ec_timespec(deadline);
-		tsp = &ts;
-	}
-	long r = syscall(SYS_futex_waitv, w, nw, 0, tsp, CLOCK_MONOTONIC);
-	if (r < 0 && errno == ENOSYS) {
-		/* No futex_waitv: sleep on the first word, bounded, and re-check (late, never lost). */
-		uint64_t until = ats_now_ns() + 1000000u;
-		ats__futex_wait((const _Atomic uint32_t *)(uintptr_t)w[0].uaddr, (uint32_t)w[0].val,
-		                until < deadline ? until : deadline);
-	}
 }
 
 /* The blocking core of send, recv and select: cases[0..n), none ready on the caller's first try
@@ -572,10 +535,10 @@ static ats_err *wait_cases(ats_chan_case *cases, size_t n, size_t *fired, ats_ct
 	struct futex_waitv w[ATS_CHAN_SELECT_MAX + 1];
 	_Atomic uint32_t kick = 0;
 	ats_ctx_after after;
-	ats_ctx_after_func(ctx, &after, kick_fn, &kick);
+	ats_ctx_after_func(ctx, &after, ats__ec_kick, &kick);
 	err = NULL;
 	for (;;) {
-		/* acquire: pairs with kick_fn's release (then the ctx check below sees done). */
+		/* acquire: pairs with ats__ec_kick's release (then the ctx check below sees done). */
 		uint32_t kv = atomic_load_explicit(&kick, memory_order_acquire);
 		unsigned nw = 0;
 		for (size_t j = 0; j < n; j++) {
@@ -588,7 +551,7 @@ static ats_err *wait_cases(ats_chan_case *cases, size_t n, size_t *fired, ats_ct
 				d++;
 			if (d < nw)
 				continue; /* the same eventcount twice: one entry */
-			uint32_t val = ec_arm(ec);
+			uint32_t val = ats__ec_arm(ec);
 			w[nw++] = (struct futex_waitv){
 			    .val = val, .uaddr = (uint64_t)(uintptr_t)&ec->counter, .flags = FUTEX_32 | FUTEX_PRIVATE_FLAG};
 		}
@@ -608,7 +571,7 @@ static ats_err *wait_cases(ats_chan_case *cases, size_t n, size_t *fired, ats_ct
 		}
 		if ((err = ctx_check(ctx, deadline)))
 			break;
-		park(w, nw, deadline);
+		ats__ec_park(w, nw, deadline);
 	}
 	ats_ctx_after_stop(&after);
 	return err;

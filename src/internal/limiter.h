@@ -5,19 +5,7 @@
 
 #include "atscale/limiter.h"
 
-#include <sched.h>
-#ifndef _GNU_SOURCE
-extern int sched_getcpu(void); /* glibc declares it only with _GNU_SOURCE */
-#endif
-
-#if defined(__has_include)
-#if __has_include(<sys/rseq.h>)
-#include <sys/rseq.h>
-#if defined(RSEQ_SIG)
-#define ATS_HAVE_RSEQ 1
-#endif
-#endif
-#endif
+#include "internal/cpu.h"
 
 /* The same as ats__limiter_view_fast, never failing (out of line: loops, and uses the previous slot
  * while a conversion is pending). Lock-free. */
@@ -61,23 +49,5 @@ static inline bool ats__limiter_fits(const struct ats__limiter_view *v, uint64_t
  * number taken, 0 when fewer than min_n are there (nothing written). min_n >= 1. Lock-free. The
  * sharded limiter leases its batches with it. */
 uint64_t ats__limiter_take_upto_at(ats_limiter *l, uint64_t min_n, uint64_t max_n, uint64_t now_ns);
-
-/* The calling thread's current CPU: the kernel-maintained rseq area when glibc registered one
- * (glibc >= 2.35: one TLS load), else sched_getcpu() (a call; compare the floor.* benchmark rows).
- * Only a hint: the thread may migrate right after, which the shards tolerate. */
-static inline unsigned ats__current_cpu(void)
-{
-#if defined(__x86_64__) && defined(ATS_HAVE_RSEQ)
-	if (__builtin_expect(__rseq_size >= 8, 1)) {
-		char *tp;
-		__asm__("mov %%fs:0, %0" : "=r"(tp));
-		int32_t cpu = *(volatile int32_t *)(tp + __rseq_offset + 4); /* struct rseq.cpu_id */
-		if (cpu >= 0)
-			return (unsigned)cpu;
-	}
-#endif
-	int cpu = sched_getcpu();
-	return cpu < 0 ? 0u : (unsigned)cpu;
-}
 
 #endif

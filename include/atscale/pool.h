@@ -1,0 +1,194 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/* atscale worker pool: one worker thread per core, each with its own bounded queue, stealing
+ * when idle; the runtime that hedged requests and supervision run their work on.
+ *
+ * Workers. One per online CPU by default (or config.workers), optionally pinned (worker i to the
+ * i-th CPU the process may run on). Every worker blocks all signals (they belong to the
+ * application's threads) and is registered with liburcu's memb flavour (urcu/urcu-memb.h), so a
+ * task may enter RCU read-side sections (the keyed limiters' maps, or the caller's own).
+ *
+ * Queues. Each worker has a bounded multi-producer multi-consumer queue on ck_ring whose slots
+ * hold the task descriptors themselves (ats_task is copied in): submitting and running allocate
+ * nothing. The capacity (config.queue_capacity, default 1024) is honoured exactly: a credit
+ * counter per queue, taken with one CAS before the enqueue and given back after the dequeue,
+ * refuses the capacity+1'th task (ck_ring's power-of-two ring is never the limit). That same word
+ * holds the queue's closed bit, so "accepted before shutdown" and "refused after" are decided by
+ * one CAS, exactly.
+ *
+ * Where a task goes. try_submit/submit put it on the queue of the worker for the caller's CPU
+ * (rseq's cpu_id when glibc registered it, else sched_getcpu(); modulo the worker count) or, when
+ * the caller is itself a worker of this pool, on its own queue. The _to variants take a worker
+ * index; ats_pool_pick_less_loaded and ats_pool_pick_other choose one (the power of two choices:
+ * the shorter queue of two random workers), which is how replicated requests land on different
+ * workers ("different runtime conditions").
+ *
+ * Idling. A worker whose queue is empty steals one task from another worker (one pass over the
+ * others from a random start) before it idles. Then, by config.idle:
+ *   ATS_POOL_SPIN_PARK (default) spins config.spin rounds re-checking, then parks;
+ *   ATS_POOL_PARK parks at once;
+ *   ATS_POOL_POLL never sleeps (run-to-completion cores, as DPDK's lcores): it keeps polling.
+ * A parked worker sleeps on its queue's eventcount (ck_ec): a submit bumps it (one locked add,
+ * and a futex wake only when the worker is parked). A parked worker also wakes every
+ * ATS_POOL_STEAL_PERIOD_NS to look for work to steal, and a submit to a worker that is busy
+ * running a task wakes one parked worker: a task queued behind a worker blocked in a long task is
+ * stolen, not stuck.
+ *
+ * Tasks and cancellation. A task runs as run(arg, ctx) on some worker (its own queue's or a
+ * thief). Its ctx is the one in the descriptor (the pool holds a reference from submit until
+ * the task ran or was cancelled) or, when NULL, the pool's own ctx, which is cancelled when a
+ * shutdown gives up draining. A task whose ctx is done (or whose deadline has passed) when a
+ * worker takes it is not run: it goes to cancel(arg, why) with the ctx's error (borrowed for the
+ * call). A task without a cancel callback is then simply not run. Either way it is counted.
+ *
+ * Shutdown (ats_pool_shutdown, with a ctx): stop accepting (every later submit gets CLOSED),
+ * drain (workers run what is queued) until every queue is empty or the ctx is done, then cancel
+ * the pool's ctx, hand every task still queued to its cancel callback, wait for running tasks to
+ * return and join the workers. Every accepted task either ran or was handed back cancelled,
+ * exactly once; nothing accepted is lost, nothing runs twice.
+ *
+ * Progress words. Each worker has a sequence bumped (release) when a task starts and again when
+ * it ends: odd while a task runs. A watcher that sees the same odd value for too long has found
+ * a stuck worker (the supervisor's stall check).
+ *
+ * Threads: every function may be called from any thread, except ats_pool_free (the last call)
+ * and ats_pool_shutdown from one of the pool's own workers (refused: it would wait for itself).
+ */
+#ifndef ATSCALE_POOL_H
+#define ATSCALE_POOL_H
+
+#include "atscale/common.h"
+#include "atscale/ctx.h"
+#include "atscale/error.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Runs a task: arg is the descriptor's, ctx the task's ctx (never NULL). */
+typedef void (*ats_task_fn)(void *arg, ats_ctx *ctx);
+/* A task that will not run: why (borrowed for the call) says why: the ctx's error, or
+ * ATS_ERR_CANCELLED when the pool shut down with the task still queued. */
+typedef void (*ats_task_cancel_fn)(void *arg, const ats_err *why);
+
+/* A task descriptor. Copied into the queue at submit: the caller's copy may go at once. */
+typedef struct ats_task {
+	ats_task_fn run;           /* required */
+	ats_task_cancel_fn cancel; /* optional: called instead of run when the task is not run */
+	void *arg;
+	ats_ctx *ctx; /* optional: the pool takes a reference while the task is queued */
+} ats_task;
+
+typedef enum ats_pool_idle {
+	ATS_POOL_SPIN_PARK = 0, /* spin `spin` rounds, then park (the default) */
+	ATS_POOL_PARK = 1,      /* park at once */
+	ATS_POOL_POLL = 2,      /* never sleep: the worker owns its core */
+} ats_pool_idle;
+
+/* The most workers a pool may have, and the largest queue capacity. */
+#define ATS_POOL_MAX_WORKERS 1024u
+#define ATS_POOL_MAX_CAPACITY ((size_t)1 << 24)
+#define ATS_POOL_DEFAULT_CAPACITY 1024u
+#define ATS_POOL_DEFAULT_SPIN 2000u
+/* How often a parked worker wakes to look for work to steal. */
+#define ATS_POOL_STEAL_PERIOD_NS 1000000u
+
+typedef struct ats_pool_config {
+	unsigned workers;      /* 0: one per CPU the process may run on */
+	size_t queue_capacity; /* per worker; 0: ATS_POOL_DEFAULT_CAPACITY */
+	ats_pool_idle idle;
+	uint32_t spin; /* SPIN_PARK rounds before parking; 0: ATS_POOL_DEFAULT_SPIN */
+	bool pin;      /* pin worker i to the i-th allowed CPU (modulo their number) */
+} ats_pool_config;
+
+typedef enum ats_pool_status {
+	ATS_POOL_OK = 0, /* queued */
+	ATS_POOL_FULL,   /* the queue holds its capacity: nothing queued, try later or elsewhere */
+	ATS_POOL_CLOSED, /* the pool is shutting down or shut: nothing queued */
+	ATS_POOL_INVALID /* NULL pool, task or run, or a worker index out of range: nothing queued */
+} ats_pool_status;
+
+typedef struct ats_pool ats_pool;
+
+/* Per-worker counters, read while the workers run (each a snapshot, not a consistent set). */
+typedef struct ats_pool_worker_stats {
+	uint64_t run;       /* tasks this worker ran (its own and stolen) */
+	uint64_t stolen;    /* of those, taken from another worker's queue */
+	uint64_t cancelled; /* tasks this worker took and did not run (ctx done), and tasks shutdown
+	                       took from its queue */
+	size_t depth;       /* tasks in its queue now (accepted, not yet taken) */
+	uint64_t progress;  /* the progress word (see ats_pool_progress) */
+} ats_pool_worker_stats;
+
+/* ---- Making and stopping ---- */
+
+/* Starts a pool. cfg NULL: the defaults. Errors, nothing started: NULL out, workers or capacity
+ * above the maximum, an unknown idle policy (ATS_ERR_INVALID_ARGUMENT); no memory (ats_err_oom);
+ * a thread that could not start (ATS_ERR_SYSTEM, the others are stopped). Blocking (threads). */
+ATS_API ATS_NODISCARD ats_err *ats_pool_new(ats_pool **out, const ats_pool_config *cfg);
+
+/* Shuts the pool down: stop accepting, drain until every queue is empty or ctx is done, then
+ * cancel the rest, wait for running tasks and join the workers (see the file comment). NULL when
+ * everything accepted ran; ctx's error when ctx ended the drain (the remaining tasks went to
+ * their cancel callbacks); ATS_ERR_CLOSED when already shut down or shutting down;
+ * ATS_ERR_INVALID_ARGUMENT for NULL p or ctx, or a call from one of p's workers. Blocking: it
+ * waits for running tasks to return, however long they take (they see the pool's ctx cancelled
+ * when ctx ended the drain). */
+ATS_API ATS_NODISCARD ats_err *ats_pool_shutdown(ats_pool *p, ats_ctx *ctx);
+
+/* Frees the pool. If it was not shut down, shuts it down without draining (queued tasks go to
+ * their cancel callbacks). NULL-safe; the last call on p. Blocking. */
+ATS_API void ats_pool_free(ats_pool *p);
+
+/* ---- Submitting ---- */
+
+/* Queues t on the caller's worker (see the file comment). OK, FULL, CLOSED or INVALID; on
+ * anything but OK nothing is queued and t->ctx is not referenced. Never blocks: lock-free (one CAS
+ * on the queue's credit word, ck_ring's multi-producer enqueue, one eventcount add; a futex wake
+ * only when the worker is parked). No allocation. Release: what the caller wrote before is
+ * visible to the task. */
+ATS_API ats_pool_status ats_pool_try_submit(ats_pool *p, const ats_task *t);
+/* The same on worker `worker` (0 .. ats_pool_size(p)-1). */
+ATS_API ats_pool_status ats_pool_try_submit_to(ats_pool *p, unsigned worker, const ats_task *t);
+
+/* Queues t on the caller's worker, waiting while its queue is full: it first tries the less
+ * loaded of two random workers, then parks on the full queue's eventcount until a slot frees,
+ * the pool closes (ATS_ERR_CLOSED) or ctx is done (ctx's error); t is then not queued.
+ * ATS_ERR_INVALID_ARGUMENT for NULL p, t, t->run or ctx. Blocking; no allocation unless it
+ * returns an error. */
+ATS_API ATS_NODISCARD ats_err *ats_pool_submit(ats_pool *p, const ats_task *t, ats_ctx *ctx);
+/* The same on worker `worker` only (no fallback to another queue). */
+ATS_API ATS_NODISCARD ats_err *ats_pool_submit_to(ats_pool *p, unsigned worker, const ats_task *t, ats_ctx *ctx);
+
+/* ---- Choosing a worker ---- */
+
+/* The number of workers. Wait-free. */
+ATS_API unsigned ats_pool_size(const ats_pool *p);
+/* The index of the calling thread if it is one of p's workers, else -1. Wait-free (a
+ * thread-local load). */
+ATS_API int ats_pool_current_worker(const ats_pool *p);
+/* The less loaded (shorter queue) of two distinct random workers. Wait-free (a thread-local
+ * random draw and two relaxed loads). */
+ATS_API unsigned ats_pool_pick_less_loaded(ats_pool *p);
+/* The same among the workers other than `avoid` (avoid itself only when the pool has one
+ * worker). Wait-free. */
+ATS_API unsigned ats_pool_pick_other(ats_pool *p, unsigned avoid);
+
+/* ---- Watching ---- */
+
+/* Worker `worker`'s counters into *out. ATS_ERR_INVALID_ARGUMENT for NULL p or out or a worker
+ * out of range. Wait-free (relaxed loads; the workers are never stopped). */
+ATS_API ATS_NODISCARD ats_err *ats_pool_worker_stats_get(const ats_pool *p, unsigned worker,
+                                                         ats_pool_worker_stats *out);
+/* Worker `worker`'s progress word: bumped when each task starts and again when it ends, so odd
+ * while a task runs. Acquire: a watcher that sees a new value sees what the worker did before.
+ * 0 for a worker out of range. Wait-free. */
+ATS_API uint64_t ats_pool_progress(const ats_pool *p, unsigned worker);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,700 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/* The worker pool (pool.h): per-worker ck_ring queues whose slots hold the task descriptors, a
+ * credit word per queue for the exact capacity and the closed bit, ck_ec eventcounts for parking.
+ *
+ * Why by hand and not a general work-stealing deque (Chase-Lev): submits come from any thread
+ * (the server's I/O threads), not only from the owner, so every queue is multi-producer anyway;
+ * ck_ring's MPMC ring takes producers and thieves alike, with the descriptor copied into the slot
+ * (no allocation, no free list).
+ *
+ * The credit word: (closed bit << 63) | free slots. A submit takes a credit with one CAS (failing
+ * on closed or zero) and then enqueues, which cannot fail: the ring holds at least capacity
+ * slots, and a slot's credit comes back only after its dequeue. Shutdown sets the closed bit on
+ * every queue: a submit whose CAS came first is accepted and lands (its enqueue is a bounded
+ * number of steps), one that came after is refused. A queue whose credits are all back holds
+ * nothing and has nothing landing: that is "drained".
+ *
+ * Wake-ups. Each queue has two eventcounts: `work` (bumped after each enqueue, and by shutdown;
+ * its worker parks on it) and `room` (bumped after each dequeue; a blocking submit parks on it).
+ * ck_ec32_inc is one locked add that makes a system call only when the waiter flag is set, and a
+ * parker arms the flag (ats__ec_arm) and then re-checks its condition before it sleeps, so no
+ * wake-up is lost (the argument in chan.c's header holds word for word).
+ *
+ * Shutdown's wait for the drain sleeps on `drain_kick`, which an idle worker bumps in the
+ * draining state and the ctx's after-func bumps on cancel; shutdown re-checks the credits after
+ * reading it, so neither wake is lost.
+ */
+#include "atscale/pool.h"
+#include "atscale/clock.h"
+#include "internal/compiler.h"
+#include "internal/cpu.h"
+#include "internal/ec.h"
+#include "internal/futex.h"
+
+#include <ck_pr.h>
+#include <ck_ring.h>
+#include <errno.h>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <urcu/urcu-memb.h>
+
+#define CLOSED_BIT (UINT64_C(1) << 63)
+#define CREDITS(w) ((w) & ~CLOSED_BIT)
+
+enum { RUNNING = 0, DRAINING = 1, STOPPING = 2 };
+
+struct task_slot {
+	ats_task_fn run;
+	ats_task_cancel_fn cancel;
+	void *arg;
+	ats_ctx *ctx;
+};
+CK_RING_PROTOTYPE(task, task_slot)
+
+struct worker {
+	/* Shared by submitters and thieves. */
+	_Alignas(64) struct ck_ring ring;
+	struct task_slot *slots;
+	_Alignas(64) _Atomic uint64_t credits;
+	_Alignas(64) struct ck_ec32 work;
+	_Alignas(64) struct ck_ec32 room;
+	/* Written by the worker (and by shutdown after the join), read by anyone. */
+	_Alignas(64) _Atomic uint64_t progress;
+	_Atomic uint64_t run;
+	_Atomic uint64_t stolen;
+	_Atomic uint64_t cancelled;
+	_Atomic uint32_t parked; /* 1 while the worker sleeps on `work` */
+	/* The worker's own. */
+	uint32_t rng;
+	unsigned index;
+	struct ats_pool *pool;
+	pthread_t thread;
+	bool started;
+};
+
+struct ats_pool {
+	struct worker *w;
+	unsigned n;
+	size_t capacity;
+	ats_pool_idle idle;
+	uint32_t spin;
+	ats_ctx *ctx; /* the ctx of tasks submitted without one */
+	/* Read on every worker round: apart from the words that change while the pool runs. */
+	_Alignas(64) _Atomic uint32_t state;
+	_Atomic uint32_t shut; /* 1 once a shutdown began */
+	_Alignas(64) _Atomic uint32_t nparked;
+	_Atomic uint32_t drain_kick;
+};
+
+/* The worker the calling thread is (NULL when it is none). */
+static _Thread_local struct worker *self;
+static _Thread_local uint32_t rng_state;
+
+static uint32_t rng_next(uint32_t *state)
+{
+	uint32_t x = *state;
+	if (ats__unlikely(!x))
+		x = (uint32_t)(uintptr_t)state ^ (uint32_t)ats_now_ns() ^ 0x9e3779b9u;
+	x ^= x << 13, x ^= x >> 17, x ^= x << 5;
+	*state = x ? x : 1;
+	return x;
+}
+
+static size_t depth(const struct worker *w, size_t capacity)
+{
+	/* relaxed: a snapshot for load balancing and stats. */
+	uint64_t c = CREDITS(atomic_load_explicit(&((struct worker *)w)->credits, memory_order_relaxed));
+	return c >= capacity ? 0 : capacity - (size_t)c;
+}
+
+/* ---- Queues ---- */
+
+static ats_pool_status enqueue(ats_pool *p, struct worker *w, const ats_task *t)
+{
+	/* relaxed: the CAS below decides. */
+	uint64_t c = atomic_load_explicit(&w->credits, memory_order_relaxed);
+	do {
+		if (ats__unlikely(c & CLOSED_BIT))
+			return ATS_POOL_CLOSED;
+		if (ats__unlikely(CREDITS(c) == 0))
+			return ATS_POOL_FULL;
+		/* relaxed: the credit carries no data (the ring's enqueue publishes the slot); the closed
+		 * bit's ordering is the word's modification order, which this CAS is part of. */
+	} while (!atomic_compare_exchange_weak_explicit(&w->credits, &c, c - 1, memory_order_relaxed,
+	                                                memory_order_relaxed));
+	struct task_slot s = {t->run, t->cancel, t->arg, t->ctx};
+	if (s.ctx)
+		ats_ctx_ref(s.ctx);
+	/* Cannot fail: the ring holds at least `capacity` slots and we hold a credit for one. ck_ring
+	 * publishes the slot with a store fence before its producer tail (release). */
+	bool ok = ck_ring_enqueue_mpmc_task(&w->ring, w->slots, &s);
+	(void)ok;
+	ck_ec32_inc(&w->work, &ats__ec_mode_mp);
+	/* A busy worker (odd progress) may be blocked in a long task: wake a parked one to steal.
+	 * relaxed: hints; a missed wake is covered by the parked workers' steal period. */
+	if (atomic_load_explicit(&p->nparked, memory_order_relaxed) &&
+	    (atomic_load_explicit(&w->progress, memory_order_relaxed) & 1)) {
+		unsigned start = rng_next(&rng_state) % p->n;
+		for (unsigned i = 0; i < p->n; i++) {
+			struct worker *o = &p->w[(start + i) % p->n];
+			if (o != w && atomic_load_explicit(&o->parked, memory_order_relaxed)) {
+				ck_ec32_inc(&o->work, &ats__ec_mode_mp);
+				break;
+			}
+		}
+	}
+	return ATS_POOL_OK;
+}
+
+static bool dequeue(ats_pool *p, struct worker *w, struct task_slot *s)
+{
+	(void)p;
+	if (!ck_ring_dequeue_mpmc_task(&w->ring, w->slots, s))
+		return false;
+	/* release: pairs with nothing that needs data; the credit's return is what a blocked submit
+	 * and shutdown's drain check wait for (both re-check it after arming their wake-up). */
+	atomic_fetch_add_explicit(&w->credits, 1, memory_order_release);
+	ck_ec32_inc(&w->room, &ats__ec_mode_mp);
+	return true;
+}
+
+/* ---- Running ---- */
+
+static void bump_progress(struct worker *w)
+{
+	/* Single writer. release: a watcher that sees the new value sees the worker's work before. */
+	uint64_t v = atomic_load_explicit(&w->progress, memory_order_relaxed);
+	atomic_store_explicit(&w->progress, v + 1, memory_order_release);
+}
+
+static void count(_Atomic uint64_t *c)
+{
+	/* Single writer (the worker; shutdown only after the join): no locked add needed. relaxed:
+	 * a statistic. */
+	atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + 1, memory_order_relaxed);
+}
+
+/* Whether a task with ctx must not run; *why gets the reason (a new reference). */
+static bool done(ats_ctx *ctx, ats_err **why)
+{
+	if (ats_ctx_done(ctx) || (ats_ctx_deadline(ctx) != ATS_CTX_NO_DEADLINE && ats_fast_now_ns() >= ats_ctx_deadline(ctx))) {
+		*why = ats_ctx_err(ctx);
+		return *why != NULL;
+	}
+	return false;
+}
+
+static void give_back(struct task_slot *s, const ats_err *why)
+{
+	if (s->cancel)
+		s->cancel(s->arg, why);
+	if (s->ctx)
+		ats_ctx_release(s->ctx);
+}
+
+static void execute(ats_pool *p, struct worker *w, struct task_slot *s, bool stolen)
+{
+	ats_ctx *ctx = s->ctx ? s->ctx : p->ctx;
+	ats_err *why = NULL;
+	bump_progress(w);
+	if (ats__unlikely(done(ctx, &why))) {
+		give_back(s, why);
+		ats_err_unref(why);
+		count(&w->cancelled);
+	} else {
+		s->run(s->arg, ctx);
+		if (s->ctx)
+			ats_ctx_release(s->ctx);
+		count(&w->run);
+		if (stolen)
+			count(&w->stolen);
+	}
+	bump_progress(w);
+}
+
+/* One pass over the other workers from a random start; true with *s taken. */
+static bool steal(ats_pool *p, struct worker *w, struct task_slot *s)
+{
+	if (p->n < 2)
+		return false;
+	unsigned start = rng_next(&w->rng) % p->n;
+	for (unsigned i = 0; i < p->n; i++) {
+		struct worker *v = &p->w[(start + i) % p->n];
+		if (v != w && dequeue(p, v, s))
+			return true;
+	}
+	return false;
+}
+
+static bool has_work(ats_pool *p, struct worker *w)
+{
+	for (unsigned i = 0; i < p->n; i++)
+		if (ck_ring_size(&p->w[(w->index + i) % p->n].ring))
+			return true;
+	return false;
+}
+
+static void notify_drain(ats_pool *p)
+{
+	/* release: shutdown reads the credits after it sees the new value. */
+	atomic_fetch_add_explicit(&p->drain_kick, 1, memory_order_release);
+	ats__futex_wake(&p->drain_kick, 1);
+}
+
+/* Sleeps on w's `work` until a submit, a shutdown step or the steal period. */
+static void park(ats_pool *p, struct worker *w)
+{
+	uint32_t val = ats__ec_arm(&w->work);
+	atomic_store_explicit(&w->parked, 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&p->nparked, 1, memory_order_relaxed);
+	/* seq_cst: orders the flag set by ats__ec_arm's CAS before the re-checks (chan.c's step 3). */
+	atomic_thread_fence(memory_order_seq_cst);
+	if (!ck_ring_size(&w->ring) && atomic_load_explicit(&p->state, memory_order_acquire) != STOPPING)
+		ats__futex_wait((const _Atomic uint32_t *)(void *)&w->work.counter, val,
+		                ats_now_ns() + ATS_POOL_STEAL_PERIOD_NS);
+	atomic_fetch_sub_explicit(&p->nparked, 1, memory_order_relaxed);
+	atomic_store_explicit(&w->parked, 0, memory_order_relaxed);
+}
+
+static void *worker_main(void *arg)
+{
+	struct worker *w = arg;
+	ats_pool *p = w->pool;
+	self = w;
+	urcu_memb_register_thread();
+	struct task_slot s;
+	for (;;) {
+		/* acquire: pairs with shutdown's release stores of the state. Checked before taking a
+		 * task: once stopping, what is queued is shutdown's to cancel, not a worker's to run. */
+		uint32_t st = atomic_load_explicit(&p->state, memory_order_acquire);
+		if (st == STOPPING)
+			break;
+		if (dequeue(p, w, &s)) {
+			execute(p, w, &s, false);
+			continue;
+		}
+		if (steal(p, w, &s)) {
+			execute(p, w, &s, true);
+			continue;
+		}
+		if (st == DRAINING)
+			notify_drain(p);
+		if (p->idle == ATS_POOL_POLL) {
+			ats__cpu_relax();
+			continue;
+		}
+		bool found = false;
+		if (p->idle == ATS_POOL_SPIN_PARK && st == RUNNING) {
+			for (uint32_t i = 0; i < p->spin && !found; i++) {
+				ats__cpu_relax();
+				found = ck_ring_size(&w->ring) != 0 || (i % 64 == 63 && has_work(p, w));
+			}
+		}
+		if (!found)
+			park(p, w);
+	}
+	urcu_memb_unregister_thread();
+	self = NULL;
+	return NULL;
+}
+
+/* ---- Making and stopping ---- */
+
+static void free_pool(ats_pool *p)
+{
+	for (unsigned i = 0; i < p->n; i++)
+		free(p->w[i].slots);
+	free(p->w);
+	ats_ctx_release(p->ctx);
+	free(p);
+}
+
+static unsigned allowed_cpus(cpu_set_t *set)
+{
+	CPU_ZERO(set);
+	if (sched_getaffinity(0, sizeof *set, set) != 0 || CPU_COUNT(set) == 0) {
+		long n = sysconf(_SC_NPROCESSORS_ONLN);
+		CPU_ZERO(set);
+		for (long i = 0; i < (n > 0 ? n : 1) && i < CPU_SETSIZE; i++)
+			CPU_SET((int)i, set);
+	}
+	return (unsigned)CPU_COUNT(set);
+}
+
+/* The i-th CPU of set, modulo their number. */
+static int nth_cpu(const cpu_set_t *set, unsigned i)
+{
+	unsigned k = i % (unsigned)CPU_COUNT(set);
+	for (int c = 0; c < CPU_SETSIZE; c++)
+		if (CPU_ISSET(c, set) && k-- == 0)
+			return c;
+	return 0;
+}
+
+static void stop_workers(ats_pool *p)
+{
+	/* release: a worker that sees STOPPING sees everything shutdown did before. */
+	atomic_store_explicit(&p->state, STOPPING, memory_order_release);
+	for (unsigned i = 0; i < p->n; i++)
+		ck_ec32_inc(&p->w[i].work, &ats__ec_mode_mp);
+	for (unsigned i = 0; i < p->n; i++)
+		if (p->w[i].started)
+			pthread_join(p->w[i].thread, NULL);
+}
+
+ats_err *ats_pool_new(ats_pool **out, const ats_pool_config *cfg)
+{
+	if (!out)
+		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "pool: NULL out");
+	*out = NULL;
+	ats_pool_config c = cfg ? *cfg : (ats_pool_config){0};
+	if (c.workers > ATS_POOL_MAX_WORKERS)
+		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "pool: %u workers, above %u", c.workers, ATS_POOL_MAX_WORKERS);
+	if (c.queue_capacity > ATS_POOL_MAX_CAPACITY)
+		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "pool: queue capacity %zu, above %zu", c.queue_capacity,
+		                   ATS_POOL_MAX_CAPACITY);
+	if ((unsigned)c.idle > ATS_POOL_POLL)
+		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "pool: unknown idle policy %d", (int)c.idle);
+	cpu_set_t cpus;
+	unsigned ncpu = allowed_cpus(&cpus);
+	if (c.workers == 0)
+		c.workers = ncpu;
+	if (c.workers > ATS_POOL_MAX_WORKERS)
+		c.workers = ATS_POOL_MAX_WORKERS;
+	if (c.queue_capacity == 0)
+		c.queue_capacity = ATS_POOL_DEFAULT_CAPACITY;
+	if (c.spin == 0)
+		c.spin = ATS_POOL_DEFAULT_SPIN;
+
+	ats_pool *p = aligned_alloc(64, (sizeof *p + 63) & ~(size_t)63);
+	if (!p)
+		return ats_err_oom;
+	memset(p, 0, sizeof *p);
+	p->n = c.workers;
+	p->capacity = c.queue_capacity;
+	p->idle = c.idle;
+	p->spin = c.spin;
+	ats_err *err = ats_ctx_with_cancel(ats_ctx_background(), &p->ctx);
+	if (err) {
+		free(p);
+		return err;
+	}
+	p->w = aligned_alloc(64, sizeof(struct worker) * p->n);
+	if (!p->w) {
+		ats_ctx_release(p->ctx);
+		free(p);
+		return ats_err_oom;
+	}
+	memset(p->w, 0, sizeof(struct worker) * p->n);
+	/* The ring holds size-1: the smallest power of two above the capacity. */
+	unsigned ring_size = 2;
+	while (ring_size - 1 < c.queue_capacity)
+		ring_size <<= 1;
+	for (unsigned i = 0; i < p->n; i++) {
+		struct worker *w = &p->w[i];
+		w->slots = malloc(sizeof(struct task_slot) * ring_size);
+		if (!w->slots) {
+			free_pool(p);
+			return ats_err_oom;
+		}
+		ck_ring_init(&w->ring, ring_size);
+		atomic_init(&w->credits, c.queue_capacity);
+		ck_ec32_init(&w->work, 0);
+		ck_ec32_init(&w->room, 0);
+		w->index = i;
+		w->pool = p;
+		w->rng = 0x9e3779b9u * (i + 1);
+	}
+
+	/* Workers block every signal: those belong to the application's threads. */
+	sigset_t all, old;
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	int rc = 0;
+	for (unsigned i = 0; i < p->n && rc == 0; i++) {
+		struct worker *w = &p->w[i];
+		pthread_attr_t attr;
+		pthread_attr_init(&attr);
+		if (c.pin) {
+			cpu_set_t one;
+			CPU_ZERO(&one);
+			CPU_SET(nth_cpu(&cpus, i), &one);
+			pthread_attr_setaffinity_np(&attr, sizeof one, &one);
+		}
+		rc = pthread_create(&w->thread, &attr, worker_main, w);
+		pthread_attr_destroy(&attr);
+		w->started = rc == 0;
+	}
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (rc != 0) {
+		stop_workers(p);
+		free_pool(p);
+		return ats_err_with_kv(ats_err_errno(rc, "pool: cannot start a worker thread"), "workers", "%u", c.workers);
+	}
+	*out = p;
+	return NULL;
+}
+
+static bool drained(ats_pool *p)
+{
+	for (unsigned i = 0; i < p->n; i++)
+		/* acquire: pairs with dequeue's release return of the credit. */
+		if (CREDITS(atomic_load_explicit(&p->w[i].credits, memory_order_acquire)) != p->capacity)
+			return false;
+	return true;
+}
+
+/* Hands every task still queued on w (after waiting for accepted submits to land) to its cancel
+ * callback. Runs after the join: nothing else dequeues. */
+static void cancel_queued(ats_pool *p, struct worker *w, const ats_err *why)
+{
+	struct task_slot s;
+	for (unsigned spins = 0;;) {
+		while (ck_ring_dequeue_mpmc_task(&w->ring, w->slots, &s)) {
+			atomic_fetch_add_explicit(&w->credits, 1, memory_order_relaxed);
+			give_back(&s, why);
+			count(&w->cancelled);
+		}
+		/* Closed: no new credit is taken. A credit still out is a submit landing (a bounded
+		 * number of steps away). acquire: its enqueue is then seen by the next dequeue. */
+		if (CREDITS(atomic_load_explicit(&w->credits, memory_order_acquire)) == p->capacity)
+			return;
+		ats__spin_pause(++spins);
+	}
+}
+
+static ats_err *shutdown(ats_pool *p, ats_ctx *ctx, bool drain)
+{
+	uint32_t zero = 0;
+	if (!atomic_compare_exchange_strong(&p->shut, &zero, 1))
+		return ats_err_new(ATS_ERR_CLOSED, "pool: already shut down");
+	/* 1. Stop accepting: from here every submit's CAS sees the bit. */
+	for (unsigned i = 0; i < p->n; i++)
+		atomic_fetch_or_explicit(&p->w[i].credits, CLOSED_BIT, memory_order_seq_cst);
+	/* 2. Drain. */
+	ats_err *err = NULL;
+	if (drain) {
+		ats_ctx_after after;
+		ats_ctx_after_func(ctx, &after, ats__ec_kick, &p->drain_kick);
+		/* release: workers that see DRAINING report when idle. */
+		atomic_store_explicit(&p->state, DRAINING, memory_order_release);
+		for (unsigned i = 0; i < p->n; i++)
+			ck_ec32_inc(&p->w[i].work, &ats__ec_mode_mp);
+		for (;;) {
+			/* acquire: pairs with notify_drain's and the kick's release. */
+			uint32_t v = atomic_load_explicit(&p->drain_kick, memory_order_acquire);
+			if (drained(p))
+				break;
+			if (ats_ctx_done(ctx) || ats_fast_now_ns() >= ats_ctx_deadline(ctx)) {
+				err = ats_ctx_err(ctx);
+				if (err)
+					break;
+			}
+			ats__futex_wait(&p->drain_kick, v, ats_ctx_deadline(ctx));
+		}
+		ats_ctx_after_stop(&after);
+	}
+	/* 3. Cancel: tasks that run now see the pool's ctx done; then stop and join the workers. */
+	if (!drain || err)
+		ats_ctx_cancel(p->ctx, NULL);
+	stop_workers(p);
+	ats_err *why = err ? ats_err_ref(err)
+	                   : ats_err_new(ATS_ERR_CANCELLED, "pool: shut down before the task ran");
+	for (unsigned i = 0; i < p->n; i++)
+		cancel_queued(p, &p->w[i], why);
+	ats_err_unref(why);
+	return err;
+}
+
+ats_err *ats_pool_shutdown(ats_pool *p, ats_ctx *ctx)
+{
+	if (!p || !ctx)
+		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "pool: NULL %s", p ? "ctx" : "pool");
+	if (self && self->pool == p)
+		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "pool: shutdown called from the pool's own worker %u",
+		                   self->index);
+	return shutdown(p, ctx, true);
+}
+
+void ats_pool_free(ats_pool *p)
+{
+	if (!p)
+		return;
+	if (!atomic_load(&p->shut))
+		ats_err_unref(shutdown(p, NULL, false));
+	free_pool(p);
+}
+
+/* ---- Submitting ---- */
+
+static struct worker *caller_worker(ats_pool *p)
+{
+	if (self && self->pool == p)
+		return self;
+	return &p->w[ats__current_cpu() % p->n];
+}
+
+static bool task_ok(const ats_task *t)
+{
+	return t && t->run;
+}
+
+ats_pool_status ats_pool_try_submit(ats_pool *p, const ats_task *t)
+{
+	if (ats__unlikely(!p || !task_ok(t)))
+		return ATS_POOL_INVALID;
+	return enqueue(p, caller_worker(p), t);
+}
+
+ats_pool_status ats_pool_try_submit_to(ats_pool *p, unsigned worker, const ats_task *t)
+{
+	if (ats__unlikely(!p || !task_ok(t) || worker >= p->n))
+		return ATS_POOL_INVALID;
+	return enqueue(p, &p->w[worker], t);
+}
+
+static ats_err *status_err(ats_pool_status st)
+{
+	return st == ATS_POOL_CLOSED ? ats_err_new(ATS_ERR_CLOSED, "pool: shut down, task not queued")
+	                             : ats_err_new(ATS_ERR_INVALID_ARGUMENT, "pool: NULL pool, task or run");
+}
+
+/* Waits for room on w (the first try found it full). */
+static ats_err *wait_room(ats_pool *p, struct worker *w, const ats_task *t, ats_ctx *ctx)
+{
+	_Atomic uint32_t kick;
+	atomic_init(&kick, 0);
+	ats_ctx_after after;
+	ats_ctx_after_func(ctx, &after, ats__ec_kick, &kick);
+	uint64_t deadline = ats_ctx_deadline(ctx);
+	ats_err *err = NULL;
+	for (;;) {
+		/* acquire: pairs with ats__ec_kick's release (the ctx check below then sees done). */
+		uint32_t k = atomic_load_explicit(&kick, memory_order_acquire);
+		uint32_t val = ats__ec_arm(&w->room);
+		/* seq_cst: the flag set before the re-check, as chan.c's step 3. */
+		atomic_thread_fence(memory_order_seq_cst);
+		ats_pool_status st = enqueue(p, w, t);
+		if (st == ATS_POOL_OK)
+			break;
+		if (st != ATS_POOL_FULL) {
+			err = status_err(st);
+			break;
+		}
+		if (ats_ctx_done(ctx) || (deadline != ATS_CTX_NO_DEADLINE && ats_now_ns() >= deadline)) {
+			if ((err = ats_ctx_err(ctx)))
+				break;
+		}
+		struct futex_waitv wv[2] = {
+		    {.val = val, .uaddr = (uintptr_t)&w->room.counter, .flags = FUTEX_32 | FUTEX_PRIVATE_FLAG},
+		    {.val = k, .uaddr = (uintptr_t)&kick, .flags = FUTEX_32 | FUTEX_PRIVATE_FLAG},
+		};
+		ats__ec_park(wv, 2, deadline);
+	}
+	ats_ctx_after_stop(&after);
+	return err;
+}
+
+ats_err *ats_pool_submit(ats_pool *p, const ats_task *t, ats_ctx *ctx)
+{
+	if (!p || !task_ok(t) || !ctx)
+		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "pool: NULL %s", !p ? "pool" : !ctx ? "ctx" : "task or run");
+	struct worker *w = caller_worker(p);
+	ats_pool_status st = enqueue(p, w, t);
+	if (ats__likely(st == ATS_POOL_OK))
+		return NULL;
+	if (st != ATS_POOL_FULL)
+		return status_err(st);
+	if (p->n > 1 && enqueue(p, &p->w[ats_pool_pick_other(p, w->index)], t) == ATS_POOL_OK)
+		return NULL;
+	return wait_room(p, w, t, ctx);
+}
+
+ats_err *ats_pool_submit_to(ats_pool *p, unsigned worker, const ats_task *t, ats_ctx *ctx)
+{
+	if (!p || !task_ok(t) || !ctx)
+		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "pool: NULL %s", !p ? "pool" : !ctx ? "ctx" : "task or run");
+	if (worker >= p->n)
+		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "pool: worker %u out of range (%u workers)", worker, p->n);
+	ats_pool_status st = enqueue(p, &p->w[worker], t);
+	if (ats__likely(st == ATS_POOL_OK))
+		return NULL;
+	if (st != ATS_POOL_FULL)
+		return status_err(st);
+	return wait_room(p, &p->w[worker], t, ctx);
+}
+
+/* ---- Choosing and watching ---- */
+
+unsigned ats_pool_size(const ats_pool *p)
+{
+	return p ? p->n : 0;
+}
+
+int ats_pool_current_worker(const ats_pool *p)
+{
+	return p && self && self->pool == p ? (int)self->index : -1;
+}
+
+/* The shorter queue of two distinct random picks among m candidates; index i maps through map. */
+static unsigned two_choices(ats_pool *p, unsigned m, unsigned (*map)(unsigned, unsigned), unsigned arg)
+{
+	if (m == 1)
+		return map(0, arg);
+	uint32_t r = rng_next(&rng_state);
+	unsigned a = r % m, b = (a + 1 + (r >> 16) % (m - 1)) % m;
+	unsigned wa = map(a, arg), wb = map(b, arg);
+	return depth(&p->w[wb], p->capacity) < depth(&p->w[wa], p->capacity) ? wb : wa;
+}
+
+static unsigned map_all(unsigned i, unsigned avoid)
+{
+	(void)avoid;
+	return i;
+}
+
+static unsigned map_skip(unsigned i, unsigned avoid)
+{
+	return i < avoid ? i : i + 1;
+}
+
+unsigned ats_pool_pick_less_loaded(ats_pool *p)
+{
+	return p ? two_choices(p, p->n, map_all, 0) : 0;
+}
+
+unsigned ats_pool_pick_other(ats_pool *p, unsigned avoid)
+{
+	if (!p)
+		return 0;
+	if (p->n == 1)
+		return 0;
+	if (avoid >= p->n)
+		return two_choices(p, p->n, map_all, 0);
+	return two_choices(p, p->n - 1, map_skip, avoid);
+}
+
+ats_err *ats_pool_worker_stats_get(const ats_pool *p, unsigned worker, ats_pool_worker_stats *out)
+{
+	if (!p || !out || worker >= p->n)
+		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "pool: %s", !p ? "NULL pool" : !out ? "NULL out" : "worker out of range");
+	struct worker *w = &p->w[worker];
+	/* relaxed: statistics. */
+	out->run = atomic_load_explicit(&w->run, memory_order_relaxed);
+	out->stolen = atomic_load_explicit(&w->stolen, memory_order_relaxed);
+	out->cancelled = atomic_load_explicit(&w->cancelled, memory_order_relaxed);
+	out->depth = depth(w, p->capacity);
+	out->progress = atomic_load_explicit(&w->progress, memory_order_acquire);
+	return NULL;
+}
+
+uint64_t ats_pool_progress(const ats_pool *p, unsigned worker)
+{
+	if (!p || worker >= p->n)
+		return 0;
+	/* acquire: pairs with bump_progress's release. */
+	return atomic_load_explicit(&p->w[worker].progress, memory_order_acquire);
+}

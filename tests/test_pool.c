@@ -1,0 +1,517 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/* The worker pool, one behaviour at a time: running, exact capacity, where a task goes, choosing
+ * workers, cancellation, shutdown (drain, cancel, refusal after), blocking submit, stealing from a
+ * blocked worker, counters and progress words, bad input. Workers are held busy by gate tasks
+ * that wait on a ctx the test cancels; the test waits on what it can observe (a progress word, a
+ * counter), never on a sleep. */
+#include <atscale/clock.h>
+#include <atscale/pool.h>
+
+#include <criterion/criterion.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+static void expect_code(ats_err *err, ats_code code)
+{
+	cr_expect_not_null(err);
+	cr_expect_eq(ats_err_code(err), code, "code %s", ats_code_name(ats_err_code(err)));
+	ats_err_unref(err);
+}
+
+static ats_pool *mk(unsigned workers, size_t cap)
+{
+	ats_pool *p = NULL;
+	ats_pool_config cfg = {.workers = workers, .queue_capacity = cap};
+	cr_assert_null(ats_pool_new(&p, &cfg));
+	cr_assert_eq(ats_pool_size(p), workers);
+	return p;
+}
+
+struct counts {
+	_Atomic uint64_t ran, cancelled;
+	_Atomic int last_code;
+};
+
+static void count_run(void *arg, ats_ctx *ctx)
+{
+	(void)ctx;
+	struct counts *c = arg;
+	atomic_fetch_add(&c->ran, 1);
+}
+
+static void count_cancel(void *arg, const ats_err *why)
+{
+	struct counts *c = arg;
+	atomic_store(&c->last_code, (int)ats_err_code(why));
+	atomic_fetch_add(&c->cancelled, 1);
+}
+
+static ats_task counted(struct counts *c, ats_ctx *ctx)
+{
+	return (ats_task){.run = count_run, .cancel = count_cancel, .arg = c, .ctx = ctx};
+}
+
+/* A gate: a task that holds its worker until the gate's ctx is cancelled. */
+struct gate {
+	ats_ctx *open;
+	_Atomic int entered;
+};
+
+static void gate_run(void *arg, ats_ctx *ctx)
+{
+	(void)ctx;
+	struct gate *g = arg;
+	atomic_store(&g->entered, 1);
+	ats_ctx_wait(g->open, ATS_CTX_NO_DEADLINE);
+}
+
+static void gate_init(struct gate *g)
+{
+	atomic_init(&g->entered, 0);
+	cr_assert_null(ats_ctx_with_cancel(ats_ctx_background(), &g->open));
+}
+
+/* Puts a gate on `worker` and waits until that worker is inside it. */
+static void hold(ats_pool *p, unsigned worker, struct gate *g)
+{
+	gate_init(g);
+	ats_task t = {.run = gate_run, .arg = g};
+	cr_assert_eq(ats_pool_try_submit_to(p, worker, &t), ATS_POOL_OK);
+	while (!atomic_load(&g->entered))
+		sched_yield();
+}
+
+static void release(struct gate *g)
+{
+	ats_ctx_cancel(g->open, NULL);
+}
+
+static void gate_free(struct gate *g)
+{
+	ats_ctx_release(g->open);
+}
+
+static void wait_count(_Atomic uint64_t *c, uint64_t n)
+{
+	while (atomic_load(c) < n)
+		sched_yield();
+}
+
+Test(pool, runs_every_task_and_drains_on_shutdown)
+{
+	ats_pool *p = mk(2, 64);
+	struct counts c = {0};
+	for (int i = 0; i < 10000; i++) {
+		ats_task t = counted(&c, NULL);
+		cr_assert_null(ats_pool_submit(p, &t, ats_ctx_background()));
+	}
+	cr_assert_null(ats_pool_shutdown(p, ats_ctx_background()));
+	cr_expect_eq(atomic_load(&c.ran), 10000);
+	cr_expect_eq(atomic_load(&c.cancelled), 0);
+	uint64_t run = 0;
+	for (unsigned w = 0; w < 2; w++) {
+		ats_pool_worker_stats s;
+		cr_assert_null(ats_pool_worker_stats_get(p, w, &s));
+		run += s.run;
+		cr_expect_eq(s.progress, 2 * (s.run + s.cancelled), "progress counts starts and ends");
+		cr_expect_eq(s.depth, 0);
+	}
+	cr_expect_eq(run, 10000);
+	ats_pool_free(p);
+}
+
+Test(pool, capacity_is_exact_and_full_queues_nothing)
+{
+	for (size_t cap = 1; cap <= 9; cap++) {
+		ats_pool *p = mk(1, cap);
+		struct gate g;
+		hold(p, 0, &g);
+		struct counts c = {0};
+		for (size_t i = 0; i < cap; i++) {
+			ats_task t = counted(&c, NULL);
+			cr_assert_eq(ats_pool_try_submit(p, &t), ATS_POOL_OK, "cap %zu task %zu", cap, i);
+		}
+		ats_task t = counted(&c, NULL);
+		cr_assert_eq(ats_pool_try_submit(p, &t), ATS_POOL_FULL, "cap %zu", cap);
+		cr_assert_eq(ats_pool_try_submit_to(p, 0, &t), ATS_POOL_FULL);
+		ats_pool_worker_stats s;
+		cr_assert_null(ats_pool_worker_stats_get(p, 0, &s));
+		cr_expect_eq(s.depth, cap);
+		cr_expect_eq(s.progress % 2, 1, "a task is running");
+		release(&g);
+		cr_assert_null(ats_pool_shutdown(p, ats_ctx_background()));
+		cr_expect_eq(atomic_load(&c.ran), cap);
+		ats_pool_free(p);
+		gate_free(&g);
+	}
+}
+
+Test(pool, submit_to_queues_on_that_worker)
+{
+	ats_pool *p = mk(3, 8);
+	struct gate g[3];
+	for (unsigned w = 0; w < 3; w++)
+		hold(p, w, &g[w]);
+	struct counts c = {0};
+	ats_task t = counted(&c, NULL);
+	cr_assert_eq(ats_pool_try_submit_to(p, 2, &t), ATS_POOL_OK);
+	cr_assert_eq(ats_pool_try_submit_to(p, 2, &t), ATS_POOL_OK);
+	cr_assert_eq(ats_pool_try_submit_to(p, 0, &t), ATS_POOL_OK);
+	size_t want[3] = {1, 0, 2};
+	for (unsigned w = 0; w < 3; w++) {
+		ats_pool_worker_stats s;
+		cr_assert_null(ats_pool_worker_stats_get(p, w, &s));
+		cr_expect_eq(s.depth, want[w], "worker %u", w);
+	}
+	cr_expect_eq(ats_pool_pick_less_loaded(p) != 2, true, "the longest queue is never the less loaded of two");
+	for (unsigned w = 0; w < 3; w++)
+		release(&g[w]);
+	cr_assert_null(ats_pool_shutdown(p, ats_ctx_background()));
+	cr_expect_eq(atomic_load(&c.ran), 3);
+	ats_pool_free(p);
+	for (unsigned w = 0; w < 3; w++)
+		gate_free(&g[w]);
+}
+
+struct where {
+	ats_pool *p;
+	_Atomic int worker;
+};
+
+static void where_run(void *arg, ats_ctx *ctx)
+{
+	(void)ctx;
+	struct where *w = arg;
+	atomic_store(&w->worker, ats_pool_current_worker(w->p));
+}
+
+Test(pool, current_worker_and_picks)
+{
+	ats_pool *p = mk(4, 16);
+	cr_expect_eq(ats_pool_current_worker(p), -1, "the test thread is no worker");
+	struct where wh = {.p = p};
+	atomic_init(&wh.worker, -2);
+	ats_task t = {.run = where_run, .arg = &wh};
+	cr_assert_null(ats_pool_submit(p, &t, ats_ctx_background()));
+	while (atomic_load(&wh.worker) == -2)
+		sched_yield();
+	cr_expect(atomic_load(&wh.worker) >= 0 && atomic_load(&wh.worker) < 4);
+	unsigned seen[4] = {0};
+	for (int i = 0; i < 20000; i++) {
+		unsigned avoid = (unsigned)i % 4;
+		unsigned o = ats_pool_pick_other(p, avoid);
+		cr_assert(o < 4 && o != avoid, "pick_other(%u) gave %u", avoid, o);
+		unsigned l = ats_pool_pick_less_loaded(p);
+		cr_assert(l < 4);
+		seen[l]++;
+	}
+	for (unsigned w = 0; w < 4; w++)
+		cr_expect_gt(seen[w], 1000, "worker %u picked %u times of 20000", w, seen[w]);
+	ats_pool_free(p);
+
+	ats_pool *one = mk(1, 4);
+	cr_expect_eq(ats_pool_pick_other(one, 0), 0, "a pool of one has no other");
+	cr_expect_eq(ats_pool_pick_less_loaded(one), 0);
+	ats_pool_free(one);
+}
+
+Test(pool, a_done_ctx_goes_to_cancel_not_run)
+{
+	ats_pool *p = mk(2, 16);
+	struct counts c = {0};
+	ats_ctx *ctx;
+	cr_assert_null(ats_ctx_with_cancel(ats_ctx_background(), &ctx));
+	ats_ctx_cancel(ctx, NULL);
+	ats_ctx *late;
+	cr_assert_null(ats_ctx_with_deadline(ats_ctx_background(), 1, &late)); /* long past */
+	for (int i = 0; i < 100; i++) {
+		ats_task t = counted(&c, i % 2 ? ctx : late);
+		cr_assert_null(ats_pool_submit(p, &t, ats_ctx_background()));
+	}
+	/* A task without a cancel callback is just not run. */
+	ats_task quiet = {.run = count_run, .arg = &c, .ctx = ctx};
+	cr_assert_null(ats_pool_submit(p, &quiet, ats_ctx_background()));
+	cr_assert_null(ats_pool_shutdown(p, ats_ctx_background()));
+	cr_expect_eq(atomic_load(&c.ran), 0);
+	cr_expect_eq(atomic_load(&c.cancelled), 100);
+	uint64_t cancelled = 0;
+	for (unsigned w = 0; w < 2; w++) {
+		ats_pool_worker_stats s;
+		cr_assert_null(ats_pool_worker_stats_get(p, w, &s));
+		cancelled += s.cancelled;
+	}
+	cr_expect_eq(cancelled, 101);
+	ats_pool_free(p);
+	ats_ctx_release(ctx);
+	ats_ctx_release(late);
+}
+
+struct shutter {
+	ats_pool *p;
+	ats_ctx *ctx;
+	ats_err *err;
+};
+
+static void *shut_thread(void *arg)
+{
+	struct shutter *s = arg;
+	s->err = ats_pool_shutdown(s->p, s->ctx);
+	return NULL;
+}
+
+Test(pool, shutdown_drains_then_refuses)
+{
+	ats_pool *p = mk(1, 64);
+	struct gate g;
+	hold(p, 0, &g);
+	struct counts c = {0};
+	for (int i = 0; i < 50; i++) {
+		ats_task t = counted(&c, NULL);
+		cr_assert_eq(ats_pool_try_submit(p, &t), ATS_POOL_OK);
+	}
+	struct shutter s = {p, ats_ctx_background(), NULL};
+	pthread_t th;
+	cr_assert_eq(pthread_create(&th, NULL, shut_thread, &s), 0);
+	/* Wait until the shutdown stopped accepting: every submit from then on is refused. */
+	ats_task t = counted(&c, NULL);
+	uint64_t accepted = 50;
+	for (ats_pool_status st; (st = ats_pool_try_submit(p, &t)) != ATS_POOL_CLOSED;)
+		accepted += st == ATS_POOL_OK; /* accepted before the shutdown closed the queue: runs too */
+	cr_expect_eq(ats_pool_try_submit(p, &t), ATS_POOL_CLOSED);
+	expect_code(ats_pool_submit(p, &t, ats_ctx_background()), ATS_ERR_CLOSED);
+	expect_code(ats_pool_submit_to(p, 0, &t, ats_ctx_background()), ATS_ERR_CLOSED);
+	release(&g);
+	pthread_join(th, NULL);
+	cr_expect_null(s.err, "drained: every accepted task ran");
+	ats_pool_worker_stats st;
+	cr_assert_null(ats_pool_worker_stats_get(p, 0, &st));
+	cr_expect_eq(atomic_load(&c.ran), accepted, "every accepted task ran");
+	cr_expect_eq(st.run, accepted + 1, "and the gate");
+	cr_expect_eq(atomic_load(&c.cancelled), 0);
+	expect_code(ats_pool_shutdown(p, ats_ctx_background()), ATS_ERR_CLOSED);
+	ats_pool_free(p);
+	gate_free(&g);
+}
+
+/* A gate that also ends when its task's ctx (the pool's) is cancelled. */
+static void stubborn_run(void *arg, ats_ctx *ctx)
+{
+	struct gate *g = arg;
+	atomic_store(&g->entered, 1);
+	while (!ats_ctx_done(ctx) && !ats_ctx_done(g->open))
+		ats_ctx_wait(ctx, ats_now_ns() + 1000000u);
+}
+
+Test(pool, shutdown_with_a_done_ctx_cancels_what_is_left)
+{
+	ats_pool *p = mk(1, 64);
+	struct gate g;
+	gate_init(&g);
+	ats_task gt = {.run = stubborn_run, .arg = &g};
+	cr_assert_eq(ats_pool_try_submit(p, &gt), ATS_POOL_OK);
+	while (!atomic_load(&g.entered))
+		sched_yield();
+	struct counts c = {0};
+	ats_ctx *own;
+	cr_assert_null(ats_ctx_with_cancel(ats_ctx_background(), &own));
+	for (int i = 0; i < 20; i++) {
+		ats_task t = counted(&c, i % 2 ? own : NULL);
+		cr_assert_eq(ats_pool_try_submit(p, &t), ATS_POOL_OK);
+	}
+	ats_ctx *stop;
+	cr_assert_null(ats_ctx_with_cancel(ats_ctx_background(), &stop));
+	ats_ctx_cancel(stop, NULL);
+	/* The drain ends at once; the pool's ctx is cancelled, so the gate (waiting on it) returns;
+	 * the 20 queued tasks go to their cancel callbacks with the stop ctx's error. */
+	expect_code(ats_pool_shutdown(p, stop), ATS_ERR_CANCELLED);
+	cr_expect_eq(atomic_load(&c.ran), 0);
+	cr_expect_eq(atomic_load(&c.cancelled), 20);
+	cr_expect_eq(atomic_load(&c.last_code), ATS_ERR_CANCELLED);
+	ats_pool_free(p);
+	ats_ctx_release(own);
+	ats_ctx_release(stop);
+	gate_free(&g);
+}
+
+Test(pool, free_without_shutdown_cancels_queued)
+{
+	ats_pool *p = mk(1, 8);
+	struct gate g;
+	gate_init(&g);
+	ats_task gt = {.run = stubborn_run, .arg = &g};
+	cr_assert_eq(ats_pool_try_submit(p, &gt), ATS_POOL_OK);
+	while (!atomic_load(&g.entered))
+		sched_yield();
+	struct counts c = {0};
+	for (int i = 0; i < 5; i++) {
+		ats_task t = counted(&c, NULL);
+		cr_assert_eq(ats_pool_try_submit(p, &t), ATS_POOL_OK);
+	}
+	ats_pool_free(p);
+	cr_expect_eq(atomic_load(&c.cancelled), 5);
+	cr_expect_eq(atomic_load(&c.ran), 0);
+	gate_free(&g);
+}
+
+struct submitter {
+	ats_pool *p;
+	ats_ctx *ctx;
+	struct counts *c;
+	ats_err *err;
+	_Atomic int started;
+};
+
+static void *submit_thread(void *arg)
+{
+	struct submitter *s = arg;
+	ats_task t = counted(s->c, NULL);
+	atomic_store(&s->started, 1);
+	s->err = ats_pool_submit(s->p, &t, s->ctx);
+	return NULL;
+}
+
+Test(pool, blocking_submit_waits_for_room)
+{
+	ats_pool *p = mk(1, 1);
+	struct gate g;
+	hold(p, 0, &g);
+	struct counts c = {0};
+	ats_task t = counted(&c, NULL);
+	cr_assert_eq(ats_pool_try_submit(p, &t), ATS_POOL_OK);
+	struct submitter s = {.p = p, .ctx = ats_ctx_background(), .c = &c};
+	pthread_t th;
+	cr_assert_eq(pthread_create(&th, NULL, submit_thread, &s), 0);
+	while (!atomic_load(&s.started))
+		sched_yield();
+	release(&g); /* the worker takes the queued task: room for the waiting submit */
+	pthread_join(th, NULL);
+	cr_expect_null(s.err);
+	cr_assert_null(ats_pool_shutdown(p, ats_ctx_background()));
+	cr_expect_eq(atomic_load(&c.ran), 2);
+	ats_pool_free(p);
+	gate_free(&g);
+}
+
+Test(pool, blocking_submit_ends_with_its_ctx)
+{
+	ats_pool *p = mk(1, 1);
+	struct gate g;
+	hold(p, 0, &g);
+	struct counts c = {0};
+	ats_task t = counted(&c, NULL);
+	cr_assert_eq(ats_pool_try_submit(p, &t), ATS_POOL_OK);
+	struct submitter s = {.p = p, .c = &c};
+	cr_assert_null(ats_ctx_with_cancel(ats_ctx_background(), &s.ctx));
+	pthread_t th;
+	cr_assert_eq(pthread_create(&th, NULL, submit_thread, &s), 0);
+	while (!atomic_load(&s.started))
+		sched_yield();
+	ats_ctx_cancel(s.ctx, NULL); /* before or while it waits: either way it is refused */
+	pthread_join(th, NULL);
+	expect_code(s.err, ATS_ERR_CANCELLED);
+	ats_pool_worker_stats st;
+	cr_assert_null(ats_pool_worker_stats_get(p, 0, &st));
+	cr_expect_eq(st.depth, 1, "the refused task was not queued");
+	release(&g);
+	cr_assert_null(ats_pool_shutdown(p, ats_ctx_background()));
+	cr_expect_eq(atomic_load(&c.ran), 1);
+	ats_pool_free(p);
+	ats_ctx_release(s.ctx);
+	gate_free(&g);
+}
+
+Test(pool, a_blocked_worker_queue_is_drained_by_stealing)
+{
+	ats_pool *p = mk(2, 256);
+	struct gate g;
+	hold(p, 0, &g);
+	struct counts c = {0};
+	for (int i = 0; i < 200; i++) {
+		ats_task t = counted(&c, NULL);
+		cr_assert_eq(ats_pool_try_submit_to(p, 0, &t), ATS_POOL_OK);
+	}
+	wait_count(&c.ran, 200); /* worker 0 is still in the gate: worker 1 stole them all */
+	ats_pool_worker_stats s0, s1;
+	cr_assert_null(ats_pool_worker_stats_get(p, 0, &s0));
+	cr_assert_null(ats_pool_worker_stats_get(p, 1, &s1));
+	cr_expect_eq(s1.stolen, 200);
+	cr_expect_eq(s0.run, 0, "worker 0 has not finished its gate");
+	cr_expect_eq(s0.progress % 2, 1);
+	release(&g);
+	cr_assert_null(ats_pool_shutdown(p, ats_ctx_background()));
+	ats_pool_free(p);
+	gate_free(&g);
+}
+
+static void shutdown_from_worker(void *arg, ats_ctx *ctx)
+{
+	(void)ctx;
+	struct shutter *s = arg;
+	s->err = ats_pool_shutdown(s->p, ats_ctx_background());
+}
+
+Test(pool, bad_input_changes_nothing)
+{
+	ats_pool *p = NULL;
+	expect_code(ats_pool_new(NULL, NULL), ATS_ERR_INVALID_ARGUMENT);
+	ats_pool_config cfg = {.workers = ATS_POOL_MAX_WORKERS + 1};
+	expect_code(ats_pool_new(&p, &cfg), ATS_ERR_INVALID_ARGUMENT);
+	cr_expect_null(p);
+	cfg = (ats_pool_config){.queue_capacity = ATS_POOL_MAX_CAPACITY + 1};
+	expect_code(ats_pool_new(&p, &cfg), ATS_ERR_INVALID_ARGUMENT);
+	cfg = (ats_pool_config){.idle = (ats_pool_idle)7};
+	expect_code(ats_pool_new(&p, &cfg), ATS_ERR_INVALID_ARGUMENT);
+	cr_expect_null(p);
+
+	p = mk(2, 4);
+	struct counts c = {0};
+	ats_task t = counted(&c, NULL), norun = {.arg = &c};
+	cr_expect_eq(ats_pool_try_submit(NULL, &t), ATS_POOL_INVALID);
+	cr_expect_eq(ats_pool_try_submit(p, NULL), ATS_POOL_INVALID);
+	cr_expect_eq(ats_pool_try_submit(p, &norun), ATS_POOL_INVALID);
+	cr_expect_eq(ats_pool_try_submit_to(p, 2, &t), ATS_POOL_INVALID);
+	expect_code(ats_pool_submit(p, &t, NULL), ATS_ERR_INVALID_ARGUMENT);
+	expect_code(ats_pool_submit(NULL, &t, ats_ctx_background()), ATS_ERR_INVALID_ARGUMENT);
+	expect_code(ats_pool_submit_to(p, 9, &t, ats_ctx_background()), ATS_ERR_INVALID_ARGUMENT);
+	ats_pool_worker_stats s;
+	expect_code(ats_pool_worker_stats_get(p, 2, &s), ATS_ERR_INVALID_ARGUMENT);
+	expect_code(ats_pool_worker_stats_get(p, 0, NULL), ATS_ERR_INVALID_ARGUMENT);
+	cr_expect_eq(ats_pool_progress(p, 2), 0);
+	expect_code(ats_pool_shutdown(NULL, ats_ctx_background()), ATS_ERR_INVALID_ARGUMENT);
+	expect_code(ats_pool_shutdown(p, NULL), ATS_ERR_INVALID_ARGUMENT);
+	for (unsigned w = 0; w < 2; w++) {
+		cr_assert_null(ats_pool_worker_stats_get(p, w, &s));
+		cr_expect_eq(s.depth, 0, "nothing was queued");
+	}
+	/* Shutdown from the pool's own worker would wait for itself: refused. */
+	struct shutter sh = {p, NULL, NULL};
+	ats_task self_stop = {.run = shutdown_from_worker, .arg = &sh};
+	cr_assert_null(ats_pool_submit(p, &self_stop, ats_ctx_background()));
+	cr_assert_null(ats_pool_shutdown(p, ats_ctx_background()));
+	expect_code(sh.err, ATS_ERR_INVALID_ARGUMENT);
+	cr_expect_eq(atomic_load(&c.ran), 0);
+	ats_pool_free(p);
+	ats_pool_free(NULL);
+}
+
+Test(pool, default_config_is_one_worker_per_cpu)
+{
+	ats_pool *p = NULL;
+	cr_assert_null(ats_pool_new(&p, NULL));
+	cpu_set_t set;
+	cr_assert_eq(sched_getaffinity(0, sizeof set, &set), 0);
+	cr_expect_eq(ats_pool_size(p), (unsigned)CPU_COUNT(&set));
+	ats_pool_free(p);
+	ats_pool_config cfg = {.workers = 3, .pin = true, .idle = ATS_POOL_POLL};
+	cr_assert_null(ats_pool_new(&p, &cfg));
+	struct counts c = {0};
+	for (int i = 0; i < 1000; i++) {
+		ats_task t = counted(&c, NULL);
+		cr_assert_null(ats_pool_submit(p, &t, ats_ctx_background()));
+	}
+	cr_assert_null(ats_pool_shutdown(p, ats_ctx_background()));
+	cr_expect_eq(atomic_load(&c.ran), 1000);
+	ats_pool_free(p);
+}
