@@ -112,6 +112,21 @@ static size_t depth(const struct worker *w, size_t capacity)
 
 /* ---- Queues ---- */
 
+/* ck_ring's multi-producer commit (ck_ring_enqueue_commit_mpmc), with a back-off: a producer
+ * publishes its slot only after every earlier reservation is published, and ck_ring's own loop
+ * spins on the CPU hint forever. When the earlier producer was preempted inside its few
+ * instructions, later ones spinning on every core would keep it off the CPU for whole time
+ * slices (submitters outnumbering cores: measured as a near-livelock); after a short spin they
+ * yield instead (ats__spin_pause). The store fence orders the slot before the tail (release), as
+ * ck_ring's commit does. */
+static void commit(struct ck_ring *ring, unsigned ticket)
+{
+	for (unsigned spins = 0; ck_pr_load_uint(&ring->p_tail) != ticket;)
+		ats__spin_pause(++spins);
+	ck_pr_fence_store();
+	ck_pr_store_uint(&ring->p_tail, ticket + 1);
+}
+
 static ats_pool_status enqueue(ats_pool *p, struct worker *w, const ats_task *t)
 {
 	/* relaxed: the CAS below decides. */
@@ -125,13 +140,13 @@ static ats_pool_status enqueue(ats_pool *p, struct worker *w, const ats_task *t)
 		 * bit's ordering is the word's modification order, which this CAS is part of. */
 	} while (!atomic_compare_exchange_weak_explicit(&w->credits, &c, c - 1, memory_order_relaxed,
 	                                                memory_order_relaxed));
-	struct task_slot s = {t->run, t->cancel, t->arg, t->ctx};
-	if (s.ctx)
-		ats_ctx_ref(s.ctx);
-	/* Cannot fail: the ring holds at least `capacity` slots and we hold a credit for one. ck_ring
-	 * publishes the slot with a store fence before its producer tail (release). */
-	bool ok = ck_ring_enqueue_mpmc_task(&w->ring, w->slots, &s);
-	(void)ok;
+	if (t->ctx)
+		ats_ctx_ref(t->ctx);
+	/* Cannot fail: the ring holds at least `capacity` slots and we hold a credit for one. */
+	unsigned ticket;
+	struct task_slot *slot = ck_ring_enqueue_reserve_mpmc_task(&w->ring, w->slots, &ticket);
+	*slot = (struct task_slot){t->run, t->cancel, t->arg, t->ctx};
+	commit(&w->ring, ticket);
 	ck_ec32_inc(&w->work, &ats__ec_mode_mp);
 	/* A busy worker (odd progress) may be blocked in a long task: wake a parked one to steal.
 	 * relaxed: hints; a missed wake is covered by the parked workers' steal period. */

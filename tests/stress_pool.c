@@ -1,0 +1,235 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/* The worker pool under contention (run under TSan and ASan): submitters on every core, tasks
+ * with their own ctxs cancelled mid-flight, stealing, and shutdown racing submit and cancel.
+ * Every task submitted with OK runs or is handed back cancelled exactly once (a per-task counter,
+ * checked at the end); every task refused is never seen. Nothing sleeps to synchronize. */
+#include <criterion/criterion.h>
+
+#include "atscale/clock.h"
+#include "atscale/pool.h"
+
+#include <pthread.h>
+#include <sched.h>
+#include <stdlib.h>
+
+#if defined(__SANITIZE_THREAD__)
+#define SLOW 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define SLOW 1
+#endif
+#endif
+#ifdef SLOW
+#define TASKS (1u << 13) /* per submitter: TSan runs ~10x slower */
+#define ROUNDS 50
+#else
+#define TASKS (1u << 16)
+#define ROUNDS 300
+#endif
+
+#define SUBMITTERS 4
+
+struct run {
+	ats_pool *p;
+	_Atomic uint8_t *ran;       /* ran[id]: times task id ran */
+	_Atomic uint8_t *cancelled; /* cancelled[id]: times it was handed back */
+	_Atomic uint8_t *accepted;  /* accepted[id]: 1 when its submit said OK */
+	ats_ctx *ctxs[4];           /* tasks' ctxs; some get cancelled mid-run */
+	_Atomic uint64_t ran_total;
+	uint64_t shutdown_after;    /* the shutdown thread starts once this many ran */
+	ats_ctx *stop;              /* the shutdown's ctx (cancelled mid-drain in one test) */
+	uint64_t cancel_stop_after; /* cancel `stop` once this many ran (0: never) */
+	ats_err *shutdown_err;
+	_Atomic int shutdown_done;
+};
+
+struct task_arg {
+	struct run *r;
+	uint32_t id;
+};
+
+static struct task_arg *args;
+
+static void on_run(void *arg, ats_ctx *ctx)
+{
+	(void)ctx;
+	struct task_arg *a = arg;
+	atomic_fetch_add_explicit(&a->r->ran[a->id], 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&a->r->ran_total, 1, memory_order_relaxed);
+}
+
+static void on_cancel(void *arg, const ats_err *why)
+{
+	struct task_arg *a = arg;
+	cr_assert_not_null(why);
+	atomic_fetch_add_explicit(&a->r->cancelled[a->id], 1, memory_order_relaxed);
+}
+
+struct sub {
+	struct run *r;
+	unsigned idx;
+};
+
+static void *submitter(void *arg)
+{
+	struct sub *s = arg;
+	struct run *r = s->r;
+	unsigned n = ats_pool_size(r->p);
+	for (uint32_t i = 0; i < TASKS; i++) {
+		uint32_t id = s->idx * TASKS + i;
+		args[id] = (struct task_arg){r, id};
+		ats_task t = {.run = on_run, .cancel = on_cancel, .arg = &args[id], .ctx = r->ctxs[id % 4]};
+		ats_pool_status st;
+		for (;;) {
+			switch (id % 3) {
+			case 0:
+				st = ats_pool_try_submit(r->p, &t);
+				break;
+			case 1:
+				st = ats_pool_try_submit_to(r->p, id % n, &t);
+				break;
+			default:
+				st = ats_pool_try_submit_to(r->p, ats_pool_pick_less_loaded(r->p), &t);
+			}
+			if (st != ATS_POOL_FULL)
+				break;
+			sched_yield();
+		}
+		if (st == ATS_POOL_CLOSED)
+			break;
+		cr_assert_eq(st, ATS_POOL_OK);
+		atomic_store_explicit(&r->accepted[id], 1, memory_order_relaxed);
+		if (i == TASKS / 2 && s->idx == 0)
+			ats_ctx_cancel(r->ctxs[1], NULL); /* a quarter of the later tasks: cancelled */
+	}
+	return NULL;
+}
+
+static void *shutter(void *arg)
+{
+	struct run *r = arg;
+	while (atomic_load(&r->ran_total) < r->shutdown_after)
+		sched_yield();
+	r->shutdown_err = ats_pool_shutdown(r->p, r->stop);
+	atomic_store(&r->shutdown_done, 1);
+	return NULL;
+}
+
+static void *stop_canceller(void *arg)
+{
+	struct run *r = arg;
+	/* Once the shutdown finished draining there is nothing left to race. */
+	while (atomic_load(&r->ran_total) < r->cancel_stop_after && !atomic_load(&r->shutdown_done))
+		sched_yield();
+	ats_ctx_cancel(r->stop, NULL);
+	return NULL;
+}
+
+static void run_once(unsigned workers, size_t cap, ats_pool_idle idle, uint64_t shutdown_after, uint64_t cancel_stop_after)
+{
+	struct run r = {0};
+	uint32_t total = SUBMITTERS * TASKS;
+	r.ran = calloc(total, 1);
+	r.cancelled = calloc(total, 1);
+	r.accepted = calloc(total, 1);
+	args = calloc(total, sizeof *args);
+	cr_assert(r.ran && r.cancelled && r.accepted && args);
+	ats_pool_config cfg = {.workers = workers, .queue_capacity = cap, .idle = idle};
+	cr_assert_null(ats_pool_new(&r.p, &cfg));
+	r.ctxs[0] = NULL;
+	for (int i = 1; i < 4; i++)
+		cr_assert_null(ats_ctx_with_cancel(ats_ctx_background(), &r.ctxs[i]));
+	cr_assert_null(ats_ctx_with_cancel(ats_ctx_background(), &r.stop));
+	r.shutdown_after = shutdown_after;
+	r.cancel_stop_after = cancel_stop_after;
+
+	pthread_t subs[SUBMITTERS], sh, cs;
+	struct sub s[SUBMITTERS];
+	for (unsigned i = 0; i < SUBMITTERS; i++) {
+		s[i] = (struct sub){&r, i};
+		cr_assert_eq(pthread_create(&subs[i], NULL, submitter, &s[i]), 0);
+	}
+	cr_assert_eq(pthread_create(&sh, NULL, shutter, &r), 0);
+	if (cancel_stop_after)
+		cr_assert_eq(pthread_create(&cs, NULL, stop_canceller, &r), 0);
+	for (unsigned i = 0; i < SUBMITTERS; i++)
+		pthread_join(subs[i], NULL);
+	pthread_join(sh, NULL);
+	if (cancel_stop_after)
+		pthread_join(cs, NULL);
+
+	uint64_t accepted = 0, ran = 0, cancelled = 0;
+	for (uint32_t id = 0; id < total; id++) {
+		unsigned a = atomic_load(&r.accepted[id]), x = atomic_load(&r.ran[id]), c = atomic_load(&r.cancelled[id]);
+		if (a)
+			cr_assert_eq(x + c, 1, "task %u accepted: ran %u times, cancelled %u times", id, x, c);
+		else
+			cr_assert_eq(x + c, 0, "task %u refused yet seen", id);
+		accepted += a, ran += x, cancelled += c;
+	}
+	uint64_t wr = 0, wc = 0;
+	for (unsigned w = 0; w < workers; w++) {
+		ats_pool_worker_stats st;
+		cr_assert_null(ats_pool_worker_stats_get(r.p, w, &st));
+		wr += st.run, wc += st.cancelled;
+		cr_assert_eq(st.depth, 0);
+		cr_assert_eq(st.progress % 2, 0);
+	}
+	cr_assert_eq(wr, ran, "the workers' run counters add up");
+	cr_assert_eq(wc, cancelled, "and their cancelled counters");
+	cr_assert_eq(ran + cancelled, accepted);
+	if (!cancel_stop_after)
+		cr_assert_null(r.shutdown_err, "a shutdown with a live ctx drains everything");
+	ats_err_unref(r.shutdown_err);
+	ats_pool_free(r.p);
+	for (int i = 1; i < 4; i++)
+		ats_ctx_release(r.ctxs[i]);
+	ats_ctx_release(r.stop);
+	free(r.ran), free(r.cancelled), free(r.accepted), free(args);
+}
+
+Test(pool_stress, every_task_once_when_draining, .timeout = 300)
+{
+	/* Shutdown after most ran (the submitters are finishing) ... */
+	run_once(3, 64, ATS_POOL_SPIN_PARK, (uint64_t)SUBMITTERS * TASKS * 3 / 4 - 1, 0);
+}
+
+Test(pool_stress, every_task_once_when_shutdown_races_submits, .timeout = 300)
+{
+	/* ... and racing the submitters, on the other idle policies. */
+	run_once(2, 16, ATS_POOL_PARK, TASKS / 2, 0);
+	run_once(2, 4, ATS_POOL_POLL, TASKS, 0);
+}
+
+Test(pool_stress, every_task_once_when_shutdown_cancels, .timeout = 300)
+{
+	run_once(3, 128, ATS_POOL_SPIN_PARK, TASKS / 4, TASKS / 2);
+	run_once(2, 1024, ATS_POOL_PARK, 1, 2);
+}
+
+/* Many short pools: a shutdown racing the first submits and the workers' first parks. */
+Test(pool_stress, start_and_shutdown_race, .timeout = 300)
+{
+	for (int round = 0; round < ROUNDS; round++) {
+		ats_pool *p;
+		ats_pool_config cfg = {.workers = 2, .queue_capacity = 4, .idle = (ats_pool_idle)(round % 3)};
+		cr_assert_null(ats_pool_new(&p, &cfg));
+		struct run r = {.p = p};
+		_Atomic uint8_t ran[64] = {0}, cancelled[64] = {0};
+		r.ran = ran, r.cancelled = cancelled;
+		struct task_arg a[64];
+		unsigned ok = 0;
+		for (uint32_t i = 0; i < 64; i++) {
+			a[i] = (struct task_arg){&r, i};
+			ats_task t = {.run = on_run, .cancel = on_cancel, .arg = &a[i]};
+			ok += ats_pool_try_submit_to(p, i % 2, &t) == ATS_POOL_OK;
+		}
+		ats_pool_free(p); /* no drain: what is queued is cancelled */
+		unsigned seen = 0;
+		for (int i = 0; i < 64; i++) {
+			cr_assert_leq(ran[i] + cancelled[i], 1);
+			seen += ran[i] + cancelled[i];
+		}
+		cr_assert_eq(seen, ok, "round %d", round);
+	}
+}
