@@ -30,6 +30,7 @@
 #include "internal/cpu.h"
 #include "internal/ec.h"
 #include "internal/futex.h"
+#include "internal/tsan.h"
 
 #include <ck_pr.h>
 #include <ck_ring.h>
@@ -145,7 +146,13 @@ static ats_pool_status enqueue(ats_pool *p, struct worker *w, const ats_task *t)
 	/* Cannot fail: the ring holds at least `capacity` slots and we hold a credit for one. */
 	unsigned ticket;
 	struct task_slot *slot = ck_ring_enqueue_reserve_mpmc_task(&w->ring, w->slots, &ticket);
+	/* ThreadSanitizer cannot see ck_ring's inline-assembly ordering; one sync object per queue
+	 * (as chan.c keeps one per channel) stands for it: the slot's last reader (its dequeue)
+	 * happens before this reservation reuses it, and what the submitter writes happens before
+	 * the task runs (the commit's store fence, the dequeue's load fence). */
+	TSAN_ACQUIRE(&w->ring);
 	*slot = (struct task_slot){t->run, t->cancel, t->arg, t->ctx};
+	TSAN_RELEASE(&w->ring);
 	commit(&w->ring, ticket);
 	ck_ec32_inc(&w->work, &ats__ec_mode_mp);
 	/* A busy worker (odd progress) may be blocked in a long task: wake a parked one to steal.
@@ -169,6 +176,8 @@ static bool dequeue(ats_pool *p, struct worker *w, struct task_slot *s)
 	(void)p;
 	if (!ck_ring_dequeue_mpmc_task(&w->ring, w->slots, s))
 		return false;
+	TSAN_ACQUIRE(&w->ring); /* the submit happens before (enqueue's TSAN_RELEASE) */
+	TSAN_RELEASE(&w->ring); /* and this copy before the slot's reuse (enqueue's TSAN_ACQUIRE) */
 	/* release: pairs with nothing that needs data; the credit's return is what a blocked submit
 	 * and shutdown's drain check wait for (both re-check it after arming their wake-up). */
 	atomic_fetch_add_explicit(&w->credits, 1, memory_order_release);
@@ -469,6 +478,7 @@ static void cancel_queued(ats_pool *p, struct worker *w, const ats_err *why)
 	struct task_slot s;
 	for (unsigned spins = 0;;) {
 		while (ck_ring_dequeue_mpmc_task(&w->ring, w->slots, &s)) {
+			TSAN_ACQUIRE(&w->ring); /* pairs with enqueue's TSAN_RELEASE */
 			atomic_fetch_add_explicit(&w->credits, 1, memory_order_relaxed);
 			give_back(&s, why);
 			count(&w->cancelled);

@@ -1,0 +1,151 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/* The worker pool: submit one task from a thread outside the pool and wait for it to finish (the
+ * round trip a server's I/O thread pays to hand work to a core), and a fan-out of 1000 tasks
+ * waited for together (per fan-out). One worker, so the submitting thread keeps a core of its own
+ * on a small machine (more workers than free cores would measure the scheduler). The waiting thread spins on the task's completion flag, as a
+ * latency-critical caller would. Go peers: bench/peers/go/pool.go (go + WaitGroup). */
+#include "bench.h"
+#include "atscale/pool.h"
+#include "internal/compiler.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+
+#define FANOUT 1000
+
+struct pb {
+	ats_pool *p;
+	_Atomic uint64_t done;
+};
+
+static void *pb_setup(unsigned threads)
+{
+	(void)threads;
+	struct pb *b = calloc(1, sizeof *b);
+	if (!b)
+		return NULL;
+	ats_pool_config cfg = {.workers = 1, .queue_capacity = 2 * FANOUT};
+	ats_err *err = ats_pool_new(&b->p, &cfg);
+	if (err) {
+		ats_err_unref(err);
+		free(b);
+		return NULL;
+	}
+	return b;
+}
+
+static void pb_teardown(void *state)
+{
+	struct pb *b = state;
+	ats_pool_free(b->p);
+	free(b);
+}
+
+static void bump(void *arg, ats_ctx *ctx)
+{
+	(void)ctx;
+	struct pb *b = arg;
+	/* release: the waiter's acquire load sees the task's work. */
+	atomic_fetch_add_explicit(&b->done, 1, memory_order_release);
+}
+
+static void wait_done(struct pb *b, uint64_t target)
+{
+	while (atomic_load_explicit(&b->done, memory_order_acquire) < target)
+		ats__cpu_relax();
+}
+
+static void submit_run(void *state, unsigned tid, uint64_t iters)
+{
+	(void)tid;
+	struct pb *b = state;
+	ats_task t = {.run = bump, .arg = b};
+	uint64_t base = atomic_load(&b->done);
+	for (uint64_t i = 0; i < iters; i++) {
+		while (ats_pool_try_submit(b->p, &t) != ATS_POOL_OK)
+			;
+		wait_done(b, base + i + 1);
+	}
+}
+
+static void fanout(void *state, unsigned tid, uint64_t iters)
+{
+	(void)tid;
+	struct pb *b = state;
+	ats_task t = {.run = bump, .arg = b};
+	uint64_t target = atomic_load(&b->done);
+	for (uint64_t i = 0; i < iters; i++) {
+		for (int k = 0; k < FANOUT; k++)
+			while (ats_pool_try_submit(b->p, &t) != ATS_POOL_OK)
+				;
+		target += FANOUT;
+		wait_done(b, target);
+	}
+}
+
+/* ---- floor.spin_roundtrip: the physical floor of a hand-off and its answer ----
+ * Two threads, one word each way, both spinning: the least any cross-thread submit-and-wait can
+ * cost on this machine (two cache-line transfers per round trip). */
+struct rt {
+	_Alignas(64) _Atomic uint64_t ping;
+	_Alignas(64) _Atomic uint64_t pong;
+	pthread_t th;
+};
+
+static void *rt_echo(void *arg)
+{
+	struct rt *r = arg;
+	for (uint64_t seen = 0;;) {
+		uint64_t v;
+		while ((v = atomic_load_explicit(&r->ping, memory_order_acquire)) == seen)
+			ats__cpu_relax();
+		if (v == UINT64_MAX)
+			return NULL;
+		seen = v;
+		atomic_store_explicit(&r->pong, v, memory_order_release);
+	}
+}
+
+static void *rt_setup(unsigned threads)
+{
+	(void)threads;
+	struct rt *r = aligned_alloc(64, sizeof *r);
+	if (!r)
+		return NULL;
+	atomic_init(&r->ping, 0);
+	atomic_init(&r->pong, 0);
+	if (pthread_create(&r->th, NULL, rt_echo, r) != 0) {
+		free(r);
+		return NULL;
+	}
+	return r;
+}
+
+static void rt_run(void *state, unsigned tid, uint64_t iters)
+{
+	(void)tid;
+	struct rt *r = state;
+	uint64_t v = atomic_load_explicit(&r->pong, memory_order_relaxed);
+	for (uint64_t i = 0; i < iters; i++) {
+		atomic_store_explicit(&r->ping, ++v, memory_order_release);
+		while (atomic_load_explicit(&r->pong, memory_order_acquire) != v)
+			ats__cpu_relax();
+	}
+}
+
+static void rt_teardown(void *state)
+{
+	struct rt *r = state;
+	atomic_store(&r->ping, UINT64_MAX);
+	pthread_join(r->th, NULL);
+	free(r);
+}
+
+static const ats_bench floor_roundtrip = {"floor.spin_roundtrip", ATS_BENCH_1T, rt_setup, rt_run, rt_teardown, NULL, NULL};
+ATS_BENCH(floor_roundtrip)
+
+static const ats_bench pool_submit_run = {"pool.submit_run", ATS_BENCH_1T, pb_setup, submit_run, pb_teardown, NULL, NULL};
+static const ats_bench pool_fanout = {"pool.fanout_1000", ATS_BENCH_1T, pb_setup, fanout, pb_teardown, NULL, NULL};
+ATS_BENCH(pool_submit_run)
+ATS_BENCH(pool_fanout)
