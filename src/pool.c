@@ -462,12 +462,16 @@ ats_err *ats_pool_new(ats_pool **out, const ats_pool_config *cfg)
 	return NULL;
 }
 
+/* Every queue empty with nothing landing, and no task running. */
 static bool drained(ats_pool *p)
 {
-	for (unsigned i = 0; i < p->n; i++)
-		/* acquire: pairs with dequeue's release return of the credit. */
+	for (unsigned i = 0; i < p->n; i++) {
+		/* acquire: pairs with dequeue's release return of the credit and bump_progress's release. */
 		if (CREDITS(atomic_load_explicit(&p->w[i].credits, memory_order_acquire)) != p->capacity)
 			return false;
+		if (atomic_load_explicit(&p->w[i].progress, memory_order_acquire) & 1)
+			return false;
+	}
 	return true;
 }
 

@@ -41,9 +41,10 @@
  * call). A task without a cancel callback is then simply not run. Either way it is counted.
  *
  * Shutdown (ats_pool_shutdown, with a ctx): stop accepting (every later submit gets CLOSED),
- * drain (workers run what is queued) until every queue is empty or the ctx is done, then cancel
- * the pool's ctx, hand every task still queued to its cancel callback, wait for running tasks to
- * return and join the workers. Every accepted task either ran or was handed back cancelled,
+ * drain (workers run what is queued) until every queue is empty and no task runs, or the ctx is
+ * done; then, if the ctx ended it, cancel the pool's ctx (running tasks see it) and hand every
+ * task still queued to its cancel callback; wait for running tasks to return and join the
+ * workers. Every accepted task either ran or was handed back cancelled,
  * exactly once; nothing accepted is lost, nothing runs twice.
  *
  * Progress words. Each worker has a sequence bumped (release) when a task starts and again when
@@ -130,9 +131,9 @@ typedef struct ats_pool_worker_stats {
  * a thread that could not start (ATS_ERR_SYSTEM, the others are stopped). Blocking (threads). */
 ATS_API ATS_NODISCARD ats_err *ats_pool_new(ats_pool **out, const ats_pool_config *cfg);
 
-/* Shuts the pool down: stop accepting, drain until every queue is empty or ctx is done, then
- * cancel the rest, wait for running tasks and join the workers (see the file comment). NULL when
- * everything accepted ran; ctx's error when ctx ended the drain (the remaining tasks went to
+/* Shuts the pool down: stop accepting, drain until every queue is empty and no task runs or ctx
+ * is done, then cancel the rest, wait for running tasks and join the workers (see the file
+ * comment). NULL when everything accepted ran to its end; ctx's error when ctx ended the drain (the remaining tasks went to
  * their cancel callbacks); ATS_ERR_CLOSED when already shut down or shutting down;
  * ATS_ERR_INVALID_ARGUMENT for NULL p or ctx, or a call from one of p's workers. Blocking: it
  * waits for running tasks to return, however long they take (they see the pool's ctx cancelled
