@@ -50,5 +50,6 @@
 #include "atscale/keyed.h"
 #include "atscale/fleet.h"
 #include "atscale/chan.h"
+#include "atscale/pool.h"
 
 #endif

@@ -81,8 +81,18 @@ typedef struct ats_chan_config {
 	bool busy_poll;  /* never park: spin until the operation, the ctx or close lets go */
 } ats_chan_config;
 
-#define ATS_CHAN_CONFIG(kind_, capacity_)                                                                              \
-	((ats_chan_config){.kind = (kind_), .capacity = (capacity_), .spin = ATS_CHAN_DEFAULT_SPIN, .busy_poll = false})
+/* A config with the default spin, parking when the spin runs out. A function, not a compound
+ * literal, so that it compiles as C++ too. */
+static inline ats_chan_config ats_chan_config_of(ats_chan_kind kind, size_t capacity)
+{
+	ats_chan_config c;
+	c.kind = kind;
+	c.capacity = capacity;
+	c.spin = ATS_CHAN_DEFAULT_SPIN;
+	c.busy_poll = false;
+	return c;
+}
+#define ATS_CHAN_CONFIG(kind_, capacity_) ats_chan_config_of((kind_), (capacity_))
 
 /* A channel. Opaque: the size is fixed so it can live in caller memory (ats_chan_init); its
  * fields are private (chan.c). */

@@ -3,14 +3,17 @@
  * ISO C11 (gcc, clang: -std=c11 -Wall -Wextra -Wpedantic -Werror) and as C++17 (g++, clang++,
  * the same warnings): it includes every public header and calls a hot path of each module. */
 #include <atscale/atscale.h>
+#include <atscale/chan.h>
 #include <atscale/clock.h>
 #include <atscale/common.h>
 #include <atscale/ctx.h>
 #include <atscale/error.h>
 #include <atscale/export.h>
+#include <atscale/fleet.h>
 #include <atscale/gcra.h>
 #include <atscale/keyed.h>
 #include <atscale/limiter.h>
+#include <atscale/pool.h>
 
 #include <stdio.h>
 #include <string.h>
@@ -22,6 +25,12 @@ __attribute__((noinline)) ats_err *consumer_frame(void)
 }
 
 static ATS_CTX_KEY(consumer_key);
+
+static void consumer_task(void *arg, ats_ctx *ctx)
+{
+	(void)ctx;
+	*(int *)arg += 1;
+}
 
 static int check(int ok, const char *what)
 {
@@ -92,6 +101,31 @@ int main(void)
 	e = ats_keyed_new(&m, &kc);
 	ok &= check(!e && ats_keyed_allow(m, "k", 1) && !ats_keyed_allow(m, "k", 1), "keyed");
 	ats_keyed_free(m);
+
+	/* chan */
+	ats_chan *ch = NULL;
+	ats_chan_config chc = ATS_CHAN_CONFIG(ATS_CHAN_SPSC, 2);
+	e = ats_chan_new(&ch, &chc);
+	void *got = NULL;
+	ok &= check(!e && ats_chan_try_send(ch, &value) == ATS_CHAN_OK && ats_chan_try_recv(ch, &got) == ATS_CHAN_OK &&
+	                got == &value,
+	            "chan");
+	ats_chan_free(ch, NULL, NULL);
+
+	/* pool */
+	ats_pool *pool = NULL;
+	ats_pool_config pc;
+	memset(&pc, 0, sizeof pc);
+	pc.workers = 1;
+	e = ats_pool_new(&pool, &pc);
+	ats_task task;
+	memset(&task, 0, sizeof task);
+	task.run = consumer_task;
+	task.arg = &value;
+	ok &= check(!e && ats_pool_try_submit(pool, &task) == ATS_POOL_OK && !ats_pool_shutdown(pool, ats_ctx_background()) &&
+	                value == 8,
+	            "pool");
+	ats_pool_free(pool);
 
 #ifdef CONSUMER_EXPECTS_NAMES
 	err = consumer_frame();
