@@ -526,7 +526,10 @@ static ats_err *shutdown(ats_pool *p, ats_ctx *ctx, bool drain)
 		}
 		ats_ctx_after_stop(&after);
 	}
-	/* 3. Cancel: tasks that run now see the pool's ctx done; then stop and join the workers. */
+	/* 3. Stop the workers taking tasks first (else one leaving a task the cancel below ends
+	 * would take and run the next), then cancel the pool's ctx so running tasks see it, then
+	 * join. */
+	atomic_store_explicit(&p->state, STOPPING, memory_order_release);
 	if (!drain || err)
 		ats_ctx_cancel(p->ctx, NULL);
 	stop_workers(p);

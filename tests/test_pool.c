@@ -56,13 +56,16 @@ static ats_task counted(struct counts *c, ats_ctx *ctx)
 /* A gate: a task that holds its worker until the gate's ctx is cancelled. */
 struct gate {
 	ats_ctx *open;
+	ats_pool *p;
 	_Atomic int entered;
+	_Atomic int worker; /* the worker that runs it (an idle one may have stolen it) */
 };
 
 static void gate_run(void *arg, ats_ctx *ctx)
 {
 	(void)ctx;
 	struct gate *g = arg;
+	atomic_store(&g->worker, g->p ? ats_pool_current_worker(g->p) : -1);
 	atomic_store(&g->entered, 1);
 	ats_ctx_wait(g->open, ATS_CTX_NO_DEADLINE);
 }
@@ -70,17 +73,22 @@ static void gate_run(void *arg, ats_ctx *ctx)
 static void gate_init(struct gate *g)
 {
 	atomic_init(&g->entered, 0);
+	atomic_init(&g->worker, -1);
+	g->p = NULL;
 	cr_assert_null(ats_ctx_with_cancel(ats_ctx_background(), &g->open));
 }
 
-/* Puts a gate on `worker` and waits until that worker is inside it. */
-static void hold(ats_pool *p, unsigned worker, struct gate *g)
+/* Puts a gate on `worker`'s queue and waits until a worker is inside it; returns which worker
+ * (the one asked, or an idle one that stole it first). */
+static unsigned hold(ats_pool *p, unsigned worker, struct gate *g)
 {
 	gate_init(g);
+	g->p = p;
 	ats_task t = {.run = gate_run, .arg = g};
 	cr_assert_eq(ats_pool_try_submit_to(p, worker, &t), ATS_POOL_OK);
 	while (!atomic_load(&g->entered))
 		sched_yield();
+	return (unsigned)atomic_load(&g->worker);
 }
 
 static void release(struct gate *g)
@@ -426,16 +434,16 @@ Test(pool, a_blocked_worker_queue_is_drained_by_stealing)
 {
 	ats_pool *p = mk(2, 256);
 	struct gate g;
-	hold(p, 0, &g);
+	unsigned held = hold(p, 0, &g), other = 1 - held;
 	struct counts c = {0};
 	for (int i = 0; i < 200; i++) {
 		ats_task t = counted(&c, NULL);
-		cr_assert_eq(ats_pool_try_submit_to(p, 0, &t), ATS_POOL_OK);
+		cr_assert_eq(ats_pool_try_submit_to(p, held, &t), ATS_POOL_OK);
 	}
-	wait_count(&c.ran, 200); /* worker 0 is still in the gate: worker 1 stole them all */
+	wait_count(&c.ran, 200); /* the held worker is still in the gate: the other stole them all */
 	ats_pool_worker_stats s0, s1;
-	cr_assert_null(ats_pool_worker_stats_get(p, 0, &s0));
-	cr_assert_null(ats_pool_worker_stats_get(p, 1, &s1));
+	cr_assert_null(ats_pool_worker_stats_get(p, held, &s0));
+	cr_assert_null(ats_pool_worker_stats_get(p, other, &s1));
 	cr_expect_eq(s1.stolen, 200);
 	cr_expect_eq(s0.run, 0, "worker 0 has not finished its gate");
 	cr_expect_eq(s0.progress % 2, 1);

@@ -51,5 +51,6 @@
 #include "atscale/fleet.h"
 #include "atscale/chan.h"
 #include "atscale/pool.h"
+#include "atscale/heartbeat.h"
 
 #endif

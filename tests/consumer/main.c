@@ -11,6 +11,7 @@
 #include <atscale/export.h>
 #include <atscale/fleet.h>
 #include <atscale/gcra.h>
+#include <atscale/heartbeat.h>
 #include <atscale/keyed.h>
 #include <atscale/limiter.h>
 #include <atscale/pool.h>
@@ -126,6 +127,13 @@ int main(void)
 	                value == 8,
 	            "pool");
 	ats_pool_free(pool);
+
+	/* heartbeat */
+	static ats_heartbeat hb;
+	e = ats_heartbeat_init(&hb, NULL);
+	ats_heartbeat_work_begin(&hb);
+	ats_heartbeat_beat(&hb);
+	ok &= check(!e && ats_heartbeat_count(&hb) == 2 && ats_heartbeat_pending(&hb), "heartbeat");
 
 #ifdef CONSUMER_EXPECTS_NAMES
 	err = consumer_frame();
