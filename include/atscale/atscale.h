@@ -52,5 +52,6 @@
 #include "atscale/chan.h"
 #include "atscale/pool.h"
 #include "atscale/heartbeat.h"
+#include "atscale/supervisor.h"
 
 #endif

@@ -15,6 +15,7 @@
 #include <atscale/keyed.h>
 #include <atscale/limiter.h>
 #include <atscale/pool.h>
+#include <atscale/supervisor.h>
 
 #include <stdio.h>
 #include <string.h>
@@ -134,6 +135,15 @@ int main(void)
 	ats_heartbeat_work_begin(&hb);
 	ats_heartbeat_beat(&hb);
 	ok &= check(!e && ats_heartbeat_count(&hb) == 2 && ats_heartbeat_pending(&hb), "heartbeat");
+
+	/* supervisor */
+	ats_supervisor *sup = NULL;
+	ats_supervisor_config sc;
+	memset(&sc, 0, sizeof sc);
+	e = ats_supervisor_new(&sup, &sc);
+	ok &= check(!e && !ats_supervisor_start(sup, ats_ctx_background()) && !ats_supervisor_wait(sup, ats_ctx_background()),
+	            "supervisor");
+	ats_supervisor_free(sup);
 
 #ifdef CONSUMER_EXPECTS_NAMES
 	err = consumer_frame();

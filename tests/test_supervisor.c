@@ -1,0 +1,241 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/* Supervision driven by heartbeats and fault injection: a ward frozen on purpose is found stalled
+ * and restarted; exits are handled by restart type; one-for-all and rest-for-one restart the
+ * right wards; a restart storm gives up and reports to a parent supervisor; a ward that ignores
+ * its cancel is quarantined without holding up its replacement, and frees itself when released.
+ * The test waits on counters the supervisor and its wards move (polling with sched_yield), never
+ * on a sleep. */
+#include <atscale/clock.h>
+#include <atscale/supervisor.h>
+
+#include <criterion/criterion.h>
+#include <sched.h>
+#include <string.h>
+
+#define MS UINT64_C(1000000)
+
+struct events {
+	_Atomic int n[5];
+	_Atomic int last_ward;
+};
+
+static void on_event(const ats_supervisor_event *ev, void *arg)
+{
+	struct events *e = arg;
+	cr_assert(ev->kind == ATS_SUP_EVENT_RESTART || ev->kind == ATS_SUP_EVENT_EXIT || ev->err != NULL);
+	if (ev->err && ev->kind != ATS_SUP_EVENT_EXIT)
+		cr_assert_not_null(ats_err_kv_get(ev->err, "supervisor"));
+	atomic_store(&e->last_ward, (int)ev->ward);
+	atomic_fetch_add(&e->n[ev->kind], 1);
+}
+
+static void wait_until(_Atomic int *v, int at_least)
+{
+	while (atomic_load(v) < at_least)
+		sched_yield();
+}
+
+/* A ward's fault switches, set by the test. */
+struct ward_ctl {
+	_Atomic int freeze;   /* one-shot: stop beating with work pending */
+	_Atomic int fail;     /* one-shot: return an error */
+	_Atomic int finish;   /* one-shot: return NULL */
+	_Atomic int always_fail;
+	ats_ctx *ignore_cancel_until; /* if set, a freeze waits for this ctx, not the ward's own */
+	_Atomic int runs;
+};
+
+static ats_err *ward_body(void *arg, ats_heartbeat *hb, ats_ctx *ctx)
+{
+	struct ward_ctl *c = arg;
+	atomic_fetch_add(&c->runs, 1);
+	if (atomic_load(&c->always_fail))
+		return ats_err_new(ATS_ERR_INTERNAL, "always fails");
+	while (!ats_ctx_done(ctx)) {
+		ats_heartbeat_work_begin(hb);
+		if (atomic_exchange(&c->freeze, 0)) {
+			/* Stuck with work pending: no more beats. */
+			ats_ctx_wait(c->ignore_cancel_until ? c->ignore_cancel_until : ctx, ATS_CTX_NO_DEADLINE);
+			return NULL;
+		}
+		if (atomic_exchange(&c->fail, 0))
+			return ats_err_new(ATS_ERR_INTERNAL, "injected failure");
+		if (atomic_exchange(&c->finish, 0))
+			return NULL;
+		ats_heartbeat_work_end(hb);
+		ats_ctx_wait(ctx, ats_now_ns() + 100000); /* one unit of work: 100 us */
+	}
+	return NULL;
+}
+
+static ats_supervisor *mk(ats_sup_strategy strategy, struct events *e, unsigned max_restarts, uint64_t period)
+{
+	ats_supervisor *s;
+	ats_supervisor_config cfg = {.name = "test", .strategy = strategy, .max_restarts = max_restarts,
+	                             .period_ns = period, .on_event = on_event, .event_arg = e};
+	cr_assert_null(ats_supervisor_new(&s, &cfg));
+	return s;
+}
+
+static unsigned add(ats_supervisor *s, struct ward_ctl *c, ats_ward_restart restart, uint64_t timeout)
+{
+	ats_ward_spec spec = {.name = NULL, .run = ward_body, .arg = c, .restart = restart};
+	spec.watch.timeout_ns = timeout;
+	spec.shutdown_timeout_ns = 5 * MS;
+	unsigned id;
+	cr_assert_null(ats_supervisor_add(s, &spec, &id));
+	return id;
+}
+
+Test(supervisor, a_frozen_ward_is_found_stalled_and_restarted)
+{
+	struct events e = {0};
+	ats_supervisor *s = mk(ATS_SUP_ONE_FOR_ONE, &e, 0, 0);
+	struct ward_ctl c = {0};
+	unsigned id = add(s, &c, ATS_WARD_PERMANENT, 20 * MS);
+	cr_assert_null(ats_supervisor_start(s, ats_ctx_background()));
+	wait_until(&c.runs, 1);
+	atomic_store(&c.freeze, 1);
+	wait_until(&e.n[ATS_SUP_EVENT_RESTART], 1);
+	cr_expect_eq(atomic_load(&e.n[ATS_SUP_EVENT_STALL]), 1);
+	cr_expect_eq(ats_supervisor_ward_starts(s, id), 2);
+	wait_until(&c.runs, 2);
+	ats_supervisor_stats st;
+	ats_supervisor_stats_get(s, &st);
+	cr_expect_eq(st.stalls, 1);
+	cr_expect_eq(st.restarts, 1);
+	cr_expect_eq(st.quarantined, 0, "the frozen ward honoured its cancel");
+	ats_supervisor_free(s);
+}
+
+Test(supervisor, exits_follow_the_restart_type)
+{
+	struct events e = {0};
+	ats_supervisor *s = mk(ATS_SUP_ONE_FOR_ONE, &e, 0, 0);
+	struct ward_ctl perm = {0}, trans = {0}, temp = {0};
+	unsigned p = add(s, &perm, ATS_WARD_PERMANENT, 0);
+	unsigned t = add(s, &trans, ATS_WARD_TRANSIENT, 0);
+	unsigned m = add(s, &temp, ATS_WARD_TEMPORARY, 0);
+	cr_assert_null(ats_supervisor_start(s, ats_ctx_background()));
+	wait_until(&perm.runs, 1), wait_until(&trans.runs, 1), wait_until(&temp.runs, 1);
+	atomic_store(&perm.finish, 1); /* permanent: even a normal exit restarts */
+	wait_until(&perm.runs, 2);
+	atomic_store(&trans.fail, 1); /* transient: an abnormal exit restarts */
+	wait_until(&trans.runs, 2);
+	atomic_store(&trans.finish, 1); /* ... a normal one does not */
+	atomic_store(&temp.fail, 1);    /* temporary: never */
+	wait_until(&e.n[ATS_SUP_EVENT_EXIT], 4);
+	cr_expect_eq(ats_supervisor_ward_starts(s, p), 2);
+	cr_expect_eq(ats_supervisor_ward_starts(s, t), 2);
+	cr_expect_eq(ats_supervisor_ward_starts(s, m), 1);
+	atomic_store(&perm.fail, 1);
+	wait_until(&perm.runs, 3);
+	ats_supervisor_free(s);
+	cr_expect_eq(atomic_load(&trans.runs), 2);
+	cr_expect_eq(atomic_load(&temp.runs), 1);
+}
+
+static void strategy_case(ats_sup_strategy strategy, const uint64_t want[3])
+{
+	struct events e = {0};
+	ats_supervisor *s = mk(strategy, &e, 0, 0);
+	struct ward_ctl c[3] = {0};
+	for (int i = 0; i < 3; i++)
+		add(s, &c[i], ATS_WARD_PERMANENT, 0);
+	cr_assert_null(ats_supervisor_start(s, ats_ctx_background()));
+	for (int i = 0; i < 3; i++)
+		wait_until(&c[i].runs, 1);
+	atomic_store(&c[1].fail, 1);
+	int restarts = (int)(want[0] + want[1] + want[2] - 3);
+	wait_until(&e.n[ATS_SUP_EVENT_RESTART], restarts);
+	for (unsigned i = 0; i < 3; i++)
+		cr_expect_eq(ats_supervisor_ward_starts(s, i), want[i], "strategy %d ward %u", (int)strategy, i);
+	ats_supervisor_free(s);
+}
+
+Test(supervisor, strategies_restart_the_right_wards)
+{
+	strategy_case(ATS_SUP_ONE_FOR_ONE, (const uint64_t[3]){1, 2, 1});
+	strategy_case(ATS_SUP_ONE_FOR_ALL, (const uint64_t[3]){2, 2, 2});
+	strategy_case(ATS_SUP_REST_FOR_ONE, (const uint64_t[3]){1, 2, 2});
+}
+
+Test(supervisor, a_restart_storm_gives_up_and_reports_to_the_parent)
+{
+	struct events ce = {0}, pe = {0};
+	ats_supervisor *child = mk(ATS_SUP_ONE_FOR_ONE, &ce, 3, 60 * ATS_NS_PER_SEC);
+	struct ward_ctl bad = {0};
+	atomic_store(&bad.always_fail, 1);
+	add(child, &bad, ATS_WARD_PERMANENT, 0);
+	ats_supervisor *parent = mk(ATS_SUP_ONE_FOR_ONE, &pe, 0, 0);
+	ats_ward_spec spec = ats_supervisor_ward(child, "child", ATS_WARD_TEMPORARY);
+	unsigned id;
+	cr_assert_null(ats_supervisor_add(parent, &spec, &id));
+	cr_assert_null(ats_supervisor_start(parent, ats_ctx_background()));
+	/* The parent ends once its only (temporary) ward, the child, exits: with the give-up error. */
+	ats_err *err = ats_supervisor_wait(parent, ats_ctx_background());
+	cr_expect_null(err, "the parent itself ends normally: its temporary ward is gone");
+	cr_expect_eq(atomic_load(&ce.n[ATS_SUP_EVENT_GIVE_UP]), 1);
+	cr_expect_eq(atomic_load(&bad.runs), 4, "started once, restarted three times, then given up");
+	cr_expect_eq(atomic_load(&pe.n[ATS_SUP_EVENT_EXIT]), 1);
+	ats_err *cerr = ats_supervisor_wait(child, ats_ctx_background());
+	cr_expect_eq(ats_err_code(cerr), ATS_ERR_UNAVAILABLE);
+	cr_expect_str_eq(ats_err_kv_get(cerr, "supervisor"), "test");
+	ats_err_unref(cerr);
+	ats_supervisor_free(parent);
+	ats_supervisor_free(child);
+}
+
+Test(supervisor, a_ward_that_ignores_cancel_is_quarantined)
+{
+	struct events e = {0};
+	ats_supervisor *s = mk(ATS_SUP_ONE_FOR_ONE, &e, 0, 0);
+	struct ward_ctl c = {0};
+	cr_assert_null(ats_ctx_with_cancel(ats_ctx_background(), &c.ignore_cancel_until));
+	unsigned id = add(s, &c, ATS_WARD_PERMANENT, 20 * MS);
+	cr_assert_null(ats_supervisor_start(s, ats_ctx_background()));
+	wait_until(&c.runs, 1);
+	atomic_store(&c.freeze, 1);
+	wait_until(&e.n[ATS_SUP_EVENT_RESTART], 1);
+	cr_expect_eq(atomic_load(&e.n[ATS_SUP_EVENT_QUARANTINE]), 1);
+	cr_expect_eq(ats_supervisor_ward_starts(s, id), 2, "the replacement did not wait for it");
+	wait_until(&c.runs, 2);
+	ats_supervisor_free(s);
+	/* Released after its supervisor is gone: it frees what was its own (ASan would see a leak or
+	 * a use after free). */
+	ats_ctx_cancel(c.ignore_cancel_until, NULL);
+	ats_ctx_release(c.ignore_cancel_until);
+}
+
+Test(supervisor, bad_input_changes_nothing)
+{
+	ats_supervisor *s = NULL;
+	ats_supervisor_config cfg = {.strategy = (ats_sup_strategy)9};
+	ats_err *err = ats_supervisor_new(&s, &cfg);
+	cr_expect_eq(ats_err_code(err), ATS_ERR_INVALID_ARGUMENT);
+	ats_err_unref(err);
+	cfg = (ats_supervisor_config){.period_ns = 1};
+	err = ats_supervisor_new(&s, &cfg);
+	cr_expect_eq(ats_err_code(err), ATS_ERR_INVALID_ARGUMENT);
+	ats_err_unref(err);
+	cr_expect_null(s);
+	cfg = (ats_supervisor_config){0};
+	cr_assert_null(ats_supervisor_new(&s, &cfg));
+	ats_ward_spec spec = {.run = NULL};
+	err = ats_supervisor_add(s, &spec, NULL);
+	cr_expect_eq(ats_err_code(err), ATS_ERR_INVALID_ARGUMENT);
+	ats_err_unref(err);
+	spec = (ats_ward_spec){.run = ward_body, .restart = (ats_ward_restart)7};
+	err = ats_supervisor_add(s, &spec, NULL);
+	cr_expect_eq(ats_err_code(err), ATS_ERR_INVALID_ARGUMENT);
+	ats_err_unref(err);
+	err = ats_supervisor_start(s, NULL);
+	cr_expect_eq(ats_err_code(err), ATS_ERR_INVALID_ARGUMENT);
+	ats_err_unref(err);
+	cr_expect_eq(ats_supervisor_ward_starts(s, 0), 0);
+	/* No wards: it ends at once. */
+	cr_assert_null(ats_supervisor_start(s, ats_ctx_background()));
+	cr_expect_null(ats_supervisor_wait(s, ats_ctx_background()));
+	ats_supervisor_free(s);
+	ats_supervisor_free(NULL);
+}
