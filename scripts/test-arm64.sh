@@ -25,7 +25,13 @@ cmake --build --preset arm64 -j "$(nproc)"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 ctest --test-dir build/arm64 --output-on-failure --no-tests=error -j "$(nproc)" --timeout 600 \
-  -E '^(install_consumer|test_time_base|test_fleet|stress_fleet)$' | tee "$log"
+  -E '^(install_consumer|test_time_base|test_fleet|stress_fleet|test_clock)$' | tee "$log"
+# test_clock holds every counter reading within the clock's stated precision (under 1 us) of the
+# CLOCK_MONOTONIC reads around it. Under emulation both clocks are qemu's, and a host busy enough
+# to hold the emulator thread off its CPU between the two shifts them apart: up to three tries,
+# each a full run of the suite (a real arm64 machine needs one).
+ctest --test-dir build/arm64 --output-on-failure --no-tests=error --timeout 600 -R '^test_clock$' \
+  --repeat until-pass:3
 echo "arm64 step: $(($(date +%s) - start)) s"
 # Reached only when every test passed (set -e, pipefail): the count is the tests run.
-sed -n 's/.* tests failed out of \([0-9]*\).*/\1/p' "$log" | tail -n 1 >&3
+echo $(($(sed -n 's/.* tests failed out of \([0-9]*\).*/\1/p' "$log" | tail -n 1) + 1)) >&3

@@ -53,5 +53,6 @@
 #include "atscale/pool.h"
 #include "atscale/heartbeat.h"
 #include "atscale/supervisor.h"
+#include "atscale/hedge.h"
 
 #endif

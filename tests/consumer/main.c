@@ -12,6 +12,7 @@
 #include <atscale/fleet.h>
 #include <atscale/gcra.h>
 #include <atscale/heartbeat.h>
+#include <atscale/hedge.h>
 #include <atscale/keyed.h>
 #include <atscale/limiter.h>
 #include <atscale/pool.h>
@@ -27,6 +28,14 @@ __attribute__((noinline)) ats_err *consumer_frame(void)
 }
 
 static ATS_CTX_KEY(consumer_key);
+
+static ats_err *consumer_attempt(void *arg, unsigned attempt, ats_ctx *ctx, void **result)
+{
+	(void)attempt;
+	(void)ctx;
+	*result = arg;
+	return NULL;
+}
 
 static void consumer_task(void *arg, ats_ctx *ctx)
 {
@@ -127,6 +136,16 @@ int main(void)
 	ok &= check(!e && ats_pool_try_submit(pool, &task) == ATS_POOL_OK && !ats_pool_shutdown(pool, ats_ctx_background()) &&
 	                value == 8,
 	            "pool");
+	ats_pool_free(pool);
+
+	/* hedge */
+	e = ats_pool_new(&pool, &pc);
+	ats_request rq;
+	memset(&rq, 0, sizeof rq);
+	rq.attempt = consumer_attempt;
+	rq.arg = &value;
+	void *reply = NULL;
+	ok &= check(!e && !ats_replicate(pool, &rq, 1, &reply, ats_ctx_background()) && reply == &value, "hedge");
 	ats_pool_free(pool);
 
 	/* heartbeat */

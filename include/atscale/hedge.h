@@ -1,0 +1,106 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/* atscale replicated, hedged and tied requests on the worker pool (after the seed's replicated
+ * requests, Dean & Barroso's "The Tail at Scale", Finagle's backup requests and gRPC hedging).
+ *
+ * A request is an attempt function run as pool tasks: attempt(arg, n, ctx, &result) for attempt
+ * number n, returning NULL with *result set on success or an error. Every attempt of a call runs
+ * under one ctx, a child of the caller's, which is cancelled as soon as the call is decided: a
+ * loser sees its ctx done and should return early. A loser's successful result goes to
+ * request.release (never leaked), also when it finishes after the caller has left.
+ *
+ *  - ats_replicate: n attempts at once on n different workers; the first success wins.
+ *  - ats_hedge: one attempt; another (on a different worker, the less loaded of two random ones)
+ *    after a delay, up to max_attempts. The delay is fixed, or adaptive: a percentile of recent
+ *    attempt latencies (with a floor, and no hedge at all during a warm-up). A budget caps the
+ *    extra load: each request deposits max_extra_load of a hedge, each hedge takes a whole one
+ *    (Finagle's shape); with the budget empty no hedge is sent (counted). An attempt that fails
+ *    with an error the request's `fatal` classifier calls non-fatal starts the next one at once;
+ *    a fatal one ends the call.
+ *  - ats_tied: two copies queued on two workers sharing a claim word; the first to start claims
+ *    it and the other is dropped without running (counted).
+ *
+ * The caller waits on a futex for the outcome (or its hedge time): no timer thread, no busy wait.
+ * With request.detach the call returns at the first success without waiting for the losers (they
+ * still end, release their results and free the call). When every attempt fails, the call returns
+ * the first error with the others attached ("attempt_<n>"). A submit the pool refuses (full,
+ * closed) is not an attempt sent; if nothing could be sent, the call returns that error.
+ */
+#ifndef ATSCALE_HEDGE_H
+#define ATSCALE_HEDGE_H
+
+#include "atscale/common.h"
+#include "atscale/ctx.h"
+#include "atscale/error.h"
+#include "atscale/pool.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define ATS_HEDGE_MAX_ATTEMPTS 8u
+/* Latencies the adaptive delay keeps, and how often (in samples) it recomputes the percentile. */
+#define ATS_HEDGE_WINDOW 1024u
+#define ATS_HEDGE_REFRESH 256u
+
+typedef ats_err *(*ats_attempt_fn)(void *arg, unsigned attempt, ats_ctx *ctx, void **result);
+
+typedef struct ats_request {
+	ats_attempt_fn attempt; /* required */
+	void *arg;
+	void (*release)(void *result, void *arg);     /* a successful loser's result; NULL: dropped */
+	bool (*fatal)(const ats_err *err, void *arg); /* NULL: every error is non-fatal */
+	bool detach; /* return at the first success without waiting for the losers */
+} ats_request;
+
+/* Runs n (1..min(ATS_HEDGE_MAX_ATTEMPTS, pool size)) attempts at once on n different workers and
+ * returns the first success (*result). Errors: every attempt failed (the first error, others
+ * attached); a fatal error; ctx's error when ctx is done first (attempts cancelled, results
+ * released); ATS_ERR_INVALID_ARGUMENT for NULL p, r, r->attempt, result or ctx, or n out of
+ * range. Blocking; one allocation per call. */
+ATS_API ATS_NODISCARD ats_err *ats_replicate(ats_pool *p, const ats_request *r, unsigned n, void **result,
+                                             ats_ctx *ctx);
+/* Tied request: two copies on two workers; the first to start runs, the other is dropped unrun.
+ * Errors as ats_replicate. Blocking. */
+ATS_API ATS_NODISCARD ats_err *ats_tied(ats_pool *p, const ats_request *r, void **result, ats_ctx *ctx);
+
+typedef struct ats_hedger_config {
+	ats_pool *pool;          /* required */
+	unsigned max_attempts;   /* 1..ATS_HEDGE_MAX_ATTEMPTS; 0: 2 */
+	uint64_t delay_ns;       /* the fixed delay (when percentile is 0) */
+	double percentile;       /* in (0, 1): adaptive delay, e.g. 0.95; 0: fixed */
+	uint64_t min_delay_ns;   /* floor of the adaptive delay */
+	unsigned warmup;         /* latencies seen before any adaptive hedge; 0: ATS_HEDGE_REFRESH */
+	double max_extra_load;   /* budget: hedges per request, e.g. 0.05; 0: no budget (unlimited) */
+	unsigned budget_burst;   /* whole hedges the budget may bank; 0: 10 */
+} ats_hedger_config;
+
+typedef struct ats_hedger ats_hedger;
+
+typedef struct ats_hedger_stats {
+	uint64_t requests;
+	uint64_t attempts;         /* attempts sent, first ones included */
+	uint64_t hedges;           /* attempts sent after a delay */
+	uint64_t won_by_hedge;     /* requests a hedge (not the first attempt) won */
+	uint64_t budget_exhausted; /* hedges not sent for want of budget */
+	uint64_t loser_busy_ns;    /* worker time spent in attempts that lost */
+	uint64_t delay_ns;         /* the hedge delay now */
+} ats_hedger_stats;
+
+/* Errors: NULL out, cfg or pool, max_attempts or percentile out of range, a negative extra load
+ * (ATS_ERR_INVALID_ARGUMENT); no memory. */
+ATS_API ATS_NODISCARD ats_err *ats_hedger_new(ats_hedger **out, const ats_hedger_config *cfg);
+/* NULL-safe. Calls in flight must have returned (detached losers may still run: they hold no
+ * reference to the hedger). */
+ATS_API void ats_hedger_free(ats_hedger *h);
+/* A hedged call (see the file comment). Errors as ats_replicate. Blocking; one allocation. */
+ATS_API ATS_NODISCARD ats_err *ats_hedge(ats_hedger *h, const ats_request *r, void **result, ats_ctx *ctx);
+/* The counters. Wait-free. */
+ATS_API void ats_hedger_stats_get(const ats_hedger *h, ats_hedger_stats *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

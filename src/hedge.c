@@ -1,0 +1,505 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/* Replicated, hedged and tied requests (hedge.h).
+ *
+ * One call = one heap record shared by the caller and every attempt sent, reference counted so a
+ * detached caller can leave first. Who decides: the first successful attempt CASes `winner` from
+ * NONE to its number and publishes its result with a release store of `won`; a caller that
+ * leaves without a winner (ctx done, fatal error) CASes `winner` to LEFT, so a success landing
+ * later releases its result instead. Every attempt, run or not, ends by bumping `ended` and the
+ * futex word `seq` that the caller sleeps on. */
+#include "atscale/hedge.h"
+#include "atscale/clock.h"
+#include "internal/compiler.h"
+#include "internal/ec.h"
+#include "internal/futex.h"
+
+#include <linux/futex.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { NONE = -1, LEFT = -2 };
+#define UNIT UINT64_C(1000000) /* budget units per hedge */
+#define SPIN 4000u             /* rounds a caller spins on its call before it sleeps */
+
+struct call;
+struct slot {
+	struct call *c;
+	unsigned no;
+};
+
+struct call {
+	_Atomic uint32_t refs;
+	_Atomic uint32_t seq;
+	_Atomic int winner;
+	_Atomic uint32_t won;
+	_Atomic uint32_t ended;
+	_Atomic uint32_t claim; /* tied: 1 once a copy started */
+	_Atomic uint64_t loser_busy_ns;
+	_Atomic uint32_t dropped;
+	ats_ctx *ctx;
+	ats_request req;
+	bool tied;
+	void *result;
+	uint64_t win_latency_ns;
+	uint64_t start_ns[ATS_HEDGE_MAX_ATTEMPTS];
+	_Atomic(ats_err *) errs[ATS_HEDGE_MAX_ATTEMPTS]; /* set (release) by attempt n when it fails */
+	struct slot slots[ATS_HEDGE_MAX_ATTEMPTS];
+	unsigned sent;
+	unsigned last_worker;
+};
+
+struct ats_hedger {
+	ats_hedger_config cfg;
+	_Atomic uint64_t budget;
+	_Atomic uint64_t delay_ns;
+	_Atomic uint64_t samples; /* latencies ever recorded */
+	_Atomic uint32_t refreshing;
+	_Atomic uint64_t window[ATS_HEDGE_WINDOW];
+	_Atomic uint64_t requests, attempts, hedges, won_by_hedge, budget_exhausted, loser_busy_ns;
+};
+
+static void unref(struct call *c)
+{
+	/* acq_rel: the last one sees every write of the others before it frees. */
+	if (atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) != 1)
+		return;
+	for (unsigned i = 0; i < c->sent; i++)
+		ats_err_unref(atomic_load_explicit(&c->errs[i], memory_order_relaxed));
+	ats_ctx_release(c->ctx);
+	free(c);
+}
+
+static void end_attempt(struct call *c)
+{
+	/* release: the caller that sees the count sees this attempt's error or result. */
+	atomic_fetch_add_explicit(&c->ended, 1, memory_order_release);
+	atomic_fetch_add_explicit(&c->seq, 1, memory_order_release);
+	ats__futex_wake(&c->seq, 1);
+	unref(c);
+}
+
+static void attempt_run(void *arg, ats_ctx *ctx)
+{
+	struct slot *s = arg;
+	struct call *c = s->c;
+	if (c->tied) {
+		uint32_t zero = 0;
+		/* acq_rel: one copy claims; the other sees the claim and drops itself. */
+		if (!atomic_compare_exchange_strong_explicit(&c->claim, &zero, 1, memory_order_acq_rel, memory_order_acquire)) {
+			atomic_fetch_add_explicit(&c->dropped, 1, memory_order_relaxed);
+			end_attempt(c);
+			return;
+		}
+	}
+	uint64_t t0 = ats_fast_now_ns();
+	void *res = NULL;
+	ats_err *err = c->req.attempt(c->req.arg, s->no, ctx, &res);
+	uint64_t busy = ats_fast_now_ns() - t0;
+	if (!err) {
+		int none = NONE;
+		if (atomic_compare_exchange_strong_explicit(&c->winner, &none, (int)s->no, memory_order_acq_rel,
+		                                            memory_order_acquire)) {
+			c->result = res;
+			c->win_latency_ns = busy;
+			/* release: the caller reads result after it sees won. */
+			atomic_store_explicit(&c->won, 1, memory_order_release);
+			end_attempt(c);
+			return;
+		}
+		if (c->req.release)
+			c->req.release(res, c->req.arg);
+	} else {
+		/* release: the caller that loads it sees the error whole. */
+		atomic_store_explicit(&c->errs[s->no], err, memory_order_release);
+	}
+	atomic_fetch_add_explicit(&c->loser_busy_ns, busy, memory_order_relaxed);
+	end_attempt(c);
+}
+
+static void attempt_cancel(void *arg, const ats_err *why)
+{
+	struct slot *s = arg;
+	atomic_store_explicit(&s->c->errs[s->no], ats_err_ref((ats_err *)why), memory_order_release);
+	end_attempt(s->c);
+}
+
+static ats_err *new_call(const ats_request *r, ats_ctx *ctx, struct call **out)
+{
+	struct call *c = calloc(1, sizeof *c);
+	if (!c)
+		return ats_err_oom;
+	ats_err *err = ats_ctx_with_cancel(ctx, &c->ctx);
+	if (err) {
+		free(c);
+		return err;
+	}
+	atomic_init(&c->refs, 1);
+	atomic_init(&c->winner, NONE);
+	c->req = *r;
+	*out = c;
+	return NULL;
+}
+
+/* Sends attempt c->sent on worker w (falling back to the less loaded of two others when its
+ * queue is full). NULL, or why it could not be sent. */
+static ats_err *send(ats_pool *p, struct call *c, unsigned w)
+{
+	unsigned no = c->sent;
+	c->slots[no] = (struct slot){c, no};
+	c->start_ns[no] = ats_fast_now_ns();
+	ats_task t = {.run = attempt_run, .cancel = attempt_cancel, .arg = &c->slots[no], .ctx = c->ctx};
+	atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+	c->sent++;
+	ats_pool_status st = ats_pool_try_submit_to(p, w, &t);
+	if (st == ATS_POOL_FULL && ats_pool_size(p) > 1)
+		st = ats_pool_try_submit_to(p, w = ats_pool_pick_other(p, w), &t);
+	if (st == ATS_POOL_OK) {
+		c->last_worker = w;
+		return NULL;
+	}
+	c->sent--;
+	atomic_fetch_sub_explicit(&c->refs, 1, memory_order_relaxed);
+	return st == ATS_POOL_CLOSED ? ats_err_new(ATS_ERR_CLOSED, "hedge: the pool is shut down")
+	       : st == ATS_POOL_FULL ? ats_err_new(ATS_ERR_UNAVAILABLE, "hedge: every queue tried is full")
+	                             : ats_err_new(ATS_ERR_INVALID_ARGUMENT, "hedge: the pool refused the attempt");
+}
+
+/* The first error (of the attempts that ended) with the others attached. */
+static ats_err *all_failed(struct call *c)
+{
+	ats_err *errs[ATS_HEDGE_MAX_ATTEMPTS], *first = NULL;
+	for (unsigned i = 0; i < c->sent; i++) {
+		/* acquire: pairs with the attempt's release store. */
+		errs[i] = atomic_load_explicit(&c->errs[i], memory_order_acquire);
+		if (!first && errs[i])
+			first = ats_err_ref(errs[i]);
+	}
+	if (!first)
+		return ats_err_new(ATS_ERR_INTERNAL, "hedge: every attempt ended without a result or an error");
+	for (unsigned i = 0; i < c->sent; i++) {
+		if (!errs[i] || errs[i] == first)
+			continue;
+		char text[256], key[24];
+		ats_err_format(errs[i], text, sizeof text);
+		snprintf(key, sizeof key, "attempt_%u", i);
+		first = ats_err_with_kv(first, key, "%s", text);
+	}
+	return first;
+}
+
+static bool is_fatal(const struct call *c, const ats_err *err)
+{
+	return c->req.fatal && c->req.fatal(err, c->req.arg);
+}
+
+struct plan {
+	ats_hedger *h; /* NULL: no hedges (replicate, tied) */
+	ats_pool *p;
+	unsigned max;
+	uint64_t delay;
+};
+
+static bool take_budget(ats_hedger *h)
+{
+	if (h->cfg.max_extra_load <= 0)
+		return true;
+	uint64_t b = atomic_load_explicit(&h->budget, memory_order_relaxed);
+	do {
+		if (b < UNIT)
+			return false;
+		/* relaxed: the budget guards nothing but itself; the CAS makes it exact. */
+	} while (!atomic_compare_exchange_weak_explicit(&h->budget, &b, b - UNIT, memory_order_relaxed,
+	                                                memory_order_relaxed));
+	return true;
+}
+
+/* The caller's side: waits for the outcome, sending hedges per plan. Consumes the caller's
+ * reference to c. */
+static ats_err *await(struct call *c, struct plan *pl, void **result, ats_ctx *ctx)
+{
+	_Atomic uint32_t kick;
+	atomic_init(&kick, 0);
+	ats_ctx_after after;
+	ats_ctx_after_func(ctx, &after, ats__ec_kick, &kick);
+	uint64_t deadline = ats_ctx_deadline(ctx);
+	uint64_t next_hedge = pl->h && pl->delay != UINT64_MAX ? ats_now_ns() + pl->delay : UINT64_MAX;
+	unsigned seen_failed = 0;
+	ats_err *err = NULL;
+	bool success = false;
+	for (;;) {
+		uint32_t k = atomic_load_explicit(&kick, memory_order_acquire);
+		uint32_t seq = atomic_load_explicit(&c->seq, memory_order_acquire);
+		/* acquire: pairs with attempt_run's release store of won. */
+		if (atomic_load_explicit(&c->won, memory_order_acquire)) {
+			success = true;
+			break;
+		}
+			/* Failures so far: a fatal one ends the call; a non-fatal one sends the next at once. */
+		unsigned failed = 0;
+		bool fatal = false;
+		for (unsigned i = 0; i < c->sent; i++) {
+			/* acquire: pairs with the attempt's release store. */
+			const ats_err *e = atomic_load_explicit(&c->errs[i], memory_order_acquire);
+			if (e) {
+				failed++;
+				fatal |= is_fatal(c, e);
+			}
+		}
+		if (fatal) {
+			err = all_failed(c);
+			break;
+		}
+		bool send_now = failed > seen_failed && pl->h && c->sent < pl->max;
+		seen_failed = failed;
+		uint64_t now = ats_now_ns();
+		if (!send_now && pl->h && c->sent < pl->max && now >= next_hedge) {
+			if (take_budget(pl->h)) {
+				send_now = true;
+				atomic_fetch_add_explicit(&pl->h->hedges, 1, memory_order_relaxed);
+			} else {
+				atomic_fetch_add_explicit(&pl->h->budget_exhausted, 1, memory_order_relaxed);
+				next_hedge = UINT64_MAX; /* no budget: no more hedges for this call */
+			}
+		}
+		if (send_now) {
+			ats_err *serr = send(pl->p, c, ats_pool_pick_other(pl->p, c->last_worker));
+			if (serr)
+				ats_err_unref(serr);
+			else if (pl->h)
+				atomic_fetch_add_explicit(&pl->h->attempts, 1, memory_order_relaxed);
+			next_hedge = c->sent < pl->max && pl->delay != UINT64_MAX ? now + pl->delay : UINT64_MAX;
+			continue;
+		}
+		uint32_t ended = atomic_load_explicit(&c->ended, memory_order_acquire);
+		if (ended == c->sent && (!pl->h || c->sent >= pl->max || next_hedge == UINT64_MAX)) {
+			err = all_failed(c);
+			break;
+		}
+		if (ats_ctx_done(ctx) || (deadline != ATS_CTX_NO_DEADLINE && now >= deadline)) {
+			if ((err = ats_ctx_err(ctx)))
+				break;
+		}
+		uint64_t until = next_hedge < deadline ? next_hedge : deadline;
+		/* Spin a little first: an attempt on an idle worker answers in about a cross-core round
+		 * trip, far less than a futex sleep and wake-up. */
+		bool moved = false;
+		for (unsigned i = 0; i < SPIN && !moved; i++) {
+			ats__cpu_relax();
+			moved = atomic_load_explicit(&c->seq, memory_order_relaxed) != seq ||
+			        atomic_load_explicit(&kick, memory_order_relaxed) != k;
+		}
+		if (moved || (until != UINT64_MAX && ats_now_ns() >= until))
+			continue;
+		struct futex_waitv wv[2] = {
+		    {.val = seq, .uaddr = (uintptr_t)&c->seq, .flags = FUTEX_32 | FUTEX_PRIVATE_FLAG},
+		    {.val = k, .uaddr = (uintptr_t)&kick, .flags = FUTEX_32 | FUTEX_PRIVATE_FLAG},
+		};
+		ats__ec_park(wv, 2, until);
+	}
+	ats_ctx_after_stop(&after);
+	if (!success) {
+		int none = NONE;
+		/* Leaving undecided: a success landing later must release its result. If one won just
+		 * now, take it after all. */
+		if (!atomic_compare_exchange_strong_explicit(&c->winner, &none, LEFT, memory_order_acq_rel,
+		                                             memory_order_acquire)) {
+			while (!atomic_load_explicit(&c->won, memory_order_acquire))
+				ats__cpu_relax(); /* the winner is between its CAS and its store: a few instructions */
+			ats_err_unref(err);
+			err = NULL;
+			success = true;
+		}
+	}
+	ats_ctx_cancel(c->ctx, NULL); /* the losers stop */
+	if (success) {
+		*result = c->result;
+		int w = atomic_load_explicit(&c->winner, memory_order_relaxed);
+		if (pl->h) {
+			if (w > 0)
+				atomic_fetch_add_explicit(&pl->h->won_by_hedge, 1, memory_order_relaxed);
+		}
+	}
+	if (!c->req.detach || !success) {
+		/* Wait for every attempt to end (a cancelled loser returns soon). */
+		for (;;) {
+			uint32_t seq = atomic_load_explicit(&c->seq, memory_order_acquire);
+			if (atomic_load_explicit(&c->ended, memory_order_acquire) == c->sent)
+				break;
+			ats__futex_wait(&c->seq, seq, ATS__FUTEX_FOREVER);
+		}
+	}
+	if (pl->h && (!c->req.detach || !success))
+		atomic_fetch_add_explicit(&pl->h->loser_busy_ns, atomic_load(&c->loser_busy_ns), memory_order_relaxed);
+	unref(c);
+	return err;
+}
+
+/* ---- Replicate and tied ---- */
+
+static ats_err *check_args(ats_pool *p, const ats_request *r, void **result, ats_ctx *ctx)
+{
+	if (!p || !r || !r->attempt || !result || !ctx)
+		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "hedge: NULL %s",
+		                   !p ? "pool" : !r ? "request" : !r->attempt ? "attempt" : !result ? "result" : "ctx");
+	return NULL;
+}
+
+static ats_err *fan_out(ats_pool *p, const ats_request *r, unsigned n, bool tied, void **result, ats_ctx *ctx)
+{
+	struct call *c = NULL;
+	ats_err *err = new_call(r, ctx, &c);
+	if (err)
+		return err;
+	c->tied = tied;
+	unsigned size = ats_pool_size(p), first = ats_pool_pick_less_loaded(p);
+	ats_err *send_err = NULL;
+	for (unsigned i = 0; i < n; i++) {
+		unsigned w = i == 0 ? first : i == 1 ? ats_pool_pick_other(p, first) : (first + i) % size;
+		ats_err *e = send(p, c, w);
+		if (e) {
+			ats_err_unref(send_err);
+			send_err = e;
+		}
+	}
+	if (c->sent == 0) {
+		unref(c);
+		return send_err;
+	}
+	ats_err_unref(send_err);
+	struct plan pl = {NULL, p, n, UINT64_MAX};
+	return await(c, &pl, result, ctx);
+}
+
+ats_err *ats_replicate(ats_pool *p, const ats_request *r, unsigned n, void **result, ats_ctx *ctx)
+{
+	ats_err *err = check_args(p, r, result, ctx);
+	if (err)
+		return err;
+	if (n == 0 || n > ATS_HEDGE_MAX_ATTEMPTS || n > ats_pool_size(p))
+		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "hedge: %u replicas (1..%u on %u workers)", n, ATS_HEDGE_MAX_ATTEMPTS,
+		                   ats_pool_size(p));
+	return fan_out(p, r, n, false, result, ctx);
+}
+
+ats_err *ats_tied(ats_pool *p, const ats_request *r, void **result, ats_ctx *ctx)
+{
+	ats_err *err = check_args(p, r, result, ctx);
+	if (err)
+		return err;
+	return fan_out(p, r, ats_pool_size(p) > 1 ? 2 : 1, true, result, ctx);
+}
+
+/* ---- Hedge ---- */
+
+ats_err *ats_hedger_new(ats_hedger **out, const ats_hedger_config *cfg)
+{
+	if (!out || !cfg || !cfg->pool)
+		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "hedger: NULL %s", !out ? "out" : !cfg ? "config" : "pool");
+	*out = NULL;
+	if (cfg->max_attempts > ATS_HEDGE_MAX_ATTEMPTS)
+		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "hedger: %u attempts, above %u", cfg->max_attempts,
+		                   ATS_HEDGE_MAX_ATTEMPTS);
+	if (!(cfg->percentile >= 0 && cfg->percentile < 1))
+		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "hedger: percentile %g outside [0, 1)", cfg->percentile);
+	if (!(cfg->max_extra_load >= 0) || !isfinite(cfg->max_extra_load))
+		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "hedger: extra load %g", cfg->max_extra_load);
+	ats_hedger *h = aligned_alloc(64, (sizeof *h + 63) & ~(size_t)63);
+	if (!h)
+		return ats_err_oom;
+	memset(h, 0, sizeof *h);
+	h->cfg = *cfg;
+	if (!h->cfg.max_attempts)
+		h->cfg.max_attempts = 2;
+	if (!h->cfg.warmup)
+		h->cfg.warmup = ATS_HEDGE_REFRESH;
+	if (!h->cfg.budget_burst)
+		h->cfg.budget_burst = 10;
+	atomic_init(&h->delay_ns, cfg->percentile > 0 ? UINT64_MAX : cfg->delay_ns);
+	atomic_init(&h->budget, 0);
+	*out = h;
+	return NULL;
+}
+
+void ats_hedger_free(ats_hedger *h)
+{
+	free(h);
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* Records a winning attempt's latency; every ATS_HEDGE_REFRESH samples one caller recomputes the
+ * adaptive delay from the window (a copy and a sort of at most ATS_HEDGE_WINDOW values). */
+static void record(ats_hedger *h, uint64_t latency)
+{
+	uint64_t n = atomic_fetch_add_explicit(&h->samples, 1, memory_order_relaxed);
+	atomic_store_explicit(&h->window[n % ATS_HEDGE_WINDOW], latency, memory_order_relaxed);
+	if ((n + 1) % ATS_HEDGE_REFRESH != 0 || n + 1 < h->cfg.warmup)
+		return;
+	uint32_t zero = 0;
+	if (!atomic_compare_exchange_strong(&h->refreshing, &zero, 1))
+		return;
+	size_t m = n + 1 < ATS_HEDGE_WINDOW ? (size_t)n + 1 : ATS_HEDGE_WINDOW;
+	uint64_t *v = malloc(m * sizeof *v);
+	if (v) {
+		for (size_t i = 0; i < m; i++)
+			v[i] = atomic_load_explicit(&h->window[i], memory_order_relaxed);
+		qsort(v, m, sizeof *v, cmp_u64);
+		uint64_t d = v[(size_t)(h->cfg.percentile * (double)(m - 1))];
+		atomic_store_explicit(&h->delay_ns, d > h->cfg.min_delay_ns ? d : h->cfg.min_delay_ns, memory_order_relaxed);
+		free(v);
+	}
+	atomic_store(&h->refreshing, 0);
+}
+
+ats_err *ats_hedge(ats_hedger *h, const ats_request *r, void **result, ats_ctx *ctx)
+{
+	if (!h)
+		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "hedger: NULL hedger");
+	ats_err *err = check_args(h->cfg.pool, r, result, ctx);
+	if (err)
+		return err;
+	atomic_fetch_add_explicit(&h->requests, 1, memory_order_relaxed);
+	if (h->cfg.max_extra_load > 0) {
+		/* Deposit this request's share of a hedge, up to the burst. relaxed: see take_budget. */
+		uint64_t add = (uint64_t)(h->cfg.max_extra_load * (double)UNIT), cap = (uint64_t)h->cfg.budget_burst * UNIT;
+		uint64_t b = atomic_load_explicit(&h->budget, memory_order_relaxed);
+		while (b < cap && !atomic_compare_exchange_weak_explicit(&h->budget, &b, b + add < cap ? b + add : cap,
+		                                                         memory_order_relaxed, memory_order_relaxed))
+			;
+	}
+	struct call *c = NULL;
+	if ((err = new_call(r, ctx, &c)))
+		return err;
+	if ((err = send(h->cfg.pool, c, ats_pool_pick_less_loaded(h->cfg.pool)))) {
+		unref(c);
+		return err;
+	}
+	atomic_fetch_add_explicit(&h->attempts, 1, memory_order_relaxed);
+	struct plan pl = {h, h->cfg.pool, h->cfg.max_attempts, atomic_load_explicit(&h->delay_ns, memory_order_relaxed)};
+	atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed); /* kept to read the latency */
+	err = await(c, &pl, result, ctx);
+	if (!err)
+		record(h, c->win_latency_ns);
+	unref(c);
+	return err;
+}
+
+void ats_hedger_stats_get(const ats_hedger *h, ats_hedger_stats *out)
+{
+	if (!h || !out)
+		return;
+	ats_hedger *m = (ats_hedger *)h;
+	out->requests = atomic_load_explicit(&m->requests, memory_order_relaxed);
+	out->attempts = atomic_load_explicit(&m->attempts, memory_order_relaxed);
+	out->hedges = atomic_load_explicit(&m->hedges, memory_order_relaxed);
+	out->won_by_hedge = atomic_load_explicit(&m->won_by_hedge, memory_order_relaxed);
+	out->budget_exhausted = atomic_load_explicit(&m->budget_exhausted, memory_order_relaxed);
+	out->loser_busy_ns = atomic_load_explicit(&m->loser_busy_ns, memory_order_relaxed);
+	out->delay_ns = atomic_load_explicit(&m->delay_ns, memory_order_relaxed);
+}

@@ -1,0 +1,320 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/* Replicated, hedged and tied requests: the first success wins, losers are cancelled and their
+ * results released (waited for or detached), fatal errors end a call and non-fatal ones start the
+ * next attempt at once, a hedge goes out after its delay, the budget is exact under concurrency,
+ * tied copies run once, the adaptive delay stays silent through its warm-up, and the caller's
+ * ctx ends a call without leaking a result. Attempts are scripted per attempt number; they block
+ * on their ctx (cancelled when the call is decided), never on a sleep. */
+#include <atscale/clock.h>
+#include <atscale/hedge.h>
+
+#include <criterion/criterion.h>
+#include <pthread.h>
+#include <sched.h>
+#include <string.h>
+
+enum mode {
+	WIN = 0,        /* succeed at once */
+	BLOCK,          /* wait until cancelled, then return the ctx's error */
+	FAIL_SOFT,      /* a non-fatal error */
+	FAIL_HARD,      /* a fatal error */
+	LATE_SUCCESS,   /* wait until cancelled, then succeed anyway (a loser's result) */
+	SLOW_WIN,       /* succeed after 2 ms unless cancelled first */
+};
+
+struct script {
+	enum mode mode[ATS_HEDGE_MAX_ATTEMPTS];
+	int value[ATS_HEDGE_MAX_ATTEMPTS];
+	_Atomic int runs, released;
+	_Atomic int ran[ATS_HEDGE_MAX_ATTEMPTS];
+};
+
+static ats_err *attempt(void *arg, unsigned n, ats_ctx *ctx, void **result)
+{
+	struct script *s = arg;
+	atomic_fetch_add(&s->runs, 1);
+	atomic_fetch_add(&s->ran[n], 1);
+	switch (s->mode[n]) {
+	case WIN:
+		*result = &s->value[n];
+		return NULL;
+	case BLOCK:
+		ats_ctx_wait(ctx, ATS_CTX_NO_DEADLINE);
+		return ats_ctx_err(ctx);
+	case FAIL_SOFT:
+		return ats_err_new(ATS_ERR_UNAVAILABLE, "soft %u", n);
+	case FAIL_HARD:
+		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "hard %u", n);
+	case LATE_SUCCESS:
+		ats_ctx_wait(ctx, ATS_CTX_NO_DEADLINE);
+		*result = &s->value[n];
+		return NULL;
+	case SLOW_WIN:
+		if (ats_ctx_wait(ctx, ats_now_ns() + 2000000))
+			return ats_ctx_err(ctx);
+		*result = &s->value[n];
+		return NULL;
+	}
+	return NULL;
+}
+
+static void release(void *result, void *arg)
+{
+	struct script *s = arg;
+	cr_assert(result >= (void *)&s->value[0] && result < (void *)&s->value[ATS_HEDGE_MAX_ATTEMPTS]);
+	atomic_fetch_add(&s->released, 1);
+}
+
+static bool fatal(const ats_err *err, void *arg)
+{
+	(void)arg;
+	return ats_err_code(err) == ATS_ERR_INVALID_ARGUMENT;
+}
+
+static ats_request req(struct script *s)
+{
+	return (ats_request){.attempt = attempt, .arg = s, .release = release, .fatal = fatal};
+}
+
+static ats_pool *pool(unsigned n)
+{
+	ats_pool *p;
+	ats_pool_config cfg = {.workers = n};
+	cr_assert_null(ats_pool_new(&p, &cfg));
+	return p;
+}
+
+static void expect_code(ats_err *err, ats_code code)
+{
+	cr_expect_not_null(err);
+	cr_expect_eq(ats_err_code(err), code, "code %s", ats_code_name(ats_err_code(err)));
+	ats_err_unref(err);
+}
+
+Test(hedge, replicate_first_success_wins_losers_cancelled_and_released)
+{
+	ats_pool *p = pool(3);
+	struct script s = {.mode = {BLOCK, WIN, LATE_SUCCESS}};
+	ats_request r = req(&s);
+	void *res = NULL;
+	cr_assert_null(ats_replicate(p, &r, 3, &res, ats_ctx_background()));
+	cr_expect_eq(res, &s.value[1]);
+	/* A loser cancelled before it started never runs; one that ran and succeeded late was
+	 * released, not leaked; the call waited for it (the counts are final here). */
+	cr_expect_eq(atomic_load(&s.ran[1]), 1);
+	cr_expect_eq(atomic_load(&s.released), atomic_load(&s.ran[2]));
+	ats_pool_free(p);
+}
+
+Test(hedge, replicate_detached_returns_first_and_losers_clean_up)
+{
+	ats_pool *p = pool(2);
+	struct script s = {.mode = {WIN, LATE_SUCCESS}};
+	ats_request r = req(&s);
+	r.detach = true;
+	for (int i = 0; i < 100; i++) {
+		void *res = NULL;
+		s.mode[0] = i % 2 ? WIN : LATE_SUCCESS;
+		s.mode[1] = i % 2 ? LATE_SUCCESS : WIN;
+		cr_assert_null(ats_replicate(p, &r, 2, &res, ats_ctx_background()));
+		cr_expect_eq(res, &s.value[i % 2 ? 0 : 1]);
+	}
+	/* Detached losers finish on their own (the drain waits for them); each one that ran (one
+	 * cancelled before it started never made a result) released its result. */
+	cr_assert_null(ats_pool_shutdown(p, ats_ctx_background()));
+	cr_expect_eq(atomic_load(&s.released), atomic_load(&s.runs) - 100);
+	ats_pool_free(p);
+}
+
+Test(hedge, all_fail_returns_the_first_with_the_others_attached)
+{
+	ats_pool *p = pool(3);
+	struct script s = {.mode = {FAIL_SOFT, FAIL_SOFT, FAIL_SOFT}};
+	ats_request r = req(&s);
+	void *res = NULL;
+	ats_err *err = ats_replicate(p, &r, 3, &res, ats_ctx_background());
+	cr_assert_not_null(err);
+	cr_expect_eq(ats_err_code(err), ATS_ERR_UNAVAILABLE);
+	cr_expect_eq(ats_err_kv_count(err), 2, "the two other failures are attached");
+	ats_err_unref(err);
+	cr_expect_null(res);
+	ats_pool_free(p);
+}
+
+static ats_hedger *hedger(ats_pool *p, unsigned max, uint64_t delay)
+{
+	ats_hedger *h;
+	ats_hedger_config cfg = {.pool = p, .max_attempts = max, .delay_ns = delay};
+	cr_assert_null(ats_hedger_new(&h, &cfg));
+	return h;
+}
+
+Test(hedge, a_fatal_error_ends_the_call_a_soft_one_retries_at_once)
+{
+	ats_pool *p = pool(2);
+	ats_hedger *h = hedger(p, 3, 3600 * ATS_NS_PER_SEC); /* no hedge by time in this test */
+	struct script hard = {.mode = {FAIL_HARD, WIN, WIN}};
+	ats_request r = req(&hard);
+	void *res = NULL;
+	expect_code(ats_hedge(h, &r, &res, ats_ctx_background()), ATS_ERR_INVALID_ARGUMENT);
+	cr_expect_eq(atomic_load(&hard.runs), 1);
+	struct script soft = {.mode = {FAIL_SOFT, FAIL_SOFT, WIN}};
+	r = req(&soft);
+	cr_assert_null(ats_hedge(h, &r, &res, ats_ctx_background()));
+	cr_expect_eq(res, &soft.value[2]);
+	ats_hedger_stats st;
+	ats_hedger_stats_get(h, &st);
+	cr_expect_eq(st.requests, 2);
+	cr_expect_eq(st.attempts, 4);
+	cr_expect_eq(st.hedges, 0, "retries after failures are not hedges");
+	ats_hedger_free(h);
+	ats_pool_free(p);
+}
+
+Test(hedge, a_hedge_goes_out_after_the_delay_and_wins)
+{
+	ats_pool *p = pool(2);
+	ats_hedger *h = hedger(p, 2, 1000000);
+	struct script s = {.mode = {BLOCK, WIN}};
+	ats_request r = req(&s);
+	void *res = NULL;
+	uint64_t t0 = ats_now_ns();
+	cr_assert_null(ats_hedge(h, &r, &res, ats_ctx_background()));
+	cr_expect_geq(ats_now_ns() - t0, 1000000, "not before the delay");
+	cr_expect_eq(res, &s.value[1]);
+	ats_hedger_stats st;
+	ats_hedger_stats_get(h, &st);
+	cr_expect_eq(st.hedges, 1);
+	cr_expect_eq(st.won_by_hedge, 1);
+	cr_expect_gt(st.loser_busy_ns, 0, "the blocked first attempt's time is counted");
+	ats_hedger_free(h);
+	ats_pool_free(p);
+}
+
+struct budget_run {
+	ats_hedger *h;
+	int calls;
+};
+
+static void *budget_thread(void *arg)
+{
+	struct budget_run *b = arg;
+	struct script s = {.mode = {SLOW_WIN, WIN}};
+	ats_request r = req(&s);
+	for (int i = 0; i < b->calls; i++) {
+		void *res = NULL;
+		cr_assert_null(ats_hedge(b->h, &r, &res, ats_ctx_background()));
+	}
+	return NULL;
+}
+
+Test(hedge, the_budget_is_exact_under_concurrency)
+{
+	ats_pool *p = pool(2);
+	ats_hedger *h;
+	ats_hedger_config cfg = {.pool = p, .max_attempts = 2, .delay_ns = 0, .max_extra_load = 0.25, .budget_burst = 1};
+	cr_assert_null(ats_hedger_new(&h, &cfg));
+	struct budget_run b = {h, 150};
+	pthread_t th[3];
+	for (int i = 0; i < 3; i++)
+		cr_assert_eq(pthread_create(&th[i], NULL, budget_thread, &b), 0);
+	for (int i = 0; i < 3; i++)
+		pthread_join(th[i], NULL);
+	ats_hedger_stats st;
+	ats_hedger_stats_get(h, &st);
+	cr_expect_eq(st.requests, 450);
+	/* Each call wants one hedge at once (its first attempt takes 2 ms) unless that attempt won
+	 * first on a machine too busy to run the caller: at most one decision per call. */
+	cr_expect_leq(st.hedges + st.budget_exhausted, 450);
+	cr_expect_geq(st.hedges + st.budget_exhausted, 225);
+	cr_expect_leq(st.hedges, 450 / 4, "never more than the deposits: a quarter of the requests");
+	cr_expect_gt(st.hedges, 0);
+	ats_hedger_free(h);
+	ats_pool_free(p);
+}
+
+Test(hedge, tied_copies_run_once)
+{
+	ats_pool *p = pool(2);
+	struct script s = {.mode = {WIN, WIN}};
+	ats_request r = req(&s);
+	for (int i = 0; i < 1000; i++) {
+		void *res = NULL;
+		cr_assert_null(ats_tied(p, &r, &res, ats_ctx_background()));
+		cr_assert_not_null(res);
+	}
+	cr_expect_eq(atomic_load(&s.runs), 1000, "exactly one copy of each ran");
+	ats_pool_free(p);
+}
+
+Test(hedge, adaptive_delay_waits_for_its_warmup)
+{
+	ats_pool *p = pool(2);
+	ats_hedger *h;
+	ats_hedger_config cfg = {.pool = p, .max_attempts = 2, .percentile = 0.9, .min_delay_ns = 1000, .warmup = 512};
+	cr_assert_null(ats_hedger_new(&h, &cfg));
+	struct script s = {.mode = {WIN, WIN}};
+	ats_request r = req(&s);
+	ats_hedger_stats st;
+	for (int i = 0; i < 511; i++) {
+		void *res = NULL;
+		cr_assert_null(ats_hedge(h, &r, &res, ats_ctx_background()));
+	}
+	ats_hedger_stats_get(h, &st);
+	cr_expect_eq(st.hedges, 0);
+	cr_expect_eq(st.delay_ns, UINT64_MAX, "no delay learned before the warm-up");
+	void *res = NULL;
+	cr_assert_null(ats_hedge(h, &r, &res, ats_ctx_background()));
+	ats_hedger_stats_get(h, &st);
+	cr_expect_lt(st.delay_ns, UINT64_MAX, "learned at the 512th latency");
+	cr_expect_geq(st.delay_ns, 1000, "never below the floor");
+	ats_hedger_free(h);
+	ats_pool_free(p);
+}
+
+Test(hedge, the_callers_ctx_ends_the_call_without_leaks)
+{
+	ats_pool *p = pool(2);
+	struct script s = {.mode = {LATE_SUCCESS, LATE_SUCCESS}};
+	ats_request r = req(&s);
+	ats_ctx *ctx;
+	cr_assert_null(ats_ctx_with_timeout(ats_ctx_background(), 2000000, &ctx));
+	void *res = NULL;
+	ats_err *err = ats_replicate(p, &r, 2, &res, ctx);
+	/* Either the deadline ended it, or a late success raced it and won: never both, never a leak. */
+	if (err) {
+		expect_code(err, ATS_ERR_DEADLINE_EXCEEDED);
+		cr_expect_eq(atomic_load(&s.released), atomic_load(&s.runs), "every result made was released");
+	} else {
+		cr_expect_eq(atomic_load(&s.released), atomic_load(&s.runs) - 1);
+	}
+	ats_ctx_release(ctx);
+	ats_pool_free(p);
+}
+
+Test(hedge, bad_input)
+{
+	ats_pool *p = pool(2);
+	struct script s = {0};
+	ats_request r = req(&s), none = {0};
+	void *res;
+	expect_code(ats_replicate(NULL, &r, 1, &res, ats_ctx_background()), ATS_ERR_INVALID_ARGUMENT);
+	expect_code(ats_replicate(p, &none, 1, &res, ats_ctx_background()), ATS_ERR_INVALID_ARGUMENT);
+	expect_code(ats_replicate(p, &r, 3, &res, ats_ctx_background()), ATS_ERR_INVALID_ARGUMENT);
+	expect_code(ats_replicate(p, &r, 0, &res, ats_ctx_background()), ATS_ERR_INVALID_ARGUMENT);
+	expect_code(ats_replicate(p, &r, 1, NULL, ats_ctx_background()), ATS_ERR_INVALID_ARGUMENT);
+	expect_code(ats_tied(p, &r, &res, NULL), ATS_ERR_INVALID_ARGUMENT);
+	ats_hedger *h;
+	ats_hedger_config cfg = {.pool = p, .max_attempts = ATS_HEDGE_MAX_ATTEMPTS + 1};
+	expect_code(ats_hedger_new(&h, &cfg), ATS_ERR_INVALID_ARGUMENT);
+	cfg = (ats_hedger_config){.pool = p, .percentile = 1.5};
+	expect_code(ats_hedger_new(&h, &cfg), ATS_ERR_INVALID_ARGUMENT);
+	cfg = (ats_hedger_config){.pool = NULL};
+	expect_code(ats_hedger_new(&h, &cfg), ATS_ERR_INVALID_ARGUMENT);
+	expect_code(ats_hedge(NULL, &r, &res, ats_ctx_background()), ATS_ERR_INVALID_ARGUMENT);
+	cr_expect_eq(atomic_load(&s.runs), 0);
+	/* A shut pool: nothing can be sent. */
+	cr_assert_null(ats_pool_shutdown(p, ats_ctx_background()));
+	expect_code(ats_replicate(p, &r, 1, &res, ats_ctx_background()), ATS_ERR_CLOSED);
+	ats_pool_free(p);
+}
