@@ -126,6 +126,7 @@ ats_ctx *ats_ctx_background(void)
 /* Allocation failure injection for the tests (the OOM paths must change nothing). */
 #ifdef ATS_TESTING
 _Atomic uint32_t ats__ctx_fail_allocs;
+void (*ats__ctx_after_stop_gap)(ats_ctx_after *a);
 #endif
 
 static void *ctx_malloc(size_t n)
@@ -505,11 +506,16 @@ enum {
 	A_DONE,    /* ran */
 	A_STOPPED, /* stopped before it ran */
 	A_NEVER,   /* registered on a context that can never be done */
-	A_WAITER = 0x100,
+	A_WAITER = 0x100, /* a stopper sleeps on the state word: wake it */
+	/* A stopper that saw A_ARMED took over the registration's reference to ctx before locking it
+	 * (the registration's reference may be the last one: the canceller that runs the callback
+	 * would otherwise drop it and free ctx under the stopper's lock). Set only with A_ARMED. */
+	A_PINNED = 0x200,
 };
 
-/* Runs one after-func taken off c's list (state A_RUNNING), then drops its reference to c. */
-static void run_after(ats_ctx *c, ats_ctx_after *a)
+/* Runs one after-func taken off c's list (state A_RUNNING), then drops its reference to c unless
+ * a stopper took that reference over (drop_ref false: A_PINNED was set). */
+static void run_after(ats_ctx *c, ats_ctx_after *a, bool drop_ref)
 {
 	struct running_after frame = {.a = a, .self_stopped = false, .outer = tls_running};
 	tls_running = &frame;
@@ -522,7 +528,8 @@ static void run_after(ats_ctx *c, ats_ctx_after *a)
 		if (old & A_WAITER)
 			ats__futex_wake(&a->state_, INT_MAX);
 	}
-	ats_ctx_release(c); /* the registration's reference */
+	if (drop_ref)
+		ats_ctx_release(c); /* the registration's reference */
 }
 
 /* Runs c's after-funcs (c is done), taking them off its list one at a time under its lock: one
@@ -539,10 +546,12 @@ static void run_afters(ats_ctx *c)
 		c->afters = a->next_;
 		if (a->next_)
 			a->next_->pprev_ = &c->afters;
-		/* relaxed: under c's lock, which ats_ctx_after_stop takes before it trusts A_ARMED. */
-		atomic_store_explicit(&a->state_, A_RUNNING, memory_order_relaxed);
+		/* An RMW, not a store: a stopper may set A_PINNED at any time while a is armed, and the
+		 * bit must survive (and tells who drops the registration's reference). Relaxed: under c's
+		 * lock, which ats_ctx_after_stop takes before it trusts A_ARMED. */
+		uint32_t old = atomic_fetch_add_explicit(&a->state_, A_RUNNING - A_ARMED, memory_order_relaxed);
 		ctx_unlock(c, s);
-		run_after(c, a);
+		run_after(c, a, !(old & A_PINNED));
 	}
 }
 
@@ -736,6 +745,12 @@ static void *ctx_alloc(size_t extra)
 
 static void ctx_free(ats_ctx *c, bool base_size)
 {
+#ifdef ATS__ASAN
+	/* A recycled block would hide a use after free from ASan. */
+	(void)base_size;
+	free(c);
+	return;
+#endif
 	struct ctx_cache *cc = cache;
 	if (ats__unlikely(!cc) && base_size) {
 		pthread_once(&cache_once, cache_key_make);
@@ -1254,7 +1269,7 @@ void ats_ctx_after_func(ats_ctx *ctx, ats_ctx_after *a, void (*fn)(void *), void
 	/* relaxed: a was never on a list; only this thread and the caller's own stop can see it. */
 	atomic_store_explicit(&a->state_, A_RUNNING, memory_order_relaxed);
 	ats_ctx_ref(ctx); /* run_after drops the registration's reference */
-	run_after(ctx, a);
+	run_after(ctx, a, true);
 }
 
 bool ats_ctx_after_stop(ats_ctx_after *a)
@@ -1268,19 +1283,31 @@ bool ats_ctx_after_stop(ats_ctx_after *a)
 		return true;
 	}
 	ats_ctx *ctx = a->ctx_;
-	if (st == A_ARMED) {
+#ifdef ATS_TESTING
+	if (ats__ctx_after_stop_gap)
+		ats__ctx_after_stop_gap(a);
+#endif
+	/* Armed: take the registration's reference over (A_PINNED) before touching ctx, which the
+	 * reference keeps alive; a canceller that takes a off the list from now on leaves that
+	 * reference to us. The CAS fails once a canceller took a (A_RUNNING, then A_DONE): ctx may be
+	 * freed by then, so it is not touched. Relaxed: the bit only moves a reference; ctx's lock
+	 * orders the list. */
+	if (st == A_ARMED &&
+	    atomic_compare_exchange_strong_explicit(&a->state_, &st, A_ARMED | A_PINNED, memory_order_relaxed,
+	                                            memory_order_relaxed)) {
 		uint32_t s = ctx_lock(ctx);
 		/* Relaxed, this load and the store below: under ctx's lock. */
-		if (atomic_load_explicit(&a->state_, memory_order_relaxed) == A_ARMED) {
+		bool armed = atomic_load_explicit(&a->state_, memory_order_relaxed) == (A_ARMED | A_PINNED);
+		if (armed) {
 			*a->pprev_ = a->next_;
 			if (a->next_)
 				a->next_->pprev_ = a->pprev_;
 			atomic_store_explicit(&a->state_, A_STOPPED, memory_order_relaxed);
-			ctx_unlock(ctx, s);
-			ats_ctx_release(ctx); /* the registration's reference */
-			return true;
 		}
 		ctx_unlock(ctx, s);
+		ats_ctx_release(ctx); /* the registration's reference, ours since the CAS */
+		if (armed)
+			return true;
 	}
 	for (struct running_after *f = tls_running; f; f = f->outer) {
 		if (f->a == a) {
@@ -1293,7 +1320,7 @@ bool ats_ctx_after_stop(ats_ctx_after *a)
 		/* acquire: pairs with run_after's release exchange, so the callback's effects are seen
 		 * once this returns. */
 		st = atomic_load_explicit(&a->state_, memory_order_acquire);
-		if ((st & ~(uint32_t)A_WAITER) == A_DONE)
+		if ((st & ~(uint32_t)(A_WAITER | A_PINNED)) == A_DONE)
 			return false;
 		if (!(st & A_WAITER)) {
 			/* acq_rel, acquire on failure: more than needed (the bit only asks for a wake; the

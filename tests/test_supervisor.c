@@ -43,6 +43,7 @@ struct ward_ctl {
 	_Atomic int always_fail;
 	ats_ctx *ignore_cancel_until; /* if set, a freeze waits for this ctx, not the ward's own */
 	_Atomic int runs;
+	_Atomic int thawed; /* freezes that ended (the gate or the ward's ctx done) */
 };
 
 static ats_err *ward_body(void *arg, ats_heartbeat *hb, ats_ctx *ctx)
@@ -56,6 +57,7 @@ static ats_err *ward_body(void *arg, ats_heartbeat *hb, ats_ctx *ctx)
 		if (atomic_exchange(&c->freeze, 0)) {
 			/* Stuck with work pending: no more beats. */
 			ats_ctx_wait(c->ignore_cancel_until ? c->ignore_cancel_until : ctx, ATS_CTX_NO_DEADLINE);
+			atomic_fetch_add(&c->thawed, 1); /* the last touch of c or of the gate */
 			return NULL;
 		}
 		if (atomic_exchange(&c->fail, 0))
@@ -204,6 +206,7 @@ Test(supervisor, a_ward_that_ignores_cancel_is_quarantined)
 	/* Released after its supervisor is gone: it frees what was its own (ASan would see a leak or
 	 * a use after free). */
 	ats_ctx_cancel(c.ignore_cancel_until, NULL);
+	wait_until(&c.thawed, 1); /* the quarantined thread left the gate (and c, on this stack) */
 	ats_ctx_release(c.ignore_cancel_until);
 }
 

@@ -12,6 +12,16 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Built with AddressSanitizer (gcc defines __SANITIZE_ADDRESS__, clang answers __has_feature):
+ * caches of freed objects step aside then, so that ASan sees every use after free. */
+#if defined(__SANITIZE_ADDRESS__)
+#define ATS__ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define ATS__ASAN 1
+#endif
+#endif
+
 #define ats__likely(x) __builtin_expect(!!(x), 1)
 #define ats__unlikely(x) __builtin_expect(!!(x), 0)
 

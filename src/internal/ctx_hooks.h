@@ -5,10 +5,16 @@
 #ifndef ATS_INTERNAL_CTX_HOOKS_H
 #define ATS_INTERNAL_CTX_HOOKS_H
 
+#include "atscale/ctx.h"
+
 #include <stdatomic.h>
 #include <stdint.h>
 
 /* The next N context allocations fail, as if memory ran out (the OOM paths must change nothing). */
 extern _Atomic uint32_t ats__ctx_fail_allocs;
+
+/* Called by ats_ctx_after_stop between its first look at the state and its acting on it (NULL:
+ * nothing): a test runs a cancel and a release there, which makes the race deterministic. */
+extern void (*ats__ctx_after_stop_gap)(ats_ctx_after *a);
 
 #endif
