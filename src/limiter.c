@@ -254,10 +254,10 @@ bool ats_limiter_reserve_within_at(ats_limiter *l, uint64_t n, uint64_t max_dela
 			return false;
 		uint64_t now2 = ats__limiter_now2(&v, now_ns);
 		uint64_t n2 = n << (v.c.shift + 1);
-		uint64_t after = ats__gcra_start(v.word & ~(uint64_t)1, now2) + n2;
-		uint64_t debt2 = after - now2;
-		if (debt2 > MAX_DEBT2)
+		uint64_t after;
+		if (!ats__gcra_step(v.word & ~(uint64_t)1, now2, n2, MAX_DEBT2, &after))
 			return false;
+		uint64_t debt2 = after - now2;
 		uint64_t delay = debt2 > v.c.burst_units ? delay_for(l, &v, now_ns, (debt2 - v.c.burst_units) >> 1) : 0;
 		if (!slot_stable(l, v.gen))
 			continue;
@@ -413,8 +413,10 @@ bool ats_limiter_throttle_at(ats_limiter *l, uint64_t n, uint64_t now_ns, ats_li
 		uint64_t start = ats__gcra_start(v.word & ~(uint64_t)1, now2);
 		uint64_t debt2 = start - now2;
 		uint32_t s1 = v.c.shift + 1;
-		bool fits = n <= v.burst && debt2 + (n << s1) <= v.c.burst_units;
-		uint64_t after = fits ? start + (n << s1) : start;
+		uint64_t after;
+		bool fits = n <= v.burst && ats__gcra_step(v.word & ~(uint64_t)1, now2, n << s1, v.c.burst_units, &after);
+		if (!fits)
+			after = start;
 		uint64_t debt_after2 = after - now2;
 		res->remaining = debt_after2 >= v.c.burst_units ? 0 : (v.c.burst_units - debt_after2) >> s1;
 		res->reset_after_ns = to_i64(delay_for(l, &v, now_ns, debt_after2 >> 1));

@@ -42,12 +42,22 @@ static inline uint64_t ats__gcra_start(uint64_t tat, uint64_t now_units)
 	return (int64_t)(tat - now_units) > 0 ? tat : now_units;
 }
 
+/* The GCRA step, the one every atscale limiter takes: the TAT after adding `inc` units at
+ * now_units, and whether its debt (next - now_units) stays within `limit` units. The callers
+ * differ only in the scale of their units: the exact limiter works in doubled units with a
+ * generation parity riding on the increment and the limit (limiter_inl.h), its reservations
+ * against the largest debt a reservation may leave (limiter.c), the keyed maps and the plain
+ * callers in token units (ats_gcra_next). No wrap as long as the debt stays below 2^63. Pure. */
+static inline bool ats__gcra_step(uint64_t tat, uint64_t now_units, uint64_t inc, uint64_t limit, uint64_t *next)
+{
+	uint64_t after = ats__gcra_start(tat, now_units) + inc;
+	*next = after;
+	return after - now_units <= limit;
+}
+
 static inline bool ats_gcra_next(const ats_token_clock *c, uint64_t tat, uint64_t now_units, uint64_t n, uint64_t *next)
 {
-	uint64_t start = ats__gcra_start(tat, now_units);
-	uint64_t after = start + (n << c->shift);
-	*next = after;
-	return after - now_units <= c->burst_units;
+	return ats__gcra_step(tat, now_units, n << c->shift, c->burst_units, next);
 }
 
 static inline bool ats_gcra_take_at(const ats_token_clock *c, ATS_ATOMIC(uint64_t) * tat, uint64_t now_ns, uint64_t n)

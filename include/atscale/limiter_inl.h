@@ -96,7 +96,7 @@ static inline uint64_t ats__limiter_now2(const struct ats__limiter_view *v, uint
 	return ats_token_clock_units(&v->c, now_ns) << 1;
 }
 
-/* The GCRA step on the word's scale: the word after taking n (<= 2^32) at now2 (the clock in
+/* The GCRA step (ats__gcra_step) on the word's scale: the word after taking n (<= 2^32) at now2 (the clock in
  * doubled units), parity kept; false when they do not fit, n > burst included, since
  * next - now2 = debt + n2 + parity with debt >= 0 (no wrap: debt < 2^63 and n2 <= 2^63, both
  * even). The parity rides on the increment, which is ready early, rather than being or-ed into the
@@ -105,8 +105,7 @@ static inline bool ats__limiter_step(uint64_t word, uint64_t now2, uint64_t n, u
                                      uint64_t *next)
 {
 	uint64_t parity = word & 1;
-	*next = ats__gcra_start(word - parity, now2) + ((n << (shift + 1)) | parity);
-	return *next - now2 <= burst2 + parity;
+	return ats__gcra_step(word - parity, now2, (n << (shift + 1)) | parity, burst2 + parity, next);
 }
 
 static inline int64_t ats__limiter_tokens(const struct ats__limiter_view *v, uint64_t now_ns)
