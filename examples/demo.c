@@ -66,6 +66,7 @@ static void demo_errors(void)
 void demo_ctx(void);
 void demo_limiter(void);
 void demo_keyed(void);
+void demo_supervisor(void);
 
 int main(void)
 {
@@ -73,5 +74,6 @@ int main(void)
 	demo_ctx();
 	demo_limiter();
 	demo_keyed();
+	demo_supervisor();
 	return EXIT_SUCCESS;
 }

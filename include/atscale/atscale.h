@@ -28,14 +28,15 @@
  * ---- Names ----
  * ats_ and ATS_ names are the API. ats__ and ATS__ names are private: they appear in headers only
  * because inline code or macros need them, and may change in any release. The *_inl.h headers
- * (clock_inl.h, ctx_inl.h, gcra_inl.h, limiter_inl.h) hold only such private layouts and inline
+ * (clock_inl.h, ctx_inl.h, gcra_inl.h, limiter_inl.h, heartbeat_inl.h) hold only such private layouts and inline
  * bodies; each public header includes its own. In the transparent structs that callers allocate
  * (ats_limiter, ats_sharded, ats_reservation, ats_ctx_key, ats_ctx_after) a field whose name ends
  * in an underscore is private: read and write only the fields without one. ats_keyed's fields are
  * all private (each says so).
  *
  * ---- Modules, in dependency order ----
- * common.h/export.h (shared macros), error.h, clock.h, gcra.h, ctx.h, limiter.h, keyed.h.
+ * common.h/export.h (shared macros), error.h, clock.h, gcra.h, ctx.h, limiter.h, keyed.h, fleet.h,
+ * chan.h, bridge.h, pool.h, heartbeat.h, supervisor.h, hedge.h.
  * docs/ARCHITECTURE.md describes them, the time base and the threading model.
  */
 #ifndef ATSCALE_H
@@ -50,6 +51,7 @@
 #include "atscale/keyed.h"
 #include "atscale/fleet.h"
 #include "atscale/chan.h"
+#include "atscale/bridge.h"
 #include "atscale/pool.h"
 #include "atscale/heartbeat.h"
 #include "atscale/supervisor.h"

@@ -3,6 +3,7 @@
  * ISO C11 (gcc, clang: -std=c11 -Wall -Wextra -Wpedantic -Werror) and as C++17 (g++, clang++,
  * the same warnings): it includes every public header and calls a hot path of each module. */
 #include <atscale/atscale.h>
+#include <atscale/bridge.h>
 #include <atscale/chan.h>
 #include <atscale/clock.h>
 #include <atscale/common.h>
@@ -122,6 +123,17 @@ int main(void)
 	                got == &value,
 	            "chan");
 	ats_chan_free(ch, NULL, NULL);
+
+	/* bridge */
+	ats_bridge *br = NULL;
+	ats_chan *seg = NULL;
+	got = NULL;
+	e = ats_bridge_new(&br, &chc);
+	ok &= check(!e && !ats_bridge_open(br, &seg) && ats_chan_try_send(seg, &value) == ATS_CHAN_OK &&
+	                ats_bridge_try_recv(br, &got) == ATS_CHAN_OK && got == &value,
+	            "bridge");
+	ats_bridge_leave(seg);
+	ats_bridge_free(br, NULL, NULL);
 
 	/* pool */
 	ats_pool *pool = NULL;
