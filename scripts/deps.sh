@@ -38,10 +38,26 @@ install() {
 # looks. The .pc files there are rewritten to point into the prefix.
 arm64_prefix=${ATS_ARM64_DEPS:-/opt/atscale-arm64-deps}
 arm64_unpacked=(libck0 libck-dev libcriterion3 libcriterion-dev libnanomsg5)
+# Criterion runs each test in a child process that it starts by executing its own binary again.
+# Under qemu-user that exec works only when the kernel hands arm64 binaries to qemu (binfmt_misc).
+# qemu-user-binfmt declares the handler, but only a running systemd or binfmt-support registers
+# it, and a machine may have neither (then every test dies with "Could not spawn test instance"):
+# mount binfmt_misc if needed and register the declared handler by hand.
+register_arm64_binfmt() {
+  local dir=/proc/sys/fs/binfmt_misc conf=/usr/lib/binfmt.d/qemu-aarch64.conf
+  [ -e "$dir/qemu-aarch64" ] && return 0
+  if [ ! -e "$dir/register" ]; then
+    $sudo mount -t binfmt_misc binfmt_misc "$dir" || { echo "atscale: cannot mount binfmt_misc on $dir" >&2; return 1; }
+  fi
+  [ -e "$dir/qemu-aarch64" ] && return 0
+  [ -f "$conf" ] || { echo "atscale: $conf missing (qemu-user-binfmt)" >&2; return 1; }
+  $sudo sh -c "cat '$conf' > '$dir/register'" || { echo "atscale: cannot register the qemu-aarch64 binfmt handler" >&2; return 1; }
+}
 install_arm64() {
   dpkg --print-foreign-architectures | grep -qx arm64 || { $sudo dpkg --add-architecture arm64; updated=""; }
-  install gcc-aarch64-linux-gnu qemu-user libc6-dev:arm64 liburcu-dev:arm64 libunwind-dev:arm64 libhiredis-dev:arm64 \
+  install gcc-aarch64-linux-gnu qemu-user qemu-user-binfmt libc6-dev:arm64 liburcu-dev:arm64 libunwind-dev:arm64 libhiredis-dev:arm64 \
     libffi8:arm64 libgit2-1.5:arm64 # the last two: what libcriterion3 loads
+  register_arm64_binfmt || return 1
   local want p v
   want=$(for p in "${arm64_unpacked[@]}"; do
     v=$(apt-cache policy "$p:arm64" 2>/dev/null | sed -n 's/ *Candidate: //p')
