@@ -68,12 +68,27 @@ struct worker {
 	_Atomic uint64_t stolen;
 	_Atomic uint64_t cancelled;
 	_Atomic uint32_t parked; /* 1 while the worker sleeps on `work` */
+	_Atomic uint64_t replaced; /* threads of this worker replaced while stuck (ats_pool_replace_stuck) */
+	_Atomic uint64_t returned; /* of those, threads whose stuck task has returned since */
 	/* The worker's own. */
 	uint32_t rng;
 	unsigned index;
+	int cpu; /* pinned to it; -1: not pinned */
 	struct ats_pool *pool;
+	/* The current thread; written at start and by a replacement, both under the pool's watch
+	 * lock (or before any other thread runs). */
 	pthread_t thread;
 	bool started;
+	/* ats_pool_replace_stuck's view, under the watch lock: the odd progress value last seen, and
+	 * since when. */
+	uint64_t seen_progress;
+	uint64_t seen_since_ns;
+};
+
+/* A replaced worker thread, still running its stuck task: joined by shutdown. */
+struct quarantined {
+	pthread_t thread;
+	struct quarantined *next;
 };
 
 struct ats_pool {
@@ -88,6 +103,12 @@ struct ats_pool {
 	_Atomic uint32_t shut; /* 1 once a shutdown began */
 	_Alignas(64) _Atomic uint32_t nparked;
 	_Atomic uint32_t drain_kick;
+	/* Replacement of stuck workers: serializes ats_pool_replace_stuck and shutdown's joins. */
+	pthread_mutex_t watch_lock;
+	bool watch_closed; /* set by shutdown: no more replacements */
+	struct quarantined *quarantined;
+	void (*on_replace)(unsigned worker, const ats_err *why, void *arg);
+	void *replace_arg;
 };
 
 /* The worker the calling thread is (NULL when it is none). */
@@ -187,11 +208,23 @@ static bool dequeue(ats_pool *p, struct worker *w, struct task_slot *s)
 
 /* ---- Running ---- */
 
-static void bump_progress(struct worker *w)
+/* A task starts: the progress word goes odd. A plain store: only the worker's current thread
+ * writes an even word (a replacement acts only on an odd one). Release: a watcher that sees the
+ * new value sees the worker's work before. Returns the odd value. */
+static uint64_t begin_task(struct worker *w)
 {
-	/* Single writer. release: a watcher that sees the new value sees the worker's work before. */
-	uint64_t v = atomic_load_explicit(&w->progress, memory_order_relaxed);
-	atomic_store_explicit(&w->progress, v + 1, memory_order_release);
+	uint64_t v = atomic_load_explicit(&w->progress, memory_order_relaxed) + 1;
+	atomic_store_explicit(&w->progress, v, memory_order_release);
+	return v;
+}
+
+/* The task that began at odd value v ended: the word goes even. A CAS, because a replacement
+ * (ats_pool_replace_stuck) may have ended it first from outside, taking the worker over: then
+ * this thread is quarantined and must leave (false). Release, as begin_task. */
+static bool end_task(struct worker *w, uint64_t v)
+{
+	return atomic_compare_exchange_strong_explicit(&w->progress, &v, v + 1, memory_order_release,
+	                                               memory_order_relaxed);
 }
 
 static void count(_Atomic uint64_t *c)
@@ -219,24 +252,31 @@ static void give_back(struct task_slot *s, const ats_err *why)
 		ats_ctx_release(s->ctx);
 }
 
-static void execute(ats_pool *p, struct worker *w, struct task_slot *s, bool stolen)
+/* Runs (or gives back) one task. False when this thread was replaced while it ran: it must
+ * leave without touching the worker's single-writer counters, which are its replacement's now. */
+static bool execute(ats_pool *p, struct worker *w, struct task_slot *s, bool stolen)
 {
 	ats_ctx *ctx = s->ctx ? s->ctx : p->ctx;
 	ats_err *why = NULL;
-	bump_progress(w);
-	if (ats__unlikely(done(ctx, &why))) {
-		give_back(s, why);
-		ats_err_unref(why);
-		count(&w->cancelled);
-	} else {
+	uint64_t v = begin_task(w);
+	bool ran = !done(ctx, &why);
+	if (ats__likely(ran)) {
 		s->run(s->arg, ctx);
 		if (s->ctx)
 			ats_ctx_release(s->ctx);
-		count(&w->run);
-		if (stolen)
-			count(&w->stolen);
+	} else {
+		give_back(s, why);
+		ats_err_unref(why);
 	}
-	bump_progress(w);
+	if (ats__unlikely(!end_task(w, v))) {
+		/* relaxed: a statistic (several quarantined threads of one worker may return at once). */
+		atomic_fetch_add_explicit(&w->returned, 1, memory_order_relaxed);
+		return false;
+	}
+	count(ran ? &w->run : &w->cancelled);
+	if (ran && stolen)
+		count(&w->stolen);
+	return true;
 }
 
 /* One pass over the other workers from a random start; true with *s taken. */
@@ -297,11 +337,13 @@ static void *worker_main(void *arg)
 		if (st == STOPPING)
 			break;
 		if (dequeue(p, w, &s)) {
-			execute(p, w, &s, false);
+			if (!execute(p, w, &s, false))
+				break; /* replaced while stuck: the worker has another thread */
 			continue;
 		}
 		if (steal(p, w, &s)) {
-			execute(p, w, &s, true);
+			if (!execute(p, w, &s, true))
+				break;
 			continue;
 		}
 		if (st == DRAINING)
@@ -329,6 +371,7 @@ static void *worker_main(void *arg)
 
 static void free_pool(ats_pool *p)
 {
+	pthread_mutex_destroy(&p->watch_lock);
 	for (unsigned i = 0; i < p->n; i++)
 		free(p->w[i].slots);
 	free(p->w);
@@ -358,15 +401,52 @@ static int nth_cpu(const cpu_set_t *set, unsigned i)
 	return 0;
 }
 
+/* Starts w's (next) thread, pinned as configured, with every signal blocked (signals belong to
+ * the application's threads). */
+static int start_thread(struct worker *w)
+{
+	sigset_t all, old;
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	pthread_attr_t attr;
+	pthread_attr_init(&attr);
+	if (w->cpu >= 0) {
+		cpu_set_t one;
+		CPU_ZERO(&one);
+		CPU_SET(w->cpu, &one);
+		pthread_attr_setaffinity_np(&attr, sizeof one, &one);
+	}
+	int rc = pthread_create(&w->thread, &attr, worker_main, w);
+	pthread_attr_destroy(&attr);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	w->started = rc == 0;
+	return rc;
+}
+
+/* Joins every worker thread, then every quarantined one (a replaced thread still in its stuck
+ * task: the pool's ctx, cancelled first, may end it; else this waits for it, however long). */
 static void stop_workers(ats_pool *p)
 {
 	/* release: a worker that sees STOPPING sees everything shutdown did before. */
 	atomic_store_explicit(&p->state, STOPPING, memory_order_release);
+	pthread_mutex_lock(&p->watch_lock);
+	p->watch_closed = true; /* no replacement from here: the threads below are the last */
+	struct quarantined *q = p->quarantined;
+	p->quarantined = NULL;
+	pthread_mutex_unlock(&p->watch_lock);
 	for (unsigned i = 0; i < p->n; i++)
 		ck_ec32_inc(&p->w[i].work, &ats__ec_mode_mp);
 	for (unsigned i = 0; i < p->n; i++)
 		if (p->w[i].started)
 			pthread_join(p->w[i].thread, NULL);
+	if (q)
+		ats_ctx_cancel(p->ctx, NULL);
+	while (q) {
+		struct quarantined *next = q->next;
+		pthread_join(q->thread, NULL);
+		free(q);
+		q = next;
+	}
 }
 
 ats_err *ats_pool_new(ats_pool **out, const ats_pool_config *cfg)
@@ -401,13 +481,18 @@ ats_err *ats_pool_new(ats_pool **out, const ats_pool_config *cfg)
 	p->capacity = c.queue_capacity;
 	p->idle = c.idle;
 	p->spin = c.spin;
+	p->on_replace = c.on_replace;
+	p->replace_arg = c.replace_arg;
+	pthread_mutex_init(&p->watch_lock, NULL);
 	ats_err *err = ats_ctx_with_cancel(ats_ctx_background(), &p->ctx);
 	if (err) {
+		pthread_mutex_destroy(&p->watch_lock);
 		free(p);
 		return err;
 	}
 	p->w = aligned_alloc(64, sizeof(struct worker) * p->n);
 	if (!p->w) {
+		pthread_mutex_destroy(&p->watch_lock);
 		ats_ctx_release(p->ctx);
 		free(p);
 		return ats_err_oom;
@@ -431,28 +516,12 @@ ats_err *ats_pool_new(ats_pool **out, const ats_pool_config *cfg)
 		w->index = i;
 		w->pool = p;
 		w->rng = 0x9e3779b9u * (i + 1);
+		w->cpu = c.pin ? nth_cpu(&cpus, i) : -1;
 	}
 
-	/* Workers block every signal: those belong to the application's threads. */
-	sigset_t all, old;
-	sigfillset(&all);
-	pthread_sigmask(SIG_SETMASK, &all, &old);
 	int rc = 0;
-	for (unsigned i = 0; i < p->n && rc == 0; i++) {
-		struct worker *w = &p->w[i];
-		pthread_attr_t attr;
-		pthread_attr_init(&attr);
-		if (c.pin) {
-			cpu_set_t one;
-			CPU_ZERO(&one);
-			CPU_SET(nth_cpu(&cpus, i), &one);
-			pthread_attr_setaffinity_np(&attr, sizeof one, &one);
-		}
-		rc = pthread_create(&w->thread, &attr, worker_main, w);
-		pthread_attr_destroy(&attr);
-		w->started = rc == 0;
-	}
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	for (unsigned i = 0; i < p->n && rc == 0; i++)
+		rc = start_thread(&p->w[i]);
 	if (rc != 0) {
 		stop_workers(p);
 		free_pool(p);
@@ -466,7 +535,7 @@ ats_err *ats_pool_new(ats_pool **out, const ats_pool_config *cfg)
 static bool drained(ats_pool *p)
 {
 	for (unsigned i = 0; i < p->n; i++) {
-		/* acquire: pairs with dequeue's release return of the credit and bump_progress's release. */
+		/* acquire: pairs with dequeue's release return of the credit and begin_task's release. */
 		if (CREDITS(atomic_load_explicit(&p->w[i].credits, memory_order_acquire)) != p->capacity)
 			return false;
 		if (atomic_load_explicit(&p->w[i].progress, memory_order_acquire) & 1)
@@ -720,6 +789,8 @@ ats_err *ats_pool_worker_stats_get(const ats_pool *p, unsigned worker, ats_pool_
 	out->cancelled = atomic_load_explicit(&w->cancelled, memory_order_relaxed);
 	out->depth = depth(w, p->capacity);
 	out->progress = atomic_load_explicit(&w->progress, memory_order_acquire);
+	out->replaced = atomic_load_explicit(&w->replaced, memory_order_relaxed);
+	out->returned = atomic_load_explicit(&w->returned, memory_order_relaxed);
 	return NULL;
 }
 
@@ -727,6 +798,93 @@ uint64_t ats_pool_progress(const ats_pool *p, unsigned worker)
 {
 	if (!p || worker >= p->n)
 		return 0;
-	/* acquire: pairs with bump_progress's release. */
+	/* acquire: pairs with begin_task's and end_task's release. */
 	return atomic_load_explicit(&p->w[worker].progress, memory_order_acquire);
+}
+
+/* ---- Replacing stuck workers ---- */
+
+/* Takes w over from its thread, stuck in the task that began at odd progress v: ends that task
+ * in the progress word (the CAS the thread's own end_task would do, so exactly one of the two
+ * wins), quarantines the thread and starts a fresh one on the same queue and CPU. False when
+ * the task ended first. The watch lock is held. */
+static ats_err *replace(ats_pool *p, struct worker *w, uint64_t v, bool *done_it)
+{
+	*done_it = false;
+	struct quarantined *q = malloc(sizeof *q);
+	if (!q)
+		return ats_err_oom;
+	/* release: the fresh thread's work is ordered after; relaxed on failure: nothing taken. */
+	if (!atomic_compare_exchange_strong_explicit(&w->progress, &v, v + 1, memory_order_acq_rel,
+	                                             memory_order_relaxed)) {
+		free(q);
+		return NULL;
+	}
+	q->thread = w->thread;
+	q->next = p->quarantined;
+	p->quarantined = q;
+	*done_it = true;
+	/* relaxed: a statistic, written under the watch lock. */
+	atomic_fetch_add_explicit(&w->replaced, 1, memory_order_relaxed);
+	int rc = start_thread(w);
+	if (rc != 0)
+		/* The queue is served by the other workers' stealing until a later call starts a thread
+		 * (the next call sees the word even and this worker without a thread: see below). */
+		return ats_err_with_kv(ats_err_errno(rc, "pool: cannot start a replacement worker thread"), "worker", "%u",
+		                       w->index);
+	return NULL;
+}
+
+ats_err *ats_pool_replace_stuck(ats_pool *p, uint64_t stuck_ns, unsigned *replaced)
+{
+	if (replaced)
+		*replaced = 0;
+	if (!p || stuck_ns == 0)
+		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "pool: %s", !p ? "NULL pool" : "a stuck time of 0");
+	if (self && self->pool == p)
+		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "pool: replace_stuck called from the pool's own worker %u",
+		                   self->index);
+	ats_err *err = NULL;
+	uint64_t now = ats_now_ns();
+	pthread_mutex_lock(&p->watch_lock);
+	for (unsigned i = 0; i < p->n && !p->watch_closed; i++) {
+		struct worker *w = &p->w[i];
+		if (!w->started) {
+			/* A replacement thread that could not start: try again. */
+			int rc = start_thread(w);
+			if (rc != 0 && !err)
+				err = ats_err_with_kv(ats_err_errno(rc, "pool: cannot start a replacement worker thread"), "worker",
+				                      "%u", i);
+			continue;
+		}
+		/* acquire: pairs with begin_task's release. */
+		uint64_t v = atomic_load_explicit(&w->progress, memory_order_acquire);
+		if (!(v & 1) || v != w->seen_progress) {
+			w->seen_progress = v;
+			w->seen_since_ns = now;
+			continue;
+		}
+		if (now - w->seen_since_ns < stuck_ns)
+			continue;
+		bool done_it;
+		ats_err *e = replace(p, w, v, &done_it);
+		if (done_it) {
+			if (replaced)
+				(*replaced)++;
+			if (p->on_replace) {
+				ats_err *why = ats_err_with_kv(
+				    ats_err_new(ATS_ERR_UNAVAILABLE, "pool: worker %u stuck in one task for %llu ns: replaced", i,
+				                (unsigned long long)(now - w->seen_since_ns)),
+				    "worker", "%u", i);
+				p->on_replace(i, why, p->replace_arg);
+				ats_err_unref(why);
+			}
+		}
+		if (e && !err)
+			err = e;
+		else
+			ats_err_unref(e);
+	}
+	pthread_mutex_unlock(&p->watch_lock);
+	return err;
 }

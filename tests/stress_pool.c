@@ -233,3 +233,65 @@ Test(pool_stress, start_and_shutdown_race, .timeout = 300)
 		cr_assert_eq(seen, ok, "round %d", round);
 	}
 }
+
+/* ---- Replacements racing the ends of tasks ---- */
+
+#ifdef SLOW
+#define SLOW_TASKS 2000u
+#else
+#define SLOW_TASKS 20000u
+#endif
+
+static _Atomic uint8_t slow_ran[SLOW_TASKS];
+static _Atomic int watching;
+
+/* Runs about as long as the stuck time, so that many ends race a replacement's CAS. */
+static void slow_run(void *arg, ats_ctx *ctx)
+{
+	(void)ctx;
+	uintptr_t id = (uintptr_t)arg;
+	uint64_t until = ats_now_ns() + 2000 + (id % 7) * 3000;
+	while (ats_now_ns() < until)
+		;
+	atomic_fetch_add_explicit(&slow_ran[id], 1, memory_order_relaxed);
+}
+
+static void *watcher(void *arg)
+{
+	ats_pool *p = arg;
+	while (atomic_load(&watching)) {
+		cr_assert_null(ats_pool_replace_stuck(p, 10000, NULL));
+		sched_yield();
+	}
+	return NULL;
+}
+
+Test(pool_stress, replacements_racing_task_ends_lose_and_repeat_nothing, .timeout = 300)
+{
+	ats_pool *p = NULL;
+	ats_pool_config cfg = {.workers = 3, .queue_capacity = 256};
+	cr_assert_null(ats_pool_new(&p, &cfg));
+	atomic_store(&watching, 1);
+	pthread_t t;
+	cr_assert_eq(pthread_create(&t, NULL, watcher, p), 0);
+	for (uintptr_t id = 0; id < SLOW_TASKS; id++) {
+		ats_task task = {.run = slow_run, .arg = (void *)id};
+		cr_assert_null(ats_pool_submit(p, &task, ats_ctx_background()));
+	}
+	cr_assert_null(ats_pool_shutdown(p, ats_ctx_background()));
+	atomic_store(&watching, 0);
+	cr_assert_eq(pthread_join(t, NULL), 0);
+	uint64_t run = 0, returned = 0, replaced = 0;
+	for (unsigned i = 0; i < 3; i++) {
+		ats_pool_worker_stats st;
+		cr_assert_null(ats_pool_worker_stats_get(p, i, &st));
+		run += st.run;
+		returned += st.returned;
+		replaced += st.replaced;
+	}
+	for (unsigned id = 0; id < SLOW_TASKS; id++)
+		cr_assert_eq(atomic_load(&slow_ran[id]), 1, "task %u ran %u times", id, (unsigned)atomic_load(&slow_ran[id]));
+	cr_assert_eq(returned, replaced, "every quarantined thread returned and was joined");
+	cr_assert_eq(run + returned, SLOW_TASKS, "each task counted once: by its thread, or as returned");
+	ats_pool_free(p);
+}

@@ -523,3 +523,136 @@ Test(pool, default_config_is_one_worker_per_cpu)
 	cr_expect_eq(atomic_load(&c.ran), 1000);
 	ats_pool_free(p);
 }
+
+/* ---- Stuck workers ---- */
+
+struct replacements {
+	_Atomic int n, worker, code;
+};
+
+static void on_replace(unsigned worker, const ats_err *why, void *arg)
+{
+	struct replacements *r = arg;
+	atomic_store(&r->worker, (int)worker);
+	atomic_store(&r->code, (int)ats_err_code(why));
+	cr_expect_not_null(ats_err_kv_get(why, "worker"));
+	atomic_fetch_add(&r->n, 1);
+}
+
+/* Calls ats_pool_replace_stuck until it replaces a worker: the stuck time has to pass, and the
+ * loop waits on that, not on a sleep. */
+static unsigned replace_until_one(ats_pool *p, uint64_t stuck_ns)
+{
+	for (;;) {
+		unsigned n = 0;
+		cr_assert_null(ats_pool_replace_stuck(p, stuck_ns, &n));
+		if (n)
+			return n;
+		sched_yield();
+	}
+}
+
+Test(pool, a_stuck_worker_is_replaced_and_its_queue_served)
+{
+	struct replacements r = {0};
+	ats_pool *p = NULL;
+	ats_pool_config cfg = {.workers = 1, .on_replace = on_replace, .replace_arg = &r};
+	cr_assert_null(ats_pool_new(&p, &cfg));
+	struct gate g;
+	cr_assert_eq(hold(p, 0, &g), 0);
+	/* Queued behind the stuck task: with one worker, only a replacement can run them. */
+	struct counts c = {0};
+	for (int i = 0; i < 100; i++) {
+		ats_task t = counted(&c, NULL);
+		cr_assert_eq(ats_pool_try_submit_to(p, 0, &t), ATS_POOL_OK);
+	}
+	uint64_t before = ats_pool_progress(p, 0);
+	cr_expect(before & 1, "a task runs");
+	cr_expect_eq(replace_until_one(p, 2000000), 1);
+	wait_count(&c.ran, 100);
+	cr_expect_eq(atomic_load(&r.n), 1);
+	cr_expect_eq(atomic_load(&r.worker), 0);
+	cr_expect_eq(atomic_load(&r.code), ATS_ERR_UNAVAILABLE);
+	ats_pool_worker_stats st;
+	cr_assert_null(ats_pool_worker_stats_get(p, 0, &st));
+	cr_expect_eq(st.replaced, 1);
+	cr_expect_eq(st.returned, 0, "the stuck task has not returned");
+	/* The stuck thread's task returns at last: its thread finds itself replaced and leaves. */
+	release(&g);
+	while (ats_pool_worker_stats_get(p, 0, &st) == NULL && st.returned == 0)
+		sched_yield();
+	cr_expect_eq(st.returned, 1);
+	cr_expect_eq(st.run, 100, "the replaced thread's task is counted as returned, not twice");
+	/* The worker goes on with its new thread. */
+	ats_task t = counted(&c, NULL);
+	cr_assert_eq(ats_pool_try_submit_to(p, 0, &t), ATS_POOL_OK);
+	wait_count(&c.ran, 101);
+	cr_expect_null(ats_pool_shutdown(p, ats_ctx_background()));
+	cr_expect_eq(atomic_load(&c.ran), 101);
+	cr_expect_eq(atomic_load(&c.cancelled), 0);
+	ats_pool_free(p);
+	gate_free(&g);
+}
+
+/* A task that waits for its ctx (the pool's, since it was submitted without one). */
+static void wait_for_ctx(void *arg, ats_ctx *ctx)
+{
+	atomic_store((_Atomic int *)arg, 1);
+	ats_ctx_wait(ctx, ATS_CTX_NO_DEADLINE);
+}
+
+Test(pool, shutdown_ends_and_joins_a_quarantined_thread)
+{
+	ats_pool *p = mk(1, 16);
+	_Atomic int entered = 0;
+	ats_task t = {.run = wait_for_ctx, .arg = (void *)&entered};
+	cr_assert_eq(ats_pool_try_submit_to(p, 0, &t), ATS_POOL_OK);
+	while (!atomic_load(&entered))
+		sched_yield();
+	replace_until_one(p, 1000000);
+	/* The drain finds nothing queued and no task running (the stuck one was taken over); the
+	 * quarantined thread is then ended through the pool's ctx and joined. */
+	cr_expect_null(ats_pool_shutdown(p, ats_ctx_background()));
+	ats_pool_worker_stats st;
+	cr_assert_null(ats_pool_worker_stats_get(p, 0, &st));
+	cr_expect_eq(st.replaced, 1);
+	cr_expect_eq(st.returned, 1);
+	/* After shutdown began nothing is replaced. */
+	unsigned n = 9;
+	cr_expect_null(ats_pool_replace_stuck(p, 1, &n));
+	cr_expect_eq(n, 0);
+	ats_pool_free(p);
+}
+
+static void replace_from_worker(void *arg, ats_ctx *ctx)
+{
+	(void)ctx;
+	struct gate *g = arg;
+	ats_err *err = ats_pool_replace_stuck(g->p, 1000, NULL);
+	atomic_store(&g->worker, (int)ats_err_code(err));
+	ats_err_unref(err);
+	atomic_store(&g->entered, 1);
+}
+
+Test(pool, replace_stuck_bad_input)
+{
+	ats_pool *p = mk(1, 4);
+	unsigned n = 7;
+	expect_code(ats_pool_replace_stuck(NULL, 1000, &n), ATS_ERR_INVALID_ARGUMENT);
+	cr_expect_eq(n, 0);
+	expect_code(ats_pool_replace_stuck(p, 0, NULL), ATS_ERR_INVALID_ARGUMENT);
+	struct gate g;
+	gate_init(&g);
+	g.p = p;
+	ats_task t = {.run = replace_from_worker, .arg = &g};
+	cr_assert_eq(ats_pool_try_submit_to(p, 0, &t), ATS_POOL_OK);
+	while (!atomic_load(&g.entered))
+		sched_yield();
+	cr_expect_eq(atomic_load(&g.worker), ATS_ERR_INVALID_ARGUMENT, "refused from the pool's own worker");
+	/* An idle pool: nothing is stuck. */
+	cr_expect_null(ats_pool_replace_stuck(p, 1, &n));
+	cr_expect_eq(n, 0);
+	cr_expect_null(ats_pool_shutdown(p, ats_ctx_background()));
+	ats_pool_free(p);
+	gate_free(&g);
+}

@@ -49,7 +49,19 @@
  *
  * Progress words. Each worker has a sequence bumped (release) when a task starts and again when
  * it ends: odd while a task runs. A watcher that sees the same odd value for too long has found
- * a stuck worker (the supervisor's stall check).
+ * a stuck worker.
+ *
+ * Stuck workers. ats_pool_replace_stuck, called periodically (by a supervisor's ward, a timer, the
+ * application's housekeeping loop), replaces a worker whose progress word has stayed at one odd
+ * value for stuck_ns: a fresh thread takes over its queue on the same CPU (so its queued tasks
+ * are served at once, by the new thread and by stealing), and the stuck thread is quarantined.
+ * The takeover is one CAS on the progress word, the same CAS the stuck thread's own end of task
+ * does, so exactly one wins: a task that returns at that instant is either counted by its thread
+ * (no replacement) or its thread finds itself replaced. A quarantined thread whose task returns
+ * at last finishes that task's own bookkeeping (its ctx released, counted as `returned`) and
+ * exits: its worker already has a thread. Shutdown joins quarantined threads after cancelling the
+ * pool's ctx, so it still waits for a task that never returns. No task is lost or run twice: the
+ * queue is the same one, and a task is taken from it once.
  *
  * Threads: every function may be called from any thread, except ats_pool_free (the last call)
  * and ats_pool_shutdown from one of the pool's own workers (refused: it would wait for itself).
@@ -103,6 +115,11 @@ typedef struct ats_pool_config {
 	ats_pool_idle idle;
 	uint32_t spin; /* SPIN_PARK rounds before parking; 0: ATS_POOL_DEFAULT_SPIN */
 	bool pin;      /* pin worker i to the i-th allowed CPU (modulo their number) */
+	/* Optional: told of each replacement (ats_pool_replace_stuck), on the calling thread with the
+	 * pool's watch lock held (it must not call ats_pool_replace_stuck or shut the pool down). why
+	 * (borrowed) is ATS_ERR_UNAVAILABLE with the worker's index attached ("worker"). */
+	void (*on_replace)(unsigned worker, const ats_err *why, void *arg);
+	void *replace_arg;
 } ats_pool_config;
 
 typedef enum ats_pool_status {
@@ -122,6 +139,8 @@ typedef struct ats_pool_worker_stats {
 	                       took from its queue */
 	size_t depth;       /* tasks in its queue now (accepted, not yet taken) */
 	uint64_t progress;  /* the progress word (see ats_pool_progress) */
+	uint64_t replaced;  /* times this worker's thread was replaced while stuck */
+	uint64_t returned;  /* of those threads, how many have since returned from their stuck task */
 } ats_pool_worker_stats;
 
 /* ---- Making and stopping ---- */
@@ -188,6 +207,18 @@ ATS_API ATS_NODISCARD ats_err *ats_pool_worker_stats_get(const ats_pool *p, unsi
  * while a task runs. Acquire: a watcher that sees a new value sees what the worker did before.
  * 0 for a worker out of range. Wait-free. */
 ATS_API uint64_t ats_pool_progress(const ats_pool *p, unsigned worker);
+
+/* ---- Replacing stuck workers ---- */
+
+/* Replaces every worker whose progress word this function has seen at the same odd value (one
+ * task running) for at least stuck_ns, across its calls (see the file comment): call it every
+ * stuck_ns / 4 or so, from one thread or several (they serialize). *replaced (optional) gets the
+ * number replaced by this call; config.on_replace hears of each. Errors: NULL p, stuck_ns 0, a
+ * call from one of p's workers (ATS_ERR_INVALID_ARGUMENT); no memory or a thread that could not
+ * start (the worker's queue is then served by stealing, and the next call tries again). After
+ * shutdown began it replaces nothing. Blocking (a mutex; a thread start per replacement);
+ * O(workers) loads otherwise. */
+ATS_API ATS_NODISCARD ats_err *ats_pool_replace_stuck(ats_pool *p, uint64_t stuck_ns, unsigned *replaced);
 
 #ifdef __cplusplus
 }
