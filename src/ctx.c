@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: BSD-2-Clause */
-/* Contexts: the cancellation tree, deadlines and the timer service, after-funcs, values.
+/* Contexts: the cancellation tree, deadlines (on the timer service, timer.c), after-funcs, values.
  *
  * Concurrency design (no global lock anywhere; every path counted in atomic read-modify-writes
  * (row floor.fetch_add each), since they are what create + cancel + release costs):
@@ -20,8 +20,8 @@
  *    a child never cancelled, its final free. The link keeps the parent alive until then.
  *  - Cancel walks the subtree with an intrusive stack (walk_next), pinning each child under its
  *    parent's lock, so any depth and width work without recursion.
- *  - The timer wheel is sharded (one lock per shard, a thread sticks to one shard); the timer
- *    thread advances every shard and pins what fired under the shard lock.
+ *  - A deadline is a timer of the timer service (internal/timer.h) embedded in the context: the
+ *    timer thread claims a due one by pinning the context under the shard lock, then cancels it.
  *  - Freeing is iterative too (a freed child can release a zombie parent, which releases its own).
  */
 #include "atscale/ctx.h"
@@ -29,18 +29,16 @@
 #include "internal/compiler.h"
 #include "internal/ctx_hooks.h"
 #include "internal/futex.h"
-#include "internal/timer_wheel.h"
+#include "internal/timer.h"
 
 #include <errno.h>
 #include <limits.h>
 #include <poll.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sched.h>
 #include <sys/eventfd.h>
-#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -64,10 +62,8 @@ struct ats_ctx {
 	_Atomic uint32_t refs;   /* users, after-func registrations, value-table readers */
 	_Atomic uint32_t kids;   /* linked children + pins; changed under the lock */
 	_Atomic uint32_t linked; /* in parent's child list; changed under the parent's lock */
-	_Atomic uint32_t armed;  /* on a timer wheel; changed under the shard's lock */
 	uint8_t zombie, freeing; /* under the lock */
 	int efd;                 /* -1 until ats_ctx_fd */
-	uint32_t shard;
 	uint32_t nmerge;
 	ats_ctx *parent;                /* while linked (the link keeps it alive) */
 	ats_ctx *vals_owner;            /* counted reference to the context owning h.vals, or NULL */
@@ -82,7 +78,7 @@ struct ats_ctx {
 	                        * reference to the record of the deadline cause whose deadline this
 	                        * is (own, or inherited with the deadline); immutable */
 	ats_ctx *walk_next;   /* the cancel walk's stack, then the free list of finalize */
-	struct ats__tw_node tnode;
+	struct ats__timer timer; /* its deadline's, armed while it waits (timer.h) */
 	struct merge_reg merge[]; /* a merge's after-funcs on its other parents (or a value table) */
 };
 
@@ -272,219 +268,51 @@ static bool drop_ref(ats_ctx *c)
 	return free_it;
 }
 
-/* ---- The timer service ---- */
-
-#define TICK_SHIFT 16 /* 65.536 us: p99 lateness well under the 1 ms target, 64 slots per 4 ms */
-#define MAX_SHARDS 64
-
-/* A shard: its wheel and the lock that guards it. A test-and-set lock with a plain-store unlock
- * (one atomic write per arm or disarm instead of two): held for a few instructions by armers and
- * for one advance by the timer thread; waiters spin, then yield. */
-struct shard {
-	_Alignas(ATS__CACHE_LINE) _Atomic uint32_t lock;
-	struct ats__tw wheel;
-};
-
-static inline void shard_lock(struct shard *s)
-{
-	ats__spin_lock(&s->lock);
-}
-
-static inline void shard_unlock(struct shard *s)
-{
-	ats__spin_unlock(&s->lock);
-}
-
-static struct {
-	pthread_once_t once;
-	bool ok;
-	bool joined;
-	pthread_t thread;
-	unsigned nshards;
-	struct shard *shards; /* never freed: other threads may arm after exit() began */
-	_Atomic uint32_t next_shard;
-	_Alignas(ATS__CACHE_LINE) _Atomic uint32_t seq; /* the thread sleeps on it; armers bump it to kick */
-	_Atomic uint32_t sleeping;
-	_Atomic uint32_t stop;
-	_Atomic uint64_t planned; /* tick the thread will wake at; UINT64_MAX while it scans */
-} svc = {.once = PTHREAD_ONCE_INIT};
-
-/* The library's own thread-locals are initial-exec (one %fs-relative access; the default model
- * in PIC code calls __tls_get_addr), as in error.c and limiter.c: a few bytes of static TLS. */
-static _Thread_local uint32_t my_shard __attribute__((tls_model("initial-exec"))) = UINT32_MAX;
-
-uint64_t ats_ctx_timer_precision_ns(void)
-{
-	return 1ull << TICK_SHIFT;
-}
+/* ---- Deadlines on the timer service ---- */
 
 static bool cancel_direct(ats_ctx *c, uint32_t reason, ats_err *err);
 
-static void kick(void)
+/* The timer's owner is the context: claim pins it (false when it is being freed), fire cancels
+ * it with the deadline's error and drops the pin. */
+static bool timer_claim(struct ats__timer *t)
 {
-	atomic_fetch_add_explicit(&svc.seq, 1, memory_order_seq_cst);
-	if (atomic_load_explicit(&svc.sleeping, memory_order_seq_cst))
-		ats__futex_wake(&svc.seq, 1);
+	return pin(ats__container_of(t, ats_ctx, timer));
 }
 
-/* The timer thread: advance every shard to now, fire what is due, sleep until the next due tick.
- *
- * No lost wake-up: the thread publishes planned = UINT64_MAX before scanning, so an armer that
- * files a timer after its shard was scanned sees either UINT64_MAX or the tick the thread will
- * sleep until; it kicks (bumps seq, which the futex wait compares against the value read before
- * the scan) when its timer is earlier. */
-static void *timer_main(void *arg)
+static void timer_fire(struct ats__timer *t)
 {
-	(void)arg;
-	/* Wake at the tick, not up to 50 us after it (the default timer slack). */
-	prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
-	/* Make the shared errors now, off the callers' paths: the first error of a process also
-	 * calibrates the error timestamps' clock (~1 ms), which must not delay the first deadline. */
+	ats_ctx *c = ats__container_of(t, ats_ctx, timer);
+	cancel_direct(c, ATS__CTX_DEADLINE, expiry_err(c));
+	unpin(c);
+}
+
+static const struct ats__timer_ops ctx_timer_ops = {timer_claim, timer_fire};
+
+static pthread_once_t sentinels_once = PTHREAD_ONCE_INIT;
+
+/* Makes the shared errors before the first timer is filed, so the timer thread never makes one
+ * on its firing path (the first error of a process can also calibrate the default clock). */
+static void make_sentinels(void)
+{
 	sentinel_err(ATS__CTX_DEADLINE);
 	sentinel_err(ATS__CTX_CANCELLED);
-	for (;;) {
-		atomic_store_explicit(&svc.planned, UINT64_MAX, memory_order_seq_cst);
-		uint32_t seq = atomic_load_explicit(&svc.seq, memory_order_seq_cst);
-		/* acquire: pairs with timer_stop's release; the flag carries no data (more than needed). */
-		if (atomic_load_explicit(&svc.stop, memory_order_acquire))
-			break;
-		/* CLOCK_MONOTONIC itself, not the default clock: the thread sleeps on futex deadlines of
-		 * that clock, and a clock behind it (the coarse one) would make it spin until it caught
-		 * up. A context still expires within the default clock's precision of its deadline. */
-		uint64_t now_tick = ats_now_ns() >> TICK_SHIFT, next = UINT64_MAX;
-		struct ats__tw_node *fire = NULL;
-		for (unsigned i = 0; i < svc.nshards; i++) {
-			struct shard *s = &svc.shards[i];
-			shard_lock(s);
-			struct ats__tw_node *n = ats__tw_advance(&s->wheel, now_tick);
-			while (n) {
-				struct ats__tw_node *following = n->next;
-				ats_ctx *c = (ats_ctx *)(void *)((char *)n - offsetof(ats_ctx, tnode));
-				if (pin(c)) {
-					n->next = fire;
-					fire = n;
-				}
-				/* Last touch of a context being freed: its finalize waits for armed == 0 or
-				 * for this shard's lock. Release: pairs with timer_disarm's and the quick
-				 * release's acquire loads, so this thread's wheel unlinking and pin are seen. */
-				atomic_store_explicit(&c->armed, 0, memory_order_release);
-				n = following;
-			}
-			uint64_t t = ats__tw_next(&s->wheel);
-			if (t < next)
-				next = t;
-			shard_unlock(s);
-		}
-		while (fire) {
-			struct ats__tw_node *n = fire;
-			fire = n->next;
-			ats_ctx *c = (ats_ctx *)(void *)((char *)n - offsetof(ats_ctx, tnode));
-			cancel_direct(c, ATS__CTX_DEADLINE, expiry_err(c));
-			unpin(c);
-		}
-		atomic_store_explicit(&svc.planned, next, memory_order_seq_cst);
-		atomic_store_explicit(&svc.sleeping, 1, memory_order_seq_cst);
-		ats__futex_wait(&svc.seq, seq, next == UINT64_MAX ? ATS_CTX_NO_DEADLINE : next << TICK_SHIFT);
-		/* relaxed: only spares kickers a futex wake; a stale 1 costs one spurious wake. */
-		atomic_store_explicit(&svc.sleeping, 0, memory_order_relaxed);
-	}
-	return NULL;
 }
-
-/* At exit: stop and join the timer thread so it is not cancelling contexts (and running their
- * after-funcs) while the process tears down. Contexts alive at exit are fine: nothing is freed. */
-static void timer_stop(void)
-{
-	if (!svc.ok || svc.joined)
-		return;
-	/* release: pairs with timer_main's acquire load; the kick's seq_cst bump wakes it. */
-	atomic_store_explicit(&svc.stop, 1, memory_order_release);
-	kick();
-	if (!pthread_equal(pthread_self(), svc.thread))
-		pthread_join(svc.thread, NULL);
-	svc.joined = true;
-}
-
-static void timer_start(void)
-{
-	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-	unsigned n = 1;
-	while (n < (unsigned)(cpus > 0 ? cpus : 1) && n < MAX_SHARDS)
-		n <<= 1;
-	struct shard *shards = aligned_alloc(ATS__CACHE_LINE, n * sizeof *shards);
-	if (!shards)
-		return;
-	uint64_t now_tick = ats_now_ns() >> TICK_SHIFT;
-	for (unsigned i = 0; i < n; i++) {
-		atomic_init(&shards[i].lock, 0);
-		ats__tw_init(&shards[i].wheel, now_tick);
-	}
-	svc.shards = shards;
-	svc.nshards = n;
-	atomic_store(&svc.planned, UINT64_MAX);
-	/* The timer thread blocks every signal: they belong to the application's threads. */
-	sigset_t all, old;
-	sigfillset(&all);
-	pthread_sigmask(SIG_SETMASK, &all, &old);
-	int rc = pthread_create(&svc.thread, NULL, timer_main, NULL);
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
-	if (rc != 0) {
-		svc.shards = NULL;
-		free(shards);
-		errno = rc;
-		return;
-	}
-	svc.ok = true;
-	atexit(timer_stop);
-}
-
-enum { ARM_OK, ARM_EXPIRED, ARM_FAILED };
 
 /* Files c's timer for its deadline. c is not yet visible to other threads. */
 static int timer_arm(ats_ctx *c)
 {
-	pthread_once(&svc.once, timer_start);
-	if (ats__unlikely(!svc.ok))
-		return ARM_FAILED;
-	uint32_t idx = my_shard;
-	if (ats__unlikely(idx == UINT32_MAX))
-		/* relaxed: a round-robin counter, ordered by nobody. */
-		idx = my_shard = atomic_fetch_add_explicit(&svc.next_shard, 1, memory_order_relaxed);
-	idx &= svc.nshards - 1;
-	uint64_t d = c->h.deadline_ns;
-	/* Rounded up: a timer never fires before its deadline. */
-	uint64_t tick = (d >> TICK_SHIFT) + ((d & ((1ull << TICK_SHIFT) - 1)) != 0);
-	struct shard *s = &svc.shards[idx];
-	shard_lock(s);
-	bool filed = ats__tw_add(&s->wheel, &c->tnode, tick);
-	if (filed) {
-		c->shard = idx;
-		/* release: pairs with timer_disarm's acquire load, so c->shard is seen. */
-		atomic_store_explicit(&c->armed, 1, memory_order_release);
-	}
-	shard_unlock(s);
-	if (!filed)
-		return ARM_EXPIRED;
-	if (tick < atomic_load_explicit(&svc.planned, memory_order_seq_cst))
-		kick();
-	return ARM_OK;
+	pthread_once(&sentinels_once, make_sentinels);
+	return ats__timer_arm(&c->timer, c->h.deadline_ns);
 }
 
-/* Takes c's timer off its wheel, if it is on one. No lock when it is not (the common path of a
- * context cancelled by its parent, or released after its timer fired). */
 static void timer_disarm(ats_ctx *c)
 {
-	/* acquire: pairs with timer_arm's release (c->shard is seen) and with the timer thread's
-	 * release of 0 (its last touch of c->tnode is done). */
-	if (!atomic_load_explicit(&c->armed, memory_order_acquire))
-		return;
-	struct shard *s = &svc.shards[c->shard];
-	shard_lock(s);
-	ats__tw_del(&s->wheel, &c->tnode);
-	/* relaxed: under the shard lock. A lock-free reader of this 0 is ordered after us otherwise:
-	 * disarmers hold a reference or pin, dropped with release, before c can be freed. */
-	atomic_store_explicit(&c->armed, 0, memory_order_relaxed);
-	shard_unlock(s);
+	ats__timer_disarm(&c->timer);
+}
+
+uint64_t ats_ctx_timer_precision_ns(void)
+{
+	return ats__timer_precision_ns();
 }
 
 /* ---- Cancelling ---- */
@@ -572,7 +400,7 @@ static bool needs_notify(const ats_ctx *c)
 	/* relaxed: a hint; a timer armed concurrently and missed here is disarmed by finish_child
 	 * (which re-checks done after arming) or by finalize. */
 	return c->fired_afters || c->fired_efd >= 0 || c->fired_wake ||
-	       atomic_load_explicit(&c->armed, memory_order_relaxed);
+	       atomic_load_explicit(&c->timer.armed, memory_order_relaxed);
 }
 
 /* After c went done and its lock is gone: disarm its timer, run its after-funcs, wake its waiters,
@@ -832,7 +660,7 @@ void ats_ctx_release(ats_ctx *ctx)
 	 * after it in order. */
 	if (atomic_load_explicit(&ctx->refs, memory_order_acquire) == 1 &&
 	    !atomic_load_explicit(&ctx->linked, memory_order_acquire) &&
-	    !atomic_load_explicit(&ctx->armed, memory_order_acquire) && ctx->nmerge == 0 &&
+	    !atomic_load_explicit(&ctx->timer.armed, memory_order_acquire) && ctx->nmerge == 0 &&
 	    atomic_load_explicit(&ctx->kids, memory_order_acquire) == 0 &&
 	    !(atomic_load_explicit(&ctx->h.state, memory_order_acquire) & ATS__CTX_LOCKED)) {
 		ctx->freeing = 1;
@@ -857,11 +685,9 @@ static ats_ctx *ctx_new(ats_ctx *parent, size_t extra, uint32_t flags)
 	atomic_init(&c->refs, 1);
 	atomic_init(&c->kids, 0);
 	atomic_init(&c->linked, 0);
-	atomic_init(&c->armed, 0);
 	c->zombie = 0;
 	c->freeing = 0;
 	c->efd = -1;
-	c->shard = 0;
 	c->nmerge = 0;
 	c->parent = NULL;
 	/* The value table lives in the context that made it; readers below keep that one alive. */
@@ -878,8 +704,7 @@ static ats_ctx *ctx_new(ats_ctx *parent, size_t extra, uint32_t flags)
 	/* Goes with the deadline; NULL (the shared record) unless an ancestor gave a deadline cause. */
 	c->deadline_err = parent->deadline_err ? ats_err_ref(parent->deadline_err) : NULL;
 	c->walk_next = NULL;
-	c->tnode.next = NULL;
-	c->tnode.pprev = NULL;
+	ats__timer_init(&c->timer, &ctx_timer_ops);
 	return c;
 }
 
@@ -928,10 +753,10 @@ static ats_err *finish_child(ats_ctx *parent, ats_ctx *c, uint64_t deadline_ns, 
 	if (own_deadline && !ats_ctx_done(c)) {
 		if (now_ns == 0)
 			now_ns = ats_fast_now_ns();
-		int rc = deadline_ns <= now_ns ? ARM_EXPIRED : timer_arm(c);
-		if (rc == ARM_EXPIRED) {
+		int rc = deadline_ns <= now_ns ? ATS__TIMER_EXPIRED : timer_arm(c);
+		if (rc == ATS__TIMER_EXPIRED) {
 			cancel_direct(c, ATS__CTX_DEADLINE, expiry_err(c));
-		} else if (rc == ARM_FAILED) {
+		} else if (rc == ATS__TIMER_FAILED) {
 			int saved = errno;
 			ats_ctx_release(c);
 			*out = NULL;
