@@ -8,6 +8,7 @@
  * later releases its result instead. Every attempt, run or not, ends by bumping `ended` and the
  * futex word `seq` that the caller sleeps on. */
 #include "atscale/hedge.h"
+#include "atscale/histogram.h"
 #include "atscale/clock.h"
 #include "internal/compiler.h"
 #include "internal/ec.h"
@@ -56,7 +57,9 @@ struct ats_hedger {
 	_Atomic uint64_t delay_ns;
 	_Atomic uint64_t samples; /* latencies ever recorded */
 	_Atomic uint32_t refreshing;
-	_Atomic uint64_t window[ATS_HEDGE_WINDOW];
+	/* Winning latencies, in two histograms taking turns by epochs of ATS_HEDGE_WINDOW samples:
+	 * the delay is read over the current epoch and the one before. */
+	ats_histogram *lat[2];
 	_Atomic uint64_t requests, attempts, hedges, won_by_hedge, budget_exhausted, loser_busy_ns;
 };
 
@@ -418,42 +421,58 @@ ats_err *ats_hedger_new(ats_hedger **out, const ats_hedger_config *cfg)
 		h->cfg.budget_burst = 10;
 	atomic_init(&h->delay_ns, cfg->percentile > 0 ? UINT64_MAX : cfg->delay_ns);
 	atomic_init(&h->budget, 0);
+	if (cfg->percentile > 0) {
+		ats_err *err = ats_histogram_new(&h->lat[0], 0);
+		if (!err)
+			err = ats_histogram_new(&h->lat[1], 0);
+		if (err) {
+			ats_hedger_free(h);
+			return err;
+		}
+	}
 	*out = h;
 	return NULL;
 }
 
 void ats_hedger_free(ats_hedger *h)
 {
+	if (!h)
+		return;
+	ats_histogram_free(h->lat[0]);
+	ats_histogram_free(h->lat[1]);
 	free(h);
 }
 
-static int cmp_u64(const void *a, const void *b)
-{
-	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-	return x < y ? -1 : x > y;
-}
-
-/* Records a winning attempt's latency; every ATS_HEDGE_REFRESH samples one caller recomputes the
- * adaptive delay from the window (a copy and a sort of at most ATS_HEDGE_WINDOW values). */
+/* Records a winning attempt's latency (adaptive delay only). The first sample of each epoch
+ * empties the histogram whose turn it is (it held the epoch before last; a sample another caller
+ * files there at that instant may be lost, which only thins the estimate). Every
+ * ATS_HEDGE_REFRESH samples one caller recomputes the delay over both histograms: two snapshots
+ * (O(buckets * shards) loads), no sort. */
 static void record(ats_hedger *h, uint64_t latency)
 {
+	if (!h->lat[0])
+		return;
 	uint64_t n = atomic_fetch_add_explicit(&h->samples, 1, memory_order_relaxed);
-	atomic_store_explicit(&h->window[n % ATS_HEDGE_WINDOW], latency, memory_order_relaxed);
+	ats_histogram *cur = h->lat[(n / ATS_HEDGE_WINDOW) & 1];
+	if (n % ATS_HEDGE_WINDOW == 0 && n > 0)
+		ats_histogram_reset(cur);
+	ats_histogram_record(cur, latency);
 	if ((n + 1) % ATS_HEDGE_REFRESH != 0 || n + 1 < h->cfg.warmup)
 		return;
 	uint32_t zero = 0;
 	if (!atomic_compare_exchange_strong(&h->refreshing, &zero, 1))
 		return;
-	size_t m = n + 1 < ATS_HEDGE_WINDOW ? (size_t)n + 1 : ATS_HEDGE_WINDOW;
-	uint64_t *v = malloc(m * sizeof *v);
-	if (v) {
-		for (size_t i = 0; i < m; i++)
-			v[i] = atomic_load_explicit(&h->window[i], memory_order_relaxed);
-		qsort(v, m, sizeof *v, cmp_u64);
-		uint64_t d = v[(size_t)(h->cfg.percentile * (double)(m - 1))];
+	ats_histogram_snapshot *a = malloc(sizeof *a), *b = malloc(sizeof *b);
+	if (a && b) {
+		ats_histogram_snapshot_get(h->lat[0], a);
+		ats_histogram_snapshot_get(h->lat[1], b);
+		for (unsigned i = 0; i < ATS_HISTOGRAM_BUCKETS; i++)
+			a->buckets[i] += b->buckets[i];
+		uint64_t d = ats_histogram_snapshot_percentile(a, h->cfg.percentile);
 		atomic_store_explicit(&h->delay_ns, d > h->cfg.min_delay_ns ? d : h->cfg.min_delay_ns, memory_order_relaxed);
-		free(v);
 	}
+	free(a);
+	free(b);
 	atomic_store(&h->refreshing, 0);
 }
 

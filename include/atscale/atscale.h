@@ -55,6 +55,7 @@
 #include "atscale/pool.h"
 #include "atscale/heartbeat.h"
 #include "atscale/supervisor.h"
+#include "atscale/histogram.h"
 #include "atscale/hedge.h"
 
 #endif

@@ -11,7 +11,8 @@
  *  - ats_replicate: n attempts at once on n different workers; the first success wins.
  *  - ats_hedge: one attempt; another (on a different worker, the less loaded of two random ones)
  *    after a delay, up to max_attempts. The delay is fixed, or adaptive: a percentile of recent
- *    attempt latencies (with a floor, and no hedge at all during a warm-up). A budget caps the
+ *    attempt latencies from a per-core histogram (with a floor, and no hedge at all during a
+ *    warm-up). A budget caps the
  *    extra load: each request deposits max_extra_load of a hedge, each hedge takes a whole one
  *    (Finagle's shape); with the budget empty no hedge is sent (counted). An attempt that fails
  *    with an error the request's `fatal` classifier calls non-fatal starts the next one at once;
@@ -41,7 +42,10 @@ extern "C" {
 #endif
 
 #define ATS_HEDGE_MAX_ATTEMPTS 8u
-/* Latencies the adaptive delay keeps, and how often (in samples) it recomputes the percentile. */
+/* The adaptive delay reads winning latencies from two histograms (histogram.h) taking turns by
+ * epochs of ATS_HEDGE_WINDOW samples (so it reflects the last ATS_HEDGE_WINDOW to twice that
+ * many), and recomputes the percentile every ATS_HEDGE_REFRESH samples. The percentile is a
+ * bucket's upper bound: at most 1/64 above the exact one. */
 #define ATS_HEDGE_WINDOW 1024u
 #define ATS_HEDGE_REFRESH 256u
 

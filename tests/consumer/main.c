@@ -14,6 +14,7 @@
 #include <atscale/gcra.h>
 #include <atscale/heartbeat.h>
 #include <atscale/hedge.h>
+#include <atscale/histogram.h>
 #include <atscale/keyed.h>
 #include <atscale/limiter.h>
 #include <atscale/pool.h>
@@ -134,6 +135,14 @@ int main(void)
 	            "bridge");
 	ats_bridge_leave(seg);
 	ats_bridge_free(br, NULL, NULL);
+
+	/* histogram */
+	ats_histogram *hist = NULL;
+	e = ats_histogram_new(&hist, 1);
+	if (!e)
+		ats_histogram_record(hist, 1000);
+	ok &= check(!e && ats_histogram_count(hist) == 1 && ats_histogram_percentile(hist, 0.5) == 1007, "histogram");
+	ats_histogram_free(hist);
 
 	/* pool */
 	ats_pool *pool = NULL;
