@@ -92,7 +92,7 @@ struct ats__keyed_table {
 	struct rcu_head rcu;
 };
 
-_Static_assert(sizeof(((ats_keyed *)0)->grace_head) >= sizeof(struct rcu_head), "grace_head holds an rcu_head");
+_Static_assert(sizeof(((ats_keyed *)0)->grace_head_) >= sizeof(struct rcu_head), "grace_head holds an rcu_head");
 
 static inline size_t table_bytes_for(size_t slots)
 {
@@ -105,8 +105,8 @@ static struct ats__keyed_table *table_alloc(ats_keyed *m, size_t slots)
 	size_t bytes = table_bytes_for(slots);
 	/* relaxed: a byte count, publishing nothing; a stale (larger) value, a callback's free not yet seen,
 	 * only refuses, and may_wait then waits for the frees */
-	size_t held = atomic_load_explicit(&m->table_bytes, memory_order_relaxed);
-	if (m->max_bytes && m->base_bytes + held + bytes > m->max_bytes)
+	size_t held = atomic_load_explicit(&m->table_bytes_, memory_order_relaxed);
+	if (m->max_bytes_ && m->base_bytes_ + held + bytes > m->max_bytes_)
 		return NULL;
 #ifdef ATS_TESTING
 	/* relaxed: a test switch; nothing rides on it */
@@ -123,14 +123,14 @@ static struct ats__keyed_table *table_alloc(ats_keyed *m, size_t slots)
 	t->map = m;
 	t->bytes = bytes;
 	/* relaxed: a byte count (see above); the table itself is published by m->table or next */
-	atomic_fetch_add_explicit(&m->table_bytes, bytes, memory_order_relaxed);
+	atomic_fetch_add_explicit(&m->table_bytes_, bytes, memory_order_relaxed);
 	return t;
 }
 
 static void table_free_now(struct ats__keyed_table *t)
 {
 	/* relaxed: a byte count (see table_alloc) */
-	atomic_fetch_sub_explicit(&t->map->table_bytes, t->bytes, memory_order_relaxed);
+	atomic_fetch_sub_explicit(&t->map->table_bytes_, t->bytes, memory_order_relaxed);
 	free(t);
 }
 
@@ -138,9 +138,9 @@ static void table_free_cb(struct rcu_head *head)
 {
 	struct ats__keyed_table *t = ats__container_of(head, struct ats__keyed_table, rcu);
 	ats_keyed *m = t->map;
-	TSAN_ACQUIRE(&m->tsan_sync);
+	TSAN_ACQUIRE(&m->tsan_sync_);
 	table_free_now(t);
-	TSAN_RELEASE(&m->tsan_sync); /* ats_keyed_destroy's rcu_barrier waits for this write to m */
+	TSAN_RELEASE(&m->tsan_sync_); /* ats_keyed_destroy's rcu_barrier waits for this write to m */
 }
 
 /* ---- Keys and hashing ---- */
@@ -244,9 +244,9 @@ static inline uint64_t mum(uint64_t a, uint64_t b)
 /* wyhash's 16-byte finalizer, seeded per map. */
 static inline uint64_t key_hash(const ats_keyed *m, const uint64_t w[2], size_t len)
 {
-	uint64_t a = w[0] ^ m->seed[0] ^ UINT64_C(0xa0761d6478bd642f);
-	uint64_t b = w[1] ^ m->seed[1] ^ UINT64_C(0xe7037ed1a0b428db);
-	return mum(mum(a, b) ^ len, m->seed[0] ^ UINT64_C(0x8ebc6af09c88c6e3));
+	uint64_t a = w[0] ^ m->seed_[0] ^ UINT64_C(0xa0761d6478bd642f);
+	uint64_t b = w[1] ^ m->seed_[1] ^ UINT64_C(0xe7037ed1a0b428db);
+	return mum(mum(a, b) ^ len, m->seed_[0] ^ UINT64_C(0x8ebc6af09c88c6e3));
 }
 
 static inline uint32_t hash_tag(uint64_t h)
@@ -270,7 +270,7 @@ struct kref {
 static inline void kref_make(const ats_keyed *m, const void *key, size_t len, struct kref *k)
 {
 	if (__builtin_expect(len > ATS_KEYED_INLINE_KEY, 0)) {
-		siphash128(m->seed, key, len, k->w);
+		siphash128(m->seed_, key, len, k->w);
 		len = LONG_FORM;
 	} else {
 		key_words(key, len, k->w);
@@ -306,13 +306,13 @@ static inline struct slot *find(const struct ats__keyed_table *t, const struct k
 static inline const ats_token_clock *aux_clock(const ats_keyed *m, uint32_t aux)
 {
 	uint32_t id = aux >> 1;
-	return id ? &m->overrides[id - 1] : &m->clock;
+	return id ? &m->overrides_[id - 1] : &m->clock_;
 }
 
 static inline const ats_keyed_limit *aux_limit(const ats_keyed *m, uint32_t aux)
 {
 	uint32_t id = aux >> 1;
-	return id ? &m->override_limits[id - 1] : &m->limit;
+	return id ? &m->override_limits_[id - 1] : &m->limit_;
 }
 
 static inline bool is_gone(uint64_t tat, uint64_t now_units)
@@ -460,25 +460,25 @@ static inline bool dead_reusable(const ats_keyed *m, uint32_t x)
 		return false;
 	/* acquire: pairs with grace_cb's release, so the grace period that advanced it (every reader that
 	 * could still see the slot LIVE has left) happens before the caller rewrites the slot */
-	uint32_t safe = atomic_load_explicit(&m->safe_epoch, memory_order_acquire);
+	uint32_t safe = atomic_load_explicit(&m->safe_epoch_, memory_order_acquire);
 	uint32_t age = (safe - (x >> 7)) & 0x1ffffffu;
 	return age >= 1 && age < (1u << 24);
 }
 
 static void grace_cb(struct rcu_head *head)
 {
-	ats_keyed *m = ats__container_of((void *)head, ats_keyed, grace_head);
-	TSAN_ACQUIRE(&m->tsan_sync);
+	ats_keyed *m = ats__container_of((void *)head, ats_keyed, grace_head_);
+	TSAN_ACQUIRE(&m->tsan_sync_);
 	/* relaxed, both: grace_kick stored target before call_rcu, whose enqueue happens before this
 	 * callback; only this callback stores safe_epoch, one at a time (grace_inflight) */
-	uint32_t target = atomic_load_explicit(&m->grace_target, memory_order_relaxed);
-	uint32_t cur = atomic_load_explicit(&m->safe_epoch, memory_order_relaxed);
+	uint32_t target = atomic_load_explicit(&m->grace_target_, memory_order_relaxed);
+	uint32_t cur = atomic_load_explicit(&m->safe_epoch_, memory_order_relaxed);
 	/* release: pairs with dead_reusable's acquire */
 	if ((int32_t)((target - cur) << 7) > 0) /* only forward (25-bit epochs, modular) */
-		atomic_store_explicit(&m->safe_epoch, target, memory_order_release);
+		atomic_store_explicit(&m->safe_epoch_, target, memory_order_release);
 	/* release: pairs with grace_kick's acquire: this callback's read of grace_target comes first */
-	atomic_store_explicit(&m->grace_inflight, 0, memory_order_release);
-	TSAN_RELEASE(&m->tsan_sync);
+	atomic_store_explicit(&m->grace_inflight_, 0, memory_order_release);
+	TSAN_RELEASE(&m->tsan_sync_);
 }
 
 /* Starts a grace period for the slots killed since the last one (one in flight at a time). Cost:
@@ -486,16 +486,16 @@ static void grace_cb(struct rcu_head *head)
 static void grace_kick(ats_keyed *m)
 {
 	/* acquire: pairs with grace_cb's release of 0, so the last callback is done with grace_target */
-	if (!m->killed_since_grace || atomic_load_explicit(&m->grace_inflight, memory_order_acquire))
+	if (!m->killed_since_grace_ || atomic_load_explicit(&m->grace_inflight_, memory_order_acquire))
 		return;
 	/* relaxed, both: read only by writers (under the mutex); call_rcu's enqueue below happens before
 	 * grace_cb, so the callback's 0 comes after this 1 and it sees this target */
-	atomic_store_explicit(&m->grace_inflight, 1, memory_order_relaxed);
-	m->epoch++;
-	atomic_store_explicit(&m->grace_target, m->epoch, memory_order_relaxed);
-	m->killed_since_grace = 0;
-	TSAN_RELEASE(&m->tsan_sync); /* the writes above happen before grace_cb (see resize) */
-	urcu_memb_call_rcu((struct rcu_head *)m->grace_head, grace_cb);
+	atomic_store_explicit(&m->grace_inflight_, 1, memory_order_relaxed);
+	m->epoch_++;
+	atomic_store_explicit(&m->grace_target_, m->epoch_, memory_order_relaxed);
+	m->killed_since_grace_ = 0;
+	TSAN_RELEASE(&m->tsan_sync_); /* the writes above happen before grace_cb (see resize) */
+	urcu_memb_call_rcu((struct rcu_head *)m->grace_head_, grace_cb);
 }
 
 static inline uint64_t gone_mark(const ats_token_clock *c, uint64_t now_ns)
@@ -529,17 +529,17 @@ static bool slot_evict(ats_keyed *m, struct slot *s, uint64_t now_ns, bool force
 		return false;
 	}
 	/* release: not needed (a reader that sees DEAD reads nothing more of the slot); kept: cold path */
-	atomic_store_explicit(&s->meta, META_DEAD(m->epoch), memory_order_release);
+	atomic_store_explicit(&s->meta, META_DEAD(m->epoch_), memory_order_release);
 	/* relaxed: only writers (under the mutex) change the count; readers get a statistic */
-	atomic_fetch_sub_explicit(&m->keys, 1, memory_order_relaxed);
-	m->killed_since_grace++;
-	if (now_ns > m->evict_ns)
-		m->evict_ns = now_ns;
+	atomic_fetch_sub_explicit(&m->keys_, 1, memory_order_relaxed);
+	m->killed_since_grace_++;
+	if (now_ns > m->evict_ns_)
+		m->evict_ns_ = now_ns;
 	/* relaxed: statistics */
 	if (full)
-		atomic_fetch_add_explicit(&m->evicted_idle, 1, memory_order_relaxed);
+		atomic_fetch_add_explicit(&m->evicted_idle_, 1, memory_order_relaxed);
 	else
-		atomic_fetch_add_explicit(&m->evicted_forced, 1, memory_order_relaxed);
+		atomic_fetch_add_explicit(&m->evicted_forced_, 1, memory_order_relaxed);
 	if (was_full)
 		*was_full = full;
 	return true;
@@ -549,11 +549,11 @@ static bool slot_evict(ats_keyed *m, struct slot *s, uint64_t now_ns, bool force
 static size_t sweep_idle(ats_keyed *m, uint64_t now_ns, size_t count)
 {
 	/* relaxed: under the writer mutex; only writers store it */
-	struct ats__keyed_table *t = atomic_load_explicit(&m->table, memory_order_relaxed);
+	struct ats__keyed_table *t = atomic_load_explicit(&m->table_, memory_order_relaxed);
 	size_t evicted = 0;
 	for (size_t k = 0; k < count; k++) {
-		struct slot *s = &t->slots[m->sweep & t->mask];
-		m->sweep = (m->sweep + 1) & t->mask;
+		struct slot *s = &t->slots[m->sweep_ & t->mask];
+		m->sweep_ = (m->sweep_ + 1) & t->mask;
 		/* relaxed: under the writer mutex; only writers store it */
 		if (META_STATE(atomic_load_explicit(&s->meta, memory_order_relaxed)) == S_LIVE &&
 		    slot_evict(m, s, now_ns, false, NULL))
@@ -567,13 +567,13 @@ static size_t sweep_idle(ats_keyed *m, uint64_t now_ns, size_t count)
 static bool evict_one(ats_keyed *m, uint64_t now_ns)
 {
 	/* relaxed: under the writer mutex; only writers store it */
-	struct ats__keyed_table *t = atomic_load_explicit(&m->table, memory_order_relaxed);
+	struct ats__keyed_table *t = atomic_load_explicit(&m->table_, memory_order_relaxed);
 	size_t slots = t->mask + 1;
 	struct slot *victim = NULL;
 	size_t since_victim = 0;
 	for (size_t k = 0; k < 2 * slots + 1; k++) {
-		struct slot *s = &t->slots[m->hand];
-		m->hand = (m->hand + 1) & t->mask;
+		struct slot *s = &t->slots[m->hand_];
+		m->hand_ = (m->hand_ + 1) & t->mask;
 		if (victim && ++since_victim > IDLE_WINDOW)
 			break;
 		/* relaxed: under the writer mutex; only writers store it */
@@ -598,7 +598,7 @@ static bool evict_one(ats_keyed *m, uint64_t now_ns)
 static bool resize(ats_keyed *m, size_t slots, uint64_t now_ns)
 {
 	/* relaxed: under the writer mutex; only writers store it */
-	struct ats__keyed_table *old = atomic_load_explicit(&m->table, memory_order_relaxed);
+	struct ats__keyed_table *old = atomic_load_explicit(&m->table_, memory_order_relaxed);
 	struct ats__keyed_table *nt = table_alloc(m, slots);
 	if (!nt)
 		return false;
@@ -640,15 +640,15 @@ static bool resize(ats_keyed *m, size_t slots, uint64_t now_ns)
 			atomic_store_explicit(&d->tat, cur, memory_order_relaxed);
 		used++;
 	}
-	m->used = used;
-	m->hand = m->sweep = 0;
+	m->used_ = used;
+	m->hand_ = m->sweep_ = 0;
 	/* release: pairs with the readers' acquire load of m->table: nt and every slot moved into it are seen */
-	atomic_store_explicit(&m->table, nt, memory_order_release);
+	atomic_store_explicit(&m->table_, nt, memory_order_release);
 	/* relaxed: a statistic */
-	atomic_fetch_add_explicit(&m->resizes, 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&m->resizes_, 1, memory_order_relaxed);
 	/* This thread read `old` above, and call_rcu's enqueue happens before the callback that
 	 * frees it (liburcu's queue hand-off, which ThreadSanitizer cannot see): say so. */
-	TSAN_RELEASE(&m->tsan_sync);
+	TSAN_RELEASE(&m->tsan_sync_);
 	urcu_memb_call_rcu(&old->rcu, table_free_cb);
 	return true;
 }
@@ -680,7 +680,7 @@ static size_t purge_dead(ats_keyed *m, struct ats__keyed_table *t)
 			after_empty = false;
 		}
 	}
-	m->used -= freed;
+	m->used_ -= freed;
 	return freed;
 }
 
@@ -690,7 +690,7 @@ static size_t purge_dead(ats_keyed *m, struct ats__keyed_table *t)
 static bool may_wait(ats_keyed *m, const struct ats__keyed_table *t)
 {
 	/* relaxed: a byte count; a stale value only makes the caller wait for the frees once or fail */
-	return atomic_load_explicit(&m->table_bytes, memory_order_relaxed) > t->bytes && !urcu_memb_read_ongoing();
+	return atomic_load_explicit(&m->table_bytes_, memory_order_relaxed) > t->bytes && !urcu_memb_read_ongoing();
 }
 
 /* A slot for one new key (not yet published), after evicting or resizing as the caps require.
@@ -705,20 +705,20 @@ static struct slot *reserve(ats_keyed *m, const struct kref *k, uint64_t now_ns,
 	sweep_idle(m, now_ns, SWEEP_PER_INSERT);
 	/* A replacement (a new limit for a key still present after the sweep) frees the old slot. */
 	/* relaxed: under the writer mutex; only writers store it (the count and the table) */
-	size_t keys = atomic_load_explicit(&m->keys, memory_order_relaxed);
-	if (replacing && find(atomic_load_explicit(&m->table, memory_order_relaxed), k))
+	size_t keys = atomic_load_explicit(&m->keys_, memory_order_relaxed);
+	if (replacing && find(atomic_load_explicit(&m->table_, memory_order_relaxed), k))
 		keys--;
-	if (keys + 1 > m->key_limit && evict_one(m, now_ns))
+	if (keys + 1 > m->key_limit_ && evict_one(m, now_ns))
 		keys--;
 	/* relaxed: under the writer mutex; only writers store it */
-	struct ats__keyed_table *t = atomic_load_explicit(&m->table, memory_order_relaxed);
+	struct ats__keyed_table *t = atomic_load_explicit(&m->table_, memory_order_relaxed);
 	size_t slots = t->mask + 1;
-	if ((keys + 1) * LOAD_DEN > slots * LOAD_NUM && slots < m->max_slots)
+	if ((keys + 1) * LOAD_DEN > slots * LOAD_NUM && slots < m->max_slots_)
 		resize(m, slots * 2, now_ns); /* on failure, fill further and evict at the hard load */
 	bool purged = false;
 	for (int attempt = 0;; attempt++) {
 		/* relaxed: under the writer mutex; only writers store it (the table and meta below) */
-		t = atomic_load_explicit(&m->table, memory_order_relaxed);
+		t = atomic_load_explicit(&m->table_, memory_order_relaxed);
 		slots = t->mask + 1;
 		size_t i = h & t->mask;
 		for (size_t probes = 0; probes <= t->mask; probes++) {
@@ -727,7 +727,7 @@ static struct slot *reserve(ats_keyed *m, const struct kref *k, uint64_t now_ns,
 			if (dead_reusable(m, x))
 				return s;
 			if (x == S_EMPTY) {
-				if ((m->used + 1) * 8 <= slots * 7)
+				if ((m->used_ + 1) * 8 <= slots * 7)
 					return s;
 				break;
 			}
@@ -736,25 +736,25 @@ static struct slot *reserve(ats_keyed *m, const struct kref *k, uint64_t now_ns,
 		/* Too many used slots. Dead slots past their grace period that end a probe chain become
 		 * empty again (no allocation, one pass); failing that, rebuild at a size that leaves the
 		 * live keys at most half the table. */
-		if (!purged && (purged = true) && purge_dead(m, t) && (m->used + 1) * 16 <= slots * 13) {
+		if (!purged && (purged = true) && purge_dead(m, t) && (m->used_ + 1) * 16 <= slots * 13) {
 			attempt--;
 			continue;
 		}
 		size_t target = slots;
-		while ((keys + 1) * 2 > target && target < m->max_slots)
+		while ((keys + 1) * 2 > target && target < m->max_slots_)
 			target *= 2;
 		if (attempt == 0 && resize(m, target, now_ns))
 			continue;
 		/* relaxed: under the writer mutex; only writers store it (the table and meta below) */
-		t = atomic_load_explicit(&m->table, memory_order_relaxed);
+		t = atomic_load_explicit(&m->table_, memory_order_relaxed);
 		slots = t->mask + 1;
 		if (may_wait(m, t)) {
 			*wait = true;
 			return NULL;
 		}
-		if ((m->used + 1) * 16 > slots * 15) {
+		if ((m->used_ + 1) * 16 > slots * 15) {
 			/* relaxed: a statistic */
-			atomic_fetch_add_explicit(&m->insert_failures, 1, memory_order_relaxed);
+			atomic_fetch_add_explicit(&m->insert_failures_, 1, memory_order_relaxed);
 			return NULL;
 		}
 		i = h & t->mask;
@@ -769,7 +769,7 @@ static void publish(ats_keyed *m, struct slot *d, const struct kref *k, uint32_t
 {
 	/* relaxed: under the writer mutex; only writers store it */
 	if (atomic_load_explicit(&d->meta, memory_order_relaxed) == S_EMPTY)
-		m->used++;
+		m->used_++;
 	/* relaxed, all four: published by the release store of meta below */
 	atomic_store_explicit(&d->key[0], k->w[0], memory_order_relaxed);
 	atomic_store_explicit(&d->key[1], k->w[1], memory_order_relaxed);
@@ -779,8 +779,8 @@ static void publish(ats_keyed *m, struct slot *d, const struct kref *k, uint32_t
 	 * are seen; the slot was EMPTY or DEAD past a grace period, so no reader still reads its old key */
 	atomic_store_explicit(&d->meta, k->meta, memory_order_release);
 	/* relaxed, both: a count changed only under the mutex, and a statistic */
-	atomic_fetch_add_explicit(&m->keys, 1, memory_order_relaxed);
-	atomic_fetch_add_explicit(&m->inserts, 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&m->keys_, 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&m->inserts_, 1, memory_order_relaxed);
 }
 
 /* The TAT of a new key: full, as of the latest eviction if that is later than now_ns. A caller
@@ -789,7 +789,7 @@ static void publish(ats_keyed *m, struct slot *d, const struct kref *k, uint32_t
  * clocks differ. Writer-only. */
 static inline uint64_t fresh_tat(const ats_keyed *m, const ats_token_clock *c, uint64_t now_ns)
 {
-	return ats_token_clock_units(c, now_ns > m->evict_ns ? now_ns : m->evict_ns);
+	return ats_token_clock_units(c, now_ns > m->evict_ns_ ? now_ns : m->evict_ns_);
 }
 
 /* A miss: under the writer mutex, look again (another thread may have added the key) and add the
@@ -798,10 +798,10 @@ static inline uint64_t fresh_tat(const ats_keyed *m, const ats_token_clock *c, u
 static void wait_for_frees(ats_keyed *m)
 {
 	grace_kick(m);
-	pthread_mutex_unlock(&m->lock);
+	pthread_mutex_unlock(&m->lock_);
 	urcu_memb_barrier();
-	TSAN_ACQUIRE(&m->tsan_sync); /* the callbacks' writes happen before this */
-	pthread_mutex_lock(&m->lock);
+	TSAN_ACQUIRE(&m->tsan_sync_); /* the callbacks' writes happen before this */
+	pthread_mutex_lock(&m->lock_);
 }
 
 /* Runs outside any read-side section of ours: a writer that waits for a grace period holding the
@@ -809,24 +809,24 @@ static void wait_for_frees(ats_keyed *m)
  * table alive (only replaced tables are freed). */
 static int slow_take(ats_keyed *m, const struct kref *k, uint64_t n, uint64_t now_ns, ats_limiter_result *res)
 {
-	pthread_mutex_lock(&m->lock);
+	pthread_mutex_lock(&m->lock_);
 	int r;
 	for (int attempt = 0;; attempt++) {
 		/* relaxed: under the writer mutex; only writers store it */
-		struct slot *s = find(atomic_load_explicit(&m->table, memory_order_relaxed), k);
+		struct slot *s = find(atomic_load_explicit(&m->table_, memory_order_relaxed), k);
 		if (s) { /* never T_GONE under the mutex */
 			r = res ? slot_throttle(m, s, n, now_ns, res) : slot_take(m, s, n, now_ns);
 			break;
 		}
 		/* A new key is full (as of the latest eviction, see fresh_tat) and is added only if
 		 * granted. */
-		const ats_token_clock *c = &m->clock;
+		const ats_token_clock *c = &m->clock_;
 		uint64_t now = ats_token_clock_units(c, now_ns), tat = fresh_tat(m, c, now_ns), next = 0;
 		bool fits = c->inf || ats_gcra_next(c, tat, now, n, &next);
 		if (!fits) {
 			if (res)
-				fill_result(&m->limit, c, tat, now, n, false, now_ns, res);
-			r = n > m->limit.burst ? T_TOO_BIG : T_DENIED;
+				fill_result(&m->limit_, c, tat, now, n, false, now_ns, res);
+			r = n > m->limit_.burst ? T_TOO_BIG : T_DENIED;
 			break;
 		}
 		bool wait;
@@ -838,16 +838,16 @@ static int slow_take(ats_keyed *m, const struct kref *k, uint64_t n, uint64_t no
 		if (d) {
 			publish(m, d, k, AUX_REF, next);
 			if (res)
-				fill_result(&m->limit, c, tat, now, n, true, now_ns, res);
+				fill_result(&m->limit_, c, tat, now, n, true, now_ns, res);
 		} else if (wait) {
 			/* relaxed: a statistic */
-			atomic_fetch_add_explicit(&m->insert_failures, 1, memory_order_relaxed);
+			atomic_fetch_add_explicit(&m->insert_failures_, 1, memory_order_relaxed);
 		}
 		r = d ? T_GRANTED : T_NO_ROOM;
 		break;
 	}
 	grace_kick(m);
-	pthread_mutex_unlock(&m->lock);
+	pthread_mutex_unlock(&m->lock_);
 	return r;
 }
 
@@ -905,8 +905,8 @@ bool ats_keyed_allow_n_at(ats_keyed *m, const void *key, size_t len, uint64_t n,
 	reg_thread();
 	urcu_memb_read_lock();
 	/* acquire: pairs with resize's (and init's) release store of m->table: its fields and slots are seen */
-	int r = resolve(m, atomic_load_explicit(&m->table, memory_order_acquire), &k, n, now_ns);
-	TSAN_RELEASE(&m->tsan_sync);
+	int r = resolve(m, atomic_load_explicit(&m->table_, memory_order_acquire), &k, n, now_ns);
+	TSAN_RELEASE(&m->tsan_sync_);
 	urcu_memb_read_unlock();
 	return (r == T_GONE ? slow_take(m, &k, n, now_ns, NULL) : r) == T_GRANTED;
 }
@@ -930,7 +930,7 @@ size_t ats_keyed_allow_burst_at(ats_keyed *m, const void *const keys[], const si
 	for (size_t base = 0; base < count; base += BURST_CHUNK) {
 		size_t c = count - base < BURST_CHUNK ? count - base : BURST_CHUNK;
 		/* acquire: as in ats_keyed_allow_n_at */
-		struct ats__keyed_table *t = atomic_load_explicit(&m->table, memory_order_acquire);
+		struct ats__keyed_table *t = atomic_load_explicit(&m->table_, memory_order_acquire);
 		/* Hash everything and start every slot's cache miss before waiting on any of them. */
 		for (size_t i = 0; i < c; i++) {
 			if (!key_ok(keys[base + i], lens[base + i])) {
@@ -946,18 +946,18 @@ size_t ats_keyed_allow_burst_at(ats_keyed *m, const void *const keys[], const si
 			if (r == T_GONE) {
 				/* A new key: leave the read-side section for the writer path, then take the
 				 * table again (the one held before may be replaced meanwhile). */
-				TSAN_RELEASE(&m->tsan_sync);
+				TSAN_RELEASE(&m->tsan_sync_);
 				urcu_memb_read_unlock();
 				r = slow_take(m, &k[i], n, now_ns, NULL);
 				urcu_memb_read_lock();
 				/* acquire: as in ats_keyed_allow_n_at */
-				t = atomic_load_explicit(&m->table, memory_order_acquire);
+				t = atomic_load_explicit(&m->table_, memory_order_acquire);
 			}
 			results[base + i] = r == T_GRANTED;
 			granted += r == T_GRANTED;
 		}
 	}
-	TSAN_RELEASE(&m->tsan_sync);
+	TSAN_RELEASE(&m->tsan_sync_);
 	urcu_memb_read_unlock();
 	return granted;
 }
@@ -987,8 +987,8 @@ ats_keyed_status ats_keyed_throttle_at(ats_keyed *m, const void *key, size_t len
 	reg_thread();
 	urcu_memb_read_lock();
 	/* acquire: as in ats_keyed_allow_n_at */
-	int r = resolve_throttle(m, atomic_load_explicit(&m->table, memory_order_acquire), &k, n, now_ns, res);
-	TSAN_RELEASE(&m->tsan_sync);
+	int r = resolve_throttle(m, atomic_load_explicit(&m->table_, memory_order_acquire), &k, n, now_ns, res);
+	TSAN_RELEASE(&m->tsan_sync_);
 	urcu_memb_read_unlock();
 	if (r == T_GONE)
 		r = slow_take(m, &k, n, now_ns, res);
@@ -1015,7 +1015,7 @@ size_t ats_keyed_throttle_burst_at(ats_keyed *m, const void *const keys[], const
 	for (size_t base = 0; base < count; base += BURST_CHUNK) {
 		size_t c = count - base < BURST_CHUNK ? count - base : BURST_CHUNK;
 		/* acquire: as in ats_keyed_allow_n_at */
-		struct ats__keyed_table *t = atomic_load_explicit(&m->table, memory_order_acquire);
+		struct ats__keyed_table *t = atomic_load_explicit(&m->table_, memory_order_acquire);
 		for (size_t i = 0; i < c; i++) {
 			if (!key_ok(keys[base + i], lens[base + i])) {
 				k[i].len = 0;
@@ -1033,18 +1033,18 @@ size_t ats_keyed_throttle_burst_at(ats_keyed *m, const void *const keys[], const
 			int r = resolve_throttle(m, t, &k[i], n, now_ns, res);
 			if (r == T_GONE) {
 				/* A new key: the writer path runs outside the read-side section (see above). */
-				TSAN_RELEASE(&m->tsan_sync);
+				TSAN_RELEASE(&m->tsan_sync_);
 				urcu_memb_read_unlock();
 				r = slow_take(m, &k[i], n, now_ns, res);
 				urcu_memb_read_lock();
 				/* acquire: as in ats_keyed_allow_n_at */
-				t = atomic_load_explicit(&m->table, memory_order_acquire);
+				t = atomic_load_explicit(&m->table_, memory_order_acquire);
 			}
 			status[base + i] = r == T_NO_ROOM ? refuse(ATS_KEYED_NO_ROOM, res) : status_of[r];
 			allowed += r == T_GRANTED;
 		}
 	}
-	TSAN_RELEASE(&m->tsan_sync);
+	TSAN_RELEASE(&m->tsan_sync_);
 	urcu_memb_read_unlock();
 	return allowed;
 }
@@ -1062,9 +1062,9 @@ uint64_t ats_keyed_tokens_at(ats_keyed *m, const void *key, size_t len, uint64_t
 	kref_make(m, key, len, &k);
 	reg_thread();
 	urcu_memb_read_lock();
-	uint64_t tokens = m->clock.burst_units >> m->clock.shift; /* a new key is full */
+	uint64_t tokens = m->clock_.burst_units >> m->clock_.shift; /* a new key is full */
 	/* acquire: as in ats_keyed_allow_n_at */
-	struct ats__keyed_table *t = atomic_load_explicit(&m->table, memory_order_acquire);
+	struct ats__keyed_table *t = atomic_load_explicit(&m->table_, memory_order_acquire);
 	while (t) {
 		struct slot *s = find(t, &k);
 		if (!s)
@@ -1081,7 +1081,7 @@ uint64_t ats_keyed_tokens_at(ats_keyed *m, const void *key, size_t len, uint64_t
 		/* acquire: as in resolve */
 		t = atomic_load_explicit(&t->next, memory_order_acquire);
 	}
-	TSAN_RELEASE(&m->tsan_sync);
+	TSAN_RELEASE(&m->tsan_sync_);
 	urcu_memb_read_unlock();
 	return tokens;
 }
@@ -1135,29 +1135,29 @@ ats_err *ats_keyed_init(ats_keyed *m, const ats_keyed_config *cfg)
 		slots = max_slots;
 
 	memset(m, 0, sizeof *m);
-	m->clock = clock;
-	m->limit = (ats_keyed_limit){cfg->rate, cfg->burst};
-	m->max_overrides = max_ov;
-	m->max_slots = max_slots;
-	m->key_limit = max_slots / LOAD_DEN * LOAD_NUM < cfg->max_keys ? max_slots / LOAD_DEN * LOAD_NUM : cfg->max_keys;
-	m->max_bytes = cfg->max_bytes;
-	m->base_bytes = base;
-	if (getrandom(m->seed, sizeof m->seed, GRND_NONBLOCK) != (ssize_t)sizeof m->seed) {
+	m->clock_ = clock;
+	m->limit_ = (ats_keyed_limit){cfg->rate, cfg->burst};
+	m->max_overrides_ = max_ov;
+	m->max_slots_ = max_slots;
+	m->key_limit_ = max_slots / LOAD_DEN * LOAD_NUM < cfg->max_keys ? max_slots / LOAD_DEN * LOAD_NUM : cfg->max_keys;
+	m->max_bytes_ = cfg->max_bytes;
+	m->base_bytes_ = base;
+	if (getrandom(m->seed_, sizeof m->seed_, GRND_NONBLOCK) != (ssize_t)sizeof m->seed_) {
 		/* No entropy yet (early boot): a per-process value still differs between runs. */
-		m->seed[0] = ats_now_ns() ^ (uint64_t)(uintptr_t)m;
-		m->seed[1] = mum(m->seed[0], UINT64_C(0x9e3779b97f4a7c15));
+		m->seed_[0] = ats_now_ns() ^ (uint64_t)(uintptr_t)m;
+		m->seed_[1] = mum(m->seed_[0], UINT64_C(0x9e3779b97f4a7c15));
 	}
-	m->overrides = calloc(max_ov, sizeof *m->overrides);
-	m->override_limits = calloc(max_ov, sizeof *m->override_limits);
-	struct ats__keyed_table *t = m->overrides && m->override_limits ? table_alloc(m, slots) : NULL;
+	m->overrides_ = calloc(max_ov, sizeof *m->overrides_);
+	m->override_limits_ = calloc(max_ov, sizeof *m->override_limits_);
+	struct ats__keyed_table *t = m->overrides_ && m->override_limits_ ? table_alloc(m, slots) : NULL;
 	if (!t) {
-		free(m->overrides);
-		free(m->override_limits);
+		free(m->overrides_);
+		free(m->override_limits_);
 		return ats_err_new(ATS_ERR_OUT_OF_MEMORY, "ats_keyed_init: %zu slots", slots);
 	}
 	/* release: not needed (the caller's hand-off of m orders init), harmless: once per map */
-	atomic_store_explicit(&m->table, t, memory_order_release);
-	pthread_mutex_init(&m->lock, NULL);
+	atomic_store_explicit(&m->table_, t, memory_order_release);
+	pthread_mutex_init(&m->lock_, NULL);
 	return NULL;
 }
 
@@ -1167,12 +1167,12 @@ void ats_keyed_destroy(ats_keyed *m)
 		return;
 	urcu_memb_synchronize_rcu(); /* calls in flight on other threads */
 	urcu_memb_barrier();         /* deferred table frees and grace epochs */
-	TSAN_ACQUIRE(&m->tsan_sync);
+	TSAN_ACQUIRE(&m->tsan_sync_);
 	/* relaxed: no other call runs now (the caller's contract) and the barriers above ordered the callbacks */
-	table_free_now(atomic_load_explicit(&m->table, memory_order_relaxed));
-	free(m->overrides);
-	free(m->override_limits);
-	pthread_mutex_destroy(&m->lock);
+	table_free_now(atomic_load_explicit(&m->table_, memory_order_relaxed));
+	free(m->overrides_);
+	free(m->override_limits_);
+	pthread_mutex_destroy(&m->lock_);
 }
 
 ats_err *ats_keyed_new(ats_keyed **out, const ats_keyed_config *cfg)
@@ -1202,9 +1202,9 @@ void ats_keyed_free(ats_keyed *m)
 static uint32_t override_find(const ats_keyed *m, const ats_keyed_limit *lim)
 {
 	/* relaxed: under the writer mutex; only writers store it */
-	uint32_t n = atomic_load_explicit(&m->noverrides, memory_order_relaxed);
+	uint32_t n = atomic_load_explicit(&m->noverrides_, memory_order_relaxed);
 	for (uint32_t i = 0; i < n; i++) {
-		const ats_keyed_limit *l = &m->override_limits[i];
+		const ats_keyed_limit *l = &m->override_limits_[i];
 		if (l->burst == lim->burst && l->rate.events == lim->rate.events &&
 		    l->rate.period_ns == lim->rate.period_ns)
 			return i + 1;
@@ -1230,18 +1230,18 @@ ats_err *ats_keyed_set_limit(ats_keyed *m, const void *key, size_t len, const at
 	struct kref k;
 	kref_make(m, key, len, &k);
 	reg_thread();
-	pthread_mutex_lock(&m->lock);
+	pthread_mutex_lock(&m->lock_);
 	ats_err *err = NULL;
 	uint32_t id = lim ? override_find(m, lim) : 0;
 	/* relaxed: under the writer mutex; only writers store it */
-	uint32_t nov = atomic_load_explicit(&m->noverrides, memory_order_relaxed);
-	if (lim && !id && nov == m->max_overrides) {
+	uint32_t nov = atomic_load_explicit(&m->noverrides_, memory_order_relaxed);
+	if (lim && !id && nov == m->max_overrides_) {
 		err = ats_err_new(ATS_ERR_LIMITED, "ats_keyed_set_limit: all %u override limits are in use",
-		                  m->max_overrides);
+		                  m->max_overrides_);
 		goto out;
 	}
 	/* relaxed: under the writer mutex (the table, and aux below: readers only OR a hint bit) */
-	struct slot *old = find(atomic_load_explicit(&m->table, memory_order_relaxed), &k);
+	struct slot *old = find(atomic_load_explicit(&m->table_, memory_order_relaxed), &k);
 	if (old && (!lim || id) && atomic_load_explicit(&old->aux, memory_order_relaxed) >> 1 == id)
 		goto out; /* the key already has this limit */
 	struct slot *d;
@@ -1249,7 +1249,7 @@ ats_err *ats_keyed_set_limit(ats_keyed *m, const void *key, size_t len, const at
 	for (int attempt = 0;; attempt++) {
 		d = reserve(m, &k, now_ns, old != NULL, &wait);
 		/* relaxed: under the writer mutex; only writers store it */
-		old = find(atomic_load_explicit(&m->table, memory_order_relaxed), &k); /* reserve may move it */
+		old = find(atomic_load_explicit(&m->table_, memory_order_relaxed), &k); /* reserve may move it */
 		if (d || !wait || attempt)
 			break;
 		wait_for_frees(m);
@@ -1257,16 +1257,16 @@ ats_err *ats_keyed_set_limit(ats_keyed *m, const void *key, size_t len, const at
 	if (!d) {
 		/* relaxed: a statistic */
 		if (wait) /* else reserve counted it */
-			atomic_fetch_add_explicit(&m->insert_failures, 1, memory_order_relaxed);
+			atomic_fetch_add_explicit(&m->insert_failures_, 1, memory_order_relaxed);
 		err = ats_err_new(ATS_ERR_OUT_OF_MEMORY, "ats_keyed_set_limit: no slot for the key");
 		goto out;
 	}
 	if (lim && !id) {
 		/* Published to readers by the slot's release below. */
-		m->overrides[nov] = clock;
-		m->override_limits[nov] = *lim;
+		m->overrides_[nov] = clock;
+		m->override_limits_[nov] = *lim;
 		/* relaxed: read under the mutex or as a statistic; the override reaches readers by publish's release */
-		atomic_store_explicit(&m->noverrides, nov + 1, memory_order_relaxed);
+		atomic_store_explicit(&m->noverrides_, nov + 1, memory_order_relaxed);
 		id = nov + 1;
 	}
 	const ats_token_clock *nc = aux_clock(m, id << 1);
@@ -1282,16 +1282,16 @@ ats_err *ats_keyed_set_limit(ats_keyed *m, const void *key, size_t len, const at
 		if (tokens > burst)
 			tokens = burst;
 		/* release: as in slot_evict (not needed; kept: cold path) */
-		atomic_store_explicit(&old->meta, META_DEAD(m->epoch), memory_order_release);
+		atomic_store_explicit(&old->meta, META_DEAD(m->epoch_), memory_order_release);
 		/* relaxed: as in slot_evict */
-		atomic_fetch_sub_explicit(&m->keys, 1, memory_order_relaxed);
-		m->killed_since_grace++;
+		atomic_fetch_sub_explicit(&m->keys_, 1, memory_order_relaxed);
+		m->killed_since_grace_++;
 	}
 	uint64_t tat = nc->inf ? 0 : fresh_tat(m, nc, now_ns) + ((burst - tokens) << nc->shift);
 	publish(m, d, &k, id << 1 | AUX_REF, tat);
 out:
 	grace_kick(m);
-	pthread_mutex_unlock(&m->lock);
+	pthread_mutex_unlock(&m->lock_);
 	return err;
 }
 
@@ -1300,25 +1300,25 @@ size_t ats_keyed_evict_idle_at(ats_keyed *m, uint64_t now_ns, size_t max_slots)
 	if (!m)
 		return 0;
 	reg_thread();
-	pthread_mutex_lock(&m->lock);
+	pthread_mutex_lock(&m->lock_);
 	/* relaxed: under the writer mutex; only writers store it */
-	size_t slots = atomic_load_explicit(&m->table, memory_order_relaxed)->mask + 1;
+	size_t slots = atomic_load_explicit(&m->table_, memory_order_relaxed)->mask + 1;
 	size_t evicted = sweep_idle(m, now_ns, max_slots && max_slots < slots ? max_slots : slots);
 	grace_kick(m);
-	pthread_mutex_unlock(&m->lock);
+	pthread_mutex_unlock(&m->lock_);
 	return evicted;
 }
 
 size_t ats_keyed_count(const ats_keyed *m)
 {
 	/* relaxed: a statistic */
-	return m ? atomic_load_explicit(&m->keys, memory_order_relaxed) : 0;
+	return m ? atomic_load_explicit(&m->keys_, memory_order_relaxed) : 0;
 }
 
 size_t ats_keyed_bytes(const ats_keyed *m)
 {
 	/* relaxed: a statistic */
-	return m ? m->base_bytes + atomic_load_explicit(&m->table_bytes, memory_order_relaxed) : 0;
+	return m ? m->base_bytes_ + atomic_load_explicit(&m->table_bytes_, memory_order_relaxed) : 0;
 }
 
 void ats_keyed_stats_get(const ats_keyed *m, ats_keyed_stats *out)
@@ -1334,15 +1334,15 @@ void ats_keyed_stats_get(const ats_keyed *m, ats_keyed_stats *out)
 	reg_thread();
 	urcu_memb_read_lock();
 	/* acquire: as in ats_keyed_allow_n_at (mask is read through it) */
-	out->slots = atomic_load_explicit(&mm->table, memory_order_acquire)->mask + 1;
-	TSAN_RELEASE(&mm->tsan_sync);
+	out->slots = atomic_load_explicit(&mm->table_, memory_order_acquire)->mask + 1;
+	TSAN_RELEASE(&mm->tsan_sync_);
 	urcu_memb_read_unlock();
-	out->key_limit = m->key_limit;
+	out->key_limit = m->key_limit_;
 	/* relaxed, all six: statistics */
-	out->inserts = atomic_load_explicit(&mm->inserts, memory_order_relaxed);
-	out->evicted_idle = atomic_load_explicit(&mm->evicted_idle, memory_order_relaxed);
-	out->evicted_forced = atomic_load_explicit(&mm->evicted_forced, memory_order_relaxed);
-	out->resizes = atomic_load_explicit(&mm->resizes, memory_order_relaxed);
-	out->insert_failures = atomic_load_explicit(&mm->insert_failures, memory_order_relaxed);
-	out->overrides = atomic_load_explicit(&mm->noverrides, memory_order_relaxed);
+	out->inserts = atomic_load_explicit(&mm->inserts_, memory_order_relaxed);
+	out->evicted_idle = atomic_load_explicit(&mm->evicted_idle_, memory_order_relaxed);
+	out->evicted_forced = atomic_load_explicit(&mm->evicted_forced_, memory_order_relaxed);
+	out->resizes = atomic_load_explicit(&mm->resizes_, memory_order_relaxed);
+	out->insert_failures = atomic_load_explicit(&mm->insert_failures_, memory_order_relaxed);
+	out->overrides = atomic_load_explicit(&mm->noverrides_, memory_order_relaxed);
 }

@@ -30,9 +30,8 @@
  * because inline code or macros need them, and may change in any release. The *_inl.h headers
  * (clock_inl.h, ctx_inl.h, gcra_inl.h, limiter_inl.h, heartbeat_inl.h) hold only such private layouts and inline
  * bodies; each public header includes its own. In the transparent structs that callers allocate
- * (ats_limiter, ats_sharded, ats_reservation, ats_ctx_key, ats_ctx_after) a field whose name ends
- * in an underscore is private: read and write only the fields without one. ats_keyed's fields are
- * all private (each says so).
+ * (ats_limiter, ats_sharded, ats_keyed, ats_reservation, ats_ctx_key, ats_ctx_after, ats_chan) a
+ * field whose name ends in an underscore is private: read and write only the fields without one.
  *
  * ---- Modules, in dependency order ----
  * common.h/export.h (shared macros), error.h, clock.h, gcra.h, ctx.h, limiter.h, keyed.h, fleet.h,

@@ -118,29 +118,29 @@ struct ats__keyed_table;
 /* The map. Transparent only so that it can live in caller memory (ats_keyed_init); every field is
  * private. */
 typedef struct ats_keyed {
-	ATS_ATOMIC(struct ats__keyed_table *) table; /* private: the published table */
-	uint64_t seed[2];                            /* private: hash seed */
-	ats_token_clock clock;                       /* private: the default limit */
-	ats_keyed_limit limit;                       /* private: what clock was made from */
-	ats_token_clock *overrides;                  /* private: override limits, append-only */
-	ats_keyed_limit *override_limits;            /* private: what each override was made from */
-	ATS_ATOMIC(uint32_t) noverrides;             /* private */
-	uint32_t max_overrides;                      /* private */
-	size_t max_slots, key_limit, max_bytes;      /* private: caps */
-	size_t base_bytes;                           /* private: memory besides tables */
-	ATS_ATOMIC(size_t) table_bytes;              /* private: tables, including ones awaiting free */
-	ATS_ATOMIC(size_t) keys;                     /* private */
-	size_t used, hand, sweep;                    /* private: writer-only */
-	uint32_t epoch;                              /* private: writer-only grace epoch */
-	uint64_t evict_ns;                           /* private: latest time a key was evicted at */
-	ATS_ATOMIC(uint32_t) safe_epoch;             /* private: slots killed before it are reusable */
-	ATS_ATOMIC(uint32_t) grace_target;           /* private: safe_epoch once the grace period ends */
-	ATS_ATOMIC(int) grace_inflight;              /* private */
-	size_t killed_since_grace;                   /* private: writer-only */
-	ATS_ATOMIC(uint64_t) inserts, evicted_idle, evicted_forced, resizes, insert_failures; /* private */
-	pthread_mutex_t lock; /* private: writers (insert, evict, resize) */
-	void *grace_head[2];  /* private: struct rcu_head for grace epochs */
-	char tsan_sync;       /* private: ThreadSanitizer's view of grace periods */
+	ATS_ATOMIC(struct ats__keyed_table *) table_; /* the published table */
+	uint64_t seed_[2];                            /* hash seed */
+	ats_token_clock clock_;                       /* the default limit */
+	ats_keyed_limit limit_;                       /* what clock was made from */
+	ats_token_clock *overrides_;                  /* override limits, append-only */
+	ats_keyed_limit *override_limits_;            /* what each override was made from */
+	ATS_ATOMIC(uint32_t) noverrides_;
+	uint32_t max_overrides_;
+	size_t max_slots_, key_limit_, max_bytes_; /* caps */
+	size_t base_bytes_;                        /* memory besides tables */
+	ATS_ATOMIC(size_t) table_bytes_;           /* tables, including ones awaiting free */
+	ATS_ATOMIC(size_t) keys_;
+	size_t used_, hand_, sweep_;        /* writer-only */
+	uint32_t epoch_;                    /* writer-only grace epoch */
+	uint64_t evict_ns_;                 /* latest time a key was evicted at */
+	ATS_ATOMIC(uint32_t) safe_epoch_;   /* slots killed before it are reusable */
+	ATS_ATOMIC(uint32_t) grace_target_; /* safe_epoch once the grace period ends */
+	ATS_ATOMIC(int) grace_inflight_;
+	size_t killed_since_grace_; /* writer-only */
+	ATS_ATOMIC(uint64_t) inserts_, evicted_idle_, evicted_forced_, resizes_, insert_failures_;
+	pthread_mutex_t lock_; /* writers (insert, evict, resize) */
+	void *grace_head_[2];  /* struct rcu_head for grace epochs */
+	char tsan_sync_;       /* ThreadSanitizer's view of grace periods */
 } ats_keyed;
 
 /* Makes a map in caller memory. Errors (nothing allocated): NULL arguments, max_keys 0, a burst
@@ -164,13 +164,13 @@ static inline bool ats_keyed_key_ok(const void *key, size_t len)
 
 /* Takes n tokens from the key's bucket if they fit; adds the key (full) if it is new. False when
  * denied, and for a NULL map, an invalid key, or n == 0 or n > 2^32, which change nothing; in
- * builds without NDEBUG an invalid key fails an assert instead (see "Bad input" above). Lock-free when the key is present (hash, one slot read, one CAS; the deny path makes no
- * CAS, only a relaxed fetch_or that sets the key's reference bit for the CLOCK eviction, and only
- * when it was clear). Blocking when the key is new: the writer mutex, and, when max_bytes leaves no
- * room while replaced tables await their grace period, a wait for them (urcu_memb_barrier(), with
- * the mutex dropped; skipped inside the caller's own rcu_read_lock section, which then gets a
- * denial instead). A new key whose n exceeds its burst is
- * denied without being added. Relaxed ordering: a grant orders nothing else. */
+ * builds without NDEBUG an invalid key fails an assert instead (see "Bad input" above). Lock-free when the key is
+ * present (hash, one slot read, one CAS; the deny path makes no CAS, only a relaxed fetch_or that sets the key's
+ * reference bit for the CLOCK eviction, and only when it was clear). Blocking when the key is new: the writer mutex,
+ * and, when max_bytes leaves no room while replaced tables await their grace period, a wait for them
+ * (urcu_memb_barrier(), with the mutex dropped; skipped inside the caller's own rcu_read_lock section, which then gets
+ * a denial instead). A new key whose n exceeds its burst is denied without being added. Relaxed ordering: a grant
+ * orders nothing else. */
 ATS_API bool ats_keyed_allow_n_at(ats_keyed *m, const void *key, size_t len, uint64_t n, uint64_t now_ns);
 static inline bool ats_keyed_allow_at(ats_keyed *m, const void *key, size_t len, uint64_t now_ns)
 {
@@ -231,8 +231,8 @@ static inline int ats_keyed_status_code(ats_keyed_status st)
  * statuses *res says allowed false, retry_after_ns INT64_MAX and zero elsewhere. res may not be
  * NULL. Progress and cost as ats_keyed_allow_n_at (lock-free for a present key, blocking for a new
  * one; no allocation) plus up to two 128-bit divisions for the times. */
-ATS_API ats_keyed_status ats_keyed_throttle_at(ats_keyed *m, const void *key, size_t len, uint64_t n,
-                                               uint64_t now_ns, ats_limiter_result *res);
+ATS_API ats_keyed_status ats_keyed_throttle_at(ats_keyed *m, const void *key, size_t len, uint64_t n, uint64_t now_ns,
+                                               ats_limiter_result *res);
 /* The same at ats_fast_now_ns(). */
 static inline ats_keyed_status ats_keyed_throttle(ats_keyed *m, const void *key, size_t len, uint64_t n,
                                                   ats_limiter_result *res)
@@ -244,8 +244,8 @@ static inline ats_keyed_status ats_keyed_throttle(ats_keyed *m, const void *key,
  * ats_keyed_allow_burst_at: status[i] and results[i] are what ats_keyed_throttle_at would give
  * for keys[i], taken in order. Returns how many were allowed. Lock-free for present keys; blocking
  * for new ones. */
-ATS_API size_t ats_keyed_throttle_burst_at(ats_keyed *m, const void *const keys[], const size_t lens[],
-                                           size_t count, uint64_t n, uint64_t now_ns, ats_keyed_status status[],
+ATS_API size_t ats_keyed_throttle_burst_at(ats_keyed *m, const void *const keys[], const size_t lens[], size_t count,
+                                           uint64_t n, uint64_t now_ns, ats_keyed_status status[],
                                            ats_limiter_result results[]);
 
 /* Whole tokens the key has at now_ns without taking any (a new key: its burst). 0 for bad input.
@@ -262,8 +262,8 @@ static inline uint64_t ats_keyed_tokens(ats_keyed *m, const void *key, size_t le
  * storage; more than max_overrides distinct ones give ATS_ERR_LIMITED. Errors change nothing.
  * Blocking (writer mutex); concurrent allows on the key are never over-granted: they finish on
  * the old slot or move to the new one. */
-ATS_API ATS_NODISCARD ats_err *ats_keyed_set_limit(ats_keyed *m, const void *key, size_t len, const ats_keyed_limit *lim,
-                                     uint64_t now_ns);
+ATS_API ATS_NODISCARD ats_err *ats_keyed_set_limit(ats_keyed *m, const void *key, size_t len,
+                                                   const ats_keyed_limit *lim, uint64_t now_ns);
 
 /* Sweeps up to max_slots slots (0: the whole table) and evicts the idle keys among them
  * (losslessly). Returns how many. Blocking (writer mutex). */
