@@ -153,11 +153,11 @@ static ats_err *start_ward(ats_supervisor *s, unsigned i)
 		return tag(ats_err_errno(rc, "supervisor: cannot start a ward thread"), s, w->name);
 	}
 	w->inc = inc;
+	count(&s->starts); /* first: a reader that sees a restart counted mostly sees its start too */
 	if (atomic_fetch_add_explicit(&w->starts, 1, memory_order_relaxed) > 0) {
 		count(&s->restarts);
 		emit(s, ATS_SUP_EVENT_RESTART, i, w->name, NULL);
 	}
-	count(&s->starts);
 	return NULL;
 }
 
