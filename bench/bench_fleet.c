@@ -5,6 +5,10 @@
  *  - fleet.allow_at, fleet.allow: acquires served from the local lease (the background thread
  *    keeps it filled); extra: redis_ops_per_grant (script calls per token granted) and the share
  *    of acquires granted.
+ *  - fleet.allow_4proc: four processes on one global limit well above their demand, each taking
+ *    tokens from its own lease as fast as it can; ns per operation over all four (the longest
+ *    process's loop / the operations of all), with each process's own ns/op and the Redis
+ *    commands per grant in the extra.
  *  - peer.redis.gcra_lua: what a client without leases pays: one EVALSHA of the same GCRA script
  *    per acquire, through hiredis.
  *  - peer.redis.incr_window: the common fixed-window counter, INCR + EXPIRE per acquire (one round
@@ -15,6 +19,8 @@
 #include <hiredis/hiredis.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "redis_server.h"
 
@@ -119,6 +125,124 @@ static void fleet_extra(void *state, char *buf, size_t len)
 	         s->calls ? (double)s->grants / (double)s->calls : 0.0, (unsigned long long)st.redis_ops);
 }
 
+/* ---- Four processes on one limit ---- */
+
+#define PROCS 4
+
+/* What a child process reports through its pipe. */
+struct proc_result {
+	uint64_t ops, grants, ns, redis_ops;
+	int ok;
+};
+
+/* One child: its own fleet limiter on the shared key, the first lease awaited, then a timed loop. */
+static struct proc_result proc_run(uint64_t ops, int start_fd)
+{
+	struct proc_result r = {0};
+	ats_fleet_config c = {.port = server.port,
+	                      .key = "bench:fleet4",
+	                      .rate = ats_rate_per_sec(4000000000u),
+	                      .burst = ATS_FLEET_MAX_BATCH,
+	                      .batch_min = 1 << 20,
+	                      .batch_max = ATS_FLEET_MAX_BATCH,
+	                      .refresh_ns = 100000000,
+	                      .lease_ns = 10 * ATS_NS_PER_SEC,
+	                      .expected_instances = PROCS};
+	ats_fleet *f = NULL;
+	ats_err *err = ats_fleet_new(&f, &c);
+	if (err) {
+		ats_err_unref(err);
+		return r;
+	}
+	uint64_t deadline = ats_now_ns() + 5000000000u;
+	while (ats_fleet_tokens(f) < (1 << 20) && ats_now_ns() < deadline) {
+		struct timespec ts = {0, 1000000};
+		nanosleep(&ts, NULL);
+	}
+	char go;
+	if (read(start_fd, &go, 1) == 1) { /* every process starts at once */
+		uint64_t t0 = ats_now_ns(), ok = 0;
+		for (uint64_t i = 0; i < ops; i++)
+			ok += ats_fleet_allow(f, 1);
+		r.ns = ats_now_ns() - t0;
+		r.ops = ops;
+		r.grants = ok;
+		ats_fleet_stats st;
+		ats_fleet_stats_get(f, &st);
+		r.redis_ops = st.redis_ops;
+		r.ok = 1;
+	}
+	ats_fleet_free(f);
+	return r;
+}
+
+static bool allow_4proc_measure(void *state, bool quick, ats_bench_result *out)
+{
+	(void)state;
+	if (!server_up("fleet.allow_4proc"))
+		return false;
+	uint64_t ops = quick ? 2000000u : 50000000u;
+	int start[2], res[PROCS][2];
+	if (pipe(start) != 0)
+		return false;
+	pid_t pid[PROCS];
+	int made = 0;
+	for (; made < PROCS; made++) {
+		if (pipe(res[made]) != 0)
+			break;
+		fflush(NULL);
+		pid[made] = fork();
+		if (pid[made] < 0)
+			break;
+		if (pid[made] == 0) {
+			close(start[1]);
+			struct proc_result r = proc_run(ops, start[0]);
+			ssize_t w = write(res[made][1], &r, sizeof r);
+			_exit(w == (ssize_t)sizeof r ? 0 : 1);
+		}
+		close(res[made][1]);
+	}
+	close(start[0]);
+	/* The children wait for their first lease, then for a byte each on this pipe. */
+	if (made == PROCS) {
+		char go[PROCS] = {0};
+		ssize_t w = write(start[1], go, sizeof go);
+		(void)w;
+	}
+	close(start[1]);
+	struct proc_result all = {0}, r;
+	double per[PROCS] = {0}, slowest_ns = 0; /* each process's ns/op; the longest loop */
+	bool ok = made == PROCS;
+	for (int i = 0; i < made; i++) {
+		if (read(res[i][0], &r, sizeof r) != (ssize_t)sizeof r || !r.ok)
+			ok = false;
+		else {
+			all.ops += r.ops, all.grants += r.grants, all.redis_ops += r.redis_ops;
+			per[i] = (double)r.ns / (double)r.ops;
+			slowest_ns = (double)r.ns > slowest_ns ? (double)r.ns : slowest_ns;
+		}
+		close(res[i][0]);
+		int st;
+		waitpid(pid[i], &st, 0);
+	}
+	if (!ok || all.ops == 0)
+		return false;
+	/* The processes loop side by side: the longest loop over every operation of all four (the
+	 * children's wait for their first lease is not timed). */
+	out->ns_per_op = slowest_ns / (double)all.ops;
+	out->min = per[0], out->max = per[0];
+	for (int i = 1; i < PROCS; i++) {
+		out->min = per[i] < out->min ? per[i] : out->min;
+		out->max = per[i] > out->max ? per[i] : out->max;
+	}
+	snprintf(out->extra, sizeof out->extra,
+	         "\"procs\": %d, \"proc_ns_per_op\": [%.2f, %.2f, %.2f, %.2f], \"redis_ops_per_grant\": %.3g, "
+	         "\"granted_share\": %.4f",
+	         PROCS, per[0], per[1], per[2], per[3], (double)all.redis_ops / (double)(all.grants ? all.grants : 1),
+	         (double)all.grants / (double)all.ops);
+	return true;
+}
+
 /* ---- Peers: one round trip per acquire ---- */
 
 struct peer_state {
@@ -211,7 +335,10 @@ static const ats_bench peer_gcra_lua = {"peer.redis.gcra_lua", ATS_BENCH_1T | AT
                                         gcra_lua_run, peer_teardown, NULL, peer_extra};
 static const ats_bench peer_incr_window = {"peer.redis.incr_window", ATS_BENCH_1T | ATS_BENCH_PEER, peer_setup,
                                            incr_window_run, peer_teardown, NULL, peer_extra};
+static const ats_bench fleet_allow_4proc = {"fleet.allow_4proc", ATS_BENCH_1T, NULL, NULL, NULL, allow_4proc_measure,
+                                            NULL};
 ATS_BENCH(fleet_allow_at)
+ATS_BENCH(fleet_allow_4proc)
 ATS_BENCH(fleet_allow)
 ATS_BENCH(peer_gcra_lua)
 ATS_BENCH(peer_incr_window)
