@@ -12,6 +12,8 @@
 
 #include "internal/futex.h"
 
+/* The Lua sources stay as written, one line of Lua per string: */
+/* clang-format off */
 /* ---- The scripts ----
  * State per key: a hash {tat, rem}. TAT = tat + rem/ev microseconds on Redis's clock, so the debt
  * (TAT - now) is counted in units of 1/ev us and one token is `per` units (per = the rate's period
@@ -73,6 +75,8 @@ const char ats__fleet_giveback_lua[] = LUA_COMMON
 	"store(debt)\n"
 	"return idiv(debt, per)\n";
 
+/* clang-format on */
+
 /* ---- Reply parsing (pure) ---- */
 
 ats_err *ats__fleet_parse_reply(const void *reply, uint64_t asked, ats__fleet_reply *out)
@@ -87,8 +91,9 @@ ats_err *ats__fleet_parse_reply(const void *reply, uint64_t asked, ats__fleet_re
 		const char *text = r->str ? r->str : "";
 		size_t len = r->str ? r->len : 0;
 		out->noscript = len >= 8 && memcmp(text, "NOSCRIPT", 8) == 0;
-		return ats_err_with_kv(ats_err_new(ATS_ERR_UNAVAILABLE, "Redis answered the lease script with an error"),
-		                       "redis_error", "%.*s", (int)(len > 200 ? 200 : len), text);
+		return ats_err_with_kv(
+		    ats_err_new(ATS_ERR_UNAVAILABLE, "Redis answered the lease script with an error"), "redis_error",
+		    "%.*s", (int)(len > 200 ? 200 : len), text);
 	}
 	if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 || !r->element || !r->element[0] || !r->element[1] ||
 	    r->element[0]->type != REDIS_REPLY_INTEGER || r->element[1]->type != REDIS_REPLY_INTEGER)
@@ -123,17 +128,17 @@ struct ats__fleet_cold {
 
 	/* counters (ats_fleet_stats) */
 	_Atomic uint64_t redis_ops, leases, leased_tokens, expired_tokens, given_back, redis_errors, reconnects,
-	        lease_misses, closed_denied, fallback_allowed, fallback_denied, batch;
+	    lease_misses, closed_denied, fallback_allowed, fallback_denied, batch;
 
 	/* the background thread's own */
 	redisContext *rc;
 	char sha_lease[48], sha_give[48];
 	bool ever_connected;
-	bool probe;                   /* lease once after connecting, demand or not */
-	uint64_t last_tok;            /* the lease's token count after the thread's last look */
-	uint64_t win_start_ns, win_used; /* the consumption window */
+	bool probe;                         /* lease once after connecting, demand or not */
+	uint64_t last_tok;                  /* the lease's token count after the thread's last look */
+	uint64_t win_start_ns, win_used;    /* the consumption window */
 	uint64_t last_round_ns, round_used; /* the short (one poll) window */
-	uint64_t rate_est;            /* tokens per second, smoothed */
+	uint64_t rate_est;                  /* tokens per second, smoothed */
 	uint64_t backoff_ns, next_connect_ns, next_lease_ns;
 	uint64_t rng;
 };
@@ -184,7 +189,8 @@ static void drop_connection(struct ats__fleet_cold *c, uint64_t now)
 
 static struct timeval tv_of(uint64_t ns)
 {
-	return (struct timeval){.tv_sec = (time_t)(ns / 1000000000u), .tv_usec = (suseconds_t)(ns % 1000000000u / 1000)};
+	return (struct timeval){.tv_sec = (time_t)(ns / 1000000000u),
+	                        .tv_usec = (suseconds_t)(ns % 1000000000u / 1000)};
 }
 
 /* Loads both scripts; false (and the error kept) on failure. */
@@ -198,7 +204,9 @@ static bool load_scripts(ats_fleet *f)
 		redisReply *r = redisCommand(c->rc, "SCRIPT LOAD %s", src[i]);
 		if (!r || r->type != REDIS_REPLY_STRING || r->len >= sizeof c->sha_lease) {
 			set_error(f, "SCRIPT LOAD failed: %s",
-			          !r ? c->rc->errstr : r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+			          !r                             ? c->rc->errstr
+			          : r->type == REDIS_REPLY_ERROR ? r->str
+			                                         : "unexpected reply");
 			if (r)
 				freeReplyObject(r);
 			return false;
@@ -241,9 +249,10 @@ static redisReply *run_script(ats_fleet *f, bool lease, uint64_t n, uint64_t now
 	struct ats__fleet_cold *c = f->cold_;
 	for (int attempt = 0; attempt < 2; attempt++) {
 		BUMP(c, redis_ops, 1);
-		redisReply *r = redisCommand(c->rc, "EVALSHA %s 1 %b %llu %llu %llu %llu", lease ? c->sha_lease : c->sha_give,
-		                             c->key, c->keylen, (unsigned long long)c->ev, (unsigned long long)c->per_us,
-		                             (unsigned long long)c->burst, (unsigned long long)n);
+		redisReply *r =
+		    redisCommand(c->rc, "EVALSHA %s 1 %b %llu %llu %llu %llu", lease ? c->sha_lease : c->sha_give,
+		                 c->key, c->keylen, (unsigned long long)c->ev, (unsigned long long)c->per_us,
+		                 (unsigned long long)c->burst, (unsigned long long)n);
 		if (!r) {
 			set_error(f, "EVALSHA on %s:%u: %s", c->host, c->port, c->rc->errstr);
 			drop_connection(c, now);
@@ -356,7 +365,8 @@ static uint64_t round_once(ats_fleet *f, uint64_t now)
 	 * round, not one window); down only window by window, below. */
 	c->round_used += used;
 	if (now - c->last_round_ns >= poll) { /* over a whole poll: a short round's rate is noise */
-		uint64_t inst = (uint64_t)((unsigned __int128)c->round_used * ATS_NS_PER_SEC / (now - c->last_round_ns));
+		uint64_t inst =
+		    (uint64_t)((unsigned __int128)c->round_used * ATS_NS_PER_SEC / (now - c->last_round_ns));
 		if (inst > c->rate_est)
 			c->rate_est = inst;
 		c->round_used = 0;
@@ -431,14 +441,20 @@ static void *fleet_thread(void *arg)
 	 * same token; pthread_join orders the rest for the stopping caller. */
 	uint64_t now = ats_fast_now_ns();
 	uint64_t w = atomic_exchange_explicit(&f->lease_, lease_word(now, 0), memory_order_relaxed);
-	uint64_t tok = ats__fleet_expired(w, now) ? 0 : w & ATS__FLEET_TOKENS;
-	if (tok && c->rc) {
+	uint64_t tok = w & ATS__FLEET_TOKENS;
+	bool back = false;
+	if (tok && !ats__fleet_expired(w, now) && c->rc) {
 		redisReply *r = run_script(f, false, tok, now);
-		if (r && r->type == REDIS_REPLY_INTEGER)
-			BUMP(c, given_back, tok);
+		back = r && r->type == REDIS_REPLY_INTEGER;
 		if (r)
 			freeReplyObject(r);
 	}
+	/* Every leased token ends granted, given back or dropped: an expired lease's tokens, and
+	 * those Redis could not take back (down, or an error), are dropped (counted as expired). */
+	if (back)
+		BUMP(c, given_back, tok);
+	else if (tok)
+		BUMP(c, expired_tokens, tok);
 	if (c->rc)
 		redisFree(c->rc);
 	c->rc = NULL;
@@ -519,7 +535,8 @@ ats_err *ats_fleet_init(ats_fleet *f, const ats_fleet_config *cfg)
 	if (keylen == 0)
 		return invalid("key is empty");
 	if (keylen > ATS_FLEET_MAX_KEY)
-		return ats_err_with_kv(invalid("key is longer than ATS_FLEET_MAX_KEY (256 bytes)"), "key_len", "%zu", keylen);
+		return ats_err_with_kv(invalid("key is longer than ATS_FLEET_MAX_KEY (256 bytes)"), "key_len", "%zu",
+		                       keylen);
 	if (cfg->host && strlen(cfg->host) >= 256)
 		return invalid("host is longer than 255 bytes");
 	if (ats_rate_is_inf(cfg->rate) || cfg->rate.events == 0)
@@ -535,11 +552,13 @@ ats_err *ats_fleet_init(ats_fleet *f, const ats_fleet_config *cfg)
 		ev *= 1000;
 		per = cfg->rate.period_ns;
 	}
-	if (ev > (UINT64_C(1) << 52) || per > (UINT64_C(1) << 52) || (unsigned __int128)cfg->burst * per > (UINT64_C(1) << 52))
+	if (ev > (UINT64_C(1) << 52) || per > (UINT64_C(1) << 52) ||
+	    (unsigned __int128)cfg->burst * per > (UINT64_C(1) << 52))
 		return invalid("burst * period (in microseconds) must stay <= 2^52");
 	if ((unsigned __int128)ev * ATS_NS_PER_SEC > (unsigned __int128)ATS_RATE_MAX_PER_SEC * per * 1000)
 		return invalid("rate above 10^12 per second");
-	uint64_t bmax = cfg->batch_max ? cfg->batch_max : (cfg->burst < ATS_FLEET_MAX_BATCH ? cfg->burst : ATS_FLEET_MAX_BATCH);
+	uint64_t bmax =
+	    cfg->batch_max ? cfg->batch_max : (cfg->burst < ATS_FLEET_MAX_BATCH ? cfg->burst : ATS_FLEET_MAX_BATCH);
 	uint64_t bmin = cfg->batch_min ? cfg->batch_min : 1;
 	if (bmax > cfg->burst || bmax > ATS_FLEET_MAX_BATCH)
 		return invalid("batch_max exceeds the burst or 2^24 - 1");
@@ -679,8 +698,9 @@ ats_err *ats_fleet_status(ats_fleet *f)
 	pthread_mutex_lock(&c->mu);
 	memcpy(text, c->last_error, sizeof text);
 	pthread_mutex_unlock(&c->mu);
-	ats_err *err = ats_err_new(ATS_ERR_UNAVAILABLE, "fleet limit '%s': Redis at %s:%u is unavailable (%s)", c->key,
-	                           c->host, c->port, f->policy_ == ATS_FLEET_FAIL_OPEN ? "failing open" : "failing closed");
+	ats_err *err =
+	    ats_err_new(ATS_ERR_UNAVAILABLE, "fleet limit '%s': Redis at %s:%u is unavailable (%s)", c->key, c->host,
+	                c->port, f->policy_ == ATS_FLEET_FAIL_OPEN ? "failing open" : "failing closed");
 	err = ats_err_with_kv(err, "redis", "%s:%u", c->host, c->port);
 	err = ats_err_with_kv(err, "key", "%s", c->key);
 	err = ats_err_with_kv(err, "policy", "%s", f->policy_ == ATS_FLEET_FAIL_OPEN ? "fail_open" : "fail_closed");

@@ -63,8 +63,8 @@
  * Threads: every function may be called from any thread at once (ats_fleet_stop too: acquires
  * racing it are served or refused, never double-served), except that ats_fleet_destroy and
  * ats_fleet_free must be the last call on the limiter. All network I/O happens on the background
- * thread, which blocks every signal (a closed connection's SIGPIPE never reaches the caller). `_at` variants take the time from the
- * caller (CLOCK_MONOTONIC scale ns); the others read ats_fast_now_ns().
+ * thread, which blocks every signal (a closed connection's SIGPIPE never reaches the caller). `_at` variants take the
+ * time from the caller (CLOCK_MONOTONIC scale ns); the others read ats_fast_now_ns().
  */
 #ifndef ATSCALE_FLEET_H
 #define ATSCALE_FLEET_H
@@ -83,9 +83,9 @@
 extern "C" {
 #endif
 
-#define ATS_FLEET_MAX_KEY 256                          /* bytes in a key (Redis allows more; a limit name needs less) */
+#define ATS_FLEET_MAX_KEY 256                         /* bytes in a key (Redis allows more; a limit name needs less) */
 #define ATS_FLEET_MAX_BATCH ((UINT64_C(1) << 24) - 1) /* tokens one lease may hold (24 bits of the lease word) */
-#define ATS_FLEET_MAX_LEASE_NS (UINT64_C(1) << 38)     /* ~275 s: well inside the 40-bit expiry's half range */
+#define ATS_FLEET_MAX_LEASE_NS (UINT64_C(1) << 38)    /* ~275 s: well inside the 40-bit expiry's half range */
 
 typedef enum ats_fleet_policy {
 	ATS_FLEET_FAIL_CLOSED = 0, /* Redis down: only tokens already leased */
@@ -93,16 +93,16 @@ typedef enum ats_fleet_policy {
 } ats_fleet_policy;
 
 typedef struct ats_fleet_config {
-	const char *host; /* Redis host or address; NULL: 127.0.0.1 */
-	uint16_t port;    /* 0: 6379 */
-	const char *key;  /* the Redis key of the limit: 1..ATS_FLEET_MAX_KEY bytes, copied */
-	ats_rate rate;    /* fleet-wide; finite and non-zero. burst * period (us) must stay <= 2^52 */
-	uint64_t burst;   /* 1..2^32 */
-	uint64_t batch_min;   /* smallest lease asked for; 0: 1 */
-	uint64_t batch_max;   /* largest lease held; 0: min(burst, 2^24 - 1). <= burst, <= 2^24 - 1 */
-	uint64_t refresh_ns;  /* a batch is about this long of the observed rate; 0: 10 ms */
-	uint64_t lease_ns;    /* a lease not refilled for this long expires; 0: 1 s. <= 2^38 ns */
-	uint64_t timeout_ns;  /* connect and command timeout; 0: 100 ms */
+	const char *host;          /* Redis host or address; NULL: 127.0.0.1 */
+	uint16_t port;             /* 0: 6379 */
+	const char *key;           /* the Redis key of the limit: 1..ATS_FLEET_MAX_KEY bytes, copied */
+	ats_rate rate;             /* fleet-wide; finite and non-zero. burst * period (us) must stay <= 2^52 */
+	uint64_t burst;            /* 1..2^32 */
+	uint64_t batch_min;        /* smallest lease asked for; 0: 1 */
+	uint64_t batch_max;        /* largest lease held; 0: min(burst, 2^24 - 1). <= burst, <= 2^24 - 1 */
+	uint64_t refresh_ns;       /* a batch is about this long of the observed rate; 0: 10 ms */
+	uint64_t lease_ns;         /* a lease not refilled for this long expires; 0: 1 s. <= 2^38 ns */
+	uint64_t timeout_ns;       /* connect and command timeout; 0: 100 ms */
 	uint64_t reconnect_min_ns; /* first reconnect delay; 0: 10 ms */
 	uint64_t reconnect_max_ns; /* largest reconnect delay; 0: 1 s */
 	ats_fleet_policy policy;
@@ -113,19 +113,19 @@ typedef struct ats_fleet_config {
 
 /* Counters (each read with one relaxed load: a snapshot of counters, not of one instant). */
 typedef struct ats_fleet_stats {
-	uint64_t redis_ops;         /* script calls sent (leases, give-backs, script loads) */
-	uint64_t leases;            /* lease calls answered with >= 1 token */
-	uint64_t leased_tokens;     /* tokens received from Redis */
-	uint64_t expired_tokens;    /* tokens dropped when their lease expired */
-	uint64_t given_back;        /* tokens returned to Redis on shutdown */
-	uint64_t redis_errors;      /* failed connects, commands, script errors, bad replies */
-	uint64_t reconnects;        /* connections made after the first */
-	uint64_t lease_misses;      /* acquires refused with Redis up (lease empty, expired or short) */
-	uint64_t closed_denied;     /* acquires refused because Redis was down (fail closed) */
-	uint64_t fallback_allowed;  /* acquires granted by the fallback limiter (fail open) */
-	uint64_t fallback_denied;   /* acquires refused by the fallback limiter (fail open) */
-	uint64_t batch;             /* the current target batch */
-	bool up;                    /* the last lease call succeeded */
+	uint64_t redis_ops;        /* script calls sent (leases, give-backs, script loads) */
+	uint64_t leases;           /* lease calls answered with >= 1 token */
+	uint64_t leased_tokens;    /* tokens received from Redis */
+	uint64_t expired_tokens;   /* tokens dropped unused: lease expired, or Redis could not take them back at stop */
+	uint64_t given_back;       /* tokens returned to Redis on shutdown */
+	uint64_t redis_errors;     /* failed connects, commands, script errors, bad replies */
+	uint64_t reconnects;       /* connections made after the first */
+	uint64_t lease_misses;     /* acquires refused with Redis up (lease empty, expired or short) */
+	uint64_t closed_denied;    /* acquires refused because Redis was down (fail closed) */
+	uint64_t fallback_allowed; /* acquires granted by the fallback limiter (fail open) */
+	uint64_t fallback_denied;  /* acquires refused by the fallback limiter (fail open) */
+	uint64_t batch;            /* the current target batch */
+	bool up;                   /* the last lease call succeeded */
 } ats_fleet_stats;
 
 /* The lease word: (expiry tick mod 2^40) << 24 | tokens. A tick is 1024 ns (now_ns >> 10). */
