@@ -47,5 +47,6 @@ static void pair_teardown(void *state)
 	free(p);
 }
 
-static const ats_bench bridge_try_pair = {"bridge.try_pair", ATS_BENCH_1T, pair_setup, pair_run, pair_teardown, NULL, NULL};
+static const ats_bench bridge_try_pair = {"bridge.try_pair", ATS_BENCH_1T, pair_setup, pair_run,
+                                          pair_teardown,     NULL,         NULL};
 ATS_BENCH(bridge_try_pair)

@@ -274,7 +274,8 @@ static void pair_run(void *state, unsigned tid, uint64_t iters)
 	ats_chan *c = state;
 	for (uint64_t i = 0; i < iters; i++) {
 		void *v;
-		if (ats_chan_try_send(c, (void *)(uintptr_t)(i + 1)) != ATS_CHAN_OK || ats_chan_try_recv(c, &v) != ATS_CHAN_OK)
+		if (ats_chan_try_send(c, (void *)(uintptr_t)(i + 1)) != ATS_CHAN_OK ||
+		    ats_chan_try_recv(c, &v) != ATS_CHAN_OK)
 			abort();
 		ats_bench_sink(v);
 	}
@@ -286,14 +287,12 @@ static void pair_teardown(void *state)
 }
 
 static const ats_bench chan_spsc = {"chan.spsc", ATS_BENCH_1T, spsc_setup, xb_run, xb_teardown, NULL, NULL};
-static const ats_bench chan_spsc_batch = {
-    "chan.spsc_batch32", ATS_BENCH_1T, batch_setup, xb_run, xb_teardown, NULL, NULL};
+static const ats_bench chan_spsc_batch = {"chan.spsc_batch32", ATS_BENCH_1T, batch_setup, xb_run,
+                                          xb_teardown,         NULL,         NULL};
 static const ats_bench chan_mpmc = {"chan.mpmc_2x2", ATS_BENCH_1T, mpmc_setup, xb_run, xb_teardown, NULL, NULL};
-static const ats_bench chan_pingpong = {
-    "chan.pingpong", ATS_BENCH_1T, pingpong_setup, xb_run, xb_teardown, NULL, NULL};
+static const ats_bench chan_pingpong = {"chan.pingpong", ATS_BENCH_1T, pingpong_setup, xb_run, xb_teardown, NULL, NULL};
 static const ats_bench chan_try_pair = {"chan.try_pair", ATS_BENCH_1T, pair_setup, pair_run, pair_teardown, NULL, NULL};
-static const ats_bench floor_ring = {
-    "floor.ck_ring_spsc", ATS_BENCH_1T, ring_setup, xb_run, xb_teardown, NULL, NULL};
+static const ats_bench floor_ring = {"floor.ck_ring_spsc", ATS_BENCH_1T, ring_setup, xb_run, xb_teardown, NULL, NULL};
 ATS_BENCH(chan_spsc)
 ATS_BENCH(chan_spsc_batch)
 ATS_BENCH(chan_mpmc)

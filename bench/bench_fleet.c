@@ -328,15 +328,20 @@ static void peer_extra(void *state, char *buf, size_t len)
 }
 
 static const ats_bench fleet_allow_at = {"fleet.allow_at", ATS_BENCH_1T, fleet_setup, fleet_allow_at_run,
-                                         fleet_teardown, NULL, fleet_extra};
-static const ats_bench fleet_allow = {"fleet.allow", ATS_BENCH_1T, fleet_setup, fleet_allow_run, fleet_teardown,
-                                      NULL, fleet_extra};
-static const ats_bench peer_gcra_lua = {"peer.redis.gcra_lua", ATS_BENCH_1T | ATS_BENCH_PEER, peer_setup,
-                                        gcra_lua_run, peer_teardown, NULL, peer_extra};
-static const ats_bench peer_incr_window = {"peer.redis.incr_window", ATS_BENCH_1T | ATS_BENCH_PEER, peer_setup,
-                                           incr_window_run, peer_teardown, NULL, peer_extra};
-static const ats_bench fleet_allow_4proc = {"fleet.allow_4proc", ATS_BENCH_1T, NULL, NULL, NULL, allow_4proc_measure,
-                                            NULL};
+                                         fleet_teardown,   NULL,         fleet_extra};
+static const ats_bench fleet_allow = {"fleet.allow",  ATS_BENCH_1T, fleet_setup, fleet_allow_run,
+                                      fleet_teardown, NULL,         fleet_extra};
+static const ats_bench peer_gcra_lua = {
+    "peer.redis.gcra_lua", ATS_BENCH_1T | ATS_BENCH_PEER, peer_setup, gcra_lua_run, peer_teardown, NULL, peer_extra};
+static const ats_bench peer_incr_window = {"peer.redis.incr_window",
+                                           ATS_BENCH_1T | ATS_BENCH_PEER,
+                                           peer_setup,
+                                           incr_window_run,
+                                           peer_teardown,
+                                           NULL,
+                                           peer_extra};
+static const ats_bench fleet_allow_4proc = {"fleet.allow_4proc", ATS_BENCH_1T, NULL, NULL, NULL,
+                                            allow_4proc_measure, NULL};
 ATS_BENCH(fleet_allow_at)
 ATS_BENCH(fleet_allow_4proc)
 ATS_BENCH(fleet_allow)

@@ -87,7 +87,9 @@ static void replicate_run(void *state, unsigned tid, uint64_t iters)
 	}
 }
 
-static const ats_bench hedge_no_fire = {"hedge.no_fire", ATS_BENCH_1T, no_fire_setup, no_fire_run, teardown, NULL, NULL};
-static const ats_bench replicate_4 = {"replicate.4", ATS_BENCH_1T, replicate_setup, replicate_run, teardown, NULL, NULL};
+static const ats_bench hedge_no_fire = {"hedge.no_fire", ATS_BENCH_1T, no_fire_setup, no_fire_run,
+                                        teardown,        NULL,         NULL};
+static const ats_bench replicate_4 = {"replicate.4", ATS_BENCH_1T, replicate_setup, replicate_run, teardown,
+                                      NULL,          NULL};
 ATS_BENCH(hedge_no_fire)
 ATS_BENCH(replicate_4)

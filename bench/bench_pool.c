@@ -2,8 +2,8 @@
 /* The worker pool: submit one task from a thread outside the pool and wait for it to finish (the
  * round trip a server's I/O thread pays to hand work to a core), and a fan-out of 1000 tasks
  * waited for together (per fan-out). One worker, so the submitting thread keeps a core of its own
- * on a small machine (more workers than free cores would measure the scheduler). The waiting thread spins on the task's completion flag, as a
- * latency-critical caller would. Go peers: bench/peers/go/pool.go (go + WaitGroup). */
+ * on a small machine (more workers than free cores would measure the scheduler). The waiting thread spins on the task's
+ * completion flag, as a latency-critical caller would. Go peers: bench/peers/go/pool.go (go + WaitGroup). */
 #include "bench.h"
 #include "atscale/pool.h"
 #include "internal/compiler.h"
@@ -142,10 +142,12 @@ static void rt_teardown(void *state)
 	free(r);
 }
 
-static const ats_bench floor_roundtrip = {"floor.spin_roundtrip", ATS_BENCH_1T, rt_setup, rt_run, rt_teardown, NULL, NULL};
+static const ats_bench floor_roundtrip = {
+    "floor.spin_roundtrip", ATS_BENCH_1T, rt_setup, rt_run, rt_teardown, NULL, NULL};
 ATS_BENCH(floor_roundtrip)
 
-static const ats_bench pool_submit_run = {"pool.submit_run", ATS_BENCH_1T, pb_setup, submit_run, pb_teardown, NULL, NULL};
+static const ats_bench pool_submit_run = {"pool.submit_run", ATS_BENCH_1T, pb_setup, submit_run,
+                                          pb_teardown,       NULL,         NULL};
 static const ats_bench pool_fanout = {"pool.fanout_1000", ATS_BENCH_1T, pb_setup, fanout, pb_teardown, NULL, NULL};
 ATS_BENCH(pool_submit_run)
 ATS_BENCH(pool_fanout)

@@ -244,8 +244,8 @@ static bool measure(enum policy pol, bool quick, ats_bench_result *out)
 	snprintf(out->extra, sizeof out->extra,
 	         "\"p50_ns\": %llu, \"p99_ns\": %llu, \"p999_ns\": %llu, \"extra_load\": %.4f, \"key_p999_ns\": %llu, "
 	         "\"fanout\": %u",
-	         (unsigned long long)p50, (unsigned long long)p99, (unsigned long long)p999, (double)extra / (double)r.n,
-	         (unsigned long long)key_p999, TAIL_FANOUT);
+	         (unsigned long long)p50, (unsigned long long)p99, (unsigned long long)p999,
+	         (double)extra / (double)r.n, (unsigned long long)key_p999, TAIL_FANOUT);
 	ok = true;
 out:
 	ats_err_unref(err);
@@ -262,7 +262,8 @@ out:
 		(void)state;                                                                                           \
 		return measure(pol, quick, out);                                                                       \
 	}                                                                                                              \
-	static const ats_bench tail_##name = {"tail." #name, ATS_BENCH_1T, NULL, NULL, NULL, tail_##name##_measure, NULL}; \
+	static const ats_bench tail_##name = {"tail." #name, ATS_BENCH_1T,          NULL, NULL,                        \
+	                                      NULL,          tail_##name##_measure, NULL};                             \
 	ATS_BENCH(tail_##name)
 
 TAIL_ROW(NONE, none)

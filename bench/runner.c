@@ -168,8 +168,8 @@ struct row_case {
 	bool setup_failed;
 	bool ok; /* set up, and (rows that measure themselves) measured */
 	uint64_t iters;
-	unsigned retaken;  /* samples taken again because the threads did not run side by side */
-	unsigned cap_hit;  /* samples still not side by side after MAX_RETAKES: the row's figure is suspect */
+	unsigned retaken; /* samples taken again because the threads did not run side by side */
+	unsigned cap_hit; /* samples still not side by side after MAX_RETAKES: the row's figure is suspect */
 	double samples[11];
 	ats_bench_result r;
 };
@@ -455,10 +455,11 @@ int main(int argc, char **argv)
 	}
 	run_cases(cases, ncases);
 	if (rows_cap_hit)
-		fprintf(stderr,
-		        "atscale-bench: %u row(s) hit the retake cap (\"retake_cap_hit\"): some of their samples never ran "
-		        "side by side, so their multi-thread figures are not side-by-side measurements\n",
-		        rows_cap_hit);
+		fprintf(
+		    stderr,
+		    "atscale-bench: %u row(s) hit the retake cap (\"retake_cap_hit\"): some of their samples never ran "
+		    "side by side, so their multi-thread figures are not side-by-side measurements\n",
+		    rows_cap_hit);
 	if (opt.peers)
 		run_peers(argv[0]);
 	return 0;

@@ -141,7 +141,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		case 4: { /* blocking send / recv that cannot block: background when it will not wait */
 			if (cnt & 1) {
 				bool fits = !m.closed && m.len < m.cap;
-				ats_err *err = ats_chan_send(&c, (void *)m.next, fits || m.closed ? ats_ctx_background() : done);
+				ats_err *err =
+				    ats_chan_send(&c, (void *)m.next, fits || m.closed ? ats_ctx_background() : done);
 				if (fits) {
 					CHECK(!err && m_push(&m, m.next));
 					m.next++;
@@ -159,7 +160,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			break;
 		}
 		case 5: { /* select with a default: a send case and a receive case on the same channel */
-			ats_chan_case cs[3] = {{.chan = &c, .send = true, .value = (void *)m.next}, {.chan = NULL}, {.chan = &c}};
+			ats_chan_case cs[3] = {
+			    {.chan = &c, .send = true, .value = (void *)m.next}, {.chan = NULL}, {.chan = &c}};
 			size_t fired = 77;
 			CHECK(!ats_chan_select(cs, 3, true, &fired, ats_ctx_background()));
 			bool can_send = m.closed || m.len < m.cap, can_recv = m.closed || m.len > 0;
@@ -192,9 +194,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			CHECK(ats_chan_closed(&c));
 			break;
 		}
-		default: /* len and cap */
-			CHECK(ats_chan_len(&c) == m.len && ats_chan_cap(&c) == m.cap);
-			break;
+		default: /* len and cap */ CHECK(ats_chan_len(&c) == m.len && ats_chan_cap(&c) == m.cap); break;
 		}
 	}
 	struct drop_check d = {&m, 0};

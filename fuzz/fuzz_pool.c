@@ -113,7 +113,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			tasks++;
 			break;
 		}
-		case 3: /* cancel a task ctx */
+		case 3:                                    /* cancel a task ctx */
 			if ((c == 1 || c == 2) && !shut) { /* after a shutdown nothing is left to cancel */
 				ats_ctx_cancel(ctxs[c], NULL);
 				cancelled[c] = true;

@@ -73,10 +73,10 @@ struct chan {
 	_Alignas(64) struct ck_ring_buffer *slots;
 	uint32_t cap;
 	uint8_t kind;
-	uint8_t sp;        /* single producer */
-	uint8_t mp;        /* multi producer: credits */
-	uint8_t sc;        /* single consumer */
-	uint8_t exact;     /* single producer and cap == ring mask: the ring's own full test is exact */
+	uint8_t sp;    /* single producer */
+	uint8_t mp;    /* multi producer: credits */
+	uint8_t sc;    /* single consumer */
+	uint8_t exact; /* single producer and cap == ring mask: the ring's own full test is exact */
 	uint8_t busy_poll;
 	uint32_t spin;
 	_Atomic uint32_t closed; /* 1 once closed (also decides double close) */
@@ -552,8 +552,9 @@ static ats_err *wait_cases(ats_chan_case *cases, size_t n, size_t *fired, ats_ct
 			if (d < nw)
 				continue; /* the same eventcount twice: one entry */
 			uint32_t val = ats__ec_arm(ec);
-			w[nw++] = (struct futex_waitv){
-			    .val = val, .uaddr = (uint64_t)(uintptr_t)&ec->counter, .flags = FUTEX_32 | FUTEX_PRIVATE_FLAG};
+			w[nw++] = (struct futex_waitv){.val = val,
+			                               .uaddr = (uint64_t)(uintptr_t)&ec->counter,
+			                               .flags = FUTEX_32 | FUTEX_PRIVATE_FLAG};
 		}
 		w[nw++] = (struct futex_waitv){
 		    .val = kv, .uaddr = (uint64_t)(uintptr_t)&kick, .flags = FUTEX_32 | FUTEX_PRIVATE_FLAG};
@@ -586,7 +587,10 @@ ats_err *ats_chan_select(ats_chan_case *cases, size_t n, bool has_default, size_
 {
 	if (!fired || !ctx || (!cases && n) || n > ATS_CHAN_SELECT_MAX)
 		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "select: %s",
-		                   !fired ? "NULL fired" : !ctx ? "NULL ctx" : n > ATS_CHAN_SELECT_MAX ? "too many cases" : "NULL cases");
+		                   !fired                    ? "NULL fired"
+		                   : !ctx                    ? "NULL ctx"
+		                   : n > ATS_CHAN_SELECT_MAX ? "too many cases"
+		                                             : "NULL cases");
 	ats_err *err;
 	if ((err = ctx_check(ctx, ats_ctx_deadline(ctx))))
 		return err;
@@ -636,7 +640,9 @@ ats_err *ats_chan_recv(ats_chan *ch, void **out, ats_ctx *ctx)
 {
 	if (ats__unlikely(!ch || !out || !ctx))
 		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "channel recv: NULL %s",
-		                   !ch ? "channel" : !out ? "out" : "ctx");
+		                   !ch    ? "channel"
+		                   : !out ? "out"
+		                          : "ctx");
 	struct chan *c = C(ch);
 	ats_err *err;
 	if (ats__unlikely(ats_ctx_done(ctx))) /* one load, as in send */
@@ -689,7 +695,10 @@ ats_err *ats_chan_recv_n(ats_chan *ch, void **out, size_t n, size_t *received, a
 ats_err *ats_chan_forward(ats_chan *in, ats_chan *out, size_t *forwarded, void **undelivered, ats_ctx *ctx)
 {
 	if (!in || !out || !ctx)
-		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "channel forward: NULL %s", !in ? "in" : !out ? "out" : "ctx");
+		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "channel forward: NULL %s",
+		                   !in    ? "in"
+		                   : !out ? "out"
+		                          : "ctx");
 	size_t n = 0;
 	ats_err *err;
 	if (undelivered)
@@ -735,7 +744,8 @@ ats_err *ats_chan_tee(ats_chan *in, ats_chan *out1, ats_chan *out2, size_t *teed
 		}
 		/* Both sends, whichever is ready first (Go's tee: a select that drops each case once
 		 * it fired), so a slow reader of one side does not hold back the other more than one value. */
-		ats_chan_case cs[2] = {{.chan = out1, .send = true, .value = v}, {.chan = out2, .send = true, .value = v}};
+		ats_chan_case cs[2] = {{.chan = out1, .send = true, .value = v},
+		                       {.chan = out2, .send = true, .value = v}};
 		for (int left = 2; left > 0 && !err; left--) {
 			size_t fired;
 			if ((err = ats_chan_select(cs, 2, false, &fired, ctx)))

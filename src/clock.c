@@ -37,8 +37,9 @@ typedef unsigned __int128 u128;
 #define PRECISION_TARGET_NS 1000u /* the contract's bound for the counter */
 #define DROP_FLOOR_NS 50000u      /* disagreement that drops the counter: 50 us ... */
 #define DROP_RATE_DIVISOR 1000u   /* ... + 0.1% of the time since the last anchor */
-#define MAX_PAIR_JITTER_NS 300u   /* a calibration pair read slower than this is retaken: the
-                                   * precision starts at 1.5 jitters, and must stay under 1 us */
+#define MAX_PAIR_JITTER_NS                                                                                             \
+	300u /* a calibration pair read slower than this is retaken: the                                               \
+	      * precision starts at 1.5 jitters, and must stay under 1 us */
 
 struct ats__fast_clock ats__fast_clock;
 ATS__THREAD_LOCAL uint64_t ats__fast_last __attribute__((tls_model("initial-exec")));
@@ -48,15 +49,15 @@ _Atomic int ats__clock_distrust_counter;
 #endif
 
 /* Written before the mode that makes them visible is stored (release), or under the seqlock. */
-static uint64_t origin_tsc, origin_ns; /* the first anchor */
-static uint64_t anchor_jitter_ns;      /* how long one pair read took at calibration */
-static bool calibrated;                /* origin, jitter and the anchor are set (under force_lock) */
-static uint64_t window_ns;             /* the current re-anchoring window (under the seqlock) */
-static unsigned drift_strikes;         /* re-anchorings in a row above the target at the min window */
-static _Atomic uint64_t drift_ns;      /* recent drift over one window (decaying max) */
+static uint64_t origin_tsc, origin_ns;  /* the first anchor */
+static uint64_t anchor_jitter_ns;       /* how long one pair read took at calibration */
+static bool calibrated;                 /* origin, jitter and the anchor are set (under force_lock) */
+static uint64_t window_ns;              /* the current re-anchoring window (under the seqlock) */
+static unsigned drift_strikes;          /* re-anchorings in a row above the target at the min window */
+static _Atomic uint64_t drift_ns;       /* recent drift over one window (decaying max) */
 static _Atomic uint64_t last_jitter_ns; /* how long the current anchor's pair read took */
-static _Atomic bool dropped;           /* the counter was dropped for good */
-static char drop_note[160];            /* why, written once before `dropped` is set */
+static _Atomic bool dropped;            /* the counter was dropped for good */
+static char drop_note[160];             /* why, written once before `dropped` is set */
 /* Why the first choice was monotonic, written once by init: room for choose()'s longest note,
  * "monotonic (" + asked_by[48] + " not available: " + why[96] + ")". */
 static char init_note[176];
@@ -267,7 +268,8 @@ static void reanchor(void)
 	                  (stated_drift > calib ? stated_drift : calib);
 	if (stated > PRECISION_TARGET_NS) {
 		snprintf(drop_note, sizeof drop_note,
-		         "monotonic (tsc dropped: its precision here, %llu ns, is above 1 us)", (unsigned long long)stated);
+		         "monotonic (tsc dropped: its precision here, %llu ns, is above 1 us)",
+		         (unsigned long long)stated);
 		drop_counter();
 		goto out;
 	}
@@ -408,7 +410,9 @@ uint64_t ats_fast_precision_ns(void)
 		 * busy host adds more (8.65 ms seen at a 4 ms tick): three steps are stated. */
 		clock_getres(CLOCK_MONOTONIC_COARSE, &res);
 		return 3 * ((uint64_t)res.tv_sec * ATS_NS_PER_SEC + (uint64_t)res.tv_nsec);
-	default: clock_getres(CLOCK_MONOTONIC, &res); return (uint64_t)res.tv_sec * ATS_NS_PER_SEC + (uint64_t)res.tv_nsec;
+	default:
+		clock_getres(CLOCK_MONOTONIC, &res);
+		return (uint64_t)res.tv_sec * ATS_NS_PER_SEC + (uint64_t)res.tv_nsec;
 	}
 }
 

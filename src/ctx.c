@@ -43,7 +43,6 @@
 #include <time.h>
 #include <unistd.h>
 
-
 /* ---- The context ---- */
 
 enum {
@@ -70,15 +69,15 @@ struct ats_ctx {
 	ats_ctx *sib_next, **sib_pprev; /* in parent->children, guarded by parent's lock */
 	ats_ctx *children;
 	ats_ctx_after *afters;
-	int fired_efd;        /* the fd to signal, read under the lock by the cancel */
-	uint8_t fired_wake;   /* the cancel saw waiters */
-	uint8_t fired_afters; /* the cancel saw after-funcs (none can be added once done) */
-	ats_err *err;         /* set before the state turns done, immutable after */
-	ats_err *deadline_err; /* what expiry reports: NULL for the shared record, else a counted
-	                        * reference to the record of the deadline cause whose deadline this
-	                        * is (own, or inherited with the deadline); immutable */
-	ats_ctx *walk_next;   /* the cancel walk's stack, then the free list of finalize */
-	struct ats__timer timer; /* its deadline's, armed while it waits (timer.h) */
+	int fired_efd;            /* the fd to signal, read under the lock by the cancel */
+	uint8_t fired_wake;       /* the cancel saw waiters */
+	uint8_t fired_afters;     /* the cancel saw after-funcs (none can be added once done) */
+	ats_err *err;             /* set before the state turns done, immutable after */
+	ats_err *deadline_err;    /* what expiry reports: NULL for the shared record, else a counted
+	                           * reference to the record of the deadline cause whose deadline this
+	                           * is (own, or inherited with the deadline); immutable */
+	ats_ctx *walk_next;       /* the cancel walk's stack, then the free list of finalize */
+	struct ats__timer timer;  /* its deadline's, armed while it waits (timer.h) */
 	struct merge_reg merge[]; /* a merge's after-funcs on its other parents (or a value table) */
 };
 
@@ -91,8 +90,8 @@ static inline uint32_t ctx_lock(ats_ctx *c)
 		if (ats__likely(!(s & ATS__CTX_LOCKED))) {
 			/* acquire: pairs with ctx_unlock's release, so the last holder's writes are seen;
 			 * relaxed on failure: nothing taken, the loop retries. */
-			if (ats__likely(atomic_compare_exchange_weak_explicit(&c->h.state, &s, s | ATS__CTX_LOCKED,
-			                                                 memory_order_acquire, memory_order_relaxed)))
+			if (ats__likely(atomic_compare_exchange_weak_explicit(
+			        &c->h.state, &s, s | ATS__CTX_LOCKED, memory_order_acquire, memory_order_relaxed)))
 				return s;
 			continue;
 		}
@@ -329,11 +328,11 @@ static _Thread_local struct running_after *tls_running __attribute__((tls_model(
 
 enum {
 	A_IDLE = 0,
-	A_ARMED,   /* on ctx's list */
-	A_RUNNING, /* taken off the list by a canceller, which is running it */
-	A_DONE,    /* ran */
-	A_STOPPED, /* stopped before it ran */
-	A_NEVER,   /* registered on a context that can never be done */
+	A_ARMED,          /* on ctx's list */
+	A_RUNNING,        /* taken off the list by a canceller, which is running it */
+	A_DONE,           /* ran */
+	A_STOPPED,        /* stopped before it ran */
+	A_NEVER,          /* registered on a context that can never be done */
 	A_WAITER = 0x100, /* a stopper sleeps on the state word: wake it */
 	/* A stopper that saw A_ARMED took over the registration's reference to ctx before locking it
 	 * (the registration's reference may be the last one: the canceller that runs the callback
@@ -536,8 +535,8 @@ bool ats_ctx_cancel(ats_ctx *ctx, ats_err *cause)
 /* ---- Freeing ---- */
 
 /* A per-thread cache of freed contexts of the base size: glibc's malloc + free is a sizeable
- * share of a create + cancel + release (row ctx.with_cancel_cancel). Bounded (1024 blocks, ~200 KB, enough for a request
- * fanning out to a thousand children); emptied when the thread exits. */
+ * share of a create + cancel + release (row ctx.with_cancel_cancel). Bounded (1024 blocks, ~200 KB, enough for a
+ * request fanning out to a thousand children); emptied when the thread exits. */
 #define CACHE_MAX 1024
 struct ctx_cache {
 	unsigned n;
@@ -1117,9 +1116,8 @@ bool ats_ctx_after_stop(ats_ctx_after *a)
 	 * reference to us. The CAS fails once a canceller took a (A_RUNNING, then A_DONE): ctx may be
 	 * freed by then, so it is not touched. Relaxed: the bit only moves a reference; ctx's lock
 	 * orders the list. */
-	if (st == A_ARMED &&
-	    atomic_compare_exchange_strong_explicit(&a->state_, &st, A_ARMED | A_PINNED, memory_order_relaxed,
-	                                            memory_order_relaxed)) {
+	if (st == A_ARMED && atomic_compare_exchange_strong_explicit(&a->state_, &st, A_ARMED | A_PINNED,
+	                                                             memory_order_relaxed, memory_order_relaxed)) {
 		uint32_t s = ctx_lock(ctx);
 		/* Relaxed, this load and the store below: under ctx's lock. */
 		bool armed = atomic_load_explicit(&a->state_, memory_order_relaxed) == (A_ARMED | A_PINNED);

@@ -159,7 +159,10 @@ ats_err *ats_heartbeat_watch_init(ats_heartbeat_watch *w, const ats_heartbeat *h
                                   uint64_t now_ns)
 {
 	if (!w || !h || !cfg)
-		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "heartbeat watch: NULL %s", !w ? "watch" : !h ? "heartbeat" : "config");
+		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "heartbeat watch: NULL %s",
+		                   !w   ? "watch"
+		                   : !h ? "heartbeat"
+		                        : "config");
 	if (cfg->timeout_ns == 0)
 		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "heartbeat watch: timeout 0");
 	if (!(cfg->phi_threshold >= 0) || !isfinite(cfg->phi_threshold))

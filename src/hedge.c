@@ -90,7 +90,8 @@ static void attempt_run(void *arg, ats_ctx *ctx)
 	if (c->tied) {
 		uint32_t zero = 0;
 		/* acq_rel: one copy claims; the other sees the claim and drops itself. */
-		if (!atomic_compare_exchange_strong_explicit(&c->claim, &zero, 1, memory_order_acq_rel, memory_order_acquire)) {
+		if (!atomic_compare_exchange_strong_explicit(&c->claim, &zero, 1, memory_order_acq_rel,
+		                                             memory_order_acquire)) {
 			atomic_fetch_add_explicit(&c->dropped, 1, memory_order_relaxed);
 			end_attempt(c);
 			return;
@@ -239,7 +240,7 @@ static ats_err *await(struct call *c, struct plan *pl, void **result, ats_ctx *c
 			success = true;
 			break;
 		}
-			/* Failures so far: a fatal one ends the call; a non-fatal one sends the next at once. */
+		/* Failures so far: a fatal one ends the call; a non-fatal one sends the next at once. */
 		unsigned failed = 0;
 		bool fatal = false;
 		for (unsigned i = 0; i < c->sent; i++) {
@@ -345,7 +346,11 @@ static ats_err *check_args(ats_pool *p, const ats_request *r, void **result, ats
 {
 	if (!p || !r || !r->attempt || !result || !ctx)
 		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "hedge: NULL %s",
-		                   !p ? "pool" : !r ? "request" : !r->attempt ? "attempt" : !result ? "result" : "ctx");
+		                   !p            ? "pool"
+		                   : !r          ? "request"
+		                   : !r->attempt ? "attempt"
+		                   : !result     ? "result"
+		                                 : "ctx");
 	return NULL;
 }
 
@@ -381,8 +386,8 @@ ats_err *ats_replicate(ats_pool *p, const ats_request *r, unsigned n, void **res
 	if (err)
 		return err;
 	if (n == 0 || n > ATS_HEDGE_MAX_ATTEMPTS || n > ats_pool_size(p))
-		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "hedge: %u replicas (1..%u on %u workers)", n, ATS_HEDGE_MAX_ATTEMPTS,
-		                   ats_pool_size(p));
+		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "hedge: %u replicas (1..%u on %u workers)", n,
+		                   ATS_HEDGE_MAX_ATTEMPTS, ats_pool_size(p));
 	return fan_out(p, r, n, false, result, ctx);
 }
 
@@ -399,7 +404,10 @@ ats_err *ats_tied(ats_pool *p, const ats_request *r, void **result, ats_ctx *ctx
 ats_err *ats_hedger_new(ats_hedger **out, const ats_hedger_config *cfg)
 {
 	if (!out || !cfg || !cfg->pool)
-		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "hedger: NULL %s", !out ? "out" : !cfg ? "config" : "pool");
+		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "hedger: NULL %s",
+		                   !out   ? "out"
+		                   : !cfg ? "config"
+		                          : "pool");
 	*out = NULL;
 	if (cfg->max_attempts > ATS_HEDGE_MAX_ATTEMPTS)
 		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "hedger: %u attempts, above %u", cfg->max_attempts,
@@ -469,7 +477,8 @@ static void record(ats_hedger *h, uint64_t latency)
 		for (unsigned i = 0; i < ATS_HISTOGRAM_BUCKETS; i++)
 			a->buckets[i] += b->buckets[i];
 		uint64_t d = ats_histogram_snapshot_percentile(a, h->cfg.percentile);
-		atomic_store_explicit(&h->delay_ns, d > h->cfg.min_delay_ns ? d : h->cfg.min_delay_ns, memory_order_relaxed);
+		atomic_store_explicit(&h->delay_ns, d > h->cfg.min_delay_ns ? d : h->cfg.min_delay_ns,
+		                      memory_order_relaxed);
 	}
 	free(a);
 	free(b);
@@ -486,7 +495,8 @@ ats_err *ats_hedge(ats_hedger *h, const ats_request *r, void **result, ats_ctx *
 	atomic_fetch_add_explicit(&h->requests, 1, memory_order_relaxed);
 	if (h->cfg.max_extra_load > 0) {
 		/* Deposit this request's share of a hedge, up to the burst. relaxed: see take_budget. */
-		uint64_t add = (uint64_t)(h->cfg.max_extra_load * (double)UNIT), cap = (uint64_t)h->cfg.budget_burst * UNIT;
+		uint64_t add = (uint64_t)(h->cfg.max_extra_load * (double)UNIT),
+		         cap = (uint64_t)h->cfg.budget_burst * UNIT;
 		uint64_t b = atomic_load_explicit(&h->budget, memory_order_relaxed);
 		while (b < cap && !atomic_compare_exchange_weak_explicit(&h->budget, &b, b + add < cap ? b + add : cap,
 		                                                         memory_order_relaxed, memory_order_relaxed))
@@ -500,7 +510,8 @@ ats_err *ats_hedge(ats_hedger *h, const ats_request *r, void **result, ats_ctx *
 		return err;
 	}
 	atomic_fetch_add_explicit(&h->attempts, 1, memory_order_relaxed);
-	struct plan pl = {h, h->cfg.pool, h->cfg.max_attempts, atomic_load_explicit(&h->delay_ns, memory_order_relaxed)};
+	struct plan pl = {h, h->cfg.pool, h->cfg.max_attempts,
+	                  atomic_load_explicit(&h->delay_ns, memory_order_relaxed)};
 	atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed); /* kept to read the latency */
 	err = await(c, &pl, result, ctx);
 	if (!err)

@@ -100,7 +100,8 @@ ats_err *ats_histogram_init(ats_histogram *h, size_t bytes, unsigned shards)
 	if (!h)
 		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "histogram: NULL histogram");
 	if (shards > ATS_HISTOGRAM_MAX_SHARDS)
-		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "histogram: %u shards, above %u", shards, ATS_HISTOGRAM_MAX_SHARDS);
+		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "histogram: %u shards, above %u", shards,
+		                   ATS_HISTOGRAM_MAX_SHARDS);
 	if ((uintptr_t)h % ATS__CACHE_LINE)
 		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "histogram: memory not %d-byte aligned", ATS__CACHE_LINE);
 	size_t need = ats_histogram_footprint(shards);
@@ -119,8 +120,10 @@ ats_err *ats_histogram_new(ats_histogram **out, unsigned shards)
 	*out = NULL;
 	size_t need = ats_histogram_footprint(shards);
 	if (need == 0)
-		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "histogram: %u shards, above %u", shards, ATS_HISTOGRAM_MAX_SHARDS);
-	ats_histogram *h = aligned_alloc(ATS__CACHE_LINE, (need + ATS__CACHE_LINE - 1) & ~(size_t)(ATS__CACHE_LINE - 1));
+		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "histogram: %u shards, above %u", shards,
+		                   ATS_HISTOGRAM_MAX_SHARDS);
+	ats_histogram *h =
+	    aligned_alloc(ATS__CACHE_LINE, (need + ATS__CACHE_LINE - 1) & ~(size_t)(ATS__CACHE_LINE - 1));
 	if (!h)
 		return ats_err_oom;
 	ats_err *err = ats_histogram_init(h, need, shards);
@@ -262,7 +265,8 @@ ats_err *ats_histogram_merge(ats_histogram *dst, const ats_histogram *src)
 	for (unsigned i = 0; i < src->nshards; i++) {
 		struct shard *s = (struct shard *)&src->shards[i];
 		/* relaxed, all: counters (see the ordering note in histogram.h). */
-		atomic_fetch_add_explicit(&d->sum, atomic_load_explicit(&s->sum, memory_order_relaxed), memory_order_relaxed);
+		atomic_fetch_add_explicit(&d->sum, atomic_load_explicit(&s->sum, memory_order_relaxed),
+		                          memory_order_relaxed);
 		atomic_fetch_add_explicit(&d->clamped, atomic_load_explicit(&s->clamped, memory_order_relaxed),
 		                          memory_order_relaxed);
 		for (unsigned b = 0; b < ATS_HISTOGRAM_BUCKETS; b++) {

@@ -6,8 +6,8 @@
  * take per lookup (rows keyed.alt_cds_lfht_1m and keyed.alt_ck_hs_1m in bench/bench_keyed.c):
  * each chases a bucket or pointer array and then a separately allocated node, two dependent cache
  * misses per lookup, where this table's keyed.allow_1m and keyed.allow_1m_burst32 rows stay near
- * one floor.dram_miss (and the Go peer's map + RWMutex + x/time/rate row far above). This table keeps the key, its TAT and its flags in one
- * 32-byte slot of an open-addressing array, so a hit is one miss and independent lookups overlap
+ * one floor.dram_miss (and the Go peer's map + RWMutex + x/time/rate row far above). This table keeps the key, its TAT
+ * and its flags in one 32-byte slot of an open-addressing array, so a hit is one miss and independent lookups overlap
  * theirs; it holds 67 bytes per key at 1M keys (RSS), the libraries' tables 33-49 bytes plus the
  * node each. What the
  * libraries give that this file has to do itself, and how:
@@ -1139,7 +1139,8 @@ ats_err *ats_keyed_init(ats_keyed *m, const ats_keyed_config *cfg)
 	m->limit_ = (ats_keyed_limit){cfg->rate, cfg->burst};
 	m->max_overrides_ = max_ov;
 	m->max_slots_ = max_slots;
-	m->key_limit_ = max_slots / LOAD_DEN * LOAD_NUM < cfg->max_keys ? max_slots / LOAD_DEN * LOAD_NUM : cfg->max_keys;
+	m->key_limit_ =
+	    max_slots / LOAD_DEN * LOAD_NUM < cfg->max_keys ? max_slots / LOAD_DEN * LOAD_NUM : cfg->max_keys;
 	m->max_bytes_ = cfg->max_bytes;
 	m->base_bytes_ = base;
 	if (getrandom(m->seed_, sizeof m->seed_, GRND_NONBLOCK) != (ssize_t)sizeof m->seed_) {
@@ -1180,7 +1181,8 @@ ats_err *ats_keyed_new(ats_keyed **out, const ats_keyed_config *cfg)
 	if (!out)
 		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "ats_keyed_new: NULL out");
 	*out = NULL;
-	ats_keyed *m = aligned_alloc(ATS__CACHE_LINE, (sizeof *m + ATS__CACHE_LINE - 1) & ~(size_t)(ATS__CACHE_LINE - 1));
+	ats_keyed *m =
+	    aligned_alloc(ATS__CACHE_LINE, (sizeof *m + ATS__CACHE_LINE - 1) & ~(size_t)(ATS__CACHE_LINE - 1));
 	if (!m)
 		return ats_err_oom; /* making a new error would need memory too */
 	ats_err *err = ats_keyed_init(m, cfg);

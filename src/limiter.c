@@ -247,7 +247,8 @@ bool ats_limiter_reserve_within_at(ats_limiter *l, uint64_t n, uint64_t max_dela
 		/* The events/period read by delay_for come from the same slot; a setter that rewrote it in
 		 * between bumps gen, caught by the check below. */
 		if (v.c.inf) {
-			*r = (ats_reservation){.ok = true, .n = n, .act_ns = now_ns, .lim_ = l, .gen_ = v.gen, .inf_ = 1};
+			*r = (ats_reservation){
+			    .ok = true, .n = n, .act_ns = now_ns, .lim_ = l, .gen_ = v.gen, .inf_ = 1};
 			return true;
 		}
 		if (n > v.burst)
@@ -414,7 +415,8 @@ bool ats_limiter_throttle_at(ats_limiter *l, uint64_t n, uint64_t now_ns, ats_li
 		uint64_t debt2 = start - now2;
 		uint32_t s1 = v.c.shift + 1;
 		uint64_t after;
-		bool fits = n <= v.burst && ats__gcra_step(v.word & ~(uint64_t)1, now2, n << s1, v.c.burst_units, &after);
+		bool fits =
+		    n <= v.burst && ats__gcra_step(v.word & ~(uint64_t)1, now2, n << s1, v.c.burst_units, &after);
 		if (!fits)
 			after = start;
 		uint64_t debt_after2 = after - now2;

@@ -67,7 +67,7 @@ struct worker {
 	_Atomic uint64_t run;
 	_Atomic uint64_t stolen;
 	_Atomic uint64_t cancelled;
-	_Atomic uint32_t parked; /* 1 while the worker sleeps on `work` */
+	_Atomic uint32_t parked;   /* 1 while the worker sleeps on `work` */
 	_Atomic uint64_t replaced; /* threads of this worker replaced while stuck (ats_pool_replace_stuck) */
 	_Atomic uint64_t returned; /* of those, threads whose stuck task has returned since */
 	/* The worker's own. */
@@ -160,8 +160,8 @@ static ats_pool_status enqueue(ats_pool *p, struct worker *w, const ats_task *t)
 			return ATS_POOL_FULL;
 		/* relaxed: the credit carries no data (the ring's enqueue publishes the slot); the closed
 		 * bit's ordering is the word's modification order, which this CAS is part of. */
-	} while (!atomic_compare_exchange_weak_explicit(&w->credits, &c, c - 1, memory_order_relaxed,
-	                                                memory_order_relaxed));
+	} while (
+	    !atomic_compare_exchange_weak_explicit(&w->credits, &c, c - 1, memory_order_relaxed, memory_order_relaxed));
 	if (t->ctx)
 		ats_ctx_ref(t->ctx);
 	/* Cannot fail: the ring holds at least `capacity` slots and we hold a credit for one. */
@@ -237,7 +237,8 @@ static void count(_Atomic uint64_t *c)
 /* Whether a task with ctx must not run; *why gets the reason (a new reference). */
 static bool done(ats_ctx *ctx, ats_err **why)
 {
-	if (ats_ctx_done(ctx) || (ats_ctx_deadline(ctx) != ATS_CTX_NO_DEADLINE && ats_fast_now_ns() >= ats_ctx_deadline(ctx))) {
+	if (ats_ctx_done(ctx) ||
+	    (ats_ctx_deadline(ctx) != ATS_CTX_NO_DEADLINE && ats_fast_now_ns() >= ats_ctx_deadline(ctx))) {
 		*why = ats_ctx_err(ctx);
 		return *why != NULL;
 	}
@@ -456,7 +457,8 @@ ats_err *ats_pool_new(ats_pool **out, const ats_pool_config *cfg)
 	*out = NULL;
 	ats_pool_config c = cfg ? *cfg : (ats_pool_config){0};
 	if (c.workers > ATS_POOL_MAX_WORKERS)
-		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "pool: %u workers, above %u", c.workers, ATS_POOL_MAX_WORKERS);
+		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "pool: %u workers, above %u", c.workers,
+		                   ATS_POOL_MAX_WORKERS);
 	if (c.queue_capacity > ATS_POOL_MAX_CAPACITY)
 		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "pool: queue capacity %zu, above %zu", c.queue_capacity,
 		                   ATS_POOL_MAX_CAPACITY);
@@ -525,7 +527,8 @@ ats_err *ats_pool_new(ats_pool **out, const ats_pool_config *cfg)
 	if (rc != 0) {
 		stop_workers(p);
 		free_pool(p);
-		return ats_err_with_kv(ats_err_errno(rc, "pool: cannot start a worker thread"), "workers", "%u", c.workers);
+		return ats_err_with_kv(ats_err_errno(rc, "pool: cannot start a worker thread"), "workers", "%u",
+		                       c.workers);
 	}
 	*out = p;
 	return NULL;
@@ -602,8 +605,7 @@ static ats_err *shutdown(ats_pool *p, ats_ctx *ctx, bool drain)
 	if (!drain || err)
 		ats_ctx_cancel(p->ctx, NULL);
 	stop_workers(p);
-	ats_err *why = err ? ats_err_ref(err)
-	                   : ats_err_new(ATS_ERR_CANCELLED, "pool: shut down before the task ran");
+	ats_err *why = err ? ats_err_ref(err) : ats_err_new(ATS_ERR_CANCELLED, "pool: shut down before the task ran");
 	for (unsigned i = 0; i < p->n; i++)
 		cancel_queued(p, &p->w[i], why);
 	ats_err_unref(why);
@@ -702,7 +704,10 @@ static ats_err *wait_room(ats_pool *p, struct worker *w, const ats_task *t, ats_
 ats_err *ats_pool_submit(ats_pool *p, const ats_task *t, ats_ctx *ctx)
 {
 	if (!p || !task_ok(t) || !ctx)
-		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "pool: NULL %s", !p ? "pool" : !ctx ? "ctx" : "task or run");
+		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "pool: NULL %s",
+		                   !p     ? "pool"
+		                   : !ctx ? "ctx"
+		                          : "task or run");
 	struct worker *w = caller_worker(p);
 	ats_pool_status st = enqueue(p, w, t);
 	if (ats__likely(st == ATS_POOL_OK))
@@ -717,7 +722,10 @@ ats_err *ats_pool_submit(ats_pool *p, const ats_task *t, ats_ctx *ctx)
 ats_err *ats_pool_submit_to(ats_pool *p, unsigned worker, const ats_task *t, ats_ctx *ctx)
 {
 	if (!p || !task_ok(t) || !ctx)
-		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "pool: NULL %s", !p ? "pool" : !ctx ? "ctx" : "task or run");
+		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "pool: NULL %s",
+		                   !p     ? "pool"
+		                   : !ctx ? "ctx"
+		                          : "task or run");
 	if (worker >= p->n)
 		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "pool: worker %u out of range (%u workers)", worker, p->n);
 	ats_pool_status st = enqueue(p, &p->w[worker], t);
@@ -781,7 +789,10 @@ unsigned ats_pool_pick_other(ats_pool *p, unsigned avoid)
 ats_err *ats_pool_worker_stats_get(const ats_pool *p, unsigned worker, ats_pool_worker_stats *out)
 {
 	if (!p || !out || worker >= p->n)
-		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "pool: %s", !p ? "NULL pool" : !out ? "NULL out" : "worker out of range");
+		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "pool: %s",
+		                   !p     ? "NULL pool"
+		                   : !out ? "NULL out"
+		                          : "worker out of range");
 	struct worker *w = &p->w[worker];
 	/* relaxed: statistics. */
 	out->run = atomic_load_explicit(&w->run, memory_order_relaxed);
@@ -830,8 +841,8 @@ static ats_err *replace(ats_pool *p, struct worker *w, uint64_t v, bool *done_it
 	if (rc != 0)
 		/* The queue is served by the other workers' stealing until a later call starts a thread
 		 * (the next call sees the word even and this worker without a thread: see below). */
-		return ats_err_with_kv(ats_err_errno(rc, "pool: cannot start a replacement worker thread"), "worker", "%u",
-		                       w->index);
+		return ats_err_with_kv(ats_err_errno(rc, "pool: cannot start a replacement worker thread"), "worker",
+		                       "%u", w->index);
 	return NULL;
 }
 
@@ -853,8 +864,9 @@ ats_err *ats_pool_replace_stuck(ats_pool *p, uint64_t stuck_ns, unsigned *replac
 			/* A replacement thread that could not start: try again. */
 			int rc = start_thread(w);
 			if (rc != 0 && !err)
-				err = ats_err_with_kv(ats_err_errno(rc, "pool: cannot start a replacement worker thread"), "worker",
-				                      "%u", i);
+				err =
+				    ats_err_with_kv(ats_err_errno(rc, "pool: cannot start a replacement worker thread"),
+				                    "worker", "%u", i);
 			continue;
 		}
 		/* acquire: pairs with begin_task's release. */
@@ -873,7 +885,8 @@ ats_err *ats_pool_replace_stuck(ats_pool *p, uint64_t stuck_ns, unsigned *replac
 				(*replaced)++;
 			if (p->on_replace) {
 				ats_err *why = ats_err_with_kv(
-				    ats_err_new(ATS_ERR_UNAVAILABLE, "pool: worker %u stuck in one task for %llu ns: replaced", i,
+				    ats_err_new(ATS_ERR_UNAVAILABLE,
+				                "pool: worker %u stuck in one task for %llu ns: replaced", i,
 				                (unsigned long long)(now - w->seen_since_ns)),
 				    "worker", "%u", i);
 				p->on_replace(i, why, p->replace_arg);

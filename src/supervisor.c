@@ -53,10 +53,10 @@ struct ats_supervisor {
 	ats_ctx *ctx;
 	pthread_t monitor;
 	bool running;
-	ats_err *result; /* the give-up error */
+	ats_err *result;       /* the give-up error */
 	uint64_t *restarts_at; /* ring of the last max_restarts + 1 restart times */
 	unsigned rs_len, rs_next;
-	_Atomic uint32_t kick;     /* the monitor sleeps on it */
+	_Atomic uint32_t kick; /* the monitor sleeps on it */
 	_Atomic uint32_t stopping;
 	_Atomic uint32_t finished; /* futex word: 1 once the monitor ended */
 	_Atomic uint64_t starts, restarts, stalls, exits, quarantined, give_ups;
@@ -180,8 +180,9 @@ static void stop_ward(ats_supervisor *s, unsigned i)
 	                                            memory_order_acquire)) {
 		pthread_detach(inc->thread);
 		count(&s->quarantined);
-		ats_err *err = tag(ats_err_new(ATS_ERR_UNAVAILABLE, "ward did not return within its shutdown timeout: quarantined"),
-		                   s, w->name);
+		ats_err *err = tag(
+		    ats_err_new(ATS_ERR_UNAVAILABLE, "ward did not return within its shutdown timeout: quarantined"), s,
+		    w->name);
 		emit(s, ATS_SUP_EVENT_QUARANTINE, i, w->name, err);
 		ats_err_unref(err);
 		return;
@@ -225,9 +226,10 @@ static bool handle(ats_supervisor *s, unsigned i, ats_err *why, bool abnormal)
 		return false;
 	}
 	if (too_many(s, ats_fast_now_ns())) {
-		s->result = tag(ats_err_wrapc(why, ATS_ERR_UNAVAILABLE, "supervisor gave up: more than %u restarts in %llu ns",
-		                              s->cfg.max_restarts, (unsigned long long)s->cfg.period_ns),
-		                s, NULL);
+		s->result =
+		    tag(ats_err_wrapc(why, ATS_ERR_UNAVAILABLE, "supervisor gave up: more than %u restarts in %llu ns",
+		                      s->cfg.max_restarts, (unsigned long long)s->cfg.period_ns),
+		        s, NULL);
 		stop_all(s);
 		count(&s->give_ups);
 		emit(s, ATS_SUP_EVENT_GIVE_UP, 0, s->name, s->result);
@@ -292,11 +294,13 @@ static void *monitor_main(void *arg)
 					r = tag(r, s, w->name);
 				emit(s, ATS_SUP_EVENT_EXIT, i, w->name, r);
 				gave_up = handle(s, i, r, r != NULL);
-			} else if (w->spec.watch.timeout_ns && ats_heartbeat_check(&inc->watch, now) == ATS_HB_STALLED) {
+			} else if (w->spec.watch.timeout_ns &&
+			           ats_heartbeat_check(&inc->watch, now) == ATS_HB_STALLED) {
 				count(&s->stalls);
-				ats_err *err = tag(ats_err_new(ATS_ERR_UNAVAILABLE, "ward stalled: work pending, no beat for %llu ns",
-				                               (unsigned long long)(now - ats_heartbeat_last_beat_ns(&inc->watch))),
-				                   s, w->name);
+				ats_err *err = tag(
+				    ats_err_new(ATS_ERR_UNAVAILABLE, "ward stalled: work pending, no beat for %llu ns",
+				                (unsigned long long)(now - ats_heartbeat_last_beat_ns(&inc->watch))),
+				    s, w->name);
 				emit(s, ATS_SUP_EVENT_STALL, i, w->name, err);
 				stop_ward(s, i);
 				gave_up = handle(s, i, err, true);
@@ -354,7 +358,10 @@ ats_err *ats_supervisor_new(ats_supervisor **out, const ats_supervisor_config *c
 ats_err *ats_supervisor_add(ats_supervisor *s, const ats_ward_spec *spec, unsigned *id)
 {
 	if (!s || !spec || !spec->run)
-		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "supervisor: NULL %s", !s ? "supervisor" : !spec ? "spec" : "run");
+		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "supervisor: NULL %s",
+		                   !s      ? "supervisor"
+		                   : !spec ? "spec"
+		                           : "run");
 	if ((unsigned)spec->restart > ATS_WARD_TEMPORARY)
 		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "supervisor: unknown restart type %d", (int)spec->restart);
 	if (s->running)

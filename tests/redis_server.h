@@ -30,7 +30,7 @@
 #include <unistd.h>
 
 struct ats_test_redis {
-	pid_t pid;    /* 0 when not running */
+	pid_t pid; /* 0 when not running */
 	uint16_t port;
 	char dir[64]; /* scratch folder, "" before the first start */
 	char bin[256];
@@ -119,8 +119,8 @@ static inline int ats_test_redis_start_once(struct ats_test_redis *r, uint16_t p
 			dup2(null, 1);
 			dup2(null, 2);
 		}
-		execl(r->bin, r->bin, "--port", portbuf, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir",
-		      r->dir, "--daemonize", "no", "--protected-mode", "no", (char *)NULL);
+		execl(r->bin, r->bin, "--port", portbuf, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+		      "--dir", r->dir, "--daemonize", "no", "--protected-mode", "no", (char *)NULL);
 		_exit(127);
 	}
 	r->pid = pid;

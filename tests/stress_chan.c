@@ -35,10 +35,10 @@
 struct run {
 	ats_chan *c;
 	unsigned producers, consumers;
-	uint32_t n;               /* values in all */
-	_Atomic uint8_t *seen;    /* seen[id]: times id was received */
-	_Atomic uint32_t *sent;   /* per producer: values it sent successfully */
-	_Atomic int bad;          /* a value out of range or received twice */
+	uint32_t n;             /* values in all */
+	_Atomic uint8_t *seen;  /* seen[id]: times id was received */
+	_Atomic uint32_t *sent; /* per producer: values it sent successfully */
+	_Atomic int bad;        /* a value out of range or received twice */
 	_Atomic uint32_t received;
 	_Atomic int closed_seen;
 	uint32_t close_after; /* MPMC close test: close once this many were received (0: never) */
@@ -180,7 +180,8 @@ static void run(ats_chan_kind kind, size_t cap, unsigned producers, unsigned con
 			uint32_t id = p + j * producers;
 			if (id >= r.n)
 				break;
-			cr_assert_eq(atomic_load(&r.seen[id]), j < k ? 1 : 0, "producer %u value %u (sent %u)", p, j, k);
+			cr_assert_eq(atomic_load(&r.seen[id]), j < k ? 1 : 0, "producer %u value %u (sent %u)", p, j,
+			             k);
 		}
 	}
 	cr_assert_eq(sent_total, atomic_load(&r.received));
@@ -194,13 +195,34 @@ static void run(ats_chan_kind kind, size_t cap, unsigned producers, unsigned con
 	free((void *)r.sent);
 }
 
-Test(stress_chan, spsc) { run(ATS_CHAN_SPSC, 7, 1, 1, 0); }
-Test(stress_chan, mpsc) { run(ATS_CHAN_MPSC, 10, 2, 1, 0); }
-Test(stress_chan, spmc) { run(ATS_CHAN_SPMC, 10, 1, 2, 0); }
-Test(stress_chan, mpmc) { run(ATS_CHAN_MPMC, 5, 2, 2, 0); }
-Test(stress_chan, mpmc_capacity_one) { run(ATS_CHAN_MPMC, 1, 2, 2, 0); }
-Test(stress_chan, mpmc_close_mid_flight) { run(ATS_CHAN_MPMC, 6, 2, 2, MESSAGES / 3); }
-Test(stress_chan, spmc_close_mid_flight) { run(ATS_CHAN_SPMC, 3, 1, 2, MESSAGES / 3); }
+Test(stress_chan, spsc)
+{
+	run(ATS_CHAN_SPSC, 7, 1, 1, 0);
+}
+Test(stress_chan, mpsc)
+{
+	run(ATS_CHAN_MPSC, 10, 2, 1, 0);
+}
+Test(stress_chan, spmc)
+{
+	run(ATS_CHAN_SPMC, 10, 1, 2, 0);
+}
+Test(stress_chan, mpmc)
+{
+	run(ATS_CHAN_MPMC, 5, 2, 2, 0);
+}
+Test(stress_chan, mpmc_capacity_one)
+{
+	run(ATS_CHAN_MPMC, 1, 2, 2, 0);
+}
+Test(stress_chan, mpmc_close_mid_flight)
+{
+	run(ATS_CHAN_MPMC, 6, 2, 2, MESSAGES / 3);
+}
+Test(stress_chan, spmc_close_mid_flight)
+{
+	run(ATS_CHAN_SPMC, 3, 1, 2, MESSAGES / 3);
+}
 
 /* ---- Lost wake-up hunt ----
  * Each round: the parker blocks (recv on an empty channel, send on a full one, or select over two
@@ -268,7 +290,8 @@ static void hunt(int mode, ats_chan_kind kind)
 		}
 		/* A parker whose wake-up was lost sleeps to the deadline and then, re-checking, finds the
 		 * value and succeeds: so the deadline having passed is the failure, error or not. */
-		cr_assert(!err && !ats_ctx_done_at(ctx, ats_now_ns()), "round %u: woke only at the timeout (a lost wake-up)", i);
+		cr_assert(!err && !ats_ctx_done_at(ctx, ats_now_ns()),
+		          "round %u: woke only at the timeout (a lost wake-up)", i);
 		ats_ctx_release(ctx);
 		while (atomic_load(&h.ready) != i)
 			sched_yield();
@@ -278,11 +301,26 @@ static void hunt(int mode, ats_chan_kind kind)
 	ats_chan_free(h.b, NULL, NULL);
 }
 
-Test(stress_chan, no_lost_wakeup_recv_spsc) { hunt(0, ATS_CHAN_SPSC); }
-Test(stress_chan, no_lost_wakeup_recv_mpmc) { hunt(0, ATS_CHAN_MPMC); }
-Test(stress_chan, no_lost_wakeup_send_spsc) { hunt(1, ATS_CHAN_SPSC); }
-Test(stress_chan, no_lost_wakeup_send_mpmc) { hunt(1, ATS_CHAN_MPMC); }
-Test(stress_chan, no_lost_wakeup_select) { hunt(2, ATS_CHAN_MPMC); }
+Test(stress_chan, no_lost_wakeup_recv_spsc)
+{
+	hunt(0, ATS_CHAN_SPSC);
+}
+Test(stress_chan, no_lost_wakeup_recv_mpmc)
+{
+	hunt(0, ATS_CHAN_MPMC);
+}
+Test(stress_chan, no_lost_wakeup_send_spsc)
+{
+	hunt(1, ATS_CHAN_SPSC);
+}
+Test(stress_chan, no_lost_wakeup_send_mpmc)
+{
+	hunt(1, ATS_CHAN_MPMC);
+}
+Test(stress_chan, no_lost_wakeup_select)
+{
+	hunt(2, ATS_CHAN_MPMC);
+}
 
 /* A ctx cancel racing the park: every round a parked recv must return cancelled, never hang. */
 struct cancel_hunt {

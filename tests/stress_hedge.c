@@ -59,14 +59,9 @@ static void *caller(void *arg)
 		void *res = NULL;
 		ats_err *err;
 		switch (i % 3) {
-		case 0:
-			err = ats_hedge(r->h, &req, &res, ats_ctx_background());
-			break;
-		case 1:
-			err = ats_replicate(r->p, &req, 2, &res, ats_ctx_background());
-			break;
-		default:
-			err = ats_tied(r->p, &req, &res, ats_ctx_background());
+		case 0: err = ats_hedge(r->h, &req, &res, ats_ctx_background()); break;
+		case 1: err = ats_replicate(r->p, &req, 2, &res, ats_ctx_background()); break;
+		default: err = ats_tied(r->p, &req, &res, ats_ctx_background());
 		}
 		if (!err) {
 			cr_assert_eq(res, &token);

@@ -82,14 +82,9 @@ static void *submitter(void *arg)
 		ats_pool_status st;
 		for (;;) {
 			switch (id % 3) {
-			case 0:
-				st = ats_pool_try_submit(r->p, &t);
-				break;
-			case 1:
-				st = ats_pool_try_submit_to(r->p, id % n, &t);
-				break;
-			default:
-				st = ats_pool_try_submit_to(r->p, ats_pool_pick_less_loaded(r->p), &t);
+			case 0: st = ats_pool_try_submit(r->p, &t); break;
+			case 1: st = ats_pool_try_submit_to(r->p, id % n, &t); break;
+			default: st = ats_pool_try_submit_to(r->p, ats_pool_pick_less_loaded(r->p), &t);
 			}
 			if (st != ATS_POOL_FULL)
 				break;
@@ -125,7 +120,8 @@ static void *stop_canceller(void *arg)
 	return NULL;
 }
 
-static void run_once(unsigned workers, size_t cap, ats_pool_idle idle, uint64_t shutdown_after, uint64_t cancel_stop_after)
+static void run_once(unsigned workers, size_t cap, ats_pool_idle idle, uint64_t shutdown_after,
+                     uint64_t cancel_stop_after)
 {
 	struct run r = {0};
 	uint32_t total = SUBMITTERS * TASKS;
@@ -160,7 +156,8 @@ static void run_once(unsigned workers, size_t cap, ats_pool_idle idle, uint64_t 
 
 	uint64_t accepted = 0, ran = 0, cancelled = 0;
 	for (uint32_t id = 0; id < total; id++) {
-		unsigned a = atomic_load(&r.accepted[id]), x = atomic_load(&r.ran[id]), c = atomic_load(&r.cancelled[id]);
+		unsigned a = atomic_load(&r.accepted[id]), x = atomic_load(&r.ran[id]),
+		         c = atomic_load(&r.cancelled[id]);
 		if (a)
 			cr_assert_eq(x + c, 1, "task %u accepted: ran %u times, cancelled %u times", id, x, c);
 		else
@@ -290,7 +287,8 @@ Test(pool_stress, replacements_racing_task_ends_lose_and_repeat_nothing, .timeou
 		replaced += st.replaced;
 	}
 	for (unsigned id = 0; id < SLOW_TASKS; id++)
-		cr_assert_eq(atomic_load(&slow_ran[id]), 1, "task %u ran %u times", id, (unsigned)atomic_load(&slow_ran[id]));
+		cr_assert_eq(atomic_load(&slow_ran[id]), 1, "task %u ran %u times", id,
+		             (unsigned)atomic_load(&slow_ran[id]));
 	cr_assert_eq(returned, replaced, "every quarantined thread returned and was joined");
 	cr_assert_eq(run + returned, SLOW_TASKS, "each task counted once: by its thread, or as returned");
 	ats_pool_free(p);

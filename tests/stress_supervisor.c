@@ -56,7 +56,10 @@ Test(supervisor_stress, every_fault_one_restart, .timeout = 300)
 	cr_assert_null(ats_supervisor_new(&s, &cfg));
 	static struct ward_ctl c[WARDS];
 	for (int i = 0; i < WARDS; i++) {
-		ats_ward_spec spec = {.run = body, .arg = &c[i], .restart = ATS_WARD_PERMANENT, .shutdown_timeout_ns = 10 * ATS_NS_PER_SEC};
+		ats_ward_spec spec = {.run = body,
+		                      .arg = &c[i],
+		                      .restart = ATS_WARD_PERMANENT,
+		                      .shutdown_timeout_ns = 10 * ATS_NS_PER_SEC};
 		spec.watch.timeout_ns = 5 * MS;
 		cr_assert_null(ats_supervisor_add(s, &spec, NULL));
 	}

@@ -367,7 +367,8 @@ Test(select, send_cases_closed_cases_and_ctx)
 {
 	ats_chan *full = mk(ATS_CHAN_MPSC, 1), *room = mk(ATS_CHAN_SPMC, 1);
 	cr_assert_eq(ats_chan_try_send(full, V(1)), ATS_CHAN_OK);
-	ats_chan_case cs[2] = {{.chan = full, .send = true, .value = V(2)}, {.chan = room, .send = true, .value = V(3)}};
+	ats_chan_case cs[2] = {{.chan = full, .send = true, .value = V(2)},
+	                       {.chan = room, .send = true, .value = V(3)}};
 	size_t fired;
 	cr_assert_null(ats_chan_select(cs, 2, false, &fired, ats_ctx_background()));
 	cr_expect_eq(fired, 1);

@@ -93,8 +93,9 @@ static void expect_tight(const char *source, struct trace t)
 {
 	cr_expect_gt(t.reads, 1000);
 	cr_expect_eq(t.backwards, 0, "%s: went back %llu times", source, (unsigned long long)t.backwards);
-	cr_expect_eq(t.outside, 0, "%s: %llu of %llu reads outside the precision %llu ns (worst %llu behind, %llu ahead)",
-	             source, (unsigned long long)t.outside, (unsigned long long)t.reads, (unsigned long long)t.precision,
+	cr_expect_eq(t.outside, 0,
+	             "%s: %llu of %llu reads outside the precision %llu ns (worst %llu behind, %llu ahead)", source,
+	             (unsigned long long)t.outside, (unsigned long long)t.reads, (unsigned long long)t.precision,
 	             (unsigned long long)t.worst_behind, (unsigned long long)t.worst_ahead);
 	cr_expect_leq(t.precision, 1000, "%s: precision %llu ns is above the contract's 1 us", source,
 	              (unsigned long long)t.precision);

@@ -193,7 +193,8 @@ Test(error, new_has_every_field)
 	cr_assert(mono + prec >= before && mono <= after + prec, "mono %llu outside [%llu, %llu] +- %llu",
 	          (unsigned long long)mono, (unsigned long long)before, (unsigned long long)after,
 	          (unsigned long long)prec);
-	int64_t wall_skew = (int64_t)(ats_err_wall_ns(e) - ((uint64_t)rt.tv_sec * ATS_NS_PER_SEC + (uint64_t)rt.tv_nsec));
+	int64_t wall_skew =
+	    (int64_t)(ats_err_wall_ns(e) - ((uint64_t)rt.tv_sec * ATS_NS_PER_SEC + (uint64_t)rt.tv_nsec));
 	cr_assert(wall_skew > -100000000 && wall_skew < 100000000, "wall time off by %lld ns", (long long)wall_skew);
 	void *const *frames = NULL;
 	cr_assert_eq(ats_err_stack(e, &frames), 0, "known errors capture no stack by default");

@@ -153,19 +153,19 @@ Test(fleet, reply_parser_accepts_only_the_scripts_answer)
 	cr_assert_eq(r.wait_us, 50);
 
 	const char *bad[] = {
-	    "*2\r\n:6\r\n:0\r\n",         /* more than asked */
-	    "*2\r\n:-1\r\n:0\r\n",        /* negative */
-	    "*2\r\n:1\r\n:-5\r\n",        /* negative wait */
+	    "*2\r\n:6\r\n:0\r\n",                /* more than asked */
+	    "*2\r\n:-1\r\n:0\r\n",               /* negative */
+	    "*2\r\n:1\r\n:-5\r\n",               /* negative wait */
 	    "*2\r\n:1\r\n:9007199254740993\r\n", /* wait beyond 2^53 us */
-	    "*1\r\n:1\r\n",               /* short */
-	    "*3\r\n:1\r\n:0\r\n:0\r\n",   /* long */
-	    "*2\r\n$1\r\n5\r\n:0\r\n",    /* a string where a number goes */
-	    "*2\r\n*0\r\n:0\r\n",         /* nested */
-	    "*-1\r\n",                    /* nil array */
-	    "$-1\r\n",                    /* nil */
-	    ":5\r\n",                     /* a bare integer */
-	    "+OK\r\n",                    /* a status */
-	    "$5\r\nhello\r\n",            /* a string */
+	    "*1\r\n:1\r\n",                      /* short */
+	    "*3\r\n:1\r\n:0\r\n:0\r\n",          /* long */
+	    "*2\r\n$1\r\n5\r\n:0\r\n",           /* a string where a number goes */
+	    "*2\r\n*0\r\n:0\r\n",                /* nested */
+	    "*-1\r\n",                           /* nil array */
+	    "$-1\r\n",                           /* nil */
+	    ":5\r\n",                            /* a bare integer */
+	    "+OK\r\n",                           /* a status */
+	    "$5\r\nhello\r\n",                   /* a string */
 	};
 	for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
 		r.granted = 99;
@@ -585,7 +585,8 @@ Test(fleet, audit_bound_and_admission, .init = start_redis, .fini = stop_redis, 
 	uint64_t in = audit(sh, from, to, &total);
 	double want = 0.95 * RATE * (double)(to - from) / 1e9;
 	cr_log_info("fleet admission: %llu grants in the %.2f s after startup, %.1f%% of rate*w\n",
-	            (unsigned long long)in, (double)(to - from) / 1e9, 100.0 * (double)in / (RATE * (double)(to - from) / 1e9));
+	            (unsigned long long)in, (double)(to - from) / 1e9,
+	            100.0 * (double)in / (RATE * (double)(to - from) / 1e9));
 	cr_assert_geq((double)in, want, "under-admission: %llu < 95%% of rate*w (%.0f)", (unsigned long long)in, want);
 	/* No token went missing in any process: granted + expired + given back == leased. */
 	for (int p = 0; p < PROCS; p++)
@@ -835,9 +836,10 @@ Test(fleet, steady_stream_never_waits_and_batch_follows_rate, .init = start_redi
 	ats_fleet_stats st;
 	ats_fleet_stats_get(f, &st);
 	double ops_per_grant = (double)(st.redis_ops - st0.redis_ops) / (double)(asked - refused);
-	cr_log_info("steady 20000/s: %llu asked, %llu refused (%llu after warm-up), batch %llu, %.4f redis ops per grant\n",
-	            (unsigned long long)asked, (unsigned long long)refused, (unsigned long long)refused_late,
-	            (unsigned long long)st.batch, ops_per_grant);
+	cr_log_info(
+	    "steady 20000/s: %llu asked, %llu refused (%llu after warm-up), batch %llu, %.4f redis ops per grant\n",
+	    (unsigned long long)asked, (unsigned long long)refused, (unsigned long long)refused_late,
+	    (unsigned long long)st.batch, ops_per_grant);
 	cr_assert_leq(refused_late, asked / 50, "a steady stream waited on Redis: %llu refused after warm-up",
 	              (unsigned long long)refused_late);
 	/* one refresh interval of the stream: 1000 tokens (x2 for hungry doubling, /2 for a slow window) */

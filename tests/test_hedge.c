@@ -14,12 +14,12 @@
 #include <string.h>
 
 enum mode {
-	WIN = 0,        /* succeed at once */
-	BLOCK,          /* wait until cancelled, then return the ctx's error */
-	FAIL_SOFT,      /* a non-fatal error */
-	FAIL_HARD,      /* a fatal error */
-	LATE_SUCCESS,   /* wait until cancelled, then succeed anyway (a loser's result) */
-	SLOW_WIN,       /* succeed after 2 ms unless cancelled first */
+	WIN = 0,      /* succeed at once */
+	BLOCK,        /* wait until cancelled, then return the ctx's error */
+	FAIL_SOFT,    /* a non-fatal error */
+	FAIL_HARD,    /* a fatal error */
+	LATE_SUCCESS, /* wait until cancelled, then succeed anyway (a loser's result) */
+	SLOW_WIN,     /* succeed after 2 ms unless cancelled first */
 };
 
 struct script {
@@ -35,16 +35,10 @@ static ats_err *attempt(void *arg, unsigned n, ats_ctx *ctx, void **result)
 	atomic_fetch_add(&s->runs, 1);
 	atomic_fetch_add(&s->ran[n], 1);
 	switch (s->mode[n]) {
-	case WIN:
-		*result = &s->value[n];
-		return NULL;
-	case BLOCK:
-		ats_ctx_wait(ctx, ATS_CTX_NO_DEADLINE);
-		return ats_ctx_err(ctx);
-	case FAIL_SOFT:
-		return ats_err_new(ATS_ERR_UNAVAILABLE, "soft %u", n);
-	case FAIL_HARD:
-		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "hard %u", n);
+	case WIN: *result = &s->value[n]; return NULL;
+	case BLOCK: ats_ctx_wait(ctx, ATS_CTX_NO_DEADLINE); return ats_ctx_err(ctx);
+	case FAIL_SOFT: return ats_err_new(ATS_ERR_UNAVAILABLE, "soft %u", n);
+	case FAIL_HARD: return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "hard %u", n);
 	case LATE_SUCCESS:
 		ats_ctx_wait(ctx, ATS_CTX_NO_DEADLINE);
 		*result = &s->value[n];
@@ -212,7 +206,8 @@ Test(hedge, the_budget_is_exact_under_concurrency)
 {
 	ats_pool *p = pool(2);
 	ats_hedger *h;
-	ats_hedger_config cfg = {.pool = p, .max_attempts = 2, .delay_ns = 0, .max_extra_load = 0.25, .budget_burst = 1};
+	ats_hedger_config cfg = {
+	    .pool = p, .max_attempts = 2, .delay_ns = 0, .max_extra_load = 0.25, .budget_burst = 1};
 	cr_assert_null(ats_hedger_new(&h, &cfg));
 	struct budget_run b = {h, 150};
 	pthread_t th[3];

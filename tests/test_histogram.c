@@ -25,7 +25,8 @@ Test(histogram, buckets_are_contiguous_and_within_one_64th)
 		if (i + 1 < ATS_HISTOGRAM_BUCKETS)
 			cr_assert_eq(hi + 1, ats_histogram_bucket_low(i + 1), "gap after bucket %u", i);
 		/* Width at most 1/64 of the values it holds (exact below 64). */
-		cr_assert_leq((hi - lo) * 64, lo, "bucket %u [%llu, %llu]", i, (unsigned long long)lo, (unsigned long long)hi);
+		cr_assert_leq((hi - lo) * 64, lo, "bucket %u [%llu, %llu]", i, (unsigned long long)lo,
+		              (unsigned long long)hi);
 	}
 	cr_expect_eq(ats_histogram_bucket_high(ATS_HISTOGRAM_BUCKETS - 1), (UINT64_C(1) << 40) - 1);
 	cr_expect_eq(ats_histogram_bucket_of(UINT64_C(1) << 40), ATS_HISTOGRAM_BUCKETS - 1);
@@ -60,8 +61,9 @@ Test(histogram, percentiles_bound_the_exact_quantile_within_one_64th)
 	for (int i = 0; i < N; i++) {
 		/* A long-tailed mix: mostly ~100 us, some ms, a few near a second. */
 		int r = rand() % 100;
-		v[i] = r < 90 ? 50000 + (uint64_t)(rand() % 100000) : r < 99 ? 1000000 + (uint64_t)(rand() % 9000000)
-		                                                            : 100000000 + (uint64_t)(rand() % 900000000);
+		v[i] = r < 90   ? 50000 + (uint64_t)(rand() % 100000)
+		       : r < 99 ? 1000000 + (uint64_t)(rand() % 9000000)
+		                : 100000000 + (uint64_t)(rand() % 900000000);
 		ats_histogram_record(h, v[i]);
 	}
 	qsort(v, N, sizeof v[0], cmp_u64);

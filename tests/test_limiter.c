@@ -786,4 +786,3 @@ Test(multi, refusal_changes_nothing)
 	ats_limiter_free(b);
 	ats_limiter_free(c);
 }
-

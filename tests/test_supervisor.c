@@ -37,9 +37,9 @@ static void wait_until(_Atomic int *v, int at_least)
 
 /* A ward's fault switches, set by the test. */
 struct ward_ctl {
-	_Atomic int freeze;   /* one-shot: stop beating with work pending */
-	_Atomic int fail;     /* one-shot: return an error */
-	_Atomic int finish;   /* one-shot: return NULL */
+	_Atomic int freeze; /* one-shot: stop beating with work pending */
+	_Atomic int fail;   /* one-shot: return an error */
+	_Atomic int finish; /* one-shot: return NULL */
 	_Atomic int always_fail;
 	ats_ctx *ignore_cancel_until; /* if set, a freeze waits for this ctx, not the ward's own */
 	_Atomic int runs;
@@ -73,8 +73,12 @@ static ats_err *ward_body(void *arg, ats_heartbeat *hb, ats_ctx *ctx)
 static ats_supervisor *mk(ats_sup_strategy strategy, struct events *e, unsigned max_restarts, uint64_t period)
 {
 	ats_supervisor *s;
-	ats_supervisor_config cfg = {.name = "test", .strategy = strategy, .max_restarts = max_restarts,
-	                             .period_ns = period, .on_event = on_event, .event_arg = e};
+	ats_supervisor_config cfg = {.name = "test",
+	                             .strategy = strategy,
+	                             .max_restarts = max_restarts,
+	                             .period_ns = period,
+	                             .on_event = on_event,
+	                             .event_arg = e};
 	cr_assert_null(ats_supervisor_new(&s, &cfg));
 	return s;
 }

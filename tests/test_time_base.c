@@ -96,8 +96,8 @@ static void expect_rate(const char *what, struct pair_counts c, double floor_fra
 	cr_expect_geq(c.at, 200, "%s: only %llu granted at ats_now_ns() in a second", what, (unsigned long long)c.at);
 	cr_expect_leq(c.at, 1002, "%s: %llu over-granted", what, (unsigned long long)c.at);
 	cr_expect_leq(c.plain, 1002, "%s: %llu over-granted", what, (unsigned long long)c.plain);
-	cr_expect_geq((double)c.plain, floor_fraction * (double)c.at, "%s (%s): plain %llu, at(ats_now_ns()) %llu", what,
-	              ats_fast_source(), (unsigned long long)c.plain, (unsigned long long)c.at);
+	cr_expect_geq((double)c.plain, floor_fraction * (double)c.at, "%s (%s): plain %llu, at(ats_now_ns()) %llu",
+	              what, ats_fast_source(), (unsigned long long)c.plain, (unsigned long long)c.at);
 }
 
 static void rate_test(ats_clock_source source)
@@ -110,8 +110,14 @@ static void rate_test(ats_clock_source source)
 	expect_rate("keyed", r.keyed, 0.95);
 }
 
-Test(rate, tsc) { rate_test(ATS_CLOCK_TSC); }
-Test(rate, monotonic) { rate_test(ATS_CLOCK_MONOTONIC); }
+Test(rate, tsc)
+{
+	rate_test(ATS_CLOCK_TSC);
+}
+Test(rate, monotonic)
+{
+	rate_test(ATS_CLOCK_MONOTONIC);
+}
 
 Test(rate, the_default_source)
 {
@@ -189,18 +195,23 @@ static void mixed_test(ats_clock_source source)
 	uint64_t plain_k = ats_keyed_tokens(k, "mix", 3);
 	uint64_t t1 = ats_now_ns();
 	double lost = (double)MIX_RATE * (double)ats_fast_precision_ns() / (double)SEC + 1.0;
-	cr_expect_geq((double)plain_l, (double)precise_l - lost, "%s: limiter plain %lld, precise %lld, allowed loss %.1f",
-	              ats_fast_source(), (long long)plain_l, (long long)precise_l, lost);
-	cr_expect_geq((double)plain_k, (double)precise_k - lost, "%s: keyed plain %llu, precise %llu, allowed loss %.1f",
-	              ats_fast_source(), (unsigned long long)plain_k, (unsigned long long)precise_k, lost);
+	cr_expect_geq((double)plain_l, (double)precise_l - lost,
+	              "%s: limiter plain %lld, precise %lld, allowed loss %.1f", ats_fast_source(), (long long)plain_l,
+	              (long long)precise_l, lost);
+	cr_expect_geq((double)plain_k, (double)precise_k - lost,
+	              "%s: keyed plain %llu, precise %llu, allowed loss %.1f", ats_fast_source(),
+	              (unsigned long long)plain_k, (unsigned long long)precise_k, lost);
 
 	/* No over-grant: burst + rate * elapsed, plus what a plain read ahead of ats_now_ns() by the
 	 * precision could see, plus the sharded limiter's stated lease excess. */
 	double bound = MIX_BURST + (double)MIX_RATE * (double)(t1 - t0 + ats_fast_precision_ns()) / (double)SEC + 1.0;
-	cr_expect_leq((double)granted_l, bound, "limiter over-granted: %llu > %.1f", (unsigned long long)granted_l, bound);
-	cr_expect_leq((double)granted_k, bound, "keyed over-granted: %llu > %.1f", (unsigned long long)granted_k, bound);
+	cr_expect_leq((double)granted_l, bound, "limiter over-granted: %llu > %.1f", (unsigned long long)granted_l,
+	              bound);
+	cr_expect_leq((double)granted_k, bound, "keyed over-granted: %llu > %.1f", (unsigned long long)granted_k,
+	              bound);
 	double sbound = bound + (double)ats_sharded_max_excess(s);
-	cr_expect_leq((double)granted_s, sbound, "sharded over-granted: %llu > %.1f", (unsigned long long)granted_s, sbound);
+	cr_expect_leq((double)granted_s, sbound, "sharded over-granted: %llu > %.1f", (unsigned long long)granted_s,
+	              sbound);
 	/* And the loop really contended: it took most of what the rate gave. */
 	cr_expect_geq((double)granted_l, 0.5 * (double)MIX_RATE * (double)(t1 - t0) / (double)SEC);
 
@@ -209,6 +220,15 @@ static void mixed_test(ats_clock_source source)
 	ats_keyed_free(k);
 }
 
-Test(mixed, tsc) { mixed_test(ATS_CLOCK_TSC); }
-Test(mixed, monotonic) { mixed_test(ATS_CLOCK_MONOTONIC); }
-Test(mixed, coarse) { mixed_test(ATS_CLOCK_COARSE); }
+Test(mixed, tsc)
+{
+	mixed_test(ATS_CLOCK_TSC);
+}
+Test(mixed, monotonic)
+{
+	mixed_test(ATS_CLOCK_MONOTONIC);
+}
+Test(mixed, coarse)
+{
+	mixed_test(ATS_CLOCK_COARSE);
+}

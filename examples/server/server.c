@@ -58,10 +58,10 @@
 #include <unistd.h>
 
 #define MAX_ARGS 8
-#define MAX_ARG_LEN 4096         /* longest argument accepted: keys are short */
-#define MAX_IN (64 * 1024)       /* a connection's unparsed input */
+#define MAX_ARG_LEN 4096          /* longest argument accepted: keys are short */
+#define MAX_IN (64 * 1024)        /* a connection's unparsed input */
 #define MAX_OUT_PENDING (1 << 20) /* stop reading a client that does not read its replies */
-#define MAX_QUEUED 1024          /* requests a connection may have in flight (pipelining) */
+#define MAX_QUEUED 1024           /* requests a connection may have in flight (pipelining) */
 
 struct options {
 	const char *bind;
@@ -76,14 +76,14 @@ struct conn;
 /* One request whose reply is not yet written: replies go out in request order, so a PING behind a
  * pending GET waits in the queue with its reply ready. */
 struct req {
-	struct req *next;           /* the connection's queue */
-	size_t hidx;                /* its place in the server's heap while it waits for the backend */
-	uint64_t due;               /* min(ready_ns, deadline): when it must be settled */
+	struct req *next; /* the connection's queue */
+	size_t hidx;      /* its place in the server's heap while it waits for the backend */
+	uint64_t due;     /* min(ready_ns, deadline): when it must be settled */
 	struct conn *c;
-	ats_ctx *ctx;               /* the request's deadline; NULL once answered */
-	uint64_t ready_ns;          /* when the simulated backend answers */
+	ats_ctx *ctx;      /* the request's deadline; NULL once answered */
+	uint64_t ready_ns; /* when the simulated backend answers */
 	uint64_t delay_ns;
-	char *reply;                /* RESP text, NULL until answered */
+	char *reply; /* RESP text, NULL until answered */
 	size_t reply_len;
 	char key[];
 };
@@ -399,8 +399,8 @@ static bool admit(struct server *s, struct conn *c, struct req **rp, uint64_t no
 		/* A key the map refuses (CLIENT SETNAME checks names, so not expected), or no room for a
 		 * new key: the status's own code, and nothing taken. */
 		s->rejected++;
-		err = ats_err_new(ats_keyed_status_code(st), "client %.*s: keyed limiter status %d", (int)key_len,
-		                  key, (int)st);
+		err = ats_err_new(ats_keyed_status_code(st), "client %.*s: keyed limiter status %d", (int)key_len, key,
+		                  (int)st);
 		if (st == ATS_KEYED_NO_ROOM)
 			err = ats_err_with_user(err, "The server is busy right now. Try again later.");
 	}
@@ -467,11 +467,13 @@ static void command(struct server *s, struct conn *c, int argc, char **argv, siz
 		if (!heap_push(s, r)) {
 			ats_ctx_release(r->ctx);
 			r->ctx = NULL;
-			answer_err(s, c, r, ats_err_new(ATS_ERR_OUT_OF_MEMORY, "GET %s: no room to wait", r->key), NULL);
+			answer_err(s, c, r, ats_err_new(ATS_ERR_OUT_OF_MEMORY, "GET %s: no room to wait", r->key),
+			           NULL);
 		}
 	} else if (arg_is(argv[0], lens[0], "CLIENT") && argc == 3 && arg_is(argv[1], lens[1], "SETNAME")) {
 		if (!ats_keyed_key_ok(argv[2], lens[2])) {
-			ats_err *err = ats_err_new(ATS_ERR_INVALID_ARGUMENT, "client %s: name of %zu bytes", c->addr, lens[2]);
+			ats_err *err =
+			    ats_err_new(ATS_ERR_INVALID_ARGUMENT, "client %s: name of %zu bytes", c->addr, lens[2]);
 			reject(s, c, ats_err_with_user(err, "A client name must be 1 to %d bytes.", ATS_KEYED_MAX_KEY));
 			return;
 		}
@@ -489,8 +491,9 @@ static void command(struct server *s, struct conn *c, int argc, char **argv, siz
 		reply_now(c, "+OK\r\n");
 		c->eof = true;
 	} else {
-		ats_err *err = ats_err_new(ATS_ERR_INVALID_ARGUMENT, "client %s: unknown command '%.*s' with %d arguments",
-		                           c->addr, (int)(lens[0] > 64 ? 64 : lens[0]), argv[0], argc - 1);
+		ats_err *err =
+		    ats_err_new(ATS_ERR_INVALID_ARGUMENT, "client %s: unknown command '%.*s' with %d arguments",
+		                c->addr, (int)(lens[0] > 64 ? 64 : lens[0]), argv[0], argc - 1);
 		reject(s, c, ats_err_with_user(err, "Unknown command or wrong number of arguments."));
 	}
 }
@@ -566,7 +569,8 @@ static void process_input(struct server *s, struct conn *c, uint64_t now)
 			break;
 		if (used < 0) {
 			s->rejected++;
-			ats_err *err = ats_err_new(ATS_ERR_INVALID_ARGUMENT, "client %s: malformed RESP at byte %zu", c->addr, off);
+			ats_err *err = ats_err_new(ATS_ERR_INVALID_ARGUMENT, "client %s: malformed RESP at byte %zu",
+			                           c->addr, off);
 			log_err(s, err);
 			ats_err_unref(err);
 			c->dead = true; /* the stream cannot be resynchronised */
@@ -777,15 +781,24 @@ static uint64_t num(const char *flag, const char *v, uint64_t max)
 static void parse_options(struct options *o, int argc, char **argv)
 {
 	static const struct option longs[] = {
-		{"bind", required_argument, NULL, 'b'},       {"port", required_argument, NULL, 'p'},
-		{"rate", required_argument, NULL, 'r'},       {"burst", required_argument, NULL, 'B'},
-		{"no-limit", no_argument, NULL, 'n'},         {"timeout-ms", required_argument, NULL, 't'},
-		{"backend-min-ms", required_argument, NULL, 'm'}, {"backend-max-ms", required_argument, NULL, 'M'},
-		{"log", no_argument, NULL, 'l'},              {"help", no_argument, NULL, 'h'},
-		{NULL, 0, NULL, 0},
+	    {"bind", required_argument, NULL, 'b'},
+	    {"port", required_argument, NULL, 'p'},
+	    {"rate", required_argument, NULL, 'r'},
+	    {"burst", required_argument, NULL, 'B'},
+	    {"no-limit", no_argument, NULL, 'n'},
+	    {"timeout-ms", required_argument, NULL, 't'},
+	    {"backend-min-ms", required_argument, NULL, 'm'},
+	    {"backend-max-ms", required_argument, NULL, 'M'},
+	    {"log", no_argument, NULL, 'l'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
 	};
-	*o = (struct options){.bind = "127.0.0.1", .port = 6380, .rate = 100, .burst = 20,
-	                      .timeout_ns = 2 * UINT64_C(1000000), .backend_max_ns = 3 * UINT64_C(1000000)};
+	*o = (struct options){.bind = "127.0.0.1",
+	                      .port = 6380,
+	                      .rate = 100,
+	                      .burst = 20,
+	                      .timeout_ns = 2 * UINT64_C(1000000),
+	                      .backend_max_ns = 3 * UINT64_C(1000000)};
 	const uint64_t hour_ms = 3600u * 1000u;
 	for (int ch; (ch = getopt_long(argc, argv, "", longs, NULL)) != -1;) {
 		switch (ch) {
@@ -825,8 +838,11 @@ int main(int argc, char **argv)
 
 	ats_err *err = ats_ctx_with_cancel(ats_ctx_background(), &s.ctx);
 	if (!err && !s.opt.no_limit) {
-		ats_keyed_config cfg = {.rate = ats_rate_per_sec(s.opt.rate), .burst = s.opt.burst, .max_keys = 100000,
-		                        .capacity_hint = 1024, .max_bytes = 16 << 20};
+		ats_keyed_config cfg = {.rate = ats_rate_per_sec(s.opt.rate),
+		                        .burst = s.opt.burst,
+		                        .max_keys = 100000,
+		                        .capacity_hint = 1024,
+		                        .max_bytes = 16 << 20};
 		err = ats_keyed_new(&s.limits, &cfg);
 	}
 	if (!err)
@@ -873,7 +889,8 @@ int main(int argc, char **argv)
 			} else if (tag == &tag_signal) {
 				struct signalfd_siginfo si;
 				if (read(s.sigfd, &si, sizeof si) == (ssize_t)sizeof si) {
-					ats_err *why = ats_err_new(ATS_ERR_UNAVAILABLE, "signal %u: shutting down", si.ssi_signo);
+					ats_err *why =
+					    ats_err_new(ATS_ERR_UNAVAILABLE, "signal %u: shutting down", si.ssi_signo);
 					ats_ctx_cancel(s.ctx, ats_err_with_user(why, "The server is shutting down."));
 				}
 			} else if (tag == &tag_timer) {
@@ -918,8 +935,9 @@ int main(int argc, char **argv)
 		flush_out(s.conns);
 		conn_free(&s, s.conns);
 	}
-	fprintf(stderr, "atscale-example-server: admitted %llu, limited %llu, timed out %llu, cancelled %llu, "
-	                "rejected %llu, served %llu\n",
+	fprintf(stderr,
+	        "atscale-example-server: admitted %llu, limited %llu, timed out %llu, cancelled %llu, "
+	        "rejected %llu, served %llu\n",
 	        (unsigned long long)s.admitted, (unsigned long long)s.limited, (unsigned long long)s.timed_out,
 	        (unsigned long long)s.cancelled, (unsigned long long)s.rejected, (unsigned long long)s.served);
 	close(s.tfd);

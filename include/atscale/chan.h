@@ -208,7 +208,8 @@ typedef struct ats_chan_case {
  * largest spin among the cases' channels; never parks if all are busy-poll), then parks on every
  * channel's eventcount at once (futex_waitv) plus a word the ctx bumps; see chan.c for why no
  * wake-up is lost. O(n) per round; no allocation unless it returns an error. */
-ATS_API ATS_NODISCARD ats_err *ats_chan_select(ats_chan_case *cases, size_t n, bool has_default, size_t *fired, ats_ctx *ctx);
+ATS_API ATS_NODISCARD ats_err *ats_chan_select(ats_chan_case *cases, size_t n, bool has_default, size_t *fired,
+                                               ats_ctx *ctx);
 
 /* ---- Combinators (the seed's patterns; or-channel over many ctxs is ats_ctx_merge) ---- */
 
@@ -217,12 +218,14 @@ ATS_API ATS_NODISCARD ats_err *ats_chan_select(ats_chan_case *cases, size_t n, b
  * (optional) gets how many went through; *undelivered (optional) the value taken from in but not
  * delivered when it stopped with an error (the caller's to dispose of), else NULL. out is not
  * closed: the caller closes it when it wants its readers to stop. Blocking, as recv and send. */
-ATS_API ATS_NODISCARD ats_err *ats_chan_forward(ats_chan *in, ats_chan *out, size_t *forwarded, void **undelivered, ats_ctx *ctx);
+ATS_API ATS_NODISCARD ats_err *ats_chan_forward(ats_chan *in, ats_chan *out, size_t *forwarded, void **undelivered,
+                                                ats_ctx *ctx);
 /* tee: every value from in to both out1 and out2 (each value to whichever is ready first, then to
  * the other), until in is closed and drained (NULL), ctx is done or an output is closed (error).
  * *teed (optional): values delivered to both; *undelivered (optional): the value in hand when it
  * stopped with an error (it may have reached one output), else NULL. Blocking. */
-ATS_API ATS_NODISCARD ats_err *ats_chan_tee(ats_chan *in, ats_chan *out1, ats_chan *out2, size_t *teed, void **undelivered, ats_ctx *ctx);
+ATS_API ATS_NODISCARD ats_err *ats_chan_tee(ats_chan *in, ats_chan *out1, ats_chan *out2, size_t *teed,
+                                            void **undelivered, ats_ctx *ctx);
 
 #ifdef __cplusplus
 }

@@ -111,7 +111,8 @@ ATS_API ATS_NODISCARD ats_err *ats_ctx_with_cancel(ats_ctx *parent, ats_ctx **ou
 ATS_API ATS_NODISCARD ats_err *ats_ctx_with_deadline(ats_ctx *parent, uint64_t deadline_ns, ats_ctx **out);
 /* with_deadline(parent, now + timeout_ns), with now = ats_now_ns() or the caller's now_ns. */
 ATS_API ATS_NODISCARD ats_err *ats_ctx_with_timeout(ats_ctx *parent, uint64_t timeout_ns, ats_ctx **out);
-ATS_API ATS_NODISCARD ats_err *ats_ctx_with_timeout_at(ats_ctx *parent, uint64_t timeout_ns, uint64_t now_ns, ats_ctx **out);
+ATS_API ATS_NODISCARD ats_err *ats_ctx_with_timeout_at(ats_ctx *parent, uint64_t timeout_ns, uint64_t now_ns,
+                                                       ats_ctx **out);
 
 /* with_deadline / with_timeout whose expiry reports `cause` (Go's WithDeadlineCause and
  * WithTimeoutCause): ats_ctx_err stays an ATS_ERR_DEADLINE_EXCEEDED error, now wrapping cause,
@@ -123,9 +124,10 @@ ATS_API ATS_NODISCARD ats_err *ats_ctx_with_timeout_at(ats_ctx *parent, uint64_t
  * with_deadline, plus one error record (one malloc and an attachment) made here so that expiry
  * allocates nothing. Fails with ats_err_oom (cause dropped, nothing made, *out NULL) when memory
  * runs out. */
-ATS_API ATS_NODISCARD ats_err *ats_ctx_with_deadline_cause(ats_ctx *parent, uint64_t deadline_ns,
-                                                           ats_err *cause, ats_ctx **out);
-ATS_API ATS_NODISCARD ats_err *ats_ctx_with_timeout_cause(ats_ctx *parent, uint64_t timeout_ns, ats_err *cause, ats_ctx **out);
+ATS_API ATS_NODISCARD ats_err *ats_ctx_with_deadline_cause(ats_ctx *parent, uint64_t deadline_ns, ats_err *cause,
+                                                           ats_ctx **out);
+ATS_API ATS_NODISCARD ats_err *ats_ctx_with_timeout_cause(ats_ctx *parent, uint64_t timeout_ns, ats_err *cause,
+                                                          ats_ctx **out);
 
 /* A child (cancellable, like with_cancel) carrying `value` under `key`, shadowing any value the
  * parent has for it. One allocation holds the child and its value table (copy of the parent's

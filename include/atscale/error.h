@@ -155,8 +155,10 @@ ATS_API extern ats_err *const ats_err_oom;
 /* Decorations, applied while the caller still holds the only reference. Each consumes `err` and
  * returns the decorated error: the same object when the caller is the sole owner, else a copy
  * (errors others can see never change). On out-of-memory the error comes back undecorated. */
-ATS_API ATS_NODISCARD ats_err *ats_err_with_user(ats_err *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-ATS_API ATS_NODISCARD ats_err *ats_err_with_hint(ats_err *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+ATS_API ATS_NODISCARD ats_err *ats_err_with_user(ats_err *err, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+ATS_API ATS_NODISCARD ats_err *ats_err_with_hint(ats_err *err, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 ATS_API ATS_NODISCARD ats_err *ats_err_with_kv(ats_err *err, const char *key, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
@@ -249,14 +251,15 @@ ATS_API void ats_err_log(const ats_err *err);
 ATS_API void ats_err_set_stack_default(bool capture_for_known);
 
 /* ---- Internals behind the macros ---- */
-ATS_API ATS_NODISCARD ats_err *ats__err_new(const char *file, int line, const char *func, ats_err_kind kind, ats_code code, int stack,
-                              ats_err *cause, const char *fmt, ...) __attribute__((format(printf, 8, 9)));
-ATS_API ATS_NODISCARD ats_err *ats__err_vnew(const char *file, int line, const char *func, ats_err_kind kind, ats_code code,
-                               int stack, ats_err *cause, const char *fmt, va_list ap);
-ATS_API ATS_NODISCARD ats_err *ats__err_wrap(const char *file, int line, const char *func, ats_err *cause, int stack, const char *fmt,
-                               ...) __attribute__((format(printf, 6, 7)));
-ATS_API ATS_NODISCARD ats_err *ats__err_errno(const char *file, int line, const char *func, int errnum, const char *fmt, ...)
-    __attribute__((format(printf, 5, 6)));
+ATS_API ATS_NODISCARD ats_err *ats__err_new(const char *file, int line, const char *func, ats_err_kind kind,
+                                            ats_code code, int stack, ats_err *cause, const char *fmt, ...)
+    __attribute__((format(printf, 8, 9)));
+ATS_API ATS_NODISCARD ats_err *ats__err_vnew(const char *file, int line, const char *func, ats_err_kind kind,
+                                             ats_code code, int stack, ats_err *cause, const char *fmt, va_list ap);
+ATS_API ATS_NODISCARD ats_err *ats__err_wrap(const char *file, int line, const char *func, ats_err *cause, int stack,
+                                             const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+ATS_API ATS_NODISCARD ats_err *ats__err_errno(const char *file, int line, const char *func, int errnum, const char *fmt,
+                                              ...) __attribute__((format(printf, 5, 6)));
 ATS_API ATS_NODISCARD ats_err *ats__err_boundary(const char *file, int line, const char *func, ats_err *err);
 /* A shared record (no place, thread or time) with `code`, message `msg` (static text, not copied
  * into a format) and `cause` (consumed); for modules that hand one record to many callers. One

@@ -84,11 +84,12 @@ typedef struct ats_token_clock {
  * starts full). Errors (invalid argument, nothing written): burst > 2^32, a rate above
  * ATS_RATE_MAX_PER_SEC, or events == 0 with a non-zero period is allowed (rate 0: the initial
  * burst, then nothing). Not a hot path: one 128-bit division. */
-ATS_API ATS_NODISCARD ats_err *ats_token_clock_make(ats_token_clock *clock, ats_rate rate, uint64_t burst, uint64_t epoch_ns);
+ATS_API ATS_NODISCARD ats_err *ats_token_clock_make(ats_token_clock *clock, ats_rate rate, uint64_t burst,
+                                                    uint64_t epoch_ns);
 /* The same with shift capped at max_shift (<= 30): coarser units for callers that need headroom
  * in the TAT word (the exact limiter keeps burst << shift <= 2^61). */
 ATS_API ATS_NODISCARD ats_err *ats_token_clock_make_max_shift(ats_token_clock *clock, ats_rate rate, uint64_t burst,
-                                                uint64_t epoch_ns, uint32_t max_shift);
+                                                              uint64_t epoch_ns, uint32_t max_shift);
 
 /* The clock's reading at now_ns, in units (modulo 2^64). Times before the epoch read as the
  * epoch. Wait-free, no memory access beyond the clock; two multiplies (the dt * frac_lo one only

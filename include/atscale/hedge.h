@@ -56,7 +56,7 @@ typedef struct ats_request {
 	void *arg;
 	void (*release)(void *result, void *arg);     /* a successful loser's result; NULL: dropped */
 	bool (*fatal)(const ats_err *err, void *arg); /* NULL: every error is non-fatal */
-	bool detach; /* return at the first success without waiting for the losers */
+	bool detach;                                  /* return at the first success without waiting for the losers */
 } ats_request;
 
 /* Runs n (1..min(ATS_HEDGE_MAX_ATTEMPTS, pool size)) attempts at once on n different workers and
@@ -71,14 +71,14 @@ ATS_API ATS_NODISCARD ats_err *ats_replicate(ats_pool *p, const ats_request *r, 
 ATS_API ATS_NODISCARD ats_err *ats_tied(ats_pool *p, const ats_request *r, void **result, ats_ctx *ctx);
 
 typedef struct ats_hedger_config {
-	ats_pool *pool;          /* required */
-	unsigned max_attempts;   /* 1..ATS_HEDGE_MAX_ATTEMPTS; 0: 2 */
-	uint64_t delay_ns;       /* the fixed delay (when percentile is 0) */
-	double percentile;       /* in (0, 1): adaptive delay, e.g. 0.95; 0: fixed */
-	uint64_t min_delay_ns;   /* floor of the adaptive delay */
-	unsigned warmup;         /* latencies seen before any adaptive hedge; 0: ATS_HEDGE_REFRESH */
-	double max_extra_load;   /* budget: hedges per request, e.g. 0.05; 0: no budget (unlimited) */
-	unsigned budget_burst;   /* whole hedges the budget may bank; 0: 10 */
+	ats_pool *pool;        /* required */
+	unsigned max_attempts; /* 1..ATS_HEDGE_MAX_ATTEMPTS; 0: 2 */
+	uint64_t delay_ns;     /* the fixed delay (when percentile is 0) */
+	double percentile;     /* in (0, 1): adaptive delay, e.g. 0.95; 0: fixed */
+	uint64_t min_delay_ns; /* floor of the adaptive delay */
+	unsigned warmup;       /* latencies seen before any adaptive hedge; 0: ATS_HEDGE_REFRESH */
+	double max_extra_load; /* budget: hedges per request, e.g. 0.05; 0: no budget (unlimited) */
+	unsigned budget_burst; /* whole hedges the budget may bank; 0: 10 */
 } ats_hedger_config;
 
 typedef struct ats_hedger ats_hedger;

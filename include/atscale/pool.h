@@ -152,11 +152,10 @@ ATS_API ATS_NODISCARD ats_err *ats_pool_new(ats_pool **out, const ats_pool_confi
 
 /* Shuts the pool down: stop accepting, drain until every queue is empty and no task runs or ctx
  * is done, then cancel the rest, wait for running tasks and join the workers (see the file
- * comment). NULL when everything accepted ran to its end; ctx's error when ctx ended the drain (the remaining tasks went to
- * their cancel callbacks); ATS_ERR_CLOSED when already shut down or shutting down;
- * ATS_ERR_INVALID_ARGUMENT for NULL p or ctx, or a call from one of p's workers. Blocking: it
- * waits for running tasks to return, however long they take (they see the pool's ctx cancelled
- * when ctx ended the drain). */
+ * comment). NULL when everything accepted ran to its end; ctx's error when ctx ended the drain (the remaining tasks
+ * went to their cancel callbacks); ATS_ERR_CLOSED when already shut down or shutting down; ATS_ERR_INVALID_ARGUMENT for
+ * NULL p or ctx, or a call from one of p's workers. Blocking: it waits for running tasks to return, however long they
+ * take (they see the pool's ctx cancelled when ctx ended the drain). */
 ATS_API ATS_NODISCARD ats_err *ats_pool_shutdown(ats_pool *p, ats_ctx *ctx);
 
 /* Frees the pool. If it was not shut down, shuts it down without draining (queued tasks go to

@@ -84,17 +84,17 @@ typedef struct ats_ward_spec {
 } ats_ward_spec;
 
 typedef enum ats_sup_event_kind {
-	ATS_SUP_EVENT_STALL = 0, /* a ward's heartbeat stalled (it is then stopped) */
-	ATS_SUP_EVENT_EXIT,      /* a ward returned (err: its error, NULL for a normal exit) */
-	ATS_SUP_EVENT_RESTART,   /* a ward was started again */
+	ATS_SUP_EVENT_STALL = 0,  /* a ward's heartbeat stalled (it is then stopped) */
+	ATS_SUP_EVENT_EXIT,       /* a ward returned (err: its error, NULL for a normal exit) */
+	ATS_SUP_EVENT_RESTART,    /* a ward was started again */
 	ATS_SUP_EVENT_QUARANTINE, /* a stopped ward did not return within its shutdown timeout */
-	ATS_SUP_EVENT_GIVE_UP,   /* restart intensity exceeded: every ward stopped */
+	ATS_SUP_EVENT_GIVE_UP,    /* restart intensity exceeded: every ward stopped */
 } ats_sup_event_kind;
 
 typedef struct ats_supervisor_event {
 	ats_sup_event_kind kind;
-	unsigned ward;     /* the ward's id (0 for GIVE_UP) */
-	const char *name;  /* the ward's name (the supervisor's for GIVE_UP) */
+	unsigned ward;      /* the ward's id (0 for GIVE_UP) */
+	const char *name;   /* the ward's name (the supervisor's for GIVE_UP) */
 	const ats_err *err; /* borrowed for the call: what happened, with "ward" and "supervisor" attached */
 } ats_supervisor_event;
 

@@ -58,7 +58,8 @@ int main(void)
 
 	/* error */
 	ats_err *err = ats_err_new(ATS_ERR_LIMITED, "consumer %d", 42);
-	ok &= check(ats_err_is(err, ATS_ERR_LIMITED) && strcmp(ats_code_name(ATS_ERR_LIMITED), "limited") == 0, "error");
+	ok &=
+	    check(ats_err_is(err, ATS_ERR_LIMITED) && strcmp(ats_code_name(ATS_ERR_LIMITED), "limited") == 0, "error");
 	ats_err_unref(err);
 
 	/* clock */
@@ -89,7 +90,8 @@ int main(void)
 	cfg.shards = 2;
 	ats_sharded *sh = NULL;
 	e = ats_sharded_new(&sh, &cfg);
-	ok &= check(!e && ats_sharded_allow(sh, 1) && ats_sharded_allow_shard_at(sh, 1, 1, ats_fast_now_ns()), "sharded");
+	ok &=
+	    check(!e && ats_sharded_allow(sh, 1) && ats_sharded_allow_shard_at(sh, 1, 1, ats_fast_now_ns()), "sharded");
 	ats_sharded_free(sh);
 	ats_limiter_free(lim);
 
@@ -154,8 +156,8 @@ int main(void)
 	memset(&task, 0, sizeof task);
 	task.run = consumer_task;
 	task.arg = &value;
-	ok &= check(!e && ats_pool_try_submit(pool, &task) == ATS_POOL_OK && !ats_pool_shutdown(pool, ats_ctx_background()) &&
-	                value == 8,
+	ok &= check(!e && ats_pool_try_submit(pool, &task) == ATS_POOL_OK &&
+	                !ats_pool_shutdown(pool, ats_ctx_background()) && value == 8,
 	            "pool");
 	ats_pool_free(pool);
 
@@ -181,7 +183,8 @@ int main(void)
 	ats_supervisor_config sc;
 	memset(&sc, 0, sizeof sc);
 	e = ats_supervisor_new(&sup, &sc);
-	ok &= check(!e && !ats_supervisor_start(sup, ats_ctx_background()) && !ats_supervisor_wait(sup, ats_ctx_background()),
+	ok &= check(!e && !ats_supervisor_start(sup, ats_ctx_background()) &&
+	                !ats_supervisor_wait(sup, ats_ctx_background()),
 	            "supervisor");
 	ats_supervisor_free(sup);
 
