@@ -9,6 +9,7 @@
  * futex word `seq` that the caller sleeps on. */
 #include "atscale/hedge.h"
 #include "atscale/histogram.h"
+#include "atscale/limiter.h"
 #include "atscale/clock.h"
 #include "internal/compiler.h"
 #include "internal/ec.h"
@@ -21,8 +22,10 @@
 #include <string.h>
 
 enum { NONE = -1, LEFT = -2 };
-#define UNIT UINT64_C(1000000) /* budget units per hedge */
-#define SPIN 4000u             /* rounds a caller spins on its call before it sleeps */
+/* The budget's clock: one tick of REQUEST_NS per request, from BUDGET_T0. */
+#define REQUEST_NS UINT64_C(1000000)
+#define BUDGET_T0 REQUEST_NS
+#define SPIN 4000u /* rounds a caller spins on its call before it sleeps */
 
 struct call;
 struct slot {
@@ -53,7 +56,10 @@ struct call {
 
 struct ats_hedger {
 	ats_hedger_config cfg;
-	_Atomic uint64_t budget;
+	/* The hedge budget: a token bucket of the limiter module on a clock that advances one
+	 * REQUEST_NS per request (not per nanosecond), filling max_extra_load hedges per request up
+	 * to budget_burst; it starts empty. Exact under concurrency (the limiter's CAS). */
+	ats_limiter budget;
 	_Atomic uint64_t delay_ns;
 	_Atomic uint64_t samples; /* latencies ever recorded */
 	_Atomic uint32_t refreshing;
@@ -209,14 +215,10 @@ static bool take_budget(ats_hedger *h)
 {
 	if (h->cfg.max_extra_load <= 0)
 		return true;
-	uint64_t b = atomic_load_explicit(&h->budget, memory_order_relaxed);
-	do {
-		if (b < UNIT)
-			return false;
-		/* relaxed: the budget guards nothing but itself; the CAS makes it exact. */
-	} while (!atomic_compare_exchange_weak_explicit(&h->budget, &b, b - UNIT, memory_order_relaxed,
-	                                                memory_order_relaxed));
-	return true;
+	/* relaxed: the request count is the budget's clock; a stale reading only sees fewer
+	 * deposits (the limiter never lets its time go backwards). */
+	uint64_t n = atomic_load_explicit(&h->requests, memory_order_relaxed);
+	return ats_limiter_allow_at(&h->budget, 1, BUDGET_T0 + n * REQUEST_NS);
 }
 
 /* The caller's side: waits for the outcome, sending hedges per plan. Consumes the caller's
@@ -428,7 +430,18 @@ ats_err *ats_hedger_new(ats_hedger **out, const ats_hedger_config *cfg)
 	if (!h->cfg.budget_burst)
 		h->cfg.budget_burst = 10;
 	atomic_init(&h->delay_ns, cfg->percentile > 0 ? UINT64_MAX : cfg->delay_ns);
-	atomic_init(&h->budget, 0);
+	if (cfg->max_extra_load > 0) {
+		/* max_extra_load hedges per request: per million requests, in whole hedges (1e-6 steps). */
+		uint64_t per_million = (uint64_t)(cfg->max_extra_load * 1e6 + 0.5);
+		ats_rate rate = {per_million ? per_million : 1, 1000000 * REQUEST_NS};
+		ats_err *err = ats_limiter_init_at(&h->budget, rate, h->cfg.budget_burst, BUDGET_T0);
+		if (err) {
+			ats_hedger_free(h);
+			return err;
+		}
+		/* Empty at first: hedges are paid for by requests already made. */
+		(void)ats_limiter_allow_at(&h->budget, h->cfg.budget_burst, BUDGET_T0);
+	}
 	if (cfg->percentile > 0) {
 		ats_err *err = ats_histogram_new(&h->lat[0], 0);
 		if (!err)
@@ -448,6 +461,7 @@ void ats_hedger_free(ats_hedger *h)
 		return;
 	ats_histogram_free(h->lat[0]);
 	ats_histogram_free(h->lat[1]);
+	ats_limiter_destroy(&h->budget);
 	free(h);
 }
 
@@ -492,16 +506,8 @@ ats_err *ats_hedge(ats_hedger *h, const ats_request *r, void **result, ats_ctx *
 	ats_err *err = check_args(h->cfg.pool, r, result, ctx);
 	if (err)
 		return err;
+	/* Also the budget's clock: this request's deposit. relaxed: a counter. */
 	atomic_fetch_add_explicit(&h->requests, 1, memory_order_relaxed);
-	if (h->cfg.max_extra_load > 0) {
-		/* Deposit this request's share of a hedge, up to the burst. relaxed: see take_budget. */
-		uint64_t add = (uint64_t)(h->cfg.max_extra_load * (double)UNIT),
-		         cap = (uint64_t)h->cfg.budget_burst * UNIT;
-		uint64_t b = atomic_load_explicit(&h->budget, memory_order_relaxed);
-		while (b < cap && !atomic_compare_exchange_weak_explicit(&h->budget, &b, b + add < cap ? b + add : cap,
-		                                                         memory_order_relaxed, memory_order_relaxed))
-			;
-	}
 	struct call *c = NULL;
 	if ((err = new_call(r, ctx, &c)))
 		return err;

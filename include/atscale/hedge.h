@@ -12,9 +12,11 @@
  *  - ats_hedge: one attempt; another (on a different worker, the less loaded of two random ones)
  *    after a delay, up to max_attempts. The delay is fixed, or adaptive: a percentile of recent
  *    attempt latencies from a per-core histogram (with a floor, and no hedge at all during a
- *    warm-up). A budget caps the
- *    extra load: each request deposits max_extra_load of a hedge, each hedge takes a whole one
- *    (Finagle's shape); with the budget empty no hedge is sent (counted). An attempt that fails
+ *    warm-up). A budget caps the extra load: a token bucket of the limiter module (ats_limiter)
+ *    on a clock that advances one tick per request, so each request deposits max_extra_load of
+ *    a hedge and each hedge takes a whole one, up to budget_burst banked (Finagle's shape); with
+ *    the budget empty no hedge is sent (counted). Exact under concurrency: at most
+ *    max_extra_load * requests hedges, ever. An attempt that fails
  *    with an error the request's `fatal` classifier calls non-fatal starts the next one at once;
  *    a fatal one ends the call.
  *  - ats_tied: two copies queued on two workers sharing a claim word; the first to start claims
