@@ -17,13 +17,7 @@
 #define SEC UINT64_C(1000000000)
 #define V(i) ((void *)(uintptr_t)(i))
 
-#if defined(__SANITIZE_THREAD__)
-#define SLOW 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define SLOW 1
-#endif
-#endif
+#include "slow.h"
 #ifdef SLOW
 #define MESSAGES (1u << 18) /* TSan runs ~10x slower; a quarter million still covers every path */
 #define ROUNDS 2000

@@ -10,13 +10,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 
-#if defined(__SANITIZE_THREAD__)
-#define SLOW 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define SLOW 1
-#endif
-#endif
+#include "slow.h"
 #ifdef SLOW
 #define PER_THREAD 50000u
 #else

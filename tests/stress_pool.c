@@ -12,13 +12,7 @@
 #include <sched.h>
 #include <stdlib.h>
 
-#if defined(__SANITIZE_THREAD__)
-#define SLOW 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define SLOW 1
-#endif
-#endif
+#include "slow.h"
 #ifdef SLOW
 #define TASKS (1u << 13) /* per submitter: TSan runs ~10x slower */
 #define ROUNDS 50
