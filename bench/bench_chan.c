@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: BSD-2-Clause */
 /* Channels: cross-thread cost per message (SPSC one at a time and in bursts of 32, MPMC with two
  * producers and two consumers), a blocking round trip between two threads, a send + receive on one
- * thread, and the floor: raw ck_ring SPSC across two threads with spinning ends. Go peers:
- * bench/peers/go/chan.go.
+ * thread, and two floors: raw ck_ring SPSC across two threads with spinning ends, and a round trip
+ * of two futex wake-ups. Go peers: bench/peers/go/chan.go; C peers (DPDK's rte_ring, liburcu's
+ * wfcq): bench/peers/dpdk_ring.c and bench/peers/urcu_wfcq.c.
  *
  * Each row runs on the runner's thread plus partner threads of its own (made at setup, parked on a
  * futex between runs), so ns_per_op is per message (per round trip for pingpong), not per thread:
@@ -32,6 +33,8 @@ struct xb {
 	ats_chan *a, *b;
 	struct ck_ring ring;
 	struct ck_ring_buffer *slots;
+	_Alignas(64) _Atomic uint32_t turn_a; /* floor.futex_pingpong's two words, a line each */
+	_Alignas(64) _Atomic uint32_t turn_b;
 };
 
 struct partner_arg {
@@ -258,6 +261,52 @@ static void *ring_setup(unsigned threads)
 	return x;
 }
 
+/* ---- floor.futex_pingpong: the wake-up floor of a blocking round trip ----
+ * Two threads pass a turn back and forth on two words, each side sleeping in FUTEX_WAIT until the
+ * other stores and wakes it: two sleeps and two wake-ups per round trip, nothing else. A blocking
+ * channel round trip (chan.pingpong) whose ends find nothing to receive pays at least this. */
+
+static void futex_ping(struct xb *x, unsigned idx, uint64_t iters)
+{
+	(void)idx;
+	for (uint64_t i = 0; i < iters; i++) {
+		uint32_t v = (uint32_t)i + 1;
+		/* release/acquire: the turn word carries the hand-over. */
+		atomic_store_explicit(&x->turn_a, v, memory_order_release);
+		ats__futex_wake(&x->turn_a, 1);
+		uint32_t b;
+		while ((b = atomic_load_explicit(&x->turn_b, memory_order_acquire)) != v)
+			ats__futex_wait(&x->turn_b, b, ATS__FUTEX_FOREVER);
+	}
+}
+
+static void futex_pong(struct xb *x, unsigned idx, uint64_t iters)
+{
+	(void)idx;
+	for (uint64_t i = 0; i < iters; i++) {
+		uint32_t v = (uint32_t)i + 1, a;
+		while ((a = atomic_load_explicit(&x->turn_a, memory_order_acquire)) != v)
+			ats__futex_wait(&x->turn_a, a, ATS__FUTEX_FOREVER);
+		atomic_store_explicit(&x->turn_b, v, memory_order_release);
+		ats__futex_wake(&x->turn_b, 1);
+	}
+}
+
+static void futex_run(void *state, unsigned tid, uint64_t iters)
+{
+	struct xb *x = state;
+	/* Each run counts its turns from 1 again: both words start below the first turn. */
+	atomic_store_explicit(&x->turn_a, 0, memory_order_relaxed);
+	atomic_store_explicit(&x->turn_b, 0, memory_order_relaxed);
+	xb_run(state, tid, iters);
+}
+
+static void *futex_setup(unsigned threads)
+{
+	(void)threads;
+	return xb_new(1, futex_ping, futex_pong, ATS_CHAN_SPSC, 1, false);
+}
+
 /* ---- chan.try_pair: try_send + try_recv on one thread ---- */
 
 static void *pair_setup(unsigned threads)
@@ -298,4 +347,7 @@ ATS_BENCH(chan_spsc_batch)
 ATS_BENCH(chan_mpmc)
 ATS_BENCH(chan_pingpong)
 ATS_BENCH(chan_try_pair)
+static const ats_bench floor_futex = {
+    "floor.futex_pingpong", ATS_BENCH_1T, futex_setup, futex_run, xb_teardown, NULL, NULL};
 ATS_BENCH(floor_ring)
+ATS_BENCH(floor_futex)

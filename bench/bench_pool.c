@@ -7,6 +7,7 @@
 #include "bench.h"
 #include "atscale/pool.h"
 #include "internal/compiler.h"
+#include "internal/futex.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -86,24 +87,42 @@ static void fanout(void *state, unsigned tid, uint64_t iters)
 
 /* ---- floor.spin_roundtrip: the physical floor of a hand-off and its answer ----
  * Two threads, one word each way, both spinning: the least any cross-thread submit-and-wait can
- * cost on this machine (two cache-line transfers per round trip). */
+ * cost on this machine (two cache-line transfers per round trip). The echo thread spins only
+ * during a run and parks on a futex between runs: a thread spinning while other rows run would
+ * take one of the machine's cores from them (on 2 cores, every pool row would then wait for a
+ * scheduler tick to wake its worker). */
+#define RT_PARK UINT64_MAX
+
 struct rt {
 	_Alignas(64) _Atomic uint64_t ping;
 	_Alignas(64) _Atomic uint64_t pong;
+	_Alignas(64) _Atomic uint32_t gen; /* bumped to start a run (and to quit) */
+	_Atomic uint32_t quit;
 	pthread_t th;
 };
 
 static void *rt_echo(void *arg)
 {
 	struct rt *r = arg;
-	for (uint64_t seen = 0;;) {
-		uint64_t v;
-		while ((v = atomic_load_explicit(&r->ping, memory_order_acquire)) == seen)
-			ats__cpu_relax();
-		if (v == UINT64_MAX)
+	uint32_t gen_seen = 0;
+	uint64_t seen = 0;
+	for (;;) {
+		uint32_t g;
+		/* acquire: a run's start (or quit) is seen with what was written before the bump. */
+		while ((g = atomic_load_explicit(&r->gen, memory_order_acquire)) == gen_seen)
+			ats__futex_wait(&r->gen, gen_seen, ATS__FUTEX_FOREVER);
+		gen_seen = g;
+		if (atomic_load_explicit(&r->quit, memory_order_relaxed))
 			return NULL;
-		seen = v;
-		atomic_store_explicit(&r->pong, v, memory_order_release);
+		for (;;) {
+			uint64_t v;
+			while ((v = atomic_load_explicit(&r->ping, memory_order_acquire)) == seen)
+				ats__cpu_relax();
+			seen = v;
+			if (v == RT_PARK)
+				break; /* the run is over: park until the next */
+			atomic_store_explicit(&r->pong, v, memory_order_release);
+		}
 	}
 }
 
@@ -115,6 +134,8 @@ static void *rt_setup(unsigned threads)
 		return NULL;
 	atomic_init(&r->ping, 0);
 	atomic_init(&r->pong, 0);
+	atomic_init(&r->gen, 0);
+	atomic_init(&r->quit, 0);
 	if (pthread_create(&r->th, NULL, rt_echo, r) != 0) {
 		free(r);
 		return NULL;
@@ -126,18 +147,24 @@ static void rt_run(void *state, unsigned tid, uint64_t iters)
 {
 	(void)tid;
 	struct rt *r = state;
-	uint64_t v = atomic_load_explicit(&r->pong, memory_order_relaxed);
+	/* release: the echo thread wakes into this run. */
+	atomic_fetch_add_explicit(&r->gen, 1, memory_order_release);
+	ats__futex_wake(&r->gen, 1);
+	uint64_t v = atomic_load_explicit(&r->pong, memory_order_relaxed); /* only the echo writes it */
 	for (uint64_t i = 0; i < iters; i++) {
 		atomic_store_explicit(&r->ping, ++v, memory_order_release);
 		while (atomic_load_explicit(&r->pong, memory_order_acquire) != v)
 			ats__cpu_relax();
 	}
+	atomic_store_explicit(&r->ping, RT_PARK, memory_order_release);
 }
 
 static void rt_teardown(void *state)
 {
 	struct rt *r = state;
-	atomic_store(&r->ping, UINT64_MAX);
+	atomic_store_explicit(&r->quit, 1, memory_order_relaxed); /* published by the release bump */
+	atomic_fetch_add_explicit(&r->gen, 1, memory_order_release);
+	ats__futex_wake(&r->gen, 1);
 	pthread_join(r->th, NULL);
 	free(r);
 }

@@ -11,6 +11,7 @@ packages=(
   redis-tools                                                   # redis-cli, redis-benchmark: the example server's test
   libcriterion-dev                                              # tests
   golang-go golang-golang-x-time-dev golang-github-pkg-errors-dev dpdk-dev   # benchmark peers
+  libglib2.0-dev libuv1-dev                                     # the pool's C peers (GThreadPool, uv_queue_work)
   gnuplot-nox                                                   # scripts/tail-plot.sh draws the Tail at Scale CDF
 )
 sudo=""
