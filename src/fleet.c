@@ -3,13 +3,13 @@
  * parser (include/atscale/fleet.h). hiredis is the client: no protocol code of our own. */
 #include "atscale/fleet.h"
 
-#include <hiredis/hiredis.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "internal/fleet_engine.h"
 #include "internal/futex.h"
 
 /* The Lua sources stay as written, one line of Lua per string: */
@@ -113,208 +113,22 @@ ats_err *ats__fleet_parse_reply(const void *reply, uint64_t asked, ats__fleet_re
 struct ats__fleet_cold {
 	char key[ATS_FLEET_MAX_KEY + 1];
 	size_t keylen;
-	char host[256];
-	uint16_t port;
-	uint64_t ev, per_us, burst; /* the rate as the scripts take it */
-	uint64_t batch_min, batch_max, refresh_ns, lease_ns, timeout_ns, rmin_ns, rmax_ns;
+	uint64_t limit[3]; /* ev, per_us, burst: the rate as the scripts take it */
+	struct ats__fleet_policy_cfg pol;
 
 	pthread_t thread;
 	_Atomic uint32_t wake;   /* futex word: bumped by a hungry miss and by stop */
 	_Atomic uint32_t hungry; /* a miss happened since the last lease call */
 	_Atomic uint32_t stop;
 
-	pthread_mutex_t mu; /* guards last_error only */
-	char last_error[256];
+	struct ats__fleet_conn conn;
+	struct ats__fleet_lease_counters lc;
+	_Atomic uint64_t lease_misses, closed_denied, fallback_allowed, fallback_denied, batch;
 
-	/* counters (ats_fleet_stats) */
-	_Atomic uint64_t redis_ops, leases, leased_tokens, expired_tokens, given_back, redis_errors, reconnects,
-	    lease_misses, closed_denied, fallback_allowed, fallback_denied, batch;
-
-	/* the background thread's own */
-	redisContext *rc;
-	char sha_lease[48], sha_give[48];
-	bool ever_connected;
-	bool probe;                         /* lease once after connecting, demand or not */
-	uint64_t last_tok;                  /* the lease's token count after the thread's last look */
-	uint64_t win_start_ns, win_used;    /* the consumption window */
-	uint64_t last_round_ns, round_used; /* the short (one poll) window */
-	uint64_t rate_est;                  /* tokens per second, smoothed */
-	uint64_t backoff_ns, next_connect_ns, next_lease_ns;
-	uint64_t rng;
+	struct ats__fleet_est est; /* the background thread's own */
 };
 
-/* Counters: relaxed, they order nothing (a snapshot of counters is all stats promise). */
-#define BUMP(c, field, v) atomic_fetch_add_explicit(&(c)->field, (v), memory_order_relaxed)
-
-static uint64_t lease_word(uint64_t expiry_ns, uint64_t tok)
-{
-	return ((expiry_ns >> 10) << 24) | tok;
-}
-
-static uint64_t rand_u64(struct ats__fleet_cold *c)
-{
-	uint64_t x = c->rng; /* xorshift64* */
-	x ^= x >> 12;
-	x ^= x << 25;
-	x ^= x >> 27;
-	c->rng = x;
-	return x * UINT64_C(2685821657736338717);
-}
-
-static void set_error(ats_fleet *f, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void set_error(ats_fleet *f, const char *fmt, ...)
-{
-	struct ats__fleet_cold *c = f->cold_;
-	va_list ap;
-	pthread_mutex_lock(&c->mu);
-	va_start(ap, fmt);
-	vsnprintf(c->last_error, sizeof c->last_error, fmt, ap);
-	va_end(ap);
-	pthread_mutex_unlock(&c->mu);
-	BUMP(c, redis_errors, 1);
-	/* relaxed: the flag alone picks the policy; nothing else is published with it */
-	atomic_store_explicit(&f->down_, 1, memory_order_relaxed);
-}
-
-static void drop_connection(struct ats__fleet_cold *c, uint64_t now)
-{
-	if (c->rc)
-		redisFree(c->rc);
-	c->rc = NULL;
-	uint64_t d = c->backoff_ns;
-	/* jitter: uniform in [d/2, d], so a fleet that lost Redis together does not return together */
-	c->next_connect_ns = now + d / 2 + rand_u64(c) % (d / 2 + 1);
-	c->backoff_ns = d * 2 > c->rmax_ns ? c->rmax_ns : d * 2;
-}
-
-static struct timeval tv_of(uint64_t ns)
-{
-	return (struct timeval){.tv_sec = (time_t)(ns / 1000000000u),
-	                        .tv_usec = (suseconds_t)(ns % 1000000000u / 1000)};
-}
-
-/* Loads both scripts; false (and the error kept) on failure. */
-static bool load_scripts(ats_fleet *f)
-{
-	struct ats__fleet_cold *c = f->cold_;
-	const char *src[2] = {ats__fleet_lease_lua, ats__fleet_giveback_lua};
-	char *dst[2] = {c->sha_lease, c->sha_give};
-	for (int i = 0; i < 2; i++) {
-		BUMP(c, redis_ops, 1);
-		redisReply *r = redisCommand(c->rc, "SCRIPT LOAD %s", src[i]);
-		if (!r || r->type != REDIS_REPLY_STRING || r->len >= sizeof c->sha_lease) {
-			set_error(f, "SCRIPT LOAD failed: %s",
-			          !r                             ? c->rc->errstr
-			          : r->type == REDIS_REPLY_ERROR ? r->str
-			                                         : "unexpected reply");
-			if (r)
-				freeReplyObject(r);
-			return false;
-		}
-		memcpy(dst[i], r->str, r->len);
-		dst[i][r->len] = 0;
-		freeReplyObject(r);
-	}
-	return true;
-}
-
-static bool connect_redis(ats_fleet *f, uint64_t now)
-{
-	struct ats__fleet_cold *c = f->cold_;
-	redisContext *rc = redisConnectWithTimeout(c->host, c->port, tv_of(c->timeout_ns));
-	if (!rc || rc->err) {
-		set_error(f, "connect to %s:%u: %s", c->host, c->port, rc ? rc->errstr : "out of memory");
-		c->rc = rc;
-		drop_connection(c, now);
-		return false;
-	}
-	c->rc = rc;
-	if (redisSetTimeout(rc, tv_of(c->timeout_ns)) != REDIS_OK || !load_scripts(f)) {
-		if (rc->err)
-			set_error(f, "setting up %s:%u: %s", c->host, c->port, rc->errstr);
-		drop_connection(c, now);
-		return false;
-	}
-	if (c->ever_connected)
-		BUMP(c, reconnects, 1);
-	c->ever_connected = true;
-	c->probe = true; /* a lease call right away: only a lease call's answer says Redis is up */
-	return true;
-}
-
-/* Runs a script; NOSCRIPT reloads both and retries once. The reply (caller frees) or NULL with the
- * connection dropped (an I/O error). */
-static redisReply *run_script(ats_fleet *f, bool lease, uint64_t n, uint64_t now)
-{
-	struct ats__fleet_cold *c = f->cold_;
-	for (int attempt = 0; attempt < 2; attempt++) {
-		BUMP(c, redis_ops, 1);
-		redisReply *r =
-		    redisCommand(c->rc, "EVALSHA %s 1 %b %llu %llu %llu %llu", lease ? c->sha_lease : c->sha_give,
-		                 c->key, c->keylen, (unsigned long long)c->ev, (unsigned long long)c->per_us,
-		                 (unsigned long long)c->burst, (unsigned long long)n);
-		if (!r) {
-			set_error(f, "EVALSHA on %s:%u: %s", c->host, c->port, c->rc->errstr);
-			drop_connection(c, now);
-			return NULL;
-		}
-		if (attempt == 0 && r->type == REDIS_REPLY_ERROR && r->str && strncmp(r->str, "NOSCRIPT", 8) == 0) {
-			freeReplyObject(r);
-			if (!load_scripts(f)) {
-				drop_connection(c, now);
-				return NULL;
-			}
-			continue;
-		}
-		return r;
-	}
-	return NULL; /* not reached: the second attempt returns */
-}
-
-/* The tokens the lease word holds at now (0 when expired), dropping expired ones (counted), and
- * the consumption since the thread's last look. */
-static uint64_t observe(ats_fleet *f, uint64_t now, uint64_t *used)
-{
-	struct ats__fleet_cold *c = f->cold_;
-	/* relaxed: the thread needs the count only; the CAS below validates it */
-	uint64_t w = atomic_load_explicit(&f->lease_, memory_order_relaxed);
-	for (;;) {
-		uint64_t tok = w & ATS__FLEET_TOKENS;
-		/* Acquirers only take from the word and the thread is the only one that adds, so the
-		 * difference is what they took (expired tokens are not taken: acquirers skip them). */
-		*used = c->last_tok >= tok ? c->last_tok - tok : 0;
-		if (!ats__fleet_expired(w, now) || tok == 0) {
-			c->last_tok = tok;
-			return ats__fleet_expired(w, now) ? 0 : tok;
-		}
-		/* relaxed: as in the acquire path, the word carries only its count */
-		if (atomic_compare_exchange_weak_explicit(&f->lease_, &w, w & ~ATS__FLEET_TOKENS, memory_order_relaxed,
-		                                          memory_order_relaxed)) {
-			BUMP(c, expired_tokens, tok);
-			c->last_tok = 0;
-			return 0;
-		}
-	}
-}
-
-/* Adds g tokens to the lease and sets its expiry to now + lease_ns. */
-static void install(ats_fleet *f, uint64_t g, uint64_t now)
-{
-	struct ats__fleet_cold *c = f->cold_;
-	uint64_t w = atomic_load_explicit(&f->lease_, memory_order_relaxed); /* the CAS validates it */
-	for (;;) {
-		uint64_t tok = ats__fleet_expired(w, now) ? 0 : w & ATS__FLEET_TOKENS;
-		uint64_t sum = tok + g > ATS__FLEET_TOKENS ? ATS__FLEET_TOKENS : tok + g;
-		/* relaxed: the count is all the word carries */
-		if (atomic_compare_exchange_weak_explicit(&f->lease_, &w, lease_word(now + c->lease_ns, sum),
-		                                          memory_order_relaxed, memory_order_relaxed)) {
-			if (ats__fleet_expired(w, now))
-				BUMP(c, expired_tokens, w & ATS__FLEET_TOKENS);
-			c->last_tok = sum;
-			return;
-		}
-	}
-}
+#define BUMP ATS__FLEET_BUMP
 
 /* One lease call for `asked` tokens. */
 static void lease_once(ats_fleet *f, uint64_t asked, uint64_t now)
@@ -322,7 +136,7 @@ static void lease_once(ats_fleet *f, uint64_t asked, uint64_t now)
 	struct ats__fleet_cold *c = f->cold_;
 	/* relaxed: a hint to batch up; the lease call below is what it asks for */
 	atomic_store_explicit(&c->hungry, 0, memory_order_relaxed);
-	redisReply *r = run_script(f, true, asked, now);
+	redisReply *r = ats__fleet_conn_script(&c->conn, true, c->key, c->keylen, c->limit, asked, now);
 	if (!r)
 		return;
 	ats__fleet_reply rep;
@@ -331,94 +145,43 @@ static void lease_once(ats_fleet *f, uint64_t asked, uint64_t now)
 	uint64_t after = ats_fast_now_ns();
 	if (err) {
 		const char *e = ats_err_kv_get(err, "redis_error");
-		set_error(f, "%s%s%s", ats_err_message(err), e ? ": " : "", e ? e : "");
+		ats__fleet_conn_error(&c->conn, "%s%s%s", ats_err_message(err), e ? ": " : "", e ? e : "");
 		ats_err_unref(err);
-		c->next_lease_ns = after + c->backoff_ns;
-		c->backoff_ns = c->backoff_ns * 2 > c->rmax_ns ? c->rmax_ns : c->backoff_ns * 2;
+		ats__fleet_conn_call_failed(&c->conn, after);
 		return;
 	}
-	c->backoff_ns = c->rmin_ns;
-	if (rep.granted) {
-		install(f, rep.granted, after);
-		BUMP(c, leases, 1);
-		BUMP(c, leased_tokens, rep.granted);
-	}
+	ats__fleet_conn_call_ok(&c->conn);
+	ats__fleet_install(&f->lease_, &c->est, &c->pol, &c->lc, &rep, asked, after);
 	/* relaxed: the flag alone picks the policy (the tokens just installed are in the word) */
 	atomic_store_explicit(&f->down_, 0, memory_order_relaxed);
-	/* Redis had fewer than asked: come back once some have accrued, not at every token. */
-	if (rep.granted < asked) {
-		/* at most a second: a slow rate's next token may be hours away, and demand may change */
-		uint64_t wait = rep.wait_us > 1000000 ? ATS_NS_PER_SEC : rep.wait_us * 1000;
-		c->next_lease_ns = after + (wait > c->refresh_ns / 8 ? wait : c->refresh_ns / 8);
-	}
 }
 
 /* One round of the background loop: returns the time to wake up next. */
 static uint64_t round_once(ats_fleet *f, uint64_t now)
 {
 	struct ats__fleet_cold *c = f->cold_;
-	uint64_t poll = c->refresh_ns / 4 > 100000 ? c->refresh_ns / 4 : 100000;
+	uint64_t poll = ats__fleet_poll_ns(&c->pol);
 	uint64_t used;
-	uint64_t tok = observe(f, now, &used);
-	c->win_used += used;
-	/* Up at once, from this round alone (a stream that starts or speeds up is seen within one
-	 * round, not one window); down only window by window, below. */
-	c->round_used += used;
-	if (now - c->last_round_ns >= poll) { /* over a whole poll: a short round's rate is noise */
-		uint64_t inst =
-		    (uint64_t)((unsigned __int128)c->round_used * ATS_NS_PER_SEC / (now - c->last_round_ns));
-		if (inst > c->rate_est)
-			c->rate_est = inst;
-		c->round_used = 0;
-		c->last_round_ns = now;
-	}
-	if (now - c->win_start_ns >= c->refresh_ns) {
-		uint64_t dt = now - c->win_start_ns;
-		uint64_t inst = (uint64_t)((unsigned __int128)c->win_used * ATS_NS_PER_SEC / dt);
-		/* up at once (demand grew), down slowly (one quiet window is not the end of a stream) */
-		c->rate_est = inst >= c->rate_est ? inst : (3 * c->rate_est + inst) / 4;
-		c->win_start_ns = now;
-		c->win_used = 0;
-	}
-	uint64_t b = (uint64_t)((unsigned __int128)c->rate_est * c->refresh_ns / ATS_NS_PER_SEC);
+	uint64_t tok = ats__fleet_observe(&f->lease_, &c->est, &c->lc, now, &used);
+	int ready = ats__fleet_conn_ready(&c->conn, now);
+	if (ready == 2)
+		c->est.probe = true; /* only a lease call's answer says Redis is up */
 	/* relaxed: a hint; acquirers set it when refused */
 	bool hungry = atomic_load_explicit(&c->hungry, memory_order_relaxed);
-	uint64_t prev = atomic_load_explicit(&c->batch, memory_order_relaxed); /* only this thread writes it */
-	if (hungry && b < 2 * prev)
-		b = 2 * prev;
-	if (b < c->batch_min)
-		b = c->batch_min;
-	if (b > c->batch_max)
-		b = c->batch_max;
-	atomic_store_explicit(&c->batch, b, memory_order_relaxed); /* a statistic */
-
-	if (!c->rc) {
-		if (now < c->next_connect_ns)
-			return c->next_connect_ns < now + poll ? c->next_connect_ns : now + poll;
-		if (!connect_redis(f, now))
-			return c->next_connect_ns;
+	uint64_t asked = ats__fleet_want(&f->lease_, &c->est, &c->pol, tok, used, hungry, now);
+	atomic_store_explicit(&c->batch, c->est.batch, memory_order_relaxed); /* a statistic */
+	if (!ready) {
+		uint64_t at = c->conn.next_connect_ns;
+		return at < now + poll ? at : now + poll;
 	}
-	if (now >= c->next_lease_ns) {
-		/* relaxed: a snapshot of the expiry; install() re-reads the word with its CAS */
-		uint64_t w = atomic_load_explicit(&f->lease_, memory_order_relaxed);
-		bool demand = used > 0 || hungry || c->probe || c->rate_est > 0 ||
-		              atomic_load_explicit(&c->leased_tokens, memory_order_relaxed) == 0; /* a counter */
-		/* Low water = one batch: the lease still covers one refresh interval of the stream when the
-		 * refill is asked for, four polls of slack before it would run dry. */
-		bool low = tok < b;
-		bool expiring = tok > 0 && ats__fleet_expired(w, now + 2 * poll);
-		if (demand && (low || expiring || c->probe) && tok < c->batch_max) {
-			c->probe = false;
-			uint64_t asked = b;
-			if (tok + asked > c->batch_max)
-				asked = c->batch_max - tok;
-			lease_once(f, asked, now);
-			if (!c->rc)
-				return c->next_connect_ns;
-		}
+	if (asked && now >= c->conn.next_call_ns) {
+		lease_once(f, asked, now);
+		if (!c->conn.rc)
+			return c->conn.next_connect_ns;
 	}
 	uint64_t next = now + poll;
-	return c->next_lease_ns > now && c->next_lease_ns < next ? c->next_lease_ns : next;
+	uint64_t at = c->est.next_lease_ns > c->conn.next_call_ns ? c->est.next_lease_ns : c->conn.next_call_ns;
+	return at > now && at < next ? at : next;
 }
 
 static void *fleet_thread(void *arg)
@@ -440,11 +203,11 @@ static void *fleet_thread(void *arg)
 	 * relaxed: acquirers still running take from the word before or after the exchange, never the
 	 * same token; pthread_join orders the rest for the stopping caller. */
 	uint64_t now = ats_fast_now_ns();
-	uint64_t w = atomic_exchange_explicit(&f->lease_, lease_word(now, 0), memory_order_relaxed);
+	uint64_t w = atomic_exchange_explicit(&f->lease_, ats__fleet_lease_word(now, 0), memory_order_relaxed);
 	uint64_t tok = w & ATS__FLEET_TOKENS;
 	bool back = false;
-	if (tok && !ats__fleet_expired(w, now) && c->rc) {
-		redisReply *r = run_script(f, false, tok, now);
+	if (tok && !ats__fleet_expired(w, now) && c->conn.rc) {
+		redisReply *r = ats__fleet_conn_script(&c->conn, false, c->key, c->keylen, c->limit, tok, now);
 		back = r && r->type == REDIS_REPLY_INTEGER;
 		if (r)
 			freeReplyObject(r);
@@ -452,12 +215,12 @@ static void *fleet_thread(void *arg)
 	/* Every leased token ends granted, given back or dropped: an expired lease's tokens, and
 	 * those Redis could not take back (down, or an error), are dropped (counted as expired). */
 	if (back)
-		BUMP(c, given_back, tok);
+		BUMP(&c->lc, given_back, tok);
 	else if (tok)
-		BUMP(c, expired_tokens, tok);
-	if (c->rc)
-		redisFree(c->rc);
-	c->rc = NULL;
+		BUMP(&c->lc, expired_tokens, tok);
+	if (c->conn.rc)
+		redisFree(c->conn.rc);
+	c->conn.rc = NULL;
 	return NULL;
 }
 
@@ -525,18 +288,17 @@ static ats_err *invalid(const char *what)
 	return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "fleet limiter: %s", what);
 }
 
-ats_err *ats_fleet_init(ats_fleet *f, const ats_fleet_config *cfg)
+ats_err *ats__fleet_settings_of(const ats_fleet_config *cfg, size_t max_key, struct ats__fleet_settings *out)
 {
-	if (!f || !cfg)
-		return invalid("limiter or config is NULL");
 	if (!cfg->key)
 		return invalid("key is NULL");
 	size_t keylen = strlen(cfg->key);
 	if (keylen == 0)
 		return invalid("key is empty");
-	if (keylen > ATS_FLEET_MAX_KEY)
-		return ats_err_with_kv(invalid("key is longer than ATS_FLEET_MAX_KEY (256 bytes)"), "key_len", "%zu",
-		                       keylen);
+	if (keylen > max_key)
+		return ats_err_with_kv(
+		    ats_err_new(ATS_ERR_INVALID_ARGUMENT, "fleet limiter: key is longer than %zu bytes", max_key),
+		    "key_len", "%zu", keylen);
 	if (cfg->host && strlen(cfg->host) >= 256)
 		return invalid("host is longer than 255 bytes");
 	if (ats_rate_is_inf(cfg->rate) || cfg->rate.events == 0)
@@ -576,54 +338,66 @@ ats_err *ats_fleet_init(ats_fleet *f, const ats_fleet_config *cfg)
 		if (__builtin_mul_overflow(cfg->rate.period_ns, (uint64_t)inst, &fb.period_ns))
 			return invalid("rate period * expected_instances overflows");
 	}
-	uint64_t fb_burst = cfg->fallback_burst ? cfg->fallback_burst : (cfg->burst / inst ? cfg->burst / inst : 1);
+	if (ats_rate_is_inf(fb) || fb.events == 0)
+		return invalid("fallback_rate must be finite and non-zero");
+	out->keylen = keylen;
+	out->limit[0] = ev;
+	out->limit[1] = per;
+	out->limit[2] = cfg->burst;
+	out->pol = (struct ats__fleet_policy_cfg){.batch_min = bmin,
+	                                          .batch_max = bmax,
+	                                          .refresh_ns = cfg->refresh_ns ? cfg->refresh_ns : 10000000,
+	                                          .lease_ns = lease_ns};
+	out->fallback_rate = fb;
+	out->fallback_burst = cfg->fallback_burst ? cfg->fallback_burst : (cfg->burst / inst ? cfg->burst / inst : 1);
+	return NULL;
+}
 
+/* Starts fn(arg) on a thread that takes no signals: the application's handlers run on its own
+ * threads. */
+int ats__fleet_start_thread(pthread_t *th, void *(*fn)(void *), void *arg)
+{
+	sigset_t all, old;
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	int rc = pthread_create(th, NULL, fn, arg);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	return rc;
+}
+
+ats_err *ats_fleet_init(ats_fleet *f, const ats_fleet_config *cfg)
+{
+	if (!f || !cfg)
+		return invalid("limiter or config is NULL");
+	struct ats__fleet_settings st;
+	ats_err *err = ats__fleet_settings_of(cfg, ATS_FLEET_MAX_KEY, &st);
+	if (err)
+		return err;
 	struct ats__fleet_cold *c = calloc(1, sizeof *c);
 	if (!c)
 		return ats_err_oom;
-	ats_err *err = ats_limiter_init_at(&f->fallback_, fb, fb_burst, ats_fast_now_ns());
+	err = ats_limiter_init_at(&f->fallback_, st.fallback_rate, st.fallback_burst, ats_fast_now_ns());
 	if (err) {
 		free(c);
 		return ats_err_wrap(err, "fleet limiter: the fallback limit");
 	}
-	memcpy(c->key, cfg->key, keylen + 1);
-	c->keylen = keylen;
-	snprintf(c->host, sizeof c->host, "%s", cfg->host ? cfg->host : "127.0.0.1");
-	c->port = cfg->port ? cfg->port : 6379;
-	c->ev = ev;
-	c->per_us = per;
-	c->burst = cfg->burst;
-	c->batch_min = bmin;
-	c->batch_max = bmax;
-	c->refresh_ns = cfg->refresh_ns ? cfg->refresh_ns : 10000000;
-	c->lease_ns = lease_ns;
-	c->timeout_ns = cfg->timeout_ns ? cfg->timeout_ns : 100000000;
-	c->rmin_ns = cfg->reconnect_min_ns ? cfg->reconnect_min_ns : 10000000;
-	c->rmax_ns = cfg->reconnect_max_ns ? cfg->reconnect_max_ns : ATS_NS_PER_SEC;
-	if (c->rmax_ns < c->rmin_ns)
-		c->rmax_ns = c->rmin_ns;
-	c->backoff_ns = c->rmin_ns;
-	pthread_mutex_init(&c->mu, NULL);
-	snprintf(c->last_error, sizeof c->last_error, "not connected yet");
+	memcpy(c->key, cfg->key, st.keylen + 1);
+	c->keylen = st.keylen;
+	memcpy(c->limit, st.limit, sizeof c->limit);
+	c->pol = st.pol;
+	ats__fleet_conn_init(&c->conn, cfg->host, cfg->port, cfg->timeout_ns, cfg->reconnect_min_ns,
+	                     cfg->reconnect_max_ns, &f->down_);
 	uint64_t now = ats_fast_now_ns();
-	c->win_start_ns = now;
-	c->last_round_ns = now;
-	c->rng = (now ^ (uintptr_t)c) | 1;
-	atomic_init(&c->batch, bmin);
+	ats__fleet_est_init(&c->est, now, st.pol.batch_min);
+	atomic_init(&c->batch, st.pol.batch_min);
 	/* Empty and expired: the first lease fills it. */
-	atomic_init(&f->lease_, lease_word(now, 0));
+	atomic_init(&f->lease_, ats__fleet_lease_word(now, 0));
 	atomic_init(&f->down_, 1);
 	f->policy_ = cfg->policy;
 	f->cold_ = c;
-
-	/* The thread takes no signals: the application's handlers run on its own threads. */
-	sigset_t all, old;
-	sigfillset(&all);
-	pthread_sigmask(SIG_SETMASK, &all, &old);
-	int rc = pthread_create(&c->thread, NULL, fleet_thread, f);
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	int rc = ats__fleet_start_thread(&c->thread, fleet_thread, f);
 	if (rc) {
-		pthread_mutex_destroy(&c->mu);
+		ats__fleet_conn_destroy(&c->conn);
 		free(c);
 		f->cold_ = NULL;
 		return ats_err_errno(rc, "fleet limiter: starting its thread");
@@ -644,9 +418,9 @@ void ats_fleet_stop(ats_fleet *f)
 	atomic_fetch_add_explicit(&c->wake, 1, memory_order_release);
 	ats__futex_wake(&c->wake, 1);
 	pthread_join(c->thread, NULL); /* it gave the lease back and disconnected */
-	pthread_mutex_lock(&c->mu);
-	snprintf(c->last_error, sizeof c->last_error, "stopped");
-	pthread_mutex_unlock(&c->mu);
+	pthread_mutex_lock(&c->conn.mu);
+	snprintf(c->conn.last_error, sizeof c->conn.last_error, "stopped");
+	pthread_mutex_unlock(&c->conn.mu);
 	atomic_store_explicit(&f->down_, 1, memory_order_relaxed); /* the policy from now on */
 }
 
@@ -655,7 +429,7 @@ void ats_fleet_destroy(ats_fleet *f)
 	if (!f || !f->cold_)
 		return;
 	ats_fleet_stop(f);
-	pthread_mutex_destroy(&f->cold_->mu);
+	ats__fleet_conn_destroy(&f->cold_->conn);
 	free(f->cold_);
 	f->cold_ = NULL;
 }
@@ -694,14 +468,12 @@ ats_err *ats_fleet_status(ats_fleet *f)
 	if (!atomic_load_explicit(&f->down_, memory_order_relaxed))
 		return NULL;
 	struct ats__fleet_cold *c = f->cold_;
-	char text[sizeof c->last_error];
-	pthread_mutex_lock(&c->mu);
-	memcpy(text, c->last_error, sizeof text);
-	pthread_mutex_unlock(&c->mu);
-	ats_err *err =
-	    ats_err_new(ATS_ERR_UNAVAILABLE, "fleet limit '%s': Redis at %s:%u is unavailable (%s)", c->key, c->host,
-	                c->port, f->policy_ == ATS_FLEET_FAIL_OPEN ? "failing open" : "failing closed");
-	err = ats_err_with_kv(err, "redis", "%s:%u", c->host, c->port);
+	char text[sizeof c->conn.last_error];
+	ats__fleet_conn_last_error(&c->conn, text, sizeof text);
+	ats_err *err = ats_err_new(ATS_ERR_UNAVAILABLE, "fleet limit '%s': Redis at %s:%u is unavailable (%s)", c->key,
+	                           c->conn.host, c->conn.port,
+	                           f->policy_ == ATS_FLEET_FAIL_OPEN ? "failing open" : "failing closed");
+	err = ats_err_with_kv(err, "redis", "%s:%u", c->conn.host, c->conn.port);
 	err = ats_err_with_kv(err, "key", "%s", c->key);
 	err = ats_err_with_kv(err, "policy", "%s", f->policy_ == ATS_FLEET_FAIL_OPEN ? "fail_open" : "fail_closed");
 	return ats_err_with_kv(err, "redis_error", "%s", text);
@@ -713,19 +485,21 @@ void ats_fleet_stats_get(ats_fleet *f, ats_fleet_stats *out)
 	if (!f || !f->cold_)
 		return;
 	struct ats__fleet_cold *c = f->cold_;
-#define LOAD(field) out->field = atomic_load_explicit(&c->field, memory_order_relaxed) /* counters */
-	LOAD(redis_ops);
-	LOAD(leases);
-	LOAD(leased_tokens);
-	LOAD(expired_tokens);
-	LOAD(given_back);
-	LOAD(redis_errors);
-	LOAD(reconnects);
+#define LOAD_FROM(s, field) out->field = atomic_load_explicit(&(s)->field, memory_order_relaxed) /* counters */
+#define LOAD(field) LOAD_FROM(c, field)
+	LOAD_FROM(&c->conn, redis_ops);
+	LOAD_FROM(&c->lc, leases);
+	LOAD_FROM(&c->lc, leased_tokens);
+	LOAD_FROM(&c->lc, expired_tokens);
+	LOAD_FROM(&c->lc, given_back);
+	LOAD_FROM(&c->conn, redis_errors);
+	LOAD_FROM(&c->conn, reconnects);
 	LOAD(lease_misses);
 	LOAD(closed_denied);
 	LOAD(fallback_allowed);
 	LOAD(fallback_denied);
 	LOAD(batch);
 #undef LOAD
+#undef LOAD_FROM
 	out->up = !atomic_load_explicit(&f->down_, memory_order_relaxed); /* a snapshot */
 }
