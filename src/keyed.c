@@ -33,6 +33,8 @@
 #include "atscale/clock.h"
 #include "internal/compiler.h"
 #include "internal/keyed.h"
+#include "internal/rcu.h"
+#include "internal/siphash.h"
 #include "internal/tsan.h"
 
 #include <urcu/urcu-memb.h>
@@ -145,72 +147,11 @@ static void table_free_cb(struct rcu_head *head)
 
 /* ---- Keys and hashing ---- */
 
-static inline uint64_t load64(const unsigned char *p)
-{
-	uint64_t v;
-	memcpy(&v, p, 8);
-	return v;
-}
-
 static inline uint32_t load32(const unsigned char *p)
 {
 	uint32_t v;
 	memcpy(&v, p, 4);
 	return v;
-}
-
-/* SipHash-2-4 with a 128-bit output (Aumasson and Bernstein's reference, little-endian words):
- * a PRF keyed by the map's secret seed, so without the seed no choice of long keys collides more
- * often than random 128-bit values would. Eight rounds to finish plus two per 8 bytes (about
- * 45 ns at 32 bytes, 220 ns at 256 on a busy VM); only keys over 16 bytes pay it. */
-#define ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
-#define SIPROUND                                                                                                       \
-	do {                                                                                                           \
-		v0 += v1;                                                                                              \
-		v1 = ROTL(v1, 13);                                                                                     \
-		v1 ^= v0;                                                                                              \
-		v0 = ROTL(v0, 32);                                                                                     \
-		v2 += v3;                                                                                              \
-		v3 = ROTL(v3, 16);                                                                                     \
-		v3 ^= v2;                                                                                              \
-		v0 += v3;                                                                                              \
-		v3 = ROTL(v3, 21);                                                                                     \
-		v3 ^= v0;                                                                                              \
-		v2 += v1;                                                                                              \
-		v1 = ROTL(v1, 17);                                                                                     \
-		v1 ^= v2;                                                                                              \
-		v2 = ROTL(v2, 32);                                                                                     \
-	} while (0)
-
-static __attribute__((noinline)) void siphash128(const uint64_t seed[2], const unsigned char *p, size_t len,
-                                                 uint64_t out[2])
-{
-	uint64_t v0 = UINT64_C(0x736f6d6570736575) ^ seed[0], v1 = UINT64_C(0x646f72616e646f6d) ^ seed[1];
-	uint64_t v2 = UINT64_C(0x6c7967656e657261) ^ seed[0], v3 = UINT64_C(0x7465646279746573) ^ seed[1];
-	v1 ^= 0xee;
-	const unsigned char *end = p + (len & ~(size_t)7);
-	for (; p != end; p += 8) {
-		uint64_t w = load64(p);
-		v3 ^= w;
-		SIPROUND;
-		SIPROUND;
-		v0 ^= w;
-	}
-	uint64_t b = (uint64_t)len << 56;
-	for (size_t i = 0; i < (len & 7); i++)
-		b |= (uint64_t)p[i] << (8 * i);
-	v3 ^= b;
-	SIPROUND;
-	SIPROUND;
-	v0 ^= b;
-	v2 ^= 0xee;
-	for (int i = 0; i < 4; i++)
-		SIPROUND;
-	out[0] = v0 ^ v1 ^ v2 ^ v3;
-	v1 ^= 0xdd;
-	for (int i = 0; i < 4; i++)
-		SIPROUND;
-	out[1] = v0 ^ v1 ^ v2 ^ v3;
 }
 
 /* The form of a key over ATS_KEYED_INLINE_KEY bytes, in meta's length field: no inline key has
@@ -270,7 +211,7 @@ struct kref {
 static inline void kref_make(const ats_keyed *m, const void *key, size_t len, struct kref *k)
 {
 	if (__builtin_expect(len > ATS_KEYED_INLINE_KEY, 0)) {
-		siphash128(m->seed_, key, len, k->w);
+		ats__siphash128(m->seed_, key, len, k->w);
 		len = LONG_FORM;
 	} else {
 		key_words(key, len, k->w);
@@ -424,33 +365,8 @@ static int slot_throttle(const ats_keyed *m, struct slot *s, uint64_t n, uint64_
 
 /* ---- Threads ---- */
 
-static pthread_key_t reg_key;
-static pthread_once_t reg_once = PTHREAD_ONCE_INIT;
-
-static void reg_exit(void *arg)
-{
-	(void)arg;
-	urcu_memb_unregister_thread();
-}
-
-static void reg_key_make(void)
-{
-	(void)pthread_key_create(&reg_key, reg_exit);
-}
-
-static __attribute__((noinline)) void reg_slow(void)
-{
-	pthread_once(&reg_once, reg_key_make);
-	urcu_memb_register_thread();
-	(void)pthread_setspecific(reg_key, (void *)1);
-}
-
-/* A thread-local test on the hot path; registers the thread with liburcu on its first call. */
-static inline void reg_thread(void)
-{
-	if (caa_unlikely(!URCU_TLS(urcu_memb_reader).registered))
-		reg_slow();
-}
+/* reg_thread: internal/rcu.h. */
+#define reg_thread ats__rcu_register
 
 /* ---- Writers (all under m->lock) ---- */
 

@@ -49,6 +49,7 @@
 #include "atscale/limiter.h"
 #include "atscale/keyed.h"
 #include "atscale/fleet.h"
+#include "atscale/fleet_keyed.h"
 #include "atscale/chan.h"
 #include "atscale/bridge.h"
 #include "atscale/pool.h"

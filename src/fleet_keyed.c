@@ -1,0 +1,699 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/* Keyed fleet limiter (include/atscale/fleet_keyed.h): a table of per-key lease records, read
+ * under RCU, and one background thread that leases for every key over one pipelined connection
+ * (internal/fleet_engine.h).
+ *
+ * The table: nslots pointers in buckets of 8 (one cache line each); a key lives in one of two
+ * buckets picked by its seeded SipHash. A slot holds NULL or a record; records are immutable but
+ * for their lease word, their flags and the thread's own fields. Readers find a record under
+ * rcu_read_lock and CAS its lease word. Writers (adding and replacing keys) hold `mu`.
+ *
+ * Replacing a key (eviction) without losing or double-serving a token:
+ *  1. under `mu`, the writer sets the record's `dead` flag, takes its tokens with one exchange of
+ *     the lease word (to an empty word), stores the new record in the slot and puts the old one on
+ *     the retired list with the tokens it took;
+ *  2. a reader that found the old record before the swap either took its tokens before the
+ *     exchange (granted: they were leased for that key), or sees an empty word after it, goes to
+ *     the miss path, sees `dead` and looks the key up again;
+ *  3. the background thread, the only one that adds tokens to a word, may still install a grant
+ *     into the old record that was in flight; at its next round it takes the retired list, empties
+ *     each word once more, gives all those tokens back to Redis in one pipeline, and frees each
+ *     record through call_rcu, after every reader that could hold it has left its read section.
+ * The thread never installs into a record it has seen dead, and the retired records are processed
+ * after every lease reply of the round, so no grant is left in a freed record.
+ *
+ * The thread holds rcu_read_lock across a round (network included, bounded by timeout_ns), so the
+ * records it walks stay alive; call_rcu callbacks (the frees) run on liburcu's own thread. */
+#include "atscale/fleet_keyed.h"
+#include "atscale/keyed.h"
+
+#include "internal/compiler.h"
+#include "internal/fleet_engine.h"
+#include "internal/futex.h"
+#include "internal/rcu.h"
+#include "internal/siphash.h"
+#include "internal/tsan.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#define BUCKET 8
+
+struct fkey {
+	_Alignas(64) _Atomic uint64_t lease; /* the lease word (fleet.h's layout) */
+	uint64_t hash[2];                    /* SipHash of the key: [0] picks the first bucket and is compared */
+	uint32_t len;                        /* the key's bytes (after the prefix) */
+	uint32_t rkeylen;                    /* prefix + key: the Redis key */
+	_Atomic uint32_t hungry;             /* an acquire was refused since the thread last asked */
+	_Atomic uint32_t dead;               /* replaced: readers look again, the thread leaves it */
+	_Atomic uint32_t leased;             /* its first lease has come (before it, the key is cold) */
+	_Atomic uint64_t last_used_ns;       /* the thread's: when it last saw tokens taken (eviction order) */
+	struct ats__fleet_est est;           /* the thread's */
+	uint64_t retired_tokens;             /* under mu: taken from the word when it was replaced */
+	uint64_t asked;                      /* the thread's: tokens asked for, or to give back */
+	struct fkey *next_retired;           /* the retired list (under mu) */
+	struct fkey *next;                   /* the thread's lists (asking, giving back) */
+	struct rcu_head rcu;
+	size_t bytes;
+	char rkey[]; /* prefix + key */
+};
+
+struct ats_fleet_keyed {
+	_Atomic(struct fkey *) *slots;
+	size_t nslots, bucket_mask;
+	uint64_t seed[2];
+	_Atomic uint32_t down; /* 0 while the last lease call succeeded */
+	uint32_t policy;
+	char prefix[ATS_FLEET_KEYED_MAX_PREFIX];
+	size_t prefixlen;
+	uint64_t limit[3];
+	struct ats__fleet_policy_cfg pol;
+	ats_keyed *fallback; /* failing open: per-key fallback limits */
+
+	pthread_mutex_t mu; /* adding and replacing keys; the retired list */
+	struct fkey *retired;
+	_Atomic size_t keys, bytes;
+
+	pthread_t thread;
+	_Atomic uint32_t wake; /* futex word: bumped by a hungry miss, a new key and stop */
+	_Atomic uint32_t hungry;
+	_Atomic uint32_t stop;
+	bool stopped; /* ats_fleet_keyed_stop ran (under stop's exchange) */
+
+	struct ats__fleet_conn conn;
+	struct ats__fleet_lease_counters lc;
+	_Atomic uint64_t lease_misses, cold_misses, closed_denied, fallback_allowed, fallback_denied, inserts,
+	    evicted_idle, evicted_forced, insert_failures;
+	_Alignas(64) char tsan_sync; /* a TSan hand-over point: a record's hand-over to call_rcu */
+};
+
+#define BUMP ATS__FLEET_BUMP
+
+static ats_err *invalid(const char *what)
+{
+	return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "keyed fleet limiter: %s", what);
+}
+
+static inline bool key_ok(const void *key, size_t len)
+{
+	return key && len >= 1 && len <= ATS_FLEET_KEYED_MAX_KEY;
+}
+
+static inline void key_hash(const ats_fleet_keyed *k, const void *key, size_t len, uint64_t h[2])
+{
+	ats__siphash128(k->seed, key, len, h);
+}
+
+static inline size_t bucket2(const ats_fleet_keyed *k, const uint64_t h[2], size_t b1)
+{
+	size_t b2 = (size_t)h[1] & k->bucket_mask;
+	return b2 != b1 ? b2 : b1 ^ 1; /* at least two buckets: nslots >= 16 */
+}
+
+/* The record of key, or NULL. Inside a read section. Wait-free: 16 slots at most. */
+static struct fkey *find(ats_fleet_keyed *k, const void *key, size_t len, const uint64_t h[2])
+{
+	size_t b1 = (size_t)h[0] & k->bucket_mask, b[2] = {b1, bucket2(k, h, b1)};
+	for (int j = 0; j < 2; j++) {
+		_Atomic(struct fkey *) *s = &k->slots[b[j] * BUCKET];
+		for (int i = 0; i < BUCKET; i++) {
+			/* acquire: pairs with the release that published the record (its fields are seen) */
+			struct fkey *f = atomic_load_explicit(&s[i], memory_order_acquire);
+			if (f && f->hash[0] == h[0] && f->len == len && memcmp(f->rkey + k->prefixlen, key, len) == 0)
+				return f;
+		}
+	}
+	return NULL;
+}
+
+static void wake_thread(ats_fleet_keyed *k)
+{
+	/* A load first, so refusals write nothing while the flag is set; relaxed exchange: the release
+	 * bump of `wake` publishes it. */
+	if (!atomic_load_explicit(&k->hungry, memory_order_relaxed) &&
+	    !atomic_exchange_explicit(&k->hungry, 1, memory_order_relaxed)) {
+		atomic_fetch_add_explicit(&k->wake, 1, memory_order_release); /* pairs with the thread's acquire */
+		ats__futex_wake(&k->wake, 1);
+	}
+}
+
+/* The policy's decision for an acquire the lease cannot serve while Redis is down or the key has
+ * no lease yet. */
+static bool by_policy(ats_fleet_keyed *k, const void *key, size_t len, uint64_t n, uint64_t now_ns)
+{
+	if (k->policy == ATS_FLEET_FAIL_OPEN) {
+		bool ok = n <= ATS_GCRA_MAX_N && ats_keyed_allow_n_at(k->fallback, key, len, n, now_ns);
+		if (ok)
+			BUMP(k, fallback_allowed, 1);
+		else
+			BUMP(k, fallback_denied, 1);
+		return ok;
+	}
+	BUMP(k, closed_denied, 1);
+	return false;
+}
+
+/* ---- Adding and replacing keys (under mu) ---- */
+
+static void rec_free_cb(struct rcu_head *head)
+{
+	struct fkey *f = ats__container_of(head, struct fkey, rcu);
+	free(f);
+}
+
+/* Takes a record out of use: dead, its tokens taken, onto the retired list. Under mu. */
+static void retire(ats_fleet_keyed *k, struct fkey *f, uint64_t now_ns)
+{
+	/* relaxed: the exchange below (acq_rel) publishes it to a reader that sees the emptied word */
+	atomic_store_explicit(&f->dead, 1, memory_order_relaxed);
+	/* acq_rel: readers that see the empty word also see dead (release); acquire: the thread's
+	 * installs before it are counted here */
+	uint64_t w = atomic_exchange_explicit(&f->lease, ats__fleet_lease_word(now_ns, 0), memory_order_acq_rel);
+	f->retired_tokens = ats__fleet_expired(w, now_ns) ? 0 : w & ATS__FLEET_TOKENS;
+	if (ats__fleet_expired(w, now_ns) && (w & ATS__FLEET_TOKENS))
+		BUMP(&k->lc, expired_tokens, w & ATS__FLEET_TOKENS);
+	f->next_retired = k->retired;
+	k->retired = f;
+	atomic_fetch_sub_explicit(&k->keys, 1, memory_order_relaxed); /* a statistic */
+}
+
+/* The slot for a new key in buckets b[0], b[1]: an empty one, else one freed by evicting a key:
+ * one whose lease is empty or expired if any (nothing is lost), the least recently used among
+ * them; otherwise the least recently used of all 16, whose tokens go back to Redis. */
+static _Atomic(struct fkey *) *place(ats_fleet_keyed *k, const size_t b[2], uint64_t now_ns)
+{
+	_Atomic(struct fkey *) *victim = NULL;
+	bool victim_idle = false;
+	uint64_t victim_used = UINT64_MAX;
+	for (int j = 0; j < 2; j++) {
+		_Atomic(struct fkey *) *s = &k->slots[b[j] * BUCKET];
+		for (int i = 0; i < BUCKET; i++) {
+			/* relaxed: slots change only under mu, which we hold */
+			struct fkey *f = atomic_load_explicit(&s[i], memory_order_relaxed);
+			if (!f)
+				return &s[i];
+			uint64_t w = atomic_load_explicit(&f->lease, memory_order_relaxed); /* a snapshot to choose */
+			bool idle = (w & ATS__FLEET_TOKENS) == 0 || ats__fleet_expired(w, now_ns);
+			uint64_t used = atomic_load_explicit(&f->last_used_ns, memory_order_relaxed); /* a hint */
+			if ((idle && !victim_idle) || (idle == victim_idle && used < victim_used)) {
+				victim = &s[i];
+				victim_idle = idle;
+				victim_used = used;
+			}
+		}
+	}
+	retire(k, atomic_load_explicit(victim, memory_order_relaxed), now_ns);
+	if (victim_idle)
+		BUMP(k, evicted_idle, 1);
+	else
+		BUMP(k, evicted_forced, 1);
+	return victim;
+}
+
+/* Adds key (not found by the caller) unless a racing caller did; NULL when out of memory. */
+static struct fkey *add(ats_fleet_keyed *k, const void *key, size_t len, const uint64_t h[2], uint64_t now_ns)
+{
+	size_t bytes = sizeof(struct fkey) + k->prefixlen + len;
+	pthread_mutex_lock(&k->mu);
+	struct fkey *f = find(k, key, len, h);
+	if (f) {
+		pthread_mutex_unlock(&k->mu);
+		return f;
+	}
+	f = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+	if (!f) {
+		pthread_mutex_unlock(&k->mu);
+		BUMP(k, insert_failures, 1);
+		return NULL;
+	}
+	memset(f, 0, sizeof *f);
+	atomic_init(&f->lease, ats__fleet_lease_word(now_ns, 0));
+	memcpy(f->hash, h, sizeof f->hash);
+	f->len = (uint32_t)len;
+	f->rkeylen = (uint32_t)(k->prefixlen + len);
+	memcpy(f->rkey, k->prefix, k->prefixlen);
+	memcpy(f->rkey + k->prefixlen, key, len);
+	atomic_init(&f->hungry, 1);
+	atomic_init(&f->last_used_ns, now_ns);
+	f->bytes = bytes;
+	ats__fleet_est_init(&f->est, now_ns, k->pol.batch_min);
+	f->est.probe = true; /* demand: lease for it at once */
+	size_t b1 = (size_t)h[0] & k->bucket_mask, b[2] = {b1, bucket2(k, h, b1)};
+	_Atomic(struct fkey *) *slot = place(k, b, now_ns);
+	/* release: a reader that finds the record sees it whole */
+	atomic_store_explicit(slot, f, memory_order_release);
+	atomic_fetch_add_explicit(&k->keys, 1, memory_order_relaxed);      /* a statistic */
+	atomic_fetch_add_explicit(&k->bytes, bytes, memory_order_relaxed); /* a statistic */
+	pthread_mutex_unlock(&k->mu);
+	BUMP(k, inserts, 1);
+	return f;
+}
+
+/* ---- Acquiring ---- */
+
+bool ats_fleet_keyed_allow_at(ats_fleet_keyed *k, const void *key, size_t len, uint64_t n, uint64_t now_ns)
+{
+	if (ats__unlikely(!k || !key_ok(key, len) || n > ATS_FLEET_MAX_BATCH))
+		return false;
+	if (n == 0)
+		return true;
+	uint64_t h[2];
+	key_hash(k, key, len, h);
+	ats__rcu_register();
+	urcu_memb_read_lock();
+	bool ok;
+	for (;;) {
+		struct fkey *f = find(k, key, len, h);
+		if (ats__unlikely(!f)) {
+			urcu_memb_read_unlock();
+			if (!add(k, key, len, h, now_ns))
+				return by_policy(k, key, len, n, now_ns); /* out of memory: as a cold key */
+			wake_thread(k);
+			urcu_memb_read_lock();
+			continue; /* its lease is empty: the miss path below decides */
+		}
+		/* acquire: a word retire() emptied comes with its dead flag */
+		uint64_t w = atomic_load_explicit(&f->lease, memory_order_acquire);
+		for (;;) {
+			if (ats__unlikely((w & ATS__FLEET_TOKENS) < n || ats__fleet_expired(w, now_ns)))
+				break;
+			/* acquire, both: a failure reloads the word, which may be retire()'s (as the load above);
+			 * on x86 no cost, on arm64 an acquiring exclusive load */
+			if (atomic_compare_exchange_weak_explicit(&f->lease, &w, w - n, memory_order_acquire,
+			                                          memory_order_acquire)) {
+				urcu_memb_read_unlock();
+				return true;
+			}
+		}
+		/* The lease cannot serve n. */
+		if (atomic_load_explicit(&f->dead, memory_order_relaxed)) /* see the acquire above */
+			continue;                                         /* replaced: look again */
+		/* relaxed, both: flags that only pick the policy (a stale read picks it a moment late) */
+		bool down = atomic_load_explicit(&k->down, memory_order_relaxed);
+		bool cold = !atomic_load_explicit(&f->leased, memory_order_relaxed);
+		if (cold)
+			BUMP(k, cold_misses, 1);
+		if (down || cold) {
+			ok = by_policy(k, key, len, n, now_ns);
+		} else {
+			BUMP(k, lease_misses, 1);
+			ok = false;
+		}
+		if (!atomic_load_explicit(&f->hungry, memory_order_relaxed))
+			atomic_store_explicit(&f->hungry, 1, memory_order_relaxed); /* a hint for the thread */
+		urcu_memb_read_unlock();
+		wake_thread(k);
+		return ok;
+	}
+}
+
+bool ats_fleet_keyed_allow(ats_fleet_keyed *k, const void *key, size_t len, uint64_t n)
+{
+	return ats_fleet_keyed_allow_at(k, key, len, n, ats_fast_now_ns());
+}
+
+int64_t ats_fleet_keyed_tokens_at(ats_fleet_keyed *k, const void *key, size_t len, uint64_t now_ns)
+{
+	if (!k || !key_ok(key, len))
+		return 0;
+	uint64_t h[2];
+	key_hash(k, key, len, h);
+	ats__rcu_register();
+	urcu_memb_read_lock();
+	struct fkey *f = find(k, key, len, h);
+	int64_t t = 0;
+	bool cold = true;
+	if (f) {
+		uint64_t w = atomic_load_explicit(&f->lease, memory_order_relaxed); /* a snapshot */
+		t = ats__fleet_expired(w, now_ns) ? 0 : (int64_t)(w & ATS__FLEET_TOKENS);
+		cold = !atomic_load_explicit(&f->leased, memory_order_relaxed); /* a flag */
+	}
+	urcu_memb_read_unlock();
+	/* relaxed: as in the acquire's miss path */
+	if (k->policy == ATS_FLEET_FAIL_OPEN && (cold || atomic_load_explicit(&k->down, memory_order_relaxed)))
+		t += (int64_t)ats_keyed_tokens_at(k->fallback, key, len, now_ns);
+	return t;
+}
+
+/* ---- The background thread ---- */
+
+/* Sends one pipeline: a lease call for every record on `ask`; installs what comes back. Inside the
+ * thread's read section. */
+static void lease_pipeline(ats_fleet_keyed *k, struct fkey *ask, uint64_t now)
+{
+	struct fkey *f;
+	for (f = ask; f; f = f->next)
+		if (!ats__fleet_conn_append(&k->conn, true, f->rkey, f->rkeylen, k->limit, f->asked))
+			break;
+	if (f) { /* out of memory queueing: drop the connection and its queue; the keys stay hungry */
+		ats__fleet_conn_error(&k->conn, "EVALSHA pipeline on %s:%u: out of memory", k->conn.host, k->conn.port);
+		ats__fleet_conn_drop(&k->conn, now);
+		return;
+	}
+	bool all_ok = true, noscript = false;
+	for (f = ask; f; f = f->next) {
+		redisReply *r = ats__fleet_conn_reply(&k->conn, now);
+		if (!r)
+			return; /* the connection is gone (error kept); the rest stay hungry */
+		ats__fleet_reply rep;
+		ats_err *err = ats__fleet_parse_reply(r, f->asked, &rep);
+		freeReplyObject(r);
+		uint64_t after = ats_fast_now_ns();
+		if (err) {
+			noscript |= rep.noscript;
+			const char *e = ats_err_kv_get(err, "redis_error");
+			ats__fleet_conn_error(&k->conn, "%s%s%s", ats_err_message(err), e ? ": " : "", e ? e : "");
+			ats_err_unref(err);
+			all_ok = false;
+			/* relaxed: a hint; the next round asks again */
+			atomic_store_explicit(&f->hungry, 1, memory_order_relaxed);
+			continue;
+		}
+		/* A record replaced meanwhile still takes the grant: its retirement, later in this round,
+		 * empties the word again and gives it back. */
+		ats__fleet_install(&f->lease, &f->est, &k->pol, &k->lc, &rep, f->asked, after);
+		if (rep.granted)
+			atomic_store_explicit(&f->leased, 1, memory_order_relaxed); /* a flag */
+	}
+	if (noscript && !ats__fleet_conn_load_scripts(&k->conn)) {
+		ats__fleet_conn_drop(&k->conn, now);
+		return;
+	}
+	if (all_ok) {
+		ats__fleet_conn_call_ok(&k->conn);
+		/* relaxed: the flag alone picks the policy */
+		atomic_store_explicit(&k->down, 0, memory_order_relaxed);
+	} else {
+		ats__fleet_conn_call_failed(&k->conn, ats_fast_now_ns());
+	}
+}
+
+/* Gives the tokens of every record on `list` back to Redis in one pipeline (when connected) and
+ * counts them. Each record's count is in its `asked`. */
+static void give_back(ats_fleet_keyed *k, struct fkey *list, uint64_t now)
+{
+	size_t sent = 0;
+	struct fkey *f;
+	if (k->conn.rc) {
+		for (f = list; f; f = f->next)
+			if (f->asked &&
+			    !ats__fleet_conn_append(&k->conn, false, f->rkey, f->rkeylen, k->limit, f->asked))
+				break;
+			else if (f->asked)
+				sent++;
+		if (f) {
+			ats__fleet_conn_error(&k->conn, "give-back pipeline on %s:%u: out of memory", k->conn.host,
+			                      k->conn.port);
+			ats__fleet_conn_drop(&k->conn, now);
+			sent = 0;
+		}
+	}
+	for (f = list; f; f = f->next) {
+		if (!f->asked)
+			continue;
+		bool back = false;
+		if (sent && k->conn.rc) {
+			sent--;
+			redisReply *r = ats__fleet_conn_reply(&k->conn, now);
+			back = r && r->type == REDIS_REPLY_INTEGER;
+			if (r)
+				freeReplyObject(r);
+		}
+		/* Every leased token ends granted, given back or dropped (counted as expired). */
+		if (back)
+			BUMP(&k->lc, given_back, f->asked);
+		else
+			BUMP(&k->lc, expired_tokens, f->asked);
+	}
+}
+
+/* Empties a retired or stopping record's word: its unexpired tokens plus those taken before. */
+static uint64_t drain(ats_fleet_keyed *k, struct fkey *f, uint64_t now)
+{
+	/* relaxed: acquirers take before or after the exchange, never the same token */
+	uint64_t w = atomic_exchange_explicit(&f->lease, ats__fleet_lease_word(now, 0), memory_order_relaxed);
+	uint64_t tok = w & ATS__FLEET_TOKENS;
+	if (tok && ats__fleet_expired(w, now)) {
+		BUMP(&k->lc, expired_tokens, tok);
+		tok = 0;
+	}
+	uint64_t total = tok + f->retired_tokens;
+	f->retired_tokens = 0;
+	return total;
+}
+
+static void retire_round(ats_fleet_keyed *k, uint64_t now)
+{
+	pthread_mutex_lock(&k->mu);
+	struct fkey *list = k->retired;
+	k->retired = NULL;
+	pthread_mutex_unlock(&k->mu);
+	if (!list)
+		return;
+	for (struct fkey *f = list; f; f = f->next_retired) {
+		f->asked = drain(k, f, now);
+		f->next = f->next_retired; /* the thread owns it now: no writer touches it again */
+	}
+	give_back(k, list, now);
+	while (list) {
+		struct fkey *f = list;
+		list = f->next;
+		atomic_fetch_sub_explicit(&k->bytes, f->bytes, memory_order_relaxed); /* a statistic */
+		TSAN_RELEASE(&k->tsan_sync);
+		urcu_memb_call_rcu(&f->rcu, rec_free_cb);
+	}
+}
+
+/* One round: the walk, one lease pipeline, the retired records. Returns when to wake up next. */
+static uint64_t round_once(ats_fleet_keyed *k, uint64_t now)
+{
+	uint64_t poll = ats__fleet_poll_ns(&k->pol);
+	int ready = ats__fleet_conn_ready(&k->conn, now);
+	/* relaxed: a refusal during the walk sets it again and wakes the next round */
+	atomic_store_explicit(&k->hungry, 0, memory_order_relaxed);
+	struct fkey *ask = NULL;
+	urcu_memb_read_lock();
+	for (size_t i = 0; i < k->nslots; i++) {
+		/* acquire: the record's fields (pairs with add's release) */
+		struct fkey *f = atomic_load_explicit(&k->slots[i], memory_order_acquire);
+		if (!f || atomic_load_explicit(&f->dead, memory_order_relaxed)) /* dead: retire_round has it */
+			continue;
+		uint64_t used;
+		uint64_t tok = ats__fleet_observe(&f->lease, &f->est, &k->lc, now, &used);
+		if (used)
+			atomic_store_explicit(&f->last_used_ns, now, memory_order_relaxed); /* a hint */
+		if (ready == 2)
+			f->est.probe = true; /* only a lease call's answer says Redis is up */
+		/* relaxed: a hint */
+		bool hungry = atomic_load_explicit(&f->hungry, memory_order_relaxed);
+		uint64_t want = ats__fleet_want(&f->lease, &f->est, &k->pol, tok, used, hungry, now);
+		if (want && ready && now >= k->conn.next_call_ns) {
+			atomic_store_explicit(&f->hungry, 0, memory_order_relaxed); /* a hint */
+			f->asked = want;
+			f->next = ask;
+			ask = f;
+		}
+	}
+	if (ask)
+		lease_pipeline(k, ask, now);
+	urcu_memb_read_unlock();
+	retire_round(k, ats_fast_now_ns());
+	if (!k->conn.rc)
+		return k->conn.next_connect_ns < now + poll ? k->conn.next_connect_ns : now + poll;
+	return k->conn.next_call_ns > now && k->conn.next_call_ns < now + poll ? k->conn.next_call_ns : now + poll;
+}
+
+static void *keyed_thread(void *arg)
+{
+	ats_fleet_keyed *k = arg;
+	ats__rcu_register();
+	/* relaxed: stop is re-read every round; join orders the rest */
+	while (!atomic_load_explicit(&k->stop, memory_order_relaxed)) {
+		/* acquire: pairs with the release bump of a miss, so its hungry flags are seen */
+		uint32_t seen = atomic_load_explicit(&k->wake, memory_order_acquire);
+		uint64_t next = round_once(k, ats_fast_now_ns());
+		if (atomic_load_explicit(&k->stop, memory_order_relaxed)) /* relaxed: as above */
+			break;
+		ats__futex_wait(&k->wake, seen, next);
+	}
+	/* Stopping: every held key's unexpired tokens go back in one pipeline, then the retired ones. */
+	uint64_t now = ats_fast_now_ns();
+	struct fkey *list = NULL;
+	urcu_memb_read_lock();
+	for (size_t i = 0; i < k->nslots; i++) {
+		struct fkey *f = atomic_load_explicit(&k->slots[i], memory_order_acquire); /* as in the walk */
+		if (!f || atomic_load_explicit(&f->dead, memory_order_relaxed))
+			continue;
+		f->asked = drain(k, f, now);
+		f->next = list;
+		list = f;
+	}
+	give_back(k, list, now);
+	urcu_memb_read_unlock();
+	retire_round(k, now);
+	if (k->conn.rc)
+		redisFree(k->conn.rc);
+	k->conn.rc = NULL;
+	return NULL;
+}
+
+/* ---- Life cycle ---- */
+
+ats_err *ats_fleet_keyed_new(ats_fleet_keyed **out, const ats_fleet_keyed_config *cfg)
+{
+	if (!out)
+		return invalid("out is NULL");
+	*out = NULL;
+	if (!cfg)
+		return invalid("config is NULL");
+	struct ats__fleet_settings st;
+	ats_err *err = ats__fleet_settings_of(&cfg->fleet, ATS_FLEET_KEYED_MAX_PREFIX, &st);
+	if (err)
+		return ats_err_wrap(err, "keyed fleet limiter: the prefix and limit");
+	if (cfg->max_keys == 0)
+		return invalid("max_keys is 0");
+	if (cfg->max_keys > (SIZE_MAX >> 5))
+		return invalid("max_keys is too large");
+	size_t nslots = 16;
+	while (nslots < cfg->max_keys)
+		nslots <<= 1;
+	ats_fleet_keyed *k = aligned_alloc(64, (sizeof *k + 63) & ~(size_t)63);
+	if (!k)
+		return ats_err_oom;
+	memset(k, 0, sizeof *k);
+	k->slots = aligned_alloc(64, nslots * sizeof *k->slots);
+	if (!k->slots) {
+		free(k);
+		return ats_err_oom;
+	}
+	for (size_t i = 0; i < nslots; i++)
+		atomic_init(&k->slots[i], NULL);
+	k->nslots = nslots;
+	k->bucket_mask = nslots / BUCKET - 1;
+	if (getrandom(k->seed, sizeof k->seed, GRND_NONBLOCK) != (ssize_t)sizeof k->seed) {
+		/* no entropy yet (early boot): a per-process seed still differs between processes */
+		k->seed[0] = ats_now_ns() ^ (uint64_t)(uintptr_t)k;
+		k->seed[1] = k->seed[0] * UINT64_C(0x9e3779b97f4a7c15);
+	}
+	k->policy = cfg->fleet.policy;
+	memcpy(k->prefix, cfg->fleet.key, st.keylen);
+	k->prefixlen = st.keylen;
+	memcpy(k->limit, st.limit, sizeof k->limit);
+	k->pol = st.pol;
+	if (k->policy == ATS_FLEET_FAIL_OPEN) {
+		ats_keyed_config kc = {.rate = st.fallback_rate, .burst = st.fallback_burst, .max_keys = cfg->max_keys};
+		err = ats_keyed_new(&k->fallback, &kc);
+		if (err) {
+			free(k->slots);
+			free(k);
+			return ats_err_wrap(err, "keyed fleet limiter: the fallback limits");
+		}
+	}
+	pthread_mutex_init(&k->mu, NULL);
+	atomic_init(&k->bytes, nslots * sizeof *k->slots + sizeof *k);
+	atomic_init(&k->down, 1);
+	ats__fleet_conn_init(&k->conn, cfg->fleet.host, cfg->fleet.port, cfg->fleet.timeout_ns,
+	                     cfg->fleet.reconnect_min_ns, cfg->fleet.reconnect_max_ns, &k->down);
+	int rc = ats__fleet_start_thread(&k->thread, keyed_thread, k);
+	if (rc) {
+		ats__fleet_conn_destroy(&k->conn);
+		pthread_mutex_destroy(&k->mu);
+		ats_keyed_free(k->fallback);
+		free(k->slots);
+		free(k);
+		return ats_err_errno(rc, "keyed fleet limiter: starting its thread");
+	}
+	*out = k;
+	return NULL;
+}
+
+void ats_fleet_keyed_stop(ats_fleet_keyed *k)
+{
+	if (!k)
+		return;
+	/* relaxed: the exchange only makes stop idempotent; pthread_join orders the rest */
+	if (atomic_exchange_explicit(&k->stop, 1, memory_order_relaxed))
+		return;
+	/* release: the thread's acquire load of `wake` then sees stop set */
+	atomic_fetch_add_explicit(&k->wake, 1, memory_order_release);
+	ats__futex_wake(&k->wake, 1);
+	pthread_join(k->thread, NULL);
+	pthread_mutex_lock(&k->conn.mu);
+	snprintf(k->conn.last_error, sizeof k->conn.last_error, "stopped");
+	pthread_mutex_unlock(&k->conn.mu);
+	atomic_store_explicit(&k->down, 1, memory_order_relaxed); /* the policy from now on */
+}
+
+void ats_fleet_keyed_free(ats_fleet_keyed *k)
+{
+	if (!k)
+		return;
+	ats_fleet_keyed_stop(k);
+	for (size_t i = 0; i < k->nslots; i++) {
+		/* relaxed: the last call on the limiter; no reader is left */
+		struct fkey *f = atomic_load_explicit(&k->slots[i], memory_order_relaxed);
+		free(f);
+	}
+	/* Records replaced after the thread stopped (their words were drained at stop). */
+	for (struct fkey *f = k->retired, *next; f; f = next) {
+		next = f->next_retired;
+		free(f);
+	}
+	urcu_memb_barrier(); /* the retired records' frees, queued by the thread */
+	ats__fleet_conn_destroy(&k->conn);
+	pthread_mutex_destroy(&k->mu);
+	ats_keyed_free(k->fallback);
+	free(k->slots);
+	free(k);
+}
+
+/* ---- State ---- */
+
+ats_err *ats_fleet_keyed_status(ats_fleet_keyed *k)
+{
+	if (!k)
+		return invalid("limiter is NULL");
+	/* relaxed: a report, not a decision */
+	if (!atomic_load_explicit(&k->down, memory_order_relaxed))
+		return NULL;
+	char text[sizeof k->conn.last_error];
+	ats__fleet_conn_last_error(&k->conn, text, sizeof text);
+	const char *policy = k->policy == ATS_FLEET_FAIL_OPEN ? "fail_open" : "fail_closed";
+	ats_err *err = ats_err_new(ATS_ERR_UNAVAILABLE, "keyed fleet limit '%.*s': Redis at %s:%u is unavailable (%s)",
+	                           (int)k->prefixlen, k->prefix, k->conn.host, k->conn.port,
+	                           k->policy == ATS_FLEET_FAIL_OPEN ? "failing open" : "failing closed");
+	err = ats_err_with_kv(err, "redis", "%s:%u", k->conn.host, k->conn.port);
+	err = ats_err_with_kv(err, "prefix", "%.*s", (int)k->prefixlen, k->prefix);
+	err = ats_err_with_kv(err, "policy", "%s", policy);
+	return ats_err_with_kv(err, "redis_error", "%s", text);
+}
+
+void ats_fleet_keyed_stats_get(ats_fleet_keyed *k, ats_fleet_keyed_stats *out)
+{
+	memset(out, 0, sizeof *out);
+	if (!k)
+		return;
+#define LOAD_FROM(s, field) out->field = atomic_load_explicit(&(s)->field, memory_order_relaxed) /* counters */
+	LOAD_FROM(&k->conn, redis_ops);
+	LOAD_FROM(&k->lc, leases);
+	LOAD_FROM(&k->lc, leased_tokens);
+	LOAD_FROM(&k->lc, expired_tokens);
+	LOAD_FROM(&k->lc, given_back);
+	LOAD_FROM(&k->conn, redis_errors);
+	LOAD_FROM(&k->conn, reconnects);
+	LOAD_FROM(k, lease_misses);
+	LOAD_FROM(k, cold_misses);
+	LOAD_FROM(k, closed_denied);
+	LOAD_FROM(k, fallback_allowed);
+	LOAD_FROM(k, fallback_denied);
+	LOAD_FROM(k, inserts);
+	LOAD_FROM(k, evicted_idle);
+	LOAD_FROM(k, evicted_forced);
+	LOAD_FROM(k, insert_failures);
+	LOAD_FROM(k, keys);
+	LOAD_FROM(k, bytes);
+#undef LOAD_FROM
+	out->key_limit = k->nslots;
+	out->up = !atomic_load_explicit(&k->down, memory_order_relaxed); /* a snapshot */
+}
