@@ -9,12 +9,15 @@
  *    tokens from its own lease as fast as it can; ns per operation over all four (the longest
  *    process's loop / the operations of all), with each process's own ns/op and the Redis
  *    commands per grant in the extra.
+ *  - fleet_keyed.allow_at_1k: the keyed fleet limiter, a random one of 1024 keys (all held, their
+ *    leases filled) per acquire; extra: redis_ops_per_grant and the share granted.
  *  - peer.redis.gcra_lua: what a client without leases pays: one EVALSHA of the same GCRA script
  *    per acquire, through hiredis.
  *  - peer.redis.incr_window: the common fixed-window counter, INCR + EXPIRE per acquire (one round
  *    trip, pipelined). */
 #include "bench.h"
 #include "atscale/fleet.h"
+#include "atscale/fleet_keyed.h"
 
 #include <hiredis/hiredis.h>
 #include <stdio.h>
@@ -123,6 +126,92 @@ static void fleet_extra(void *state, char *buf, size_t len)
 	snprintf(buf, len, "\"redis_ops_per_grant\": %.3g, \"granted_share\": %.4f, \"redis_ops\": %llu",
 	         s->grants ? (double)st.redis_ops / (double)s->grants : 0.0,
 	         s->calls ? (double)s->grants / (double)s->calls : 0.0, (unsigned long long)st.redis_ops);
+}
+
+/* ---- The keyed fleet limiter: 1024 keys, all held ---- */
+
+#define KEYED_KEYS 1024
+
+struct keyed_state {
+	ats_fleet_keyed *k;
+	char keys[KEYED_KEYS][12];
+	size_t lens[KEYED_KEYS];
+	uint64_t calls, grants, x;
+};
+
+static void *keyed_setup(unsigned threads)
+{
+	(void)threads;
+	if (!server_up("fleet_keyed"))
+		return NULL;
+	ats_fleet_keyed_config c = {.fleet = {.port = server.port,
+	                                      .key = "bench:fk:",
+	                                      .rate = ats_rate_per_sec(1000000000),
+	                                      .burst = ATS_FLEET_MAX_BATCH,
+	                                      .batch_min = 1 << 16,
+	                                      .batch_max = ATS_FLEET_MAX_BATCH,
+	                                      .refresh_ns = 100000000, /* as fleet_setup: hits, not refills */
+	                                      .lease_ns = 10 * ATS_NS_PER_SEC},
+	                            .max_keys = KEYED_KEYS};
+	struct keyed_state *s = calloc(1, sizeof *s);
+	if (!s)
+		return NULL;
+	ats_err *err = ats_fleet_keyed_new(&s->k, &c);
+	if (err) {
+		ats_err_print(err, stderr);
+		ats_err_unref(err);
+		free(s);
+		return NULL;
+	}
+	s->x = 0x9e3779b97f4a7c15u;
+	for (unsigned i = 0; i < KEYED_KEYS; i++) {
+		s->lens[i] = (size_t)snprintf(s->keys[i], sizeof s->keys[i], "user:%04u", i);
+		(void)ats_fleet_keyed_allow(s->k, s->keys[i], s->lens[i], 1); /* adds the key */
+	}
+	/* every lease filled: a bounded wait on the observed state */
+	uint64_t deadline = ats_now_ns() + 10000000000u;
+	for (unsigned i = 0; i < KEYED_KEYS && ats_now_ns() < deadline;) {
+		if (ats_fleet_keyed_tokens_at(s->k, s->keys[i], s->lens[i], ats_now_ns()) >= (1 << 16)) {
+			i++;
+			continue;
+		}
+		(void)ats_fleet_keyed_allow(s->k, s->keys[i], s->lens[i], 1);
+		struct timespec ts = {0, 1000000};
+		nanosleep(&ts, NULL);
+	}
+	return s;
+}
+
+static void keyed_teardown(void *state)
+{
+	struct keyed_state *s = state;
+	ats_fleet_keyed_free(s->k);
+	free(s);
+}
+
+static void keyed_allow_at_run(void *state, unsigned tid, uint64_t iters)
+{
+	(void)tid;
+	struct keyed_state *s = state;
+	uint64_t now = ats_fast_now_ns(), ok = 0, x = s->x;
+	for (uint64_t i = 0; i < iters; i++) {
+		x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+		unsigned k = (unsigned)x & (KEYED_KEYS - 1);
+		ok += ats_fleet_keyed_allow_at(s->k, s->keys[k], s->lens[k], 1, now + i);
+	}
+	s->x = x;
+	s->calls += iters;
+	s->grants += ok;
+}
+
+static void keyed_extra(void *state, char *buf, size_t len)
+{
+	struct keyed_state *s = state;
+	ats_fleet_keyed_stats st;
+	ats_fleet_keyed_stats_get(s->k, &st);
+	snprintf(buf, len, "\"redis_ops_per_grant\": %.3g, \"granted_share\": %.4f, \"keys\": %zu",
+	         s->grants ? (double)st.redis_ops / (double)s->grants : 0.0,
+	         s->calls ? (double)s->grants / (double)s->calls : 0.0, st.keys);
 }
 
 /* ---- Four processes on one limit ---- */
@@ -342,7 +431,10 @@ static const ats_bench peer_incr_window = {"peer.redis.incr_window",
                                            peer_extra};
 static const ats_bench fleet_allow_4proc = {"fleet.allow_4proc", ATS_BENCH_1T, NULL, NULL, NULL,
                                             allow_4proc_measure, NULL};
+static const ats_bench fleet_keyed_allow_at = {
+    "fleet_keyed.allow_at_1k", ATS_BENCH_1T, keyed_setup, keyed_allow_at_run, keyed_teardown, NULL, keyed_extra};
 ATS_BENCH(fleet_allow_at)
+ATS_BENCH(fleet_keyed_allow_at)
 ATS_BENCH(fleet_allow_4proc)
 ATS_BENCH(fleet_allow)
 ATS_BENCH(peer_gcra_lua)

@@ -55,6 +55,7 @@ struct fkey {
 	struct fkey *next_retired;           /* the retired list (under mu) */
 	struct fkey *next;                   /* the thread's lists (asking, giving back) */
 	struct rcu_head rcu;
+	struct ats_fleet_keyed *owner; /* for the TSan hand-over in its RCU callback */
 	size_t bytes;
 	char rkey[]; /* prefix + key */
 };
@@ -62,6 +63,8 @@ struct fkey {
 struct ats_fleet_keyed {
 	_Atomic(struct fkey *) *slots;
 	size_t nslots, bucket_mask;
+	size_t max_keys; /* the cap on keys held (the table has twice the slots, at least) */
+	size_t hand;     /* under mu: where the cap's clock hand looks next */
 	uint64_t seed[2];
 	_Atomic uint32_t down; /* 0 while the last lease call succeeded */
 	uint32_t policy;
@@ -89,6 +92,17 @@ struct ats_fleet_keyed {
 };
 
 #define BUMP ATS__FLEET_BUMP
+
+/* liburcu's grace periods are made of membarrier and its own asm atomics, which ThreadSanitizer
+ * cannot see. Every read section releases the limiter's sync object as it ends, and the RCU
+ * callback that frees a record acquires it first: exactly the order a grace period guarantees.
+ * The thread releases it before each call_rcu; callbacks release it when done, and
+ * ats_fleet_keyed_free acquires it after rcu_barrier. (internal/tsan.h) */
+static inline void read_unlock(ats_fleet_keyed *k)
+{
+	TSAN_RELEASE(&k->tsan_sync);
+	urcu_memb_read_unlock();
+}
 
 static ats_err *invalid(const char *what)
 {
@@ -159,7 +173,10 @@ static bool by_policy(ats_fleet_keyed *k, const void *key, size_t len, uint64_t 
 static void rec_free_cb(struct rcu_head *head)
 {
 	struct fkey *f = ats__container_of(head, struct fkey, rcu);
+	ats_fleet_keyed *k = f->owner;
+	TSAN_ACQUIRE(&k->tsan_sync);
 	free(f);
+	TSAN_RELEASE(&k->tsan_sync);
 }
 
 /* Takes a record out of use: dead, its tokens taken, onto the retired list. Under mu. */
@@ -178,37 +195,69 @@ static void retire(ats_fleet_keyed *k, struct fkey *f, uint64_t now_ns)
 	atomic_fetch_sub_explicit(&k->keys, 1, memory_order_relaxed); /* a statistic */
 }
 
-/* The slot for a new key in buckets b[0], b[1]: an empty one, else one freed by evicting a key:
- * one whose lease is empty or expired if any (nothing is lost), the least recently used among
- * them; otherwise the least recently used of all 16, whose tokens go back to Redis. */
+/* Whether f is a better victim than the best so far: idle (lease empty or expired: nothing is
+ * lost) before holding tokens, then the least recently used. */
+static bool better_victim(struct fkey *f, uint64_t now_ns, bool *best_idle, uint64_t *best_used)
+{
+	uint64_t w = atomic_load_explicit(&f->lease, memory_order_relaxed); /* a snapshot to choose */
+	bool idle = (w & ATS__FLEET_TOKENS) == 0 || ats__fleet_expired(w, now_ns);
+	uint64_t used = atomic_load_explicit(&f->last_used_ns, memory_order_relaxed); /* a hint */
+	if ((idle && !*best_idle) || (idle == *best_idle && used < *best_used)) {
+		*best_idle = idle;
+		*best_used = used;
+		return true;
+	}
+	return false;
+}
+
+static void evict(ats_fleet_keyed *k, _Atomic(struct fkey *) *slot, bool idle, uint64_t now_ns)
+{
+	retire(k, atomic_load_explicit(slot, memory_order_relaxed), now_ns); /* relaxed: under mu */
+	atomic_store_explicit(slot, NULL, memory_order_release);              /* readers miss it now */
+	if (idle)
+		BUMP(k, evicted_idle, 1);
+	else
+		BUMP(k, evicted_forced, 1);
+}
+
+/* The slot for a new key in buckets b[0], b[1]. Below the cap: an empty one, else one freed by
+ * evicting the best victim of the two buckets (better_victim). At the cap: first a key is evicted,
+ * the best victim of the two buckets or, when both are empty, the next key a clock hand finds. */
 static _Atomic(struct fkey *) *place(ats_fleet_keyed *k, const size_t b[2], uint64_t now_ns)
 {
-	_Atomic(struct fkey *) *victim = NULL;
-	bool victim_idle = false;
-	uint64_t victim_used = UINT64_MAX;
+	_Atomic(struct fkey *) *victim = NULL, *empty = NULL;
+	bool idle = false;
+	uint64_t used = UINT64_MAX;
 	for (int j = 0; j < 2; j++) {
 		_Atomic(struct fkey *) *s = &k->slots[b[j] * BUCKET];
 		for (int i = 0; i < BUCKET; i++) {
 			/* relaxed: slots change only under mu, which we hold */
 			struct fkey *f = atomic_load_explicit(&s[i], memory_order_relaxed);
-			if (!f)
-				return &s[i];
-			uint64_t w = atomic_load_explicit(&f->lease, memory_order_relaxed); /* a snapshot to choose */
-			bool idle = (w & ATS__FLEET_TOKENS) == 0 || ats__fleet_expired(w, now_ns);
-			uint64_t used = atomic_load_explicit(&f->last_used_ns, memory_order_relaxed); /* a hint */
-			if ((idle && !victim_idle) || (idle == victim_idle && used < victim_used)) {
+			if (!f) {
+				if (!empty)
+					empty = &s[i];
+			} else if (better_victim(f, now_ns, &idle, &used)) {
 				victim = &s[i];
-				victim_idle = idle;
-				victim_used = used;
 			}
 		}
 	}
-	retire(k, atomic_load_explicit(victim, memory_order_relaxed), now_ns);
-	if (victim_idle)
-		BUMP(k, evicted_idle, 1);
-	else
-		BUMP(k, evicted_forced, 1);
-	return victim;
+	/* relaxed: changed only under mu */
+	bool at_cap = atomic_load_explicit(&k->keys, memory_order_relaxed) >= k->max_keys;
+	if (empty && !at_cap)
+		return empty;
+	if (!victim) { /* at the cap with both buckets empty: the hand's next key */
+		for (;;) {
+			_Atomic(struct fkey *) *s = &k->slots[k->hand++ & (k->nslots - 1)];
+			struct fkey *f = atomic_load_explicit(s, memory_order_relaxed); /* under mu */
+			if (f) {
+				better_victim(f, now_ns, &idle, &used);
+				evict(k, s, idle, now_ns);
+				return empty;
+			}
+		}
+	}
+	evict(k, victim, idle, now_ns);
+	return empty ? empty : victim;
 }
 
 /* Adds key (not found by the caller) unless a racing caller did; NULL when out of memory. */
@@ -237,6 +286,7 @@ static struct fkey *add(ats_fleet_keyed *k, const void *key, size_t len, const u
 	atomic_init(&f->hungry, 1);
 	atomic_init(&f->last_used_ns, now_ns);
 	f->bytes = bytes;
+	f->owner = k;
 	ats__fleet_est_init(&f->est, now_ns, k->pol.batch_min);
 	f->est.probe = true; /* demand: lease for it at once */
 	size_t b1 = (size_t)h[0] & k->bucket_mask, b[2] = {b1, bucket2(k, h, b1)};
@@ -266,7 +316,7 @@ bool ats_fleet_keyed_allow_at(ats_fleet_keyed *k, const void *key, size_t len, u
 	for (;;) {
 		struct fkey *f = find(k, key, len, h);
 		if (ats__unlikely(!f)) {
-			urcu_memb_read_unlock();
+			read_unlock(k);
 			if (!add(k, key, len, h, now_ns))
 				return by_policy(k, key, len, n, now_ns); /* out of memory: as a cold key */
 			wake_thread(k);
@@ -282,7 +332,7 @@ bool ats_fleet_keyed_allow_at(ats_fleet_keyed *k, const void *key, size_t len, u
 			 * on x86 no cost, on arm64 an acquiring exclusive load */
 			if (atomic_compare_exchange_weak_explicit(&f->lease, &w, w - n, memory_order_acquire,
 			                                          memory_order_acquire)) {
-				urcu_memb_read_unlock();
+				read_unlock(k);
 				return true;
 			}
 		}
@@ -302,7 +352,7 @@ bool ats_fleet_keyed_allow_at(ats_fleet_keyed *k, const void *key, size_t len, u
 		}
 		if (!atomic_load_explicit(&f->hungry, memory_order_relaxed))
 			atomic_store_explicit(&f->hungry, 1, memory_order_relaxed); /* a hint for the thread */
-		urcu_memb_read_unlock();
+		read_unlock(k);
 		wake_thread(k);
 		return ok;
 	}
@@ -329,7 +379,7 @@ int64_t ats_fleet_keyed_tokens_at(ats_fleet_keyed *k, const void *key, size_t le
 		t = ats__fleet_expired(w, now_ns) ? 0 : (int64_t)(w & ATS__FLEET_TOKENS);
 		cold = !atomic_load_explicit(&f->leased, memory_order_relaxed); /* a flag */
 	}
-	urcu_memb_read_unlock();
+	read_unlock(k);
 	/* relaxed: as in the acquire's miss path */
 	if (k->policy == ATS_FLEET_FAIL_OPEN && (cold || atomic_load_explicit(&k->down, memory_order_relaxed)))
 		t += (int64_t)ats_keyed_tokens_at(k->fallback, key, len, now_ns);
@@ -497,7 +547,7 @@ static uint64_t round_once(ats_fleet_keyed *k, uint64_t now)
 	}
 	if (ask)
 		lease_pipeline(k, ask, now);
-	urcu_memb_read_unlock();
+	read_unlock(k);
 	retire_round(k, ats_fast_now_ns());
 	if (!k->conn.rc)
 		return k->conn.next_connect_ns < now + poll ? k->conn.next_connect_ns : now + poll;
@@ -530,7 +580,7 @@ static void *keyed_thread(void *arg)
 		list = f;
 	}
 	give_back(k, list, now);
-	urcu_memb_read_unlock();
+	read_unlock(k);
 	retire_round(k, now);
 	if (k->conn.rc)
 		redisFree(k->conn.rc);
@@ -555,8 +605,9 @@ ats_err *ats_fleet_keyed_new(ats_fleet_keyed **out, const ats_fleet_keyed_config
 		return invalid("max_keys is 0");
 	if (cfg->max_keys > (SIZE_MAX >> 5))
 		return invalid("max_keys is too large");
+	/* Twice the slots, so that two-choice buckets of 8 hold max_keys keys without evicting early. */
 	size_t nslots = 16;
-	while (nslots < cfg->max_keys)
+	while (nslots < 2 * cfg->max_keys)
 		nslots <<= 1;
 	ats_fleet_keyed *k = aligned_alloc(64, (sizeof *k + 63) & ~(size_t)63);
 	if (!k)
@@ -570,6 +621,7 @@ ats_err *ats_fleet_keyed_new(ats_fleet_keyed **out, const ats_fleet_keyed_config
 	for (size_t i = 0; i < nslots; i++)
 		atomic_init(&k->slots[i], NULL);
 	k->nslots = nslots;
+	k->max_keys = cfg->max_keys;
 	k->bucket_mask = nslots / BUCKET - 1;
 	if (getrandom(k->seed, sizeof k->seed, GRND_NONBLOCK) != (ssize_t)sizeof k->seed) {
 		/* no entropy yet (early boot): a per-process seed still differs between processes */
@@ -641,6 +693,7 @@ void ats_fleet_keyed_free(ats_fleet_keyed *k)
 		free(f);
 	}
 	urcu_memb_barrier(); /* the retired records' frees, queued by the thread */
+	TSAN_ACQUIRE(&k->tsan_sync);
 	ats__fleet_conn_destroy(&k->conn);
 	pthread_mutex_destroy(&k->mu);
 	ats_keyed_free(k->fallback);
@@ -694,6 +747,6 @@ void ats_fleet_keyed_stats_get(ats_fleet_keyed *k, ats_fleet_keyed_stats *out)
 	LOAD_FROM(k, keys);
 	LOAD_FROM(k, bytes);
 #undef LOAD_FROM
-	out->key_limit = k->nslots;
+	out->key_limit = k->max_keys;
 	out->up = !atomic_load_explicit(&k->down, memory_order_relaxed); /* a snapshot */
 }

@@ -28,13 +28,15 @@
  * unexpired leases.
  *
  * ---- Memory ----
- * The table has max_keys slots (rounded up to a power of two, at least 16): 8 bytes each, plus one
- * record per key held (ats_fleet_keyed_stats.bytes says the total; about 200 bytes plus the key).
- * When a new key finds both of its buckets full, it replaces one of their 16 keys: a key whose
- * lease is empty or expired if there is one (nothing is lost), otherwise the one least recently
- * used, whose unexpired tokens go back to Redis (counted in evicted_forced). A record is freed after
- * an RCU grace period, once the background thread has given its tokens back. A key that cannot be
- * added (out of memory) is refused like a cold key and counted in insert_failures.
+ * At most max_keys keys are held. The table has twice that many slots or more (a power of two, at
+ * least 16; 8 bytes each), so that two-choice buckets of 8 hold max_keys keys without evicting
+ * early, plus one record per key held (about 200 bytes plus the key; ats_fleet_keyed_stats.bytes
+ * says the total). A new key that finds the table at its cap, or both of its buckets full, first
+ * replaces a key: one whose lease is empty or expired if there is one among its buckets' 16
+ * (nothing is lost), otherwise the least recently used of them, whose unexpired tokens go back to
+ * Redis (counted in evicted_forced). A record is freed after an RCU grace period, once the
+ * background thread has given its tokens back. A key that cannot be added (out of memory) is
+ * refused like a cold key and counted in insert_failures.
  *
  * ---- The background thread ----
  * One thread per limiter, with one connection to Redis. Each round (every refresh_ns / 4, or at
@@ -71,7 +73,7 @@ typedef struct ats_fleet_keyed_config {
 	 * key's Redis key (1..ATS_FLEET_KEYED_MAX_PREFIX bytes, e.g. "rl:api:"); fallback_rate and
 	 * fallback_burst are per key. */
 	ats_fleet_config fleet;
-	size_t max_keys; /* keys holding leases here (>= 1; rounded up to a power of two, at least 16) */
+	size_t max_keys; /* the most keys holding leases here (>= 1) */
 } ats_fleet_keyed_config;
 
 typedef struct ats_fleet_keyed_stats {
@@ -92,7 +94,7 @@ typedef struct ats_fleet_keyed_stats {
 	uint64_t evicted_forced;   /* keys replaced while holding tokens (given back) */
 	uint64_t insert_failures;  /* keys that could not be added (out of memory) */
 	size_t keys;               /* keys held now */
-	size_t key_limit;          /* the most keys held (max_keys rounded up) */
+	size_t key_limit;          /* the most keys held (max_keys) */
 	size_t bytes;              /* memory held: the table and the records of held and retiring keys */
 	bool up;                   /* the last lease call succeeded */
 } ats_fleet_keyed_stats;
