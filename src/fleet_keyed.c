@@ -63,8 +63,9 @@ struct fkey {
 struct ats_fleet_keyed {
 	_Atomic(struct fkey *) *slots;
 	size_t nslots, bucket_mask;
-	size_t max_keys; /* the cap on keys held (the table has twice the slots, at least) */
-	size_t hand;     /* under mu: where the cap's clock hand looks next */
+	size_t max_keys;  /* the cap on keys held (the table has twice the slots, at least) */
+	size_t max_bytes; /* the cap on bytes held (table and records); 0: none */
+	size_t hand;      /* under mu: where the cap's clock hand looks next */
 	uint64_t seed[2];
 	_Atomic uint32_t down; /* 0 while the last lease call succeeded */
 	uint32_t policy;
@@ -213,7 +214,7 @@ static bool better_victim(struct fkey *f, uint64_t now_ns, bool *best_idle, uint
 static void evict(ats_fleet_keyed *k, _Atomic(struct fkey *) *slot, bool idle, uint64_t now_ns)
 {
 	retire(k, atomic_load_explicit(slot, memory_order_relaxed), now_ns); /* relaxed: under mu */
-	atomic_store_explicit(slot, NULL, memory_order_release);              /* readers miss it now */
+	atomic_store_explicit(slot, NULL, memory_order_release);             /* readers miss it now */
 	if (idle)
 		BUMP(k, evicted_idle, 1);
 	else
@@ -221,9 +222,10 @@ static void evict(ats_fleet_keyed *k, _Atomic(struct fkey *) *slot, bool idle, u
 }
 
 /* The slot for a new key in buckets b[0], b[1]. Below the cap: an empty one, else one freed by
- * evicting the best victim of the two buckets (better_victim). At the cap: first a key is evicted,
- * the best victim of the two buckets or, when both are empty, the next key a clock hand finds. */
-static _Atomic(struct fkey *) *place(ats_fleet_keyed *k, const size_t b[2], uint64_t now_ns)
+ * evicting the best victim of the two buckets (better_victim). At a cap (keys, or bytes): first a
+ * key is evicted, the best victim of the two buckets or, when both are empty, the next key a clock
+ * hand finds. */
+static _Atomic(struct fkey *) *place(ats_fleet_keyed *k, const size_t b[2], bool over_bytes, uint64_t now_ns)
 {
 	_Atomic(struct fkey *) *victim = NULL, *empty = NULL;
 	bool idle = false;
@@ -242,10 +244,12 @@ static _Atomic(struct fkey *) *place(ats_fleet_keyed *k, const size_t b[2], uint
 		}
 	}
 	/* relaxed: changed only under mu */
-	bool at_cap = atomic_load_explicit(&k->keys, memory_order_relaxed) >= k->max_keys;
+	bool at_cap = atomic_load_explicit(&k->keys, memory_order_relaxed) >= k->max_keys || over_bytes;
 	if (empty && !at_cap)
 		return empty;
 	if (!victim) { /* at the cap with both buckets empty: the hand's next key */
+		if (!atomic_load_explicit(&k->keys, memory_order_relaxed)) /* under mu */
+			return empty;                                      /* none held: over bytes by retiring ones */
 		for (;;) {
 			_Atomic(struct fkey *) *s = &k->slots[k->hand++ & (k->nslots - 1)];
 			struct fkey *f = atomic_load_explicit(s, memory_order_relaxed); /* under mu */
@@ -260,18 +264,30 @@ static _Atomic(struct fkey *) *place(ats_fleet_keyed *k, const size_t b[2], uint
 	return empty ? empty : victim;
 }
 
-/* Adds key (not found by the caller) unless a racing caller did; NULL when out of memory. */
+static size_t record_bytes(const ats_fleet_keyed *k, size_t len)
+{
+	return (sizeof(struct fkey) + k->prefixlen + len + 63) & ~(size_t)63;
+}
+
+/* Adds key (not found by the caller) unless a racing caller did; NULL when out of memory or when
+ * the byte cap leaves no room (a record replaced to make room counts until it is freed). */
 static struct fkey *add(ats_fleet_keyed *k, const void *key, size_t len, const uint64_t h[2], uint64_t now_ns)
 {
-	size_t bytes = sizeof(struct fkey) + k->prefixlen + len;
+	size_t bytes = record_bytes(k, len);
 	pthread_mutex_lock(&k->mu);
 	struct fkey *f = find(k, key, len, h);
 	if (f) {
 		pthread_mutex_unlock(&k->mu);
 		return f;
 	}
-	f = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+	/* relaxed: changed under mu, or lowered by the thread (a stale value only refuses early) */
+	bool over = k->max_bytes && atomic_load_explicit(&k->bytes, memory_order_relaxed) + bytes > k->max_bytes;
+	f = over ? NULL : aligned_alloc(64, bytes);
 	if (!f) {
+		if (over) { /* room for a later key, once the replaced record is freed */
+			size_t b1 = (size_t)h[0] & k->bucket_mask, b[2] = {b1, bucket2(k, h, b1)};
+			(void)place(k, b, true, now_ns);
+		}
 		pthread_mutex_unlock(&k->mu);
 		BUMP(k, insert_failures, 1);
 		return NULL;
@@ -290,7 +306,7 @@ static struct fkey *add(ats_fleet_keyed *k, const void *key, size_t len, const u
 	ats__fleet_est_init(&f->est, now_ns, k->pol.batch_min);
 	f->est.probe = true; /* demand: lease for it at once */
 	size_t b1 = (size_t)h[0] & k->bucket_mask, b[2] = {b1, bucket2(k, h, b1)};
-	_Atomic(struct fkey *) *slot = place(k, b, now_ns);
+	_Atomic(struct fkey *) *slot = place(k, b, false, now_ns);
 	/* release: a reader that finds the record sees it whole */
 	atomic_store_explicit(slot, f, memory_order_release);
 	atomic_fetch_add_explicit(&k->keys, 1, memory_order_relaxed);      /* a statistic */
@@ -609,6 +625,11 @@ ats_err *ats_fleet_keyed_new(ats_fleet_keyed **out, const ats_fleet_keyed_config
 	size_t nslots = 16;
 	while (nslots < 2 * cfg->max_keys)
 		nslots <<= 1;
+	size_t fixed = nslots * sizeof(struct fkey *) + ((sizeof(struct ats_fleet_keyed) + 63) & ~(size_t)63);
+	size_t one = (sizeof(struct fkey) + st.keylen + ATS_FLEET_KEYED_MAX_KEY + 63) & ~(size_t)63;
+	if (cfg->max_bytes && cfg->max_bytes < fixed + one)
+		return ats_err_with_kv(invalid("max_bytes leaves no room for one key beside the table"), "least", "%zu",
+		                       fixed + one);
 	ats_fleet_keyed *k = aligned_alloc(64, (sizeof *k + 63) & ~(size_t)63);
 	if (!k)
 		return ats_err_oom;
@@ -622,6 +643,7 @@ ats_err *ats_fleet_keyed_new(ats_fleet_keyed **out, const ats_fleet_keyed_config
 		atomic_init(&k->slots[i], NULL);
 	k->nslots = nslots;
 	k->max_keys = cfg->max_keys;
+	k->max_bytes = cfg->max_bytes;
 	k->bucket_mask = nslots / BUCKET - 1;
 	if (getrandom(k->seed, sizeof k->seed, GRND_NONBLOCK) != (ssize_t)sizeof k->seed) {
 		/* no entropy yet (early boot): a per-process seed still differs between processes */
@@ -643,7 +665,7 @@ ats_err *ats_fleet_keyed_new(ats_fleet_keyed **out, const ats_fleet_keyed_config
 		}
 	}
 	pthread_mutex_init(&k->mu, NULL);
-	atomic_init(&k->bytes, nslots * sizeof *k->slots + sizeof *k);
+	atomic_init(&k->bytes, fixed);
 	atomic_init(&k->down, 1);
 	ats__fleet_conn_init(&k->conn, cfg->fleet.host, cfg->fleet.port, cfg->fleet.timeout_ns,
 	                     cfg->fleet.reconnect_min_ns, cfg->fleet.reconnect_max_ns, &k->down);

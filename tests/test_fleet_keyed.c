@@ -285,3 +285,28 @@ Test(fleet_keyed, the_table_is_capped_and_replaced_keys_give_tokens_back, .init 
 
 	ats_fleet_keyed_free(k);
 }
+
+Test(fleet_keyed, the_byte_cap_holds, .init = start_redis, .fini = stop_redis, .timeout = 60)
+{
+	ats_fleet_keyed_config cfg = base_cfg("rl:t3:", srv.port, 1000);
+	cfg.max_bytes = 1;
+	expect_invalid(&cfg, "max_bytes below the table");
+	/* Room for the table and a few records: keys beyond them are replaced or refused. */
+	cfg.max_bytes = 2048 * 8 + 4096 + 8 * 512;
+	ats_fleet_keyed *k = must_new(&cfg);
+	char key[16];
+	uint64_t granted = 0;
+	ats_fleet_keyed_stats st;
+	for (int i = 0; i < 100; i++) {
+		int len = snprintf(key, sizeof key, "b%d", i);
+		granted += ats_fleet_keyed_allow(k, key, (size_t)len, 1);
+		ats_fleet_keyed_stats_get(k, &st);
+		cr_assert_leq(st.bytes, cfg.max_bytes, "holds %zu bytes", st.bytes);
+	}
+	ats_fleet_keyed_stats_get(k, &st);
+	cr_assert_gt(st.insert_failures, 0, "the byte cap never refused a key");
+	cr_assert_lt(st.keys, 100);
+	ats_fleet_keyed_stop(k);
+	expect_accounted(k, granted);
+	ats_fleet_keyed_free(k);
+}

@@ -35,8 +35,11 @@
  * replaces a key: one whose lease is empty or expired if there is one among its buckets' 16
  * (nothing is lost), otherwise the least recently used of them, whose unexpired tokens go back to
  * Redis (counted in evicted_forced). A record is freed after an RCU grace period, once the
- * background thread has given its tokens back. A key that cannot be added (out of memory) is
- * refused like a cold key and counted in insert_failures.
+ * background thread has given its tokens back (its next round). With max_bytes, memory held (the
+ * table, the records of keys held and of keys replaced but not yet freed) never exceeds it: a new
+ * key that would go over replaces a key and is refused, room for it coming when the replaced
+ * record is freed. A key that cannot be added (out of memory, or the byte cap) is refused like a
+ * cold key and counted in insert_failures.
  *
  * ---- The background thread ----
  * One thread per limiter, with one connection to Redis. Each round (every refresh_ns / 4, or at
@@ -73,7 +76,8 @@ typedef struct ats_fleet_keyed_config {
 	 * key's Redis key (1..ATS_FLEET_KEYED_MAX_PREFIX bytes, e.g. "rl:api:"); fallback_rate and
 	 * fallback_burst are per key. */
 	ats_fleet_config fleet;
-	size_t max_keys; /* the most keys holding leases here (>= 1) */
+	size_t max_keys;  /* the most keys holding leases here (>= 1) */
+	size_t max_bytes; /* the most memory held (table and records, as stats.bytes); 0: no byte cap */
 } ats_fleet_keyed_config;
 
 typedef struct ats_fleet_keyed_stats {
@@ -101,10 +105,10 @@ typedef struct ats_fleet_keyed_stats {
 
 typedef struct ats_fleet_keyed ats_fleet_keyed;
 
-/* Validates cfg (every rule of ats_fleet_init, with the prefix in place of the key, and max_keys
- * >= 1), allocates the table and starts the background thread; returns without waiting for Redis.
- * Errors: ATS_ERR_INVALID_ARGUMENT saying what is wrong (nothing allocated, *out NULL), out of
- * memory, ATS_ERR_SYSTEM when the thread cannot start. Blocking. */
+/* Validates cfg (every rule of ats_fleet_init, with the prefix in place of the key, max_keys >= 1,
+ * and max_bytes 0 or room for the table and one key), allocates the table and starts the background thread; returns
+ * without waiting for Redis. Errors: ATS_ERR_INVALID_ARGUMENT saying what is wrong (nothing allocated, *out NULL), out
+ * of memory, ATS_ERR_SYSTEM when the thread cannot start. Blocking. */
 ATS_API ATS_NODISCARD ats_err *ats_fleet_keyed_new(ats_fleet_keyed **out, const ats_fleet_keyed_config *cfg);
 /* Stops the background thread, gives every key's unexpired tokens back to Redis when connected
  * (one pipeline) and disconnects; afterwards acquires follow the policy and stats stay readable.
