@@ -174,6 +174,7 @@ static bool by_policy(ats_fleet_keyed *k, const void *key, size_t len, uint64_t 
 static void rec_free_cb(struct rcu_head *head)
 {
 	struct fkey *f = ats__container_of(head, struct fkey, rcu);
+	TSAN_ACQUIRE(f); /* the thread's hand-over through call_rcu's queue (its TSAN_RELEASE(f)) */
 	ats_fleet_keyed *k = f->owner;
 	TSAN_ACQUIRE(&k->tsan_sync);
 	free(f);
@@ -527,6 +528,7 @@ static void retire_round(ats_fleet_keyed *k, uint64_t now)
 		list = f->next;
 		atomic_fetch_sub_explicit(&k->bytes, f->bytes, memory_order_relaxed); /* a statistic */
 		TSAN_RELEASE(&k->tsan_sync);
+		TSAN_RELEASE(f);
 		urcu_memb_call_rcu(&f->rcu, rec_free_cb);
 	}
 }
