@@ -6,7 +6,10 @@
  * NONE to its number and publishes its result with a release store of `won`; a caller that
  * leaves without a winner (ctx done, fatal error) CASes `winner` to LEFT, so a success landing
  * later releases its result instead. Every attempt, run or not, ends by bumping `ended` and the
- * futex word `seq` that the caller sleeps on. */
+ * futex word `seq` that the caller sleeps on, and wakes the caller only when it said it sleeps
+ * (`parked`: a Dekker pair, both sides seq_cst, so a call that never sleeps makes no wake-up
+ * system call: the caller sets parked and then re-reads seq; an ender bumps seq and then reads
+ * parked; at least one of them sees the other's write). */
 #include "atscale/hedge.h"
 #include "atscale/histogram.h"
 #include "atscale/limiter.h"
@@ -36,6 +39,7 @@ struct slot {
 struct call {
 	_Atomic uint32_t refs;
 	_Atomic uint32_t seq;
+	_Atomic uint32_t parked; /* the caller is (about to be) asleep on seq */
 	_Atomic int winner;
 	_Atomic uint32_t won;
 	_Atomic uint32_t ended;
@@ -84,8 +88,10 @@ static void end_attempt(struct call *c)
 {
 	/* release: the caller that sees the count sees this attempt's error or result. */
 	atomic_fetch_add_explicit(&c->ended, 1, memory_order_release);
-	atomic_fetch_add_explicit(&c->seq, 1, memory_order_release);
-	ats__futex_wake(&c->seq, 1);
+	/* seq_cst, both: the Dekker pair with park_on_seq (file comment). */
+	atomic_fetch_add_explicit(&c->seq, 1, memory_order_seq_cst);
+	if (atomic_load_explicit(&c->parked, memory_order_seq_cst))
+		ats__futex_wake(&c->seq, 1);
 	unref(c);
 }
 
@@ -221,6 +227,26 @@ static bool take_budget(ats_hedger *h)
 	return ats_limiter_allow_at(&h->budget, 1, BUDGET_T0 + n * REQUEST_NS);
 }
 
+/* The caller sleeps while seq still holds `seq` (and kick `k`, when kick is not NULL), until
+ * `until` (ATS__FUTEX_FOREVER: no bound). Tells enders it sleeps first (file comment). Blocking. */
+static void park_on_seq(struct call *c, uint32_t seq, _Atomic uint32_t *kick, uint32_t k, uint64_t until)
+{
+	/* seq_cst, both: the Dekker pair with end_attempt (file comment). */
+	atomic_store_explicit(&c->parked, 1, memory_order_seq_cst);
+	if (atomic_load_explicit(&c->seq, memory_order_seq_cst) == seq) {
+		if (kick) {
+			struct futex_waitv wv[2] = {
+			    {.val = seq, .uaddr = (uintptr_t)&c->seq, .flags = FUTEX_32 | FUTEX_PRIVATE_FLAG},
+			    {.val = k, .uaddr = (uintptr_t)kick, .flags = FUTEX_32 | FUTEX_PRIVATE_FLAG},
+			};
+			ats__ec_park(wv, 2, until);
+		} else {
+			ats__futex_wait(&c->seq, seq, until);
+		}
+	}
+	atomic_store_explicit(&c->parked, 0, memory_order_relaxed); /* a later sleep sets it again */
+}
+
 /* The caller's side: waits for the outcome, sending hedges per plan. Consumes the caller's
  * reference to c. */
 static ats_err *await(struct call *c, struct plan *pl, void **result, ats_ctx *ctx)
@@ -298,11 +324,7 @@ static ats_err *await(struct call *c, struct plan *pl, void **result, ats_ctx *c
 		}
 		if (moved || (until != UINT64_MAX && ats_now_ns() >= until))
 			continue;
-		struct futex_waitv wv[2] = {
-		    {.val = seq, .uaddr = (uintptr_t)&c->seq, .flags = FUTEX_32 | FUTEX_PRIVATE_FLAG},
-		    {.val = k, .uaddr = (uintptr_t)&kick, .flags = FUTEX_32 | FUTEX_PRIVATE_FLAG},
-		};
-		ats__ec_park(wv, 2, until);
+		park_on_seq(c, seq, &kick, k, until);
 	}
 	ats_ctx_after_stop(&after);
 	if (!success) {
@@ -333,7 +355,7 @@ static ats_err *await(struct call *c, struct plan *pl, void **result, ats_ctx *c
 			uint32_t seq = atomic_load_explicit(&c->seq, memory_order_acquire);
 			if (atomic_load_explicit(&c->ended, memory_order_acquire) == c->sent)
 				break;
-			ats__futex_wait(&c->seq, seq, ATS__FUTEX_FOREVER);
+			park_on_seq(c, seq, NULL, 0, ATS__FUTEX_FOREVER);
 		}
 	}
 	if (pl->h && (!c->req.detach || !success))
