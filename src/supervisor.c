@@ -541,3 +541,39 @@ ats_ward_spec ats_supervisor_ward(ats_supervisor *child, const char *name, ats_w
 	spec.restart = restart;
 	return spec;
 }
+
+/* ---- Pool steward ---- */
+
+static ats_err *steward_run(void *arg, ats_heartbeat *hb, ats_ctx *ctx)
+{
+	ats_pool_steward *st = arg;
+	if (!st || !st->pool || !st->stuck_ns)
+		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "pool steward: %s",
+		                   !st || !st->pool ? "NULL pool" : "stuck_ns 0");
+	uint64_t period = st->stuck_ns / 4 ? st->stuck_ns / 4 : 1;
+	for (;;) {
+		ats_heartbeat_work_begin(hb);
+		ats_err *err = ats_pool_replace_stuck(st->pool, st->stuck_ns, NULL);
+		ats_heartbeat_work_end(hb);
+		if (err) {
+			if (ats_err_code(err) == ATS_ERR_INVALID_ARGUMENT)
+				return err; /* not for this pool (called from one of its workers): give up */
+			ats_err_unref(err); /* no memory or no thread: the next pass tries again */
+		}
+		if (ats_ctx_wait(ctx, ats_now_ns() + period))
+			return NULL;
+	}
+}
+
+ats_ward_spec ats_pool_steward_ward(ats_pool_steward *st, const char *name)
+{
+	ats_ward_spec spec;
+	memset(&spec, 0, sizeof spec);
+	spec.name = name ? name : "pool steward";
+	spec.run = steward_run;
+	spec.arg = st;
+	spec.restart = ATS_WARD_PERMANENT;
+	uint64_t stuck = st ? st->stuck_ns : 0;
+	spec.watch.timeout_ns = stuck > 100000000u ? stuck : 100000000u;
+	return spec;
+}

@@ -9,6 +9,7 @@
 #include <atscale/supervisor.h>
 
 #include <criterion/criterion.h>
+#include <pthread.h>
 #include <sched.h>
 #include <string.h>
 
@@ -245,4 +246,101 @@ Test(supervisor, bad_input_changes_nothing)
 	cr_expect_null(ats_supervisor_wait(s, ats_ctx_background()));
 	ats_supervisor_free(s);
 	ats_supervisor_free(NULL);
+}
+
+/* ---- A pool's workers under supervision ---- */
+
+struct hang {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	bool open;
+	_Atomic int entered;
+};
+
+/* A task that never returns until the test opens the gate, whatever its ctx says: stuck. */
+static void hang_task(void *arg, ats_ctx *ctx)
+{
+	(void)ctx;
+	struct hang *h = arg;
+	atomic_store(&h->entered, 1);
+	pthread_mutex_lock(&h->mu);
+	while (!h->open)
+		pthread_cond_wait(&h->cv, &h->mu);
+	pthread_mutex_unlock(&h->mu);
+}
+
+static void count_task(void *arg, ats_ctx *ctx)
+{
+	(void)ctx;
+	atomic_fetch_add((_Atomic int *)arg, 1);
+}
+
+static void count_replace(unsigned worker, const ats_err *why, void *arg)
+{
+	(void)worker;
+	cr_assert_not_null(why);
+	atomic_fetch_add((_Atomic int *)arg, 1);
+}
+
+Test(supervisor, a_pool_steward_replaces_a_stuck_worker)
+{
+	_Atomic int replaced = 0, ran = 0;
+	ats_pool_config pc = {.workers = 1, .on_replace = count_replace, .replace_arg = (void *)&replaced};
+	ats_pool *p = NULL;
+	cr_assert_null(ats_pool_new(&p, &pc));
+	ats_supervisor_config sc = {.name = "pool supervisor"};
+	ats_supervisor *s = NULL;
+	cr_assert_null(ats_supervisor_new(&s, &sc));
+	ats_pool_steward st = {.pool = p, .stuck_ns = 20 * MS};
+	ats_ward_spec spec = ats_pool_steward_ward(&st, NULL);
+	unsigned id;
+	cr_assert_null(ats_supervisor_add(s, &spec, &id));
+	cr_assert_null(ats_supervisor_start(s, ats_ctx_background()));
+
+	/* The only worker gets stuck; 50 tasks queue behind it, which only a replacement can run. */
+	struct hang h = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+	ats_task t = {.run = hang_task, .arg = &h};
+	cr_assert_eq(ats_pool_try_submit_to(p, 0, &t), ATS_POOL_OK);
+	wait_until(&h.entered, 1);
+	for (int i = 0; i < 50; i++) {
+		ats_task c = {.run = count_task, .arg = (void *)&ran};
+		cr_assert_eq(ats_pool_try_submit_to(p, 0, &c), ATS_POOL_OK);
+	}
+	wait_until(&ran, 50); /* the steward found the worker stuck and replaced it */
+	cr_expect_eq(atomic_load(&replaced), 1);
+	ats_supervisor_stats ss;
+	ats_supervisor_stats_get(s, &ss);
+	cr_expect_eq(ss.stalls, 0, "the steward itself never stalled");
+
+	/* The stuck task returns at last; shutdown accounts for every task exactly once. */
+	pthread_mutex_lock(&h.mu);
+	h.open = true;
+	pthread_cond_broadcast(&h.cv);
+	pthread_mutex_unlock(&h.mu);
+	ats_supervisor_stop(s);
+	cr_expect_null(ats_pool_shutdown(p, ats_ctx_background()));
+	ats_pool_worker_stats ws;
+	cr_assert_null(ats_pool_worker_stats_get(p, 0, &ws));
+	cr_expect_eq(ws.replaced, 1);
+	cr_expect_eq(ws.run, 50, "every queued task ran once");
+	cr_expect_eq(ws.returned, 1, "the stuck task returned on its quarantined thread");
+	ats_pool_free(p);
+	ats_supervisor_free(s);
+}
+
+Test(supervisor, a_pool_steward_with_bad_input_exits_abnormally)
+{
+	struct events e = {0};
+	ats_supervisor_config sc = {.on_event = on_event, .event_arg = &e};
+	ats_supervisor *s = NULL;
+	cr_assert_null(ats_supervisor_new(&s, &sc));
+	ats_pool_steward st = {.pool = NULL, .stuck_ns = MS};
+	ats_ward_spec spec = ats_pool_steward_ward(&st, "no pool");
+	spec.restart = ATS_WARD_TEMPORARY;
+	unsigned id;
+	cr_assert_null(ats_supervisor_add(s, &spec, &id));
+	cr_assert_null(ats_supervisor_start(s, ats_ctx_background()));
+	wait_until(&e.n[ATS_SUP_EVENT_EXIT], 1);
+	ats_supervisor_stop(s);
+	ats_supervisor_free(s);
 }

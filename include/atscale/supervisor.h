@@ -46,6 +46,7 @@
 #include "atscale/ctx.h"
 #include "atscale/error.h"
 #include "atscale/heartbeat.h"
+#include "atscale/pool.h"
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -143,6 +144,26 @@ ATS_API uint64_t ats_supervisor_ward_starts(const ats_supervisor *s, unsigned id
  * ctx, returns child's give-up error (an abnormal exit) or NULL when its ctx is done (child
  * stopped). The child's heartbeat is idle between its own checks, so only its exit matters. */
 ATS_API ats_ward_spec ats_supervisor_ward(ats_supervisor *child, const char *name, ats_ward_restart restart);
+
+/* ---- A pool's workers under supervision ---- */
+
+/* What a pool steward watches: the pool, and how long a task may run before its worker counts as
+ * stuck. Caller memory; it must outlive the supervisor's use of the ward. */
+typedef struct ats_pool_steward {
+	ats_pool *pool;
+	uint64_t stuck_ns; /* > 0 */
+} ats_pool_steward;
+
+/* A permanent ward that keeps st->pool's workers healthy: every stuck_ns / 4 it replaces each
+ * worker stuck in one task for stuck_ns (ats_pool_replace_stuck: a fresh thread takes over the
+ * worker and its queue, the stuck thread is quarantined and rejoins when its task returns; no task
+ * is lost or run twice), and config.on_replace of the pool hears of each. It beats around each pass
+ * (work_begin/work_end; the spec watches it with a timeout of stuck_ns, at least 100 ms), so a
+ * steward itself stuck in a pass is a stall its supervisor restarts; it holds no state, so a
+ * restart loses nothing. It returns NULL when its ctx is done, and ATS_ERR_INVALID_ARGUMENT (an
+ * abnormal exit) for a NULL pool or a zero stuck_ns. Cost: one supervisor ward (a thread, asleep
+ * between passes) and O(workers) loads per pass. */
+ATS_API ats_ward_spec ats_pool_steward_ward(ats_pool_steward *st, const char *name);
 
 #ifdef __cplusplus
 }
