@@ -6,20 +6,7 @@
 #include <criterion/criterion.h>
 #include <time.h>
 
-#include "redis_server.h"
-
-static struct ats_test_redis srv;
-
-static void start_redis(void)
-{
-	const char *why = ats_test_redis_start(&srv, 0);
-	cr_assert_null(why, "%s", why);
-}
-
-static void stop_redis(void)
-{
-	ats_test_redis_stop(&srv);
-}
+#include "redis_fixture.h"
 
 /* Bug: stopping with an expired lease dropped its tokens without counting them, so leased_tokens
  * no longer equalled granted + expired + given back (stress_fleet saw one batch missing when the

@@ -13,29 +13,21 @@
 #include <string.h>
 
 #include "fault_proxy.h"
-#include "redis_server.h"
+#include "redis_fixture.h"
 
-static struct ats_test_redis srv;
 static struct ats_test_proxy proxy;
 
 static void start_both(void)
 {
-	const char *why = ats_test_redis_start(&srv, 0);
-	cr_assert_null(why, "%s", why);
-	why = ats_test_proxy_start(&proxy, srv.port);
+	start_redis();
+	const char *why = ats_test_proxy_start(&proxy, srv.port);
 	cr_assert_null(why, "%s", why);
 }
 
 static void stop_both(void)
 {
 	ats_test_proxy_stop(&proxy);
-	ats_test_redis_stop(&srv);
-}
-
-static void pace(uint64_t ns)
-{
-	struct timespec ts = {0, (long)ns};
-	nanosleep(&ts, NULL); /* pacing a demand loop, not synchronization */
+	stop_redis();
 }
 
 static ats_fleet_config cfg_via_proxy(const char *key, ats_fleet_policy policy)

@@ -15,26 +15,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "redis_server.h"
-
-static struct ats_test_redis srv;
-
-static void start_redis(void)
-{
-	const char *why = ats_test_redis_start(&srv, 0);
-	cr_assert_null(why, "%s", why);
-}
-
-static void stop_redis(void)
-{
-	ats_test_redis_stop(&srv);
-}
-
-static void pace(uint64_t ns)
-{
-	struct timespec ts = {0, (long)ns};
-	nanosleep(&ts, NULL); /* pacing a demand loop, not synchronization */
-}
+#include "redis_fixture.h"
 
 static ats_fleet_keyed_config base_cfg(const char *prefix, uint16_t port, size_t max_keys)
 {
