@@ -237,3 +237,11 @@ uint64_t ats_heartbeat_last_beat_ns(const ats_heartbeat_watch *w)
 {
 	return w->last_change_ns_;
 }
+
+uint64_t ats_heartbeat_stall_at(const ats_heartbeat_watch *w)
+{
+	if (!w->last_pending_)
+		return UINT64_MAX;
+	uint64_t at = w->last_change_ns_ + w->timeout_ns_;
+	return at < w->last_change_ns_ ? UINT64_MAX : at;
+}

@@ -275,6 +275,9 @@ static void *monitor_main(void *arg)
 		if (atomic_load_explicit(&s->stopping, memory_order_acquire))
 			break;
 		uint64_t now = ats_fast_now_ns();
+		/* The next look: the check period, or sooner, when a silent ward would become stalled, so
+		 * a stall is acted on when it becomes one rather than at the next period. */
+		uint64_t next = now + s->check_ns;
 		bool any = false, gave_up = false;
 		for (unsigned i = 0; i < s->n && !gave_up; i++) {
 			struct ward *w = &s->w[i];
@@ -304,11 +307,15 @@ static void *monitor_main(void *arg)
 				emit(s, ATS_SUP_EVENT_STALL, i, w->name, err);
 				stop_ward(s, i);
 				gave_up = handle(s, i, err, true);
+			} else if (w->spec.watch.timeout_ns) {
+				uint64_t at = ats_heartbeat_stall_at(&inc->watch);
+				if (at > now && at < next) /* (past it with phi still healthy: the period decides) */
+					next = at;
 			}
 		}
 		if (gave_up || !any)
 			break;
-		ats__futex_wait(&s->kick, k, ats_now_ns() + s->check_ns);
+		ats__futex_wait(&s->kick, k, next);
 	}
 	/* release: wait() reads the result after it sees finished. */
 	atomic_store_explicit(&s->finished, 1, memory_order_release);

@@ -178,9 +178,11 @@ Test(heartbeat, fixed_threshold_tells_stalled_from_idle)
 	cr_assert_null(ats_heartbeat_watch_init(&w, &h, &cfg, 0));
 	cr_expect_eq(ats_heartbeat_check(&w, 10), ATS_HB_IDLE, "nothing pending");
 	cr_expect_eq(ats_heartbeat_check(&w, 1000000), ATS_HB_IDLE, "idle is healthy however long");
+	cr_expect_eq(ats_heartbeat_stall_at(&w), UINT64_MAX, "idle: never stalls");
 	ats_heartbeat_work_begin(&h);
 	cr_expect_eq(ats_heartbeat_check(&w, 1000010), ATS_HB_HEALTHY);
 	cr_expect_eq(ats_heartbeat_last_beat_ns(&w), 1000010);
+	cr_expect_eq(ats_heartbeat_stall_at(&w), 1000110, "the last change seen plus the timeout");
 	cr_expect_eq(ats_heartbeat_check(&w, 1000109), ATS_HB_HEALTHY);
 	cr_expect_eq(ats_heartbeat_check(&w, 1000110), ATS_HB_STALLED, "pending and silent for the timeout");
 	ats_heartbeat_beat(&h);

@@ -130,6 +130,11 @@ ATS_API ATS_NODISCARD ats_err *ats_heartbeat_watch_init(ats_heartbeat_watch *w, 
 ATS_API ats_heartbeat_health ats_heartbeat_check(ats_heartbeat_watch *w, uint64_t now_ns);
 /* When this watcher last saw the count change (the init time if never). Wait-free. */
 ATS_API uint64_t ats_heartbeat_last_beat_ns(const ats_heartbeat_watch *w);
+/* The earliest time at which a check would call the heartbeat stalled if it stays silent: the last
+ * change seen plus the timeout while work was pending at the last check, UINT64_MAX while idle. A
+ * watcher that checks again then (and not only on its period) acts on a stall as soon as it is
+ * one. (With phi, a stall may come later than this, never earlier.) Wait-free. */
+ATS_API uint64_t ats_heartbeat_stall_at(const ats_heartbeat_watch *w);
 /* phi at now_ns from the intervals seen so far (0 with fewer than ATS_HEARTBEAT_MIN_SAMPLES);
  * capped at 300 (the double's limit). O(window). */
 ATS_API double ats_heartbeat_phi(const ats_heartbeat_watch *w, uint64_t now_ns);

@@ -35,9 +35,13 @@
  * (attachments "ward" and "supervisor"); counters read at any time (ats_supervisor_stats).
  *
  * Cost and scale: the monitor's work per check is O(wards) loads and compares; the check period
- * is config.check_ns, by default a quarter of the smallest ward timeout (at most 100 ms), so a
- * stall is acted on within timeout + check_ns + a wake-up. One supervisor watches up to
- * ATS_SUP_MAX_WARDS wards (each a thread).
+ * is config.check_ns, by default a quarter of the smallest ward timeout (at most 100 ms). A beat
+ * is seen at the first check after it (up to check_ns late: a beat is a store, with no clock read),
+ * and the monitor also wakes when a silent ward's timeout runs out, so a stall is acted on within
+ * timeout + check_ns + a wake-up (row hb.detect_late_p99). One supervisor watches up to
+ * ATS_SUP_MAX_WARDS wards (each a thread); the monitor is one thread per supervisor, not per ward,
+ * and not the library's timer thread, because acting on a stall blocks (stopping a ward waits up
+ * to its shutdown timeout, and starting one starts a thread), which would hold up every timer.
  */
 #ifndef ATSCALE_SUPERVISOR_H
 #define ATSCALE_SUPERVISOR_H
