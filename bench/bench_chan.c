@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: BSD-2-Clause */
 /* Channels: cross-thread cost per message (SPSC one at a time and in bursts of 32, MPMC with two
  * producers and two consumers), a blocking round trip between two threads, a send + receive on one
- * thread, and two floors: raw ck_ring SPSC across two threads with spinning ends, and a round trip
+ * thread (each also as `_light`, config.light: no locked instruction per message, a membarrier per
+ * sleep), and two floors: raw ck_ring SPSC across two threads with spinning ends, and a round trip
  * of two futex wake-ups. Go peers: bench/peers/go/chan.go; C peers (DPDK's rte_ring, liburcu's
  * wfcq): bench/peers/dpdk_ring.c and bench/peers/urcu_wfcq.c.
  *
@@ -94,14 +95,15 @@ static void xb_teardown(void *state)
 	free(x);
 }
 
-static struct xb *xb_new(unsigned partners, part_fn main_part, part_fn partner_part, ats_chan_kind kind, size_t cap,
-                         bool two)
+static struct xb *xb_new_cfg(unsigned partners, part_fn main_part, part_fn partner_part, ats_chan_kind kind, size_t cap,
+                             bool two, bool light)
 {
 	struct xb *x = aligned_alloc(64, (sizeof *x + 63) & ~(size_t)63);
 	if (!x || partner_arg_next >= 64)
 		return free(x), NULL;
 	*x = (struct xb){.partners = partners, .main_part = main_part, .partner_part = partner_part};
 	ats_chan_config cfg = ATS_CHAN_CONFIG(kind, cap);
+	cfg.light = light;
 	if (ats_chan_new(&x->a, &cfg) || (two && ats_chan_new(&x->b, &cfg))) {
 		free(x);
 		return NULL;
@@ -113,6 +115,12 @@ static struct xb *xb_new(unsigned partners, part_fn main_part, part_fn partner_p
 			abort();
 	}
 	return x;
+}
+
+static struct xb *xb_new(unsigned partners, part_fn main_part, part_fn partner_part, ats_chan_kind kind, size_t cap,
+                         bool two)
+{
+	return xb_new_cfg(partners, main_part, partner_part, kind, cap, two, false);
 }
 
 /* ---- chan.spsc: one message at a time, blocking ends ---- */
@@ -140,6 +148,12 @@ static void *spsc_setup(unsigned threads)
 {
 	(void)threads;
 	return xb_new(1, spsc_send, spsc_recv, ATS_CHAN_SPSC, CAP, false);
+}
+
+static void *spsc_light_setup(unsigned threads)
+{
+	(void)threads;
+	return xb_new_cfg(1, spsc_send, spsc_recv, ATS_CHAN_SPSC, CAP, false, true);
 }
 
 /* ---- chan.spsc_batch32: bursts of 32 (the last one shorter) ---- */
@@ -177,6 +191,12 @@ static void *batch_setup(unsigned threads)
 	return xb_new(1, batch_send, batch_recv, ATS_CHAN_SPSC, CAP, false);
 }
 
+static void *batch_light_setup(unsigned threads)
+{
+	(void)threads;
+	return xb_new_cfg(1, batch_send, batch_recv, ATS_CHAN_SPSC, CAP, false, true);
+}
+
 /* ---- chan.mpmc_2x2: two producers (the runner's thread and partner 1), two consumers; each
  * producer sends half, each consumer takes half ---- */
 
@@ -193,6 +213,12 @@ static void *mpmc_setup(unsigned threads)
 {
 	(void)threads;
 	return xb_new(3, mpmc_part, mpmc_part, ATS_CHAN_MPMC, CAP, false);
+}
+
+static void *mpmc_light_setup(unsigned threads)
+{
+	(void)threads;
+	return xb_new_cfg(3, mpmc_part, mpmc_part, ATS_CHAN_MPMC, CAP, false, true);
 }
 
 /* ---- chan.pingpong: a blocking round trip (a -> partner -> b) ---- */
@@ -222,6 +248,12 @@ static void *pingpong_setup(unsigned threads)
 {
 	(void)threads;
 	return xb_new(1, ping, pong, ATS_CHAN_SPSC, 1, true);
+}
+
+static void *pingpong_light_setup(unsigned threads)
+{
+	(void)threads;
+	return xb_new_cfg(1, ping, pong, ATS_CHAN_SPSC, 1, true, true);
 }
 
 /* ---- floor.ck_ring_spsc: the ring alone, both ends spinning ---- */
@@ -317,6 +349,15 @@ static void *pair_setup(unsigned threads)
 	return ats_chan_new(&c, &cfg) ? NULL : c;
 }
 
+static void *pair_light_setup(unsigned threads)
+{
+	(void)threads;
+	ats_chan *c = NULL;
+	ats_chan_config cfg = ATS_CHAN_CONFIG(ATS_CHAN_SPSC, CAP);
+	cfg.light = true;
+	return ats_chan_new(&c, &cfg) ? NULL : c;
+}
+
 static void pair_run(void *state, unsigned tid, uint64_t iters)
 {
 	(void)tid;
@@ -342,7 +383,22 @@ static const ats_bench chan_mpmc = {"chan.mpmc_2x2", ATS_BENCH_1T, mpmc_setup, x
 static const ats_bench chan_pingpong = {"chan.pingpong", ATS_BENCH_1T, pingpong_setup, xb_run, xb_teardown, NULL, NULL};
 static const ats_bench chan_try_pair = {"chan.try_pair", ATS_BENCH_1T, pair_setup, pair_run, pair_teardown, NULL, NULL};
 static const ats_bench floor_ring = {"floor.ck_ring_spsc", ATS_BENCH_1T, ring_setup, xb_run, xb_teardown, NULL, NULL};
+static const ats_bench chan_spsc_l = {
+    "chan.spsc_light", ATS_BENCH_1T, spsc_light_setup, xb_run, xb_teardown, NULL, NULL};
+static const ats_bench chan_batch_l = {
+    "chan.spsc_batch32_light", ATS_BENCH_1T, batch_light_setup, xb_run, xb_teardown, NULL, NULL};
+static const ats_bench chan_mpmc_l = {
+    "chan.mpmc_2x2_light", ATS_BENCH_1T, mpmc_light_setup, xb_run, xb_teardown, NULL, NULL};
+static const ats_bench chan_pingpong_l = {
+    "chan.pingpong_light", ATS_BENCH_1T, pingpong_light_setup, xb_run, xb_teardown, NULL, NULL};
+static const ats_bench chan_pair_l = {
+    "chan.try_pair_light", ATS_BENCH_1T, pair_light_setup, pair_run, pair_teardown, NULL, NULL};
 ATS_BENCH(chan_spsc)
+ATS_BENCH(chan_spsc_l)
+ATS_BENCH(chan_batch_l)
+ATS_BENCH(chan_mpmc_l)
+ATS_BENCH(chan_pingpong_l)
+ATS_BENCH(chan_pair_l)
 ATS_BENCH(chan_spsc_batch)
 ATS_BENCH(chan_mpmc)
 ATS_BENCH(chan_pingpong)

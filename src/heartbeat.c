@@ -15,17 +15,14 @@
 #include "internal/compiler.h"
 #include "internal/ec.h"
 #include "internal/futex.h"
+#include "internal/membarrier.h"
 #ifdef ATS_TESTING
 #include "internal/heartbeat_hooks.h"
 #endif
 
 #include <errno.h>
 #include <linux/futex.h>
-#include <linux/membarrier.h>
 #include <math.h>
-#include <pthread.h>
-#include <sys/syscall.h>
-#include <unistd.h>
 
 #ifdef ATS_TESTING
 _Atomic int ats__heartbeat_force_poll;
@@ -86,22 +83,13 @@ bool ats_heartbeat_tick(ats_heartbeat *h, uint64_t now_ns)
 
 /* ---- Waiting ---- */
 
-static pthread_once_t path_once = PTHREAD_ONCE_INIT;
-static bool have_membarrier;
-
-static void path_init(void)
-{
-	have_membarrier = syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0;
-}
-
 static bool use_membarrier(void)
 {
-	pthread_once(&path_once, path_init);
 #ifdef ATS_TESTING
 	if (atomic_load(&ats__heartbeat_force_poll))
 		return false;
 #endif
-	return have_membarrier;
+	return ats__membarrier_ready();
 }
 
 const char *ats_heartbeat_wake_path(void)
@@ -122,7 +110,7 @@ ats_err *ats_heartbeat_wait(ats_heartbeat *h, uint64_t count, ats_ctx *ctx)
 	/* seq_cst: announced before the membarrier below (the waiter's half of the Dekker pair). */
 	atomic_fetch_add_explicit(&h->waiters_, 1, memory_order_seq_cst);
 	bool mb = use_membarrier();
-	if (mb && syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) != 0)
+	if (mb && !ats__membarrier())
 		mb = false; /* cannot happen once registered; if it does, poll rather than risk a loss */
 	uint64_t deadline = ats_ctx_deadline(ctx);
 	ats_err *err = NULL;

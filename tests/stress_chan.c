@@ -17,6 +17,7 @@
 #define SEC UINT64_C(1000000000)
 #define V(i) ((void *)(uintptr_t)(i))
 
+#include "internal/chan_hooks.h"
 #include "slow.h"
 #ifdef SLOW
 #define MESSAGES (1u << 18) /* TSan runs ~10x slower; a quarter million still covers every path */
@@ -137,11 +138,15 @@ static void *consumer(void *arg)
 	}
 }
 
+/* Whether the channels of this test are light (config.light). */
+static bool light_channels;
+
 static void run(ats_chan_kind kind, size_t cap, unsigned producers, unsigned consumers, uint32_t close_after)
 {
 	struct run r = {.producers = producers, .consumers = consumers, .n = MESSAGES, .close_after = close_after};
 	ats_chan_config cfg = ATS_CHAN_CONFIG(kind, cap);
 	cfg.spin = 200; /* parks still happen (2 cores, 4 threads); more spin keeps the run short */
+	cfg.light = light_channels;
 	cr_assert_null(ats_chan_new(&r.c, &cfg));
 	r.seen = calloc(r.n, 1);
 	r.sent = calloc(producers, sizeof *r.sent);
@@ -217,6 +222,22 @@ Test(stress_chan, spmc_close_mid_flight)
 {
 	run(ATS_CHAN_SPMC, 3, 1, 2, MESSAGES / 3);
 }
+/* Light channels under the same counts: exactly once, close mid-flight included. */
+Test(stress_chan, spsc_light)
+{
+	light_channels = true;
+	run(ATS_CHAN_SPSC, 7, 1, 1, 0);
+}
+Test(stress_chan, spmc_close_mid_flight_light)
+{
+	light_channels = true;
+	run(ATS_CHAN_SPMC, 3, 1, 2, MESSAGES / 3);
+}
+Test(stress_chan, mpmc_close_mid_flight_light)
+{
+	light_channels = true;
+	run(ATS_CHAN_MPMC, 6, 2, 2, MESSAGES / 3);
+}
 
 /* ---- Lost wake-up hunt ----
  * Each round: the parker blocks (recv on an empty channel, send on a full one, or select over two
@@ -249,13 +270,17 @@ static void *racer(void *arg)
 	return NULL;
 }
 
-static void hunt(int mode, ats_chan_kind kind)
+/* light: 0 both channels fenced (the default), 1 both light, 2 the first light and the second
+ * fenced (select over both). */
+static void hunt_with(int mode, ats_chan_kind kind, int light)
 {
 	struct hunt h = {.mode = mode};
 	ats_chan_config cfg = ATS_CHAN_CONFIG(kind, 1);
 	cfg.spin = 0; /* park at once: the window between arming and sleeping is what is hunted */
+	cfg.light = light >= 1;
 	cr_assert_null(ats_chan_new(&h.a, &cfg));
 	cfg.kind = ATS_CHAN_SPSC;
+	cfg.light = light == 1;
 	cr_assert_null(ats_chan_new(&h.b, &cfg));
 	if (mode == 1)
 		cr_assert_eq(ats_chan_try_send(h.a, V(1)), ATS_CHAN_OK); /* full */
@@ -295,6 +320,11 @@ static void hunt(int mode, ats_chan_kind kind)
 	ats_chan_free(h.b, NULL, NULL);
 }
 
+static void hunt(int mode, ats_chan_kind kind)
+{
+	hunt_with(mode, kind, 0);
+}
+
 Test(stress_chan, no_lost_wakeup_recv_spsc)
 {
 	hunt(0, ATS_CHAN_SPSC);
@@ -314,6 +344,35 @@ Test(stress_chan, no_lost_wakeup_send_mpmc)
 Test(stress_chan, no_lost_wakeup_select)
 {
 	hunt(2, ATS_CHAN_MPMC);
+}
+
+/* The same with light channels (no fence on the hot side, a membarrier on the parking side), a
+ * select over a light and a fenced channel at once, and light asked for where membarrier is
+ * missing (forced by the hook): the channel must fall back to the fenced protocol. */
+Test(stress_chan, no_lost_wakeup_recv_spsc_light)
+{
+	hunt_with(0, ATS_CHAN_SPSC, 1);
+}
+Test(stress_chan, no_lost_wakeup_send_spsc_light)
+{
+	hunt_with(1, ATS_CHAN_SPSC, 1);
+}
+Test(stress_chan, no_lost_wakeup_send_mpmc_light)
+{
+	hunt_with(1, ATS_CHAN_MPMC, 1);
+}
+Test(stress_chan, no_lost_wakeup_select_light)
+{
+	hunt_with(2, ATS_CHAN_MPMC, 1);
+}
+Test(stress_chan, no_lost_wakeup_select_light_and_fenced)
+{
+	hunt_with(2, ATS_CHAN_MPMC, 2);
+}
+Test(stress_chan, no_lost_wakeup_light_without_membarrier)
+{
+	atomic_store(&ats__chan_force_fences, 1);
+	hunt_with(0, ATS_CHAN_SPSC, 1);
 }
 
 /* A ctx cancel racing the park: every round a parked recv must return cancelled, never hang. */

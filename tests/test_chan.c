@@ -16,10 +16,14 @@
 
 static const ats_chan_kind kinds[] = {ATS_CHAN_SPSC, ATS_CHAN_MPSC, ATS_CHAN_SPMC, ATS_CHAN_MPMC};
 
+/* Whether mk makes light channels (config.light). */
+static bool light;
+
 static ats_chan *mk(ats_chan_kind k, size_t cap)
 {
 	ats_chan *c = NULL;
 	ats_chan_config cfg = ATS_CHAN_CONFIG(k, cap);
+	cfg.light = light;
 	cr_assert_null(ats_chan_new(&c, &cfg));
 	return c;
 }
@@ -153,7 +157,7 @@ Test(chan, destroy_hands_back_values)
 	cr_expect_eq(sum, 40);
 }
 
-Test(chan, close_drain_and_errors)
+static void close_drain_and_errors(void)
 {
 	for (size_t ki = 0; ki < 4; ki++) {
 		ats_chan *c = mk(kinds[ki], 3);
@@ -185,6 +189,19 @@ Test(chan, close_drain_and_errors)
 		cr_expect_eq(ats_chan_len(c), 0);
 		ats_chan_free(c, NULL, NULL);
 	}
+}
+
+Test(chan, close_drain_and_errors)
+{
+	close_drain_and_errors();
+}
+
+/* A light channel's close goes CLOSING, then CLOSED after its membarrier: a second close must
+ * leave it CLOSED (receivers trust only that) and still be an error. */
+Test(chan, close_drain_and_errors_light)
+{
+	light = true;
+	close_drain_and_errors();
 }
 
 Test(chan, bursts)

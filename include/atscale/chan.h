@@ -79,6 +79,13 @@ typedef struct ats_chan_config {
 	size_t capacity; /* 1 .. ATS_CHAN_MAX_CAPACITY */
 	uint32_t spin;   /* tries (with a CPU pause between) before parking; 0: park at once */
 	bool busy_poll;  /* never park: spin until the operation, the ctx or close lets go */
+	/* No locked instruction per message on single-producer sends and on receives (rows
+	 * chan.*_light): for streams whose ends rarely wait (pipelines, poll loops). The price is paid
+	 * when an end does wait: each sleep of a blocked send, receive or select, and each close, makes
+	 * a membarrier system call, which interrupts every CPU running a thread of the process (tens
+	 * of microseconds on a VM, row chan.pingpong_light). Where the kernel lacks membarrier the
+	 * channel works as without it. src/chan.c says why no wake-up is lost either way. */
+	bool light;
 } ats_chan_config;
 
 /* A config with the default spin, parking when the spin runs out. A function, not a compound
@@ -90,6 +97,7 @@ static inline ats_chan_config ats_chan_config_of(ats_chan_kind kind, size_t capa
 	c.capacity = capacity;
 	c.spin = ATS_CHAN_DEFAULT_SPIN;
 	c.busy_poll = false;
+	c.light = false;
 	return c;
 }
 #define ATS_CHAN_CONFIG(kind_, capacity_) ats_chan_config_of((kind_), (capacity_))
@@ -171,7 +179,8 @@ ATS_API ATS_NODISCARD ats_err *ats_chan_recv_n(ats_chan *c, void **out, size_t n
 
 /* Closes the channel: later sends fail, receivers drain then get closed, every parked sender and
  * receiver (and select) wakes. NULL, or ATS_ERR_CLOSED when already closed (nothing changes);
- * ATS_ERR_INVALID_ARGUMENT for NULL. Blocking only for the futex wakes; lock-free otherwise. */
+ * ATS_ERR_INVALID_ARGUMENT for NULL. Blocking for the futex wakes and, where the channel uses it,
+ * one membarrier system call (the fence its senders skip: src/chan.c); lock-free otherwise. */
 ATS_API ATS_NODISCARD ats_err *ats_chan_close(ats_chan *c);
 /* Whether close was called. Wait-free (one acquire load). */
 ATS_API bool ats_chan_closed(const ats_chan *c);
