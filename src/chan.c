@@ -479,9 +479,11 @@ ats_err *ats_chan_close(ats_chan *ch)
 		return ats_err_new(ATS_ERR_CLOSED, "channel: close of a closed channel");
 	if (c->light) {
 		/* Every sender past its closed check has its busy flag visible once this returns (file
-		 * comment). It fails only when the kernel is out of memory: try again after a pause
-		 * (receivers wait for CLOSED meanwhile, so no value can be lost). */
-		while (!ats__membarrier()) {
+		 * comment). It fails only when the kernel is out of memory (or a seccomp filter came in
+		 * after registration): try again after a pause, receivers waiting for CLOSED meanwhile.
+		 * After 100 tries (100 ms) close goes on: a store buffer drains in far less than that, so
+		 * a sender's busy flag is visible by then in practice, though no longer by proof. */
+		for (int tries = 0; tries < 100 && !ats__membarrier(); tries++) {
 			struct timespec pause = {0, 1000000};
 			nanosleep(&pause, NULL);
 		}
