@@ -307,6 +307,8 @@ Test(supervisor, a_pool_steward_replaces_a_stuck_worker)
 		cr_assert_eq(ats_pool_try_submit_to(p, 0, &c), ATS_POOL_OK);
 	}
 	wait_until(&ran, 50); /* the steward found the worker stuck and replaced it */
+	/* on_replace is called once the new thread is started, so it may come after the tasks ran. */
+	wait_until(&replaced, 1);
 	cr_expect_eq(atomic_load(&replaced), 1);
 	ats_supervisor_stats ss;
 	ats_supervisor_stats_get(s, &ss);
