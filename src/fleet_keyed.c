@@ -463,12 +463,13 @@ static void give_back(ats_fleet_keyed *k, struct fkey *list, uint64_t now)
 	size_t sent = 0;
 	struct fkey *f;
 	if (k->conn.rc) {
-		for (f = list; f; f = f->next)
-			if (f->asked &&
-			    !ats__fleet_conn_append(&k->conn, false, f->rkey, f->rkeylen, k->limit, f->asked))
+		for (f = list; f; f = f->next) {
+			if (!f->asked)
+				continue;
+			if (!ats__fleet_conn_append(&k->conn, false, f->rkey, f->rkeylen, k->limit, f->asked))
 				break;
-			else if (f->asked)
-				sent++;
+			sent++;
+		}
 		if (f) {
 			ats__fleet_conn_error(&k->conn, "give-back pipeline on %s:%u: out of memory", k->conn.host,
 			                      k->conn.port);

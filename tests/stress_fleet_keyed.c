@@ -39,7 +39,6 @@ static _Atomic size_t most_keys;
 struct arg {
 	ats_fleet_keyed *k;
 	uint64_t end_ns, seed;
-	bool observer;
 };
 
 static void *acquirer(void *p)
@@ -99,8 +98,7 @@ Test(stress_fleet_keyed, churn_races_acquirers_and_every_token_is_accounted, .ti
 	struct arg a[THREADS + 1];
 	pthread_t th[THREADS + 1];
 	for (unsigned i = 0; i <= THREADS; i++) {
-		a[i] = (struct arg){
-		    .k = k, .end_ns = end, .seed = 0x9e3779b97f4a7c15u * (i + 1), .observer = i == THREADS};
+		a[i] = (struct arg){.k = k, .end_ns = end, .seed = 0x9e3779b97f4a7c15u * (i + 1)};
 		cr_assert_eq(pthread_create(&th[i], NULL, i < THREADS ? acquirer : observer, &a[i]), 0);
 	}
 	for (unsigned i = 0; i <= THREADS; i++)

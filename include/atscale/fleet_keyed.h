@@ -30,23 +30,24 @@
  * ---- Memory ----
  * At most max_keys keys are held. The table has twice that many slots or more (a power of two, at
  * least 16; 8 bytes each), so that two-choice buckets of 8 hold max_keys keys without evicting
- * early, plus one record per key held (about 200 bytes plus the key; ats_fleet_keyed_stats.bytes
- * says the total). A new key that finds the table at its cap, or both of its buckets full, first
- * replaces a key: one whose lease is empty or expired if there is one among its buckets' 16
- * (nothing is lost), otherwise the least recently used of them, whose unexpired tokens go back to
- * Redis (counted in evicted_forced). A record is freed after an RCU grace period, once the
- * background thread has given its tokens back (its next round). With max_bytes, memory held (the
- * table, the records of keys held and of keys replaced but not yet freed) never exceeds it: a new
- * key that would go over replaces a key and is refused, room for it coming when the replaced
- * record is freed. A key that cannot be added (out of memory, or the byte cap) is refused like a
- * cold key and counted in insert_failures.
+ * early, plus one record per key held: its fields, the prefix and the key, rounded up to whole
+ * cache lines (256 bytes for a 9-byte key under a 3-byte prefix, measured through
+ * ats_fleet_keyed_stats.bytes, which says the total). A new key that finds the table at its cap, or both of its buckets
+ * full, first replaces a key: one whose lease is empty or expired if there is one among its buckets' 16 (nothing is
+ * lost), otherwise the least recently used of them, whose unexpired tokens go back to Redis (counted in
+ * evicted_forced). A record is freed after an RCU grace period, once the background thread has given its tokens back
+ * (its next round). With max_bytes, memory held (the table, the records of keys held and of keys replaced but not yet
+ * freed) never exceeds it: a new key that would go over replaces a key and is refused, room for it coming when the
+ * replaced record is freed. A key that cannot be added (out of memory, or the byte cap) is refused like a cold key and
+ * counted in insert_failures.
  *
  * ---- The background thread ----
  * One thread per limiter, with one connection to Redis. Each round (every refresh_ns / 4, or at
  * once when an acquire was refused) it walks the table, sizes each key's next batch from that
  * key's observed rate, and sends every lease call of the round as one pipeline (one round trip
- * for all keys that need tokens). The walk costs a few nanoseconds per key held, so a table of
- * 100,000 keys costs well under a millisecond per round.
+ * for all keys that need tokens). The walk is one load per slot plus, per key held, a few loads
+ * of its record and at most one CAS (dropping an expired lease): O(slots) per round, on the
+ * background thread only.
  *
  * Threads: every function may be called from any thread at once, except that ats_fleet_keyed_free
  * must be the last call on the limiter. A thread is registered with liburcu on its first call, as
