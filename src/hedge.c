@@ -2,14 +2,31 @@
 /* Replicated, hedged and tied requests (hedge.h).
  *
  * One call = one heap record shared by the caller and every attempt sent, reference counted so a
- * detached caller can leave first. Who decides: the first successful attempt CASes `winner` from
- * NONE to its number and publishes its result with a release store of `won`; a caller that
- * leaves without a winner (ctx done, fatal error) CASes `winner` to LEFT, so a success landing
- * later releases its result instead. Every attempt, run or not, ends by bumping `ended` and the
- * futex word `seq` that the caller sleeps on, and wakes the caller only when it said it sleeps
- * (`parked`: a Dekker pair, both sides seq_cst, so a call that never sleeps makes no wake-up
- * system call: the caller sets parked and then re-reads seq; an ender bumps seq and then reads
- * parked; at least one of them sees the other's write). */
+ * detached caller can leave first. An attempt's task argument is the record's address with the
+ * attempt's number in its low bits (the record is cache-line aligned), so a worker reads nothing
+ * but the record.
+ *
+ * Who decides: the first successful attempt CASes `winner` from NONE to its number, writes its
+ * result, and then ends with the WON bit in its bump of `seq` (below), which publishes the result.
+ * A caller that leaves without a winner (ctx done, fatal error) CASes `winner` to LEFT, so a
+ * success landing later releases its result instead.
+ *
+ * `seq` is the futex word the caller sleeps on: the number of attempts ended (each one that a
+ * worker took ends with exactly one bump, run or not) and the WON bit. An ender wakes the caller
+ * only when it said it sleeps (`parked`: a Dekker pair, both sides seq_cst, so a call that never
+ * sleeps makes no wake-up system call: the caller sets parked and then re-reads seq; an ender
+ * bumps seq and then reads parked; at least one of them sees the other's write).
+ *
+ * An attempt still queued when the call is decided is withdrawn, not waited for: `states` has a
+ * started bit and a withdrawn bit per attempt. A worker sets the started bit with one CAS unless
+ * the withdrawn bit is set; the deciding caller sets the withdrawn bit of every attempt not
+ * started with one CAS. A withdrawn attempt never runs and never bumps seq (the caller counted
+ * it); its task only drops its reference when a worker reaches it. So a caller waits for the
+ * losers that run, never for a queue to drain or a parked worker to wake (row replicate.4).
+ *
+ * Layout: the record's first cache line holds what an attempt reads and the winner writes, the
+ * second the words the caller polls and every ender bumps, so a call whose first attempt wins
+ * costs the worker two line transfers beyond the task's own and its ctx (row hedge.no_fire). */
 #include "atscale/hedge.h"
 #include "atscale/histogram.h"
 #include "atscale/limiter.h"
@@ -30,32 +47,34 @@ enum { NONE = -1, LEFT = -2 };
 #define BUDGET_T0 REQUEST_NS
 #define SPIN 4000u /* rounds a caller spins on its call before it sleeps */
 
-struct call;
-struct slot {
-	struct call *c;
-	unsigned no;
-};
+#define WON (UINT32_C(1) << 31) /* in seq: the winner ended (its result is written) */
+#define STARTED(n) (UINT32_C(1) << (n))
+#define WITHDRAWN(n) (UINT32_C(1) << (ATS_HEDGE_MAX_ATTEMPTS + (n)))
+#define TAG_MASK ((uintptr_t)ATS_HEDGE_MAX_ATTEMPTS - 1)
+_Static_assert(2 * ATS_HEDGE_MAX_ATTEMPTS <= 31, "states and seq hold a bit per attempt");
+_Static_assert((ATS_HEDGE_MAX_ATTEMPTS & TAG_MASK) == 0 && ATS_HEDGE_MAX_ATTEMPTS <= 64,
+               "an attempt's number fits a cache-line-aligned address's low bits");
 
 struct call {
-	_Atomic uint32_t refs;
-	_Atomic uint32_t seq;
-	_Atomic uint32_t parked; /* the caller is (about to be) asleep on seq */
-	_Atomic int winner;
-	_Atomic uint32_t won;
-	_Atomic uint32_t ended;
-	_Atomic uint32_t claim; /* tied: 1 once a copy started */
-	_Atomic uint64_t loser_busy_ns;
-	_Atomic uint32_t dropped;
+	/* What an attempt reads, and what the winner writes. */
+	_Alignas(64) _Atomic uint32_t states; /* STARTED(n) | WITHDRAWN(n) */
+	_Atomic int winner;                   /* NONE, LEFT or the winning attempt's number */
 	ats_ctx *ctx;
 	ats_request req;
+	void *result; /* the winner's */
+	/* What the caller polls and every ender writes. */
+	_Alignas(64) _Atomic uint32_t seq; /* attempts ended | WON: the futex word */
+	_Atomic uint32_t parked;           /* the caller is (about to be) asleep on seq */
+	_Atomic uint32_t refs;
 	bool tied;
-	void *result;
-	uint64_t win_latency_ns;
+	uint64_t win_busy_ns;
+	_Atomic uint64_t loser_busy_ns;
+	/* The caller's, and errors. */
+	_Alignas(64) _Atomic(ats_err *) errs[ATS_HEDGE_MAX_ATTEMPTS]; /* set (release) by attempt n when it fails */
 	uint64_t start_ns[ATS_HEDGE_MAX_ATTEMPTS];
-	_Atomic(ats_err *) errs[ATS_HEDGE_MAX_ATTEMPTS]; /* set (release) by attempt n when it fails */
-	struct slot slots[ATS_HEDGE_MAX_ATTEMPTS];
 	unsigned sent;
 	unsigned last_worker;
+	void *raw; /* what malloc returned */
 };
 
 struct ats_hedger {
@@ -81,74 +100,105 @@ static void unref(struct call *c)
 	for (unsigned i = 0; i < c->sent; i++)
 		ats_err_unref(atomic_load_explicit(&c->errs[i], memory_order_relaxed));
 	ats_ctx_release(c->ctx);
-	free(c);
+	free(c->raw);
 }
 
-static void end_attempt(struct call *c)
+/* Ends an attempt a worker took: one bump of seq (with `won` set by the winner), a wake-up when the
+ * caller sleeps, and the task's reference dropped. */
+static void end_attempt(struct call *c, uint32_t won)
 {
-	/* release: the caller that sees the count sees this attempt's error or result. */
-	atomic_fetch_add_explicit(&c->ended, 1, memory_order_release);
-	/* seq_cst, both: the Dekker pair with park_on_seq (file comment). */
-	atomic_fetch_add_explicit(&c->seq, 1, memory_order_seq_cst);
+	/* seq_cst (so also release: the caller that sees the count sees this attempt's error, and
+	 * the WON bit the winner's result), and the Dekker pair with park_on_seq (file comment). */
+	atomic_fetch_add_explicit(&c->seq, 1 | won, memory_order_seq_cst);
 	if (atomic_load_explicit(&c->parked, memory_order_seq_cst))
 		ats__futex_wake(&c->seq, 1);
 	unref(c);
 }
 
+/* A worker takes attempt n: false when it must not run. Then the task's end is done here: a
+ * withdrawn attempt only drops its reference (the caller counted it), and a tied copy that finds
+ * the other started ends unrun. */
+static bool start_attempt(struct call *c, unsigned n)
+{
+	/* relaxed: the CAS below decides; its failure reloads the word. */
+	uint32_t st = atomic_load_explicit(&c->states, memory_order_relaxed);
+	bool other_started;
+	do {
+		if (st & WITHDRAWN(n)) {
+			unref(c);
+			return false;
+		}
+		other_started = st & (WITHDRAWN(0) - 1);
+		/* acq_rel: the worker and the deciding caller agree on who owns the attempt. */
+	} while (!atomic_compare_exchange_weak_explicit(&c->states, &st, st | STARTED(n), memory_order_acq_rel,
+	                                                memory_order_relaxed));
+	if (other_started && c->tied) {
+		end_attempt(c, 0); /* the other copy claimed the request */
+		return false;
+	}
+	return true;
+}
+
+static struct call *untag(void *arg, unsigned *n)
+{
+	*n = (unsigned)((uintptr_t)arg & TAG_MASK);
+	return (struct call *)((uintptr_t)arg & ~TAG_MASK);
+}
+
+/* The pool runs an attempt only while the call's ctx is not done; otherwise attempt_cancel. */
 static void attempt_run(void *arg, ats_ctx *ctx)
 {
-	struct slot *s = arg;
-	struct call *c = s->c;
-	if (c->tied) {
-		uint32_t zero = 0;
-		/* acq_rel: one copy claims; the other sees the claim and drops itself. */
-		if (!atomic_compare_exchange_strong_explicit(&c->claim, &zero, 1, memory_order_acq_rel,
-		                                             memory_order_acquire)) {
-			atomic_fetch_add_explicit(&c->dropped, 1, memory_order_relaxed);
-			end_attempt(c);
-			return;
-		}
-	}
+	unsigned n;
+	struct call *c = untag(arg, &n);
+	if (!start_attempt(c, n))
+		return;
 	uint64_t t0 = ats_fast_now_ns();
 	void *res = NULL;
-	ats_err *err = c->req.attempt(c->req.arg, s->no, ctx, &res);
+	ats_err *err = c->req.attempt(c->req.arg, n, ctx, &res);
 	uint64_t busy = ats_fast_now_ns() - t0;
 	if (!err) {
 		int none = NONE;
-		if (atomic_compare_exchange_strong_explicit(&c->winner, &none, (int)s->no, memory_order_acq_rel,
-		                                            memory_order_acquire)) {
+		/* relaxed: what this attempt wrote is published by end_attempt's bump, not by this CAS. */
+		if (atomic_compare_exchange_strong_explicit(&c->winner, &none, (int)n, memory_order_relaxed,
+		                                            memory_order_relaxed)) {
 			c->result = res;
-			c->win_latency_ns = busy;
-			/* release: the caller reads result after it sees won. */
-			atomic_store_explicit(&c->won, 1, memory_order_release);
-			end_attempt(c);
+			c->win_busy_ns = busy;
+			end_attempt(c, WON);
 			return;
 		}
 		if (c->req.release)
 			c->req.release(res, c->req.arg);
 	} else {
 		/* release: the caller that loads it sees the error whole. */
-		atomic_store_explicit(&c->errs[s->no], err, memory_order_release);
+		atomic_store_explicit(&c->errs[n], err, memory_order_release);
 	}
 	atomic_fetch_add_explicit(&c->loser_busy_ns, busy, memory_order_relaxed);
-	end_attempt(c);
+	end_attempt(c, 0);
 }
 
 static void attempt_cancel(void *arg, const ats_err *why)
 {
-	struct slot *s = arg;
-	atomic_store_explicit(&s->c->errs[s->no], ats_err_ref((ats_err *)why), memory_order_release);
-	end_attempt(s->c);
+	unsigned n;
+	struct call *c = untag(arg, &n);
+	if (!start_attempt(c, n))
+		return;
+	atomic_store_explicit(&c->errs[n], ats_err_ref((ats_err *)why), memory_order_release);
+	end_attempt(c, 0);
 }
 
 static ats_err *new_call(const ats_request *r, ats_ctx *ctx, struct call **out)
 {
-	struct call *c = calloc(1, sizeof *c);
-	if (!c)
+	/* malloc and align by hand: glibc's aligned_alloc bypasses its per-thread cache and costs more
+	 * than the rest of a call's overhead. */
+	void *raw = malloc(sizeof(struct call) + 63);
+	if (!raw)
 		return ats_err_oom;
+	struct call *c = (struct call *)(((uintptr_t)raw + 63) & ~(uintptr_t)63);
+	memset(c, 0, sizeof *c);
+	c->raw = raw;
 	ats_err *err = ats_ctx_with_cancel(ctx, &c->ctx);
 	if (err) {
-		free(c);
+		free(raw);
 		return err;
 	}
 	atomic_init(&c->refs, 1);
@@ -163,9 +213,8 @@ static ats_err *new_call(const ats_request *r, ats_ctx *ctx, struct call **out)
 static ats_err *send(ats_pool *p, struct call *c, unsigned w)
 {
 	unsigned no = c->sent;
-	c->slots[no] = (struct slot){c, no};
 	c->start_ns[no] = ats_fast_now_ns();
-	ats_task t = {.run = attempt_run, .cancel = attempt_cancel, .arg = &c->slots[no], .ctx = c->ctx};
+	ats_task t = {.run = attempt_run, .cancel = attempt_cancel, .arg = (void *)((uintptr_t)c | no), .ctx = c->ctx};
 	atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
 	c->sent++;
 	ats_pool_status st = ats_pool_try_submit_to(p, w, &t);
@@ -247,6 +296,23 @@ static void park_on_seq(struct call *c, uint32_t seq, _Atomic uint32_t *kick, ui
 	atomic_store_explicit(&c->parked, 0, memory_order_relaxed); /* a later sleep sets it again */
 }
 
+/* The call is decided: withdraws every attempt no worker started (file comment). Returns how many.
+ * One CAS. */
+static unsigned withdraw_queued(struct call *c)
+{
+	uint32_t all = STARTED(c->sent) - 1;
+	/* relaxed: the CAS below decides; its failure reloads the word. */
+	uint32_t st = atomic_load_explicit(&c->states, memory_order_relaxed), queued;
+	do {
+		queued = all & ~st;
+		if (!queued)
+			return 0;
+		/* acq_rel: start_attempt's CAS. */
+	} while (!atomic_compare_exchange_weak_explicit(&c->states, &st, st | queued << ATS_HEDGE_MAX_ATTEMPTS,
+	                                                memory_order_acq_rel, memory_order_relaxed));
+	return (unsigned)__builtin_popcount(queued);
+}
+
 /* The caller's side: waits for the outcome, sending hedges per plan. Consumes the caller's
  * reference to c. */
 static ats_err *await(struct call *c, struct plan *pl, void **result, ats_ctx *ctx)
@@ -256,15 +322,16 @@ static ats_err *await(struct call *c, struct plan *pl, void **result, ats_ctx *c
 	ats_ctx_after after;
 	ats_ctx_after_func(ctx, &after, ats__ec_kick, &kick);
 	uint64_t deadline = ats_ctx_deadline(ctx);
-	uint64_t next_hedge = pl->h && pl->delay != UINT64_MAX ? ats_now_ns() + pl->delay : UINT64_MAX;
+	uint64_t next_hedge = pl->h && pl->delay != UINT64_MAX ? ats_fast_now_ns() + pl->delay : UINT64_MAX;
 	unsigned seen_failed = 0;
 	ats_err *err = NULL;
 	bool success = false;
 	for (;;) {
 		uint32_t k = atomic_load_explicit(&kick, memory_order_acquire);
+		/* acquire: pairs with end_attempt's bump (the errors of the attempts it counts, and the
+		 * winner's result). */
 		uint32_t seq = atomic_load_explicit(&c->seq, memory_order_acquire);
-		/* acquire: pairs with attempt_run's release store of won. */
-		if (atomic_load_explicit(&c->won, memory_order_acquire)) {
+		if (seq & WON) {
 			success = true;
 			break;
 		}
@@ -285,7 +352,7 @@ static ats_err *await(struct call *c, struct plan *pl, void **result, ats_ctx *c
 		}
 		bool send_now = failed > seen_failed && pl->h && c->sent < pl->max;
 		seen_failed = failed;
-		uint64_t now = ats_now_ns();
+		uint64_t now = ats_fast_now_ns();
 		if (!send_now && pl->h && c->sent < pl->max && now >= next_hedge) {
 			if (take_budget(pl->h)) {
 				send_now = true;
@@ -304,8 +371,7 @@ static ats_err *await(struct call *c, struct plan *pl, void **result, ats_ctx *c
 			next_hedge = c->sent < pl->max && pl->delay != UINT64_MAX ? now + pl->delay : UINT64_MAX;
 			continue;
 		}
-		uint32_t ended = atomic_load_explicit(&c->ended, memory_order_acquire);
-		if (ended == c->sent && (!pl->h || c->sent >= pl->max || next_hedge == UINT64_MAX)) {
+		if (seq == c->sent && (!pl->h || c->sent >= pl->max || next_hedge == UINT64_MAX)) {
 			err = all_failed(c);
 			break;
 		}
@@ -322,7 +388,7 @@ static ats_err *await(struct call *c, struct plan *pl, void **result, ats_ctx *c
 			moved = atomic_load_explicit(&c->seq, memory_order_relaxed) != seq ||
 			        atomic_load_explicit(&kick, memory_order_relaxed) != k;
 		}
-		if (moved || (until != UINT64_MAX && ats_now_ns() >= until))
+		if (moved || (until != UINT64_MAX && ats_fast_now_ns() >= until))
 			continue;
 		park_on_seq(c, seq, &kick, k, until);
 	}
@@ -330,30 +396,29 @@ static ats_err *await(struct call *c, struct plan *pl, void **result, ats_ctx *c
 	if (!success) {
 		int none = NONE;
 		/* Leaving undecided: a success landing later must release its result. If one won just
-		 * now, take it after all. */
-		if (!atomic_compare_exchange_strong_explicit(&c->winner, &none, LEFT, memory_order_acq_rel,
-		                                             memory_order_acquire)) {
-			while (!atomic_load_explicit(&c->won, memory_order_acquire))
-				ats__cpu_relax(); /* the winner is between its CAS and its store: a few instructions */
+		 * now, take it after all, once its bump says its result is written. */
+		if (!atomic_compare_exchange_strong_explicit(&c->winner, &none, LEFT, memory_order_relaxed,
+		                                             memory_order_relaxed)) {
+			/* acquire: pairs with the winner's bump. */
+			while (!(atomic_load_explicit(&c->seq, memory_order_acquire) & WON))
+				ats__cpu_relax(); /* the winner is between its CAS and its bump: a few instructions */
 			ats_err_unref(err);
 			err = NULL;
 			success = true;
 		}
 	}
 	ats_ctx_cancel(c->ctx, NULL); /* the losers stop */
+	unsigned withdrawn = withdraw_queued(c);
 	if (success) {
 		*result = c->result;
-		int w = atomic_load_explicit(&c->winner, memory_order_relaxed);
-		if (pl->h) {
-			if (w > 0)
-				atomic_fetch_add_explicit(&pl->h->won_by_hedge, 1, memory_order_relaxed);
-		}
+		if (pl->h && atomic_load_explicit(&c->winner, memory_order_relaxed) > 0)
+			atomic_fetch_add_explicit(&pl->h->won_by_hedge, 1, memory_order_relaxed);
 	}
 	if (!c->req.detach || !success) {
-		/* Wait for every attempt to end (a cancelled loser returns soon). */
+		/* Wait for every attempt that started to end (a cancelled loser returns soon). */
 		for (;;) {
 			uint32_t seq = atomic_load_explicit(&c->seq, memory_order_acquire);
-			if (atomic_load_explicit(&c->ended, memory_order_acquire) == c->sent)
+			if ((seq & ~WON) == c->sent - withdrawn)
 				break;
 			park_on_seq(c, seq, NULL, 0, ATS__FUTEX_FOREVER);
 		}
@@ -543,7 +608,7 @@ ats_err *ats_hedge(ats_hedger *h, const ats_request *r, void **result, ats_ctx *
 	atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed); /* kept to read the latency */
 	err = await(c, &pl, result, ctx);
 	if (!err)
-		record(h, c->win_latency_ns);
+		record(h, c->win_busy_ns);
 	unref(c);
 	return err;
 }

@@ -287,6 +287,73 @@ Test(hedge, the_callers_ctx_ends_the_call_without_leaks)
 	ats_pool_free(p);
 }
 
+/* Holds a worker until `open` is cancelled; counts itself in when it starts. */
+struct gate {
+	ats_ctx *open;
+	_Atomic int started;
+};
+
+static void gate_run(void *arg, ats_ctx *ctx)
+{
+	(void)ctx;
+	struct gate *g = arg;
+	atomic_fetch_add(&g->started, 1);
+	ats_ctx_wait(g->open, ATS_CTX_NO_DEADLINE);
+}
+
+struct canceller {
+	ats_pool *p;
+	ats_ctx *ctx;
+};
+
+/* Cancels ctx once each worker's queue holds an attempt. */
+static void *cancel_when_queued(void *arg)
+{
+	struct canceller *k = arg;
+	for (;;) {
+		ats_pool_worker_stats a, b;
+		cr_assert_null(ats_pool_worker_stats_get(k->p, 0, &a));
+		cr_assert_null(ats_pool_worker_stats_get(k->p, 1, &b));
+		if (a.depth >= 1 && b.depth >= 1)
+			break;
+		sched_yield();
+	}
+	ats_ctx_cancel(k->ctx, NULL);
+	return NULL;
+}
+
+/* Both workers are held, so both attempts wait in queues when the caller's ctx is cancelled. The
+ * call returns at once with the ctx's error: the queued attempts are withdrawn, never run, and the
+ * call does not wait for the held workers (it would wait forever: they open only after it). */
+Test(hedge, queued_attempts_are_withdrawn_not_waited_for, .timeout = 60)
+{
+	ats_pool *p = pool(2);
+	struct gate g = {0};
+	cr_assert_null(ats_ctx_with_cancel(ats_ctx_background(), &g.open));
+	ats_task hold = {.run = gate_run, .arg = &g};
+	cr_assert_eq(ats_pool_try_submit_to(p, 0, &hold), ATS_POOL_OK);
+	cr_assert_eq(ats_pool_try_submit_to(p, 1, &hold), ATS_POOL_OK);
+	while (atomic_load(&g.started) < 2)
+		sched_yield();
+
+	struct script s = {.mode = {WIN, WIN}};
+	ats_request r = req(&s);
+	struct canceller k = {p, NULL};
+	cr_assert_null(ats_ctx_with_cancel(ats_ctx_background(), &k.ctx));
+	pthread_t th;
+	cr_assert_eq(pthread_create(&th, NULL, cancel_when_queued, &k), 0);
+	void *res = NULL;
+	expect_code(ats_replicate(p, &r, 2, &res, k.ctx), ATS_ERR_CANCELLED);
+	pthread_join(th, NULL);
+	cr_expect_eq(atomic_load(&s.runs), 0);
+
+	ats_ctx_cancel(g.open, NULL);
+	ats_pool_free(p); /* the workers reach the withdrawn tasks and drop them */
+	cr_expect_eq(atomic_load(&s.runs), 0, "a withdrawn attempt never runs");
+	ats_ctx_release(k.ctx);
+	ats_ctx_release(g.open);
+}
+
 Test(hedge, bad_input)
 {
 	ats_pool *p = pool(2);

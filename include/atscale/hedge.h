@@ -23,8 +23,12 @@
  *    it and the other is dropped without running (counted).
  *
  * The caller waits on a futex for the outcome (or its hedge time): no timer thread, no busy wait.
- * With request.detach the call returns at the first success without waiting for the losers (they
- * still end, release their results and free the call). When every attempt fails, the call returns
+ * Once the call is decided, attempts still queued (no worker started them) are withdrawn: they
+ * never run, and the call does not wait for them, so a loser queued behind a long task or on a
+ * sleeping worker costs the caller nothing. The call waits for the losers that started (their ctx
+ * is cancelled, so they should return soon). With request.detach the call returns at the first
+ * success without waiting for those either (they still end, release their results and free the
+ * call). When every attempt fails, the call returns
  * the first error with the others attached ("attempt_<n>"). A submit the pool refuses (full,
  * closed) is not an attempt sent; if nothing could be sent, the call returns that error.
  */
