@@ -417,6 +417,9 @@ ats_err *ats_chan_init(ats_chan *ch, const ats_chan_config *cfg)
 		c->light = 0;
 #endif
 	c->spin = cfg->spin;
+	if (c->light) /* its park costs a membarrier (chan.h); saturating */
+		c->spin = cfg->spin > UINT32_MAX / ATS_CHAN_LIGHT_SPIN_FACTOR ? UINT32_MAX
+		                                                              : cfg->spin * ATS_CHAN_LIGHT_SPIN_FACTOR;
 	ck_ec32_init(&c->not_empty, 0);
 	ck_ec32_init(&c->not_full, 0);
 	/* relaxed: init happens before the channel is shared (the sharing orders it). */
