@@ -62,8 +62,9 @@
  *    its membarrier back) or its closed load came after it (it sees CLOSING and fails). A receiver
  *    trusts only CLOSED, which comes after that membarrier, and reads busy after it.
  * The price: a parker's membarrier interrupts every CPU running a thread of the process, tens of
- * microseconds on a VM, every round it sleeps; a blocking round trip that parks each time
- * (chan.pingpong_light) is then far slower, which is why light is a choice and not the default.
+ * microseconds on a VM, every round it sleeps, which is why a light channel spins longer before
+ * it sleeps (ATS_CHAN_LIGHT_SPIN_FACTOR), and why light is a choice and not the default: an end
+ * that often waits long disturbs every thread of the process each time.
  * Where membarrier is missing, a light channel keeps the fenced protocol above
  * (ats__chan_force_fences makes tests take that path on any kernel).
  */
