@@ -12,20 +12,23 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <string.h>
 
 #define FANOUT 1000
 
 struct pb {
 	ats_pool *p;
-	_Atomic uint64_t done;
+	/* Its own line: the submitter reads p for every task while the worker bumps done. */
+	_Alignas(64) _Atomic uint64_t done;
 };
 
 static void *pb_setup(unsigned threads)
 {
 	(void)threads;
-	struct pb *b = calloc(1, sizeof *b);
+	struct pb *b = aligned_alloc(64, sizeof *b);
 	if (!b)
 		return NULL;
+	memset(b, 0, sizeof *b);
 	ats_pool_config cfg = {.workers = 1, .queue_capacity = 2 * FANOUT};
 	ats_err *err = ats_pool_new(&b->p, &cfg);
 	if (err) {
