@@ -20,7 +20,7 @@
  *    with an error the request's `fatal` classifier calls non-fatal starts the next one at once;
  *    a fatal one ends the call.
  *  - ats_tied: two copies queued on two workers sharing a claim word; the first to start claims
- *    it and the other is dropped without running (counted).
+ *    it and the other is dropped without running.
  *
  * The caller waits on a futex for the outcome (or its hedge time): no timer thread, no busy wait.
  * Once the call is decided, attempts still queued (no worker started them) are withdrawn: they
