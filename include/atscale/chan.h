@@ -71,7 +71,7 @@ typedef enum ats_chan_kind {
 
 /* The largest capacity (the ring, rounded up, stays within ck_ring's unsigned counters). */
 #define ATS_CHAN_MAX_CAPACITY ((size_t)1 << 30)
-/* Tries a blocking call makes before it parks, unless the config says otherwise: about 7 us on
+/* Tries a blocking call makes before it parks, unless the config says otherwise: about 9 us on
  * the development VM (a try is one pass over the cases and a CPU pause), the order of a futex
  * sleep and wake-up there (floor.futex_pingpong), so spinning never costs much more than parking
  * would. At 100 tries a blocking round trip whose other end was briefly descheduled parked:
