@@ -74,6 +74,7 @@
 #include "internal/compiler.h"
 #include "internal/futex.h"
 #include "internal/membarrier.h"
+#include "internal/ring_burst.h"
 #include "internal/tsan.h"
 #ifdef ATS_TESTING
 #include "internal/chan_hooks.h"
@@ -170,6 +171,23 @@ static inline bool ring_dequeue(struct chan *c, void **out)
 	return ok;
 }
 
+/* Bursts: one index publication for up to n values (internal/ring_burst.h). */
+static inline size_t ring_enqueue_burst(struct chan *c, void *const *items, size_t n)
+{
+	TSAN_RELEASE(c);
+	return c->sp ? ats__ring_enqueue_sp_burst(&c->ring, c->slots, items, n)
+	             : ats__ring_enqueue_mp_burst(&c->ring, c->slots, items, n);
+}
+
+static inline size_t ring_dequeue_burst(struct chan *c, void **out, size_t n)
+{
+	size_t k = c->sc ? ats__ring_dequeue_sc_burst(&c->ring, c->slots, out, n)
+	                 : ats__ring_dequeue_mc_burst(&c->ring, c->slots, out, n);
+	if (k)
+		TSAN_ACQUIRE(c);
+	return k;
+}
+
 /* ---- Sending ---- */
 
 /* Multi-producer: takes up to n credits (one CAS). Returns how many; 0 with *closed set when the
@@ -244,19 +262,19 @@ static size_t send_burst(struct chan *c, void *const *items, size_t n, ats_chan_
 		}
 		/* With a credit the ring always has a slot: reserved-but-unread slots never exceed the
 		 * credits taken, and cap <= mask. The loop only guards that reasoning. */
-		for (size_t i = 0; i < k; i++)
-			while (ats__unlikely(!ring_enqueue(c, items[i])))
+		for (size_t i = 0; i < k;) {
+			size_t m = k - i == 1 ? ring_enqueue(c, items[i]) : ring_enqueue_burst(c, items + i, k - i);
+			if (ats__unlikely(m == 0))
 				ats__cpu_relax();
+			i += m;
+		}
 	} else {
 		if (!sp_enter(c)) {
 			*st = ATS_CHAN_CLOSED;
 			return 0;
 		}
 		k = sp_room(c, n);
-		size_t i = 0;
-		while (i < k && ring_enqueue(c, items[i]))
-			i++;
-		k = i;
+		k = k == 1 ? ring_enqueue(c, items[0]) : k ? ring_enqueue_burst(c, items, k) : 0;
 		if (k == 0) {
 			/* A receiver may have seen us busy while the channel closed and parked: seq_cst
 			 * store and load, so either it sees busy clear on its re-check or we see closed
@@ -315,9 +333,7 @@ static ats_chan_status empty_or_closed(struct chan *c, void **out)
 
 static size_t recv_burst(struct chan *c, void **out, size_t n, ats_chan_status *st)
 {
-	size_t k = 0;
-	while (k < n && ring_dequeue(c, &out[k]))
-		k++;
+	size_t k = n == 1 ? ring_dequeue(c, out) : ring_dequeue_burst(c, out, n);
 	if (k) {
 		after_recv(c, k);
 		*st = k == n ? ATS_CHAN_OK : ATS_CHAN_WOULD_BLOCK;
@@ -707,13 +723,36 @@ ats_err *ats_chan_select(ats_chan_case *cases, size_t n, bool has_default, size_
 
 /* ---- Blocking send and receive ---- */
 
+/* The slow halves of send and recv: the first try found the channel full (empty). */
+static ats_err *wait_send(struct chan *c, ats_chan *ch, void *v, ats_ctx *ctx)
+{
+	ats_chan_case k = {.chan = ch, .send = true, .value = v};
+	size_t fired;
+	ats_err *err = wait_cases(&k, 1, &fired, ctx, c->spin, c->busy_poll);
+	if (err)
+		return err;
+	return k.status == ATS_CHAN_OK ? NULL : closed_err();
+}
+
+static ats_err *wait_recv(struct chan *c, ats_chan *ch, void **out, ats_ctx *ctx)
+{
+	ats_chan_case k = {.chan = ch, .send = false};
+	size_t fired;
+	ats_err *err = wait_cases(&k, 1, &fired, ctx, c->spin, c->busy_poll);
+	if (err)
+		return err;
+	if (k.status != ATS_CHAN_OK)
+		return closed_err();
+	*out = k.value;
+	return NULL;
+}
+
 ats_err *ats_chan_send(ats_chan *ch, void *v, ats_ctx *ctx)
 {
 	if (ats__unlikely(!ch || !ctx))
 		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "channel send: NULL %s", ch ? "ctx" : "channel");
 	struct chan *c = C(ch);
 	ats_chan_status st;
-	ats_err *err;
 	/* One load, no clock read: a deadline that passed before the timer fired is caught once the
 	 * call has to wait (ctx.h: deadlines fire at most a tick late). */
 	if (ats__unlikely(ats_ctx_done(ctx)))
@@ -723,11 +762,7 @@ ats_err *ats_chan_send(ats_chan *ch, void *v, ats_ctx *ctx)
 		return NULL;
 	if (st == ATS_CHAN_CLOSED)
 		return closed_err();
-	ats_chan_case k = {.chan = ch, .send = true, .value = v};
-	size_t fired;
-	if ((err = wait_cases(&k, 1, &fired, ctx, c->spin, c->busy_poll)))
-		return err;
-	return k.status == ATS_CHAN_OK ? NULL : closed_err();
+	return wait_send(c, ch, v, ctx);
 }
 
 ats_err *ats_chan_recv(ats_chan *ch, void **out, ats_ctx *ctx)
@@ -737,8 +772,6 @@ ats_err *ats_chan_recv(ats_chan *ch, void **out, ats_ctx *ctx)
 		                   !ch    ? "channel"
 		                   : !out ? "out"
 		                          : "ctx");
-	struct chan *c = C(ch);
-	ats_err *err;
 	if (ats__unlikely(ats_ctx_done(ctx))) /* one load, as in send */
 		return ats_ctx_err(ctx);
 	ats_chan_status st = ats_chan_try_recv(ch, out);
@@ -746,41 +779,67 @@ ats_err *ats_chan_recv(ats_chan *ch, void **out, ats_ctx *ctx)
 		return NULL;
 	if (st == ATS_CHAN_CLOSED)
 		return closed_err();
-	ats_chan_case k = {.chan = ch, .send = false};
-	size_t fired;
-	if ((err = wait_cases(&k, 1, &fired, ctx, c->spin, c->busy_poll)))
-		return err;
-	if (k.status != ATS_CHAN_OK)
-		return closed_err();
-	*out = k.value;
-	return NULL;
+	return wait_recv(C(ch), ch, out, ctx);
 }
 
+/* The bursts try the whole burst first (one credit or room check, one index publication, one
+ * wake check); only when nothing fits do they wait for one value's room, as send does, and then
+ * send what else fits. */
 ats_err *ats_chan_send_n(ats_chan *ch, void *const *items, size_t n, size_t *sent, ats_ctx *ctx)
 {
-	if (!sent || (!items && n))
-		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "channel send_n: NULL %s", !sent ? "sent" : "items");
+	if (!ch || !ctx || !sent || (!items && n))
+		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "channel send_n: NULL %s",
+		                   !ch     ? "channel"
+		                   : !ctx  ? "ctx"
+		                   : !sent ? "sent"
+		                           : "items");
 	*sent = 0;
 	if (n == 0)
 		return NULL;
-	ats_err *err = ats_chan_send(ch, items[0], ctx);
+	if (ats__unlikely(ats_ctx_done(ctx)))
+		return ats_ctx_err(ctx);
+	struct chan *c = C(ch);
+	ats_chan_status st;
+	size_t k = send_burst(c, items, n, &st);
+	if (ats__likely(k)) {
+		*sent = k;
+		return NULL;
+	}
+	if (st == ATS_CHAN_CLOSED)
+		return closed_err();
+	ats_err *err = wait_send(c, ch, items[0], ctx);
 	if (err)
 		return err;
-	*sent = 1 + ats_chan_try_send_n(ch, items + 1, n - 1, NULL);
+	*sent = 1 + (n > 1 ? send_burst(c, items + 1, n - 1, &st) : 0);
 	return NULL;
 }
 
 ats_err *ats_chan_recv_n(ats_chan *ch, void **out, size_t n, size_t *received, ats_ctx *ctx)
 {
-	if (!received || (!out && n))
-		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "channel recv_n: NULL %s", !received ? "received" : "out");
+	if (!ch || !ctx || !received || (!out && n))
+		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "channel recv_n: NULL %s",
+		                   !ch         ? "channel"
+		                   : !ctx      ? "ctx"
+		                   : !received ? "received"
+		                               : "out");
 	*received = 0;
 	if (n == 0)
 		return NULL;
-	ats_err *err = ats_chan_recv(ch, &out[0], ctx);
+	if (ats__unlikely(ats_ctx_done(ctx)))
+		return ats_ctx_err(ctx);
+	struct chan *c = C(ch);
+	ats_chan_status st;
+	size_t k = recv_burst(c, out, n, &st);
+	if (ats__likely(k)) {
+		*received = k;
+		return NULL;
+	}
+	if (st == ATS_CHAN_CLOSED)
+		return closed_err();
+	ats_err *err = wait_recv(c, ch, &out[0], ctx);
 	if (err)
 		return err;
-	*received = 1 + ats_chan_try_recv_n(ch, out + 1, n - 1, NULL);
+	*received = 1 + (n > 1 ? recv_burst(c, out + 1, n - 1, &st) : 0);
 	return NULL;
 }
 

@@ -158,11 +158,12 @@ ATS_API ats_chan_status ats_chan_try_recv(ats_chan *c, void **out);
 
 /* Bursts (rte_ring burst semantics): send as many of items[0..n) as fit, in order; returns how
  * many. *status (optional) says why it stopped short: WOULD_BLOCK (full), CLOSED or INVALID; OK
- * when all n went. One credit CAS (multi-producer) or one occupancy check (single producer) and
- * one wake check for the whole burst. Progress as try_send. */
+ * when all n went. One credit CAS (multi-producer) or one occupancy check (single producer), one
+ * publication of the ring's index (the store the receiving core has to fetch) and one wake check
+ * for the whole burst, so a burst of 32 costs little more than one send. Progress as try_send. */
 ATS_API size_t ats_chan_try_send_n(ats_chan *c, void *const *items, size_t n, ats_chan_status *status);
-/* Receives up to n values into out[0..n); returns how many; *status as for try_recv. One credit
- * return and one wake check for the whole burst. */
+/* Receives up to n values into out[0..n); returns how many; *status as for try_recv. One
+ * publication of the ring's index, one credit return and one wake check for the whole burst. */
 ATS_API size_t ats_chan_try_recv_n(ats_chan *c, void **out, size_t n, ats_chan_status *status);
 
 /* ---- Blocking (ctx LAST) ---- */
@@ -178,10 +179,12 @@ ATS_API ATS_NODISCARD ats_err *ats_chan_send(ats_chan *c, void *v, ats_ctx *ctx)
  * send. */
 ATS_API ATS_NODISCARD ats_err *ats_chan_recv(ats_chan *c, void **out, ats_ctx *ctx);
 /* Sends items[0..n) as a burst: waits until at least one fits, then sends as many as fit;
- * *sent gets how many (0 with an error). n == 0 returns at once. Blocking, as send. */
+ * *sent gets how many (0 with an error). n == 0 returns at once. Costs one try_send_n when
+ * anything fits at once. Blocking, as send. */
 ATS_API ATS_NODISCARD ats_err *ats_chan_send_n(ats_chan *c, void *const *items, size_t n, size_t *sent, ats_ctx *ctx);
 /* Receives up to n values: waits until at least one is there, then takes what is there (up to
- * n); *received gets how many. Blocking, as recv. */
+ * n); *received gets how many. Costs one try_recv_n when anything is there at once. Blocking, as
+ * recv. */
 ATS_API ATS_NODISCARD ats_err *ats_chan_recv_n(ats_chan *c, void **out, size_t n, size_t *received, ats_ctx *ctx);
 
 /* ---- Close ---- */

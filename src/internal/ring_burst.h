@@ -1,0 +1,123 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/* Bursts on a ck_ring of pointers: up to n values moved with one publication of the ring's index.
+ *
+ * ck_ring moves one value per call, and each call publishes its index (p_tail or c_head), a store
+ * to a line the other side reads: a burst of 32 made of 32 calls moves that line between the cores
+ * up to 32 times, and a burst of 32 made here moves it once, as DPDK's rte_ring burst calls do.
+ * These follow ck_ring's own single-value protocols (ck_ring.h: _ck_ring_enqueue_sp,
+ * _ck_ring_dequeue_sc, _ck_ring_enqueue_mp, _ck_ring_dequeue_mc) with the count generalised from 1
+ * to k, on the same struct and the same fences, so single and burst calls mix freely on one ring.
+ * The slots are read and written with ck_pr loads and stores, as the indexes are.
+ *
+ * Every function returns how many values it moved, 0 when the ring was full (enqueue) or empty
+ * (dequeue). The single-producer and single-consumer ones are wait-free; the multi ones are
+ * lock-free, except that a multi-producer burst waits for earlier reservations to be published,
+ * as ck_ring's own multi-producer enqueue does (ats__spin_pause backs off after a short spin). */
+#ifndef ATS_INTERNAL_RING_BURST_H
+#define ATS_INTERNAL_RING_BURST_H
+
+#include "internal/compiler.h"
+
+#include <ck_pr.h>
+#include <ck_ring.h>
+#include <stddef.h>
+
+static inline unsigned ats__ring_burst_min(unsigned a, size_t n)
+{
+	return n < a ? (unsigned)n : a;
+}
+
+/* Single producer. */
+static inline unsigned ats__ring_enqueue_sp_burst(struct ck_ring *r, struct ck_ring_buffer *slots, void *const *items,
+                                                  size_t n)
+{
+	const unsigned mask = r->mask;
+	unsigned consumer = ck_pr_load_uint(&r->c_head);
+	unsigned producer = r->p_tail;
+	/* The ring holds mask values (one slot stays free to tell full from empty). */
+	unsigned k = ats__ring_burst_min(mask - ((producer - consumer) & mask), n);
+	for (unsigned i = 0; i < k; i++)
+		ck_pr_store_ptr(&slots[(producer + i) & mask].value, items[i]);
+	/* The slots before the index that makes them visible. */
+	ck_pr_fence_store();
+	ck_pr_store_uint(&r->p_tail, producer + k);
+	return k;
+}
+
+/* Single consumer. */
+static inline unsigned ats__ring_dequeue_sc_burst(struct ck_ring *r, const struct ck_ring_buffer *slots, void **out,
+                                                  size_t n)
+{
+	const unsigned mask = r->mask;
+	unsigned consumer = r->c_head;
+	unsigned producer = ck_pr_load_uint(&r->p_tail);
+	unsigned k = ats__ring_burst_min(producer - consumer, n);
+	if (k == 0)
+		return 0;
+	/* The slots after the producer index that published them. */
+	ck_pr_fence_load();
+	for (unsigned i = 0; i < k; i++)
+		out[i] = ck_pr_load_ptr(&slots[(consumer + i) & mask].value);
+	/* The copies before the index that lets a producer reuse the slots. */
+	ck_pr_fence_store();
+	ck_pr_store_uint(&r->c_head, consumer + k);
+	return k;
+}
+
+/* Multi-producer: reserves up to n slots with one CAS on p_head, fills them, then publishes them
+ * once every earlier reservation is published. */
+static inline unsigned ats__ring_enqueue_mp_burst(struct ck_ring *r, struct ck_ring_buffer *slots, void *const *items,
+                                                  size_t n)
+{
+	const unsigned mask = r->mask;
+	unsigned producer = ck_pr_load_uint(&r->p_head), k;
+	for (;;) {
+		/* The snapshot of p_head before the c_head it is compared with. */
+		ck_pr_fence_load();
+		unsigned consumer = ck_pr_load_uint(&r->c_head);
+		if (ats__likely(producer - consumer < mask)) {
+			k = ats__ring_burst_min(mask - (producer - consumer), n);
+			if (ck_pr_cas_uint_value(&r->p_head, producer, producer + k, &producer))
+				break;
+		} else {
+			/* Full, or a stale p_head: full only when p_head did not move meanwhile. */
+			ck_pr_fence_load();
+			unsigned now = ck_pr_load_uint(&r->p_head);
+			if (now == producer)
+				return 0;
+			producer = now;
+		}
+	}
+	for (unsigned i = 0; i < k; i++)
+		ck_pr_store_ptr(&slots[(producer + i) & mask].value, items[i]);
+	for (unsigned spins = 0; ck_pr_load_uint(&r->p_tail) != producer;)
+		ats__spin_pause(++spins);
+	ck_pr_fence_store();
+	ck_pr_store_uint(&r->p_tail, producer + k);
+	return k;
+}
+
+/* Multi-consumer: copies up to n values, then claims them with one CAS on c_head (a failed CAS
+ * means another consumer took some: copy again from the new head). */
+static inline unsigned ats__ring_dequeue_mc_burst(struct ck_ring *r, const struct ck_ring_buffer *slots, void **out,
+                                                  size_t n)
+{
+	const unsigned mask = r->mask;
+	unsigned consumer = ck_pr_load_uint(&r->c_head), k;
+	do {
+		/* The producer index after the consumer snapshot it is compared with. */
+		ck_pr_fence_load();
+		unsigned producer = ck_pr_load_uint(&r->p_tail);
+		k = ats__ring_burst_min(producer - consumer, n);
+		if (k == 0)
+			return 0;
+		ck_pr_fence_load();
+		for (unsigned i = 0; i < k; i++)
+			out[i] = ck_pr_load_ptr(&slots[(consumer + i) & mask].value);
+		/* The copies before the CAS that gives the slots back to producers. */
+		ck_pr_fence_store_atomic();
+	} while (!ck_pr_cas_uint_value(&r->c_head, consumer, consumer + k, &consumer));
+	return k;
+}
+
+#endif
