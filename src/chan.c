@@ -15,8 +15,8 @@
  *    a sender's hands between its CAS and its enqueue, and values a receiver dequeued but whose
  *    credit it has not returned yet. A receiver that finds the ring empty reports closed only
  *    when none is outstanding; otherwise it waits (WOULD_BLOCK), and whoever settles the last ones
- *    bumps "not empty" (a sender does on every send; a receiver does when it returns a credit to
- *    a closed channel).
+ *    bumps "not empty" (a sender that saw a waiter does; a receiver does when it returns a credit
+ *    to a closed channel), and a receiver that sees a credit out waits for it (`landing`).
  *  - single-producer: no shared word is written per send but an in-send flag, in a Dekker pair
  *    with the closed flag (both seq_cst): the sender sets `busy`, then reads `closed`; close sets
  *    `closed`; a receiver that finds the ring empty reads `closed`, then `busy`. If it sees closed
@@ -27,6 +27,8 @@
  * Parking and why no wake-up is lost. Every send bumps "not empty" and every receive "not full"
  * (ck_ec32_inc, multi-producer mode: any thread may bump, close and ctx wake-ups included); that
  * bump is one locked add and makes a system call only when the eventcount's waiter flag is set.
+ * Multi-producer channels bump only when the flag is set, since their credit word is written
+ * with a locked instruction anyway (the last paragraph of this part says why that is safe).
  * A parked thread (a blocking send/recv or a select over several cases) does, per round:
  *   1. read its kick word (bumped by an after-func on its ctx when the ctx is cancelled);
  *   2. for each eventcount it needs, set the waiter flag with a CAS and keep the value it saw
@@ -42,6 +44,14 @@
  * after it the kick word differs from the kept value. The same holds for close (it bumps both
  * eventcounts after setting its flags). Without futex_waitv (Linux < 5.16) a thread sleeps on
  * its first word with a 1 ms bound and re-checks: late, never lost.
+ * Multi-producer channels, without a bump per message: a receive returns its credit with a
+ * seq_cst RMW and then loads "not full"'s flag; a sender waiting for room armed that flag, fenced,
+ * and re-read the credits, so either it sees the credit or the receive sees the flag and bumps.
+ * A send takes its credit with a seq_cst CAS and loads "not empty"'s flag before it enqueues,
+ * and bumps after the enqueue only when it saw the flag. A receiver that armed the flag after
+ * that load finds the credit taken after its fence: when its re-check then finds the ring empty
+ * and a credit out, it does not sleep but waits for the value to land (`landing`; the sender is
+ * a few instructions from its enqueue, or another receiver from returning its credit).
  *
  * Light channels (config.light): no locked instruction on the single-producer send or on any
  * receive. Where the process can issue membarrier(PRIVATE_EXPEDITED) (internal/membarrier.h), the
@@ -97,6 +107,7 @@
 
 #ifdef ATS_TESTING
 _Atomic int ats__chan_force_fences;
+void (*_Atomic ats__chan_before_enqueue)(ats_chan *c);
 #endif
 
 /* `closed`: CLOSING while a light channel's close waits for its membarrier, then CLOSED. */
@@ -205,8 +216,9 @@ static inline size_t take_credits(struct chan *c, size_t n, bool *closed)
 		if (k == 0)
 			return 0;
 		/* acquire: a credit a receiver returned (release) comes after its dequeue freed the slot
-		 * (ck_ring orders the slot itself; this orders our view of the credit count with it). */
-		if (atomic_compare_exchange_weak_explicit(&c->credits, &w, w - k, memory_order_acquire,
+		 * (ck_ring orders the slot itself; this orders our view of the credit count with it).
+		 * seq_cst: the Dekker pair with a parked receiver (send_burst, file comment). */
+		if (atomic_compare_exchange_weak_explicit(&c->credits, &w, w - k, memory_order_seq_cst,
 		                                          memory_order_relaxed))
 			return (size_t)k;
 	}
@@ -260,6 +272,15 @@ static size_t send_burst(struct chan *c, void *const *items, size_t n, ats_chan_
 			*st = closed ? ATS_CHAN_CLOSED : ATS_CHAN_WOULD_BLOCK;
 			return 0;
 		}
+		/* Whether a receiver waits, read right after the credit's CAS (seq_cst, both): a parked
+		 * receiver that armed later sees the credit taken and waits for the value instead of
+		 * sleeping (landing, file comment). Light channels look after the enqueue, as ever. */
+		bool wake = c->light || (__atomic_load_n(&c->not_empty.counter, __ATOMIC_SEQ_CST) & ATS__EC_FLAG);
+#ifdef ATS_TESTING
+		void (*hook)(ats_chan *) = atomic_load(&ats__chan_before_enqueue);
+		if (hook && !c->light)
+			hook((ats_chan *)(void *)c);
+#endif
 		/* With a credit the ring always has a slot: reserved-but-unread slots never exceed the
 		 * credits taken, and cap <= mask. The loop only guards that reasoning. */
 		for (size_t i = 0; i < k;) {
@@ -268,6 +289,10 @@ static size_t send_burst(struct chan *c, void *const *items, size_t n, ats_chan_
 				ats__cpu_relax();
 			i += m;
 		}
+		if (wake)
+			bump(c, &c->not_empty);
+		*st = k == n ? ATS_CHAN_OK : ATS_CHAN_WOULD_BLOCK;
+		return k;
 	} else {
 		if (!sp_enter(c)) {
 			*st = ATS_CHAN_CLOSED;
@@ -297,10 +322,17 @@ static size_t send_burst(struct chan *c, void *const *items, size_t n, ats_chan_
 static inline void after_recv(struct chan *c, size_t k)
 {
 	if (c->mp) {
-		/* release: the slot is read before the credit that lets a sender refill it. */
-		uint64_t w = atomic_fetch_add_explicit(&c->credits, k, memory_order_release);
+		/* release: the slot is read before the credit that lets a sender refill it. seq_cst, with
+		 * the flag's load below: a sender waiting for room arms "not full", fences and re-reads
+		 * the credits (take_credits), so either it sees this credit or the load sees its flag.
+		 * The credit's return is locked anyway; this spares each receive a second locked add, on
+		 * a line every receiver writes. */
+		uint64_t w = atomic_fetch_add_explicit(&c->credits, k, memory_order_seq_cst);
 		if (ats__unlikely(w & CREDIT_CLOSED))
 			ck_ec32_inc(&c->not_empty, &ats__ec_mode_mp); /* a receiver may wait on our credit */
+		if (ats__unlikely(__atomic_load_n(&c->not_full.counter, __ATOMIC_SEQ_CST) & ATS__EC_FLAG))
+			ck_ec32_inc(&c->not_full, &ats__ec_mode_mp);
+		return;
 	}
 	bump(c, &c->not_full);
 }
@@ -530,6 +562,13 @@ size_t ats_chan_len(const ats_chan *ch)
 	return ch ? ck_ring_size(&((const struct chan *)(const void *)ch)->ring) : 0;
 }
 
+#ifdef ATS_TESTING
+bool ats__chan_receiver_armed(ats_chan *ch)
+{
+	return ck_ec32_has_waiters(&C(ch)->not_empty);
+}
+#endif
+
 size_t ats_chan_cap(const ats_chan *ch)
 {
 	return ch ? ((const struct chan *)(const void *)ch)->cap : 0;
@@ -610,6 +649,25 @@ static ats_err *ctx_check(ats_ctx *ctx, uint64_t deadline)
 	return NULL;
 }
 
+/* Whether a receive case waits on a value that a sender has a credit for but has not enqueued
+ * yet: fenced multi-producer senders bump "not empty" only when they saw its flag right after
+ * their credit's CAS (send_burst), so such a value may land without a wake-up, and a receiver
+ * must not sleep on it. Read after the parker's fence (file comment). A credit can also be out
+ * for a value another receiver just took and has not returned the credit for: as brief. */
+static bool landing(const ats_chan_case *cases, size_t n)
+{
+	for (size_t j = 0; j < n; j++) {
+		if (!cases[j].chan || cases[j].send)
+			continue;
+		const struct chan *c = (const struct chan *)(const void *)cases[j].chan;
+		/* relaxed: after the parker's full fence. */
+		if (c->mp && !c->light &&
+		    (atomic_load_explicit(&((struct chan *)c)->credits, memory_order_relaxed) & CREDIT_MASK) != c->cap)
+			return true;
+	}
+	return false;
+}
+
 /* The blocking core of send, recv and select: cases[0..n), none ready on the caller's first try
  * (or not tried yet). Sets *fired; returns ctx's error when it is done first. */
 static ats_err *wait_cases(ats_chan_case *cases, size_t n, size_t *fired, ats_ctx *ctx, uint32_t spin, bool poll)
@@ -638,6 +696,7 @@ static ats_err *wait_cases(ats_chan_case *cases, size_t n, size_t *fired, ats_ct
 	ats_ctx_after after;
 	ats_ctx_after_func(ctx, &after, ats__ec_kick, &kick);
 	err = NULL;
+	unsigned landing_spins = 0;
 	for (;;) {
 		/* acquire: pairs with ats__ec_kick's release (then the ctx check below sees done). */
 		uint32_t kv = atomic_load_explicit(&kick, memory_order_acquire);
@@ -682,6 +741,11 @@ static ats_err *wait_cases(ats_chan_case *cases, size_t n, size_t *fired, ats_ct
 		}
 		if ((err = ctx_check(ctx, deadline)))
 			break;
+		if (landing(cases, n)) {
+			ats__spin_pause(++landing_spins); /* a sender is between its credit and its enqueue */
+			continue;
+		}
+		landing_spins = 0;
 		ats__ec_park(w, nw, until);
 	}
 	ats_ctx_after_stop(&after);

@@ -377,6 +377,64 @@ Test(stress_chan, no_lost_wakeup_light_without_membarrier)
 	hunt_with(0, ATS_CHAN_SPSC, 1);
 }
 
+/* A fenced multi-producer send reads the "not empty" waiter flag right after taking its credit
+ * and enqueues a few instructions later, bumping only when it saw the flag. A receiver that arms
+ * in between must not sleep through the value. Each round forces that order: the send stops in
+ * the hook (after its look at the flag), the receiver starts only then, and the hook lets the
+ * send go on once the receiver has armed. (A receiver that armed and then found its value leaves
+ * the flag set, so the next round's send sees it and bumps: every other round is the hunted one.) */
+static _Atomic uint32_t sends_held;
+
+static void hold_until_receiver_armed(ats_chan *c)
+{
+	atomic_fetch_add(&sends_held, 1);
+	while (!ats__chan_receiver_armed(c))
+		sched_yield();
+}
+
+struct armed_race {
+	ats_chan *c;
+	_Atomic uint32_t round;
+};
+
+static void *armed_racer(void *arg)
+{
+	struct armed_race *r = arg;
+	for (uint32_t i = 1; i <= ROUNDS; i++) {
+		while (atomic_load(&r->round) != i)
+			sched_yield();
+		cr_assert_eq(ats_chan_try_send(r->c, V(i)), ATS_CHAN_OK);
+	}
+	return NULL;
+}
+
+Test(stress_chan, no_lost_wakeup_receiver_arms_before_enqueue)
+{
+	struct armed_race r = {0};
+	ats_chan_config cfg = ATS_CHAN_CONFIG(ATS_CHAN_MPMC, 1);
+	cfg.spin = 0;
+	cr_assert_null(ats_chan_new(&r.c, &cfg));
+	atomic_store(&ats__chan_before_enqueue, hold_until_receiver_armed);
+	pthread_t t;
+	cr_assert_eq(pthread_create(&t, NULL, armed_racer, &r), 0);
+	for (uint32_t i = 1; i <= ROUNDS; i++) {
+		atomic_store(&r.round, i);
+		while (atomic_load(&sends_held) != i)
+			sched_yield();
+		ats_ctx *ctx;
+		cr_assert_null(ats_ctx_with_timeout(ats_ctx_background(), 5 * SEC, &ctx));
+		void *v = NULL;
+		ats_err *err = ats_chan_recv(r.c, &v, ctx);
+		cr_assert(!err && !ats_ctx_done_at(ctx, ats_now_ns()),
+		          "round %u: woke only at the timeout (a lost wake-up)", i);
+		cr_assert_eq(v, V(i));
+		ats_ctx_release(ctx);
+	}
+	pthread_join(t, NULL);
+	atomic_store(&ats__chan_before_enqueue, NULL);
+	ats_chan_free(r.c, NULL, NULL);
+}
+
 /* A ctx cancel racing the park: every round a parked recv must return cancelled, never hang. */
 struct cancel_hunt {
 	_Atomic(ats_ctx *) ctx;
