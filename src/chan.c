@@ -27,8 +27,9 @@
  * Parking and why no wake-up is lost. Every send bumps "not empty" and every receive "not full"
  * (ck_ec32_inc, multi-producer mode: any thread may bump, close and ctx wake-ups included); that
  * bump is one locked add and makes a system call only when the eventcount's waiter flag is set.
- * Multi-producer channels bump only when the flag is set, since their credit word is written
- * with a locked instruction anyway (the last paragraph of this part says why that is safe).
+ * Except where a send or receive makes a locked RMW anyway (the credit word, the single
+ * producer's busy flag): there the bump happens only when the flag is set (the last paragraph of
+ * this part says why that is safe).
  * A parked thread (a blocking send/recv or a select over several cases) does, per round:
  *   1. read its kick word (bumped by an after-func on its ctx when the ctx is cancelled);
  *   2. for each eventcount it needs, set the waiter flag with a CAS and keep the value it saw
@@ -44,14 +45,17 @@
  * after it the kick word differs from the kept value. The same holds for close (it bumps both
  * eventcounts after setting its flags). Without futex_waitv (Linux < 5.16) a thread sleeps on
  * its first word with a 1 ms bound and re-checks: late, never lost.
- * Multi-producer channels, without a bump per message: a receive returns its credit with a
- * seq_cst RMW and then loads "not full"'s flag; a sender waiting for room armed that flag, fenced,
- * and re-read the credits, so either it sees the credit or the receive sees the flag and bumps.
- * A send takes its credit with a seq_cst CAS and loads "not empty"'s flag before it enqueues,
- * and bumps after the enqueue only when it saw the flag. A receiver that armed the flag after
- * that load finds the credit taken after its fence: when its re-check then finds the ring empty
- * and a credit out, it does not sleep but waits for the value to land (`landing`; the sender is
- * a few instructions from its enqueue, or another receiver from returning its credit).
+ * Bumps only for a waiter, where an RMW is there anyway. A multi-producer receive returns its
+ * credit with a seq_cst RMW and then loads "not full"'s flag; a sender waiting for room armed
+ * that flag, fenced, and re-read the credits, so either it sees the credit or the receive sees
+ * the flag and bumps. A fenced send takes its credit with a seq_cst CAS (multi-producer) or sets
+ * its busy flag with a seq_cst exchange (single producer), loads "not empty"'s flag before it
+ * enqueues, and bumps after the enqueue only when it saw the flag. A receiver that armed the flag
+ * after that load finds, after its fence, the credit taken or the sender busy: when its re-check
+ * then finds the ring empty, it does not sleep but waits for the value to land (`landing`: the
+ * sender is a few instructions from its enqueue, or another receiver from returning its credit).
+ * So a fenced single-producer channel pays two locked instructions per message (the busy flag,
+ * the receive's bump) and a multi-producer one the credit word's two and the ring's CASes.
  *
  * Light channels (config.light): no locked instruction on the single-producer send or on any
  * receive. Where the process can issue membarrier(PRIVATE_EXPEDITED) (internal/membarrier.h), the
@@ -262,9 +266,26 @@ static inline size_t sp_room(struct chan *c, size_t n)
 	return room < n ? room : n;
 }
 
+/* Whether a send must bump "not empty" after its enqueue: light channels look then (bump), fenced
+ * ones look now, right after the send's seq_cst RMW (the credit's CAS, or the single producer's
+ * busy flag), and bump only when a receiver had armed the flag. A receiver that arms after this
+ * load sees the credit out or the busy flag after its fence and waits for the value instead of
+ * sleeping (landing, file comment). */
+static inline bool receiver_waits(struct chan *c)
+{
+	bool wake = c->light || (__atomic_load_n(&c->not_empty.counter, __ATOMIC_SEQ_CST) & ATS__EC_FLAG);
+#ifdef ATS_TESTING
+	void (*hook)(ats_chan *) = atomic_load(&ats__chan_before_enqueue);
+	if (hook && !c->light)
+		hook((ats_chan *)(void *)c);
+#endif
+	return wake;
+}
+
 static size_t send_burst(struct chan *c, void *const *items, size_t n, ats_chan_status *st)
 {
 	size_t k;
+	bool wake;
 	if (c->mp) {
 		bool closed = false;
 		k = take_credits(c, n, &closed);
@@ -272,15 +293,7 @@ static size_t send_burst(struct chan *c, void *const *items, size_t n, ats_chan_
 			*st = closed ? ATS_CHAN_CLOSED : ATS_CHAN_WOULD_BLOCK;
 			return 0;
 		}
-		/* Whether a receiver waits, read right after the credit's CAS (seq_cst, both): a parked
-		 * receiver that armed later sees the credit taken and waits for the value instead of
-		 * sleeping (landing, file comment). Light channels look after the enqueue, as ever. */
-		bool wake = c->light || (__atomic_load_n(&c->not_empty.counter, __ATOMIC_SEQ_CST) & ATS__EC_FLAG);
-#ifdef ATS_TESTING
-		void (*hook)(ats_chan *) = atomic_load(&ats__chan_before_enqueue);
-		if (hook && !c->light)
-			hook((ats_chan *)(void *)c);
-#endif
+		wake = receiver_waits(c);
 		/* With a credit the ring always has a slot: reserved-but-unread slots never exceed the
 		 * credits taken, and cap <= mask. The loop only guards that reasoning. */
 		for (size_t i = 0; i < k;) {
@@ -289,15 +302,12 @@ static size_t send_burst(struct chan *c, void *const *items, size_t n, ats_chan_
 				ats__cpu_relax();
 			i += m;
 		}
-		if (wake)
-			bump(c, &c->not_empty);
-		*st = k == n ? ATS_CHAN_OK : ATS_CHAN_WOULD_BLOCK;
-		return k;
 	} else {
 		if (!sp_enter(c)) {
 			*st = ATS_CHAN_CLOSED;
 			return 0;
 		}
+		wake = receiver_waits(c);
 		k = sp_room(c, n);
 		k = k == 1 ? ring_enqueue(c, items[0]) : k ? ring_enqueue_burst(c, items, k) : 0;
 		if (k == 0) {
@@ -312,7 +322,8 @@ static size_t send_burst(struct chan *c, void *const *items, size_t n, ats_chan_
 		}
 		sp_leave(c);
 	}
-	bump(c, &c->not_empty);
+	if (wake)
+		bump(c, &c->not_empty);
 	*st = k == n ? ATS_CHAN_OK : ATS_CHAN_WOULD_BLOCK;
 	return k;
 }
@@ -649,21 +660,28 @@ static ats_err *ctx_check(ats_ctx *ctx, uint64_t deadline)
 	return NULL;
 }
 
-/* Whether a receive case waits on a value that a sender has a credit for but has not enqueued
- * yet: fenced multi-producer senders bump "not empty" only when they saw its flag right after
- * their credit's CAS (send_burst), so such a value may land without a wake-up, and a receiver
- * must not sleep on it. Read after the parker's fence (file comment). A credit can also be out
- * for a value another receiver just took and has not returned the credit for: as brief. */
+/* Whether a receive case waits on a value a sender is about to enqueue: fenced senders bump "not
+ * empty" only when they saw its flag right after their seq_cst RMW (receiver_waits), so such a
+ * value may land without a wake-up, and a receiver must not sleep on it. Read after the parker's
+ * fence (file comment). Multi-producer: a credit is out (also, as briefly, for a value another
+ * receiver took and has not returned the credit for). Single producer: the sender is busy, or it
+ * was and its value is in the ring now (busy is read first: acquire, so a busy flag cleared after
+ * the enqueue shows the value to the ring read after it). */
 static bool landing(const ats_chan_case *cases, size_t n)
 {
 	for (size_t j = 0; j < n; j++) {
 		if (!cases[j].chan || cases[j].send)
 			continue;
-		const struct chan *c = (const struct chan *)(const void *)cases[j].chan;
-		/* relaxed: after the parker's full fence. */
-		if (c->mp && !c->light &&
-		    (atomic_load_explicit(&((struct chan *)c)->credits, memory_order_relaxed) & CREDIT_MASK) != c->cap)
+		struct chan *c = C(cases[j].chan);
+		if (c->light)
+			continue;
+		if (c->mp) {
+			/* relaxed: after the parker's full fence. */
+			if ((atomic_load_explicit(&c->credits, memory_order_relaxed) & CREDIT_MASK) != c->cap)
+				return true;
+		} else if (atomic_load_explicit(&c->busy, memory_order_acquire) || ck_ring_size(&c->ring)) {
 			return true;
+		}
 	}
 	return false;
 }

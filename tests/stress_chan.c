@@ -377,12 +377,13 @@ Test(stress_chan, no_lost_wakeup_light_without_membarrier)
 	hunt_with(0, ATS_CHAN_SPSC, 1);
 }
 
-/* A fenced multi-producer send reads the "not empty" waiter flag right after taking its credit
- * and enqueues a few instructions later, bumping only when it saw the flag. A receiver that arms
- * in between must not sleep through the value. Each round forces that order: the send stops in
- * the hook (after its look at the flag), the receiver starts only then, and the hook lets the
- * send go on once the receiver has armed. (A receiver that armed and then found its value leaves
- * the flag set, so the next round's send sees it and bumps: every other round is the hunted one.) */
+/* A fenced send reads the "not empty" waiter flag right after its seq_cst RMW (taking a credit,
+ * or setting the single producer's busy flag) and enqueues a few instructions later, bumping only
+ * when it saw the flag. A receiver that arms in between must not sleep through the value. Each
+ * round forces that order: the send stops in the hook (after its look at the flag), the receiver
+ * starts only then, and the hook lets the send go on once the receiver has armed. (A receiver
+ * that armed and then found its value leaves the flag set, so the next round's send sees it and
+ * bumps: every other round is the hunted one.) */
 static _Atomic uint32_t sends_held;
 
 static void hold_until_receiver_armed(ats_chan *c)
@@ -408,10 +409,11 @@ static void *armed_racer(void *arg)
 	return NULL;
 }
 
-Test(stress_chan, no_lost_wakeup_receiver_arms_before_enqueue)
+static void armed_before_enqueue(ats_chan_kind kind)
 {
 	struct armed_race r = {0};
-	ats_chan_config cfg = ATS_CHAN_CONFIG(ATS_CHAN_MPMC, 1);
+	atomic_store(&sends_held, 0);
+	ats_chan_config cfg = ATS_CHAN_CONFIG(kind, 1);
 	cfg.spin = 0;
 	cr_assert_null(ats_chan_new(&r.c, &cfg));
 	atomic_store(&ats__chan_before_enqueue, hold_until_receiver_armed);
@@ -433,6 +435,21 @@ Test(stress_chan, no_lost_wakeup_receiver_arms_before_enqueue)
 	pthread_join(t, NULL);
 	atomic_store(&ats__chan_before_enqueue, NULL);
 	ats_chan_free(r.c, NULL, NULL);
+}
+
+/* The multi-producer send looks at the flag after its credit's CAS (the receiver finds the credit
+ * out); the single producer after setting its busy flag (the receiver finds it busy). */
+Test(stress_chan, no_lost_wakeup_receiver_arms_before_enqueue_mpmc)
+{
+	armed_before_enqueue(ATS_CHAN_MPMC);
+}
+Test(stress_chan, no_lost_wakeup_receiver_arms_before_enqueue_spsc)
+{
+	armed_before_enqueue(ATS_CHAN_SPSC);
+}
+Test(stress_chan, no_lost_wakeup_receiver_arms_before_enqueue_spmc)
+{
+	armed_before_enqueue(ATS_CHAN_SPMC);
 }
 
 /* A ctx cancel racing the park: every round a parked recv must return cancelled, never hang. */

@@ -26,10 +26,11 @@
  *
  * Blocking: send and recv spin (config.spin tries) and then park on the channel's eventcount
  * ("not empty" for receivers, "not full" for senders): no system call while nobody waits, one
- * futex wake per operation that finds a parked waiter. A busy-poll channel never parks. Every
- * blocking call takes an ats_ctx * as its LAST argument (as ats_limiter_wait does) and returns
- * its error (cancelled or deadline exceeded) as soon as it is done; see chan.c for how a cancel
- * wakes a parked thread without a lost wake-up.
+ * futex wake per operation that finds a parked waiter (a receiver that finds a send between its
+ * start and its enqueue waits for that value rather than park). A busy-poll channel never parks.
+ * Every blocking call takes an ats_ctx * as its LAST argument (as ats_limiter_wait does) and
+ * returns its error (cancelled or deadline exceeded) as soon as it is done; see chan.c for how a
+ * cancel wakes a parked thread without a lost wake-up.
  *
  * Close (as in Go): wakes every blocked sender and receiver; receivers drain what is buffered and
  * then get ATS_ERR_CLOSED; a send after close gets ATS_ERR_CLOSED (ATS_CHAN_CLOSED from try_send),
@@ -40,10 +41,13 @@
  * the sender wrote before sending is visible to the receiver. MPSC/SPSC deliver in send order;
  * with several receivers each takes values in ring order.
  *
- * Costs (atscale-bench --filter chan): try_send + try_recv on one thread is ~25-30 ns on the
- * 2-vCPU development VM: three locked instructions (the single producer's in-send exchange, and
- * one eventcount bump per side, which is what lets a waiter park with no lost wake-up) on top of
- * the ring. Across threads the cost is the cache lines the two sides share, plus a futex wake
+ * Costs (atscale-bench --filter chan): a single-producer channel pays two locked instructions per
+ * message on top of the ring: the producer's in-send exchange (its guard against a racing close,
+ * which also orders its look at the receivers' waiter flag) and the receive's eventcount bump,
+ * which is what lets a waiting sender park with no lost wake-up. A multi-producer channel pays
+ * its credit word's CAS and add, and ck_ring's CASes; the eventcounts only when someone waits.
+ * Light channels (config.light) pay none. Across threads the cost is the cache lines the two sides
+ * share, plus a futex wake
  * whenever the other side had parked (blocking round trips pay two: compare chan.pingpong with
  * chan.spsc).
  */
