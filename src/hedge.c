@@ -37,6 +37,7 @@
 
 #include <linux/futex.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,7 +57,7 @@ _Static_assert((ATS_HEDGE_MAX_ATTEMPTS & TAG_MASK) == 0 && ATS_HEDGE_MAX_ATTEMPT
                "an attempt's number fits a cache-line-aligned address's low bits");
 
 struct call {
-	/* What an attempt reads, and what the winner writes. */
+	/* What an attempt reads, and what the winner writes: one line, 64 bytes. */
 	_Alignas(64) _Atomic uint32_t states; /* STARTED(n) | WITHDRAWN(n) */
 	_Atomic int winner;                   /* NONE, LEFT or the winning attempt's number */
 	ats_ctx *ctx;
@@ -67,15 +68,16 @@ struct call {
 	_Atomic uint32_t parked;           /* the caller is (about to be) asleep on seq */
 	_Atomic uint32_t refs;
 	bool tied;
+	bool timed; /* a hedger's call: attempts time themselves (loser time, the adaptive delay) */
 	uint64_t win_busy_ns;
 	_Atomic uint64_t loser_busy_ns;
 	/* The caller's, and errors. */
 	_Alignas(64) _Atomic(ats_err *) errs[ATS_HEDGE_MAX_ATTEMPTS]; /* set (release) by attempt n when it fails */
-	uint64_t start_ns[ATS_HEDGE_MAX_ATTEMPTS];
 	unsigned sent;
 	unsigned last_worker;
 	void *raw; /* what malloc returned */
 };
+_Static_assert(offsetof(struct call, seq) == 64, "an attempt's line is the first 64 bytes");
 
 struct ats_hedger {
 	ats_hedger_config cfg;
@@ -152,10 +154,11 @@ static void attempt_run(void *arg, ats_ctx *ctx)
 	struct call *c = untag(arg, &n);
 	if (!start_attempt(c, n))
 		return;
-	uint64_t t0 = ats_fast_now_ns();
+	/* Only a hedger reads the time an attempt took: replicate and tied calls skip both reads. */
+	uint64_t t0 = c->timed ? ats_fast_now_ns() : 0;
 	void *res = NULL;
 	ats_err *err = c->req.attempt(c->req.arg, n, ctx, &res);
-	uint64_t busy = ats_fast_now_ns() - t0;
+	uint64_t busy = c->timed ? ats_fast_now_ns() - t0 : 0;
 	if (!err) {
 		int none = NONE;
 		/* relaxed: what this attempt wrote is published by end_attempt's bump, not by this CAS. */
@@ -213,7 +216,6 @@ static ats_err *new_call(const ats_request *r, ats_ctx *ctx, struct call **out)
 static ats_err *send(ats_pool *p, struct call *c, unsigned w)
 {
 	unsigned no = c->sent;
-	c->start_ns[no] = ats_fast_now_ns();
 	ats_task t = {.run = attempt_run, .cancel = attempt_cancel, .arg = (void *)((uintptr_t)c | no), .ctx = c->ctx};
 	atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
 	c->sent++;
@@ -598,6 +600,7 @@ ats_err *ats_hedge(ats_hedger *h, const ats_request *r, void **result, ats_ctx *
 	struct call *c = NULL;
 	if ((err = new_call(r, ctx, &c)))
 		return err;
+	c->timed = true;
 	if ((err = send(h->cfg.pool, c, ats_pool_pick_less_loaded(h->cfg.pool)))) {
 		unref(c);
 		return err;
