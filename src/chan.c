@@ -62,7 +62,8 @@
  * rare sides pay the fences the hot sides skip. Each locked instruction of a send or receive
  * has to wait for the stores before it (the slot and the ring's index, whose cache lines the other
  * side holds) to reach the other core, so removing them lets consecutive messages overlap: on the
- * 2-core development VM chan.spsc went from 180-213 ns to 56-61 ns with the three removed.
+ * 2-core development VM chan.spsc went from 180-213 ns with three (all a fenced channel paid then;
+ * it pays two now) to 56-61 ns with none.
  *  - A bump becomes: compiler barrier, load the eventcount, increment (and wake) only when its
  *    waiter flag is set. A parker, after arming its flags in step 2, issues the membarrier before
  *    step 3's re-check, every round. For any send, either its ring stores came before that
