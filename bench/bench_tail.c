@@ -23,7 +23,8 @@
  * the maximum of TAIL_FANOUT per-key latencies drawn from those measured for the policy (keys are
  * independent in the model, so this is the fan-out's distribution). Rows tail.<policy>: request
  * p50/p99/p99.9, the per-key p99.9, and extra_load: attempts that started beyond one per key, per
- * key (backend work wasted: a dropped tied copy never started).
+ * key (backend work wasted: a dropped tied copy never started). The hedged rows add the delay the
+ * hedger ended with (delay_ns) and the hedges its budget refused, per key (denied).
  *
  * With ATS_TAIL_DIR set, each row writes <dir>/tail_<policy>.dat (request latency in ms and its
  * CDF), which scripts/tail-plot.sh draws with gnuplot. */
@@ -246,6 +247,13 @@ static bool measure(enum policy pol, bool quick, ats_bench_result *out)
 	         "\"fanout\": %u",
 	         (unsigned long long)p50, (unsigned long long)p99, (unsigned long long)p999,
 	         (double)extra / (double)r.n, (unsigned long long)key_p999, TAIL_FANOUT);
+	if (r.hedger) { /* the delay the hedger ended with, and the hedges its budget refused */
+		ats_hedger_stats hs;
+		ats_hedger_stats_get(r.hedger, &hs);
+		size_t len = strlen(out->extra);
+		snprintf(out->extra + len, sizeof out->extra - len, ", \"delay_ns\": %llu, \"denied\": %.4f",
+		         (unsigned long long)hs.delay_ns, (double)hs.budget_exhausted / (double)r.n);
+	}
 	ok = true;
 out:
 	ats_err_unref(err);

@@ -68,8 +68,7 @@ struct call {
 	_Atomic uint32_t parked;           /* the caller is (about to be) asleep on seq */
 	_Atomic uint32_t refs;
 	bool tied;
-	bool timed; /* a hedger's call: attempts time themselves (loser time, the adaptive delay) */
-	uint64_t win_busy_ns;
+	bool timed; /* a hedger's call: attempts time themselves (the losers' busy time) */
 	_Atomic uint64_t loser_busy_ns;
 	/* The caller's, and errors. */
 	_Alignas(64) _Atomic(ats_err *) errs[ATS_HEDGE_MAX_ATTEMPTS]; /* set (release) by attempt n when it fails */
@@ -88,7 +87,7 @@ struct ats_hedger {
 	_Atomic uint64_t delay_ns;
 	_Atomic uint64_t samples; /* latencies ever recorded */
 	_Atomic uint32_t refreshing;
-	/* Winning latencies, in two histograms taking turns by epochs of ATS_HEDGE_WINDOW samples:
+	/* Call latencies (record()), in two histograms taking turns by epochs of ATS_HEDGE_WINDOW samples:
 	 * the delay is read over the current epoch and the one before. */
 	ats_histogram *lat[2];
 	_Atomic uint64_t requests, attempts, hedges, won_by_hedge, budget_exhausted, loser_busy_ns;
@@ -165,7 +164,6 @@ static void attempt_run(void *arg, ats_ctx *ctx)
 		if (atomic_compare_exchange_strong_explicit(&c->winner, &none, (int)n, memory_order_relaxed,
 		                                            memory_order_relaxed)) {
 			c->result = res;
-			c->win_busy_ns = busy;
 			end_attempt(c, WON);
 			return;
 		}
@@ -266,6 +264,7 @@ struct plan {
 	ats_pool *p;
 	unsigned max;
 	uint64_t delay;
+	uint64_t latency; /* out, adaptive hedgers only: the call's start to its success; UINT64_MAX: none */
 };
 
 static bool take_budget(ats_hedger *h)
@@ -324,7 +323,8 @@ static ats_err *await(struct call *c, struct plan *pl, void **result, ats_ctx *c
 	ats_ctx_after after;
 	ats_ctx_after_func(ctx, &after, ats__ec_kick, &kick);
 	uint64_t deadline = ats_ctx_deadline(ctx);
-	uint64_t next_hedge = pl->h && pl->delay != UINT64_MAX ? ats_fast_now_ns() + pl->delay : UINT64_MAX;
+	uint64_t start = pl->h ? ats_fast_now_ns() : 0;
+	uint64_t next_hedge = pl->h && pl->delay != UINT64_MAX ? start + pl->delay : UINT64_MAX;
 	unsigned seen_failed = 0;
 	ats_err *err = NULL;
 	bool success = false;
@@ -335,6 +335,8 @@ static ats_err *await(struct call *c, struct plan *pl, void **result, ats_ctx *c
 		uint32_t seq = atomic_load_explicit(&c->seq, memory_order_acquire);
 		if (seq & WON) {
 			success = true;
+			if (pl->h && pl->h->lat[0])
+				pl->latency = ats_fast_now_ns() - start;
 			break;
 		}
 		/* Failures so far: a fatal one ends the call; a non-fatal one sends the next at once. */
@@ -467,7 +469,7 @@ static ats_err *fan_out(ats_pool *p, const ats_request *r, unsigned n, bool tied
 		return send_err;
 	}
 	ats_err_unref(send_err);
-	struct plan pl = {NULL, p, n, UINT64_MAX};
+	struct plan pl = {NULL, p, n, UINT64_MAX, UINT64_MAX};
 	return await(c, &pl, result, ctx);
 }
 
@@ -554,7 +556,7 @@ void ats_hedger_free(ats_hedger *h)
 	free(h);
 }
 
-/* Records a winning attempt's latency (adaptive delay only). The first sample of each epoch
+/* Records a call's latency (adaptive delay only; the header says which). The first sample of each epoch
  * empties the histogram whose turn it is (it held the epoch before last; a sample another caller
  * files there at that instant may be lost, which only thins the estimate). Every
  * ATS_HEDGE_REFRESH samples one caller recomputes the delay over both histograms: two snapshots
@@ -606,13 +608,11 @@ ats_err *ats_hedge(ats_hedger *h, const ats_request *r, void **result, ats_ctx *
 		return err;
 	}
 	atomic_fetch_add_explicit(&h->attempts, 1, memory_order_relaxed);
-	struct plan pl = {h, h->cfg.pool, h->cfg.max_attempts,
-	                  atomic_load_explicit(&h->delay_ns, memory_order_relaxed)};
-	atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed); /* kept to read the latency */
+	struct plan pl = {h, h->cfg.pool, h->cfg.max_attempts, atomic_load_explicit(&h->delay_ns, memory_order_relaxed),
+	                  UINT64_MAX};
 	err = await(c, &pl, result, ctx);
-	if (!err)
-		record(h, c->win_busy_ns);
-	unref(c);
+	if (pl.latency != UINT64_MAX)
+		record(h, pl.latency);
 	return err;
 }
 

@@ -2,7 +2,8 @@
 /* Replicated, hedged and tied requests: the first success wins, losers are cancelled and their
  * results released (waited for or detached), fatal errors end a call and non-fatal ones start the
  * next attempt at once, a hedge goes out after its delay, the budget is exact under concurrency,
- * tied copies run once, the adaptive delay stays silent through its warm-up, and the caller's
+ * tied copies run once, the adaptive delay stays silent through its warm-up and does not sink when
+ * hedges win, and the caller's
  * ctx ends a call without leaking a result. Attempts are scripted per attempt number; they block
  * on their ctx (cancelled when the call is decided), never on a sleep. */
 #include <atscale/clock.h>
@@ -20,11 +21,13 @@ enum mode {
 	FAIL_HARD,    /* a fatal error */
 	LATE_SUCCESS, /* wait until cancelled, then succeed anyway (a loser's result) */
 	SLOW_WIN,     /* succeed after 2 ms unless cancelled first */
+	TIMED_WIN,    /* succeed after wait_ns[n] unless cancelled first */
 };
 
 struct script {
 	enum mode mode[ATS_HEDGE_MAX_ATTEMPTS];
 	int value[ATS_HEDGE_MAX_ATTEMPTS];
+	uint64_t wait_ns[ATS_HEDGE_MAX_ATTEMPTS];
 	_Atomic int runs, released;
 	_Atomic int ran[ATS_HEDGE_MAX_ATTEMPTS];
 };
@@ -44,7 +47,8 @@ static ats_err *attempt(void *arg, unsigned n, ats_ctx *ctx, void **result)
 		*result = &s->value[n];
 		return NULL;
 	case SLOW_WIN:
-		if (ats_ctx_wait(ctx, ats_now_ns() + 2000000))
+	case TIMED_WIN:
+		if (ats_ctx_wait(ctx, ats_now_ns() + (s->mode[n] == SLOW_WIN ? 2000000 : s->wait_ns[n])))
 			return ats_ctx_err(ctx);
 		*result = &s->value[n];
 		return NULL;
@@ -263,6 +267,45 @@ Test(hedge, adaptive_delay_waits_for_its_warmup)
 	ats_hedger_stats_get(h, &st);
 	cr_expect_lt(st.delay_ns, UINT64_MAX, "learned at the 512th latency");
 	cr_expect_geq(st.delay_ns, 1000, "never below the floor");
+	ats_hedger_free(h);
+	ats_pool_free(p);
+}
+
+/* Three calls in five have a 1 ms first attempt and two a 3 ms one; a hedge answers at once. The
+ * learned p30 is 1 ms (every unhedged call takes at least that), and it must stay there once the
+ * slow calls are hedged: a hedged call lasted at least the delay. Counting the winning attempt's
+ * own time instead (a hedge's near-zero one, two calls in five) takes the p30 down to the floor. */
+static void *p30_caller(void *arg)
+{
+	ats_hedger *h = arg;
+	struct script fast = {.mode = {TIMED_WIN, WIN}, .wait_ns = {1000000}};
+	struct script slow = {.mode = {TIMED_WIN, WIN}, .wait_ns = {3000000}};
+	for (int i = 0; i < 160; i++) {
+		ats_request r = req(i % 5 < 2 ? &slow : &fast);
+		void *res = NULL;
+		cr_assert_null(ats_hedge(h, &r, &res, ats_ctx_background()));
+	}
+	return NULL;
+}
+
+Test(hedge, adaptive_delay_counts_a_hedged_call_at_its_own_latency, .timeout = 120)
+{
+	ats_pool *p = pool(12);
+	ats_hedger *h;
+	ats_hedger_config cfg = {.pool = p, .max_attempts = 2, .percentile = 0.3, .min_delay_ns = 1000};
+	cr_assert_null(ats_hedger_new(&h, &cfg));
+	pthread_t th[8];
+	for (int i = 0; i < 8; i++)
+		cr_assert_eq(pthread_create(&th[i], NULL, p30_caller, h), 0);
+	for (int i = 0; i < 8; i++)
+		pthread_join(th[i], NULL);
+	ats_hedger_stats st;
+	ats_hedger_stats_get(h, &st);
+	cr_expect_eq(st.requests, 1280);
+	cr_expect_gt(st.hedges, 0, "hedges went out after the warm-up");
+	cr_expect_geq(st.delay_ns, 1000000, "the p30 of call latencies, every one at least 1 ms: %llu ns",
+	              (unsigned long long)st.delay_ns);
+	cr_expect_lt(st.delay_ns, UINT64_MAX);
 	ats_hedger_free(h);
 	ats_pool_free(p);
 }

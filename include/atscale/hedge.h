@@ -11,14 +11,20 @@
  *  - ats_replicate: n attempts at once on n different workers; the first success wins.
  *  - ats_hedge: one attempt; another (on a different worker, the less loaded of two random ones)
  *    after a delay, up to max_attempts. The delay is fixed, or adaptive: a percentile of recent
- *    attempt latencies from a per-core histogram (with a floor, and no hedge at all during a
- *    warm-up). A budget caps the extra load: a token bucket of the limiter module (ats_limiter)
- *    on a clock that advances one tick per request, so each request deposits max_extra_load of
- *    a hedge and each hedge takes a whole one, up to budget_burst banked (Finagle's shape); with
- *    the budget empty no hedge is sent (counted). Exact under concurrency: at most
- *    max_extra_load * requests hedges, ever. An attempt that fails
- *    with an error the request's `fatal` classifier calls non-fatal starts the next one at once;
- *    a fatal one ends the call.
+ *    call latencies from a per-core histogram (with a floor, and no hedge at all during a
+ *    warm-up). A call's latency runs from its start to its first success, on the caller's clock,
+ *    the one the delay is measured on. A call a hedge won counts the time it was decided: a lower
+ *    bound on what its first attempt would have taken, and at least the delay. So every call
+ *    that outlived the delay counts as having outlived it, and the delay settles on the
+ *    percentile of unhedged calls. (Counting the winner's own time instead counts such calls at
+ *    the hedge's, mostly short, time: the percentile sinks, hedges outrun the budget, and the
+ *    budget refuses them at random rather than in the tail.)
+ *    A budget caps the extra load: a token bucket of the limiter module (ats_limiter) on a clock
+ *    that advances one tick per request, so each request deposits max_extra_load of a hedge and
+ *    each hedge takes a whole one, up to budget_burst banked (Finagle's shape); with the budget
+ *    empty no hedge is sent (counted). Exact under concurrency: at most
+ *    max_extra_load * requests hedges, ever. An attempt that fails with an error the request's
+ *    `fatal` classifier calls non-fatal starts the next one at once; a fatal one ends the call.
  *  - ats_tied: two copies queued on two workers sharing a claim word; the first to start claims
  *    it and the other is dropped without running.
  *
@@ -48,7 +54,7 @@ extern "C" {
 #endif
 
 #define ATS_HEDGE_MAX_ATTEMPTS 8u
-/* The adaptive delay reads winning latencies from two histograms (histogram.h) taking turns by
+/* The adaptive delay reads call latencies from two histograms (histogram.h) taking turns by
  * epochs of ATS_HEDGE_WINDOW samples (so it reflects the last ATS_HEDGE_WINDOW to twice that
  * many), and recomputes the percentile every ATS_HEDGE_REFRESH samples. The percentile is a
  * bucket's upper bound: at most 1/64 above the exact one. */
