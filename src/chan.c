@@ -2,9 +2,11 @@
 /* Channels: ck_ring for the values, ck_ec eventcounts for parking.
  *
  * Layout: the ring's consumer and producer counters sit on their own cache lines (ck_ring pads
- * them); the "not empty" eventcount and the single producer's in-send flag share a line written
- * by senders; "not full" has a line written by receivers; the credit word (multi-producer) its
- * own; the configuration, the slot pointer and the closed flag a read-mostly line.
+ * them); the "not empty" eventcount, the single producer's in-send flag and its copy of the
+ * consumer index share a line written by senders; "not full" and the single consumer's copy of
+ * the producer index a line written by receivers; the credit word (multi-producer) its own; the
+ * configuration, the slot pointer and the closed flag a read-mostly line. The copies spare each
+ * value the read of the other side's index (internal/ring_burst.h).
  *
  * Close versus a racing send, per variant (the hard part: a send that passed its closed check
  * must land before any receiver concludes "closed and drained", or that value is lost):
@@ -126,17 +128,18 @@ struct chan {
 	_Alignas(64) struct ck_ring_buffer *slots;
 	uint32_t cap;
 	uint8_t kind;
-	uint8_t sp;    /* single producer */
-	uint8_t mp;    /* multi producer: credits */
-	uint8_t sc;    /* single consumer */
-	uint8_t exact; /* single producer and cap == ring mask: the ring's own full test is exact */
+	uint8_t sp; /* single producer */
+	uint8_t mp; /* multi producer: credits */
+	uint8_t sc; /* single consumer */
 	uint8_t busy_poll;
 	uint8_t light; /* membarrier-backed: no locked instruction on the fast paths (file comment) */
 	uint32_t spin;
 	_Atomic uint32_t closed; /* OPEN, CLOSING, CLOSED (also decides double close) */
 	_Alignas(64) struct ck_ec32 not_empty;
-	_Atomic uint32_t busy; /* single producer: in a send (Dekker with closed) */
+	_Atomic uint32_t busy;  /* single producer: in a send (Dekker with closed) */
+	unsigned consumer_seen; /* single producer: c_head when it last looked (ring_burst.h) */
 	_Alignas(64) struct ck_ec32 not_full;
+	unsigned producer_seen;                /* single consumer: p_tail when it last looked (ring_burst.h) */
 	_Alignas(64) _Atomic uint64_t credits; /* multi producer: CREDIT_CLOSED | free credits */
 };
 
@@ -162,24 +165,35 @@ static inline void bump(struct chan *c, struct ck_ec32 *ec)
 
 /* ---- Ring access per variant ---- */
 
-static inline bool ring_enqueue(struct chan *c, void *v)
+/* Multi-producer: one value (a credit guarantees it a slot; the loop in send_burst guards that). */
+static inline bool ring_enqueue_mp(struct chan *c, void *v)
 {
 	TSAN_RELEASE(c);
-	switch (c->kind) {
-	case ATS_CHAN_SPSC: return ck_ring_enqueue_spsc(&c->ring, c->slots, v);
-	case ATS_CHAN_SPMC: return ck_ring_enqueue_spmc(&c->ring, c->slots, v);
-	case ATS_CHAN_MPSC: return ck_ring_enqueue_mpsc(&c->ring, c->slots, v);
-	default: return ck_ring_enqueue_mpmc(&c->ring, c->slots, v);
-	}
+	return c->kind == ATS_CHAN_MPSC ? ck_ring_enqueue_mpsc(&c->ring, c->slots, v)
+	                                : ck_ring_enqueue_mpmc(&c->ring, c->slots, v);
+}
+
+/* Single producer: one value if fewer than cap are buffered. */
+static inline bool ring_enqueue_sp(struct chan *c, void *v)
+{
+	if (!ats__ring_sp_room(&c->ring, &c->consumer_seen, c->cap, 1))
+		return false;
+	TSAN_RELEASE(c);
+	ats__ring_enqueue_sp_one(&c->ring, c->slots, v);
+	return true;
 }
 
 static inline bool ring_dequeue(struct chan *c, void **out)
 {
 	bool ok;
 	switch (c->kind) {
-	case ATS_CHAN_SPSC: ok = ck_ring_dequeue_spsc(&c->ring, c->slots, out); break;
+	case ATS_CHAN_SPSC:
+	case ATS_CHAN_MPSC:
+		ok = ats__ring_sc_avail(&c->ring, &c->producer_seen, 1);
+		if (ok)
+			ats__ring_dequeue_sc_burst(&c->ring, c->slots, out, 1);
+		break;
 	case ATS_CHAN_SPMC: ok = ck_ring_dequeue_spmc(&c->ring, c->slots, out); break;
-	case ATS_CHAN_MPSC: ok = ck_ring_dequeue_mpsc(&c->ring, c->slots, out); break;
 	default: ok = ck_ring_dequeue_mpmc(&c->ring, c->slots, out); break;
 	}
 	if (ok)
@@ -189,18 +203,32 @@ static inline bool ring_dequeue(struct chan *c, void **out)
 
 /* Bursts: one index publication for up to n values (internal/ring_burst.h). Out of line: their
  * loops inlined into send_burst and recv_burst took registers from the one-value path and made
- * chan.spsc_light 25% slower. */
+ * chan.spsc_light 25% slower. The multi-producer one moves what it can (credits bound it); the
+ * single-producer one up to n while fewer than cap are buffered. */
 __attribute__((noinline)) static size_t ring_enqueue_burst(struct chan *c, void *const *items, size_t n)
 {
-	TSAN_RELEASE(c);
-	return c->sp ? ats__ring_enqueue_sp_burst(&c->ring, c->slots, items, n)
-	             : ats__ring_enqueue_mp_burst(&c->ring, c->slots, items, n);
+	if (!c->sp) {
+		TSAN_RELEASE(c);
+		return ats__ring_enqueue_mp_burst(&c->ring, c->slots, items, n);
+	}
+	unsigned k = ats__ring_sp_room(&c->ring, &c->consumer_seen, c->cap, n);
+	if (k) {
+		TSAN_RELEASE(c);
+		ats__ring_enqueue_sp_burst(&c->ring, c->slots, items, k);
+	}
+	return k;
 }
 
 __attribute__((noinline)) static size_t ring_dequeue_burst(struct chan *c, void **out, size_t n)
 {
-	size_t k = c->sc ? ats__ring_dequeue_sc_burst(&c->ring, c->slots, out, n)
-	                 : ats__ring_dequeue_mc_burst(&c->ring, c->slots, out, n);
+	size_t k;
+	if (c->sc) {
+		k = ats__ring_sc_avail(&c->ring, &c->producer_seen, n);
+		if (k)
+			ats__ring_dequeue_sc_burst(&c->ring, c->slots, out, (unsigned)k);
+	} else {
+		k = ats__ring_dequeue_mc_burst(&c->ring, c->slots, out, n);
+	}
 	if (k)
 		TSAN_ACQUIRE(c);
 	return k;
@@ -259,16 +287,6 @@ static inline void sp_leave(struct chan *c)
 	atomic_store_explicit(&c->busy, 0, memory_order_release);
 }
 
-static inline size_t sp_room(struct chan *c, size_t n)
-{
-	if (c->exact)
-		return n; /* the ring refuses the cap+1'th value itself */
-	/* Only this thread raises the occupancy, so cap - size is a floor on the room. */
-	size_t size = ck_ring_size(&c->ring);
-	size_t room = size < c->cap ? c->cap - size : 0;
-	return room < n ? room : n;
-}
-
 /* Whether a send must bump "not empty" after its enqueue: light channels look then (bump), fenced
  * ones look now, right after the send's seq_cst RMW (the credit's CAS, or the single producer's
  * busy flag), and bump only when a receiver had armed the flag. A receiver that arms after this
@@ -300,7 +318,7 @@ static size_t send_burst(struct chan *c, void *const *items, size_t n, ats_chan_
 		/* With a credit the ring always has a slot: reserved-but-unread slots never exceed the
 		 * credits taken, and cap <= mask. The loop only guards that reasoning. */
 		for (size_t i = 0; i < k;) {
-			size_t m = k - i == 1 ? ring_enqueue(c, items[i]) : ring_enqueue_burst(c, items + i, k - i);
+			size_t m = k - i == 1 ? ring_enqueue_mp(c, items[i]) : ring_enqueue_burst(c, items + i, k - i);
 			if (ats__unlikely(m == 0))
 				ats__cpu_relax();
 			i += m;
@@ -311,8 +329,7 @@ static size_t send_burst(struct chan *c, void *const *items, size_t n, ats_chan_
 			return 0;
 		}
 		wake = receiver_waits(c);
-		k = sp_room(c, n);
-		k = k == 1 ? ring_enqueue(c, items[0]) : k ? ring_enqueue_burst(c, items, k) : 0;
+		k = n == 1 ? ring_enqueue_sp(c, items[0]) : ring_enqueue_burst(c, items, n);
 		if (k == 0) {
 			/* A receiver may have seen us busy while the channel closed and parked: seq_cst
 			 * store and load, so either it sees busy clear on its re-check or we see closed
@@ -472,7 +489,6 @@ ats_err *ats_chan_init(ats_chan *ch, const ats_chan_config *cfg)
 	c->sp = cfg->kind == ATS_CHAN_SPSC || cfg->kind == ATS_CHAN_SPMC;
 	c->mp = !c->sp;
 	c->sc = cfg->kind == ATS_CHAN_SPSC || cfg->kind == ATS_CHAN_MPSC;
-	c->exact = c->sp && cfg->capacity == ring - 1;
 	c->busy_poll = cfg->busy_poll;
 	c->light = cfg->light && ats__membarrier_ready();
 #ifdef ATS_TESTING

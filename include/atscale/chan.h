@@ -47,9 +47,10 @@
  * which is what lets a waiting sender park with no lost wake-up. A multi-producer channel pays
  * its credit word's CAS and add, and ck_ring's CASes; the eventcounts only when someone waits.
  * Light channels (config.light) pay none. Across threads the cost is the cache lines the two sides
- * share, plus a futex wake
- * whenever the other side had parked (blocking round trips pay two: compare chan.pingpong with
- * chan.spsc).
+ * share: the slots, and a single-ended side reads the other side's ring index only when the copy
+ * it keeps says full (a single producer) or empty (a single consumer), so a channel that is
+ * neither moves no index line per message. Plus a futex wake whenever the other side had parked
+ * (blocking round trips pay two: compare chan.pingpong with chan.spsc).
  */
 #ifndef ATSCALE_CHAN_H
 #define ATSCALE_CHAN_H

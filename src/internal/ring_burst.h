@@ -9,10 +9,11 @@
  * to k, on the same struct and the same fences, so single and burst calls mix freely on one ring.
  * The slots are read and written with ck_pr loads and stores, as the indexes are.
  *
- * Every function returns how many values it moved, 0 when the ring was full (enqueue) or empty
- * (dequeue). The single-producer and single-consumer ones are wait-free; the multi ones are
- * lock-free, except that a multi-producer burst waits for earlier reservations to be published,
- * as ck_ring's own multi-producer enqueue does (ats__spin_pause backs off after a short spin). */
+ * The multi-producer and multi-consumer calls return how many values they moved, 0 when the ring
+ * was full (enqueue) or empty (dequeue); they are lock-free, except that a multi-producer burst
+ * waits for earlier reservations to be published, as ck_ring's own multi-producer enqueue does
+ * (ats__spin_pause backs off after a short spin). The single-ended ones come in two steps (how
+ * many fit or wait, then move them) and are wait-free. */
 #ifndef ATS_INTERNAL_RING_BURST_H
 #define ATS_INTERNAL_RING_BURST_H
 
@@ -27,41 +28,80 @@ static inline unsigned ats__ring_burst_min(unsigned a, size_t n)
 	return n < a ? (unsigned)n : a;
 }
 
-/* Single producer. */
-static inline unsigned ats__ring_enqueue_sp_burst(struct ck_ring *r, struct ck_ring_buffer *slots, void *const *items,
-                                                  size_t n)
+/* The single-ended calls cache the other side's index in a word of the caller's own (its line,
+ * not the other side's): a single producer keeps the last c_head it read (*consumer_seen), a
+ * single consumer the last p_tail (*producer_seen). Indexes only grow (modulo 2^32, as ck_ring
+ * counts), so a cached one is a lower bound: a producer sees no more room than there is, a
+ * consumer no more values. The producer
+ * reads c_head again only when the cached one leaves too little room, and the consumer reads
+ * p_tail only when it has taken every value the cached one announced. While the ring is neither
+ * full nor empty, neither reads the line the other writes for each value, the one cross-core miss
+ * per value that ck_ring's own calls take (they read the other index every time), as rigtorp's
+ * SPSCQueue and Folly's ProducerConsumerQueue do. A side that uses these must move its values
+ * through them only: ck_ring's own calls would move that side's index without its copy's
+ * bookkeeping (the other side may use anything). */
+
+/* Single producer: the room for up to n values below `limit` values buffered (limit <= mask).
+ * Wait-free. */
+static inline unsigned ats__ring_sp_room(struct ck_ring *r, unsigned *consumer_seen, unsigned limit, size_t n)
+{
+	unsigned used = r->p_tail - *consumer_seen;
+	if (ats__likely(limit - used >= n))
+		return (unsigned)n;
+	*consumer_seen = ck_pr_load_uint(&r->c_head);
+	/* The c_head read before the slot stores it allows (the consumer read those slots before it
+	 * published c_head). */
+	ck_pr_fence_load_store();
+	used = r->p_tail - *consumer_seen;
+	return ats__ring_burst_min(limit - used, n);
+}
+
+/* Single producer: one value, when ats__ring_sp_room found room. Wait-free. */
+static inline void ats__ring_enqueue_sp_one(struct ck_ring *r, struct ck_ring_buffer *slots, void *v)
+{
+	unsigned producer = r->p_tail;
+	ck_pr_store_ptr(&slots[producer & r->mask].value, v);
+	/* The slot before the index that makes it visible. */
+	ck_pr_fence_store();
+	ck_pr_store_uint(&r->p_tail, producer + 1);
+}
+
+/* Single producer: k values, when ats__ring_sp_room found room for k. Wait-free. */
+static inline void ats__ring_enqueue_sp_burst(struct ck_ring *r, struct ck_ring_buffer *slots, void *const *items,
+                                              unsigned k)
 {
 	const unsigned mask = r->mask;
-	unsigned consumer = ck_pr_load_uint(&r->c_head);
 	unsigned producer = r->p_tail;
-	/* The ring holds mask values (one slot stays free to tell full from empty). */
-	unsigned k = ats__ring_burst_min(mask - ((producer - consumer) & mask), n);
 	for (unsigned i = 0; i < k; i++)
 		ck_pr_store_ptr(&slots[(producer + i) & mask].value, items[i]);
 	/* The slots before the index that makes them visible. */
 	ck_pr_fence_store();
 	ck_pr_store_uint(&r->p_tail, producer + k);
-	return k;
 }
 
-/* Single consumer. */
-static inline unsigned ats__ring_dequeue_sc_burst(struct ck_ring *r, const struct ck_ring_buffer *slots, void **out,
-                                                  size_t n)
+/* Single consumer: how many of up to n values are there to take. Wait-free. */
+static inline unsigned ats__ring_sc_avail(struct ck_ring *r, unsigned *producer_seen, size_t n)
+{
+	unsigned avail = *producer_seen - r->c_head;
+	if (ats__likely(avail >= n))
+		return (unsigned)n;
+	*producer_seen = ck_pr_load_uint(&r->p_tail);
+	/* The slots after the producer index that published them. */
+	ck_pr_fence_load();
+	return ats__ring_burst_min(*producer_seen - r->c_head, n);
+}
+
+/* Single consumer: k values, when ats__ring_sc_avail found k. Wait-free. */
+static inline void ats__ring_dequeue_sc_burst(struct ck_ring *r, const struct ck_ring_buffer *slots, void **out,
+                                              unsigned k)
 {
 	const unsigned mask = r->mask;
 	unsigned consumer = r->c_head;
-	unsigned producer = ck_pr_load_uint(&r->p_tail);
-	unsigned k = ats__ring_burst_min(producer - consumer, n);
-	if (k == 0)
-		return 0;
-	/* The slots after the producer index that published them. */
-	ck_pr_fence_load();
 	for (unsigned i = 0; i < k; i++)
 		out[i] = ck_pr_load_ptr(&slots[(consumer + i) & mask].value);
 	/* The copies before the index that lets a producer reuse the slots. */
 	ck_pr_fence_store();
 	ck_pr_store_uint(&r->c_head, consumer + k);
-	return k;
 }
 
 /* Multi-producer: reserves up to n slots with one CAS on p_head, fills them, then publishes them
