@@ -64,6 +64,9 @@ static bool model_allow(struct model_key *k, uint64_t n, uint64_t now)
 
 static void model_set(struct model_key *k, int limit, uint64_t now)
 {
+	/* The limit it already has: nothing changes (its fraction of a token stays too). */
+	if (k->seen && k->limit == limit)
+		return;
 	const ats_token_clock *nc = &clocks[limit];
 	uint64_t burst = nc->inf ? 0 : nc->burst_units >> nc->shift;
 	/* A full bucket (idle, new, or under an infinite limit) starts full under the new limit. */
