@@ -1,8 +1,12 @@
 /* SPDX-License-Identifier: BSD-2-Clause */
 /* Supervision under churn (run under TSan and ASan): many wards, a chaos thread injecting
  * failures and freezes one at a time per ward, the supervisor restarting them all the while.
- * Every injected fault is answered by exactly one restart, every start runs the ward body once,
- * and the counters agree. The test waits on those counters, never on a sleep. */
+ * Every injected fault is answered by a restart, every injected failure by exactly one exit,
+ * every start runs the ward body once, and the counters agree. A ward preempted for longer than
+ * its timeout inside a work section stalls without a fault (a loaded 2-core machine does that):
+ * such a restart is legitimate, so the test waits for each fault's own answer (a run that started
+ * after the one that took it) rather than for an exact run count, and counts stalls as at least
+ * the freezes. The test waits on those counters, never on a sleep. */
 #include <criterion/criterion.h>
 
 #include "atscale/clock.h"
@@ -20,17 +24,23 @@
 #define MS UINT64_C(1000000)
 
 struct ward_ctl {
-	_Atomic int fault; /* 1: fail, 2: freeze (one-shot) */
-	_Atomic int runs;
+	_Atomic int fault;    /* 1: fail, 2: freeze (one-shot) */
+	_Atomic int runs;     /* runs started */
+	_Atomic int taken;    /* faults taken */
+	_Atomic int taken_in; /* the run that took the last one */
 };
 
 static ats_err *body(void *arg, ats_heartbeat *hb, ats_ctx *ctx)
 {
 	struct ward_ctl *c = arg;
-	atomic_fetch_add(&c->runs, 1);
+	int run = atomic_fetch_add(&c->runs, 1) + 1;
 	while (!ats_ctx_done(ctx)) {
 		ats_heartbeat_work_begin(hb);
 		int f = atomic_exchange(&c->fault, 0);
+		if (f) {
+			atomic_store(&c->taken_in, run);
+			atomic_fetch_add(&c->taken, 1); /* after taken_in: the test reads them in the other order */
+		}
 		if (f == 1)
 			return ats_err_new(ATS_ERR_INTERNAL, "injected");
 		if (f == 2) {
@@ -41,6 +51,13 @@ static ats_err *body(void *arg, ats_heartbeat *hb, ats_ctx *ctx)
 		ats_ctx_wait(ctx, ats_now_ns() + 50000);
 	}
 	return NULL;
+}
+
+/* Whether the ward has taken `injected` faults and a run has started since it took the last. */
+static bool answered(struct ward_ctl *c, int injected)
+{
+	int taken = atomic_load(&c->taken);
+	return taken == injected && (taken == 0 || atomic_load(&c->runs) > atomic_load(&c->taken_in));
 }
 
 Test(supervisor_stress, every_fault_one_restart, .timeout = 300)
@@ -60,31 +77,45 @@ Test(supervisor_stress, every_fault_one_restart, .timeout = 300)
 	cr_assert_null(ats_supervisor_start(s, ats_ctx_background()));
 	uint32_t rng = 12345;
 	int injected[WARDS] = {0};
+	uint64_t fails = 0, freezes = 0;
 	for (int f = 0; f < FAULTS; f++) {
 		rng ^= rng << 13, rng ^= rng >> 17, rng ^= rng << 5;
 		int i = (int)(rng % WARDS);
-		/* One fault at a time per ward: wait until the last one was answered by a restart. */
-		while (atomic_load(&c[i].runs) != injected[i] + 1)
+		/* One fault at a time per ward: wait until the last one was taken and answered by a
+		 * restart (a run after the one that took it). */
+		while (!answered(&c[i], injected[i]))
 			sched_yield();
-		atomic_store(&c[i].fault, rng % 16 == 0 ? 2 : 1);
+		bool freeze = rng % 16 == 0;
+		freezes += freeze;
+		fails += !freeze;
+		atomic_store(&c[i].fault, freeze ? 2 : 1);
 		injected[i]++;
 	}
-	for (int i = 0; i < WARDS; i++)
-		while (atomic_load(&c[i].runs) != injected[i] + 1)
+	int runs = 0;
+	for (int i = 0; i < WARDS; i++) {
+		while (!answered(&c[i], injected[i]))
 			sched_yield();
+		runs += atomic_load(&c[i].runs);
+	}
 	/* The monitor counts a start just after the thread is made, so its counters may trail the
-	 * run (and each other: they are separate relaxed counters). */
+	 * runs (and each other: they are separate relaxed counters). A stall that needed no fault
+	 * may add runs meanwhile: count again until both sides agree. */
 	ats_supervisor_stats st;
-	for (ats_supervisor_stats_get(s, &st); st.restarts < FAULTS || st.starts < FAULTS + WARDS;
-	     ats_supervisor_stats_get(s, &st))
+	for (;;) {
+		ats_supervisor_stats_get(s, &st);
+		if (st.starts == (uint64_t)runs && st.restarts == st.starts - WARDS &&
+		    st.stalls + st.exits == st.restarts)
+			break;
 		sched_yield();
-	cr_expect_eq(st.restarts, FAULTS);
-	cr_expect_eq(st.starts, FAULTS + WARDS);
-	cr_expect_eq(st.stalls + st.exits, FAULTS);
+		runs = 0;
+		for (int i = 0; i < WARDS; i++)
+			runs += atomic_load(&c[i].runs);
+	}
+	/* Each fault ended the run that took it, as an exit or a stall (a failure taken just as its
+	 * run was being stopped for a stall counts as the stall); only failures end runs with errors. */
+	cr_expect_geq(st.stalls + st.exits, FAULTS, "every fault answered");
+	cr_expect_leq(st.exits, fails, "only injected failures end a run with an error");
+	cr_expect_geq(st.stalls, freezes, "every freeze found as a stall");
 	cr_expect_eq(st.quarantined, 0);
 	ats_supervisor_free(s);
-	int runs = 0;
-	for (int i = 0; i < WARDS; i++)
-		runs += atomic_load(&c[i].runs);
-	cr_expect_eq(runs, FAULTS + WARDS);
 }
