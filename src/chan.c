@@ -179,7 +179,7 @@ static inline bool ring_enqueue_sp(struct chan *c, void *v)
 	if (!ats__ring_sp_room(&c->ring, &c->consumer_seen, c->cap, 1))
 		return false;
 	TSAN_RELEASE(c);
-	ats__ring_enqueue_sp_one(&c->ring, c->slots, v);
+	ats__ring_enqueue_sp_burst(&c->ring, c->slots, &v, 1);
 	return true;
 }
 

@@ -556,7 +556,7 @@ void ats_hedger_free(ats_hedger *h)
 	free(h);
 }
 
-/* Records a call's latency (adaptive delay only; the header says which). The first sample of each epoch
+/* Records a call's latency (adaptive delay only; hedge.h says what it measures). The first sample of each epoch
  * empties the histogram whose turn it is (it held the epoch before last; a sample another caller
  * files there at that instant may be lost, which only thins the estimate). Every
  * ATS_HEDGE_REFRESH samples one caller recomputes the delay over both histograms: two snapshots

@@ -6,7 +6,8 @@
  * up to 32 times, and a burst of 32 made here moves it once, as DPDK's rte_ring burst calls do.
  * These follow ck_ring's own single-value protocols (ck_ring.h: _ck_ring_enqueue_sp,
  * _ck_ring_dequeue_sc, _ck_ring_enqueue_mp, _ck_ring_dequeue_mc) with the count generalised from 1
- * to k, on the same struct and the same fences, so single and burst calls mix freely on one ring.
+ * to k, on the same struct and the same fences (the single-ended ones also keep a copy of the
+ * other side's index: see below).
  * The slots are read and written with ck_pr loads and stores, as the indexes are.
  *
  * The multi-producer and multi-consumer calls return how many values they moved, 0 when the ring
@@ -32,14 +33,13 @@ static inline unsigned ats__ring_burst_min(unsigned a, size_t n)
  * not the other side's): a single producer keeps the last c_head it read (*consumer_seen), a
  * single consumer the last p_tail (*producer_seen). Indexes only grow (modulo 2^32, as ck_ring
  * counts), so a cached one is a lower bound: a producer sees no more room than there is, a
- * consumer no more values. The producer
- * reads c_head again only when the cached one leaves too little room, and the consumer reads
- * p_tail only when it has taken every value the cached one announced. While the ring is neither
- * full nor empty, neither reads the line the other writes for each value, the one cross-core miss
- * per value that ck_ring's own calls take (they read the other index every time), as rigtorp's
- * SPSCQueue and Folly's ProducerConsumerQueue do. A side that uses these must move its values
- * through them only: ck_ring's own calls would move that side's index without its copy's
- * bookkeeping (the other side may use anything). */
+ * consumer no more values. The producer reads c_head again only when the cached one leaves too
+ * little room, and the consumer reads p_tail only when it has taken every value the cached one
+ * announced. While the ring is neither full nor empty, neither reads the line the other writes
+ * for each value, the one cross-core miss per value that ck_ring's own calls take (they read the
+ * other index every time), as rigtorp's SPSCQueue and Folly's ProducerConsumerQueue do. A side
+ * that uses these must move its values through them only: ck_ring's own calls would move that
+ * side's index without its copy's bookkeeping (the other side may use anything). */
 
 /* Single producer: the room for up to n values below `limit` values buffered (limit <= mask).
  * Wait-free. */
@@ -56,17 +56,8 @@ static inline unsigned ats__ring_sp_room(struct ck_ring *r, unsigned *consumer_s
 	return ats__ring_burst_min(limit - used, n);
 }
 
-/* Single producer: one value, when ats__ring_sp_room found room. Wait-free. */
-static inline void ats__ring_enqueue_sp_one(struct ck_ring *r, struct ck_ring_buffer *slots, void *v)
-{
-	unsigned producer = r->p_tail;
-	ck_pr_store_ptr(&slots[producer & r->mask].value, v);
-	/* The slot before the index that makes it visible. */
-	ck_pr_fence_store();
-	ck_pr_store_uint(&r->p_tail, producer + 1);
-}
-
-/* Single producer: k values, when ats__ring_sp_room found room for k. Wait-free. */
+/* Single producer: k values, when ats__ring_sp_room found room for k. Wait-free. (With k a
+ * constant 1 the loop folds away: the one-value send uses it too.) */
 static inline void ats__ring_enqueue_sp_burst(struct ck_ring *r, struct ck_ring_buffer *slots, void *const *items,
                                               unsigned k)
 {
