@@ -24,9 +24,12 @@
  * it); its task only drops its reference when a worker reaches it. So a caller waits for the
  * losers that run, never for a queue to drain or a parked worker to wake (row replicate.4).
  *
- * Layout: the record's first cache line holds what an attempt reads and the winner writes, the
- * second the words the caller polls and every ender bumps, so a call whose first attempt wins
- * costs the worker two line transfers beyond the task's own and its ctx (row hedge.no_fire). */
+ * Layout: the record's first cache line holds what an attempt reads and the started bits, the
+ * second the words the caller polls and every ender writes (the count, the winner, its result),
+ * so a call whose first attempt wins brings one line back to the caller. The attempts' pool tasks
+ * carry no ctx: the call's reference keeps its ctx alive for every attempt, so the worker neither
+ * counts a reference on the ctx nor reads it (an attempt that reads its ctx pays for that itself),
+ * and the caller's cancel at the end finds the ctx's line still its own (row hedge.no_fire). */
 #include "atscale/hedge.h"
 #include "atscale/histogram.h"
 #include "atscale/limiter.h"
@@ -59,16 +62,16 @@ _Static_assert((ATS_HEDGE_MAX_ATTEMPTS & TAG_MASK) == 0 && ATS_HEDGE_MAX_ATTEMPT
 struct call {
 	/* What an attempt reads, and what the winner writes: one line, 64 bytes. */
 	_Alignas(64) _Atomic uint32_t states; /* STARTED(n) | WITHDRAWN(n) */
-	_Atomic int winner;                   /* NONE, LEFT or the winning attempt's number */
+	bool tied;
+	bool timed; /* a hedger's call: attempts time themselves (the losers' busy time) */
 	ats_ctx *ctx;
 	ats_request req;
-	void *result; /* the winner's */
 	/* What the caller polls and every ender writes. */
 	_Alignas(64) _Atomic uint32_t seq; /* attempts ended | WON: the futex word */
 	_Atomic uint32_t parked;           /* the caller is (about to be) asleep on seq */
 	_Atomic uint32_t refs;
-	bool tied;
-	bool timed; /* a hedger's call: attempts time themselves (the losers' busy time) */
+	_Atomic int winner; /* NONE, LEFT or the winning attempt's number */
+	void *result;       /* the winner's */
 	_Atomic uint64_t loser_busy_ns;
 	/* The caller's, and errors. */
 	_Alignas(64) _Atomic(ats_err *) errs[ATS_HEDGE_MAX_ATTEMPTS]; /* set (release) by attempt n when it fails */
@@ -146,9 +149,13 @@ static struct call *untag(void *arg, unsigned *n)
 	return (struct call *)((uintptr_t)arg & ~TAG_MASK);
 }
 
-/* The pool runs an attempt only while the call's ctx is not done; otherwise attempt_cancel. */
-static void attempt_run(void *arg, ats_ctx *ctx)
+/* A worker runs attempt n under the call's ctx (the pool's, which it is given, only tells of a
+ * shutdown: then attempt_cancel runs instead). Not checking the call's ctx here is safe: a call
+ * decided before this start withdrew the attempt first (start_attempt refuses it), and one whose
+ * caller's ctx just ended is an attempt cancelled as it started, which sees its ctx done. */
+static void attempt_run(void *arg, ats_ctx *pool_ctx)
 {
+	(void)pool_ctx;
 	unsigned n;
 	struct call *c = untag(arg, &n);
 	if (!start_attempt(c, n))
@@ -156,7 +163,7 @@ static void attempt_run(void *arg, ats_ctx *ctx)
 	/* Only a hedger reads the time an attempt took: replicate and tied calls skip both reads. */
 	uint64_t t0 = c->timed ? ats_fast_now_ns() : 0;
 	void *res = NULL;
-	ats_err *err = c->req.attempt(c->req.arg, n, ctx, &res);
+	ats_err *err = c->req.attempt(c->req.arg, n, c->ctx, &res);
 	uint64_t busy = c->timed ? ats_fast_now_ns() - t0 : 0;
 	if (!err) {
 		int none = NONE;
@@ -214,7 +221,7 @@ static ats_err *new_call(const ats_request *r, ats_ctx *ctx, struct call **out)
 static ats_err *send(ats_pool *p, struct call *c, unsigned w)
 {
 	unsigned no = c->sent;
-	ats_task t = {.run = attempt_run, .cancel = attempt_cancel, .arg = (void *)((uintptr_t)c | no), .ctx = c->ctx};
+	ats_task t = {.run = attempt_run, .cancel = attempt_cancel, .arg = (void *)((uintptr_t)c | no)};
 	atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
 	c->sent++;
 	ats_pool_status st = ats_pool_try_submit_to(p, w, &t);
@@ -301,6 +308,10 @@ static void park_on_seq(struct call *c, uint32_t seq, _Atomic uint32_t *kick, ui
  * One CAS. */
 static unsigned withdraw_queued(struct call *c)
 {
+	/* Every attempt sent has ended (the usual case): none is queued, and the states word (an
+	 * attempt's line) need not come back to this core. relaxed: the count is exact once seen. */
+	if ((atomic_load_explicit(&c->seq, memory_order_relaxed) & ~WON) == c->sent)
+		return 0;
 	uint32_t all = STARTED(c->sent) - 1;
 	/* relaxed: the CAS below decides; its failure reloads the word. */
 	uint32_t st = atomic_load_explicit(&c->states, memory_order_relaxed), queued;
@@ -411,8 +422,10 @@ static ats_err *await(struct call *c, struct plan *pl, void **result, ats_ctx *c
 			success = true;
 		}
 	}
-	ats_ctx_cancel(c->ctx, NULL); /* the losers stop */
+	/* Withdraw first, so an attempt no worker has started never runs; then the losers that did
+	 * start see their ctx done. */
 	unsigned withdrawn = withdraw_queued(c);
+	ats_ctx_cancel(c->ctx, NULL);
 	if (success) {
 		*result = c->result;
 		if (pl->h && atomic_load_explicit(&c->winner, memory_order_relaxed) > 0)
@@ -444,6 +457,11 @@ static ats_err *check_args(ats_pool *p, const ats_request *r, void **result, ats
 		                   : !r->attempt ? "attempt"
 		                   : !result     ? "result"
 		                                 : "ctx");
+	/* A call whose ctx is already done sends nothing (the pool does not check the attempts'
+	 * ctx: attempt_run). */
+	uint64_t deadline = ats_ctx_deadline(ctx);
+	if (ats_ctx_done(ctx) || (deadline != ATS_CTX_NO_DEADLINE && ats_fast_now_ns() >= deadline))
+		return ats_ctx_err(ctx);
 	return NULL;
 }
 

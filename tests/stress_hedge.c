@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: BSD-2-Clause */
 /* Replicated, hedged and tied calls from several threads at once on one pool (run under TSan and
- * ASan), attempts racing to win, losers cancelled mid-run, some calls detached. Every result an
- * attempt makes is either returned by its call or released, exactly once: results made ==
- * calls won + results released, counted at the end after the pool drained. */
+ * ASan), attempts racing to win, losers cancelled mid-run, some calls detached, some callers' ctxs
+ * ending mid-call. Every result an attempt makes is either returned by its call or released,
+ * exactly once: results made == calls won + results released, counted at the end after the pool
+ * drained. */
 #include <criterion/criterion.h>
 
 #include "atscale/clock.h"
@@ -51,12 +52,17 @@ static void *caller(void *arg)
 	for (uintptr_t i = 0; i < CALLS; i++) {
 		ats_request req = {.attempt = attempt, .arg = (void *)i, .release = release, .detach = i % 7 == 0};
 		void *res = NULL;
+		/* Some callers' ctxs end mid-call: attempts then start, or are withdrawn, as it ends. */
+		ats_ctx *ctx = ats_ctx_background();
+		if (i % 11 == 3)
+			cr_assert_null(ats_ctx_with_timeout(ats_ctx_background(), 20000, &ctx));
 		ats_err *err;
 		switch (i % 3) {
-		case 0: err = ats_hedge(r->h, &req, &res, ats_ctx_background()); break;
-		case 1: err = ats_replicate(r->p, &req, 2, &res, ats_ctx_background()); break;
-		default: err = ats_tied(r->p, &req, &res, ats_ctx_background());
+		case 0: err = ats_hedge(r->h, &req, &res, ctx); break;
+		case 1: err = ats_replicate(r->p, &req, 2, &res, ctx); break;
+		default: err = ats_tied(r->p, &req, &res, ctx);
 		}
+		ats_ctx_release(ctx);
 		if (!err) {
 			cr_assert_eq(res, &token);
 			atomic_fetch_add(&won, 1);

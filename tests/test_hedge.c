@@ -3,9 +3,10 @@
  * results released (waited for or detached), fatal errors end a call and non-fatal ones start the
  * next attempt at once, a hedge goes out after its delay, the budget is exact under concurrency,
  * tied copies run once, the adaptive delay stays silent through its warm-up and does not sink when
- * hedges win, and the caller's
- * ctx ends a call without leaking a result. Attempts are scripted per attempt number; they block
- * on their ctx (cancelled when the call is decided), never on a sleep. */
+ * hedges win, the caller's ctx ends a call without leaking a result (and a done one sends
+ * nothing), and a pool shut down under a call hands its queued attempts back. Attempts are
+ * scripted per attempt number; they block on their ctx (cancelled when the call is decided), never
+ * on a sleep. */
 #include <atscale/clock.h>
 #include <atscale/hedge.h>
 
@@ -421,5 +422,92 @@ Test(hedge, bad_input)
 	/* A shut pool: nothing can be sent. */
 	cr_assert_null(ats_pool_shutdown(p, ats_ctx_background()));
 	expect_code(ats_replicate(p, &r, 1, &res, ats_ctx_background()), ATS_ERR_CLOSED);
+	ats_pool_free(p);
+}
+
+/* A call whose ctx is already done (cancelled, or past its deadline) sends no attempt. */
+Test(hedge, a_done_ctx_sends_nothing)
+{
+	ats_pool *p = pool(2);
+	struct script s = {0};
+	ats_request r = req(&s);
+	ats_hedger *h;
+	ats_hedger_config cfg = {.pool = p, .delay_ns = 1000};
+	cr_assert_null(ats_hedger_new(&h, &cfg));
+	ats_ctx *cancelled, *expired;
+	cr_assert_null(ats_ctx_with_cancel(ats_ctx_background(), &cancelled));
+	ats_ctx_cancel(cancelled, NULL);
+	cr_assert_null(ats_ctx_with_deadline(ats_ctx_background(), ats_now_ns() - 1, &expired));
+	void *res = NULL;
+	expect_code(ats_replicate(p, &r, 2, &res, cancelled), ATS_ERR_CANCELLED);
+	expect_code(ats_tied(p, &r, &res, cancelled), ATS_ERR_CANCELLED);
+	expect_code(ats_hedge(h, &r, &res, cancelled), ATS_ERR_CANCELLED);
+	expect_code(ats_replicate(p, &r, 2, &res, expired), ATS_ERR_DEADLINE_EXCEEDED);
+	expect_code(ats_hedge(h, &r, &res, expired), ATS_ERR_DEADLINE_EXCEEDED);
+	cr_expect_null(res);
+	cr_expect_eq(atomic_load(&s.runs), 0);
+	ats_hedger_stats st;
+	ats_hedger_stats_get(h, &st);
+	cr_expect_eq(st.attempts, 0);
+	ats_ctx_release(cancelled);
+	ats_ctx_release(expired);
+	ats_hedger_free(h);
+	ats_pool_free(p);
+}
+
+/* Holds a worker until the pool's ctx (the one a task without its own runs under) is cancelled. */
+static void hold_until_stopped(void *arg, ats_ctx *ctx)
+{
+	atomic_fetch_add((_Atomic int *)arg, 1);
+	ats_ctx_wait(ctx, ATS_CTX_NO_DEADLINE);
+}
+
+struct replicate_call {
+	ats_pool *p;
+	ats_request r;
+	ats_err *err;
+};
+
+static void *replicate_two(void *arg)
+{
+	struct replicate_call *rc = arg;
+	void *res = NULL;
+	rc->err = ats_replicate(rc->p, &rc->r, 2, &res, ats_ctx_background());
+	return NULL;
+}
+
+/* A pool shut down while a call's attempts wait in its queues hands them back: they end with the
+ * pool's error without running, and the call returns it. */
+Test(hedge, a_pool_shutdown_hands_queued_attempts_back, .timeout = 60)
+{
+	ats_pool *p = pool(2);
+	_Atomic int held = 0;
+	ats_task hold = {.run = hold_until_stopped, .arg = (void *)&held};
+	cr_assert_eq(ats_pool_try_submit_to(p, 0, &hold), ATS_POOL_OK);
+	cr_assert_eq(ats_pool_try_submit_to(p, 1, &hold), ATS_POOL_OK);
+	while (atomic_load(&held) < 2)
+		sched_yield();
+	struct script s = {0};
+	struct replicate_call rc = {.p = p, .r = req(&s)};
+	pthread_t th;
+	cr_assert_eq(pthread_create(&th, NULL, replicate_two, &rc), 0);
+	for (;;) {
+		ats_pool_worker_stats a, b;
+		cr_assert_null(ats_pool_worker_stats_get(p, 0, &a));
+		cr_assert_null(ats_pool_worker_stats_get(p, 1, &b));
+		if (a.depth >= 1 && b.depth >= 1)
+			break;
+		sched_yield();
+	}
+	/* A done ctx: no drain; the held tasks see the pool's ctx cancelled, then the queues are
+	 * handed back. */
+	ats_ctx *now;
+	cr_assert_null(ats_ctx_with_cancel(ats_ctx_background(), &now));
+	ats_ctx_cancel(now, NULL);
+	expect_code(ats_pool_shutdown(p, now), ATS_ERR_CANCELLED);
+	pthread_join(th, NULL);
+	expect_code(rc.err, ATS_ERR_CANCELLED);
+	cr_expect_eq(atomic_load(&s.runs), 0, "no attempt ran");
+	ats_ctx_release(now);
 	ats_pool_free(p);
 }

@@ -5,7 +5,9 @@
  * A request is an attempt function run as pool tasks: attempt(arg, n, ctx, &result) for attempt
  * number n, returning NULL with *result set on success or an error. Every attempt of a call runs
  * under one ctx, a child of the caller's, which is cancelled as soon as the call is decided: a
- * loser sees its ctx done and should return early. A loser's successful result goes to
+ * loser sees its ctx done and should return early. A call whose ctx is already done sends
+ * nothing and returns the ctx's error; an attempt a worker starts just as the caller's ctx ends
+ * runs with its ctx done (cancelled as it starts). A loser's successful result goes to
  * request.release (never leaked), also when it finishes after the caller has left.
  *
  *  - ats_replicate: n attempts at once on n different workers; the first success wins.
@@ -31,7 +33,8 @@
  * The caller waits on a futex for the outcome (or its hedge time): no timer thread, no busy wait.
  * Once the call is decided, attempts still queued (no worker started them) are withdrawn: they
  * never run, and the call does not wait for them, so a loser queued behind a long task or on a
- * sleeping worker costs the caller nothing. The call waits for the losers that started (their ctx
+ * sleeping worker costs the caller nothing (in the pool's counters its task counts as run: it
+ * only lets go of the call). The call waits for the losers that started (their ctx
  * is cancelled, so they should return soon). With request.detach the call returns at the first
  * success without waiting for those either (they still end, release their results and free the
  * call). When every attempt fails, the call returns
