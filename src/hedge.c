@@ -18,11 +18,11 @@
  * bumps seq and then reads parked; at least one of them sees the other's write).
  *
  * An attempt still queued when the call is decided is withdrawn, not waited for: `states` has a
- * started bit and a withdrawn bit per attempt. A worker sets the started bit with one CAS unless
- * the withdrawn bit is set; the deciding caller sets the withdrawn bit of every attempt not
- * started with one CAS. A withdrawn attempt never runs and never bumps seq (the caller counted
- * it); its task only drops its reference when a worker reaches it. So a caller waits for the
- * losers that run, never for a queue to drain or a parked worker to wake (row replicate.4).
+ * started bit and a withdrawn bit per attempt. A worker sets the started bit with one
+ * fetch-and-add and runs the attempt unless the withdrawn bit was set; the deciding caller sets the
+ * withdrawn bit of every attempt not started with one CAS. A withdrawn attempt never runs and never bumps seq (the
+ * caller counted it); its task only drops its reference when a worker reaches it. So a caller waits for the losers that
+ * run, never for a queue to drain or a parked worker to wake (row replicate.4).
  *
  * Layout: the record's first cache line holds what an attempt reads and the started bits, the
  * second the words the caller polls and every ender writes (the count, the winner, its result),
@@ -124,18 +124,17 @@ static void end_attempt(struct call *c, uint32_t won)
  * the other started ends unrun. */
 static bool start_attempt(struct call *c, unsigned n)
 {
-	/* relaxed: the CAS below decides; its failure reloads the word. */
-	uint32_t st = atomic_load_explicit(&c->states, memory_order_relaxed);
-	bool other_started;
-	do {
-		if (st & WITHDRAWN(n)) {
-			unref(c);
-			return false;
-		}
-		other_started = st & (WITHDRAWN(0) - 1);
-		/* acq_rel: the worker and the deciding caller agree on who owns the attempt. */
-	} while (!atomic_compare_exchange_weak_explicit(&c->states, &st, st | STARTED(n), memory_order_acq_rel,
-	                                                memory_order_relaxed));
+	/* One fetch-and-add, not a load and a CAS: the line comes over once, already owned. Only
+	 * the worker that took attempt n sets STARTED(n), so adding sets the bit. On a withdrawn
+	 * attempt it sets the bit too, harmlessly: the caller withdraws once per call and never reads
+	 * the word again. acq_rel: the worker and the deciding caller's CAS agree on who owns the
+	 * attempt. */
+	uint32_t st = atomic_fetch_add_explicit(&c->states, STARTED(n), memory_order_acq_rel);
+	if (st & WITHDRAWN(n)) {
+		unref(c);
+		return false;
+	}
+	bool other_started = st & (WITHDRAWN(0) - 1);
 	if (other_started && c->tied) {
 		end_attempt(c, 0); /* the other copy claimed the request */
 		return false;
