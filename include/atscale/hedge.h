@@ -30,7 +30,8 @@
  *  - ats_tied: two copies queued on two workers sharing a claim word; the first to start claims
  *    it and the other is dropped without running.
  *
- * The caller waits on a futex for the outcome (or its hedge time): no timer thread, no busy wait.
+ * The caller waits for the outcome (or its hedge time) spinning up to 10 us, about what a futex
+ * sleep and wake-up cost, then on a futex: no timer thread, no long busy wait.
  * Once the call is decided, attempts still queued (no worker started them) are withdrawn: they
  * never run, and the call does not wait for them, so a loser queued behind a long task or on a
  * sleeping worker costs the caller nothing (in the pool's counters its task counts as run: it
