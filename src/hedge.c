@@ -19,10 +19,11 @@
  *
  * An attempt still queued when the call is decided is withdrawn, not waited for: `states` has a
  * started bit and a withdrawn bit per attempt. A worker sets the started bit with one
- * fetch-and-add and runs the attempt unless the withdrawn bit was set; the deciding caller sets the
- * withdrawn bit of every attempt not started with one CAS. A withdrawn attempt never runs and never bumps seq (the
- * caller counted it); its task only drops its reference when a worker reaches it. So a caller waits for the losers that
- * run, never for a queue to drain or a parked worker to wake (row replicate.4).
+ * fetch-and-add and runs the attempt unless the withdrawn bit was set; the deciding caller sets
+ * the withdrawn bit of every attempt not started with one CAS. A withdrawn attempt never runs and
+ * never bumps seq (the caller counted it); its task only drops its reference when a worker
+ * reaches it. So a caller waits for the losers that run, never for a queue to drain or a parked
+ * worker to wake (row replicate.4).
  *
  * Layout: the record's first cache line holds what an attempt reads and the started bits, the
  * second the words the caller polls and every ender writes (the count, the winner, its result),
@@ -64,7 +65,7 @@ _Static_assert((ATS_HEDGE_MAX_ATTEMPTS & TAG_MASK) == 0 && ATS_HEDGE_MAX_ATTEMPT
                "an attempt's number fits a cache-line-aligned address's low bits");
 
 struct call {
-	/* What an attempt reads, and what the winner writes: one line, 64 bytes. */
+	/* What an attempt reads, and the started bits: one line, 64 bytes. */
 	_Alignas(64) _Atomic uint32_t states; /* STARTED(n) | WITHDRAWN(n) */
 	bool tied;
 	bool timed; /* a hedger's call: attempts time themselves (the losers' busy time) */
