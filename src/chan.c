@@ -132,8 +132,8 @@ struct chan {
 	uint8_t mp; /* multi producer: credits */
 	uint8_t sc; /* single consumer */
 	uint8_t busy_poll;
-	uint8_t light; /* membarrier-backed: no locked instruction on the fast paths (file comment) */
-	uint32_t spin;
+	uint8_t light;           /* membarrier-backed: no locked instruction on the fast paths (file comment) */
+	uint64_t spin_ns;        /* config.spin_ns, times ATS_CHAN_LIGHT_SPIN_FACTOR when light */
 	_Atomic uint32_t closed; /* OPEN, CLOSING, CLOSED (also decides double close) */
 	_Alignas(64) struct ck_ec32 not_empty;
 	_Atomic uint32_t busy;  /* single producer: in a send (Dekker with closed) */
@@ -495,10 +495,9 @@ ats_err *ats_chan_init(ats_chan *ch, const ats_chan_config *cfg)
 	if (atomic_load(&ats__chan_force_fences))
 		c->light = 0;
 #endif
-	c->spin = cfg->spin;
-	if (c->light) /* its park costs a membarrier (chan.h); saturating */
-		c->spin = cfg->spin > UINT32_MAX / ATS_CHAN_LIGHT_SPIN_FACTOR ? UINT32_MAX
-		                                                              : cfg->spin * ATS_CHAN_LIGHT_SPIN_FACTOR;
+	c->spin_ns = cfg->spin_ns;
+	if (c->light) /* its park costs a membarrier (chan.h) */
+		c->spin_ns *= ATS_CHAN_LIGHT_SPIN_FACTOR;
 	ck_ec32_init(&c->not_empty, 0);
 	ck_ec32_init(&c->not_full, 0);
 	/* relaxed: init happens before the channel is shared (the sharing orders it). */
@@ -707,21 +706,31 @@ static bool landing(const ats_chan_case *cases, size_t n)
 
 /* The blocking core of send, recv and select: cases[0..n), none ready on the caller's first try
  * (or not tried yet). Sets *fired; returns ctx's error when it is done first. */
-static ats_err *wait_cases(ats_chan_case *cases, size_t n, size_t *fired, ats_ctx *ctx, uint32_t spin, bool poll)
+static ats_err *wait_cases(ats_chan_case *cases, size_t n, size_t *fired, ats_ctx *ctx, uint64_t spin_ns, bool poll)
 {
 	uint64_t deadline = ats_ctx_deadline(ctx);
 	size_t i;
 	ats_err *err;
-	for (uint32_t s = 0; s < spin || poll; s++) {
+	/* The spin is timed on CLOCK_MONOTONIC (precise whatever source the default clock uses) from
+	 * its 64th try: a wait the other end ends sooner reads no clock for it. */
+	uint64_t spin_end = 0;
+	for (uint32_t s = 0; poll || spin_ns; s++) {
 		if ((i = try_round(cases, n, pick_start(cases, n))) != SIZE_MAX) {
 			*fired = i;
 			return NULL;
 		}
-		/* The clock only every 64 tries: a done check is one load, a clock read is not. */
+		/* The clocks only every 64 tries: a done check is one load, a clock read is not. */
 		if (ats_ctx_done(ctx))
 			return ats_ctx_err(ctx);
 		if (!(s & 63) && (err = ctx_check(ctx, deadline)))
 			return err;
+		if ((s & 63) == 63 && !poll) {
+			uint64_t now = ats_now_ns();
+			if (!spin_end)
+				spin_end = now + spin_ns;
+			else if (now >= spin_end)
+				break;
+		}
 		ats__cpu_relax();
 	}
 
@@ -810,16 +819,16 @@ ats_err *ats_chan_select(ats_chan_case *cases, size_t n, bool has_default, size_
 		*fired = i == SIZE_MAX ? ATS_CHAN_SELECT_DEFAULT : i;
 		return NULL;
 	}
-	uint32_t spin = 0;
+	uint64_t spin_ns = 0;
 	bool poll = n > 0;
 	for (size_t j = 0; j < n; j++) {
 		if (!cases[j].chan)
 			continue;
 		struct chan *c = C(cases[j].chan);
-		spin = c->spin > spin ? c->spin : spin;
+		spin_ns = c->spin_ns > spin_ns ? c->spin_ns : spin_ns;
 		poll = poll && c->busy_poll;
 	}
-	return wait_cases(cases, n, fired, ctx, spin, poll);
+	return wait_cases(cases, n, fired, ctx, spin_ns, poll);
 }
 
 /* ---- Blocking send and receive ---- */
@@ -829,7 +838,7 @@ static ats_err *wait_send(struct chan *c, ats_chan *ch, void *v, ats_ctx *ctx)
 {
 	ats_chan_case k = {.chan = ch, .send = true, .value = v};
 	size_t fired;
-	ats_err *err = wait_cases(&k, 1, &fired, ctx, c->spin, c->busy_poll);
+	ats_err *err = wait_cases(&k, 1, &fired, ctx, c->spin_ns, c->busy_poll);
 	if (err)
 		return err;
 	return k.status == ATS_CHAN_OK ? NULL : closed_err();
@@ -839,7 +848,7 @@ static ats_err *wait_recv(struct chan *c, ats_chan *ch, void **out, ats_ctx *ctx
 {
 	ats_chan_case k = {.chan = ch, .send = false};
 	size_t fired;
-	ats_err *err = wait_cases(&k, 1, &fired, ctx, c->spin, c->busy_poll);
+	ats_err *err = wait_cases(&k, 1, &fired, ctx, c->spin_ns, c->busy_poll);
 	if (err)
 		return err;
 	if (k.status != ATS_CHAN_OK)

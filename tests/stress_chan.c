@@ -145,9 +145,9 @@ static void run(ats_chan_kind kind, size_t cap, unsigned producers, unsigned con
 {
 	struct run r = {.producers = producers, .consumers = consumers, .n = MESSAGES, .close_after = close_after};
 	ats_chan_config cfg = ATS_CHAN_CONFIG(kind, cap);
-	/* 200 tries in all (a light channel multiplies its spin): parks still happen (2 cores, 4
+	/* 5 us in all (a light channel multiplies its spin): parks still happen (2 cores, 4
 	 * threads); more spin keeps the run short, much more makes it long. */
-	cfg.spin = light_channels ? 200 / ATS_CHAN_LIGHT_SPIN_FACTOR : 200;
+	cfg.spin_ns = light_channels ? 5000 / ATS_CHAN_LIGHT_SPIN_FACTOR : 5000;
 	cfg.light = light_channels;
 	cr_assert_null(ats_chan_new(&r.c, &cfg));
 	r.seen = calloc(r.n, 1);
@@ -278,7 +278,7 @@ static void hunt_with(int mode, ats_chan_kind kind, int light)
 {
 	struct hunt h = {.mode = mode};
 	ats_chan_config cfg = ATS_CHAN_CONFIG(kind, 1);
-	cfg.spin = 0; /* park at once: the window between arming and sleeping is what is hunted */
+	cfg.spin_ns = 0; /* park at once: the window between arming and sleeping is what is hunted */
 	cfg.light = light >= 1;
 	cr_assert_null(ats_chan_new(&h.a, &cfg));
 	cfg.kind = ATS_CHAN_SPSC;
@@ -414,7 +414,7 @@ static void armed_before_enqueue(ats_chan_kind kind)
 	struct armed_race r = {0};
 	atomic_store(&sends_held, 0);
 	ats_chan_config cfg = ATS_CHAN_CONFIG(kind, 1);
-	cfg.spin = 0;
+	cfg.spin_ns = 0;
 	cr_assert_null(ats_chan_new(&r.c, &cfg));
 	atomic_store(&ats__chan_before_enqueue, hold_until_receiver_armed);
 	pthread_t t;
@@ -477,7 +477,7 @@ Test(stress_chan, no_lost_wakeup_cancel)
 {
 	ats_chan *c;
 	ats_chan_config cfg = ATS_CHAN_CONFIG(ATS_CHAN_MPMC, 1);
-	cfg.spin = 0;
+	cfg.spin_ns = 0;
 	cr_assert_null(ats_chan_new(&c, &cfg));
 	struct cancel_hunt h;
 	atomic_init(&h.ctx, NULL);

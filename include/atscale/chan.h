@@ -24,7 +24,7 @@
  * completes when its value is buffered, never when a receiver takes it, so capacity 1 is the
  * nearest thing and is not the same (a sender does not wait for the receiver).
  *
- * Blocking: send and recv spin (config.spin tries) and then park on the channel's eventcount
+ * Blocking: send and recv spin (config.spin_ns of trying again) and then park on the channel's eventcount
  * ("not empty" for receivers, "not full" for senders): no system call while nobody waits, one
  * futex wake per operation that finds a parked waiter (a receiver that finds a send between its
  * start and its enqueue waits for that value rather than park). A busy-poll channel never parks.
@@ -76,23 +76,26 @@ typedef enum ats_chan_kind {
 
 /* The largest capacity (the ring, rounded up, stays within ck_ring's unsigned counters). */
 #define ATS_CHAN_MAX_CAPACITY ((size_t)1 << 30)
-/* Tries a blocking call makes before it parks, unless the config says otherwise: about 9 us on
- * the development VM (a try is one pass over the cases and a CPU pause), the order of a futex
- * sleep and wake-up there (floor.futex_pingpong), so spinning never costs much more than parking
- * would. At 100 tries a blocking round trip whose other end was briefly descheduled parked:
- * chan.pingpong took 2.0-2.2 us, at 400 it takes 0.8 us (floor.spin_roundtrip 0.45-0.58 us). */
-#define ATS_CHAN_DEFAULT_SPIN 400u
-/* A light channel's blocking calls make this many times config.spin tries before they park: its
+/* How long a blocking call keeps trying before it parks, unless the config says otherwise (a try
+ * is one pass over the cases and a CPU pause): 10 us, the order of a futex sleep and wake-up
+ * (floor.futex_pingpong), so spinning never costs much more than parking would. A time, not a
+ * number of tries: a CPU pause lasts from a few cycles to 140 depending on the CPU, so a count
+ * would spin tens of times longer on one machine than on another. On the development VM a spin
+ * of about 2 us let a blocking round trip whose other end was briefly descheduled park
+ * (chan.pingpong 2.0-2.2 us); at 9 us it takes 0.8 us (floor.spin_roundtrip 0.45-0.58 us). */
+#define ATS_CHAN_DEFAULT_SPIN_NS 10000u
+/* A light channel's blocking calls spin this many times config.spin_ns before they park: its
  * park costs a membarrier, tens of microseconds on a VM, so it pays to wait longer for the other
  * end first (on the development VM, chan.pingpong_light went from 4.6-11 us to 0.9 us). */
 #define ATS_CHAN_LIGHT_SPIN_FACTOR 16u
 
 typedef struct ats_chan_config {
 	ats_chan_kind kind;
-	size_t capacity; /* 1 .. ATS_CHAN_MAX_CAPACITY */
-	uint32_t spin;   /* tries (with a CPU pause between) before parking; 0: park at once; light
-	                    channels: times ATS_CHAN_LIGHT_SPIN_FACTOR */
-	bool busy_poll;  /* never park: spin until the operation, the ctx or close lets go */
+	size_t capacity;  /* 1 .. ATS_CHAN_MAX_CAPACITY */
+	uint32_t spin_ns; /* how long to keep trying (CLOCK_MONOTONIC ns, a CPU pause between tries)
+	                     before parking; 0: park at once; light channels: times
+	                     ATS_CHAN_LIGHT_SPIN_FACTOR */
+	bool busy_poll;   /* never park: spin until the operation, the ctx or close lets go */
 	/* No locked instruction per message on single-producer sends and on receives (rows
 	 * chan.*_light): for streams whose ends rarely wait (pipelines, poll loops). The price is paid
 	 * when an end does wait: each sleep of a blocked send, receive or select, and each close, makes
@@ -109,7 +112,7 @@ static inline ats_chan_config ats_chan_config_of(ats_chan_kind kind, size_t capa
 	ats_chan_config c;
 	c.kind = kind;
 	c.capacity = capacity;
-	c.spin = ATS_CHAN_DEFAULT_SPIN;
+	c.spin_ns = ATS_CHAN_DEFAULT_SPIN_NS;
 	c.busy_poll = false;
 	c.light = false;
 	return c;
@@ -175,7 +178,7 @@ ATS_API size_t ats_chan_try_recv_n(ats_chan *c, void **out, size_t n, ats_chan_s
 
 /* Sends v, waiting while the channel is full. NULL on success; ATS_ERR_CLOSED when closed before
  * (or while waiting); ctx's error (ats_ctx_err) when ctx is done first, v not sent;
- * ATS_ERR_INVALID_ARGUMENT for NULL c or ctx. Blocking: spins config.spin tries, then parks on
+ * ATS_ERR_INVALID_ARGUMENT for NULL c or ctx. Blocking: spins config.spin_ns, then parks on
  * the "not full" eventcount (futex) until a receiver, close or ctx wakes it; busy-poll channels
  * spin instead. Never past ctx's deadline. No allocation unless it returns an error. */
 ATS_API ATS_NODISCARD ats_err *ats_chan_send(ats_chan *c, void *v, ats_ctx *ctx);
