@@ -712,7 +712,8 @@ static ats_err *wait_cases(ats_chan_case *cases, size_t n, size_t *fired, ats_ct
 	size_t i;
 	ats_err *err;
 	/* The spin is timed on CLOCK_MONOTONIC (precise whatever source the default clock uses) from
-	 * its 64th try: a wait the other end ends sooner reads no clock for it. */
+	 * its ATS__SPIN_UNTIMED-th try on, every ATS__SPIN_UNTIMED tries: a wait the other end ends
+	 * sooner reads no clock for it. */
 	uint64_t spin_end = 0;
 	for (uint32_t s = 0; poll || spin_ns; s++) {
 		if ((i = try_round(cases, n, pick_start(cases, n))) != SIZE_MAX) {
@@ -724,7 +725,7 @@ static ats_err *wait_cases(ats_chan_case *cases, size_t n, size_t *fired, ats_ct
 			return ats_ctx_err(ctx);
 		if (!(s & 63) && (err = ctx_check(ctx, deadline)))
 			return err;
-		if ((s & 63) == 63 && !poll) {
+		if (s % ATS__SPIN_UNTIMED == ATS__SPIN_UNTIMED - 1 && !poll) {
 			uint64_t now = ats_now_ns();
 			if (!spin_end)
 				spin_end = now + spin_ns;

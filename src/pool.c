@@ -355,13 +355,13 @@ static void *worker_main(void *arg)
 		}
 		bool found = false;
 		if (p->idle == ATS_POOL_SPIN_PARK && st == RUNNING) {
-			/* Timed on CLOCK_MONOTONIC from the 64th round, read with the look at the other
-			 * queues every 64 rounds: work that comes sooner is found without a clock read. */
+			/* Timed on CLOCK_MONOTONIC from the ATS__SPIN_UNTIMED-th round on, every
+			 * ATS__SPIN_UNTIMED rounds: work that comes sooner is found without a clock read. */
 			uint64_t spin_end = 0;
 			for (uint32_t i = 0; !found; i++) {
 				ats__cpu_relax();
 				found = ck_ring_size(&w->ring) != 0 || (i % 64 == 63 && has_work(p, w));
-				if (!found && i % 64 == 63) {
+				if (!found && i % ATS__SPIN_UNTIMED == ATS__SPIN_UNTIMED - 1) {
 					uint64_t now = ats_now_ns();
 					if (!spin_end)
 						spin_end = now + p->spin_ns;

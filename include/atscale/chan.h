@@ -93,8 +93,8 @@ typedef struct ats_chan_config {
 	ats_chan_kind kind;
 	size_t capacity;  /* 1 .. ATS_CHAN_MAX_CAPACITY */
 	uint32_t spin_ns; /* how long to keep trying (CLOCK_MONOTONIC ns, a CPU pause between tries)
-	                     before parking; 0: park at once; light channels: times
-	                     ATS_CHAN_LIGHT_SPIN_FACTOR */
+	                     before parking, plus up to 256 tries (the clock is read every 256); 0:
+	                     park at once; light channels: times ATS_CHAN_LIGHT_SPIN_FACTOR */
 	bool busy_poll;   /* never park: spin until the operation, the ctx or close lets go */
 	/* No locked instruction per message on single-producer sends and on receives (rows
 	 * chan.*_light): for streams whose ends rarely wait (pipelines, poll loops). The price is paid
