@@ -1,4 +1,5 @@
 # SPDX-License-Identifier: BSD-2-Clause
-# test_fleet: the proof tests time a real redis-server and several processes against the rate
-# (>= 95% admission), so they run alone rather than beside another test binary on the same cores.
+# test_fleet checks admission against the wall clock (at least 95% of rate * window, granted by
+# four processes whose background threads must refill their leases in time): ctest runs it alone,
+# not beside another test or a compile that would take the two cores from those refills.
 set_tests_properties(${name} PROPERTIES RUN_SERIAL TRUE)
