@@ -24,7 +24,7 @@
  * completes when its value is buffered, never when a receiver takes it, so capacity 1 is the
  * nearest thing and is not the same (a sender does not wait for the receiver).
  *
- * Blocking: send and recv spin (config.spin_ns of trying again) and then park on the channel's eventcount
+ * Blocking: send and recv spin (config.spin_ns) and then park on the channel's eventcount
  * ("not empty" for receivers, "not full" for senders): no system call while nobody waits, one
  * futex wake per operation that finds a parked waiter (a receiver that finds a send between its
  * start and its enqueue waits for that value rather than park). A busy-poll channel never parks.
@@ -93,8 +93,9 @@ typedef struct ats_chan_config {
 	ats_chan_kind kind;
 	size_t capacity;  /* 1 .. ATS_CHAN_MAX_CAPACITY */
 	uint32_t spin_ns; /* how long to keep trying (CLOCK_MONOTONIC ns, a CPU pause between tries)
-	                     before parking, plus up to 256 tries (the clock is read every 256); 0:
-	                     park at once; light channels: times ATS_CHAN_LIGHT_SPIN_FACTOR */
+	                     before parking, plus 256 to 512 tries (the clock is first read at the
+	                     256th, then every 256); 0: park at once; light channels: times
+	                     ATS_CHAN_LIGHT_SPIN_FACTOR */
 	bool busy_poll;   /* never park: spin until the operation, the ctx or close lets go */
 	/* No locked instruction per message on single-producer sends and on receives (rows
 	 * chan.*_light): for streams whose ends rarely wait (pipelines, poll loops). The price is paid

@@ -116,8 +116,9 @@ typedef struct ats_pool_config {
 	unsigned workers;      /* 0: one per CPU the process may run on */
 	size_t queue_capacity; /* per worker; 0: ATS_POOL_DEFAULT_CAPACITY */
 	ats_pool_idle idle;
-	uint32_t spin_ns; /* SPIN_PARK: CLOCK_MONOTONIC ns of re-checking before parking, plus up to 256
-	                     rounds (the clock is read every 256); 0: ATS_POOL_DEFAULT_SPIN_NS */
+	uint32_t spin_ns; /* SPIN_PARK: CLOCK_MONOTONIC ns of re-checking before parking, plus 256 to
+	                     512 rounds (the clock is first read at the 256th, then every 256); 0:
+	                     ATS_POOL_DEFAULT_SPIN_NS */
 	bool pin;         /* pin worker i to the i-th allowed CPU (modulo their number) */
 	/* Optional: told of each replacement (ats_pool_replace_stuck), on the calling thread with the
 	 * pool's watch lock held (it must not call ats_pool_replace_stuck or shut the pool down). why
