@@ -547,7 +547,7 @@ ats_err *ats_hedger_new(ats_hedger **out, const ats_hedger_config *cfg)
 	if (!h->cfg.warmup)
 		h->cfg.warmup = ATS_HEDGE_REFRESH;
 	if (!h->cfg.budget_burst)
-		h->cfg.budget_burst = 10;
+		h->cfg.budget_burst = ATS_HEDGE_DEFAULT_BUDGET_BURST;
 	atomic_init(&h->delay_ns, cfg->percentile > 0 ? UINT64_MAX : cfg->delay_ns);
 	if (cfg->max_extra_load > 0) {
 		/* max_extra_load hedges per request: per million requests, in whole hedges (1e-6 steps). */

@@ -64,6 +64,12 @@ extern "C" {
  * bucket's upper bound: at most 1/64 above the exact one. */
 #define ATS_HEDGE_WINDOW 1024u
 #define ATS_HEDGE_REFRESH 256u
+/* Whole hedges a budget banks unless told otherwise. A budget whose deposits match what its
+ * percentile asks for (a 95th percentile delay and 5% extra load) has no drift: its balance is a
+ * random walk, and a small bank runs dry in every clump of slow calls, refusing hedges exactly
+ * where the tail is. A bank of 100 hedges rides those out (Finagle's retry budget banks a
+ * 10-second window); the cap stays max_extra_load * requests, since the bank starts empty. */
+#define ATS_HEDGE_DEFAULT_BUDGET_BURST 100u
 
 typedef ats_err *(*ats_attempt_fn)(void *arg, unsigned attempt, ats_ctx *ctx, void **result);
 
@@ -94,7 +100,7 @@ typedef struct ats_hedger_config {
 	uint64_t min_delay_ns; /* floor of the adaptive delay */
 	unsigned warmup;       /* latencies seen before any adaptive hedge; 0: ATS_HEDGE_REFRESH */
 	double max_extra_load; /* budget: hedges per request, e.g. 0.05; 0: no budget (unlimited) */
-	unsigned budget_burst; /* whole hedges the budget may bank; 0: 10 */
+	unsigned budget_burst; /* whole hedges the budget may bank; 0: ATS_HEDGE_DEFAULT_BUDGET_BURST */
 } ats_hedger_config;
 
 typedef struct ats_hedger ats_hedger;
