@@ -92,6 +92,7 @@
 #include "internal/futex.h"
 #include "internal/membarrier.h"
 #include "internal/ring_burst.h"
+#include "internal/spin.h"
 #include "internal/tsan.h"
 #ifdef ATS_TESTING
 #include "internal/chan_hooks.h"
@@ -711,10 +712,7 @@ static ats_err *wait_cases(ats_chan_case *cases, size_t n, size_t *fired, ats_ct
 	uint64_t deadline = ats_ctx_deadline(ctx);
 	size_t i;
 	ats_err *err;
-	/* The spin is timed on CLOCK_MONOTONIC (precise whatever source the default clock uses) from
-	 * its ATS__SPIN_UNTIMED-th try on, every ATS__SPIN_UNTIMED tries: a wait the other end ends
-	 * sooner reads no clock for it. */
-	uint64_t spin_end = 0;
+	ats__spin spin = ats__spin_start(spin_ns); /* internal/spin.h */
 	for (uint32_t s = 0; poll || spin_ns; s++) {
 		if ((i = try_round(cases, n, pick_start(cases, n))) != SIZE_MAX) {
 			*fired = i;
@@ -725,13 +723,8 @@ static ats_err *wait_cases(ats_chan_case *cases, size_t n, size_t *fired, ats_ct
 			return ats_ctx_err(ctx);
 		if (!(s & 63) && (err = ctx_check(ctx, deadline)))
 			return err;
-		if (s % ATS__SPIN_UNTIMED == ATS__SPIN_UNTIMED - 1 && !poll) {
-			uint64_t now = ats_now_ns();
-			if (!spin_end)
-				spin_end = now + spin_ns;
-			else if (now >= spin_end)
-				break;
-		}
+		if (!poll && ats__spin_over(&spin, s))
+			break;
 		ats__cpu_relax();
 	}
 

@@ -403,7 +403,8 @@ static ats_err *await(struct call *c, struct plan *pl, void **result, ats_ctx *c
 		 * trip, far less than a futex sleep and wake-up. */
 		bool moved = false;
 		/* Timed on CLOCK_MONOTONIC, precise whatever source the fast clock uses, read every 64
-		 * rounds: a look at the call is one load, a clock read is not. */
+		 * rounds: a look at the call is one load, a clock read is not. Not internal/spin.h's
+		 * spin, whose first 256 untimed tries could overrun a hedge time that is near. */
 		uint64_t spin_ns = until <= now ? 0 : until - now < SPIN_NS ? until - now : SPIN_NS;
 		uint64_t spin_end = ats_now_ns() + spin_ns;
 		for (unsigned i = 1; !moved; i++) {

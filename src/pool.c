@@ -30,6 +30,7 @@
 #include "internal/cpu.h"
 #include "internal/ec.h"
 #include "internal/futex.h"
+#include "internal/spin.h"
 #include "internal/tsan.h"
 
 #include <ck_pr.h>
@@ -355,19 +356,12 @@ static void *worker_main(void *arg)
 		}
 		bool found = false;
 		if (p->idle == ATS_POOL_SPIN_PARK && st == RUNNING) {
-			/* Timed on CLOCK_MONOTONIC from the ATS__SPIN_UNTIMED-th round on, every
-			 * ATS__SPIN_UNTIMED rounds: work that comes sooner is found without a clock read. */
-			uint64_t spin_end = 0;
+			ats__spin spin = ats__spin_start(p->spin_ns); /* internal/spin.h */
 			for (uint32_t i = 0; !found; i++) {
 				ats__cpu_relax();
 				found = ck_ring_size(&w->ring) != 0 || (i % 64 == 63 && has_work(p, w));
-				if (!found && i % ATS__SPIN_UNTIMED == ATS__SPIN_UNTIMED - 1) {
-					uint64_t now = ats_now_ns();
-					if (!spin_end)
-						spin_end = now + p->spin_ns;
-					else if (now >= spin_end)
-						break;
-				}
+				if (!found && ats__spin_over(&spin, i))
+					break;
 			}
 		}
 		if (!found)

@@ -39,12 +39,6 @@ static inline void ats__cpu_relax(void)
 #endif
 }
 
-/* Tries a timed spin (a channel's blocking call, an idle pool worker) makes before its first clock
- * read, and then between reads: a wait the other end ends within them reads no clock at all (a
- * read at the 64th cost pool.submit_run 7-12% on the development VM, whose waits often outlast
- * 64 pauses). So such a spin lasts its time plus one to two times this many tries. */
-#define ATS__SPIN_UNTIMED 256u
-
 /* How long a spinning waiter stays on the CPU before it starts yielding it. */
 #define ATS__SPIN_RELAX_ROUNDS 256u
 
