@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: BSD-2-Clause */
 /* Replicated, hedged and tied requests (hedge.h).
  *
- * One call = one heap record shared by the caller and every attempt sent, reference counted so a
- * detached caller can leave first. An attempt's task argument is the record's address with the
+ * One call = one heap record shared by the caller and every attempt sent. An attempt's task
+ * argument is the record's address with the
  * attempt's number in its low bits (the record is cache-line aligned), so a worker reads nothing
  * but the record.
  *
@@ -11,24 +11,36 @@
  * A caller that leaves without a winner (ctx done, fatal error) CASes `winner` to LEFT, so a
  * success landing later releases its result instead.
  *
- * `seq` is the futex word the caller sleeps on: the number of attempts ended (each one that a
- * worker took ends with exactly one bump, run or not) and the WON bit. An ender wakes the caller
- * only when it said it sleeps (`parked`: a Dekker pair, both sides seq_cst, so a call that never
- * sleeps makes no wake-up system call: the caller sets parked and then re-reads seq; an ender
- * bumps seq and then reads parked; at least one of them sees the other's write).
+ * `seq` is the one word every task and the caller meet on, and the futex word the caller sleeps
+ * on: ENDED counts the attempts that ended (each one a worker took ends with exactly one bump, run
+ * or not), DROPPED the withdrawn ones a worker reached (below), and three bits say the winner's
+ * result is written (WON), the caller sleeps (PARKED) and the caller is gone (LEFT). A task's bump
+ * is its last touch of the record: after it a worker reads nothing there, and at most makes a
+ * futex wake-up system call on the word's address (harmless if the record was freed meanwhile:
+ * futex waiters recheck their word). So the record needs no reference count:
+ *   - the caller frees it when it sees every attempt sent ended or dropped (a plain load; the
+ *     usual case: a call whose first attempt won costs no write of the caller's to that line);
+ *   - else it adds LEFT and the number of attempts sent (SENT) and leaves; the task whose bump
+ *     completes the count frees it (or the caller, if that bump came before its own). The counts,
+ *     SENT and LEFT share a word, so exactly one of them sees the count complete with LEFT set,
+ *     and a task decides from the value its bump returned, reading nothing else.
+ * Sleeping: the caller sets PARKED with a CAS from the value it saw, then sleeps while the word
+ * holds that value; an ender whose bump finds PARKED wakes it. Both are read-modify-writes of one
+ * word, so one comes first: the bump (the CAS fails, the caller does not sleep) or the CAS (the
+ * bump sees PARKED). A call that never sleeps makes no wake-up system call.
  *
  * An attempt still queued when the call is decided is withdrawn, not waited for: `states` has a
  * started bit and a withdrawn bit per attempt. A worker sets the started bit with one
  * fetch-and-add and runs the attempt unless the withdrawn bit was set; the deciding caller sets
  * the withdrawn bit of every attempt not started with one CAS. A withdrawn attempt never runs and
- * never bumps seq (the caller counted it); its task only drops its reference when a worker
+ * never counts as ended (the caller counted it); its task only bumps DROPPED when a worker
  * reaches it. So a caller waits for the losers that run, never for a queue to drain or a parked
  * worker to wake (row replicate.4).
  *
  * Layout: the record's first cache line holds what an attempt reads and the started bits, the
  * second the words the caller polls and every ender writes (the count, the winner, its result),
  * so a call whose first attempt wins brings one line back to the caller. The attempts' pool tasks
- * carry no ctx: the call's reference keeps its ctx alive for every attempt, so the worker neither
+ * carry no ctx: the record keeps its ctx alive for every attempt, so the worker neither
  * counts a reference on the ctx nor reads it (an attempt that reads its ctx pays for that itself),
  * and the caller's cancel at the end finds the ctx's line still its own (row hedge.no_fire). */
 #include "atscale/hedge.h"
@@ -56,11 +68,21 @@ enum { NONE = -1, LEFT = -2 };
  * them took 80 us on the development VM's AMD CPU, and starved its two cores' workers). */
 #define SPIN_NS 10000u
 
-#define WON (UINT32_C(1) << 31) /* in seq: the winner ended (its result is written) */
+/* seq: */
+#define ENDED UINT32_C(1)            /* attempts that ended, in the low byte */
+#define DROPPED (UINT32_C(1) << 8)   /* withdrawn attempts a worker reached, in the next byte */
+#define SENT (UINT32_C(1) << 16)     /* attempts sent, in the third byte: written by leave() */
+#define PARKED (UINT32_C(1) << 29)   /* the caller sleeps on seq (or is about to) */
+#define LEFT_BIT (UINT32_C(1) << 30) /* the caller is gone: the task that completes the count frees */
+#define WON (UINT32_C(1) << 31)      /* the winner ended (its result is written) */
+#define ENDED_OF(seq) ((seq)&0xffu)
+#define DROPPED_OF(seq) (((seq) >> 8) & 0xffu)
+#define SENT_OF(seq) (((seq) >> 16) & 0xffu)
 #define STARTED(n) (UINT32_C(1) << (n))
 #define WITHDRAWN(n) (UINT32_C(1) << (ATS_HEDGE_MAX_ATTEMPTS + (n)))
 #define TAG_MASK ((uintptr_t)ATS_HEDGE_MAX_ATTEMPTS - 1)
-_Static_assert(2 * ATS_HEDGE_MAX_ATTEMPTS <= 31, "states and seq hold a bit per attempt");
+_Static_assert(2 * ATS_HEDGE_MAX_ATTEMPTS <= 31 && ATS_HEDGE_MAX_ATTEMPTS < 256,
+               "states holds two bits per attempt, seq's counts a byte each");
 _Static_assert((ATS_HEDGE_MAX_ATTEMPTS & TAG_MASK) == 0 && ATS_HEDGE_MAX_ATTEMPTS <= 64,
                "an attempt's number fits a cache-line-aligned address's low bits");
 
@@ -72,11 +94,9 @@ struct call {
 	ats_ctx *ctx;
 	ats_request req;
 	/* What the caller polls and every ender writes. */
-	_Alignas(64) _Atomic uint32_t seq; /* attempts ended | WON: the futex word */
-	_Atomic uint32_t parked;           /* the caller is (about to be) asleep on seq */
-	_Atomic uint32_t refs;
-	_Atomic int winner; /* NONE, LEFT or the winning attempt's number */
-	void *result;       /* the winner's */
+	_Alignas(64) _Atomic uint32_t seq; /* ENDED, DROPPED, SENT, PARKED, LEFT_BIT, WON: the futex word */
+	_Atomic int winner;                /* NONE, LEFT or the winning attempt's number */
+	void *result;                      /* the winner's */
 	_Atomic uint64_t loser_busy_ns;
 	/* The caller's, and errors. */
 	_Alignas(64) _Atomic(ats_err *) errs[ATS_HEDGE_MAX_ATTEMPTS]; /* set (release) by attempt n when it fails */
@@ -101,27 +121,56 @@ struct ats_hedger {
 	_Atomic uint64_t requests, attempts, hedges, won_by_hedge, budget_exhausted, loser_busy_ns;
 };
 
-static void unref(struct call *c)
+static void free_call(struct call *c)
 {
-	/* acq_rel: the last one sees every write of the others before it frees. */
-	if (atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) != 1)
-		return;
 	for (unsigned i = 0; i < c->sent; i++)
 		ats_err_unref(atomic_load_explicit(&c->errs[i], memory_order_relaxed));
 	ats_ctx_release(c->ctx);
 	free(c->raw);
 }
 
-/* Ends an attempt a worker took: one bump of seq (with `won` set by the winner), a wake-up when the
- * caller sleeps, and the task's reference dropped. */
+/* Whether `sent` attempts have all ended or been dropped: no task touches the record again. */
+static bool all_done(uint32_t seq, unsigned sent)
+{
+	return ENDED_OF(seq) + DROPPED_OF(seq) == sent;
+}
+
+/* A task's last touch of the record (file comment): bumps seq by `add`, then frees the record when
+ * the caller left and this completed the count, or wakes a sleeping caller. */
+static void task_done(struct call *c, uint32_t add)
+{
+	/* acq_rel (release: the caller that sees the count sees this attempt's error and the WON bit
+	 * the winner's result; acquire: a task that frees sees every write before LEFT). */
+	uint32_t old = atomic_fetch_add_explicit(&c->seq, add, memory_order_acq_rel);
+	uint32_t now = old + add;
+	/* Decided on the word alone: after this bump another task may free c at any moment. */
+	if ((now & LEFT_BIT) && all_done(now, SENT_OF(now)))
+		free_call(c);
+	else if (old & PARKED)
+		ats__futex_wake(&c->seq, 1); /* c may be freed by now: the system call only names it */
+}
+
+/* Ends an attempt a worker took, `won` set by the winner. */
 static void end_attempt(struct call *c, uint32_t won)
 {
-	/* seq_cst (so also release: the caller that sees the count sees this attempt's error, and
-	 * the WON bit the winner's result), and the Dekker pair with park_on_seq (file comment). */
-	atomic_fetch_add_explicit(&c->seq, 1 | won, memory_order_seq_cst);
-	if (atomic_load_explicit(&c->parked, memory_order_seq_cst))
-		ats__futex_wake(&c->seq, 1);
-	unref(c);
+	task_done(c, ENDED | won);
+}
+
+/* The caller is done with the call: frees it, or leaves that to the last task (file comment). */
+static void leave(struct call *c)
+{
+	/* acquire: every task's writes before its bump, so the caller may free. */
+	if (all_done(atomic_load_explicit(&c->seq, memory_order_acquire), c->sent)) {
+		free_call(c);
+		return;
+	}
+	/* Read before the add: after it, the last task may free c at any moment. */
+	unsigned sent = c->sent;
+	/* acq_rel: publishes the record (the errors to free) to the task that frees; sees the bumps
+	 * before it. The count of attempts sent goes into the word, where tasks read it. */
+	uint32_t old = atomic_fetch_add_explicit(&c->seq, LEFT_BIT | sent * SENT, memory_order_acq_rel);
+	if (all_done(old, sent))
+		free_call(c); /* the last bump came between the load and the add */
 }
 
 /* A worker takes attempt n: false when it must not run. Then the task's end is done here: a
@@ -136,7 +185,7 @@ static bool start_attempt(struct call *c, unsigned n)
 	 * attempt. */
 	uint32_t st = atomic_fetch_add_explicit(&c->states, STARTED(n), memory_order_acq_rel);
 	if (st & WITHDRAWN(n)) {
-		unref(c);
+		task_done(c, DROPPED);
 		return false;
 	}
 	bool other_started = st & (WITHDRAWN(0) - 1);
@@ -184,7 +233,8 @@ static void attempt_run(void *arg, ats_ctx *pool_ctx)
 		/* release: the caller that loads it sees the error whole. */
 		atomic_store_explicit(&c->errs[n], err, memory_order_release);
 	}
-	atomic_fetch_add_explicit(&c->loser_busy_ns, busy, memory_order_relaxed);
+	if (busy) /* replicate and tied calls do not time their attempts */
+		atomic_fetch_add_explicit(&c->loser_busy_ns, busy, memory_order_relaxed);
 	end_attempt(c, 0);
 }
 
@@ -213,7 +263,6 @@ static ats_err *new_call(const ats_request *r, ats_ctx *ctx, struct call **out)
 		free(raw);
 		return err;
 	}
-	atomic_init(&c->refs, 1);
 	atomic_init(&c->winner, NONE);
 	c->req = *r;
 	*out = c;
@@ -226,7 +275,6 @@ static ats_err *send(ats_pool *p, struct call *c, unsigned w)
 {
 	unsigned no = c->sent;
 	ats_task t = {.run = attempt_run, .cancel = attempt_cancel, .arg = (void *)((uintptr_t)c | no)};
-	atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
 	c->sent++;
 	ats_pool_status st = ats_pool_try_submit_to(p, w, &t);
 	if (st == ATS_POOL_FULL && ats_pool_size(p) > 1)
@@ -236,7 +284,6 @@ static ats_err *send(ats_pool *p, struct call *c, unsigned w)
 		return NULL;
 	}
 	c->sent--;
-	atomic_fetch_sub_explicit(&c->refs, 1, memory_order_relaxed);
 	return st == ATS_POOL_CLOSED ? ats_err_new(ATS_ERR_CLOSED, "hedge: the pool is shut down")
 	       : st == ATS_POOL_FULL ? ats_err_new(ATS_ERR_UNAVAILABLE, "hedge: every queue tried is full")
 	                             : ats_err_new(ATS_ERR_INVALID_ARGUMENT, "hedge: the pool refused the attempt");
@@ -292,20 +339,24 @@ static bool take_budget(ats_hedger *h)
  * `until` (ATS__FUTEX_FOREVER: no bound). Tells enders it sleeps first (file comment). Blocking. */
 static void park_on_seq(struct call *c, uint32_t seq, _Atomic uint32_t *kick, uint32_t k, uint64_t until)
 {
-	/* seq_cst, both: the Dekker pair with end_attempt (file comment). */
-	atomic_store_explicit(&c->parked, 1, memory_order_seq_cst);
-	if (atomic_load_explicit(&c->seq, memory_order_seq_cst) == seq) {
-		if (kick) {
-			struct futex_waitv wv[2] = {
-			    {.val = seq, .uaddr = (uintptr_t)&c->seq, .flags = FUTEX_32 | FUTEX_PRIVATE_FLAG},
-			    {.val = k, .uaddr = (uintptr_t)kick, .flags = FUTEX_32 | FUTEX_PRIVATE_FLAG},
-			};
-			ats__ec_park(wv, 2, until);
-		} else {
-			ats__futex_wait(&c->seq, seq, until);
-		}
+	/* relaxed: the CAS only orders this sleep against the bumps, on one word (file comment);
+	 * what a bump publishes is read with the caller's next acquire load. */
+	uint32_t want = seq;
+	if (!atomic_compare_exchange_strong_explicit(&c->seq, &want, seq | PARKED, memory_order_relaxed,
+	                                             memory_order_relaxed))
+		return; /* an attempt ended meanwhile */
+	if (kick) {
+		struct futex_waitv wv[2] = {
+		    {.val = seq | PARKED, .uaddr = (uintptr_t)&c->seq, .flags = FUTEX_32 | FUTEX_PRIVATE_FLAG},
+		    {.val = k, .uaddr = (uintptr_t)kick, .flags = FUTEX_32 | FUTEX_PRIVATE_FLAG},
+		};
+		ats__ec_park(wv, 2, until);
+	} else {
+		ats__futex_wait(&c->seq, seq | PARKED, until);
 	}
-	atomic_store_explicit(&c->parked, 0, memory_order_relaxed); /* a later sleep sets it again */
+	/* relaxed: only this caller sets or reads the bit for itself; a bump that still finds it
+	 * makes one spare wake-up call. */
+	atomic_fetch_and_explicit(&c->seq, ~PARKED, memory_order_relaxed);
 }
 
 /* The call is decided: withdraws every attempt no worker started (file comment). Returns how many.
@@ -314,7 +365,7 @@ static unsigned withdraw_queued(struct call *c)
 {
 	/* Every attempt sent has ended (the usual case): none is queued, and the states word (an
 	 * attempt's line) need not come back to this core. relaxed: the count is exact once seen. */
-	if ((atomic_load_explicit(&c->seq, memory_order_relaxed) & ~WON) == c->sent)
+	if (ENDED_OF(atomic_load_explicit(&c->seq, memory_order_relaxed)) == c->sent)
 		return 0;
 	uint32_t all = STARTED(c->sent) - 1;
 	/* relaxed: the CAS below decides; its failure reloads the word. */
@@ -329,8 +380,8 @@ static unsigned withdraw_queued(struct call *c)
 	return (unsigned)__builtin_popcount(queued);
 }
 
-/* The caller's side: waits for the outcome, sending hedges per plan. Consumes the caller's
- * reference to c. */
+/* The caller's side: waits for the outcome, sending hedges per plan. Leaves c (leave()): the
+ * caller must not touch it afterwards. */
 static ats_err *await(struct call *c, struct plan *pl, void **result, ats_ctx *ctx)
 {
 	_Atomic uint32_t kick;
@@ -390,7 +441,7 @@ static ats_err *await(struct call *c, struct plan *pl, void **result, ats_ctx *c
 			next_hedge = c->sent < pl->max && pl->delay != UINT64_MAX ? now + pl->delay : UINT64_MAX;
 			continue;
 		}
-		if (seq == c->sent && (!pl->h || c->sent >= pl->max || next_hedge == UINT64_MAX)) {
+		if (ENDED_OF(seq) == c->sent && (!pl->h || c->sent >= pl->max || next_hedge == UINT64_MAX)) {
 			err = all_failed(c);
 			break;
 		}
@@ -446,14 +497,14 @@ static ats_err *await(struct call *c, struct plan *pl, void **result, ats_ctx *c
 		/* Wait for every attempt that started to end (a cancelled loser returns soon). */
 		for (;;) {
 			uint32_t seq = atomic_load_explicit(&c->seq, memory_order_acquire);
-			if ((seq & ~WON) == c->sent - withdrawn)
+			if (ENDED_OF(seq) == c->sent - withdrawn)
 				break;
 			park_on_seq(c, seq, NULL, 0, ATS__FUTEX_FOREVER);
 		}
 	}
 	if (pl->h && (!c->req.detach || !success))
 		atomic_fetch_add_explicit(&pl->h->loser_busy_ns, atomic_load(&c->loser_busy_ns), memory_order_relaxed);
-	unref(c);
+	leave(c);
 	return err;
 }
 
@@ -494,7 +545,7 @@ static ats_err *fan_out(ats_pool *p, const ats_request *r, unsigned n, bool tied
 		}
 	}
 	if (c->sent == 0) {
-		unref(c);
+		free_call(c); /* nothing was sent */
 		return send_err;
 	}
 	ats_err_unref(send_err);
@@ -633,7 +684,7 @@ ats_err *ats_hedge(ats_hedger *h, const ats_request *r, void **result, ats_ctx *
 		return err;
 	c->timed = true;
 	if ((err = send(h->cfg.pool, c, ats_pool_pick_less_loaded(h->cfg.pool)))) {
-		unref(c);
+		free_call(c); /* nothing was sent */
 		return err;
 	}
 	atomic_fetch_add_explicit(&h->attempts, 1, memory_order_relaxed);
