@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: BSD-2-Clause */
 /* Replicated, hedged and tied requests: the first success wins, losers are cancelled and their
  * results released (waited for or detached), fatal errors end a call and non-fatal ones start the
- * next attempt at once, a hedge goes out after its delay, the budget is exact under concurrency,
+ * next attempt at once, a hedge goes out after its delay, the budget is exact under concurrency
+ * and banks what quiet requests deposited,
  * tied copies run once, the adaptive delay stays silent through its warm-up and does not sink when
  * hedges win, the caller's ctx ends a call without leaking a result (and a done one sends
  * nothing), and a pool shut down under a call hands its queued attempts back. Attempts are
@@ -231,6 +232,51 @@ Test(hedge, the_budget_is_exact_under_concurrency)
 	cr_expect_gt(st.hedges, 0);
 	ats_hedger_free(h);
 	ats_pool_free(p);
+}
+
+/* The budget banks what quiet requests deposited, up to budget_burst: 400 requests that need no
+ * hedge deposit 200 hedges at 50% (the bank keeps `burst` of them), then 150 requests that each
+ * need one (their first attempt answers after 3 ms, so one refused a hedge still ends) deposit 75
+ * more. Returns the hedges refused among those, and how many were wanted. */
+static uint64_t refused_after_quiet(unsigned burst, uint64_t *wanted_out)
+{
+	ats_pool *p = pool(2);
+	ats_hedger *h;
+	ats_hedger_config cfg = {
+	    .pool = p, .max_attempts = 2, .delay_ns = 1000000, .max_extra_load = 0.5, .budget_burst = burst};
+	cr_assert_null(ats_hedger_new(&h, &cfg));
+	struct script quiet = {.mode = {WIN, WIN}}, slow = {.mode = {TIMED_WIN, WIN}, .wait_ns = {3000000}};
+	ats_request rq = req(&quiet), rs = req(&slow);
+	void *res;
+	for (int i = 0; i < 400; i++)
+		cr_assert_null(ats_hedge(h, &rq, &res, ats_ctx_background()));
+	ats_hedger_stats before, after;
+	ats_hedger_stats_get(h, &before);
+	for (int i = 0; i < 150; i++)
+		cr_assert_null(ats_hedge(h, &rs, &res, ats_ctx_background()));
+	ats_hedger_stats_get(h, &after);
+	/* Each slow request wants one hedge, unless its first attempt answered before its caller, off
+	 * the CPU for 3 ms, came back to decide. */
+	uint64_t wanted = after.hedges - before.hedges + after.budget_exhausted - before.budget_exhausted;
+	cr_expect_leq(wanted, 150);
+	*wanted_out = wanted;
+	ats_hedger_free(h);
+	ats_pool_free(p);
+	return after.budget_exhausted - before.budget_exhausted;
+}
+
+Test(hedge, the_budget_banks_what_quiet_requests_deposited)
+{
+	/* The default bank (ATS_HEDGE_DEFAULT_BUDGET_BURST, 100) covers the burst: 100 + 75 >= 150. */
+	uint64_t wanted;
+	cr_expect_eq(refused_after_quiet(0, &wanted), 0);
+	cr_expect_gt(wanted, 100);
+	/* A bank of 10 does not: 10 + 75 deposits for 150 wanted, so at least 65 refused (more when the
+	 * budget's clock, the request count, is read a request late by a call's hedge). */
+	uint64_t refused = refused_after_quiet(10, &wanted);
+	cr_expect_geq(refused + 85, wanted, "refused %llu of %llu", (unsigned long long)refused,
+	              (unsigned long long)wanted);
+	cr_expect_gt(refused, 0);
 }
 
 Test(hedge, tied_copies_run_once)
