@@ -2,9 +2,8 @@
 /* Replicated, hedged and tied requests (hedge.h).
  *
  * One call = one heap record shared by the caller and every attempt sent. An attempt's task
- * argument is the record's address with the
- * attempt's number in its low bits (the record is cache-line aligned), so a worker reads nothing
- * but the record.
+ * argument is the record's address with the attempt's number in its low bits (the record is
+ * cache-line aligned), so a worker reads nothing but the record.
  *
  * Who decides: the first successful attempt CASes `winner` from NONE to its number, writes its
  * result, and then ends with the WON bit in its bump of `seq` (below), which publishes the result.
@@ -13,11 +12,12 @@
  *
  * `seq` is the one word every task and the caller meet on, and the futex word the caller sleeps
  * on: ENDED counts the attempts that ended (each one a worker took ends with exactly one bump, run
- * or not), DROPPED the withdrawn ones a worker reached (below), and three bits say the winner's
- * result is written (WON), the caller sleeps (PARKED) and the caller is gone (LEFT). A task's bump
- * is its last touch of the record: after it a worker reads nothing there, and at most makes a
- * futex wake-up system call on the word's address (harmless if the record was freed meanwhile:
- * futex waiters recheck their word). So the record needs no reference count:
+ * or not), DROPPED the withdrawn ones a worker reached (below), SENT the attempts sent (written
+ * when the caller leaves), and three bits say the winner's result is written (WON), the caller
+ * sleeps (PARKED) and the caller is gone (LEFT). A task's bump is its last touch of the record:
+ * after it a worker reads nothing there, and at most makes a futex wake-up system call on the
+ * word's address (harmless if the record was freed meanwhile: futex waiters recheck their word).
+ * So the record needs no reference count:
  *   - the caller frees it when it sees every attempt sent ended or dropped (a plain load; the
  *     usual case: a call whose first attempt won costs no write of the caller's to that line);
  *   - else it adds LEFT and the number of attempts sent (SENT) and leaves; the task whose bump
