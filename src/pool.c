@@ -1,18 +1,32 @@
 /* SPDX-License-Identifier: BSD-2-Clause */
 /* The worker pool (pool.h): per-worker ck_ring queues whose slots hold the task descriptors, a
- * credit word per queue for the exact capacity and the closed bit, ck_ec eventcounts for parking.
+ * ticket word per queue for the exact capacity and the closed bit, ck_ec eventcounts for parking.
  *
  * Why by hand and not a general work-stealing deque (Chase-Lev): submits come from any thread
  * (the server's I/O threads), not only from the owner, so every queue is multi-producer anyway;
  * ck_ring's MPMC ring takes producers and thieves alike, with the descriptor copied into the slot
  * (no allocation, no free list).
  *
- * The credit word: (closed bit << 63) | free slots. A submit takes a credit with one CAS (failing
- * on closed or zero) and then enqueues, which cannot fail: the ring holds at least capacity
- * slots, and a slot's credit comes back only after its dequeue. Shutdown sets the closed bit on
- * every queue: a submit whose CAS came first is accepted and lands (its enqueue is a bounded
- * number of steps), one that came after is refused. A queue whose credits are all back holds
- * nothing and has nothing landing: that is "drained".
+ * The ticket word: (closed bit << 63) | tickets taken. A submit takes the next ticket with one
+ * CAS, which fails on the closed bit and when the queue is full: ticket - c_head >= capacity
+ * (c_head, ck_ring's consumer index, counts the tasks dequeued). The ticket is the task's ring
+ * index, so the CAS is also the ring reservation (ck_ring's p_head is not used), and the enqueue
+ * that follows cannot fail: fewer than capacity tickets are ahead of c_head and the ring holds
+ * at least capacity slots. Shutdown sets the closed bit on every queue: a submit whose CAS came
+ * first is accepted and lands (its enqueue is a bounded number of steps), one that came after is
+ * refused. A queue whose c_head has reached its tickets holds nothing and has nothing landing:
+ * that is "drained".
+ *
+ * Who writes what, per task: a submit writes the ticket word, its slot and p_tail; a dequeue
+ * writes only c_head. Submitters read c_head only when their copy of it (`head_seen`, on the
+ * ticket word's line) says full, so while a queue is neither full nor empty the worker and the
+ * submitters each write lines the other reads once per task at most (the slot and p_tail), and
+ * no line is written by both. (A free-slot counter taken by submits and given back by dequeues,
+ * as this pool had, moves its line between the cores twice per task; ck_ring's own reservation
+ * reads c_head on every call.)
+ * Reusing a slot: a dequeue copies the slot out before its CAS on c_head, and a submitter that
+ * writes ticket t's slot has read (acquire) a c_head, itself or through `head_seen` (release
+ * store, acquire load), above t - capacity, so the last reader of that slot is done with it.
  *
  * Wake-ups. Each queue has two eventcounts: `work` (bumped after each enqueue, and by shutdown;
  * its worker parks on it) and `room` (bumped after each dequeue; a blocking submit parks on it).
@@ -21,7 +35,7 @@
  * wake-up is lost (the argument in chan.c's header holds word for word).
  *
  * Shutdown's wait for the drain sleeps on `drain_kick`, which an idle worker bumps in the
- * draining state and the ctx's after-func bumps on cancel; shutdown re-checks the credits after
+ * draining state and the ctx's after-func bumps on cancel; shutdown re-checks the queues after
  * reading it, so neither wake is lost.
  */
 #include "atscale/pool.h"
@@ -32,6 +46,9 @@
 #include "internal/futex.h"
 #include "internal/spin.h"
 #include "internal/tsan.h"
+#ifdef ATS_TESTING
+#include "internal/pool_hooks.h"
+#endif
 
 #include <ck_pr.h>
 #include <ck_ring.h>
@@ -44,7 +61,7 @@
 #include <urcu/urcu-memb.h>
 
 #define CLOSED_BIT (UINT64_C(1) << 63)
-#define CREDITS(w) ((w) & ~CLOSED_BIT)
+#define TICKETS(w) ((w) & ~CLOSED_BIT)
 
 enum { RUNNING = 0, DRAINING = 1, STOPPING = 2 };
 
@@ -58,9 +75,11 @@ CK_RING_PROTOTYPE(task, task_slot)
 
 struct worker {
 	/* Shared by submitters and thieves. */
-	_Alignas(64) struct ck_ring ring;
+	_Alignas(64) struct ck_ring ring; /* c_head, p_tail and size/mask on lines of their own */
 	struct task_slot *slots;
-	_Alignas(64) _Atomic uint64_t credits;
+	/* Submitters' line: the ticket word and their copy of c_head (file comment). */
+	_Alignas(64) _Atomic uint64_t tickets;
+	_Atomic uint32_t head_seen;
 	_Alignas(64) struct ck_ec32 work;
 	_Alignas(64) struct ck_ec32 room;
 	/* Written by the worker (and by shutdown after the join), read by anyone. */
@@ -112,6 +131,10 @@ struct ats_pool {
 	void *replace_arg;
 };
 
+#ifdef ATS_TESTING
+_Atomic uint32_t ats__pool_first_ticket;
+#endif
+
 /* The worker the calling thread is (NULL when it is none). */
 static _Thread_local struct worker *self;
 static _Thread_local uint32_t rng_state;
@@ -126,11 +149,24 @@ static uint32_t rng_next(uint32_t *state)
 	return x;
 }
 
-static size_t depth(const struct worker *w, size_t capacity)
+static size_t depth(const struct worker *w)
 {
-	/* relaxed: a snapshot for load balancing and stats. */
-	uint64_t c = CREDITS(atomic_load_explicit(&((struct worker *)w)->credits, memory_order_relaxed));
-	return c >= capacity ? 0 : capacity - (size_t)c;
+	/* relaxed: a snapshot for load balancing and stats. c_head first: the tickets read after it
+	 * are at least as many, short of a wrap of the 32-bit index mid-read (hence the clamp). */
+	uint32_t head = ck_pr_load_uint(&((struct worker *)w)->ring.c_head);
+	uint32_t t = (uint32_t)TICKETS(atomic_load_explicit(&((struct worker *)w)->tickets, memory_order_relaxed));
+	uint32_t d = t - head;
+	return d > ATS_POOL_MAX_CAPACITY ? 0 : d;
+}
+
+/* Tasks accepted on w that no dequeue has taken yet (w's queue closed: the count only falls). */
+static uint32_t outstanding(struct worker *w)
+{
+	/* acquire, both: a caller that sees 0 sees what the dequeues and submits did before. */
+	uint32_t t = (uint32_t)TICKETS(atomic_load_explicit(&w->tickets, memory_order_acquire));
+	uint32_t head = ck_pr_load_uint(&w->ring.c_head);
+	ck_pr_fence_load();
+	return t - head;
 }
 
 /* ---- Queues ---- */
@@ -152,22 +188,36 @@ static void commit(struct ck_ring *ring, unsigned ticket)
 
 static ats_pool_status enqueue(ats_pool *p, struct worker *w, const ats_task *t)
 {
-	/* relaxed: the CAS below decides. */
-	uint64_t c = atomic_load_explicit(&w->credits, memory_order_relaxed);
+	/* relaxed: the CAS below decides; the closed bit's ordering is the word's modification
+	 * order, which this CAS is part of. */
+	uint64_t c = atomic_load_explicit(&w->tickets, memory_order_relaxed);
 	do {
 		if (ats__unlikely(c & CLOSED_BIT))
 			return ATS_POOL_CLOSED;
-		if (ats__unlikely(CREDITS(c) == 0))
-			return ATS_POOL_FULL;
-		/* relaxed: the credit carries no data (the ring's enqueue publishes the slot); the closed
-		 * bit's ordering is the word's modification order, which this CAS is part of. */
+		/* acquire: pairs with the release store below (file comment, reusing a slot). */
+		uint32_t head = atomic_load_explicit(&w->head_seen, memory_order_acquire);
+		if (ats__unlikely((uint32_t)c - head >= p->capacity)) {
+			head = ck_pr_load_uint(&w->ring.c_head);
+			/* The c_head read before the slot stores it allows (the dequeue copied the slot
+			 * out before its CAS on c_head), as ck_ring's own reservation does. */
+			ck_pr_fence_load_store();
+			/* Moves the copy forward only (a racing submitter may hold an older c_head).
+			 * release: a submitter that reads the copy sees what this one saw. */
+			uint32_t seen = atomic_load_explicit(&w->head_seen, memory_order_relaxed);
+			while ((int32_t)(head - seen) > 0 &&
+			       !atomic_compare_exchange_weak_explicit(&w->head_seen, &seen, head, memory_order_release,
+			                                              memory_order_relaxed))
+				;
+			if ((uint32_t)c - head >= p->capacity)
+				return ATS_POOL_FULL;
+		}
 	} while (
-	    !atomic_compare_exchange_weak_explicit(&w->credits, &c, c - 1, memory_order_relaxed, memory_order_relaxed));
+	    !atomic_compare_exchange_weak_explicit(&w->tickets, &c, c + 1, memory_order_relaxed, memory_order_relaxed));
+	unsigned ticket = (unsigned)c;
 	if (t->ctx)
 		ats_ctx_ref(t->ctx);
-	/* Cannot fail: the ring holds at least `capacity` slots and we hold a credit for one. */
-	unsigned ticket;
-	struct task_slot *slot = ck_ring_enqueue_reserve_mpmc_task(&w->ring, w->slots, &ticket);
+	/* Cannot fail: the ticket is ours and fewer than capacity are ahead of c_head. */
+	struct task_slot *slot = &w->slots[ticket & w->ring.mask];
 	/* ThreadSanitizer cannot see ck_ring's inline-assembly ordering; one sync object per queue
 	 * (as chan.c keeps one per channel) stands for it: the slot's last reader (its dequeue)
 	 * happens before this reservation reuses it, and what the submitter writes happens before
@@ -200,9 +250,8 @@ static bool dequeue(ats_pool *p, struct worker *w, struct task_slot *s)
 		return false;
 	TSAN_ACQUIRE(&w->ring); /* the submit happens before (enqueue's TSAN_RELEASE) */
 	TSAN_RELEASE(&w->ring); /* and this copy before the slot's reuse (enqueue's TSAN_ACQUIRE) */
-	/* release: pairs with nothing that needs data; the credit's return is what a blocked submit
-	 * and shutdown's drain check wait for (both re-check it after arming their wake-up). */
-	atomic_fetch_add_explicit(&w->credits, 1, memory_order_release);
+	/* The dequeue's CAS on c_head is what a blocked submit and shutdown's drain check wait for
+	 * (both re-check after arming their wake-up). */
 	ck_ec32_inc(&w->room, &ats__ec_mode_mp);
 	return true;
 }
@@ -305,7 +354,7 @@ static bool has_work(ats_pool *p, struct worker *w)
 
 static void notify_drain(ats_pool *p)
 {
-	/* release: shutdown reads the credits after it sees the new value. */
+	/* release: shutdown reads the queues after it sees the new value. */
 	atomic_fetch_add_explicit(&p->drain_kick, 1, memory_order_release);
 	ats__futex_wake(&p->drain_kick, 1);
 }
@@ -516,7 +565,13 @@ ats_err *ats_pool_new(ats_pool **out, const ats_pool_config *cfg)
 			return ats_err_oom;
 		}
 		ck_ring_init(&w->ring, ring_size);
-		atomic_init(&w->credits, c.queue_capacity);
+		uint32_t first = 0;
+#ifdef ATS_TESTING
+		first = atomic_load(&ats__pool_first_ticket);
+		w->ring.c_head = w->ring.p_tail = w->ring.p_head = first;
+#endif
+		atomic_init(&w->tickets, first);
+		atomic_init(&w->head_seen, first);
 		ck_ec32_init(&w->work, 0);
 		ck_ec32_init(&w->room, 0);
 		w->index = i;
@@ -542,8 +597,8 @@ ats_err *ats_pool_new(ats_pool **out, const ats_pool_config *cfg)
 static bool drained(ats_pool *p)
 {
 	for (unsigned i = 0; i < p->n; i++) {
-		/* acquire: pairs with dequeue's release return of the credit and begin_task's release. */
-		if (CREDITS(atomic_load_explicit(&p->w[i].credits, memory_order_acquire)) != p->capacity)
+		/* The queue is closed: no ticket is taken any more. */
+		if (outstanding(&p->w[i]))
 			return false;
 		if (atomic_load_explicit(&p->w[i].progress, memory_order_acquire) & 1)
 			return false;
@@ -553,19 +608,18 @@ static bool drained(ats_pool *p)
 
 /* Hands every task still queued on w (after waiting for accepted submits to land) to its cancel
  * callback. Runs after the join: nothing else dequeues. */
-static void cancel_queued(ats_pool *p, struct worker *w, const ats_err *why)
+static void cancel_queued(struct worker *w, const ats_err *why)
 {
 	struct task_slot s;
 	for (unsigned spins = 0;;) {
 		while (ck_ring_dequeue_mpmc_task(&w->ring, w->slots, &s)) {
 			TSAN_ACQUIRE(&w->ring); /* pairs with enqueue's TSAN_RELEASE */
-			atomic_fetch_add_explicit(&w->credits, 1, memory_order_relaxed);
 			give_back(&s, why);
 			count(&w->cancelled);
 		}
-		/* Closed: no new credit is taken. A credit still out is a submit landing (a bounded
-		 * number of steps away). acquire: its enqueue is then seen by the next dequeue. */
-		if (CREDITS(atomic_load_explicit(&w->credits, memory_order_acquire)) == p->capacity)
+		/* Closed: no new ticket is taken. A ticket c_head has not reached, with the ring empty,
+		 * is a submit landing (a bounded number of steps away). */
+		if (!outstanding(w))
 			return;
 		ats__spin_pause(++spins);
 	}
@@ -578,7 +632,7 @@ static ats_err *shutdown(ats_pool *p, ats_ctx *ctx, bool drain)
 		return ats_err_new(ATS_ERR_CLOSED, "pool: already shut down");
 	/* 1. Stop accepting: from here every submit's CAS sees the bit. */
 	for (unsigned i = 0; i < p->n; i++)
-		atomic_fetch_or_explicit(&p->w[i].credits, CLOSED_BIT, memory_order_seq_cst);
+		atomic_fetch_or_explicit(&p->w[i].tickets, CLOSED_BIT, memory_order_seq_cst);
 	/* 2. Drain. */
 	ats_err *err = NULL;
 	if (drain) {
@@ -611,7 +665,7 @@ static ats_err *shutdown(ats_pool *p, ats_ctx *ctx, bool drain)
 	stop_workers(p);
 	ats_err *why = err ? ats_err_ref(err) : ats_err_new(ATS_ERR_CANCELLED, "pool: shut down before the task ran");
 	for (unsigned i = 0; i < p->n; i++)
-		cancel_queued(p, &p->w[i], why);
+		cancel_queued(&p->w[i], why);
 	ats_err_unref(why);
 	return err;
 }
@@ -760,7 +814,7 @@ static unsigned two_choices(ats_pool *p, unsigned m, unsigned (*map)(unsigned, u
 	uint32_t r = rng_next(&rng_state);
 	unsigned a = r % m, b = (a + 1 + (r >> 16) % (m - 1)) % m;
 	unsigned wa = map(a, arg), wb = map(b, arg);
-	return depth(&p->w[wb], p->capacity) < depth(&p->w[wa], p->capacity) ? wb : wa;
+	return depth(&p->w[wb]) < depth(&p->w[wa]) ? wb : wa;
 }
 
 static unsigned map_all(unsigned i, unsigned avoid)
@@ -802,7 +856,7 @@ ats_err *ats_pool_worker_stats_get(const ats_pool *p, unsigned worker, ats_pool_
 	out->run = atomic_load_explicit(&w->run, memory_order_relaxed);
 	out->stolen = atomic_load_explicit(&w->stolen, memory_order_relaxed);
 	out->cancelled = atomic_load_explicit(&w->cancelled, memory_order_relaxed);
-	out->depth = depth(w, p->capacity);
+	out->depth = depth(w);
 	out->progress = atomic_load_explicit(&w->progress, memory_order_acquire);
 	out->replaced = atomic_load_explicit(&w->replaced, memory_order_relaxed);
 	out->returned = atomic_load_explicit(&w->returned, memory_order_relaxed);

@@ -6,6 +6,7 @@
  * counter), never on a sleep. */
 #include <atscale/clock.h>
 #include <atscale/pool.h>
+#include "internal/pool_hooks.h"
 
 #include <criterion/criterion.h>
 #include <pthread.h>
@@ -154,6 +155,37 @@ Test(pool, capacity_is_exact_and_full_queues_nothing)
 		ats_pool_free(p);
 		gate_free(&g);
 	}
+}
+
+/* The ring's 32-bit indexes (the tickets) wrap: the capacity stays exact across the wrap, and
+ * every task runs once. Queues start 6 tickets below 2^32 (a test hook). */
+Test(pool, capacity_stays_exact_across_the_index_wrap)
+{
+	atomic_store(&ats__pool_first_ticket, UINT32_MAX - 5);
+	ats_pool *p = mk(1, 4);
+	atomic_store(&ats__pool_first_ticket, 0);
+	struct counts c = {0};
+	for (uint64_t round = 0; round < 4; round++) { /* 5 tickets a round: the wrap is in round 1 */
+		struct gate g;
+		hold(p, 0, &g);
+		for (int i = 0; i < 4; i++) {
+			ats_task t = counted(&c, NULL);
+			cr_assert_eq(ats_pool_try_submit(p, &t), ATS_POOL_OK, "round %llu task %d",
+			             (unsigned long long)round, i);
+		}
+		ats_task t = counted(&c, NULL);
+		cr_assert_eq(ats_pool_try_submit(p, &t), ATS_POOL_FULL, "round %llu", (unsigned long long)round);
+		ats_pool_worker_stats s;
+		cr_assert_null(ats_pool_worker_stats_get(p, 0, &s));
+		cr_assert_eq(s.depth, 4);
+		release(&g);
+		wait_count(&c.ran, 4 * (round + 1));
+		gate_free(&g);
+	}
+	cr_assert_null(ats_pool_shutdown(p, ats_ctx_background()));
+	cr_assert_eq(atomic_load(&c.ran), 16);
+	cr_assert_eq(atomic_load(&c.cancelled), 0);
+	ats_pool_free(p);
 }
 
 Test(pool, submit_to_queues_on_that_worker)

@@ -9,11 +9,12 @@
  *
  * Queues. Each worker has a bounded multi-producer multi-consumer queue on ck_ring whose slots
  * hold the task descriptors themselves (ats_task is copied in): submitting and running allocate
- * nothing. The capacity (config.queue_capacity, default 1024) is honoured exactly: a credit
- * counter per queue, taken with one CAS before the enqueue and given back after the dequeue,
- * refuses the capacity+1'th task (ck_ring's power-of-two ring is never the limit). That same word
- * holds the queue's closed bit, so "accepted before shutdown" and "refused after" are decided by
- * one CAS, exactly.
+ * nothing. The capacity (config.queue_capacity, default 1024) is honoured exactly: a submit takes
+ * a ticket (its slot in the ring) with one CAS that refuses the capacity+1'th task not yet
+ * dequeued (ck_ring's power-of-two ring is never the limit). That same word holds the queue's
+ * closed bit, so "accepted before shutdown" and "refused after" are decided by one CAS, exactly.
+ * A worker's dequeue writes only ck_ring's consumer index, which submitters read only when the
+ * queue looks full: no cache line is written by both sides per task.
  *
  * Where a task goes. try_submit/submit put it on the queue of the worker for the caller's CPU
  * (rseq's cpu_id when glibc registered it, else sched_getcpu(); modulo the worker count) or, when
@@ -171,7 +172,7 @@ ATS_API void ats_pool_free(ats_pool *p);
 
 /* Queues t on the caller's worker (see the file comment). OK, FULL, CLOSED or INVALID; on
  * anything but OK nothing is queued and t->ctx is not referenced. Never blocks: lock-free (one CAS
- * on the queue's credit word, ck_ring's multi-producer enqueue, one eventcount add; a futex wake
+ * on the queue's ticket word, the slot and ck_ring's producer index, one eventcount add; a futex wake
  * only when the worker is parked). No allocation. Release: what the caller wrote before is
  * visible to the task. */
 ATS_API ats_pool_status ats_pool_try_submit(ats_pool *p, const ats_task *t);

@@ -1,0 +1,14 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/* Test hooks of the pool module (not API): only in the test variant of the library
+ * (atscale_testing, -DATS_TESTING), never in the installed one. */
+#ifndef ATS_INTERNAL_POOL_HOOKS_H
+#define ATS_INTERNAL_POOL_HOOKS_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+/* The first ticket (ring index) of every queue of pools made from now on; 0 in production. A
+ * test sets it just below 2^32 to make the 32-bit ring indexes wrap within a few tasks. */
+extern _Atomic uint32_t ats__pool_first_ticket;
+
+#endif
