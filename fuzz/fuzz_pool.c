@@ -9,7 +9,8 @@
  * refused task was ever seen.
  *
  * Input: byte 0 the workers (1..3), byte 1 the queue capacity (1..8); then one operation per
- * byte (low 3 bits the op, the rest its argument). */
+ * byte (low 3 bits the op, the rest its argument): submits one at a time and in bursts, blocking
+ * submits, ctx cancels, bad input, queue checks, shutdowns. */
 #include "atscale/clock.h"
 #include "atscale/pool.h"
 
@@ -94,13 +95,30 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		uintptr_t id = tasks;
 		ats_task t = {.run = on_run, .cancel = on_cancel, .arg = (void *)id, .ctx = ctxs[c]};
 		switch (op) {
-		case 0:
-		case 1: { /* try_submit_to */
+		case 0: { /* try_submit_to */
 			ats_pool_status want = shut ? ATS_POOL_CLOSED : depth[w] == cap ? ATS_POOL_FULL : ATS_POOL_OK;
 			CHECK(ats_pool_try_submit_to(p, w, &t) == want);
 			accepted[id] = want == ATS_POOL_OK, task_ctx[id] = (uint8_t)c;
 			depth[w] += want == ATS_POOL_OK;
 			tasks++;
+			break;
+		}
+		case 1: { /* a burst of 1..8 on worker w (try_submit_n_to): the first that fit go */
+			size_t k = 1 + (arg >> 2) % 8;
+			if (tasks + k > MAXTASKS)
+				k = MAXTASKS - tasks;
+			ats_task burst[8];
+			for (size_t j = 0; j < k; j++)
+				burst[j] = (ats_task){
+				    .run = on_run, .cancel = on_cancel, .arg = (void *)(id + j), .ctx = ctxs[c]};
+			size_t fit = shut ? 0 : cap - depth[w] < k ? cap - depth[w] : k;
+			ats_pool_status want = shut ? ATS_POOL_CLOSED : fit == k ? ATS_POOL_OK : ATS_POOL_FULL, st;
+			CHECK(ats_pool_try_submit_n_to(p, w, burst, k, &st) == fit);
+			CHECK(st == want);
+			for (size_t j = 0; j < k; j++)
+				accepted[id + j] = j < fit, task_ctx[id + j] = (uint8_t)c;
+			depth[w] += fit;
+			tasks += (unsigned)k;
 			break;
 		}
 		case 2: { /* blocking submit_to with an already-cancelled ctx: never waits */
@@ -124,6 +142,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			CHECK(ats_pool_try_submit_to(p, n + w, &t) == ATS_POOL_INVALID);
 			CHECK(ats_pool_try_submit_to(p, w, &none) == ATS_POOL_INVALID);
 			CHECK(ats_pool_try_submit(p, NULL) == ATS_POOL_INVALID);
+			ats_task two[2] = {t, none}; /* one bad task refuses the whole burst */
+			ats_pool_status st;
+			CHECK(ats_pool_try_submit_n_to(p, w, two, 2, &st) == 0 && st == ATS_POOL_INVALID);
+			CHECK(ats_pool_try_submit_n_to(p, n + w, &t, 1, &st) == 0 && st == ATS_POOL_INVALID);
+			CHECK(ats_pool_try_submit_n(p, NULL, 1, &st) == 0 && st == ATS_POOL_INVALID);
+			CHECK(ats_pool_try_submit_n_to(p, w, NULL, 0, &st) == 0 && st == ATS_POOL_OK);
 			break;
 		}
 		case 5: { /* the queues hold what the model says */

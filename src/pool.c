@@ -171,32 +171,38 @@ static uint32_t outstanding(struct worker *w)
 
 /* ---- Queues ---- */
 
-/* ck_ring's multi-producer commit (ck_ring_enqueue_commit_mpmc), with a back-off: a producer
- * publishes its slot only after every earlier reservation is published, and ck_ring's own loop
- * spins on the CPU hint forever. When the earlier producer was preempted inside its few
- * instructions, later ones spinning on every core would keep it off the CPU for whole time
- * slices (submitters outnumbering cores: measured as a near-livelock); after a short spin they
- * yield instead (ats__spin_pause). The store fence orders the slot before the tail (release), as
- * ck_ring's commit does. */
-static void commit(struct ck_ring *ring, unsigned ticket)
+/* ck_ring's multi-producer commit (ck_ring_enqueue_commit_mpmc) of k slots from `ticket`, with a
+ * back-off: a producer publishes its slots only after every earlier reservation is published,
+ * and ck_ring's own loop spins on the CPU hint forever. When the earlier producer was preempted
+ * inside its few instructions, later ones spinning on every core would keep it off the CPU for
+ * whole time slices (submitters outnumbering cores: measured as a near-livelock); after a short
+ * spin they yield instead (ats__spin_pause). The store fence orders the slots before the tail
+ * (release), as ck_ring's commit does. */
+static void commit(struct ck_ring *ring, unsigned ticket, unsigned k)
 {
 	for (unsigned spins = 0; ck_pr_load_uint(&ring->p_tail) != ticket;)
 		ats__spin_pause(++spins);
 	ck_pr_fence_store();
-	ck_pr_store_uint(&ring->p_tail, ticket + 1);
+	ck_pr_store_uint(&ring->p_tail, ticket + k);
 }
 
-static ats_pool_status enqueue(ats_pool *p, struct worker *w, const ats_task *t)
+/* Takes up to n tickets on w (as many as the capacity leaves room for) with one CAS; returns how
+ * many, with *first the first. 0 when closed (*st CLOSED) or full (*st FULL). */
+static inline unsigned take_tickets(ats_pool *p, struct worker *w, size_t n, unsigned *first, ats_pool_status *st)
 {
 	/* relaxed: the CAS below decides; the closed bit's ordering is the word's modification
 	 * order, which this CAS is part of. */
 	uint64_t c = atomic_load_explicit(&w->tickets, memory_order_relaxed);
+	unsigned k;
 	do {
-		if (ats__unlikely(c & CLOSED_BIT))
-			return ATS_POOL_CLOSED;
-		/* acquire: pairs with the release store below (file comment, reusing a slot). */
+		if (ats__unlikely(c & CLOSED_BIT)) {
+			*st = ATS_POOL_CLOSED;
+			return 0;
+		}
+		/* acquire: pairs with the release below (file comment, reusing a slot). */
 		uint32_t head = atomic_load_explicit(&w->head_seen, memory_order_acquire);
-		if (ats__unlikely((uint32_t)c - head >= p->capacity)) {
+		size_t room = p->capacity - ((uint32_t)c - head);
+		if (ats__unlikely(room < n)) {
 			head = ck_pr_load_uint(&w->ring.c_head);
 			/* The c_head read before the slot stores it allows (the dequeue copied the slot
 			 * out before its CAS on c_head), as ck_ring's own reservation does. */
@@ -208,24 +214,41 @@ static ats_pool_status enqueue(ats_pool *p, struct worker *w, const ats_task *t)
 			       !atomic_compare_exchange_weak_explicit(&w->head_seen, &seen, head, memory_order_release,
 			                                              memory_order_relaxed))
 				;
-			if ((uint32_t)c - head >= p->capacity)
-				return ATS_POOL_FULL;
+			room = p->capacity - ((uint32_t)c - head);
+			if (room == 0) {
+				*st = ATS_POOL_FULL;
+				return 0;
+			}
 		}
+		k = (unsigned)(n < room ? n : room);
 	} while (
-	    !atomic_compare_exchange_weak_explicit(&w->tickets, &c, c + 1, memory_order_relaxed, memory_order_relaxed));
-	unsigned ticket = (unsigned)c;
-	if (t->ctx)
-		ats_ctx_ref(t->ctx);
-	/* Cannot fail: the ticket is ours and fewer than capacity are ahead of c_head. */
-	struct task_slot *slot = &w->slots[ticket & w->ring.mask];
-	/* ThreadSanitizer cannot see ck_ring's inline-assembly ordering; one sync object per queue
+	    !atomic_compare_exchange_weak_explicit(&w->tickets, &c, c + k, memory_order_relaxed, memory_order_relaxed));
+	*first = (unsigned)c;
+	*st = k == n ? ATS_POOL_OK : ATS_POOL_FULL;
+	return k;
+}
+
+/* Queues the first of t[0..n) that fit on w (all tasks valid, n >= 1); returns how many, *st OK
+ * when all did. One ticket CAS, one publication and one eventcount add for all of them. */
+static inline size_t enqueue_n(ats_pool *p, struct worker *w, const ats_task *t, size_t n, ats_pool_status *st)
+{
+	unsigned ticket;
+	unsigned k = take_tickets(p, w, n, &ticket, st);
+	if (ats__unlikely(k == 0))
+		return 0;
+	/* Cannot fail: the tickets are ours and fewer than capacity are ahead of c_head.
+	 * ThreadSanitizer cannot see ck_ring's inline-assembly ordering; one sync object per queue
 	 * (as chan.c keeps one per channel) stands for it: the slot's last reader (its dequeue)
 	 * happens before this reservation reuses it, and what the submitter writes happens before
 	 * the task runs (the commit's store fence, the dequeue's load fence). */
 	TSAN_ACQUIRE(&w->ring);
-	*slot = (struct task_slot){t->run, t->cancel, t->arg, t->ctx};
+	for (unsigned i = 0; i < k; i++) {
+		if (t[i].ctx)
+			ats_ctx_ref(t[i].ctx);
+		w->slots[(ticket + i) & w->ring.mask] = (struct task_slot){t[i].run, t[i].cancel, t[i].arg, t[i].ctx};
+	}
 	TSAN_RELEASE(&w->ring);
-	commit(&w->ring, ticket);
+	commit(&w->ring, ticket, k);
 	ck_ec32_inc(&w->work, &ats__ec_mode_mp);
 	/* A busy worker (odd progress) may be blocked in a long task: wake a parked one to steal.
 	 * relaxed: hints; a missed wake is covered by the parked workers' steal period. */
@@ -240,7 +263,14 @@ static ats_pool_status enqueue(ats_pool *p, struct worker *w, const ats_task *t)
 			}
 		}
 	}
-	return ATS_POOL_OK;
+	return k;
+}
+
+static ats_pool_status enqueue(ats_pool *p, struct worker *w, const ats_task *t)
+{
+	ats_pool_status st;
+	enqueue_n(p, w, t, 1, &st);
+	return st;
 }
 
 static bool dequeue(ats_pool *p, struct worker *w, struct task_slot *s)
@@ -717,6 +747,45 @@ ats_pool_status ats_pool_try_submit_to(ats_pool *p, unsigned worker, const ats_t
 	return enqueue(p, &p->w[worker], t);
 }
 
+static bool tasks_ok(const ats_task *t, size_t n)
+{
+	if (!t)
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if (!t[i].run)
+			return false;
+	return true;
+}
+
+static size_t submit_n(ats_pool *p, struct worker *w, const ats_task *t, size_t n, ats_pool_status *status)
+{
+	ats_pool_status st = ATS_POOL_OK;
+	size_t k = n ? enqueue_n(p, w, t, n, &st) : 0;
+	if (status)
+		*status = st;
+	return k;
+}
+
+size_t ats_pool_try_submit_n(ats_pool *p, const ats_task *t, size_t n, ats_pool_status *status)
+{
+	if (ats__unlikely(!p || (n && !tasks_ok(t, n)))) {
+		if (status)
+			*status = ATS_POOL_INVALID;
+		return 0;
+	}
+	return submit_n(p, caller_worker(p), t, n, status);
+}
+
+size_t ats_pool_try_submit_n_to(ats_pool *p, unsigned worker, const ats_task *t, size_t n, ats_pool_status *status)
+{
+	if (ats__unlikely(!p || (n && !tasks_ok(t, n)) || worker >= p->n)) {
+		if (status)
+			*status = ATS_POOL_INVALID;
+		return 0;
+	}
+	return submit_n(p, &p->w[worker], t, n, status);
+}
+
 static ats_err *status_err(ats_pool_status st)
 {
 	return st == ATS_POOL_CLOSED ? ats_err_new(ATS_ERR_CLOSED, "pool: shut down, task not queued")
@@ -792,6 +861,39 @@ ats_err *ats_pool_submit_to(ats_pool *p, unsigned worker, const ats_task *t, ats
 	if (st != ATS_POOL_FULL)
 		return status_err(st);
 	return wait_room(p, &p->w[worker], t, ctx);
+}
+
+ats_err *ats_pool_submit_n(ats_pool *p, const ats_task *t, size_t n, size_t *submitted, ats_ctx *ctx)
+{
+	if (submitted)
+		*submitted = 0;
+	if (!p || !ctx || !submitted || (n && !tasks_ok(t, n)))
+		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "pool: NULL %s",
+		                   !p           ? "pool"
+		                   : !ctx       ? "ctx"
+		                   : !submitted ? "submitted"
+		                                : "tasks or run");
+	struct worker *w = caller_worker(p);
+	size_t k = 0;
+	while (k < n) {
+		ats_pool_status st;
+		k += enqueue_n(p, w, t + k, n - k, &st);
+		if (st == ATS_POOL_CLOSED) {
+			*submitted = k;
+			return status_err(st);
+		}
+		if (k == n)
+			break;
+		/* Full: the next one waits as ats_pool_submit does (another queue, then room here). */
+		ats_err *err = ats_pool_submit(p, &t[k], ctx);
+		if (err) {
+			*submitted = k;
+			return err;
+		}
+		k++;
+	}
+	*submitted = k;
+	return NULL;
 }
 
 /* ---- Choosing and watching ---- */

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: BSD-2-Clause */
 /* The worker pool under contention (run under TSan and ASan): submitters on every core, tasks
- * with their own ctxs cancelled mid-flight, stealing, and shutdown racing submit and cancel.
+ * with their own ctxs cancelled mid-flight, single submits and bursts, stealing, and shutdown
+ * racing submit and cancel.
  * Every task submitted with OK runs or is handed back cancelled exactly once (a per-task counter,
  * checked at the end); every task refused is never seen. Nothing sleeps to synchronize. */
 #include <criterion/criterion.h>
@@ -64,15 +65,59 @@ struct sub {
 	unsigned idx;
 };
 
+#define BURST 8
+
+/* Task id's descriptor (its ctx one of four, by id). */
+static ats_task task_for(struct run *r, uint32_t id)
+{
+	args[id] = (struct task_arg){r, id};
+	return (ats_task){.run = on_run, .cancel = on_cancel, .arg = &args[id], .ctx = r->ctxs[id % 4]};
+}
+
+/* Submits tasks first..first+BURST-1 in bursts (what a burst leaves, the next one takes);
+ * false once the pool refused one as closed. */
+static bool submit_burst(struct run *r, uint32_t first)
+{
+	ats_task ts[BURST];
+	for (uint32_t j = 0; j < BURST; j++)
+		ts[j] = task_for(r, first + j);
+	for (size_t k = 0; k < BURST;) {
+		ats_pool_status st;
+		size_t q =
+		    first % 2 ? ats_pool_try_submit_n(r->p, ts + k, BURST - k, &st)
+		              : ats_pool_try_submit_n_to(r->p, ats_pool_pick_less_loaded(r->p), ts + k, BURST - k, &st);
+		for (size_t j = k; j < k + q; j++)
+			atomic_store_explicit(&r->accepted[first + j], 1, memory_order_relaxed);
+		k += q;
+		if (st == ATS_POOL_CLOSED)
+			return false;
+		if (st == ATS_POOL_FULL)
+			sched_yield();
+		else
+			cr_assert_eq(st, ATS_POOL_OK);
+	}
+	return true;
+}
+
 static void *submitter(void *arg)
 {
 	struct sub *s = arg;
 	struct run *r = s->r;
 	unsigned n = ats_pool_size(r->p);
-	for (uint32_t i = 0; i < TASKS; i++) {
+	bool cancelled = false;
+	for (uint32_t i = 0; i < TASKS;) {
 		uint32_t id = s->idx * TASKS + i;
-		args[id] = (struct task_arg){r, id};
-		ats_task t = {.run = on_run, .cancel = on_cancel, .arg = &args[id], .ctx = r->ctxs[id % 4]};
+		if (s->idx == 0 && i >= TASKS / 2 && !cancelled) {
+			ats_ctx_cancel(r->ctxs[1], NULL); /* a quarter of the later tasks: cancelled */
+			cancelled = true;
+		}
+		if (i % 64 == 0) { /* one task in eight goes in a burst */
+			if (!submit_burst(r, id))
+				break;
+			i += BURST;
+			continue;
+		}
+		ats_task t = task_for(r, id);
 		ats_pool_status st;
 		for (;;) {
 			switch (id % 3) {
@@ -88,8 +133,7 @@ static void *submitter(void *arg)
 			break;
 		cr_assert_eq(st, ATS_POOL_OK);
 		atomic_store_explicit(&r->accepted[id], 1, memory_order_relaxed);
-		if (i == TASKS / 2 && s->idx == 0)
-			ats_ctx_cancel(r->ctxs[1], NULL); /* a quarter of the later tasks: cancelled */
+		i++;
 	}
 	return NULL;
 }

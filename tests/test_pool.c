@@ -158,22 +158,28 @@ Test(pool, capacity_is_exact_and_full_queues_nothing)
 }
 
 /* The ring's 32-bit indexes (the tickets) wrap: the capacity stays exact across the wrap, and
- * every task runs once. Queues start 6 tickets below 2^32 (a test hook). */
+ * every task runs once. Queues start 7 tickets below 2^32 (a test hook), so round 1's burst
+ * (after its gate task) takes tickets 2^32 - 1 to 2. */
 Test(pool, capacity_stays_exact_across_the_index_wrap)
 {
-	atomic_store(&ats__pool_first_ticket, UINT32_MAX - 5);
+	atomic_store(&ats__pool_first_ticket, UINT32_MAX - 6);
 	ats_pool *p = mk(1, 4);
 	atomic_store(&ats__pool_first_ticket, 0);
 	struct counts c = {0};
-	for (uint64_t round = 0; round < 4; round++) { /* 5 tickets a round: the wrap is in round 1 */
+	for (uint64_t round = 0; round < 4; round++) { /* 5 tickets a round, the gate's first */
 		struct gate g;
 		hold(p, 0, &g);
-		for (int i = 0; i < 4; i++) {
-			ats_task t = counted(&c, NULL);
-			cr_assert_eq(ats_pool_try_submit(p, &t), ATS_POOL_OK, "round %llu task %d",
-			             (unsigned long long)round, i);
-		}
 		ats_task t = counted(&c, NULL);
+		if (round % 2) { /* a burst, whose slots straddle the wrap in round 1 */
+			ats_task ts[5] = {t, t, t, t, t};
+			ats_pool_status st;
+			cr_assert_eq(ats_pool_try_submit_n(p, ts, 5, &st), 4, "round %llu", (unsigned long long)round);
+			cr_assert_eq(st, ATS_POOL_FULL);
+		} else {
+			for (int i = 0; i < 4; i++)
+				cr_assert_eq(ats_pool_try_submit(p, &t), ATS_POOL_OK, "round %llu task %d",
+				             (unsigned long long)round, i);
+		}
 		cr_assert_eq(ats_pool_try_submit(p, &t), ATS_POOL_FULL, "round %llu", (unsigned long long)round);
 		ats_pool_worker_stats s;
 		cr_assert_null(ats_pool_worker_stats_get(p, 0, &s));
@@ -459,6 +465,147 @@ Test(pool, blocking_submit_ends_with_its_ctx)
 	cr_expect_eq(atomic_load(&c.ran), 1);
 	ats_pool_free(p);
 	ats_ctx_release(s.ctx);
+	gate_free(&g);
+}
+
+/* A task that records the order it ran in. */
+struct ordered {
+	_Atomic uint64_t next;
+	uint64_t at[16];
+};
+struct ordered_arg {
+	struct ordered *o;
+	unsigned i;
+};
+
+static void ordered_run(void *arg, ats_ctx *ctx)
+{
+	(void)ctx;
+	struct ordered_arg *a = arg;
+	a->o->at[a->i] = atomic_fetch_add(&a->o->next, 1);
+}
+
+Test(pool, a_burst_queues_the_first_that_fit_in_order)
+{
+	ats_pool *p = mk(1, 5);
+	struct gate g;
+	hold(p, 0, &g);
+	struct ordered o = {0};
+	struct ordered_arg a[16];
+	ats_task ts[16];
+	for (unsigned i = 0; i < 16; i++) {
+		a[i] = (struct ordered_arg){&o, i};
+		ts[i] = (ats_task){.run = ordered_run, .arg = &a[i]};
+	}
+	ats_pool_status st = ATS_POOL_INVALID;
+	cr_assert_eq(ats_pool_try_submit_n(p, ts, 3, &st), 3);
+	cr_assert_eq(st, ATS_POOL_OK);
+	cr_assert_eq(ats_pool_try_submit_n_to(p, 0, ts + 3, 8, &st), 2, "room for 2 of 8");
+	cr_assert_eq(st, ATS_POOL_FULL);
+	cr_assert_eq(ats_pool_try_submit_n(p, ts + 5, 1, &st), 0);
+	cr_assert_eq(st, ATS_POOL_FULL);
+	cr_assert_eq(ats_pool_try_submit_n(p, ts, 0, &st), 0);
+	cr_assert_eq(st, ATS_POOL_OK, "an empty burst is all of it");
+	ats_pool_worker_stats ws;
+	cr_assert_null(ats_pool_worker_stats_get(p, 0, &ws));
+	cr_assert_eq(ws.depth, 5);
+	release(&g);
+	cr_assert_null(ats_pool_shutdown(p, ats_ctx_background()));
+	cr_assert_eq(atomic_load(&o.next), 5);
+	for (unsigned i = 0; i < 5; i++)
+		cr_expect_eq(o.at[i], i, "task %u ran %lluth", i, (unsigned long long)o.at[i]);
+	cr_assert_eq(ats_pool_try_submit_n(p, ts, 2, &st), 0);
+	cr_assert_eq(st, ATS_POOL_CLOSED);
+	ats_pool_free(p);
+	gate_free(&g);
+}
+
+Test(pool, a_burst_with_bad_input_queues_nothing)
+{
+	ats_pool *p = mk(1, 8);
+	struct gate g;
+	hold(p, 0, &g);
+	struct counts c = {0};
+	ats_task ts[3] = {counted(&c, NULL), counted(&c, NULL), counted(&c, NULL)};
+	ts[2].run = NULL;
+	ats_pool_status st;
+	cr_assert_eq(ats_pool_try_submit_n(p, ts, 3, &st), 0, "a task without run refuses the burst");
+	cr_assert_eq(st, ATS_POOL_INVALID);
+	cr_assert_eq(ats_pool_try_submit_n(p, NULL, 1, &st), 0);
+	cr_assert_eq(st, ATS_POOL_INVALID);
+	cr_assert_eq(ats_pool_try_submit_n(NULL, ts, 2, &st), 0);
+	cr_assert_eq(st, ATS_POOL_INVALID);
+	cr_assert_eq(ats_pool_try_submit_n_to(p, 1, ts, 2, &st), 0);
+	cr_assert_eq(st, ATS_POOL_INVALID);
+	size_t done = 99;
+	expect_code(ats_pool_submit_n(p, ts, 3, &done, ats_ctx_background()), ATS_ERR_INVALID_ARGUMENT);
+	cr_assert_eq(done, 0);
+	expect_code(ats_pool_submit_n(p, ts, 2, NULL, ats_ctx_background()), ATS_ERR_INVALID_ARGUMENT);
+	expect_code(ats_pool_submit_n(p, ts, 2, &done, NULL), ATS_ERR_INVALID_ARGUMENT);
+	ats_pool_worker_stats ws;
+	cr_assert_null(ats_pool_worker_stats_get(p, 0, &ws));
+	cr_assert_eq(ws.depth, 0, "nothing was queued");
+	cr_assert_eq(ats_pool_try_submit_n(p, ts, 2, NULL), 2, "the status is optional");
+	release(&g);
+	cr_assert_null(ats_pool_shutdown(p, ats_ctx_background()));
+	cr_assert_eq(atomic_load(&c.ran), 2);
+	ats_pool_free(p);
+	gate_free(&g);
+}
+
+struct burst_submitter {
+	ats_pool *p;
+	ats_ctx *ctx;
+	const ats_task *ts;
+	size_t n, submitted;
+	ats_err *err;
+};
+
+static void *burst_submit_thread(void *arg)
+{
+	struct burst_submitter *s = arg;
+	s->err = ats_pool_submit_n(s->p, s->ts, s->n, &s->submitted, s->ctx);
+	return NULL;
+}
+
+/* ats_pool_submit_n queues what fits, waits for room for the rest, and ends with its ctx. */
+Test(pool, a_blocking_burst_waits_for_room_and_ends_with_its_ctx)
+{
+	ats_pool *p = mk(1, 4);
+	struct gate g;
+	hold(p, 0, &g);
+	struct counts c = {0};
+	ats_task ts[10];
+	for (int i = 0; i < 10; i++)
+		ts[i] = counted(&c, NULL);
+	struct burst_submitter s = {.p = p, .ts = ts, .n = 10};
+	cr_assert_null(ats_ctx_with_cancel(ats_ctx_background(), &s.ctx));
+	pthread_t th;
+	cr_assert_eq(pthread_create(&th, NULL, burst_submit_thread, &s), 0);
+	ats_pool_worker_stats ws;
+	do { /* the first 4 fit; the 5th waits */
+		cr_assert_null(ats_pool_worker_stats_get(p, 0, &ws));
+		sched_yield();
+	} while (ws.depth < 4);
+	ats_ctx_cancel(s.ctx, NULL);
+	pthread_join(th, NULL);
+	expect_code(s.err, ATS_ERR_CANCELLED);
+	cr_assert_eq(s.submitted, 4);
+	ats_ctx_release(s.ctx);
+
+	/* Again with a live ctx: the worker frees room as it runs, and all 10 go. */
+	s = (struct burst_submitter){.p = p, .ts = ts, .n = 10, .ctx = ats_ctx_background()};
+	cr_assert_eq(pthread_create(&th, NULL, burst_submit_thread, &s), 0);
+	release(&g);
+	pthread_join(th, NULL);
+	cr_assert_null(s.err);
+	cr_assert_eq(s.submitted, 10);
+	cr_assert_null(ats_pool_shutdown(p, ats_ctx_background()));
+	cr_assert_eq(atomic_load(&c.ran), 14);
+	size_t done = 99;
+	expect_code(ats_pool_submit_n(p, ts, 2, &done, ats_ctx_background()), ATS_ERR_CLOSED);
+	cr_assert_eq(done, 0);
+	ats_pool_free(p);
 	gate_free(&g);
 }
 

@@ -179,6 +179,18 @@ ATS_API ats_pool_status ats_pool_try_submit(ats_pool *p, const ats_task *t);
 /* The same on worker `worker` (0 .. ats_pool_size(p)-1). */
 ATS_API ats_pool_status ats_pool_try_submit_to(ats_pool *p, unsigned worker, const ats_task *t);
 
+/* Bursts: queues the first of t[0..n) that fit, in order, on the caller's worker (or on
+ * `worker`); returns how many. *status (optional) says why it stopped short: FULL (the rest did
+ * not fit), CLOSED (none queued) or INVALID (NULL p, NULL t with n > 0, a task without run, a
+ * worker out of range: none queued); OK when all n went (n == 0
+ * included). One ticket CAS, one publication of the queue's index and one eventcount add for the
+ * whole burst, where n try_submits pay n of each (and the worker's core fetches the index n
+ * times): a fan-out of many tasks costs little more than its slot copies. Lock-free, as
+ * try_submit; no allocation. The tasks go to one queue: idle workers steal from it. */
+ATS_API size_t ats_pool_try_submit_n(ats_pool *p, const ats_task *t, size_t n, ats_pool_status *status);
+ATS_API size_t ats_pool_try_submit_n_to(ats_pool *p, unsigned worker, const ats_task *t, size_t n,
+                                        ats_pool_status *status);
+
 /* Queues t on the caller's worker, waiting while its queue is full: it first tries the less
  * loaded of two random workers, then parks on the full queue's eventcount until a slot frees,
  * the pool closes (ATS_ERR_CLOSED) or ctx is done (ctx's error); t is then not queued.
@@ -187,6 +199,14 @@ ATS_API ats_pool_status ats_pool_try_submit_to(ats_pool *p, unsigned worker, con
 ATS_API ATS_NODISCARD ats_err *ats_pool_submit(ats_pool *p, const ats_task *t, ats_ctx *ctx);
 /* The same on worker `worker` only (no fallback to another queue). */
 ATS_API ATS_NODISCARD ats_err *ats_pool_submit_to(ats_pool *p, unsigned worker, const ats_task *t, ats_ctx *ctx);
+/* Queues all of t[0..n): bursts on the caller's worker while they fit; a task that does not
+ * waits as ats_pool_submit does (another queue, then room), and the bursts go on after it.
+ * *submitted gets how many were queued, in order (all of them when it returns NULL); on an error
+ * (ATS_ERR_CLOSED, ctx's error) the rest were not. ATS_ERR_INVALID_ARGUMENT, with nothing queued,
+ * for NULL p, ctx or submitted, NULL t with n > 0, or a task without run. Blocking; no allocation
+ * unless it returns an error. */
+ATS_API ATS_NODISCARD ats_err *ats_pool_submit_n(ats_pool *p, const ats_task *t, size_t n, size_t *submitted,
+                                                 ats_ctx *ctx);
 
 /* ---- Choosing a worker ---- */
 
