@@ -186,13 +186,24 @@ static void commit(struct ck_ring *ring, unsigned ticket, unsigned k)
 	ck_pr_store_uint(&ring->p_tail, ticket + k);
 }
 
+/* The room below the capacity, with tickets word c and c_head (or a copy of it) head. The
+ * tickets are never more than capacity ahead of a head read after them (take_tickets); a head
+ * that were would read as full, never as room. */
+static inline size_t free_slots(const ats_pool *p, uint64_t c, uint32_t head)
+{
+	uint32_t used = (uint32_t)c - head;
+	return used < p->capacity ? p->capacity - used : 0;
+}
+
 /* Takes up to n tickets on w (as many as the capacity leaves room for) with one CAS; returns how
  * many, with *first the first. 0 when closed (*st CLOSED) or full (*st FULL). */
 static inline unsigned take_tickets(ats_pool *p, struct worker *w, size_t n, unsigned *first, ats_pool_status *st)
 {
-	/* relaxed: the CAS below decides; the closed bit's ordering is the word's modification
-	 * order, which this CAS is part of. */
-	uint64_t c = atomic_load_explicit(&w->tickets, memory_order_relaxed);
+	/* acquire, here and on the CAS (acq_rel): whoever took the tickets this value counts had seen
+	 * a c_head at most capacity behind them and, where it read c_head itself, moved head_seen to
+	 * it first, so head_seen read after this is at most capacity behind too. The closed bit's
+	 * ordering is the word's modification order, which the CAS is part of. */
+	uint64_t c = atomic_load_explicit(&w->tickets, memory_order_acquire);
 	unsigned k;
 	do {
 		if (ats__unlikely(c & CLOSED_BIT)) {
@@ -201,7 +212,7 @@ static inline unsigned take_tickets(ats_pool *p, struct worker *w, size_t n, uns
 		}
 		/* acquire: pairs with the release below (file comment, reusing a slot). */
 		uint32_t head = atomic_load_explicit(&w->head_seen, memory_order_acquire);
-		size_t room = p->capacity - ((uint32_t)c - head);
+		size_t room = free_slots(p, c, head);
 		if (ats__unlikely(room < n)) {
 			head = ck_pr_load_uint(&w->ring.c_head);
 			/* The c_head read before the slot stores it allows (the dequeue copied the slot
@@ -214,7 +225,7 @@ static inline unsigned take_tickets(ats_pool *p, struct worker *w, size_t n, uns
 			       !atomic_compare_exchange_weak_explicit(&w->head_seen, &seen, head, memory_order_release,
 			                                              memory_order_relaxed))
 				;
-			room = p->capacity - ((uint32_t)c - head);
+			room = free_slots(p, c, head);
 			if (room == 0) {
 				*st = ATS_POOL_FULL;
 				return 0;
@@ -222,7 +233,7 @@ static inline unsigned take_tickets(ats_pool *p, struct worker *w, size_t n, uns
 		}
 		k = (unsigned)(n < room ? n : room);
 	} while (
-	    !atomic_compare_exchange_weak_explicit(&w->tickets, &c, c + k, memory_order_relaxed, memory_order_relaxed));
+	    !atomic_compare_exchange_weak_explicit(&w->tickets, &c, c + k, memory_order_acq_rel, memory_order_acquire));
 	*first = (unsigned)c;
 	*st = k == n ? ATS_POOL_OK : ATS_POOL_FULL;
 	return k;
