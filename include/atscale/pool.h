@@ -171,10 +171,13 @@ ATS_API void ats_pool_free(ats_pool *p);
 /* ---- Submitting ---- */
 
 /* Queues t on the caller's worker (see the file comment). OK, FULL, CLOSED or INVALID; on
- * anything but OK nothing is queued and t->ctx is not referenced. Never blocks: lock-free (one CAS
- * on the queue's ticket word, the slot and ck_ring's producer index, one eventcount add; a futex wake
- * only when the worker is parked). No allocation. Release: what the caller wrote before is
- * visible to the task. */
+ * anything but OK nothing is queued and t->ctx is not referenced. Never waits for room: one CAS
+ * on the queue's ticket word, the slot and ck_ring's producer index, one eventcount add (a futex
+ * wake only when the worker is parked). Lock-free, except that a submit publishes its slot only
+ * after every earlier submit to the same queue published its own, as ck_ring's multi-producer
+ * enqueue does: one preempted between its CAS and its publication (a few instructions) holds the
+ * later ones, which yield the CPU after a short spin. No allocation. Release: what the caller
+ * wrote before is visible to the task. */
 ATS_API ats_pool_status ats_pool_try_submit(ats_pool *p, const ats_task *t);
 /* The same on worker `worker` (0 .. ats_pool_size(p)-1). */
 ATS_API ats_pool_status ats_pool_try_submit_to(ats_pool *p, unsigned worker, const ats_task *t);
@@ -182,11 +185,12 @@ ATS_API ats_pool_status ats_pool_try_submit_to(ats_pool *p, unsigned worker, con
 /* Bursts: queues the first of t[0..n) that fit, in order, on the caller's worker (or on
  * `worker`); returns how many. *status (optional) says why it stopped short: FULL (the rest did
  * not fit), CLOSED (none queued) or INVALID (NULL p, NULL t with n > 0, a task without run, a
- * worker out of range: none queued); OK when all n went (n == 0
- * included). One ticket CAS, one publication of the queue's index and one eventcount add for the
- * whole burst, where n try_submits pay n of each (and the worker's core fetches the index n
- * times): a fan-out of many tasks costs little more than its slot copies. Lock-free, as
- * try_submit; no allocation. The tasks go to one queue: idle workers steal from it. */
+ * worker out of range: none queued, none referenced); OK when all n went (n == 0 included).
+ * One ticket CAS, one publication of the queue's index and one eventcount add for the whole
+ * burst, where n try_submits pay n of each (and the worker's core fetches the index n times): a
+ * fan-out of many tasks costs little more than its slot copies, plus one pass over t to check
+ * it. Progress as try_submit; no allocation. The tasks go to one queue: idle workers steal
+ * from it. */
 ATS_API size_t ats_pool_try_submit_n(ats_pool *p, const ats_task *t, size_t n, ats_pool_status *status);
 ATS_API size_t ats_pool_try_submit_n_to(ats_pool *p, unsigned worker, const ats_task *t, size_t n,
                                         ats_pool_status *status);
