@@ -44,6 +44,7 @@
 #include "internal/cpu.h"
 #include "internal/ec.h"
 #include "internal/futex.h"
+#include "internal/ring_burst.h"
 #include "internal/spin.h"
 #include "internal/tsan.h"
 #ifdef ATS_TESTING
@@ -171,21 +172,6 @@ static uint32_t outstanding(struct worker *w)
 
 /* ---- Queues ---- */
 
-/* ck_ring's multi-producer commit (ck_ring_enqueue_commit_mpmc) of k slots from `ticket`, with a
- * back-off: a producer publishes its slots only after every earlier reservation is published,
- * and ck_ring's own loop spins on the CPU hint forever. When the earlier producer was preempted
- * inside its few instructions, later ones spinning on every core would keep it off the CPU for
- * whole time slices (submitters outnumbering cores: measured as a near-livelock); after a short
- * spin they yield instead (ats__spin_pause). The store fence orders the slots before the tail
- * (release), as ck_ring's commit does. */
-static void commit(struct ck_ring *ring, unsigned ticket, unsigned k)
-{
-	for (unsigned spins = 0; ck_pr_load_uint(&ring->p_tail) != ticket;)
-		ats__spin_pause(++spins);
-	ck_pr_fence_store();
-	ck_pr_store_uint(&ring->p_tail, ticket + k);
-}
-
 /* The room below the capacity, with tickets word c and c_head (or a copy of it) head. The
  * tickets are never more than capacity ahead of a head read after them (take_tickets); a head
  * that were would read as full, never as room. */
@@ -251,7 +237,7 @@ static inline size_t enqueue_n(ats_pool *p, struct worker *w, const ats_task *t,
 	 * ThreadSanitizer cannot see ck_ring's inline-assembly ordering; one sync object per queue
 	 * (as chan.c keeps one per channel) stands for it: the slot's last reader (its dequeue)
 	 * happens before this reservation reuses it, and what the submitter writes happens before
-	 * the task runs (the commit's store fence, the dequeue's load fence). */
+	 * the task runs (the publication's store fence, the dequeue's load fence). */
 	TSAN_ACQUIRE(&w->ring);
 	for (unsigned i = 0; i < k; i++) {
 		if (t[i].ctx)
@@ -259,7 +245,7 @@ static inline size_t enqueue_n(ats_pool *p, struct worker *w, const ats_task *t,
 		w->slots[(ticket + i) & w->ring.mask] = (struct task_slot){t[i].run, t[i].cancel, t[i].arg, t[i].ctx};
 	}
 	TSAN_RELEASE(&w->ring);
-	commit(&w->ring, ticket, k);
+	ats__ring_publish_mp(&w->ring, ticket, k);
 	ck_ec32_inc(&w->work, &ats__ec_mode_mp);
 	/* A busy worker (odd progress) may be blocked in a long task: wake a parked one to steal.
 	 * relaxed: hints; a missed wake is covered by the parked workers' steal period. */

@@ -95,8 +95,24 @@ static inline void ats__ring_dequeue_sc_burst(struct ck_ring *r, const struct ck
 	ck_pr_store_uint(&r->c_head, consumer + k);
 }
 
+/* Multi-producer: publishes the k slots from `first`, reserved and written, once every earlier
+ * reservation is published, as ck_ring's multi-producer commit does. ck_ring's loop spins on the
+ * CPU hint forever; when the earlier producer was preempted inside its few instructions, later
+ * ones spinning on every core would keep it off the CPU for whole time slices (producers
+ * outnumbering cores: measured in the pool as a near-livelock), so after a short spin this one
+ * yields (ats__spin_pause). The store fence orders the slots before the index (release).
+ * Blocking only while an earlier producer is between its reservation and its publication. Used
+ * by the burst below and by the pool, whose queues reserve slots with a ticket word. */
+static inline void ats__ring_publish_mp(struct ck_ring *r, unsigned first, unsigned k)
+{
+	for (unsigned spins = 0; ck_pr_load_uint(&r->p_tail) != first;)
+		ats__spin_pause(++spins);
+	ck_pr_fence_store();
+	ck_pr_store_uint(&r->p_tail, first + k);
+}
+
 /* Multi-producer: reserves up to n slots with one CAS on p_head, fills them, then publishes them
- * once every earlier reservation is published. */
+ * (ats__ring_publish_mp). */
 static inline unsigned ats__ring_enqueue_mp_burst(struct ck_ring *r, struct ck_ring_buffer *slots, void *const *items,
                                                   size_t n)
 {
@@ -121,10 +137,7 @@ static inline unsigned ats__ring_enqueue_mp_burst(struct ck_ring *r, struct ck_r
 	}
 	for (unsigned i = 0; i < k; i++)
 		ck_pr_store_ptr(&slots[(producer + i) & mask].value, items[i]);
-	for (unsigned spins = 0; ck_pr_load_uint(&r->p_tail) != producer;)
-		ats__spin_pause(++spins);
-	ck_pr_fence_store();
-	ck_pr_store_uint(&r->p_tail, producer + k);
+	ats__ring_publish_mp(r, producer, k);
 	return k;
 }
 
