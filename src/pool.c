@@ -725,25 +725,7 @@ static struct worker *caller_worker(ats_pool *p)
 	return &p->w[ats__current_cpu() % p->n];
 }
 
-static bool task_ok(const ats_task *t)
-{
-	return t && t->run;
-}
-
-ats_pool_status ats_pool_try_submit(ats_pool *p, const ats_task *t)
-{
-	if (ats__unlikely(!p || !task_ok(t)))
-		return ATS_POOL_INVALID;
-	return enqueue(p, caller_worker(p), t);
-}
-
-ats_pool_status ats_pool_try_submit_to(ats_pool *p, unsigned worker, const ats_task *t)
-{
-	if (ats__unlikely(!p || !task_ok(t) || worker >= p->n))
-		return ATS_POOL_INVALID;
-	return enqueue(p, &p->w[worker], t);
-}
-
+/* t[0..n) are tasks (each has run). */
 static bool tasks_ok(const ats_task *t, size_t n)
 {
 	if (!t)
@@ -752,6 +734,20 @@ static bool tasks_ok(const ats_task *t, size_t n)
 		if (!t[i].run)
 			return false;
 	return true;
+}
+
+ats_pool_status ats_pool_try_submit(ats_pool *p, const ats_task *t)
+{
+	if (ats__unlikely(!p || !tasks_ok(t, 1)))
+		return ATS_POOL_INVALID;
+	return enqueue(p, caller_worker(p), t);
+}
+
+ats_pool_status ats_pool_try_submit_to(ats_pool *p, unsigned worker, const ats_task *t)
+{
+	if (ats__unlikely(!p || !tasks_ok(t, 1) || worker >= p->n))
+		return ATS_POOL_INVALID;
+	return enqueue(p, &p->w[worker], t);
 }
 
 static size_t submit_n(ats_pool *p, struct worker *w, const ats_task *t, size_t n, ats_pool_status *status)
@@ -827,7 +823,7 @@ static ats_err *wait_room(ats_pool *p, struct worker *w, const ats_task *t, ats_
 
 ats_err *ats_pool_submit(ats_pool *p, const ats_task *t, ats_ctx *ctx)
 {
-	if (!p || !task_ok(t) || !ctx)
+	if (!p || !tasks_ok(t, 1) || !ctx)
 		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "pool: NULL %s",
 		                   !p     ? "pool"
 		                   : !ctx ? "ctx"
@@ -845,7 +841,7 @@ ats_err *ats_pool_submit(ats_pool *p, const ats_task *t, ats_ctx *ctx)
 
 ats_err *ats_pool_submit_to(ats_pool *p, unsigned worker, const ats_task *t, ats_ctx *ctx)
 {
-	if (!p || !task_ok(t) || !ctx)
+	if (!p || !tasks_ok(t, 1) || !ctx)
 		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "pool: NULL %s",
 		                   !p     ? "pool"
 		                   : !ctx ? "ctx"
