@@ -1,10 +1,10 @@
 /* SPDX-License-Identifier: BSD-2-Clause */
 /* The worker pool: submit one task from a thread outside the pool and wait for it to finish (the
  * round trip a server's I/O thread pays to hand work to a core), and a fan-out of 1000 tasks
- * waited for together (per fan-out), submitted one by one and as one burst. One worker, so the submitting thread keeps
- * a core of its own on a small machine (more workers than free cores would measure the scheduler). The waiting thread
- * spins on the task's completion flag, as a latency-critical caller would. Go peers: bench/peers/go/pool.go (go +
- * WaitGroup). */
+ * waited for together (per fan-out), submitted one by one and as one burst. One worker, so the
+ * submitting thread keeps a core of its own on a small machine (more workers than free cores
+ * would measure the scheduler). The waiting thread spins on a completion flag, as a
+ * latency-critical caller would. Go peers: bench/peers/go/pool.go (go + WaitGroup). */
 #include "bench.h"
 #include "atscale/pool.h"
 #include "internal/compiler.h"

@@ -83,9 +83,10 @@ static bool submit_burst(struct run *r, uint32_t first)
 		ts[j] = task_for(r, first + j);
 	for (size_t k = 0; k < BURST;) {
 		ats_pool_status st;
-		size_t q =
-		    first % 2 ? ats_pool_try_submit_n(r->p, ts + k, BURST - k, &st)
-		              : ats_pool_try_submit_n_to(r->p, ats_pool_pick_less_loaded(r->p), ts + k, BURST - k, &st);
+		/* Every other burst to the caller's worker, the rest to the less loaded of two. */
+		size_t q = first / 64 % 2 ? ats_pool_try_submit_n(r->p, ts + k, BURST - k, &st)
+		                          : ats_pool_try_submit_n_to(r->p, ats_pool_pick_less_loaded(r->p), ts + k,
+		                                                     BURST - k, &st);
 		for (size_t j = k; j < k + q; j++)
 			atomic_store_explicit(&r->accepted[first + j], 1, memory_order_relaxed);
 		k += q;

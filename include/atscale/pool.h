@@ -203,7 +203,7 @@ ATS_API size_t ats_pool_try_submit_n_to(ats_pool *p, unsigned worker, const ats_
 ATS_API ATS_NODISCARD ats_err *ats_pool_submit(ats_pool *p, const ats_task *t, ats_ctx *ctx);
 /* The same on worker `worker` only (no fallback to another queue). */
 ATS_API ATS_NODISCARD ats_err *ats_pool_submit_to(ats_pool *p, unsigned worker, const ats_task *t, ats_ctx *ctx);
-/* Queues all of t[0..n): bursts on the caller's worker while they fit; a task that does not
+/* Queues all of t[0..n): bursts on the caller's worker while they fit; a task that does not fit
  * waits as ats_pool_submit does (another queue, then room), and the bursts go on after it.
  * *submitted gets how many were queued, in order (all of them when it returns NULL); on an error
  * (ATS_ERR_CLOSED, ctx's error) the rest were not. ATS_ERR_INVALID_ARGUMENT, with nothing queued,
