@@ -50,6 +50,7 @@
 #include "internal/compiler.h"
 #include "internal/ec.h"
 #include "internal/futex.h"
+#include "internal/spin.h"
 
 #include <linux/futex.h>
 #include <math.h>
@@ -455,14 +456,18 @@ static ats_err *await(struct call *c, struct plan *pl, void **result, ats_ctx *c
 		bool moved = false;
 		/* Timed on CLOCK_MONOTONIC, precise whatever source the fast clock uses, read every 64
 		 * rounds: a look at the call is one load, a clock read is not. Not internal/spin.h's
-		 * spin, whose first 256 untimed tries could overrun a hedge time that is near. */
+		 * spin, whose first 256 untimed tries could overrun a hedge time that is near; it yields
+		 * the CPU as that spin does (ats__spin_yield: the worker it waits for may need it). */
 		uint64_t spin_ns = until <= now ? 0 : until - now < SPIN_NS ? until - now : SPIN_NS;
 		uint64_t spin_end = ats_now_ns() + spin_ns;
-		for (unsigned i = 1; !moved; i++) {
+		for (uint32_t i = 0;; i++) {
 			ats__cpu_relax();
 			moved = atomic_load_explicit(&c->seq, memory_order_relaxed) != seq ||
 			        atomic_load_explicit(&kick, memory_order_relaxed) != k;
-			if (!(i & 63) && ats_now_ns() >= spin_end)
+			if (moved)
+				break;
+			ats__spin_yield(i);
+			if (i % 64 == 63 && ats_now_ns() >= spin_end)
 				break;
 		}
 		if (moved || (until != UINT64_MAX && ats_fast_now_ns() >= until))
