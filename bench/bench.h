@@ -44,6 +44,10 @@ void ats_bench_register(const ats_bench *b);
  * the given percentile, min and max to the extremes. n > 0. */
 void ats_bench_percentile(uint64_t *samples, size_t n, unsigned percentile, ats_bench_result *out);
 
+/* For rows that measure what an idle component costs: sleeps window_ns and returns the CPU time
+ * every thread of the process used meanwhile, per wall-clock second (1e7 = 1% of one core). */
+double ats_bench_cpu_per_sec(uint64_t window_ns);
+
 #define ATS_BENCH(var)                                                                                                 \
 	__attribute__((constructor)) static void ats_bench_register_##var(void)                                        \
 	{                                                                                                              \

@@ -12,8 +12,10 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define FANOUT 1000
 
@@ -229,3 +231,47 @@ ATS_BENCH(pool_fanout)
 static const ats_bench pool_fanout_batch = {
     "pool.fanout_1000_batch", ATS_BENCH_1T, pb_setup, fanout_batch, pb_teardown, NULL, NULL};
 ATS_BENCH(pool_fanout_batch)
+
+/* ---- pool.idle_8: what an idle pool costs ----
+ * The process's CPU time per wall second while a pool of 8 workers (the default spin and idle
+ * policy) has nothing to do, after a task for each worker, past the spin that followed it. Its
+ * workers wake only for their steal period (ATS_POOL_STEAL_PERIOD_NS) and park again. Measures
+ * itself, in ns of CPU per second, with the share of one core in `core_percent`. */
+#define IDLE_WORKERS 8
+
+static void nothing(void *arg, ats_ctx *ctx)
+{
+	(void)ctx;
+	atomic_fetch_add_explicit((_Atomic uint64_t *)arg, 1, memory_order_release);
+}
+
+static bool idle_measure(void *state, bool quick, ats_bench_result *out)
+{
+	(void)state;
+	ats_pool *p;
+	ats_pool_config cfg = {.workers = IDLE_WORKERS};
+	ats_err *err = ats_pool_new(&p, &cfg);
+	if (err) {
+		ats_err_unref(err);
+		return false;
+	}
+	_Atomic uint64_t ran = 0;
+	for (unsigned i = 0; i < IDLE_WORKERS; i++) {
+		ats_task t = {.run = nothing, .arg = (void *)&ran};
+		while (ats_pool_try_submit_to(p, i, &t) != ATS_POOL_OK)
+			;
+	}
+	while (atomic_load_explicit(&ran, memory_order_acquire) < IDLE_WORKERS)
+		ats__cpu_relax();
+	/* Past every worker's spin (config.spin_ns, 40 us by default) before the window opens. */
+	struct timespec settle = {0, 50 * 1000000L};
+	nanosleep(&settle, NULL);
+	double per_sec = ats_bench_cpu_per_sec(quick ? 300000000u : 1000000000u);
+	ats_pool_free(p);
+	out->ns_per_op = out->min = out->max = per_sec;
+	snprintf(out->extra, sizeof out->extra, "\"workers\": %d, \"core_percent\": %.3f", IDLE_WORKERS, per_sec / 1e7);
+	return true;
+}
+
+static const ats_bench pool_idle = {"pool.idle_8", ATS_BENCH_1T, NULL, NULL, NULL, idle_measure, NULL};
+ATS_BENCH(pool_idle)

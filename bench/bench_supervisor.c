@@ -96,13 +96,6 @@ static ats_err *idle_body(void *arg, ats_heartbeat *hb, ats_ctx *ctx)
 	return NULL;
 }
 
-static uint64_t cpu_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-	return (uint64_t)ts.tv_sec * ATS_NS_PER_SEC + (uint64_t)ts.tv_nsec;
-}
-
 static bool monitor_measure(void *state, bool quick, ats_bench_result *out)
 {
 	(void)state;
@@ -123,13 +116,10 @@ static bool monitor_measure(void *state, bool quick, ats_bench_result *out)
 		return false;
 	}
 	/* Let the wards settle into their waits, then measure over a window of wall time. */
-	struct timespec settle = {0, 100 * 1000000L}, window = {quick ? 0 : 1, quick ? 300 * 1000000L : 0};
+	struct timespec settle = {0, 100 * 1000000L};
 	nanosleep(&settle, NULL);
-	uint64_t c0 = cpu_ns(), w0 = ats_now_ns();
-	nanosleep(&window, NULL);
-	uint64_t c1 = cpu_ns(), w1 = ats_now_ns();
+	double per_sec = ats_bench_cpu_per_sec(quick ? 300 * MS : 1000 * MS);
 	ats_supervisor_free(s);
-	double per_sec = (double)(c1 - c0) * 1e9 / (double)(w1 - w0);
 	out->ns_per_op = out->min = out->max = per_sec;
 	snprintf(out->extra, sizeof out->extra, "\"wards\": %d, \"check_ns\": %llu, \"core_percent\": %.3f", WARDS,
 	         (unsigned long long)(10 * MS), per_sec / 1e7);

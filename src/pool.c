@@ -408,6 +408,10 @@ static void *worker_main(void *arg)
 	self = w;
 	urcu_memb_register_thread();
 	struct task_slot s;
+	/* Whether the worker ran a task since it last parked: only then does it spin before parking.
+	 * A worker that wakes for its steal period and finds nothing parks again at once, so an idle
+	 * pool costs each worker one wake-up and one look at the queues per period, not a spin. */
+	bool ran = false;
 	for (;;) {
 		/* acquire: pairs with shutdown's release stores of the state. Checked before taking a
 		 * task: once stopping, what is queued is shutdown's to cancel, not a worker's to run. */
@@ -417,11 +421,13 @@ static void *worker_main(void *arg)
 		if (dequeue(p, w, &s)) {
 			if (!execute(p, w, &s, false))
 				break; /* replaced while stuck: the worker has another thread */
+			ran = true;
 			continue;
 		}
 		if (steal(p, w, &s)) {
 			if (!execute(p, w, &s, true))
 				break;
+			ran = true;
 			continue;
 		}
 		if (st == DRAINING)
@@ -431,7 +437,7 @@ static void *worker_main(void *arg)
 			continue;
 		}
 		bool found = false;
-		if (p->idle == ATS_POOL_SPIN_PARK && st == RUNNING) {
+		if (p->idle == ATS_POOL_SPIN_PARK && st == RUNNING && ran) {
 			ats__spin spin = ats__spin_start(p->spin_ns); /* internal/spin.h */
 			for (uint32_t i = 0; !found; i++) {
 				ats__cpu_relax();
@@ -440,8 +446,10 @@ static void *worker_main(void *arg)
 					break;
 			}
 		}
-		if (!found)
+		if (!found) {
 			park(p, w);
+			ran = false;
+		}
 	}
 	urcu_memb_unregister_thread();
 	self = NULL;

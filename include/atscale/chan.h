@@ -24,7 +24,8 @@
  * completes when its value is buffered, never when a receiver takes it, so capacity 1 is the
  * nearest thing and is not the same (a sender does not wait for the receiver).
  *
- * Blocking: send and recv spin (config.spin_ns) and then park on the channel's eventcount
+ * Blocking: send and recv spin (config.spin_ns; the spin yields the CPU every 256 tries, so it
+ * does not hold back a peer queued on the same CPU) and then park on the channel's eventcount
  * ("not empty" for receivers, "not full" for senders): no system call while nobody waits, one
  * futex wake per operation that finds a parked waiter (a receiver that finds a send between its
  * start and its enqueue waits for that value rather than park). A busy-poll channel never parks.

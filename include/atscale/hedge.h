@@ -31,7 +31,8 @@
  *    it and the other is dropped without running.
  *
  * The caller waits for the outcome (or its hedge time) spinning up to 10 us, about what a futex
- * sleep and wake-up cost, then on a futex: no timer thread, no long busy wait.
+ * sleep and wake-up cost (yielding the CPU every 256 tries, in case a worker it waits for is
+ * queued on it), then on a futex: no timer thread, no long busy wait.
  * Once the call is decided, attempts still queued (no worker started them) are withdrawn: they
  * never run, and the call does not wait for them, so a loser queued behind a long task or on a
  * sleeping worker costs the caller nothing (in the pool's counters its task counts as run: it

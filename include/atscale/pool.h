@@ -25,7 +25,10 @@
  *
  * Idling. A worker whose queue is empty steals one task from another worker (one pass over the
  * others from a random start) before it idles. Then, by config.idle:
- *   ATS_POOL_SPIN_PARK (default) spins config.spin_ns re-checking, then parks;
+ *   ATS_POOL_SPIN_PARK (default) spins config.spin_ns re-checking, then parks (the spin yields
+ *   the CPU every 256 tries, so on a machine with more runnable threads than CPUs it does not
+ *   hold back the thread that would bring it work); it spins only after running a task, never
+ *   after a wake-up that found nothing;
  *   ATS_POOL_PARK parks at once;
  *   ATS_POOL_POLL never sleeps (run-to-completion cores, as DPDK's lcores): it keeps polling.
  * A parked worker sleeps on its queue's eventcount (ck_ec): a submit bumps it (one locked add,
