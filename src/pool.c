@@ -134,6 +134,12 @@ struct ats_pool {
 
 #ifdef ATS_TESTING
 _Atomic uint32_t ats__pool_first_ticket;
+_Atomic uint64_t ats__pool_steal_period_ns;
+
+unsigned ats__pool_parked(struct ats_pool *p)
+{
+	return atomic_load(&p->nparked);
+}
 #endif
 
 /* The worker the calling thread is (NULL when it is none). */
@@ -225,6 +231,28 @@ static inline unsigned take_tickets(ats_pool *p, struct worker *w, size_t n, uns
 	return k;
 }
 
+/* Whether some worker is parked. relaxed: a hint, read before anything costlier (the word
+ * changes only when a worker parks or wakes). */
+static bool any_parked(ats_pool *p)
+{
+	return atomic_load_explicit(&p->nparked, memory_order_relaxed) != 0;
+}
+
+/* Wakes one parked worker other than w, if there is one, to look for work to steal: tasks are
+ * queued behind w, which is busy and may be blocked in a long task. relaxed: hints; a missed
+ * wake is covered by the parked workers' steal period. Wait-free; a futex wake when it finds one. */
+static void wake_a_parked(ats_pool *p, struct worker *w)
+{
+	unsigned start = rng_next(&rng_state) % p->n;
+	for (unsigned i = 0; i < p->n; i++) {
+		struct worker *o = &p->w[(start + i) % p->n];
+		if (o != w && atomic_load_explicit(&o->parked, memory_order_relaxed)) {
+			ck_ec32_inc(&o->work, &ats__ec_mode_mp);
+			return;
+		}
+	}
+}
+
 /* Queues the first of t[0..n) that fit on w (all tasks valid, n >= 1); returns how many, *st OK
  * when all did. One ticket CAS, one publication and one eventcount add for all of them. */
 static inline size_t enqueue_n(ats_pool *p, struct worker *w, const ats_task *t, size_t n, ats_pool_status *st)
@@ -248,18 +276,9 @@ static inline size_t enqueue_n(ats_pool *p, struct worker *w, const ats_task *t,
 	ats__ring_publish_mp(&w->ring, ticket, k);
 	ck_ec32_inc(&w->work, &ats__ec_mode_mp);
 	/* A busy worker (odd progress) may be blocked in a long task: wake a parked one to steal.
-	 * relaxed: hints; a missed wake is covered by the parked workers' steal period. */
-	if (atomic_load_explicit(&p->nparked, memory_order_relaxed) &&
-	    (atomic_load_explicit(&w->progress, memory_order_relaxed) & 1)) {
-		unsigned start = rng_next(&rng_state) % p->n;
-		for (unsigned i = 0; i < p->n; i++) {
-			struct worker *o = &p->w[(start + i) % p->n];
-			if (o != w && atomic_load_explicit(&o->parked, memory_order_relaxed)) {
-				ck_ec32_inc(&o->work, &ats__ec_mode_mp);
-				break;
-			}
-		}
-	}
+	 * (The worker's own line is read only when some worker is parked.) */
+	if (any_parked(p) && (atomic_load_explicit(&w->progress, memory_order_relaxed) & 1))
+		wake_a_parked(p, w);
 	return k;
 }
 
@@ -357,18 +376,27 @@ static bool execute(ats_pool *p, struct worker *w, struct task_slot *s, bool sto
 	return true;
 }
 
-/* One pass over the other workers from a random start; true with *s taken. */
-static bool steal(ats_pool *p, struct worker *w, struct task_slot *s)
+/* One pass over the other workers from a random start; the worker *s was taken from, or NULL. */
+static struct worker *steal(ats_pool *p, struct worker *w, struct task_slot *s)
 {
 	if (p->n < 2)
-		return false;
+		return NULL;
 	unsigned start = rng_next(&w->rng) % p->n;
 	for (unsigned i = 0; i < p->n; i++) {
 		struct worker *v = &p->w[(start + i) % p->n];
 		if (v != w && dequeue(p, v, s))
-			return true;
+			return v;
 	}
-	return false;
+	return NULL;
+}
+
+/* w took a task from q's queue: when more wait there and some worker is parked, wakes one to
+ * share them (the task just taken may be long: the rest must not wait for it). As Go's scheduler
+ * wakes an idle P when it finds work. */
+static void share(ats_pool *p, struct worker *w, struct worker *q)
+{
+	if (any_parked(p) && ck_ring_size(&q->ring))
+		wake_a_parked(p, w);
 }
 
 static bool has_work(ats_pool *p, struct worker *w)
@@ -386,8 +414,8 @@ static void notify_drain(ats_pool *p)
 	ats__futex_wake(&p->drain_kick, 1);
 }
 
-/* Sleeps on w's `work` until a submit, a shutdown step or the steal period. */
-static void park(ats_pool *p, struct worker *w)
+/* Sleeps on w's `work` until a submit, a shutdown step or `period_ns` (the steal period). */
+static void park(ats_pool *p, struct worker *w, uint64_t period_ns)
 {
 	uint32_t val = ats__ec_arm(&w->work);
 	atomic_store_explicit(&w->parked, 1, memory_order_relaxed);
@@ -395,8 +423,7 @@ static void park(ats_pool *p, struct worker *w)
 	/* seq_cst: orders the flag set by ats__ec_arm's CAS before the re-checks (chan.c's step 3). */
 	atomic_thread_fence(memory_order_seq_cst);
 	if (!ck_ring_size(&w->ring) && atomic_load_explicit(&p->state, memory_order_acquire) != STOPPING)
-		ats__futex_wait((const _Atomic uint32_t *)(void *)&w->work.counter, val,
-		                ats_now_ns() + ATS_POOL_STEAL_PERIOD_NS);
+		ats__futex_wait((const _Atomic uint32_t *)(void *)&w->work.counter, val, ats_now_ns() + period_ns);
 	atomic_fetch_sub_explicit(&p->nparked, 1, memory_order_relaxed);
 	atomic_store_explicit(&w->parked, 0, memory_order_relaxed);
 }
@@ -409,9 +436,16 @@ static void *worker_main(void *arg)
 	urcu_memb_register_thread();
 	struct task_slot s;
 	/* Whether the worker ran a task since it last parked: only then does it spin before parking.
-	 * A worker that wakes for its steal period and finds nothing parks again at once, so an idle
-	 * pool costs each worker one wake-up and one look at the queues per period, not a spin. */
+	 * A worker that wakes for its steal period and finds nothing parks again at once, with the
+	 * period doubled (up to ATS_POOL_STEAL_PERIOD_MAX_NS), so an idle pool costs each worker a
+	 * wake-up and a look at the queues every few milliseconds, not a spin every millisecond. */
 	bool ran = false;
+	uint64_t first_period = ATS_POOL_STEAL_PERIOD_NS, max_period = ATS_POOL_STEAL_PERIOD_MAX_NS;
+#ifdef ATS_TESTING
+	if (atomic_load(&ats__pool_steal_period_ns))
+		first_period = max_period = atomic_load(&ats__pool_steal_period_ns);
+#endif
+	uint64_t period = first_period;
 	for (;;) {
 		/* acquire: pairs with shutdown's release stores of the state. Checked before taking a
 		 * task: once stopping, what is queued is shutdown's to cancel, not a worker's to run. */
@@ -419,12 +453,15 @@ static void *worker_main(void *arg)
 		if (st == STOPPING)
 			break;
 		if (dequeue(p, w, &s)) {
+			share(p, w, w);
 			if (!execute(p, w, &s, false))
 				break; /* replaced while stuck: the worker has another thread */
 			ran = true;
 			continue;
 		}
-		if (steal(p, w, &s)) {
+		struct worker *victim = steal(p, w, &s);
+		if (victim) {
+			share(p, w, victim);
 			if (!execute(p, w, &s, true))
 				break;
 			ran = true;
@@ -447,8 +484,11 @@ static void *worker_main(void *arg)
 			}
 		}
 		if (!found) {
-			park(p, w);
+			if (ran)
+				period = first_period;
+			park(p, w, period);
 			ran = false;
+			period = 2 * period < max_period ? 2 * period : max_period; /* unless a task runs first */
 		}
 	}
 	urcu_memb_unregister_thread();

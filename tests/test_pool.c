@@ -632,6 +632,43 @@ Test(pool, a_blocked_worker_queue_is_drained_by_stealing)
 	gate_free(&g);
 }
 
+/* The other half of the same promise, with no steal period to fall back on: tasks queued on an
+ * idle worker (so the submit finds it not busy and wakes no one else) behind one that blocks. The
+ * worker that takes the blocking task leaves the rest queued and wakes the parked worker, which
+ * steals them. Without that wake-up they would wait for the blocked task: the test would fail at
+ * its bound instead of finishing. */
+Test(pool, a_worker_leaving_tasks_behind_a_blocking_one_wakes_a_parked_one)
+{
+	atomic_store(&ats__pool_steal_period_ns, UINT64_C(3600) * ATS_NS_PER_SEC);
+	ats_pool *p = mk(2, 256);
+	while (ats__pool_parked(p) < 2) /* both idle: neither is busy, neither is looking */
+		sched_yield();
+	struct gate g;
+	gate_init(&g);
+	g.p = p;
+	struct counts c = {0};
+	ats_task ts[201];
+	ts[0] = (ats_task){.run = gate_run, .arg = &g};
+	for (int i = 1; i < 201; i++)
+		ts[i] = counted(&c, NULL);
+	ats_pool_status st;
+	cr_assert_eq(ats_pool_try_submit_n_to(p, 0, ts, 201, &st), 201);
+	uint64_t bound = ats_now_ns() + 30 * ATS_NS_PER_SEC;
+	while (atomic_load(&c.ran) < 200 && ats_now_ns() < bound)
+		sched_yield();
+	cr_assert_eq(atomic_load(&c.ran), 200, "the tasks behind the blocked one waited for it");
+	while (!atomic_load(&g.entered)) /* worker 0 woke the other before it entered the gate */
+		sched_yield();
+	cr_assert_eq(atomic_load(&g.worker), 0);
+	ats_pool_worker_stats s1;
+	cr_assert_null(ats_pool_worker_stats_get(p, 1, &s1));
+	cr_expect_eq(s1.stolen, 200);
+	release(&g);
+	cr_assert_null(ats_pool_shutdown(p, ats_ctx_background()));
+	ats_pool_free(p);
+	gate_free(&g);
+}
+
 static void shutdown_from_worker(void *arg, ats_ctx *ctx)
 {
 	(void)ctx;

@@ -32,10 +32,11 @@
  *   ATS_POOL_PARK parks at once;
  *   ATS_POOL_POLL never sleeps (run-to-completion cores, as DPDK's lcores): it keeps polling.
  * A parked worker sleeps on its queue's eventcount (ck_ec): a submit bumps it (one locked add,
- * and a futex wake only when the worker is parked). A parked worker also wakes every
- * ATS_POOL_STEAL_PERIOD_NS to look for work to steal, and a submit to a worker that is busy
- * running a task wakes one parked worker: a task queued behind a worker blocked in a long task is
- * stolen, not stuck.
+ * and a futex wake only when the worker is parked). A task queued behind a worker blocked in a
+ * long task is stolen, not stuck: a submit to a worker that is busy running a task wakes one
+ * parked worker, so does a worker that takes a task and leaves more queued behind it, and a
+ * parked worker also wakes every ATS_POOL_STEAL_PERIOD_NS to look for work to steal (the
+ * period doubling, up to ATS_POOL_STEAL_PERIOD_MAX_NS, while it finds none).
  *
  * Tasks and cancellation. A task runs as run(arg, ctx) on some worker (its own queue's or a
  * thief). Its ctx is the one in the descriptor (the pool holds a reference from submit until
@@ -113,8 +114,10 @@ typedef enum ats_pool_idle {
  * 2000 rounds the pool first counted took on the development VM (a time, not a count of CPU
  * pauses, whose length differs tens of times between CPUs). */
 #define ATS_POOL_DEFAULT_SPIN_NS 40000u
-/* How often a parked worker wakes to look for work to steal. */
+/* How often a parked worker wakes to look for work to steal, at first: one that wakes and finds
+ * nothing doubles its period, up to ATS_POOL_STEAL_PERIOD_MAX_NS, until it runs a task again. */
 #define ATS_POOL_STEAL_PERIOD_NS 1000000u
+#define ATS_POOL_STEAL_PERIOD_MAX_NS 16000000u
 
 typedef struct ats_pool_config {
 	unsigned workers;      /* 0: one per CPU the process may run on */

@@ -11,4 +11,12 @@
  * test sets it just below 2^32 to make the 32-bit ring indexes wrap within a few tasks. */
 extern _Atomic uint32_t ats__pool_first_ticket;
 
+/* When not 0, the steal period (first and longest) of workers started from now on, in ns: a test
+ * sets it to an hour so that only a wake-up can make a parked worker look for work. */
+extern _Atomic uint64_t ats__pool_steal_period_ns;
+
+/* How many of p's workers are parked (or about to sleep: their eventcount is armed). */
+struct ats_pool;
+unsigned ats__pool_parked(struct ats_pool *p);
+
 #endif
