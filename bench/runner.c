@@ -90,23 +90,16 @@ static uint64_t process_cpu_ns(void)
 {
 	struct timespec ts;
 	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-static uint64_t wall_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+	return (uint64_t)ts.tv_sec * ATS_NS_PER_SEC + (uint64_t)ts.tv_nsec;
 }
 
 double ats_bench_cpu_per_sec(uint64_t window_ns)
 {
-	struct timespec window = {(time_t)(window_ns / 1000000000u), (long)(window_ns % 1000000000u)};
-	uint64_t c0 = process_cpu_ns(), w0 = wall_ns();
+	struct timespec window = {(time_t)(window_ns / ATS_NS_PER_SEC), (long)(window_ns % ATS_NS_PER_SEC)};
+	uint64_t c0 = process_cpu_ns(), w0 = mono_ns();
 	while (nanosleep(&window, &window) != 0)
 		;
-	uint64_t c1 = process_cpu_ns(), w1 = wall_ns();
+	uint64_t c1 = process_cpu_ns(), w1 = mono_ns();
 	return (double)(c1 - c0) * 1e9 / (double)(w1 - w0);
 }
 
