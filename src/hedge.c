@@ -50,6 +50,7 @@
 #include "internal/compiler.h"
 #include "internal/ec.h"
 #include "internal/futex.h"
+#include "internal/home_cache.h"
 #include "internal/spin.h"
 
 #include <linux/futex.h>
@@ -103,7 +104,6 @@ struct call {
 	_Alignas(64) _Atomic(ats_err *) errs[ATS_HEDGE_MAX_ATTEMPTS]; /* set (release) by attempt n when it fails */
 	unsigned sent;
 	unsigned last_worker;
-	void *raw; /* what malloc returned */
 };
 _Static_assert(offsetof(struct call, seq) == 64, "an attempt's line is the first 64 bytes");
 
@@ -126,8 +126,8 @@ static void free_call(struct call *c)
 {
 	for (unsigned i = 0; i < c->sent; i++)
 		ats_err_unref(atomic_load_explicit(&c->errs[i], memory_order_relaxed));
-	ats_ctx_release(c->ctx);
-	free(c->raw);
+	ats_ctx_release(c->ctx); /* NULL when the caller released it (await) */
+	ats__home_put(c);
 }
 
 /* Whether `sent` attempts have all ended or been dropped: no task touches the record again. */
@@ -251,17 +251,16 @@ static void attempt_cancel(void *arg, const ats_err *why)
 
 static ats_err *new_call(const ats_request *r, ats_ctx *ctx, struct call **out)
 {
-	/* malloc and align by hand: glibc's aligned_alloc bypasses its per-thread cache and costs more
-	 * than the rest of a call's overhead. */
-	void *raw = malloc(sizeof(struct call) + 63);
-	if (!raw)
+	/* From the caller's cache of records, which the task that frees a record gives it back to
+	 * (internal/home_cache.h): no malloc's lock shared with the workers, and no aligned_alloc,
+	 * which bypasses glibc's per-thread cache. */
+	struct call *c = ats__home_get(sizeof *c);
+	if (!c)
 		return ats_err_oom;
-	struct call *c = (struct call *)(((uintptr_t)raw + 63) & ~(uintptr_t)63);
 	memset(c, 0, sizeof *c);
-	c->raw = raw;
 	ats_err *err = ats_ctx_with_cancel(ctx, &c->ctx);
 	if (err) {
-		free(raw);
+		ats__home_put(c);
 		return err;
 	}
 	atomic_init(&c->winner, NONE);
@@ -506,9 +505,15 @@ static ats_err *await(struct call *c, struct plan *pl, void **result, ats_ctx *c
 				break;
 			park_on_seq(c, seq, NULL, 0, ATS__FUTEX_FOREVER);
 		}
+		if (pl->h)
+			atomic_fetch_add_explicit(&pl->h->loser_busy_ns, atomic_load(&c->loser_busy_ns),
+			                          memory_order_relaxed);
+		/* No attempt reads the ctx again: those that ran have ended, and a withdrawn one, which a
+		 * worker may still reach, reads only the record. So the caller releases it, into its own
+		 * cache of contexts, rather than leaving it to the task that frees the record. */
+		ats_ctx_release(c->ctx);
+		c->ctx = NULL;
 	}
-	if (pl->h && (!c->req.detach || !success))
-		atomic_fetch_add_explicit(&pl->h->loser_busy_ns, atomic_load(&c->loser_busy_ns), memory_order_relaxed);
 	leave(c);
 	return err;
 }

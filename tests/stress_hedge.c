@@ -3,11 +3,13 @@
  * ASan), attempts racing to win, losers cancelled mid-run, some calls detached, some callers' ctxs
  * ending mid-call. Every result an attempt makes is either returned by its call or released,
  * exactly once: results made == calls won + results released, counted at the end after the pool
- * drained. */
+ * drained; and every call record went home (src/home_cache.c), the last ones after their callers
+ * exited. */
 #include <criterion/criterion.h>
 
 #include "atscale/clock.h"
 #include "atscale/hedge.h"
+#include "internal/home_cache_hooks.h"
 
 #include <pthread.h>
 
@@ -74,6 +76,7 @@ static void *caller(void *arg)
 
 Test(hedge_stress, every_result_returned_or_released_once, .timeout = 300)
 {
+	long homes = atomic_load(&ats__homes_alive);
 	struct run r;
 	ats_pool_config pc = {.workers = 3};
 	cr_assert_null(ats_pool_new(&r.p, &pc));
@@ -87,6 +90,9 @@ Test(hedge_stress, every_result_returned_or_released_once, .timeout = 300)
 	cr_assert_null(ats_pool_shutdown(r.p, ats_ctx_background())); /* detached losers end */
 	cr_expect_eq(atomic_load(&made), atomic_load(&won) + atomic_load(&released));
 	cr_expect_gt(atomic_load(&won), 0);
+	/* The callers exited, some with detached losers still running: the last of those freed their
+	 * homes (src/home_cache.c). */
+	cr_expect_eq(atomic_load(&ats__homes_alive), homes);
 	ats_hedger_stats st;
 	ats_hedger_stats_get(r.h, &st);
 	cr_expect_leq(st.hedges, st.requests / 2 + 10, "the budget held");

@@ -86,7 +86,9 @@ typedef struct ats_request {
  * returns the first success (*result). Errors: every attempt failed (the first error, others
  * attached); a fatal error; ctx's error when ctx is done first (attempts cancelled, results
  * released); ATS_ERR_INVALID_ARGUMENT for NULL p, r, r->attempt, result or ctx, or n out of
- * range. Blocking; one allocation per call. */
+ * range. Blocking. A call takes a record and a child ctx from per-thread caches (the record goes
+ * back to the caller's cache from whichever thread ends the call), so steady calls rarely reach
+ * malloc. */
 ATS_API ATS_NODISCARD ats_err *ats_replicate(ats_pool *p, const ats_request *r, unsigned n, void **result,
                                              ats_ctx *ctx);
 /* Tied request: two copies on two workers; the first to start runs, the other is dropped unrun.
@@ -122,7 +124,8 @@ ATS_API ATS_NODISCARD ats_err *ats_hedger_new(ats_hedger **out, const ats_hedger
 /* NULL-safe. Calls in flight must have returned (detached losers may still run: they hold no
  * reference to the hedger). */
 ATS_API void ats_hedger_free(ats_hedger *h);
-/* A hedged call (see the file comment). Errors as ats_replicate. Blocking; one allocation. */
+/* A hedged call (see the file comment). Errors as ats_replicate. Blocking; allocates as
+ * ats_replicate. */
 ATS_API ATS_NODISCARD ats_err *ats_hedge(ats_hedger *h, const ats_request *r, void **result, ats_ctx *ctx);
 /* The counters. Wait-free. */
 ATS_API void ats_hedger_stats_get(const ats_hedger *h, ats_hedger_stats *out);
