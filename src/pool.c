@@ -28,11 +28,18 @@
  * writes ticket t's slot has read (acquire) a c_head, itself or through `head_seen` (release
  * store, acquire load), above t - capacity, so the last reader of that slot is done with it.
  *
- * Wake-ups. Each queue has two eventcounts: `work` (bumped after each enqueue, and by shutdown;
- * its worker parks on it) and `room` (bumped after each dequeue; a blocking submit parks on it).
- * ck_ec32_inc is one locked add that makes a system call only when the waiter flag is set, and a
- * parker arms the flag (ats__ec_arm) and then re-checks its condition before it sleeps, so no
- * wake-up is lost (the argument in chan.c's header holds word for word).
+ * Wake-ups. Each queue has two eventcounts: `work` (its worker parks on it; bumped by a submit
+ * that finds the worker going to sleep, and by shutdown) and `room` (bumped after each dequeue; a
+ * blocking submit parks on it). ck_ec32_inc is one locked add that makes a system call only when
+ * the waiter flag is set, and a parker arms the flag (ats__ec_arm) and then re-checks its
+ * condition before it sleeps, so no wake-up is lost (the argument in chan.c's header).
+ * A submit bumps `work` only for a worker that armed it, where its ticket CAS is a locked
+ * instruction anyway (as chan.c's fenced sends): right after the CAS (seq_cst) it loads the flag
+ * (seq_cst), and bumps after its enqueue when it saw the flag. The parker arms the flag, fences
+ * (seq_cst) and re-checks the tickets, not the ring: so either the parker sees the ticket taken
+ * (it does not sleep, and waits for the task to land if the submit has not published it yet) or
+ * the submit sees the flag (and bumps). A task submitted to a worker that is not going to sleep
+ * costs no eventcount add.
  *
  * Shutdown's wait for the drain sleeps on `drain_kick`, which an idle worker bumps in the
  * draining state and the ctx's after-func bumps on cancel; shutdown re-checks the queues after
@@ -135,6 +142,7 @@ struct ats_pool {
 #ifdef ATS_TESTING
 _Atomic uint32_t ats__pool_first_ticket;
 _Atomic uint64_t ats__pool_steal_period_ns;
+void (*_Atomic ats__pool_before_publish)(void);
 
 unsigned ats__pool_parked(struct ats_pool *p)
 {
@@ -224,8 +232,10 @@ static inline unsigned take_tickets(ats_pool *p, struct worker *w, size_t n, uns
 			}
 		}
 		k = (unsigned)(n < room ? n : room);
+		/* seq_cst: also orders the ticket before the load of the worker's waiter flag that follows
+		 * (file comment, wake-ups). */
 	} while (
-	    !atomic_compare_exchange_weak_explicit(&w->tickets, &c, c + k, memory_order_acq_rel, memory_order_acquire));
+	    !atomic_compare_exchange_weak_explicit(&w->tickets, &c, c + k, memory_order_seq_cst, memory_order_acquire));
 	*first = (unsigned)c;
 	*st = k == n ? ATS_POOL_OK : ATS_POOL_FULL;
 	return k;
@@ -261,6 +271,14 @@ static inline size_t enqueue_n(ats_pool *p, struct worker *w, const ats_task *t,
 	unsigned k = take_tickets(p, w, n, &ticket, st);
 	if (ats__unlikely(k == 0))
 		return 0;
+	/* Whether the worker is going to sleep: seq_cst, after the ticket's seq_cst CAS (file comment,
+	 * wake-ups). */
+	bool worker_sleeps = __atomic_load_n(&w->work.counter, __ATOMIC_SEQ_CST) & ATS__EC_FLAG;
+#ifdef ATS_TESTING
+	void (*hook)(void) = atomic_load(&ats__pool_before_publish);
+	if (hook)
+		hook(); /* widens the window between the flag's load and the publication */
+#endif
 	/* Cannot fail: the tickets are ours and fewer than capacity are ahead of c_head.
 	 * ThreadSanitizer cannot see ck_ring's inline-assembly ordering; one sync object per queue
 	 * (as chan.c keeps one per channel) stands for it: the slot's last reader (its dequeue)
@@ -274,7 +292,8 @@ static inline size_t enqueue_n(ats_pool *p, struct worker *w, const ats_task *t,
 	}
 	TSAN_RELEASE(&w->ring);
 	ats__ring_publish_mp(&w->ring, ticket, k);
-	ck_ec32_inc(&w->work, &ats__ec_mode_mp);
+	if (worker_sleeps)
+		ck_ec32_inc(&w->work, &ats__ec_mode_mp);
 	/* A busy worker (odd progress) may be blocked in a long task: wake a parked one to steal.
 	 * (The worker's own line is read only when some worker is parked.) */
 	if (any_parked(p) && (atomic_load_explicit(&w->progress, memory_order_relaxed) & 1))
@@ -415,16 +434,29 @@ static void notify_drain(ats_pool *p)
 	ats__futex_wake(&p->drain_kick, 1);
 }
 
-/* Sleeps on w's `work` until a submit, a shutdown step or `period_ns` (the steal period). */
+/* Sleeps on w's `work` until a submit, a shutdown step or `period_ns` (the steal period); returns
+ * at once when a task is queued or landing on w. */
 static void park(ats_pool *p, struct worker *w, uint64_t period_ns)
 {
 	uint32_t val = ats__ec_arm(&w->work);
 	atomic_store_explicit(&w->parked, 1, memory_order_relaxed);
 	atomic_fetch_add_explicit(&p->nparked, 1, memory_order_relaxed);
-	/* seq_cst: orders the flag set by ats__ec_arm's CAS before the re-checks (chan.c's step 3). */
+	/* seq_cst: orders the flag set by ats__ec_arm's CAS before the re-checks (chan.c's step 3),
+	 * and pairs with a submit's ticket CAS and flag load (file comment, wake-ups). */
 	atomic_thread_fence(memory_order_seq_cst);
-	if (!ck_ring_size(&w->ring) && atomic_load_explicit(&p->state, memory_order_acquire) != STOPPING)
+	uint32_t tickets = (uint32_t)TICKETS(atomic_load_explicit(&w->tickets, memory_order_seq_cst));
+	uint32_t head = ck_pr_load_uint(&w->ring.c_head);
+	if (tickets != head) {
+		/* A ticket is taken: the task is queued, or its submit (which may have read the flag
+		 * before it was set, and then does not bump) is a few instructions from publishing it.
+		 * Wait for it to land, or for a thief to take it. */
+		for (uint32_t i = 0; !ck_ring_size(&w->ring) && ck_pr_load_uint(&w->ring.c_head) == head; i++) {
+			ats__cpu_relax();
+			ats__spin_yield(i); /* the submitter may be queued behind this thread */
+		}
+	} else if (atomic_load_explicit(&p->state, memory_order_acquire) != STOPPING) {
 		ats__futex_wait((const _Atomic uint32_t *)(void *)&w->work.counter, val, ats_now_ns() + period_ns);
+	}
 	atomic_fetch_sub_explicit(&p->nparked, 1, memory_order_relaxed);
 	atomic_store_explicit(&w->parked, 0, memory_order_relaxed);
 }

@@ -1,13 +1,15 @@
 /* SPDX-License-Identifier: BSD-2-Clause */
 /* The worker pool under contention (run under TSan and ASan): submitters on every core, tasks
  * with their own ctxs cancelled mid-flight, single submits and bursts, stealing, and shutdown
- * racing submit and cancel.
+ * racing submit and cancel; and submits racing a worker on its way to sleep.
  * Every task submitted with OK runs or is handed back cancelled exactly once (a per-task counter,
  * checked at the end); every task refused is never seen. Nothing sleeps to synchronize. */
 #include <criterion/criterion.h>
 
 #include "atscale/clock.h"
 #include "atscale/pool.h"
+#include "internal/compiler.h"
+#include "internal/pool_hooks.h"
 
 #include <pthread.h>
 #include <sched.h>
@@ -331,4 +333,69 @@ Test(pool_stress, replacements_racing_task_ends_lose_and_repeat_nothing, .timeou
 	cr_assert_eq(returned, replaced, "every quarantined thread returned and was joined");
 	cr_assert_eq(run + returned, SLOW_TASKS, "each task counted once: by its thread, or as returned");
 	ats_pool_free(p);
+}
+
+/* No wake-up is lost between a submit and a worker going to sleep: one worker that parks at once
+ * (no spin) with no steal period to fall back on (an hour), and a submitter whose next task lands
+ * at every phase of the worker's way to sleep (a random number of pauses after the last task ran:
+ * before it arms its eventcount, between the arming and its re-check, asleep), its publication
+ * delayed at random after it looked for the worker's waiter flag (hook ats__pool_before_publish).
+ * A wake-up lost once leaves a task queued for an hour: the round fails at its bound. */
+#ifdef SLOW
+#define WAKE_ROUNDS 3000u
+#else
+#define WAKE_ROUNDS 30000u
+#endif
+
+static _Atomic uint64_t wake_ran;
+static _Thread_local uint64_t hook_rng = 0x2545f4914f6cdd1du;
+
+/* A random wait of up to 2048 pauses. Between a submit's look at the flag and its publication
+ * (the hook): sometimes long enough for the worker to arm its flag and re-check in it. */
+static void wait_a_little(void)
+{
+	hook_rng ^= hook_rng << 13, hook_rng ^= hook_rng >> 7, hook_rng ^= hook_rng << 17;
+	for (uint64_t k = hook_rng % 2048; k > 0; k--)
+		ats__cpu_relax();
+}
+
+/* Counts itself, then lingers a random while: the next submit, which the count lets go, may land
+ * before the worker even starts on its way to sleep. */
+static void wake_bump(void *arg, ats_ctx *ctx)
+{
+	(void)arg, (void)ctx;
+	atomic_fetch_add_explicit(&wake_ran, 1, memory_order_release);
+	wait_a_little();
+}
+
+Test(pool_stress, a_submit_racing_a_worker_going_to_sleep_always_wakes_it, .timeout = 300)
+{
+	atomic_store(&ats__pool_steal_period_ns, UINT64_C(3600) * ATS_NS_PER_SEC);
+	ats_pool_config cfg = {.workers = 1, .idle = ATS_POOL_PARK};
+	ats_pool *p;
+	cr_assert_null(ats_pool_new(&p, &cfg));
+	atomic_store(&ats__pool_before_publish, wait_a_little);
+	uint64_t rng = 0x9e3779b97f4a7c15u;
+	ats_task t = {.run = wake_bump};
+	for (uint64_t i = 1; i <= WAKE_ROUNDS; i++) {
+		cr_assert_eq(ats_pool_try_submit(p, &t), ATS_POOL_OK);
+		uint64_t bound = ats_now_ns() + 10 * ATS_NS_PER_SEC;
+		for (unsigned n = 0; atomic_load_explicit(&wake_ran, memory_order_acquire) < i; n++) {
+			if (n % 1024 == 1023) {
+				cr_assert_lt(ats_now_ns(), bound, "round %llu: a wake-up was lost",
+				             (unsigned long long)i);
+				sched_yield();
+			}
+			ats__cpu_relax();
+		}
+		rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+		/* Land the next submit somewhere else: in half the rounds soon (while the task lingers, or
+		 * on the worker's way to sleep), in the others anywhere up to its sleep. */
+		for (uint64_t k = rng % (i % 2 ? 64 : 4096); k > 0; k--)
+			ats__cpu_relax();
+	}
+	atomic_store(&ats__pool_before_publish, NULL);
+	cr_assert_null(ats_pool_shutdown(p, ats_ctx_background()));
+	ats_pool_free(p);
+	atomic_store(&ats__pool_steal_period_ns, 0);
 }

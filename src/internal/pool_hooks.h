@@ -15,6 +15,12 @@ extern _Atomic uint32_t ats__pool_first_ticket;
  * sets it to an hour so that only a wake-up can make a parked worker look for work. */
 extern _Atomic uint64_t ats__pool_steal_period_ns;
 
+/* When set, every submit calls it between its look at the worker's waiter flag and the
+ * publication of its task: a test that makes it wait a while widens the window in which a worker
+ * may arm its flag after the look (the submit then does not wake it: the worker's re-check must
+ * see the ticket taken). */
+extern void (*_Atomic ats__pool_before_publish)(void);
+
 /* How many of p's workers are parked (or about to sleep: their eventcount is armed). */
 struct ats_pool;
 unsigned ats__pool_parked(struct ats_pool *p);
