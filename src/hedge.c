@@ -31,11 +31,15 @@
  *
  * An attempt still queued when the call is decided is withdrawn, not waited for: `states` has a
  * started bit and a withdrawn bit per attempt. A worker sets the started bit with one
- * fetch-and-add and runs the attempt unless the withdrawn bit was set; the deciding caller sets
- * the withdrawn bit of every attempt not started with one CAS. A withdrawn attempt never runs and
- * never counts as ended (the caller counted it); its task only bumps DROPPED when a worker
- * reaches it. So a caller waits for the losers that run, never for a queue to drain or a parked
- * worker to wake (row replicate.4).
+ * fetch-and-add and runs the attempt unless the withdrawn bit was set; a CAS sets the withdrawn
+ * bit of every attempt not started. The winner of a fan-out (replicate, tied) does so before its
+ * bump, for all the attempts the fan-out sends, so copies still queued never start while the
+ * caller is on its way to see the win; the deciding caller then does so for every attempt it
+ * sent, and counts the withdrawn ones among them from the word (the winner's withdrawals reach
+ * it with the winner's bump). A withdrawn attempt never runs and never counts as ended (the
+ * caller counted it); its task only bumps DROPPED when a worker reaches it. So a caller waits for
+ * the losers that started, never for a queue to drain or a parked worker to wake (row
+ * replicate.4).
  *
  * Layout: the record's first cache line holds what an attempt reads and the started bits, the
  * second the words the caller polls and every ender writes (the count, the winner, its result),
@@ -92,7 +96,8 @@ struct call {
 	/* What an attempt reads, and the started bits: one line, 64 bytes. */
 	_Alignas(64) _Atomic uint32_t states; /* STARTED(n) | WITHDRAWN(n) */
 	bool tied;
-	bool timed; /* a hedger's call: attempts time themselves (the losers' busy time) */
+	bool timed;      /* a hedger's call: attempts time themselves (the losers' busy time) */
+	uint8_t fan_out; /* replicate and tied: the attempts sent at once (their winner withdraws the rest) */
 	ats_ctx *ctx;
 	ats_request req;
 	/* What the caller polls and every ender writes. */
@@ -181,9 +186,9 @@ static bool start_attempt(struct call *c, unsigned n)
 {
 	/* One fetch-and-add, not a load and a CAS: the line comes over once, already owned. Only
 	 * the worker that took attempt n sets STARTED(n), so adding sets the bit. On a withdrawn
-	 * attempt it sets the bit too, harmlessly: the caller withdraws once per call and never reads
-	 * the word again. acq_rel: the worker and the deciding caller's CAS agree on who owns the
-	 * attempt. */
+	 * attempt it sets the bit too, harmlessly: a withdrawal skips attempts whose withdrawn bit is
+	 * set, and the caller counts withdrawn bits. acq_rel: the worker and a withdrawing CAS agree
+	 * on who owns the attempt. */
 	uint32_t st = atomic_fetch_add_explicit(&c->states, STARTED(n), memory_order_acq_rel);
 	if (st & WITHDRAWN(n)) {
 		task_done(c, DROPPED);
@@ -195,6 +200,23 @@ static bool start_attempt(struct call *c, unsigned n)
 		return false;
 	}
 	return true;
+}
+
+/* Withdraws every attempt in `mask` that no worker has started (nor was withdrawn): they never run.
+ * Returns the states word after. One CAS, retried when a worker starts an attempt meanwhile. */
+static uint32_t withdraw_unstarted(struct call *c, uint32_t mask)
+{
+	/* relaxed: the CAS decides; its failure reloads the word. */
+	uint32_t st = atomic_load_explicit(&c->states, memory_order_relaxed);
+	for (;;) {
+		uint32_t queued = mask & ~st & ~(st >> ATS_HEDGE_MAX_ATTEMPTS);
+		if (!queued)
+			return st;
+		/* acq_rel: start_attempt's fetch-and-add. */
+		if (atomic_compare_exchange_weak_explicit(&c->states, &st, st | queued << ATS_HEDGE_MAX_ATTEMPTS,
+		                                          memory_order_acq_rel, memory_order_relaxed))
+			return st | queued << ATS_HEDGE_MAX_ATTEMPTS;
+	}
 }
 
 static struct call *untag(void *arg, unsigned *n)
@@ -225,6 +247,11 @@ static void attempt_run(void *arg, ats_ctx *pool_ctx)
 		if (atomic_compare_exchange_strong_explicit(&c->winner, &none, (int)n, memory_order_relaxed,
 		                                            memory_order_relaxed)) {
 			c->result = res;
+			/* A fan-out's winner withdraws the copies still queued, before its bump (its last
+			 * touch of the record): they never start, even while the caller is still on its
+			 * way to see the win. A hedger's later attempts are the caller's to withdraw. */
+			if (c->fan_out > 1)
+				withdraw_unstarted(c, STARTED(c->fan_out) - 1);
 			end_attempt(c, WON);
 			return;
 		}
@@ -359,25 +386,19 @@ static void park_on_seq(struct call *c, uint32_t seq, _Atomic uint32_t *kick, ui
 	atomic_fetch_and_explicit(&c->seq, ~PARKED, memory_order_relaxed);
 }
 
-/* The call is decided: withdraws every attempt no worker started (file comment). Returns how many.
- * One CAS. */
+/* The call is decided: withdraws every attempt sent that no worker started (file comment).
+ * Returns how many attempts sent are withdrawn, by this call or by a fan-out's winner before it
+ * (whose bump, which the caller saw, published its withdrawals). One CAS at most. */
 static unsigned withdraw_queued(struct call *c)
 {
-	/* Every attempt sent has ended (the usual case): none is queued, and the states word (an
-	 * attempt's line) need not come back to this core. relaxed: the count is exact once seen. */
+	/* Every attempt sent has ended (the usual case): none is queued or withdrawn, and the states
+	 * word (an attempt's line) need not come back to this core. relaxed: the count is exact once
+	 * seen. */
 	if (ENDED_OF(atomic_load_explicit(&c->seq, memory_order_relaxed)) == c->sent)
 		return 0;
 	uint32_t all = STARTED(c->sent) - 1;
-	/* relaxed: the CAS below decides; its failure reloads the word. */
-	uint32_t st = atomic_load_explicit(&c->states, memory_order_relaxed), queued;
-	do {
-		queued = all & ~st;
-		if (!queued)
-			return 0;
-		/* acq_rel: start_attempt's CAS. */
-	} while (!atomic_compare_exchange_weak_explicit(&c->states, &st, st | queued << ATS_HEDGE_MAX_ATTEMPTS,
-	                                                memory_order_acq_rel, memory_order_relaxed));
-	return (unsigned)__builtin_popcount(queued);
+	uint32_t st = withdraw_unstarted(c, all);
+	return (unsigned)__builtin_popcount((st >> ATS_HEDGE_MAX_ATTEMPTS) & all);
 }
 
 /* The caller's side: waits for the outcome, sending hedges per plan. Leaves c (leave()): the
@@ -544,6 +565,7 @@ static ats_err *fan_out(ats_pool *p, const ats_request *r, unsigned n, bool tied
 	if (err)
 		return err;
 	c->tied = tied;
+	c->fan_out = (uint8_t)n;
 	unsigned size = ats_pool_size(p), first = ats_pool_pick_less_loaded(p);
 	ats_err *send_err = NULL;
 	for (unsigned i = 0; i < n; i++) {

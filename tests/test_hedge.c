@@ -11,6 +11,8 @@
 #include <atscale/clock.h>
 #include <atscale/hedge.h>
 
+#include "internal/pool_hooks.h"
+
 #include <criterion/criterion.h>
 #include <pthread.h>
 #include <sched.h>
@@ -442,6 +444,52 @@ Test(hedge, queued_attempts_are_withdrawn_not_waited_for, .timeout = 60)
 	cr_expect_eq(atomic_load(&s.runs), 0, "a withdrawn attempt never runs");
 	ats_ctx_release(k.ctx);
 	ats_ctx_release(g.open);
+}
+
+/* The pool the hook below watches, and how many submits it has seen. */
+static ats_pool *hooked_pool;
+static _Atomic unsigned hooked_submits;
+
+/* A fan-out's second submit waits until the first copy's task has ended on its worker: it won,
+ * and only then is the second copy published. */
+static void second_copy_after_the_first_ended(void)
+{
+	if (atomic_fetch_add(&hooked_submits, 1) % 2 == 0)
+		return;
+	for (;;) {
+		uint64_t run = 0;
+		for (unsigned w = 0; w < ats_pool_size(hooked_pool); w++) {
+			ats_pool_worker_stats st;
+			cr_assert_null(ats_pool_worker_stats_get(hooked_pool, w, &st));
+			run += st.run;
+		}
+		if (run >= 1)
+			return;
+		sched_yield();
+	}
+}
+
+/* The winner of a fan-out withdraws the copies not started yet, itself, before the caller even
+ * sees the win: here the second copy is published only after the first won (the caller is still
+ * sending), and it never runs. Without the winner's withdrawal a worker would start it before
+ * the caller, on its way from the submit to the win, withdraws it. A fresh pool per call, so the
+ * only task that can have ended is the first copy. */
+Test(hedge, a_fan_outs_winner_withdraws_the_copies_not_started)
+{
+	struct script s = {.mode = {WIN, WIN}};
+	ats_request r = req(&s);
+	atomic_store(&ats__pool_before_publish, second_copy_after_the_first_ended);
+	for (int i = 0; i < 50; i++) {
+		hooked_pool = pool(2);
+		atomic_store(&hooked_submits, 0);
+		void *res = NULL;
+		cr_assert_null(ats_replicate(hooked_pool, &r, 2, &res, ats_ctx_background()));
+		cr_assert_eq(res, &s.value[0]);
+		cr_assert_eq(atomic_load(&s.runs), i + 1, "call %d: the copy sent after the win ran", i);
+		ats_pool_free(hooked_pool); /* a worker reaches the withdrawn copy and drops it, or shutdown does */
+	}
+	atomic_store(&ats__pool_before_publish, NULL);
+	cr_expect_eq(atomic_load(&s.released), 0);
 }
 
 Test(hedge, bad_input)

@@ -33,8 +33,9 @@
  * The caller waits for the outcome (or its hedge time) spinning up to 10 us, about what a futex
  * sleep and wake-up cost (yielding the CPU every 256 tries, in case a worker it waits for is
  * queued on it), then on a futex: no timer thread, no long busy wait.
- * Once the call is decided, attempts still queued (no worker started them) are withdrawn: they
- * never run, and the call does not wait for them, so a loser queued behind a long task or on a
+ * Once the call is decided, attempts still queued (no worker started them) are withdrawn (in
+ * ats_replicate and ats_tied by the winning attempt itself, as it wins, before the caller has seen
+ * the win): they never run, and the call does not wait for them, so a loser queued behind a long task or on a
  * sleeping worker costs the caller nothing (in the pool's counters its task counts as run: it
  * only lets go of the call). The call waits for the losers that started (their ctx
  * is cancelled, so they should return soon). With request.detach the call returns at the first
