@@ -97,7 +97,7 @@ struct call {
 	_Alignas(64) _Atomic uint32_t states; /* STARTED(n) | WITHDRAWN(n) */
 	bool tied;
 	bool timed;      /* a hedger's call: attempts time themselves (the losers' busy time) */
-	uint8_t fan_out; /* replicate and tied: the attempts sent at once (their winner withdraws the rest) */
+	uint8_t fan_out; /* replicate, tied: the attempts sent at once (the winner withdraws the rest) */
 	ats_ctx *ctx;
 	ats_request req;
 	/* What the caller polls and every ender writes. */

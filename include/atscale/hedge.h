@@ -35,10 +35,10 @@
  * queued on it), then on a futex: no timer thread, no long busy wait.
  * Once the call is decided, attempts still queued (no worker started them) are withdrawn (in
  * ats_replicate and ats_tied by the winning attempt itself, as it wins, before the caller has seen
- * the win): they never run, and the call does not wait for them, so a loser queued behind a long task or on a
- * sleeping worker costs the caller nothing (in the pool's counters its task counts as run: it
- * only lets go of the call). The call waits for the losers that started (their ctx
- * is cancelled, so they should return soon). With request.detach the call returns at the first
+ * the win): they never run, and the call does not wait for them, so a loser queued behind a
+ * long task or on a sleeping worker costs the caller nothing (in the pool's counters its task
+ * counts as run: it only lets go of the call). The call waits for the losers that started
+ * (their ctx is cancelled, so they should return soon). With request.detach the call returns at the first
  * success without waiting for those either (they still end, release their results and free the
  * call). When every attempt fails, the call returns
  * the first error with the others attached ("attempt_<n>"). A submit the pool refuses (full,

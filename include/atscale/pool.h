@@ -32,11 +32,12 @@
  *   ATS_POOL_PARK parks at once;
  *   ATS_POOL_POLL never sleeps (run-to-completion cores, as DPDK's lcores): it keeps polling.
  * A parked worker sleeps on its queue's eventcount (ck_ec): a submit that finds the worker going
- * to sleep bumps it (one locked add and a futex wake); one that does not only reads it. A task queued behind a worker blocked in a
- * long task is stolen, not stuck: a submit to a worker that is busy running a task wakes one
- * parked worker, so does a worker that takes a task and leaves more queued behind it, and a
- * parked worker also wakes every ATS_POOL_STEAL_PERIOD_NS to look for work to steal (the
- * period doubling, up to ATS_POOL_STEAL_PERIOD_MAX_NS, while it finds none).
+ * to sleep bumps it (one locked add and a futex wake); one that does not only reads it. A task
+ * queued behind a worker blocked in a long task is stolen, not stuck: a submit to a worker that
+ * is busy running a task wakes one parked worker, so does a worker that takes a task and leaves
+ * more queued behind it, and a parked worker also wakes every ATS_POOL_STEAL_PERIOD_NS to look
+ * for work to steal (the period doubling, up to ATS_POOL_STEAL_PERIOD_MAX_NS, while it finds
+ * none).
  *
  * Tasks and cancellation. A task runs as run(arg, ctx) on some worker (its own queue's or a
  * thief). Its ctx is the one in the descriptor (the pool holds a reference from submit until
@@ -179,11 +180,11 @@ ATS_API void ats_pool_free(ats_pool *p);
 /* Queues t on the caller's worker (see the file comment). OK, FULL, CLOSED or INVALID; on
  * anything but OK nothing is queued and t->ctx is not referenced. Never waits for room: one CAS
  * on the queue's ticket word, the slot and ck_ring's producer index, a look at the worker's
- * eventcount (an add and a futex wake only when the worker is going to sleep). Lock-free, except that a submit publishes its slot only
- * after every earlier submit to the same queue published its own, as ck_ring's multi-producer
- * enqueue does: one preempted between its CAS and its publication (a few instructions) holds the
- * later ones, which yield the CPU after a short spin. No allocation. Release: what the caller
- * wrote before is visible to the task. */
+ * eventcount (an add and a futex wake only when the worker is going to sleep). Lock-free,
+ * except that a submit publishes its slot only after every earlier submit to the same queue
+ * published its own, as ck_ring's multi-producer enqueue does: one preempted between its CAS
+ * and its publication (a few instructions) holds the later ones, which yield the CPU after a
+ * short spin. No allocation. Release: what the caller wrote before is visible to the task. */
 ATS_API ats_pool_status ats_pool_try_submit(ats_pool *p, const ats_task *t);
 /* The same on worker `worker` (0 .. ats_pool_size(p)-1). */
 ATS_API ats_pool_status ats_pool_try_submit_to(ats_pool *p, unsigned worker, const ats_task *t);
@@ -193,9 +194,9 @@ ATS_API ats_pool_status ats_pool_try_submit_to(ats_pool *p, unsigned worker, con
  * not fit), CLOSED (none queued) or INVALID (NULL p, NULL t with n > 0, a task without run, a
  * worker out of range: none queued, none referenced); OK when all n went (n == 0 included).
  * One ticket CAS, one publication of the queue's index and one look at the eventcount for the
- * whole burst, where n try_submits pay n of each (and the worker's core fetches the index n times): a
- * fan-out of many tasks costs little more than its slot copies, plus one pass over t to check
- * it. Progress as try_submit; no allocation. The tasks go to one queue: idle workers steal
+ * whole burst, where n try_submits pay n of each (and the worker's core fetches the index n
+ * times): a fan-out of many tasks costs little more than its slot copies, plus one pass over t
+ * to check it. Progress as try_submit; no allocation. The tasks go to one queue: idle workers steal
  * from it. */
 ATS_API size_t ats_pool_try_submit_n(ats_pool *p, const ats_task *t, size_t n, ats_pool_status *status);
 ATS_API size_t ats_pool_try_submit_n_to(ats_pool *p, unsigned worker, const ats_task *t, size_t n,
