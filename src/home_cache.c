@@ -18,6 +18,7 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -62,6 +63,7 @@ struct home {
 
 static _Thread_local struct home *my_home __attribute__((tls_model("initial-exec")));
 static pthread_key_t home_key;
+static bool home_key_ok; /* pthread_key_create succeeded (else every block comes from malloc) */
 static pthread_once_t home_once = PTHREAD_ONCE_INIT;
 
 static struct header *header_of(void *block)
@@ -106,14 +108,13 @@ static void home_exit(void *arg)
 
 static void home_key_make(void)
 {
-	if (pthread_key_create(&home_key, home_exit) != 0)
-		home_key = (pthread_key_t)-1;
+	home_key_ok = pthread_key_create(&home_key, home_exit) == 0;
 }
 
 static struct home *home_make(size_t size)
 {
 	pthread_once(&home_once, home_key_make);
-	if (home_key == (pthread_key_t)-1)
+	if (!home_key_ok)
 		return NULL;
 	struct home *home = aligned_alloc(64, sizeof *home);
 	if (!home)
