@@ -264,7 +264,8 @@ static void wake_a_parked(ats_pool *p, struct worker *w)
 }
 
 /* Queues the first of t[0..n) that fit on w (all tasks valid, n >= 1); returns how many, *st OK
- * when all did. One ticket CAS, one publication and one eventcount add for all of them. */
+ * when all did. One ticket CAS, one publication and one look at the waiter flag for all of them
+ * (an eventcount add only when the worker is going to sleep). */
 static inline size_t enqueue_n(ats_pool *p, struct worker *w, const ats_task *t, size_t n, ats_pool_status *st)
 {
 	unsigned ticket;
