@@ -46,7 +46,9 @@
  * after-func, which bumps the kick word and wakes it: before step 1 the re-check in 3 sees done,
  * after it the kick word differs from the kept value. The same holds for close (it bumps both
  * eventcounts after setting its flags). Without futex_waitv (Linux < 5.16) a thread sleeps on
- * its first word with a 1 ms bound and re-checks: late, never lost.
+ * its first eventcount alone; a cancel bumps that eventcount too (ats__ec_kick_bump), so a
+ * blocking send or receive wakes at once as above, and a select over several eventcounts sleeps
+ * at most 1 ms at a time and re-checks: a value on another channel is found late, never lost.
  * Bumps only for a waiter, where an RMW is there anyway. A multi-producer receive returns its
  * credit with a seq_cst RMW and then loads "not full"'s flag; a sender waiting for room armed
  * that flag, fenced, and re-read the credits, so either it sees the credit or the receive sees
@@ -729,17 +731,25 @@ static ats_err *wait_cases(ats_chan_case *cases, size_t n, size_t *fired, ats_ct
 	}
 
 	struct futex_waitv w[ATS_CHAN_SELECT_MAX + 1];
-	_Atomic uint32_t kick = 0;
+	/* A cancel also bumps the first case's eventcount, w[0] below: where a thread can sleep on
+	 * only one word (no futex_waitv), a cancel still wakes it at once (ats__ec_park). */
+	ats__ec_kicker kick = {.ec = NULL};
+	atomic_init(&kick.word, 0);
 	bool light = false;
-	for (size_t j = 0; j < n; j++)
-		light |= cases[j].chan && C(cases[j].chan)->light;
+	for (size_t j = 0; j < n; j++) {
+		if (!cases[j].chan)
+			continue;
+		light |= C(cases[j].chan)->light;
+		if (!kick.ec)
+			kick.ec = cases[j].send ? &C(cases[j].chan)->not_full : &C(cases[j].chan)->not_empty;
+	}
 	ats_ctx_after after;
-	ats_ctx_after_func(ctx, &after, ats__ec_kick, &kick);
+	ats_ctx_after_func(ctx, &after, ats__ec_kick_bump, &kick);
 	err = NULL;
 	unsigned landing_spins = 0;
 	for (;;) {
 		/* acquire: pairs with ats__ec_kick's release (then the ctx check below sees done). */
-		uint32_t kv = atomic_load_explicit(&kick, memory_order_acquire);
+		uint32_t kv = atomic_load_explicit(&kick.word, memory_order_acquire);
 		unsigned nw = 0;
 		for (size_t j = 0; j < n; j++) {
 			if (!cases[j].chan)
@@ -757,7 +767,7 @@ static ats_err *wait_cases(ats_chan_case *cases, size_t n, size_t *fired, ats_ct
 			                               .flags = FUTEX_32 | FUTEX_PRIVATE_FLAG};
 		}
 		w[nw++] = (struct futex_waitv){
-		    .val = kv, .uaddr = (uint64_t)(uintptr_t)&kick, .flags = FUTEX_32 | FUTEX_PRIVATE_FLAG};
+		    .val = kv, .uaddr = (uint64_t)(uintptr_t)&kick.word, .flags = FUTEX_32 | FUTEX_PRIVATE_FLAG};
 		/* Full fence: the flags above are set before the re-check below reads the rings (the
 		 * other half is the locked add of a sender's or receiver's eventcount bump). */
 		/* On arm64 that bump (ck_ec32_inc, mp mode) is ck_pr_fence_store_atomic (dmb st) and then a
@@ -786,7 +796,7 @@ static ats_err *wait_cases(ats_chan_case *cases, size_t n, size_t *fired, ats_ct
 			continue;
 		}
 		landing_spins = 0;
-		ats__ec_park(w, nw, until);
+		ats__ec_park(w, nw, until, true);
 	}
 	ats_ctx_after_stop(&after);
 	return err;

@@ -134,7 +134,7 @@ ats_err *ats_heartbeat_wait(ats_heartbeat *h, uint64_t count, ats_ctx *ctx)
 		    {.val = (uint32_t)w, .uaddr = (uintptr_t)futex_word(h), .flags = FUTEX_32 | FUTEX_PRIVATE_FLAG},
 		    {.val = k, .uaddr = (uintptr_t)&kick, .flags = FUTEX_32 | FUTEX_PRIVATE_FLAG},
 		};
-		ats__ec_park(wv, 2, until);
+		ats__ec_park(wv, 2, until, false);
 	}
 	atomic_fetch_sub_explicit(&h->waiters_, 1, memory_order_relaxed);
 	ats_ctx_after_stop(&after);

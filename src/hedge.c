@@ -377,7 +377,7 @@ static void park_on_seq(struct call *c, uint32_t seq, _Atomic uint32_t *kick, ui
 		    {.val = seq | PARKED, .uaddr = (uintptr_t)&c->seq, .flags = FUTEX_32 | FUTEX_PRIVATE_FLAG},
 		    {.val = k, .uaddr = (uintptr_t)kick, .flags = FUTEX_32 | FUTEX_PRIVATE_FLAG},
 		};
-		ats__ec_park(wv, 2, until);
+		ats__ec_park(wv, 2, until, false);
 	} else {
 		ats__futex_wait(&c->seq, seq | PARKED, until);
 	}

@@ -870,15 +870,17 @@ static ats_err *status_err(ats_pool_status st)
 /* Waits for room on w (the first try found it full). */
 static ats_err *wait_room(ats_pool *p, struct worker *w, const ats_task *t, ats_ctx *ctx)
 {
-	_Atomic uint32_t kick;
-	atomic_init(&kick, 0);
+	/* A cancel also bumps `room`, so it wakes this thread even where it sleeps on one word only
+	 * (ats__ec_park). */
+	ats__ec_kicker kick = {.ec = &w->room};
+	atomic_init(&kick.word, 0);
 	ats_ctx_after after;
-	ats_ctx_after_func(ctx, &after, ats__ec_kick, &kick);
+	ats_ctx_after_func(ctx, &after, ats__ec_kick_bump, &kick);
 	uint64_t deadline = ats_ctx_deadline(ctx);
 	ats_err *err = NULL;
 	for (;;) {
 		/* acquire: pairs with ats__ec_kick's release (the ctx check below then sees done). */
-		uint32_t k = atomic_load_explicit(&kick, memory_order_acquire);
+		uint32_t k = atomic_load_explicit(&kick.word, memory_order_acquire);
 		uint32_t val = ats__ec_arm(&w->room);
 		/* seq_cst: the flag set before the re-check, as chan.c's step 3. */
 		atomic_thread_fence(memory_order_seq_cst);
@@ -895,9 +897,9 @@ static ats_err *wait_room(ats_pool *p, struct worker *w, const ats_task *t, ats_
 		}
 		struct futex_waitv wv[2] = {
 		    {.val = val, .uaddr = (uintptr_t)&w->room.counter, .flags = FUTEX_32 | FUTEX_PRIVATE_FLAG},
-		    {.val = k, .uaddr = (uintptr_t)&kick, .flags = FUTEX_32 | FUTEX_PRIVATE_FLAG},
+		    {.val = k, .uaddr = (uintptr_t)&kick.word, .flags = FUTEX_32 | FUTEX_PRIVATE_FLAG},
 		};
-		ats__ec_park(wv, 2, deadline);
+		ats__ec_park(wv, 2, deadline, true);
 	}
 	ats_ctx_after_stop(&after);
 	return err;

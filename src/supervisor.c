@@ -464,7 +464,7 @@ ats_err *ats_supervisor_wait(ats_supervisor *s, ats_ctx *ctx)
 		    {.val = 0, .uaddr = (uintptr_t)&s->finished, .flags = FUTEX_32 | FUTEX_PRIVATE_FLAG},
 		    {.val = kv, .uaddr = (uintptr_t)&k, .flags = FUTEX_32 | FUTEX_PRIVATE_FLAG},
 		};
-		ats__ec_park(wv, 2, ats_ctx_deadline(ctx));
+		ats__ec_park(wv, 2, ats_ctx_deadline(ctx), false);
 	}
 	ats_ctx_after_stop(&after);
 	return err;

@@ -5,6 +5,9 @@
  * what a thread observes, never on a sleep. */
 #include <atscale/chan.h>
 #include <atscale/clock.h>
+#include "internal/ec_hooks.h"
+
+#include "asleep.h"
 
 #include <criterion/criterion.h>
 #include <pthread.h>
@@ -330,6 +333,146 @@ Test(chan, parked_woken_by_cancel_close_and_peer)
 			ats_chan_free(c, NULL, NULL);
 		}
 	}
+}
+
+/* ---- Parking where the kernel lacks futex_waitv (Linux < 5.16), forced on any kernel ---- */
+
+struct sleeper {
+	ats_chan_case cs[2]; /* one case: a blocking send or receive; two: a select */
+	size_t n;
+	ats_ctx *ctx;
+	_Atomic pid_t tid;
+	ats_err *err;
+	size_t fired;
+	void *v;
+};
+
+static void *sleeper_main(void *arg)
+{
+	struct sleeper *s = arg;
+	atomic_store(&s->tid, asleep_self_tid());
+	if (s->n == 2)
+		s->err = ats_chan_select(s->cs, 2, false, &s->fired, s->ctx);
+	else if (s->cs[0].send)
+		s->err = ats_chan_send(s->cs[0].chan, V(123), s->ctx);
+	else
+		s->err = ats_chan_recv(s->cs[0].chan, &s->v, s->ctx);
+	return NULL;
+}
+
+/* Starts the sleeper and waits until it sleeps in the fallback: the fallback's sleep count moved
+ * and the thread sleeps in the kernel. */
+static void start_sleeper(struct sleeper *s, pthread_t *t)
+{
+	unsigned long mark = atomic_load(&ats__ec_fallback_sleeps);
+	cr_assert_eq(pthread_create(t, NULL, sleeper_main, s), 0);
+	while (!atomic_load(&s->tid) || atomic_load(&ats__ec_fallback_sleeps) == mark)
+		sched_yield();
+	asleep_wait(atomic_load(&s->tid));
+}
+
+static ats_chan *mk_parking(ats_chan_kind k, size_t cap)
+{
+	ats_chan *c = NULL;
+	ats_chan_config cfg = ATS_CHAN_CONFIG(k, cap);
+	cfg.spin_ns = 0; /* park at once */
+	cr_assert_null(ats_chan_new(&c, &cfg));
+	return c;
+}
+
+/* A blocking send or receive sleeps on its eventcount alone there; a cancel bumps that eventcount
+ * too. With no deadline and no bound on the sleep, a wake-up that did not reach it would hang the
+ * test. */
+Test(chan, parked_without_futex_waitv_sleeps_until_woken, .timeout = 60)
+{
+	atomic_store(&ats__ec_force_no_waitv, 1);
+	const ats_chan_kind ks[] = {ATS_CHAN_SPSC, ATS_CHAN_MPMC};
+	for (size_t ki = 0; ki < 2; ki++) {
+		for (int side = 0; side < 2; side++) {
+			for (int how = 0; how < 3; how++) { /* cancel, the peer, close */
+				ats_chan *c = mk_parking(ks[ki], 1);
+				if (side) /* the sender blocks on a full channel */
+					cr_assert_eq(ats_chan_try_send(c, V(1)), ATS_CHAN_OK);
+				struct sleeper s = {.n = 1, .ctx = ats_ctx_background()};
+				s.cs[0] = (ats_chan_case){.chan = c, .send = side};
+				if (how == 0)
+					cr_assert_null(ats_ctx_with_cancel(ats_ctx_background(), &s.ctx));
+				pthread_t t;
+				start_sleeper(&s, &t);
+				void *v = NULL;
+				if (how == 0)
+					ats_ctx_cancel(s.ctx, NULL);
+				else if (how == 1 && side)
+					cr_assert_null(ats_chan_recv(c, &v, ats_ctx_background()));
+				else if (how == 1)
+					cr_assert_null(ats_chan_send(c, V(5), ats_ctx_background()));
+				else
+					cr_assert_null(ats_chan_close(c));
+				pthread_join(t, NULL);
+				if (how == 0)
+					expect_code(s.err, ATS_ERR_CANCELLED);
+				else if (how == 2)
+					expect_code(s.err, ATS_ERR_CLOSED);
+				else
+					cr_expect_null(s.err);
+				if (how == 1)
+					cr_expect_eq(side ? v : s.v, side ? V(1) : V(5));
+				if (how == 0)
+					ats_ctx_release(s.ctx);
+				ats_chan_free(c, NULL, NULL);
+			}
+		}
+	}
+	atomic_store(&ats__ec_force_no_waitv, 0);
+}
+
+/* Its deadline ends one sleep: it does not wake every millisecond to look. */
+Test(chan, a_deadline_without_futex_waitv_ends_one_sleep)
+{
+	atomic_store(&ats__ec_force_no_waitv, 1);
+	ats_chan *c = mk_parking(ATS_CHAN_MPMC, 1);
+	ats_ctx *ctx;
+	cr_assert_null(ats_ctx_with_timeout(ats_ctx_background(), 30 * MS, &ctx));
+	unsigned long mark = atomic_load(&ats__ec_fallback_sleeps);
+	void *v;
+	expect_code(ats_chan_recv(c, &v, ctx), ATS_ERR_DEADLINE_EXCEEDED);
+	unsigned long slept = atomic_load(&ats__ec_fallback_sleeps) - mark;
+	cr_expect(slept >= 1 && slept <= 3, "slept %lu times in 30 ms", slept);
+	ats_ctx_release(ctx);
+	ats_chan_free(c, NULL, NULL);
+	atomic_store(&ats__ec_force_no_waitv, 0);
+}
+
+/* A select over two channels sleeps on the first one's eventcount: a value on the second is found
+ * by the next look (at most 1 ms later), and a cancel ends it. */
+Test(select, parked_without_futex_waitv_finds_the_second_channel_and_the_cancel, .timeout = 60)
+{
+	atomic_store(&ats__ec_force_no_waitv, 1);
+	for (int how = 0; how < 2; how++) {
+		ats_chan *a = mk_parking(ATS_CHAN_MPMC, 4), *b = mk_parking(ATS_CHAN_SPSC, 4);
+		struct sleeper s = {.n = 2};
+		s.cs[0] = (ats_chan_case){.chan = a};
+		s.cs[1] = (ats_chan_case){.chan = b};
+		cr_assert_null(ats_ctx_with_cancel(ats_ctx_background(), &s.ctx));
+		pthread_t t;
+		start_sleeper(&s, &t);
+		if (how == 0)
+			cr_assert_eq(ats_chan_try_send(b, V(42)), ATS_CHAN_OK);
+		else
+			ats_ctx_cancel(s.ctx, NULL);
+		pthread_join(t, NULL);
+		if (how == 0) {
+			cr_expect_null(s.err);
+			cr_expect_eq(s.fired, 1);
+			cr_expect_eq(s.cs[1].value, V(42));
+		} else {
+			expect_code(s.err, ATS_ERR_CANCELLED);
+		}
+		ats_ctx_release(s.ctx);
+		ats_chan_free(a, NULL, NULL);
+		ats_chan_free(b, NULL, NULL);
+	}
+	atomic_store(&ats__ec_force_no_waitv, 0);
 }
 
 Test(chan, busy_poll_honours_ctx_and_close)

@@ -6,7 +6,10 @@
  * counter), never on a sleep. */
 #include <atscale/clock.h>
 #include <atscale/pool.h>
+#include "internal/ec_hooks.h"
 #include "internal/pool_hooks.h"
+
+#include "asleep.h"
 
 #include <criterion/criterion.h>
 #include <pthread.h>
@@ -466,6 +469,50 @@ Test(pool, blocking_submit_ends_with_its_ctx)
 	ats_pool_free(p);
 	ats_ctx_release(s.ctx);
 	gate_free(&g);
+}
+
+struct sleeping_submitter {
+	struct submitter s;
+	_Atomic pid_t tid;
+};
+
+static void *sleeping_submit_thread(void *arg)
+{
+	struct sleeping_submitter *ss = arg;
+	atomic_store(&ss->tid, asleep_self_tid());
+	return submit_thread(&ss->s);
+}
+
+/* Where the kernel lacks futex_waitv (Linux < 5.16, forced here), the waiting submit sleeps on the
+ * queue's room eventcount alone, with no bound; its ctx's cancel bumps that eventcount too. A
+ * cancel that did not reach it would hang the test. */
+Test(pool, blocking_submit_without_futex_waitv_sleeps_until_its_ctx_ends, .timeout = 60)
+{
+	atomic_store(&ats__ec_force_no_waitv, 1);
+	ats_pool *p = mk(1, 1);
+	struct gate g;
+	hold(p, 0, &g);
+	struct counts c = {0};
+	ats_task t = counted(&c, NULL);
+	cr_assert_eq(ats_pool_try_submit(p, &t), ATS_POOL_OK);
+	struct sleeping_submitter ss = {.s = {.p = p, .c = &c}};
+	cr_assert_null(ats_ctx_with_cancel(ats_ctx_background(), &ss.s.ctx));
+	unsigned long mark = atomic_load(&ats__ec_fallback_sleeps);
+	pthread_t th;
+	cr_assert_eq(pthread_create(&th, NULL, sleeping_submit_thread, &ss), 0);
+	while (!atomic_load(&ss.tid) || atomic_load(&ats__ec_fallback_sleeps) == mark)
+		sched_yield();
+	asleep_wait(atomic_load(&ss.tid));
+	ats_ctx_cancel(ss.s.ctx, NULL);
+	pthread_join(th, NULL);
+	expect_code(ss.s.err, ATS_ERR_CANCELLED);
+	release(&g);
+	cr_assert_null(ats_pool_shutdown(p, ats_ctx_background()));
+	cr_expect_eq(atomic_load(&c.ran), 1, "the refused task was not queued");
+	ats_pool_free(p);
+	ats_ctx_release(ss.s.ctx);
+	gate_free(&g);
+	atomic_store(&ats__ec_force_no_waitv, 0);
 }
 
 /* A task that records the order it ran in. */

@@ -15,9 +15,11 @@
  *    after a delay, up to max_attempts. The delay is fixed, or adaptive: a percentile of recent
  *    call latencies from a per-core histogram (with a floor, and no hedge at all during a
  *    warm-up). A call's latency runs from its start to its first success, on the caller's clock,
- *    the one the delay is measured on. A call a hedge won counts the time it was decided: a lower
- *    bound on what its first attempt would have taken, and at least the delay. So every call
- *    that outlived the delay counts as having outlived it, and the delay settles on the
+ *    the one the delay is measured on (the default clock, ats_fast_now_ns: under its coarse
+ *    source, only ever the user's choice, both move in kernel ticks, so a delay shorter than a
+ *    tick can be neither learned nor kept). A call a hedge won counts the time it was decided:
+ *    a lower bound on what its first attempt would have taken, and at least the delay. So every
+ *    call that outlived the delay counts as having outlived it, and the delay settles on the
  *    percentile of unhedged calls. (Counting the winner's own time instead counts such calls at
  *    the hedge's, mostly short, time: the percentile sinks, hedges outrun the budget, and the
  *    budget refuses them at random rather than in the tail.)

@@ -1,11 +1,17 @@
 /* SPDX-License-Identifier: BSD-2-Clause */
 #include "internal/ec.h"
 #include "internal/futex.h"
+#ifdef ATS_TESTING
+#include "internal/ec_hooks.h"
+#endif
 
 #include "atscale/clock.h"
 
 #include <ck_pr.h>
 #include <errno.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
 #include <linux/futex.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -75,20 +81,57 @@ uint32_t ats__ec_arm(struct ck_ec32 *ec)
 	}
 }
 
-void ats__ec_park(struct futex_waitv *w, unsigned nw, uint64_t deadline_ns)
+#ifdef ATS_TESTING
+_Atomic int ats__ec_force_no_waitv;
+_Atomic unsigned long ats__ec_fallback_sleeps;
+
+/* Whole suites can run as on a kernel without futex_waitv (scripts/test.sh). */
+__attribute__((constructor)) static void read_force_env(void)
+{
+	const char *v = getenv("ATS_TEST_NO_FUTEX_WAITV");
+	if (v && strcmp(v, "1") == 0)
+		atomic_store(&ats__ec_force_no_waitv, 1);
+}
+#endif
+
+/* Set at the first ENOSYS: later parks go straight to the fallback. */
+static _Atomic int no_waitv;
+
+static bool waitv(struct futex_waitv *w, unsigned nw, const struct timespec *ts)
+{
+#ifdef ATS_TESTING
+	if (atomic_load_explicit(&ats__ec_force_no_waitv, memory_order_relaxed))
+		return false;
+#endif
+	if (atomic_load_explicit(&no_waitv, memory_order_relaxed))
+		return false;
+	if (syscall(SYS_futex_waitv, w, nw, 0, ts, CLOCK_MONOTONIC) < 0 && errno == ENOSYS) {
+		atomic_store_explicit(&no_waitv, 1, memory_order_relaxed);
+		return false;
+	}
+	return true;
+}
+
+void ats__ec_park(struct futex_waitv *w, unsigned nw, uint64_t deadline_ns, bool kick_bumps_first)
 {
 	struct timespec ts, *tsp = NULL;
 	if (deadline_ns != ATS__FUTEX_FOREVER) {
 		ts = ats__ec_timespec(deadline_ns);
 		tsp = &ts;
 	}
-	long r = syscall(SYS_futex_waitv, w, nw, 0, tsp, CLOCK_MONOTONIC);
-	if (r < 0 && errno == ENOSYS) {
-		/* No futex_waitv: sleep on the first word, bounded, and re-check (late, never lost). */
-		uint64_t until = ats_now_ns() + 1000000u;
-		ats__futex_wait((const _Atomic uint32_t *)(uintptr_t)w[0].uaddr, (uint32_t)w[0].val,
-		                until < deadline_ns ? until : deadline_ns);
+	if (waitv(w, nw, tsp))
+		return;
+#ifdef ATS_TESTING
+	atomic_fetch_add_explicit(&ats__ec_fallback_sleeps, 1, memory_order_relaxed);
+#endif
+	/* One word at a time (ec.h): w[0] alone is enough when every other word's waker also changes
+	 * it; otherwise bounded, and the caller's re-check looks at the others. */
+	uint64_t until = deadline_ns;
+	if (nw > 2 || (nw == 2 && !kick_bumps_first)) {
+		uint64_t soon = ats_now_ns() + 1000000u;
+		until = soon < deadline_ns ? soon : deadline_ns;
 	}
+	ats__futex_wait((const _Atomic uint32_t *)(uintptr_t)w[0].uaddr, (uint32_t)w[0].val, until);
 }
 
 void ats__ec_kick(void *kick_word)
@@ -97,4 +140,12 @@ void ats__ec_kick(void *kick_word)
 	/* release: the parked thread re-checks its ctx after it sees the new value. */
 	atomic_fetch_add_explicit(kick, 1, memory_order_release);
 	ats__futex_wake(kick, 1);
+}
+
+void ats__ec_kick_bump(void *kicker)
+{
+	ats__ec_kicker *k = kicker;
+	ats__ec_kick(&k->word);
+	if (k->ec)
+		ck_ec32_inc(k->ec, &ats__ec_mode_mp);
 }

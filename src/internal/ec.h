@@ -10,6 +10,7 @@
 #include "internal/compiler.h"
 
 #include <ck_ec.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 extern const struct ck_ec_ops ats__ec_ops;
@@ -37,14 +38,31 @@ uint32_t ats__ec_arm(struct ck_ec32 *ec);
 
 struct futex_waitv;
 /* Sleeps until one of w[0..nw) no longer holds its value (futex_waitv, Linux >= 5.16), a wake, or
- * deadline_ns (absolute CLOCK_MONOTONIC; ATS__FUTEX_FOREVER for none). Without futex_waitv it
- * sleeps on w[0] only, for at most 1 ms, so the caller's re-check finds any change late, never
- * lost. May return early: the caller re-checks. Blocking; one system call. */
-void ats__ec_park(struct futex_waitv *w, unsigned nw, uint64_t deadline_ns);
+ * deadline_ns (absolute CLOCK_MONOTONIC; ATS__FUTEX_FOREVER for none). May return early: the
+ * caller re-checks. Blocking; one system call.
+ * Without futex_waitv (Linux < 5.16; the first ENOSYS is remembered) it sleeps on w[0] alone:
+ * until the deadline when nothing else can need waking up (nw == 1, or nw == 2 and
+ * kick_bumps_first: w[1] is a kick word whose ats__ec_kicker also bumps w[0]'s eventcount), and
+ * otherwise for at most 1 ms, so the caller's re-check finds a change of the other words late,
+ * never lost. */
+void ats__ec_park(struct futex_waitv *w, unsigned nw, uint64_t deadline_ns, bool kick_bumps_first);
 
 /* An after-func (ats_ctx_after_func) for a parked thread's kick word (an _Atomic uint32_t *):
  * bumps it (release) and wakes one sleeper, so a ctx cancel ends an ats__ec_park that includes
  * the kick word. */
 void ats__ec_kick(void *kick_word);
+
+/* A kick word and the eventcount its thread parks on first. Its after-func, ats__ec_kick_bump,
+ * bumps both, so that the thread wakes on a cancel even where it can sleep on only one word (no
+ * futex_waitv): its eventcount changes, and a spurious bump of an eventcount only makes its other
+ * waiters look again. */
+typedef struct ats__ec_kicker {
+	_Atomic uint32_t word;
+	struct ck_ec32 *ec; /* NULL: a plain kick */
+} ats__ec_kicker;
+
+/* The after-func of an ats__ec_kicker (its argument): ats__ec_kick on the word, then, when set,
+ * one increment of the eventcount (which wakes its sleepers when its waiter flag is set). */
+void ats__ec_kick_bump(void *kicker);
 
 #endif
