@@ -85,7 +85,7 @@
  * it sleeps (ATS_CHAN_LIGHT_SPIN_FACTOR), and why light is a choice and not the default: an end
  * that often waits long disturbs every thread of the process each time.
  * Where membarrier is missing, a light channel keeps the fenced protocol above
- * (ats__chan_force_fences makes tests take that path on any kernel).
+ * (ats__membarrier_force_off makes tests take that path on any kernel).
  */
 #include "atscale/chan.h"
 #include "atscale/clock.h"
@@ -116,7 +116,6 @@
  * to TSan (internal/tsan.h). (The ring's own slot copies are listed in tests/tsan.supp.) */
 
 #ifdef ATS_TESTING
-_Atomic int ats__chan_force_fences;
 void (*_Atomic ats__chan_before_enqueue)(ats_chan *c);
 #endif
 
@@ -494,10 +493,6 @@ ats_err *ats_chan_init(ats_chan *ch, const ats_chan_config *cfg)
 	c->sc = cfg->kind == ATS_CHAN_SPSC || cfg->kind == ATS_CHAN_MPSC;
 	c->busy_poll = cfg->busy_poll;
 	c->light = cfg->light && ats__membarrier_ready();
-#ifdef ATS_TESTING
-	if (atomic_load(&ats__chan_force_fences))
-		c->light = 0;
-#endif
 	c->spin_ns = cfg->spin_ns;
 	if (c->light) /* its park costs a membarrier (chan.h) */
 		c->spin_ns *= ATS_CHAN_LIGHT_SPIN_FACTOR;

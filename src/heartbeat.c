@@ -25,7 +25,6 @@
 #include <math.h>
 
 #ifdef ATS_TESTING
-_Atomic int ats__heartbeat_force_poll;
 
 uint32_t ats__heartbeat_waiters(const ats_heartbeat *h)
 {
@@ -83,18 +82,9 @@ bool ats_heartbeat_tick(ats_heartbeat *h, uint64_t now_ns)
 
 /* ---- Waiting ---- */
 
-static bool use_membarrier(void)
-{
-#ifdef ATS_TESTING
-	if (atomic_load(&ats__heartbeat_force_poll))
-		return false;
-#endif
-	return ats__membarrier_ready();
-}
-
 const char *ats_heartbeat_wake_path(void)
 {
-	return use_membarrier() ? "membarrier" : "bounded poll";
+	return ats__membarrier_ready() ? "membarrier" : "bounded poll";
 }
 
 ats_err *ats_heartbeat_wait(ats_heartbeat *h, uint64_t count, ats_ctx *ctx)
@@ -109,7 +99,7 @@ ats_err *ats_heartbeat_wait(ats_heartbeat *h, uint64_t count, ats_ctx *ctx)
 	ats_ctx_after_func(ctx, &after, ats__ec_kick, &kick);
 	/* seq_cst: announced before the membarrier below (the waiter's half of the Dekker pair). */
 	atomic_fetch_add_explicit(&h->waiters_, 1, memory_order_seq_cst);
-	bool mb = use_membarrier();
+	bool mb = ats__membarrier_ready();
 	if (mb && !ats__membarrier())
 		mb = false; /* cannot happen once registered; if it does, poll rather than risk a loss */
 	uint64_t deadline = ats_ctx_deadline(ctx);

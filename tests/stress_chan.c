@@ -18,6 +18,7 @@
 #define V(i) ((void *)(uintptr_t)(i))
 
 #include "internal/chan_hooks.h"
+#include "internal/membarrier_hooks.h"
 #include "slow.h"
 #ifdef SLOW
 #define MESSAGES (1u << 18) /* TSan runs ~10x slower; a quarter million still covers every path */
@@ -373,7 +374,7 @@ Test(stress_chan, no_lost_wakeup_select_light_and_fenced)
 }
 Test(stress_chan, no_lost_wakeup_light_without_membarrier)
 {
-	atomic_store(&ats__chan_force_fences, 1);
+	atomic_store(&ats__membarrier_force_off, 1);
 	hunt_with(0, ATS_CHAN_SPSC, 1);
 }
 

@@ -9,6 +9,7 @@
 #include "atscale/clock.h"
 #include "atscale/heartbeat.h"
 #include "internal/heartbeat_hooks.h"
+#include "internal/membarrier_hooks.h"
 
 #include <pthread.h>
 #include <sched.h>
@@ -63,7 +64,7 @@ static void *waiter(void *arg)
 
 static void run(int force_poll)
 {
-	atomic_store(&ats__heartbeat_force_poll, force_poll);
+	atomic_store(&ats__membarrier_force_off, force_poll);
 	static struct run r;
 	cr_assert_null(ats_heartbeat_init(&r.h, NULL));
 	atomic_store(&r.waiters_left, WAITERS);
@@ -77,7 +78,7 @@ static void run(int force_poll)
 	pthread_join(b, NULL);
 	cr_assert_eq(atomic_load(&r.waits_done), (uint64_t)WAITERS * WAITS);
 	cr_assert_eq(ats__heartbeat_waiters(&r.h), 0);
-	atomic_store(&ats__heartbeat_force_poll, 0);
+	atomic_store(&ats__membarrier_force_off, 0);
 }
 
 Test(heartbeat_stress, no_lost_wakeup_membarrier, .timeout = 300)

@@ -7,6 +7,7 @@
 #include <atscale/heartbeat.h>
 
 #include "internal/heartbeat_hooks.h"
+#include "internal/membarrier_hooks.h"
 
 #include <criterion/criterion.h>
 #include <pthread.h>
@@ -93,7 +94,7 @@ static void *beat_after_waiter(void *arg)
 
 static void wait_for_nth(int force_poll)
 {
-	atomic_store(&ats__heartbeat_force_poll, force_poll);
+	atomic_store(&ats__membarrier_force_off, force_poll);
 	cr_expect_str_eq(ats_heartbeat_wake_path(), force_poll ? "bounded poll" : "membarrier");
 	for (int round = 0; round < 200; round++) {
 		ats_heartbeat h;
@@ -108,7 +109,7 @@ static void wait_for_nth(int force_poll)
 		pthread_join(th, NULL);
 		ats_ctx_release(ctx);
 	}
-	atomic_store(&ats__heartbeat_force_poll, 0);
+	atomic_store(&ats__membarrier_force_off, 0);
 }
 
 Test(heartbeat, wait_for_the_nth_beat_membarrier)

@@ -9,10 +9,6 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 
-/* Non-zero: channels made from now on keep the fenced protocol even when their config asks for
- * light and membarrier works (as on a kernel without it), so tests prove that path too. */
-extern _Atomic int ats__chan_force_fences;
-
 /* Called, when set, by a fenced multi-producer send between its look at the "not empty" waiter
  * flag and its enqueue: the window that a receiver arming meanwhile must not sleep through
  * (src/chan.c, `landing`). A test holds sends there to make that interleaving happen every time. */

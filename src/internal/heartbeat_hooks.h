@@ -8,8 +8,6 @@
 
 #include <stdatomic.h>
 
-/* Non-zero: waiters take the bounded-poll path even where membarrier works, so tests prove both. */
-extern _Atomic int ats__heartbeat_force_poll;
 /* Waiters announced on h now. */
 uint32_t ats__heartbeat_waiters(const ats_heartbeat *h);
 
