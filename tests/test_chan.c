@@ -296,46 +296,8 @@ static void start_blocked(struct blocked *b, pthread_t *t)
 		sched_yield();
 }
 
-Test(chan, parked_woken_by_cancel_close_and_peer)
-{
-	for (size_t ki = 0; ki < 4; ki++) {
-		for (int side = 0; side < 2; side++) {
-			ats_chan *c = mk(kinds[ki], 1);
-			if (side) /* the sender blocks on a full channel */
-				cr_assert_eq(ats_chan_try_send(c, V(1)), ATS_CHAN_OK);
-			/* 1: cancel */
-			struct blocked b = {.c = c, .send = side};
-			cr_assert_null(ats_ctx_with_cancel(ats_ctx_background(), &b.ctx));
-			pthread_t t;
-			start_blocked(&b, &t);
-			ats_ctx_cancel(b.ctx, NULL);
-			pthread_join(t, NULL);
-			expect_code(b.err, ATS_ERR_CANCELLED);
-			ats_ctx_release(b.ctx);
-			/* 2: the peer */
-			b = (struct blocked){.c = c, .send = side, .ctx = ats_ctx_background()};
-			start_blocked(&b, &t);
-			void *v;
-			if (side)
-				cr_assert_null(ats_chan_recv(c, &v, ats_ctx_background()));
-			else
-				cr_assert_null(ats_chan_send(c, V(5), ats_ctx_background()));
-			pthread_join(t, NULL);
-			cr_expect_null(b.err);
-			if (!side)
-				cr_expect_eq(b.v, V(5));
-			/* 3: close (the buffer is now full for the sender side, empty for the receiver) */
-			b = (struct blocked){.c = c, .send = side, .ctx = ats_ctx_background()};
-			start_blocked(&b, &t);
-			cr_assert_null(ats_chan_close(c));
-			pthread_join(t, NULL);
-			expect_code(b.err, ATS_ERR_CLOSED);
-			ats_chan_free(c, NULL, NULL);
-		}
-	}
-}
-
-/* ---- Parking where the kernel lacks futex_waitv (Linux < 5.16), forced on any kernel ---- */
+/* ---- Parked calls, woken: with futex_waitv, and as where the kernel lacks it (Linux < 5.16,
+ * forced on any kernel) ---- */
 
 struct sleeper {
 	ats_chan_case cs[2]; /* one case: a blocking send or receive; two: a select */
@@ -360,13 +322,15 @@ static void *sleeper_main(void *arg)
 	return NULL;
 }
 
-/* Starts the sleeper and waits until it sleeps in the fallback: the fallback's sleep count moved
- * and the thread sleeps in the kernel. */
+/* Starts the sleeper and waits until it sleeps in the kernel (and, where futex_waitv is off,
+ * until that sleep is the fallback's), so the wake-up that follows finds it asleep, not about to
+ * sleep. */
 static void start_sleeper(struct sleeper *s, pthread_t *t)
 {
 	unsigned long mark = atomic_load(&ats__ec_fallback_sleeps);
 	cr_assert_eq(pthread_create(t, NULL, sleeper_main, s), 0);
-	while (!atomic_load(&s->tid) || atomic_load(&ats__ec_fallback_sleeps) == mark)
+	while (!atomic_load(&s->tid) ||
+	       (atomic_load(&ats__ec_force_no_waitv) && atomic_load(&ats__ec_fallback_sleeps) == mark))
 		sched_yield();
 	asleep_wait(atomic_load(&s->tid));
 }
@@ -380,46 +344,47 @@ static ats_chan *mk_parking(ats_chan_kind k, size_t cap)
 	return c;
 }
 
-/* A blocking send or receive sleeps on its eventcount alone there; a cancel bumps that eventcount
- * too. With no deadline and no bound on the sleep, a wake-up that did not reach it would hang the
- * test. */
-Test(chan, parked_without_futex_waitv_sleeps_until_woken, .timeout = 60)
+/* Woken by a cancel, the peer and close, on every variant, as sender and receiver. Without
+ * futex_waitv a blocking send or receive sleeps on its eventcount alone, with no bound, and a
+ * cancel bumps that eventcount too: a wake-up that did not reach it would hang the test. */
+Test(chan, parked_woken_by_cancel_close_and_peer, .timeout = 60)
 {
-	atomic_store(&ats__ec_force_no_waitv, 1);
-	const ats_chan_kind ks[] = {ATS_CHAN_SPSC, ATS_CHAN_MPMC};
-	for (size_t ki = 0; ki < 2; ki++) {
-		for (int side = 0; side < 2; side++) {
-			for (int how = 0; how < 3; how++) { /* cancel, the peer, close */
-				ats_chan *c = mk_parking(ks[ki], 1);
-				if (side) /* the sender blocks on a full channel */
-					cr_assert_eq(ats_chan_try_send(c, V(1)), ATS_CHAN_OK);
-				struct sleeper s = {.n = 1, .ctx = ats_ctx_background()};
-				s.cs[0] = (ats_chan_case){.chan = c, .send = side};
-				if (how == 0)
-					cr_assert_null(ats_ctx_with_cancel(ats_ctx_background(), &s.ctx));
-				pthread_t t;
-				start_sleeper(&s, &t);
-				void *v = NULL;
-				if (how == 0)
-					ats_ctx_cancel(s.ctx, NULL);
-				else if (how == 1 && side)
-					cr_assert_null(ats_chan_recv(c, &v, ats_ctx_background()));
-				else if (how == 1)
-					cr_assert_null(ats_chan_send(c, V(5), ats_ctx_background()));
-				else
-					cr_assert_null(ats_chan_close(c));
-				pthread_join(t, NULL);
-				if (how == 0)
-					expect_code(s.err, ATS_ERR_CANCELLED);
-				else if (how == 2)
-					expect_code(s.err, ATS_ERR_CLOSED);
-				else
-					cr_expect_null(s.err);
-				if (how == 1)
-					cr_expect_eq(side ? v : s.v, side ? V(1) : V(5));
-				if (how == 0)
-					ats_ctx_release(s.ctx);
-				ats_chan_free(c, NULL, NULL);
+	for (int old_kernel = 0; old_kernel < 2; old_kernel++) {
+		atomic_store(&ats__ec_force_no_waitv, old_kernel);
+		for (size_t ki = 0; ki < 4; ki++) {
+			for (int side = 0; side < 2; side++) {
+				for (int how = 0; how < 3; how++) { /* cancel, the peer, close */
+					ats_chan *c = mk_parking(kinds[ki], 1);
+					if (side) /* the sender blocks on a full channel */
+						cr_assert_eq(ats_chan_try_send(c, V(1)), ATS_CHAN_OK);
+					struct sleeper s = {.n = 1, .ctx = ats_ctx_background()};
+					s.cs[0] = (ats_chan_case){.chan = c, .send = side};
+					if (how == 0)
+						cr_assert_null(ats_ctx_with_cancel(ats_ctx_background(), &s.ctx));
+					pthread_t t;
+					start_sleeper(&s, &t);
+					void *v = NULL;
+					if (how == 0)
+						ats_ctx_cancel(s.ctx, NULL);
+					else if (how == 1 && side)
+						cr_assert_null(ats_chan_recv(c, &v, ats_ctx_background()));
+					else if (how == 1)
+						cr_assert_null(ats_chan_send(c, V(5), ats_ctx_background()));
+					else
+						cr_assert_null(ats_chan_close(c));
+					pthread_join(t, NULL);
+					if (how == 0)
+						expect_code(s.err, ATS_ERR_CANCELLED);
+					else if (how == 2)
+						expect_code(s.err, ATS_ERR_CLOSED);
+					else
+						cr_expect_null(s.err);
+					if (how == 1)
+						cr_expect_eq(side ? v : s.v, side ? V(1) : V(5));
+					if (how == 0)
+						ats_ctx_release(s.ctx);
+					ats_chan_free(c, NULL, NULL);
+				}
 			}
 		}
 	}
@@ -440,38 +405,6 @@ Test(chan, a_deadline_without_futex_waitv_ends_one_sleep)
 	cr_expect(slept >= 1 && slept <= 3, "slept %lu times in 30 ms", slept);
 	ats_ctx_release(ctx);
 	ats_chan_free(c, NULL, NULL);
-	atomic_store(&ats__ec_force_no_waitv, 0);
-}
-
-/* A select over two channels sleeps on the first one's eventcount: a value on the second is found
- * by the next look (at most 1 ms later), and a cancel ends it. */
-Test(select, parked_without_futex_waitv_finds_the_second_channel_and_the_cancel, .timeout = 60)
-{
-	atomic_store(&ats__ec_force_no_waitv, 1);
-	for (int how = 0; how < 2; how++) {
-		ats_chan *a = mk_parking(ATS_CHAN_MPMC, 4), *b = mk_parking(ATS_CHAN_SPSC, 4);
-		struct sleeper s = {.n = 2};
-		s.cs[0] = (ats_chan_case){.chan = a};
-		s.cs[1] = (ats_chan_case){.chan = b};
-		cr_assert_null(ats_ctx_with_cancel(ats_ctx_background(), &s.ctx));
-		pthread_t t;
-		start_sleeper(&s, &t);
-		if (how == 0)
-			cr_assert_eq(ats_chan_try_send(b, V(42)), ATS_CHAN_OK);
-		else
-			ats_ctx_cancel(s.ctx, NULL);
-		pthread_join(t, NULL);
-		if (how == 0) {
-			cr_expect_null(s.err);
-			cr_expect_eq(s.fired, 1);
-			cr_expect_eq(s.cs[1].value, V(42));
-		} else {
-			expect_code(s.err, ATS_ERR_CANCELLED);
-		}
-		ats_ctx_release(s.ctx);
-		ats_chan_free(a, NULL, NULL);
-		ats_chan_free(b, NULL, NULL);
-	}
 	atomic_store(&ats__ec_force_no_waitv, 0);
 }
 
@@ -565,59 +498,45 @@ Test(select, send_cases_closed_cases_and_ctx)
 	ats_chan_free(shut, NULL, NULL);
 }
 
-struct selector {
-	ats_chan *a, *b;
-	ats_ctx *ctx;
-	_Atomic int started;
-	ats_err *err;
-	size_t fired;
-	ats_chan_case cs[2];
-};
-
-static void *selector_main(void *arg)
+/* Woken by a value on its second channel, close of its first, and a cancel. Without futex_waitv
+ * it sleeps on the first channel's eventcount: the value on the second is found by its next look
+ * (at most 1 ms later). */
+Test(select, parked_woken_by_send_close_and_cancel, .timeout = 60)
 {
-	struct selector *s = arg;
-	s->cs[0] = (ats_chan_case){.chan = s->a};
-	s->cs[1] = (ats_chan_case){.chan = s->b};
-	atomic_store(&s->started, 1);
-	s->err = ats_chan_select(s->cs, 2, false, &s->fired, s->ctx);
-	return NULL;
-}
-
-Test(select, parked_woken_by_send_close_and_cancel)
-{
-	for (int how = 0; how < 3; how++) {
-		ats_chan *a = mk(ATS_CHAN_MPMC, 4), *b = mk(ATS_CHAN_SPSC, 4);
-		struct selector s = {.a = a, .b = b};
-		cr_assert_null(ats_ctx_with_cancel(ats_ctx_background(), &s.ctx));
-		pthread_t t;
-		cr_assert_eq(pthread_create(&t, NULL, selector_main, &s), 0);
-		while (!atomic_load(&s.started))
-			sched_yield();
-		for (int i = 0; i < 1000; i++)
-			sched_yield();
-		if (how == 0)
-			cr_assert_eq(ats_chan_try_send(b, V(42)), ATS_CHAN_OK);
-		else if (how == 1)
-			cr_assert_null(ats_chan_close(a));
-		else
-			ats_ctx_cancel(s.ctx, NULL);
-		pthread_join(t, NULL);
-		if (how == 0) {
-			cr_expect_null(s.err);
-			cr_expect_eq(s.fired, 1);
-			cr_expect_eq(s.cs[1].value, V(42));
-		} else if (how == 1) {
-			cr_expect_null(s.err);
-			cr_expect_eq(s.fired, 0);
-			cr_expect_eq(s.cs[0].status, ATS_CHAN_CLOSED);
-		} else {
-			expect_code(s.err, ATS_ERR_CANCELLED);
+	for (int old_kernel = 0; old_kernel < 2; old_kernel++) {
+		atomic_store(&ats__ec_force_no_waitv, old_kernel);
+		for (int how = 0; how < 3; how++) {
+			ats_chan *a = mk_parking(ATS_CHAN_MPMC, 4), *b = mk_parking(ATS_CHAN_SPSC, 4);
+			struct sleeper s = {.n = 2};
+			s.cs[0] = (ats_chan_case){.chan = a};
+			s.cs[1] = (ats_chan_case){.chan = b};
+			cr_assert_null(ats_ctx_with_cancel(ats_ctx_background(), &s.ctx));
+			pthread_t t;
+			start_sleeper(&s, &t);
+			if (how == 0)
+				cr_assert_eq(ats_chan_try_send(b, V(42)), ATS_CHAN_OK);
+			else if (how == 1)
+				cr_assert_null(ats_chan_close(a));
+			else
+				ats_ctx_cancel(s.ctx, NULL);
+			pthread_join(t, NULL);
+			if (how == 0) {
+				cr_expect_null(s.err);
+				cr_expect_eq(s.fired, 1);
+				cr_expect_eq(s.cs[1].value, V(42));
+			} else if (how == 1) {
+				cr_expect_null(s.err);
+				cr_expect_eq(s.fired, 0);
+				cr_expect_eq(s.cs[0].status, ATS_CHAN_CLOSED);
+			} else {
+				expect_code(s.err, ATS_ERR_CANCELLED);
+			}
+			ats_ctx_release(s.ctx);
+			ats_chan_free(a, NULL, NULL);
+			ats_chan_free(b, NULL, NULL);
 		}
-		ats_ctx_release(s.ctx);
-		ats_chan_free(a, NULL, NULL);
-		ats_chan_free(b, NULL, NULL);
 	}
+	atomic_store(&ats__ec_force_no_waitv, 0);
 }
 
 /* ---- Combinators ---- */

@@ -410,25 +410,34 @@ struct submitter {
 	struct counts *c;
 	ats_err *err;
 	_Atomic int started;
+	_Atomic pid_t tid;
 };
 
 static void *submit_thread(void *arg)
 {
 	struct submitter *s = arg;
 	ats_task t = counted(s->c, NULL);
+	atomic_store(&s->tid, asleep_self_tid());
 	atomic_store(&s->started, 1);
 	s->err = ats_pool_submit(s->p, &t, s->ctx);
 	return NULL;
 }
 
-Test(pool, blocking_submit_waits_for_room)
+/* A pool of one worker, held by gate g, with its one queue slot taken by a task counted in c. */
+static ats_pool *held_and_full(struct gate *g, struct counts *c)
 {
 	ats_pool *p = mk(1, 1);
-	struct gate g;
-	hold(p, 0, &g);
-	struct counts c = {0};
-	ats_task t = counted(&c, NULL);
+	hold(p, 0, g);
+	ats_task t = counted(c, NULL);
 	cr_assert_eq(ats_pool_try_submit(p, &t), ATS_POOL_OK);
+	return p;
+}
+
+Test(pool, blocking_submit_waits_for_room)
+{
+	struct gate g;
+	struct counts c = {0};
+	ats_pool *p = held_and_full(&g, &c);
 	struct submitter s = {.p = p, .ctx = ats_ctx_background(), .c = &c};
 	pthread_t th;
 	cr_assert_eq(pthread_create(&th, NULL, submit_thread, &s), 0);
@@ -443,75 +452,38 @@ Test(pool, blocking_submit_waits_for_room)
 	gate_free(&g);
 }
 
-Test(pool, blocking_submit_ends_with_its_ctx)
+/* The cancel reaches the submit asleep in the kernel, with futex_waitv and as where the kernel
+ * lacks it (Linux < 5.16, forced): there it sleeps on the queue's room eventcount alone, with no
+ * bound, and the cancel bumps that eventcount too. A cancel that did not reach it would hang the
+ * test. */
+Test(pool, blocking_submit_ends_with_its_ctx, .timeout = 60)
 {
-	ats_pool *p = mk(1, 1);
-	struct gate g;
-	hold(p, 0, &g);
-	struct counts c = {0};
-	ats_task t = counted(&c, NULL);
-	cr_assert_eq(ats_pool_try_submit(p, &t), ATS_POOL_OK);
-	struct submitter s = {.p = p, .c = &c};
-	cr_assert_null(ats_ctx_with_cancel(ats_ctx_background(), &s.ctx));
-	pthread_t th;
-	cr_assert_eq(pthread_create(&th, NULL, submit_thread, &s), 0);
-	while (!atomic_load(&s.started))
-		sched_yield();
-	ats_ctx_cancel(s.ctx, NULL); /* before or while it waits: either way it is refused */
-	pthread_join(th, NULL);
-	expect_code(s.err, ATS_ERR_CANCELLED);
-	ats_pool_worker_stats st;
-	cr_assert_null(ats_pool_worker_stats_get(p, 0, &st));
-	cr_expect_eq(st.depth, 1, "the refused task was not queued");
-	release(&g);
-	cr_assert_null(ats_pool_shutdown(p, ats_ctx_background()));
-	cr_expect_eq(atomic_load(&c.ran), 1);
-	ats_pool_free(p);
-	ats_ctx_release(s.ctx);
-	gate_free(&g);
-}
-
-struct sleeping_submitter {
-	struct submitter s;
-	_Atomic pid_t tid;
-};
-
-static void *sleeping_submit_thread(void *arg)
-{
-	struct sleeping_submitter *ss = arg;
-	atomic_store(&ss->tid, asleep_self_tid());
-	return submit_thread(&ss->s);
-}
-
-/* Where the kernel lacks futex_waitv (Linux < 5.16, forced here), the waiting submit sleeps on the
- * queue's room eventcount alone, with no bound; its ctx's cancel bumps that eventcount too. A
- * cancel that did not reach it would hang the test. */
-Test(pool, blocking_submit_without_futex_waitv_sleeps_until_its_ctx_ends, .timeout = 60)
-{
-	atomic_store(&ats__ec_force_no_waitv, 1);
-	ats_pool *p = mk(1, 1);
-	struct gate g;
-	hold(p, 0, &g);
-	struct counts c = {0};
-	ats_task t = counted(&c, NULL);
-	cr_assert_eq(ats_pool_try_submit(p, &t), ATS_POOL_OK);
-	struct sleeping_submitter ss = {.s = {.p = p, .c = &c}};
-	cr_assert_null(ats_ctx_with_cancel(ats_ctx_background(), &ss.s.ctx));
-	unsigned long mark = atomic_load(&ats__ec_fallback_sleeps);
-	pthread_t th;
-	cr_assert_eq(pthread_create(&th, NULL, sleeping_submit_thread, &ss), 0);
-	while (!atomic_load(&ss.tid) || atomic_load(&ats__ec_fallback_sleeps) == mark)
-		sched_yield();
-	asleep_wait(atomic_load(&ss.tid));
-	ats_ctx_cancel(ss.s.ctx, NULL);
-	pthread_join(th, NULL);
-	expect_code(ss.s.err, ATS_ERR_CANCELLED);
-	release(&g);
-	cr_assert_null(ats_pool_shutdown(p, ats_ctx_background()));
-	cr_expect_eq(atomic_load(&c.ran), 1, "the refused task was not queued");
-	ats_pool_free(p);
-	ats_ctx_release(ss.s.ctx);
-	gate_free(&g);
+	for (int old_kernel = 0; old_kernel < 2; old_kernel++) {
+		atomic_store(&ats__ec_force_no_waitv, old_kernel);
+		struct gate g;
+		struct counts c = {0};
+		ats_pool *p = held_and_full(&g, &c);
+		struct submitter s = {.p = p, .c = &c};
+		cr_assert_null(ats_ctx_with_cancel(ats_ctx_background(), &s.ctx));
+		unsigned long mark = atomic_load(&ats__ec_fallback_sleeps);
+		pthread_t th;
+		cr_assert_eq(pthread_create(&th, NULL, submit_thread, &s), 0);
+		while (!atomic_load(&s.tid) || (old_kernel && atomic_load(&ats__ec_fallback_sleeps) == mark))
+			sched_yield();
+		asleep_wait(atomic_load(&s.tid));
+		ats_ctx_cancel(s.ctx, NULL);
+		pthread_join(th, NULL);
+		expect_code(s.err, ATS_ERR_CANCELLED);
+		ats_pool_worker_stats st;
+		cr_assert_null(ats_pool_worker_stats_get(p, 0, &st));
+		cr_expect_eq(st.depth, 1, "the refused task was not queued");
+		release(&g);
+		cr_assert_null(ats_pool_shutdown(p, ats_ctx_background()));
+		cr_expect_eq(atomic_load(&c.ran), 1);
+		ats_pool_free(p);
+		ats_ctx_release(s.ctx);
+		gate_free(&g);
+	}
 	atomic_store(&ats__ec_force_no_waitv, 0);
 }
 
