@@ -58,7 +58,8 @@ struct ats_supervisor {
 	unsigned rs_len, rs_next;
 	_Atomic uint32_t kick; /* the monitor sleeps on it */
 	_Atomic uint32_t stopping;
-	_Atomic uint32_t finished; /* futex word: 1 once the monitor ended */
+	_Atomic uint32_t finished; /* 1 once the monitor ended */
+	struct ck_ec32 ended;      /* bumped once the monitor ended; ats_supervisor_wait parks on it */
 	_Atomic uint64_t starts, restarts, stalls, exits, quarantined, give_ups;
 };
 
@@ -317,9 +318,10 @@ static void *monitor_main(void *arg)
 			break;
 		ats__futex_wait(&s->kick, k, next);
 	}
-	/* release: wait() reads the result after it sees finished. */
+	/* release: wait() reads the result after it sees finished. Then the bump (ck_ec orders the
+	 * store before it) wakes the waiters that armed `ended`. */
 	atomic_store_explicit(&s->finished, 1, memory_order_release);
-	ats__futex_wake(&s->finished, INT32_MAX);
+	ck_ec32_inc(&s->ended, &ats__ec_mode_mp);
 	return NULL;
 }
 
@@ -446,13 +448,20 @@ ats_err *ats_supervisor_wait(ats_supervisor *s, ats_ctx *ctx)
 		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "supervisor: NULL %s", s ? "ctx" : "supervisor");
 	if (!s->running)
 		return s->result ? ats_err_ref(s->result) : NULL;
-	_Atomic uint32_t k;
-	atomic_init(&k, 0);
+	/* A cancel also bumps `ended`, so it wakes this thread even where it sleeps on one word only
+	 * (ats__ec_park). */
+	ats__ec_kicker k = {.ec = &s->ended};
+	atomic_init(&k.word, 0);
 	ats_ctx_after after;
-	ats_ctx_after_func(ctx, &after, ats__ec_kick, &k);
+	ats_ctx_after_func(ctx, &after, ats__ec_kick_bump, &k);
 	ats_err *err = NULL;
 	for (;;) {
-		uint32_t kv = atomic_load_explicit(&k, memory_order_acquire);
+		/* acquire: pairs with ats__ec_kick's release (the ctx check below then sees done). */
+		uint32_t kv = atomic_load_explicit(&k.word, memory_order_acquire);
+		uint32_t val = ats__ec_arm(&s->ended);
+		/* seq_cst: the flag set before the look at finished, the other half of monitor_main's
+		 * store and bump (the eventcount protocol: src/chan.c, step 3). */
+		atomic_thread_fence(memory_order_seq_cst);
 		/* acquire: pairs with monitor_main's release store of finished. */
 		if (atomic_load_explicit(&s->finished, memory_order_acquire)) {
 			err = s->result ? ats_err_ref(s->result) : NULL;
@@ -461,10 +470,10 @@ ats_err *ats_supervisor_wait(ats_supervisor *s, ats_ctx *ctx)
 		if (ats_ctx_done(ctx) && (err = ats_ctx_err(ctx)))
 			break;
 		struct futex_waitv wv[2] = {
-		    {.val = 0, .uaddr = (uintptr_t)&s->finished, .flags = FUTEX_32 | FUTEX_PRIVATE_FLAG},
-		    {.val = kv, .uaddr = (uintptr_t)&k, .flags = FUTEX_32 | FUTEX_PRIVATE_FLAG},
+		    {.val = val, .uaddr = (uintptr_t)&s->ended.counter, .flags = FUTEX_32 | FUTEX_PRIVATE_FLAG},
+		    {.val = kv, .uaddr = (uintptr_t)&k.word, .flags = FUTEX_32 | FUTEX_PRIVATE_FLAG},
 		};
-		ats__ec_park(wv, 2, ats_ctx_deadline(ctx), false);
+		ats__ec_park(wv, 2, ats_ctx_deadline(ctx), true);
 	}
 	ats_ctx_after_stop(&after);
 	return err;

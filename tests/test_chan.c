@@ -327,12 +327,7 @@ static void *sleeper_main(void *arg)
  * sleep. */
 static void start_sleeper(struct sleeper *s, pthread_t *t)
 {
-	unsigned long mark = atomic_load(&ats__ec_fallback_sleeps);
-	cr_assert_eq(pthread_create(t, NULL, sleeper_main, s), 0);
-	while (!atomic_load(&s->tid) ||
-	       (atomic_load(&ats__ec_force_no_waitv) && atomic_load(&ats__ec_fallback_sleeps) == mark))
-		sched_yield();
-	asleep_wait(atomic_load(&s->tid));
+	cr_assert_eq(asleep_start_parked(t, sleeper_main, s, &s->tid), 0);
 }
 
 static ats_chan *mk_parking(ats_chan_kind k, size_t cap)

@@ -465,12 +465,8 @@ Test(pool, blocking_submit_ends_with_its_ctx, .timeout = 60)
 		ats_pool *p = held_and_full(&g, &c);
 		struct submitter s = {.p = p, .c = &c};
 		cr_assert_null(ats_ctx_with_cancel(ats_ctx_background(), &s.ctx));
-		unsigned long mark = atomic_load(&ats__ec_fallback_sleeps);
 		pthread_t th;
-		cr_assert_eq(pthread_create(&th, NULL, submit_thread, &s), 0);
-		while (!atomic_load(&s.tid) || (old_kernel && atomic_load(&ats__ec_fallback_sleeps) == mark))
-			sched_yield();
-		asleep_wait(atomic_load(&s.tid));
+		cr_assert_eq(asleep_start_parked(&th, submit_thread, &s, &s.tid), 0);
 		ats_ctx_cancel(s.ctx, NULL);
 		pthread_join(th, NULL);
 		expect_code(s.err, ATS_ERR_CANCELLED);

@@ -2,11 +2,15 @@
 /* Supervision driven by heartbeats and fault injection: a ward frozen on purpose is found stalled
  * and restarted; exits are handled by restart type; one-for-all and rest-for-one restart the
  * right wards; a restart storm gives up and reports to a parent supervisor; a ward that ignores
- * its cancel is quarantined without holding up its replacement, and frees itself when released.
+ * its cancel is quarantined without holding up its replacement, and frees itself when released; a
+ * wait ends with the supervisor or with its ctx.
  * The test waits on counters the supervisor and its wards move (polling with sched_yield), never
  * on a sleep. */
 #include <atscale/clock.h>
 #include <atscale/supervisor.h>
+#include "internal/ec_hooks.h"
+
+#include "asleep.h"
 
 #include <criterion/criterion.h>
 #include <pthread.h>
@@ -213,6 +217,58 @@ Test(supervisor, a_ward_that_ignores_cancel_is_quarantined)
 	ats_ctx_cancel(c.ignore_cancel_until, NULL);
 	wait_until(&c.thawed, 1); /* the quarantined thread left the gate (and c, on this stack) */
 	ats_ctx_release(c.ignore_cancel_until);
+}
+
+struct waiter {
+	ats_supervisor *s;
+	ats_ctx *ctx;
+	_Atomic pid_t tid;
+	ats_err *err;
+};
+
+static void *waiter_main(void *arg)
+{
+	struct waiter *w = arg;
+	atomic_store(&w->tid, asleep_self_tid());
+	w->err = ats_supervisor_wait(w->s, w->ctx);
+	return NULL;
+}
+
+/* The wait ends with its ctx (cancelled while the waiter sleeps; the supervisor runs on) or with
+ * the supervisor (stopped while it sleeps), with futex_waitv and as where the kernel lacks it
+ * (Linux < 5.16, forced): there it sleeps on one word with no bound, and either end bumps that
+ * word. An end that did not reach the sleeper would hang the test. */
+Test(supervisor, a_wait_ends_with_its_ctx_or_the_supervisor, .timeout = 60)
+{
+	for (int old_kernel = 0; old_kernel < 2; old_kernel++) {
+		atomic_store(&ats__ec_force_no_waitv, old_kernel);
+		for (int how = 0; how < 2; how++) { /* cancel, stop */
+			struct events e = {0};
+			struct ward_ctl c = {0};
+			ats_supervisor *s = mk(ATS_SUP_ONE_FOR_ONE, &e, 3, 1000 * MS);
+			add(s, &c, ATS_WARD_PERMANENT, 0);
+			cr_assert_null(ats_supervisor_start(s, ats_ctx_background()));
+			struct waiter w = {.s = s, .ctx = ats_ctx_background()};
+			if (how == 0)
+				cr_assert_null(ats_ctx_with_cancel(ats_ctx_background(), &w.ctx));
+			pthread_t t;
+			cr_assert_eq(asleep_start_parked(&t, waiter_main, &w, &w.tid), 0);
+			if (how == 0) {
+				ats_ctx_cancel(w.ctx, NULL);
+				pthread_join(t, NULL);
+				cr_expect_eq(ats_err_code(w.err), ATS_ERR_CANCELLED);
+				ats_err_unref(w.err);
+				cr_expect_eq(ats_supervisor_ward_starts(s, 0), 1, "the supervisor runs on");
+				ats_ctx_release(w.ctx);
+			} else {
+				ats_supervisor_stop(s);
+				pthread_join(t, NULL);
+				cr_expect_null(w.err);
+			}
+			ats_supervisor_free(s);
+		}
+	}
+	atomic_store(&ats__ec_force_no_waitv, 0);
 }
 
 Test(supervisor, bad_input_changes_nothing)
