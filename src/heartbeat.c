@@ -25,7 +25,6 @@
 #include <math.h>
 
 #ifdef ATS_TESTING
-
 uint32_t ats__heartbeat_waiters(const ats_heartbeat *h)
 {
 	return atomic_load((_Atomic uint32_t *)&h->waiters_);

@@ -3,14 +3,15 @@
 #include "internal/membarrier.h"
 #ifdef ATS_TESTING
 #include "internal/membarrier_hooks.h"
+
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
 #endif
 
 #include <errno.h>
 #include <linux/membarrier.h>
 #include <pthread.h>
-#include <stdatomic.h>
-#include <stdlib.h>
-#include <string.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 

@@ -285,8 +285,8 @@ static void *blocked_main(void *arg)
 	return NULL;
 }
 
-/* Starts the thread and yields a while so that it most likely parks. Not a synchronization: the
- * outcome checked is the same whether the wake-up comes before or after it parks. */
+/* Starts the thread and yields a while so that it most likely polls. Not a synchronization: the
+ * outcome checked is the same whether the wake-up comes before or after it starts polling. */
 static void start_blocked(struct blocked *b, pthread_t *t)
 {
 	cr_assert_eq(pthread_create(t, NULL, blocked_main, b), 0);
@@ -322,14 +322,6 @@ static void *sleeper_main(void *arg)
 	return NULL;
 }
 
-/* Starts the sleeper and waits until it sleeps in the kernel (and, where futex_waitv is off,
- * until that sleep is the fallback's), so the wake-up that follows finds it asleep, not about to
- * sleep. */
-static void start_sleeper(struct sleeper *s, pthread_t *t)
-{
-	cr_assert_eq(asleep_start_parked(t, sleeper_main, s, &s->tid), 0);
-}
-
 static ats_chan *mk_parking(ats_chan_kind k, size_t cap)
 {
 	ats_chan *c = NULL;
@@ -357,7 +349,7 @@ Test(chan, parked_woken_by_cancel_close_and_peer, .timeout = 60)
 					if (how == 0)
 						cr_assert_null(ats_ctx_with_cancel(ats_ctx_background(), &s.ctx));
 					pthread_t t;
-					start_sleeper(&s, &t);
+					cr_assert_eq(asleep_start_parked(&t, sleeper_main, &s, &s.tid), 0);
 					void *v = NULL;
 					if (how == 0)
 						ats_ctx_cancel(s.ctx, NULL);
@@ -507,7 +499,7 @@ Test(select, parked_woken_by_send_close_and_cancel, .timeout = 60)
 			s.cs[1] = (ats_chan_case){.chan = b};
 			cr_assert_null(ats_ctx_with_cancel(ats_ctx_background(), &s.ctx));
 			pthread_t t;
-			start_sleeper(&s, &t);
+			cr_assert_eq(asleep_start_parked(&t, sleeper_main, &s, &s.tid), 0);
 			if (how == 0)
 				cr_assert_eq(ats_chan_try_send(b, V(42)), ATS_CHAN_OK);
 			else if (how == 1)

@@ -3,6 +3,9 @@
 #include "internal/futex.h"
 #ifdef ATS_TESTING
 #include "internal/ec_hooks.h"
+
+#include <stdlib.h>
+#include <string.h>
 #endif
 
 #include "atscale/clock.h"
@@ -10,8 +13,6 @@
 #include <ck_pr.h>
 #include <errno.h>
 #include <stdatomic.h>
-#include <stdlib.h>
-#include <string.h>
 #include <linux/futex.h>
 #include <sys/syscall.h>
 #include <unistd.h>
