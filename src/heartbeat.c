@@ -3,25 +3,29 @@
  *
  * Why waiting is correct with no fence on the beat path. A beat stores the word, then (compiler
  * barrier only) loads waiters_; a waiter increments waiters_, issues
- * membarrier(PRIVATE_EXPEDITED), then loads the word and sleeps on its low half with the value
- * it read. membarrier returns only after every other running thread of the process has run a
- * full memory barrier, so for any beat either its store came before that barrier (the waiter's
- * load, after membarrier, sees it: no sleep) or its load of waiters_ came after it (it sees the
- * waiter and wakes the futex). A store that lands after the waiter's load changes the futex
- * word, so the futex sleep returns at once or is woken. Once announced, a waiter needs no second
- * membarrier: every later beat's load of waiters_ comes after that barrier. */
+ * membarrier(PRIVATE_EXPEDITED), then loads the word. membarrier returns only after every other
+ * running thread of the process has run a full barrier, so for any beat either its store came
+ * before that barrier (the waiter's load, after membarrier, sees it: no sleep) or its load of
+ * waiters_ came after it (it sees the waiter and wakes it). Once announced, a waiter needs no
+ * second membarrier: every later beat's load of waiters_ comes after that barrier.
+ *
+ * Why no wake-up is lost. Waiters sleep on wake_, a word of their own that every wake bumps
+ * before its futex wake: a beat that saw a waiter, and the after-func of a waiter's ctx when it
+ * is cancelled. A waiter reads wake_ (acquire) before it reads the word and its ctx, and sleeps
+ * only while wake_ still holds what it read. A wake whose bump that read did not see bumps
+ * later, so the sleep returns at once or is woken; one whose bump it saw (release) came after
+ * the beat's store or the cancel, which the waiter's later reads see. One word, so this holds on
+ * every kernel, futex_waitv or not; a waiter's cancel also wakes the heartbeat's other waiters,
+ * which look and sleep again. */
 #include "atscale/heartbeat.h"
 #include "atscale/clock.h"
 #include "internal/compiler.h"
-#include "internal/ec.h"
 #include "internal/futex.h"
 #include "internal/membarrier.h"
 #ifdef ATS_TESTING
 #include "internal/heartbeat_hooks.h"
 #endif
 
-#include <errno.h>
-#include <linux/futex.h>
 #include <math.h>
 
 #ifdef ATS_TESTING
@@ -39,6 +43,7 @@ ats_err *ats_heartbeat_init(ats_heartbeat *h, const ats_heartbeat_config *cfg)
 		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "heartbeat: NULL heartbeat");
 	atomic_init(&h->word_, 0);
 	atomic_init(&h->waiters_, 0);
+	atomic_init(&h->wake_, 0);
 	h->interval_ns_ = cfg ? cfg->interval_ns : 0;
 	h->next_tick_ns_ = 0;
 	h->pulse_ = cfg ? cfg->pulse : NULL;
@@ -52,15 +57,17 @@ void ats_heartbeat_destroy(ats_heartbeat *h)
 
 /* ---- Beating ---- */
 
-/* The futex word: the low half of word_ (every target atscale builds for is little-endian). */
-static _Atomic uint32_t *futex_word(ats_heartbeat *h)
-{
-	return (_Atomic uint32_t *)(void *)&h->word_;
-}
-
 void ats__heartbeat_wake(ats_heartbeat *h)
 {
-	ats__futex_wake(futex_word(h), INT32_MAX);
+	/* release: a waiter that reads the new value sees the beat or the cancel before it. */
+	atomic_fetch_add_explicit(&h->wake_, 1, memory_order_release);
+	ats__futex_wake(&h->wake_, INT32_MAX);
+}
+
+/* The after-func of a waiter's ctx: wakes every waiter (the cancelled one re-checks its ctx). */
+static void wake_on_cancel(void *h)
+{
+	ats__heartbeat_wake(h);
 }
 
 void ats_heartbeat_beat_with_pulse(ats_heartbeat *h)
@@ -92,10 +99,8 @@ ats_err *ats_heartbeat_wait(ats_heartbeat *h, uint64_t count, ats_ctx *ctx)
 		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "heartbeat: NULL %s", h ? "ctx" : "heartbeat");
 	if (ats_heartbeat_count(h) >= count)
 		return NULL;
-	_Atomic uint32_t kick;
-	atomic_init(&kick, 0);
 	ats_ctx_after after;
-	ats_ctx_after_func(ctx, &after, ats__ec_kick, &kick);
+	ats_ctx_after_func(ctx, &after, wake_on_cancel, h);
 	/* seq_cst: announced before the membarrier below (the waiter's half of the Dekker pair). */
 	atomic_fetch_add_explicit(&h->waiters_, 1, memory_order_seq_cst);
 	bool mb = ats__membarrier_ready();
@@ -104,8 +109,8 @@ ats_err *ats_heartbeat_wait(ats_heartbeat *h, uint64_t count, ats_ctx *ctx)
 	uint64_t deadline = ats_ctx_deadline(ctx);
 	ats_err *err = NULL;
 	for (;;) {
-		/* acquire: pairs with ats__ec_kick's release (the ctx check then sees done). */
-		uint32_t k = atomic_load_explicit(&kick, memory_order_acquire);
+		/* acquire: pairs with ats__heartbeat_wake's release (file comment). */
+		uint32_t v = atomic_load_explicit(&h->wake_, memory_order_acquire);
 		/* acquire: pairs with the beat's release store. */
 		uint64_t w = atomic_load_explicit(&h->word_, memory_order_acquire);
 		if ((w >> 1) >= count)
@@ -119,11 +124,7 @@ ats_err *ats_heartbeat_wait(ats_heartbeat *h, uint64_t count, ats_ctx *ctx)
 			uint64_t poll = ats_now_ns() + ATS_HEARTBEAT_POLL_NS;
 			until = poll < deadline ? poll : deadline;
 		}
-		struct futex_waitv wv[2] = {
-		    {.val = (uint32_t)w, .uaddr = (uintptr_t)futex_word(h), .flags = FUTEX_32 | FUTEX_PRIVATE_FLAG},
-		    {.val = k, .uaddr = (uintptr_t)&kick, .flags = FUTEX_32 | FUTEX_PRIVATE_FLAG},
-		};
-		ats__ec_park(wv, 2, until, false);
+		ats__futex_wait(&h->wake_, v, until);
 	}
 	atomic_fetch_sub_explicit(&h->waiters_, 1, memory_order_relaxed);
 	ats_ctx_after_stop(&after);

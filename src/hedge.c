@@ -13,10 +13,11 @@
  * `seq` is the one word every task and the caller meet on, and the futex word the caller sleeps
  * on: ENDED counts the attempts that ended (each one a worker took ends with exactly one bump, run
  * or not), DROPPED the withdrawn ones a worker reached (below), SENT the attempts sent (written
- * when the caller leaves), and three bits say the winner's result is written (WON), the caller
- * sleeps (PARKED) and the caller is gone (LEFT). A task's bump is its last touch of the record:
- * after it a worker reads nothing there, and at most makes a futex wake-up system call on the
- * word's address (harmless if the record was freed meanwhile: futex waiters recheck their word).
+ * when the caller leaves), and four bits say the winner's result is written (WON), the caller
+ * sleeps (PARKED), the caller's ctx is done (KICKED) and the caller is gone (LEFT). A task's bump
+ * is its last touch of the record: after it a worker reads nothing there, and at most makes a
+ * futex wake-up system call on the word's address (harmless if the record was freed meanwhile:
+ * futex waiters recheck their word).
  * So the record needs no reference count:
  *   - the caller frees it when it sees every attempt sent ended or dropped (a plain load; the
  *     usual case: a call whose first attempt won costs no write of the caller's to that line);
@@ -27,7 +28,9 @@
  * Sleeping: the caller sets PARKED with a CAS from the value it saw, then sleeps while the word
  * holds that value; an ender whose bump finds PARKED wakes it. Both are read-modify-writes of one
  * word, so one comes first: the bump (the CAS fails, the caller does not sleep) or the CAS (the
- * bump sees PARKED). A call that never sleeps makes no wake-up system call.
+ * bump sees PARKED). A call that never sleeps makes no wake-up system call. The caller's ctx wakes
+ * it the same way: its after-func sets KICKED (release, after the ctx is marked done) and wakes a
+ * PARKED caller, so the caller sleeps on this one word and needs no futex_waitv on any kernel.
  *
  * An attempt still queued when the call is decided is withdrawn, not waited for: `states` has a
  * started bit and a withdrawn bit per attempt. A worker sets the started bit with one
@@ -52,12 +55,10 @@
 #include "atscale/limiter.h"
 #include "atscale/clock.h"
 #include "internal/compiler.h"
-#include "internal/ec.h"
 #include "internal/futex.h"
 #include "internal/home_cache.h"
 #include "internal/spin.h"
 
-#include <linux/futex.h>
 #include <math.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -78,6 +79,7 @@ enum { NONE = -1, LEFT = -2 };
 #define ENDED UINT32_C(1)            /* attempts that ended, in the low byte */
 #define DROPPED (UINT32_C(1) << 8)   /* withdrawn attempts a worker reached, in the next byte */
 #define SENT (UINT32_C(1) << 16)     /* attempts sent, in the third byte: written by leave() */
+#define KICKED (UINT32_C(1) << 28)   /* the caller's ctx is done (kick_caller) */
 #define PARKED (UINT32_C(1) << 29)   /* the caller sleeps on seq (or is about to) */
 #define LEFT_BIT (UINT32_C(1) << 30) /* the caller is gone: the task that completes the count frees */
 #define WON (UINT32_C(1) << 31)      /* the winner ended (its result is written) */
@@ -101,7 +103,7 @@ struct call {
 	ats_ctx *ctx;
 	ats_request req;
 	/* What the caller polls and every ender writes. */
-	_Alignas(64) _Atomic uint32_t seq; /* ENDED, DROPPED, SENT, PARKED, LEFT_BIT, WON: the futex word */
+	_Alignas(64) _Atomic uint32_t seq; /* the counts and bits above: the futex word */
 	_Atomic int winner;                /* NONE, LEFT or the winning attempt's number */
 	void *result;                      /* the winner's */
 	_Atomic uint64_t loser_busy_ns;
@@ -362,28 +364,30 @@ static bool take_budget(ats_hedger *h)
 	return ats_limiter_allow_at(&h->budget, 1, BUDGET_T0 + n * REQUEST_NS);
 }
 
-/* The caller sleeps while seq still holds `seq` (and kick `k`, when kick is not NULL), until
- * `until` (ATS__FUTEX_FOREVER: no bound). Tells enders it sleeps first (file comment). Blocking. */
-static void park_on_seq(struct call *c, uint32_t seq, _Atomic uint32_t *kick, uint32_t k, uint64_t until)
+/* The caller sleeps while seq still holds `seq`, until `until` (ATS__FUTEX_FOREVER: no bound).
+ * Tells enders it sleeps first (file comment). Blocking. */
+static void park_on_seq(struct call *c, uint32_t seq, uint64_t until)
 {
 	/* relaxed: the CAS only orders this sleep against the bumps, on one word (file comment);
 	 * what a bump publishes is read with the caller's next acquire load. */
 	uint32_t want = seq;
 	if (!atomic_compare_exchange_strong_explicit(&c->seq, &want, seq | PARKED, memory_order_relaxed,
 	                                             memory_order_relaxed))
-		return; /* an attempt ended meanwhile */
-	if (kick) {
-		struct futex_waitv wv[2] = {
-		    {.val = seq | PARKED, .uaddr = (uintptr_t)&c->seq, .flags = FUTEX_32 | FUTEX_PRIVATE_FLAG},
-		    {.val = k, .uaddr = (uintptr_t)kick, .flags = FUTEX_32 | FUTEX_PRIVATE_FLAG},
-		};
-		ats__ec_park(wv, 2, until, false);
-	} else {
-		ats__futex_wait(&c->seq, seq | PARKED, until);
-	}
+		return; /* an attempt ended, or the ctx was cancelled, meanwhile */
+	ats__futex_wait(&c->seq, seq | PARKED, until);
 	/* relaxed: only this caller sets or reads the bit for itself; a bump that still finds it
 	 * makes one spare wake-up call. */
 	atomic_fetch_and_explicit(&c->seq, ~PARKED, memory_order_relaxed);
+}
+
+/* The after-func of the caller's ctx: tells the caller, on the word it polls and sleeps on. */
+static void kick_caller(void *call)
+{
+	struct call *c = call;
+	/* release: a caller that reads the bit sees its ctx done. */
+	uint32_t old = atomic_fetch_or_explicit(&c->seq, KICKED, memory_order_release);
+	if (old & PARKED)
+		ats__futex_wake(&c->seq, 1);
 }
 
 /* The call is decided: withdraws every attempt sent that no worker started (file comment).
@@ -405,10 +409,8 @@ static unsigned withdraw_queued(struct call *c)
  * caller must not touch it afterwards. */
 static ats_err *await(struct call *c, struct plan *pl, void **result, ats_ctx *ctx)
 {
-	_Atomic uint32_t kick;
-	atomic_init(&kick, 0);
 	ats_ctx_after after;
-	ats_ctx_after_func(ctx, &after, ats__ec_kick, &kick);
+	ats_ctx_after_func(ctx, &after, kick_caller, c);
 	uint64_t deadline = ats_ctx_deadline(ctx);
 	uint64_t start = pl->h ? ats_fast_now_ns() : 0;
 	uint64_t next_hedge = pl->h && pl->delay != UINT64_MAX ? start + pl->delay : UINT64_MAX;
@@ -416,9 +418,8 @@ static ats_err *await(struct call *c, struct plan *pl, void **result, ats_ctx *c
 	ats_err *err = NULL;
 	bool success = false;
 	for (;;) {
-		uint32_t k = atomic_load_explicit(&kick, memory_order_acquire);
 		/* acquire: pairs with end_attempt's bump (the errors of the attempts it counts, and the
-		 * winner's result). */
+		 * winner's result) and with kick_caller's (the ctx done). */
 		uint32_t seq = atomic_load_explicit(&c->seq, memory_order_acquire);
 		if (seq & WON) {
 			success = true;
@@ -482,8 +483,7 @@ static ats_err *await(struct call *c, struct plan *pl, void **result, ats_ctx *c
 		uint64_t spin_end = ats_now_ns() + spin_ns;
 		for (uint32_t i = 0;; i++) {
 			ats__cpu_relax();
-			moved = atomic_load_explicit(&c->seq, memory_order_relaxed) != seq ||
-			        atomic_load_explicit(&kick, memory_order_relaxed) != k;
+			moved = atomic_load_explicit(&c->seq, memory_order_relaxed) != seq;
 			if (moved)
 				break;
 			ats__spin_yield(i);
@@ -492,7 +492,7 @@ static ats_err *await(struct call *c, struct plan *pl, void **result, ats_ctx *c
 		}
 		if (moved || (until != UINT64_MAX && ats_fast_now_ns() >= until))
 			continue;
-		park_on_seq(c, seq, &kick, k, until);
+		park_on_seq(c, seq, until);
 	}
 	ats_ctx_after_stop(&after);
 	if (!success) {
@@ -524,7 +524,7 @@ static ats_err *await(struct call *c, struct plan *pl, void **result, ats_ctx *c
 			uint32_t seq = atomic_load_explicit(&c->seq, memory_order_acquire);
 			if (ENDED_OF(seq) == c->sent - withdrawn)
 				break;
-			park_on_seq(c, seq, NULL, 0, ATS__FUTEX_FOREVER);
+			park_on_seq(c, seq, ATS__FUTEX_FOREVER);
 		}
 		if (pl->h)
 			atomic_fetch_add_explicit(&pl->h->loser_busy_ns, atomic_load(&c->loser_busy_ns),

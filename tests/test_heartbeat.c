@@ -1,11 +1,14 @@
 /* SPDX-License-Identifier: BSD-2-Clause */
 /* Heartbeats, one behaviour at a time: counting and pending, interval ticks, pulses dropped when
  * full, waiting for the nth beat from another thread on both wake paths (membarrier and bounded
- * poll, forced in turn), waits ended by their ctx, and the watch's verdicts (fixed and phi) on
+ * poll, forced in turn), waits ended by their ctx, a waiter that sleeps until it is woken (with
+ * or without futex_waitv), and the watch's verdicts (fixed and phi) on
  * explicit times. Threads wait on what they observe, never on a sleep. */
 #include <atscale/clock.h>
 #include <atscale/heartbeat.h>
 
+#include "asleep.h"
+#include "internal/ec_hooks.h"
 #include "internal/heartbeat_hooks.h"
 #include "internal/membarrier_hooks.h"
 
@@ -146,28 +149,59 @@ Test(heartbeat, wait_ends_with_its_ctx)
 struct canceller {
 	ats_heartbeat *h;
 	ats_ctx *ctx;
+	pid_t waiter;
 };
 
-static void *cancel_after_waiter(void *arg)
+/* Cancels once the waiter sleeps in the kernel inside its wait, so the cancel must wake it. */
+static void *cancel_sleeping_waiter(void *arg)
 {
 	struct canceller *c = arg;
 	while (ats__heartbeat_waiters(c->h) == 0)
 		sched_yield();
+	asleep_wait(c->waiter);
 	ats_ctx_cancel(c->ctx, NULL);
 	return NULL;
 }
 
 Test(heartbeat, a_cancel_wakes_a_sleeping_waiter)
 {
-	ats_heartbeat h;
-	cr_assert_null(ats_heartbeat_init(&h, NULL));
-	struct canceller c = {&h, NULL};
-	cr_assert_null(ats_ctx_with_cancel(ats_ctx_background(), &c.ctx));
-	pthread_t th;
-	cr_assert_eq(pthread_create(&th, NULL, cancel_after_waiter, &c), 0);
-	expect_code(ats_heartbeat_wait(&h, 1, c.ctx), ATS_ERR_CANCELLED);
-	pthread_join(th, NULL);
-	ats_ctx_release(c.ctx);
+	int was = atomic_load(&ats__ec_force_no_waitv);
+	for (int old_kernel = 0; old_kernel < 2; old_kernel++) {
+		atomic_store(&ats__ec_force_no_waitv, old_kernel);
+		ats_heartbeat h;
+		cr_assert_null(ats_heartbeat_init(&h, NULL));
+		struct canceller c = {&h, NULL, asleep_self_tid()};
+		cr_assert_null(ats_ctx_with_cancel(ats_ctx_background(), &c.ctx));
+		pthread_t th;
+		cr_assert_eq(pthread_create(&th, NULL, cancel_sleeping_waiter, &c), 0);
+		expect_code(ats_heartbeat_wait(&h, 1, c.ctx), ATS_ERR_CANCELLED);
+		pthread_join(th, NULL);
+		ats_ctx_release(c.ctx);
+	}
+	atomic_store(&ats__ec_force_no_waitv, was);
+}
+
+/* With membarrier a waiter does not poll: a 30 ms wait sleeps about once, on kernels with
+ * futex_waitv and without it (forced), where a waiter that looked every millisecond would sleep
+ * about 30 times. */
+Test(heartbeat, a_waiter_sleeps_until_woken)
+{
+	if (strcmp(ats_heartbeat_wake_path(), "membarrier") != 0)
+		cr_skip_test("waiters poll here by design: %s", ats_heartbeat_wake_path());
+	int was = atomic_load(&ats__ec_force_no_waitv);
+	for (int old_kernel = 0; old_kernel < 2; old_kernel++) {
+		atomic_store(&ats__ec_force_no_waitv, old_kernel);
+		ats_heartbeat h;
+		cr_assert_null(ats_heartbeat_init(&h, NULL));
+		ats_ctx *ctx;
+		cr_assert_null(ats_ctx_with_timeout(ats_ctx_background(), 30000000, &ctx));
+		long before = asleep_count_self();
+		expect_code(ats_heartbeat_wait(&h, 1, ctx), ATS_ERR_DEADLINE_EXCEEDED);
+		long sleeps = asleep_count_self() - before;
+		cr_expect_leq(sleeps, 5, "old kernel %d: %ld sleeps in a 30 ms wait", old_kernel, sleeps);
+		ats_ctx_release(ctx);
+	}
+	atomic_store(&ats__ec_force_no_waitv, was);
 }
 
 Test(heartbeat, fixed_threshold_tells_stalled_from_idle)

@@ -5,12 +5,15 @@
  * and banks what quiet requests deposited,
  * tied copies run once, the adaptive delay stays silent through its warm-up and does not sink when
  * hedges win, the caller's ctx ends a call without leaking a result (and a done one sends
- * nothing), and a pool shut down under a call hands its queued attempts back. Attempts are
+ * nothing), a parked caller sleeps until it is woken (with or without futex_waitv), and a pool
+ * shut down under a call hands its queued attempts back. Attempts are
  * scripted per attempt number; they block on their ctx (cancelled when the call is decided), never
  * on a sleep. */
 #include <atscale/clock.h>
 #include <atscale/hedge.h>
 
+#include "asleep.h"
+#include "internal/ec_hooks.h"
 #include "internal/pool_hooks.h"
 
 #include <criterion/criterion.h>
@@ -377,6 +380,31 @@ Test(hedge, the_callers_ctx_ends_the_call_without_leaks)
 	}
 	ats_ctx_release(ctx);
 	ats_pool_free(p);
+}
+
+/* A caller waiting for an attempt does not poll: a 30 ms wait (the attempt blocks until the
+ * deadline cancels it) sleeps a few times at most, on kernels with futex_waitv and without it
+ * (forced), where a caller that looked every millisecond would sleep about 30 times. */
+Test(hedge, a_parked_caller_sleeps_until_woken)
+{
+	int was = atomic_load(&ats__ec_force_no_waitv);
+	for (int old_kernel = 0; old_kernel < 2; old_kernel++) {
+		atomic_store(&ats__ec_force_no_waitv, old_kernel);
+		ats_pool *p = pool(1);
+		struct script s = {.mode = {BLOCK}};
+		ats_request r = req(&s);
+		ats_ctx *ctx;
+		cr_assert_null(ats_ctx_with_timeout(ats_ctx_background(), 30000000, &ctx));
+		void *res = NULL;
+		long before = asleep_count_self();
+		expect_code(ats_replicate(p, &r, 1, &res, ctx), ATS_ERR_DEADLINE_EXCEEDED);
+		long sleeps = asleep_count_self() - before;
+		cr_expect_leq(sleeps, 5, "old kernel %d: %ld sleeps in a 30 ms wait", old_kernel, sleeps);
+		cr_expect_eq(atomic_load(&s.runs), 1);
+		ats_ctx_release(ctx);
+		ats_pool_free(p);
+	}
+	atomic_store(&ats__ec_force_no_waitv, was);
 }
 
 /* Holds a worker until `open` is cancelled; counts itself in when it starts. */

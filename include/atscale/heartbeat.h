@@ -21,7 +21,9 @@
  * the waiter's (announce, then read the count), made safe by an asymmetric fence: the waiter
  * issues membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED), which runs a full barrier on every thread
  * of the process, so the beat path needs only a compiler barrier (liburcu's memb flavour, the
- * same idea). Where the kernel lacks that membarrier command, a waiter instead sleeps at most
+ * same idea). A waiter sleeps on one word that every wake changes (a beat that finds a waiter,
+ * the cancel of a waiter's ctx), so it sleeps until it is woken, with or without futex_waitv.
+ * Where the kernel lacks that membarrier command, a waiter instead sleeps at most
  * ATS_HEARTBEAT_POLL_NS at a time and re-reads the count: a wake-up may then come up to that late,
  * never lost. ats_heartbeat_wake_path() says which one this process uses.
  *

@@ -9,13 +9,15 @@ extern "C" {
 #endif
 
 struct ats_heartbeat {
-	/* The beater's line. word_ = count << 1 | pending; waiters sleep on its low 32 bits. */
+	/* The beater's line. word_ = count << 1 | pending. */
 	ATS__ALIGNAS(ATS__CACHE_LINE) ATS_ATOMIC(uint64_t) word_;
 	uint64_t interval_ns_;
 	uint64_t next_tick_ns_;
 	ats_chan *pulse_;
-	/* Waiters announce themselves here, on a line the beater only reads. */
+	/* Waiters announce themselves here, on a line the beater only reads while nobody waits. */
 	ATS__ALIGNAS(ATS__CACHE_LINE) ATS_ATOMIC(uint32_t) waiters_;
+	/* What waiters sleep on: bumped by every wake-up (a beat that saw a waiter, a waiter's cancel). */
+	ATS_ATOMIC(uint32_t) wake_;
 };
 
 struct ats_heartbeat_watch {

@@ -34,7 +34,8 @@
  *
  * The caller waits for the outcome (or its hedge time) spinning up to 10 us, about what a futex
  * sleep and wake-up cost (yielding the CPU every 256 tries, in case a worker it waits for is
- * queued on it), then on a futex: no timer thread, no long busy wait.
+ * queued on it), then on a futex: no timer thread, no long busy wait. It sleeps on one word that
+ * every attempt's end and its ctx's cancel change, so it sleeps until it is woken on any kernel.
  * Once the call is decided, attempts still queued (no worker started them) are withdrawn (in
  * ats_replicate and ats_tied by the winning attempt itself, as it wins, before the caller has seen
  * the win): they never run, and the call does not wait for them, so a loser queued behind a
