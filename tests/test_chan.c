@@ -8,11 +8,14 @@
 #include "internal/ec_hooks.h"
 
 #include "asleep.h"
+#include "seccomp_refuse.h"
 
 #include <criterion/criterion.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdint.h>
+#include <string.h>
+#include <time.h>
 
 #define MS UINT64_C(1000000)
 #define V(i) ((void *)(uintptr_t)(i))
@@ -393,6 +396,45 @@ Test(chan, a_deadline_without_futex_waitv_ends_one_sleep)
 	ats_ctx_release(ctx);
 	ats_chan_free(c, NULL, NULL);
 	atomic_store(&ats__ec_force_no_waitv, 0);
+}
+
+/* CPU time the calling thread has used, in ns. */
+static uint64_t thread_cpu_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+	return (uint64_t)ts.tv_sec * ATS_NS_PER_SEC + (uint64_t)ts.tv_nsec;
+}
+
+/* In a sandbox whose seccomp filter refuses futex_waitv with EPERM (one written before the call
+ * existed), a parked call takes the path of kernels without it: it sleeps, where treating the
+ * refusal as a wake-up would spin on the system call for the whole wait, and a peer wakes it. */
+Test(chan, a_sandbox_that_refuses_futex_waitv)
+{
+	if (seccomp_refuse(SYS_futex_waitv, EPERM) != 0)
+		cr_skip_test("no seccomp filter for this process here: %s", strerror(errno));
+	cr_assert_eq(syscall(SYS_futex_waitv, NULL, 0, 0, NULL, 0), -1);
+	cr_assert_eq(errno, EPERM, "the filter refuses the call");
+	ats_chan *c = mk_parking(ATS_CHAN_SPSC, 1);
+	ats_ctx *ctx;
+	cr_assert_null(ats_ctx_with_timeout(ats_ctx_background(), 30 * MS, &ctx));
+	unsigned long mark = atomic_load(&ats__ec_fallback_sleeps);
+	uint64_t cpu = thread_cpu_ns();
+	void *v;
+	expect_code(ats_chan_recv(c, &v, ctx), ATS_ERR_DEADLINE_EXCEEDED);
+	cpu = thread_cpu_ns() - cpu;
+	cr_expect_lt(cpu, 10 * MS, "a 30 ms wait used %llu us of CPU", (unsigned long long)(cpu / 1000));
+	cr_expect_gt(atomic_load(&ats__ec_fallback_sleeps), mark, "the fallback slept");
+	ats_ctx_release(ctx);
+	struct sleeper s = {.n = 1, .ctx = ats_ctx_background()};
+	s.cs[0] = (ats_chan_case){.chan = c, .send = false};
+	pthread_t t;
+	cr_assert_eq(asleep_start_parked(&t, sleeper_main, &s, &s.tid), 0);
+	cr_assert_null(ats_chan_send(c, V(7), ats_ctx_background()));
+	pthread_join(t, NULL);
+	cr_expect_null(s.err);
+	cr_expect_eq(s.v, V(7));
+	ats_chan_free(c, NULL, NULL);
 }
 
 Test(chan, busy_poll_honours_ctx_and_close)

@@ -95,8 +95,20 @@ __attribute__((constructor)) static void read_force_env(void)
 }
 #endif
 
-/* Set at the first ENOSYS: later parks go straight to the fallback. */
+/* Set at the first refusal: later parks go straight to the fallback. */
 static _Atomic int no_waitv;
+
+/* Whether futex_waitv failed as a call the kernel refuses, not as a wait that ended: ENOSYS
+ * before Linux 5.16, and whatever errno a seccomp filter written before the call existed gives
+ * it (a container runtime's or a service manager's: EPERM, most often). Waking (0 or more),
+ * EAGAIN (a word no longer held its value), ETIMEDOUT and EINTR are a wait that ended. Anything
+ * else cannot come from a kernel that runs the call on these arguments, so it is a refusal too:
+ * treated as a wait that ended, it would return at once every time, and a parked thread would
+ * spin on the system call. */
+static bool refused(int err)
+{
+	return err != EAGAIN && err != ETIMEDOUT && err != EINTR;
+}
 
 static bool waitv(struct futex_waitv *w, unsigned nw, const struct timespec *ts)
 {
@@ -106,7 +118,7 @@ static bool waitv(struct futex_waitv *w, unsigned nw, const struct timespec *ts)
 #endif
 	if (atomic_load_explicit(&no_waitv, memory_order_relaxed))
 		return false;
-	if (syscall(SYS_futex_waitv, w, nw, 0, ts, CLOCK_MONOTONIC) < 0 && errno == ENOSYS) {
+	if (syscall(SYS_futex_waitv, w, nw, 0, ts, CLOCK_MONOTONIC) < 0 && refused(errno)) {
 		atomic_store_explicit(&no_waitv, 1, memory_order_relaxed);
 		return false;
 	}

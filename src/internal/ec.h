@@ -40,7 +40,8 @@ struct futex_waitv;
 /* Sleeps until one of w[0..nw) no longer holds its value (futex_waitv, Linux >= 5.16), a wake, or
  * deadline_ns (absolute CLOCK_MONOTONIC; ATS__FUTEX_FOREVER for none). May return early: the
  * caller re-checks. Blocking; one system call.
- * Without futex_waitv (Linux < 5.16; the first ENOSYS is remembered) it sleeps on w[0] alone:
+ * Without futex_waitv (Linux < 5.16, or a seccomp filter that refuses it; the first refusal is
+ * remembered) it sleeps on w[0] alone:
  * until the deadline when nothing else can need waking up (nw == 1, or nw == 2 and
  * kick_bumps_first: w[1] is a kick word whose ats__ec_kicker also bumps w[0]'s eventcount), and
  * otherwise for at most 1 ms, so the caller's re-check finds a change of the other words late,
