@@ -47,8 +47,10 @@
  * after it the kick word differs from the kept value. The same holds for close (it bumps both
  * eventcounts after setting its flags). Without futex_waitv (Linux < 5.16) a thread sleeps on
  * its first eventcount alone; a cancel bumps that eventcount too (ats__ec_kick_bump), so a
- * blocking send or receive wakes at once as above, and a select over several eventcounts sleeps
- * at most 1 ms at a time and re-checks: a value on another channel is found late, never lost.
+ * blocking send or receive wakes at once as above; a select over several eventcounts watches
+ * them (internal/ec.h): their bumps that find a waiter flag, which make a wake-up call anyway,
+ * also bump and wake its kick word, and it sleeps on that word alone (ec.c says why no wake-up
+ * is lost).
  * Bumps only for a waiter, where an RMW is there anyway. A multi-producer receive returns its
  * credit with a seq_cst RMW and then loads "not full"'s flag; a sender waiting for room armed
  * that flag, fenced, and re-read the credits, so either it sees the credit or the receive sees
@@ -731,13 +733,28 @@ static ats_err *wait_cases(ats_chan_case *cases, size_t n, size_t *fired, ats_ct
 	ats__ec_kicker kick = {.ec = NULL};
 	atomic_init(&kick.word, 0);
 	bool light = false;
+	/* Where a thread sleeps on one word at a time, a wait on several eventcounts watches them
+	 * (internal/ec.h) and sleeps on its kick word, which their flagged bumps then bump too. */
+	ats__ec_watch watch[ATS_CHAN_SELECT_MAX];
+	unsigned nwatch = 0;
 	for (size_t j = 0; j < n; j++) {
 		if (!cases[j].chan)
 			continue;
-		light |= C(cases[j].chan)->light;
+		struct chan *c = C(cases[j].chan);
+		light |= c->light;
+		const struct ck_ec32 *ec = cases[j].send ? &c->not_full : &c->not_empty;
+		unsigned d = 0;
+		while (d < nwatch && watch[d].ec != ec)
+			d++;
+		if (d == nwatch)
+			watch[nwatch++] = (ats__ec_watch){.ec = ec, .word = &kick.word};
 		if (!kick.ec)
-			kick.ec = cases[j].send ? &C(cases[j].chan)->not_full : &C(cases[j].chan)->not_empty;
+			kick.ec = cases[j].send ? &c->not_full : &c->not_empty;
 	}
+	if (nwatch < 2 || !ats__ec_parks_alone())
+		nwatch = 0;
+	else
+		ats__ec_watch_start(watch, nwatch);
 	ats_ctx_after after;
 	ats_ctx_after_func(ctx, &after, ats__ec_kick_bump, &kick);
 	err = NULL;
@@ -791,9 +808,14 @@ static ats_err *wait_cases(ats_chan_case *cases, size_t n, size_t *fired, ats_ct
 			continue;
 		}
 		landing_spins = 0;
-		ats__ec_park(w, nw, until, true);
+		if (nwatch)
+			ats__ec_park_watched(&kick.word, kv, until); /* every wake-up comes to this word */
+		else
+			ats__ec_park(w, nw, until, true);
 	}
 	ats_ctx_after_stop(&after);
+	if (nwatch)
+		ats__ec_watch_stop(watch, nwatch);
 	return err;
 }
 

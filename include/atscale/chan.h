@@ -238,9 +238,10 @@ typedef struct ats_chan_case {
  * role is the selecting thread's while the select runs). Blocking: tries every case, spins (the
  * largest spin among the cases' channels; never parks if all are busy-poll), then parks on every
  * channel's eventcount at once (futex_waitv) plus a word the ctx bumps; see chan.c for why no
- * wake-up is lost (on kernels before 5.16, without futex_waitv, a select over several channels
- * sleeps on the first one's eventcount and looks at the others every 1 ms). O(n) per round; no
- * allocation unless it returns an error. */
+ * wake-up is lost. Where futex_waitv is missing (Linux < 5.16, or a seccomp filter refuses it) a
+ * select over several channels registers with their eventcounts in a process-wide table (a mutex
+ * at the start and the end of its sleep), and a send or receive that finds it waiting wakes it
+ * through that table. O(n) per round; no allocation unless it returns an error. */
 ATS_API ATS_NODISCARD ats_err *ats_chan_select(ats_chan_case *cases, size_t n, bool has_default, size_t *fired,
                                                ats_ctx *ctx);
 

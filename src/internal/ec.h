@@ -45,7 +45,8 @@ struct futex_waitv;
  * until the deadline when nothing else can need waking up (nw == 1, or nw == 2 and
  * kick_bumps_first: w[1] is a kick word whose ats__ec_kicker also bumps w[0]'s eventcount), and
  * otherwise for at most 1 ms, so the caller's re-check finds a change of the other words late,
- * never lost. */
+ * never lost (a caller that waits on several eventcounts watches them instead, below, where it
+ * knows the call is missing). */
 void ats__ec_park(struct futex_waitv *w, unsigned nw, uint64_t deadline_ns, bool kick_bumps_first);
 
 /* An after-func (ats_ctx_after_func) for a parked thread's kick word (an _Atomic uint32_t *):
@@ -65,5 +66,34 @@ typedef struct ats__ec_kicker {
 /* The after-func of an ats__ec_kicker (its argument): ats__ec_kick on the word, then, when set,
  * one increment of the eventcount (which wakes its sleepers when its waiter flag is set). */
 void ats__ec_kick_bump(void *kicker);
+
+/* Whether parking here sleeps on one word at a time: no futex_waitv (Linux < 5.16, or a seccomp
+ * filter that refuses it). Probed with one system call the first time, then remembered. */
+bool ats__ec_parks_alone(void);
+
+/* Watching several eventcounts where a thread can sleep on only one word. While watched, every
+ * bump of an eventcount that finds its waiter flag set (so it makes a wake-up system call
+ * anyway) also bumps the watcher's word (release) and wakes it: the watcher arms the flags as
+ * usual and sleeps on its word alone, with no bound, and no wake-up is lost (ec.c says why). A
+ * select over several channels watches their eventcounts this way; without watching it would
+ * have to look at the others every so often. One entry per eventcount, in the watcher's memory. */
+typedef struct ats__ec_watch {
+	const struct ck_ec32 *ec;
+	_Atomic uint32_t *word;
+	struct ats__ec_watch *next;
+} ats__ec_watch;
+
+/* Starts watching w[0..n) (ec and word set by the caller), then a full fence: call it before
+ * arming the flags. Blocking (a process-wide mutex, only ever taken where ats__ec_parks_alone);
+ * O(n). */
+void ats__ec_watch_start(ats__ec_watch *w, unsigned n);
+
+/* A watcher's sleep: while *word == val, until deadline_ns (ATS__FUTEX_FOREVER for none), on
+ * that word alone. May return early: the caller re-checks. Blocking; one system call. */
+void ats__ec_park_watched(_Atomic uint32_t *word, uint32_t val, uint64_t deadline_ns);
+
+/* Stops watching w[0..n): once it returns, no bump touches w. Blocking (the mutex); O(n) plus the
+ * other watches that share a bucket. */
+void ats__ec_watch_stop(ats__ec_watch *w, unsigned n);
 
 #endif

@@ -11,7 +11,7 @@
  * that whole suites run that way (scripts/test.sh). */
 extern _Atomic int ats__ec_force_no_waitv;
 
-/* How many sleeps took that path. */
+/* How many sleeps took that path (ats__ec_park's fallback, or a watcher's sleep). */
 extern _Atomic unsigned long ats__ec_fallback_sleeps;
 
 #endif
