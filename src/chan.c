@@ -742,14 +742,14 @@ static ats_err *wait_cases(ats_chan_case *cases, size_t n, size_t *fired, ats_ct
 			continue;
 		struct chan *c = C(cases[j].chan);
 		light |= c->light;
-		const struct ck_ec32 *ec = cases[j].send ? &c->not_full : &c->not_empty;
+		struct ck_ec32 *ec = cases[j].send ? &c->not_full : &c->not_empty;
+		if (!kick.ec)
+			kick.ec = ec;
 		unsigned d = 0;
 		while (d < nwatch && watch[d].ec != ec)
 			d++;
 		if (d == nwatch)
 			watch[nwatch++] = (ats__ec_watch){.ec = ec, .word = &kick.word};
-		if (!kick.ec)
-			kick.ec = cases[j].send ? &c->not_full : &c->not_empty;
 	}
 	if (nwatch < 2 || !ats__ec_parks_alone())
 		nwatch = 0;
