@@ -47,6 +47,7 @@
  */
 #include "atscale/pool.h"
 #include "atscale/clock.h"
+#include "internal/cgroup_cpu.h"
 #include "internal/compiler.h"
 #include "internal/cpu.h"
 #include "internal/ec.h"
@@ -628,8 +629,10 @@ ats_err *ats_pool_new(ats_pool **out, const ats_pool_config *cfg)
 		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "pool: unknown idle policy %d", (int)c.idle);
 	cpu_set_t cpus;
 	unsigned ncpu = allowed_cpus(&cpus);
-	if (c.workers == 0)
-		c.workers = ncpu;
+	if (c.workers == 0) {
+		unsigned limit = ats__cgroup_cpu_limit("/proc/self/cgroup", "/proc/self/mountinfo");
+		c.workers = limit && limit < ncpu ? limit : ncpu;
+	}
 	if (c.workers > ATS_POOL_MAX_WORKERS)
 		c.workers = ATS_POOL_MAX_WORKERS;
 	if (c.queue_capacity == 0)

@@ -2,10 +2,14 @@
 /* atscale worker pool: one worker thread per core, each with its own bounded queue, stealing
  * when idle; the runtime that hedged requests and supervision run their work on.
  *
- * Workers. One per online CPU by default (or config.workers), optionally pinned (worker i to the
- * i-th CPU the process may run on). Every worker blocks all signals (they belong to the
- * application's threads) and is registered with liburcu's memb flavour (urcu/urcu-memb.h), so a
- * task may enter RCU read-side sections (the keyed limiters' maps, or the caller's own).
+ * Workers. By default one per CPU the process may run on (its affinity mask), but no more than
+ * its cgroup's CPU limit, rounded up (cgroup v2 cpu.max or v1's CFS quota, the tightest on its
+ * cgroup and the ancestors it can see): a container given two CPUs' worth of time on a 64-CPU
+ * machine gets two workers, not 64 that take turns being throttled. Or config.workers.
+ * Optionally pinned (worker i to the i-th CPU the process may run on). Every worker blocks all
+ * signals (they belong to the application's threads) and is registered with liburcu's memb
+ * flavour (urcu/urcu-memb.h), so a task may enter RCU read-side sections (the keyed limiters'
+ * maps, or the caller's own).
  *
  * Queues. Each worker has a bounded multi-producer multi-consumer queue on ck_ring whose slots
  * hold the task descriptors themselves (ats_task is copied in): submitting and running allocate
@@ -121,7 +125,7 @@ typedef enum ats_pool_idle {
 #define ATS_POOL_STEAL_PERIOD_MAX_NS 16000000u
 
 typedef struct ats_pool_config {
-	unsigned workers;      /* 0: one per CPU the process may run on */
+	unsigned workers;      /* 0: one per CPU the process may run on, within its cgroup's CPU limit */
 	size_t queue_capacity; /* per worker; 0: ATS_POOL_DEFAULT_CAPACITY */
 	ats_pool_idle idle;
 	uint32_t spin_ns; /* SPIN_PARK: CLOCK_MONOTONIC ns of re-checking before parking, plus 256 to
