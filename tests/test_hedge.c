@@ -400,7 +400,7 @@ Test(hedge, a_parked_caller_sleeps_until_woken)
 		expect_code(ats_replicate(p, &r, 1, &res, ctx), ATS_ERR_DEADLINE_EXCEEDED);
 		long sleeps = asleep_count_self() - before;
 		cr_expect_leq(sleeps, 5, "old kernel %d: %ld sleeps in a 30 ms wait", old_kernel, sleeps);
-		cr_expect_eq(atomic_load(&s.runs), 1);
+		cr_expect_leq(atomic_load(&s.runs), 1, "at most once (not at all if its worker was slow to start)");
 		ats_ctx_release(ctx);
 		ats_pool_free(p);
 	}
