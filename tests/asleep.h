@@ -14,7 +14,6 @@
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <unistd.h>
@@ -22,15 +21,6 @@
 static inline pid_t asleep_self_tid(void)
 {
 	return (pid_t)syscall(SYS_gettid);
-}
-
-/* How many times the calling thread has slept in the kernel (its voluntary context switches; a
- * yield or a preemption is not one): a wait that polls sleeps once per look. */
-static inline long asleep_count_self(void)
-{
-	struct rusage ru;
-	getrusage(RUSAGE_THREAD, &ru);
-	return ru.ru_nvcsw;
 }
 
 /* Whether thread tid of this process is sleeping in the kernel now. */

@@ -87,6 +87,7 @@ uint32_t ats__ec_arm(struct ck_ec32 *ec)
 }
 
 #ifdef ATS_TESTING
+_Thread_local unsigned long ats__futex_sleeps;
 _Atomic int ats__ec_force_no_waitv;
 _Atomic unsigned long ats__ec_fallback_sleeps;
 
@@ -124,6 +125,9 @@ static bool waitv(struct futex_waitv *w, unsigned nw, const struct timespec *ts)
 #endif
 	if (atomic_load_explicit(&waitv_state, memory_order_relaxed) == WAITV_REFUSED)
 		return false;
+#ifdef ATS_TESTING
+	ats__futex_sleeps++;
+#endif
 	if (syscall(SYS_futex_waitv, w, nw, 0, ts, CLOCK_MONOTONIC) < 0 && refused(errno)) {
 		atomic_store_explicit(&waitv_state, WAITV_REFUSED, memory_order_relaxed);
 		return false;

@@ -6,6 +6,9 @@
 #define ATS_INTERNAL_FUTEX_H
 
 #include "internal/compiler.h"
+#ifdef ATS_TESTING
+#include "internal/futex_hooks.h"
+#endif
 
 #include <linux/futex.h>
 #include <stdatomic.h>
@@ -28,6 +31,9 @@ static inline void ats__futex_wait(const _Atomic uint32_t *addr, uint32_t val, u
 		ts.tv_nsec = (long)(deadline_ns % ATS_NS_PER_SEC);
 		tsp = &ts;
 	}
+#ifdef ATS_TESTING
+	ats__futex_sleeps++;
+#endif
 	/* FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC timeout (FUTEX_CLOCK_REALTIME unset). */
 	syscall(SYS_futex, (const uint32_t *)addr, FUTEX_WAIT_BITSET | FUTEX_PRIVATE_FLAG, val, tsp, NULL,
 	        FUTEX_BITSET_MATCH_ANY);
