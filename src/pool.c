@@ -123,6 +123,9 @@ struct quarantined {
 struct ats_pool {
 	struct worker *w;
 	unsigned n;
+	/* The worker a caller on CPU c submits to, for c < cpu_map_len (map_cpus). */
+	uint16_t *cpu_map;
+	unsigned cpu_map_len;
 	size_t capacity;
 	ats_pool_idle idle;
 	uint32_t spin_ns;
@@ -539,6 +542,7 @@ static void free_pool(ats_pool *p)
 	for (unsigned i = 0; i < p->n; i++)
 		free(p->w[i].slots);
 	free(p->w);
+	free(p->cpu_map);
 	ats_ctx_release(p->ctx);
 	free(p);
 }
@@ -554,6 +558,26 @@ static unsigned allowed_cpus(cpu_set_t *set)
 	}
 	return (unsigned)CPU_COUNT(set);
 }
+
+/* Fills map[0..len) with the worker that a caller on each CPU submits to: the k-th CPU of mask
+ * feeds worker k modulo the count. Worker i is pinned to the i-th CPU of the mask (nth_cpu), so a
+ * caller on a pinned worker's CPU feeds that worker, and callers spread evenly over the workers
+ * however the CPUs are numbered: with a cpuset of 2-5 and four workers, CPU 2 feeds worker 0, not
+ * worker 2 (pinned to CPU 4) as its number modulo four would say. A CPU outside the mask (a caller
+ * with another affinity) goes by its number modulo the count. */
+static void map_cpus(const cpu_set_t *mask, unsigned workers, uint16_t *map, unsigned len)
+{
+	unsigned k = 0;
+	for (unsigned c = 0; c < len; c++)
+		map[c] = (uint16_t)(CPU_ISSET(c, mask) ? k++ % workers : c % workers);
+}
+
+#ifdef ATS_TESTING
+void ats__pool_map_cpus(const cpu_set_t *mask, unsigned workers, uint16_t *map, unsigned len)
+{
+	map_cpus(mask, workers, map, len);
+}
+#endif
 
 /* The i-th CPU of set, modulo their number. */
 static int nth_cpu(const cpu_set_t *set, unsigned i)
@@ -665,6 +689,15 @@ ats_err *ats_pool_new(ats_pool **out, const ats_pool_config *cfg)
 		return ats_err_oom;
 	}
 	memset(p->w, 0, sizeof(struct worker) * p->n);
+	for (int cpu = 0; cpu < CPU_SETSIZE; cpu++)
+		if (CPU_ISSET(cpu, &cpus))
+			p->cpu_map_len = (unsigned)cpu + 1;
+	p->cpu_map = malloc(sizeof *p->cpu_map * p->cpu_map_len);
+	if (!p->cpu_map) {
+		free_pool(p);
+		return ats_err_oom;
+	}
+	map_cpus(&cpus, p->n, p->cpu_map, p->cpu_map_len);
 	/* The ring holds size-1: the smallest power of two above the capacity. */
 	unsigned ring_size = 2;
 	while (ring_size - 1 < c.queue_capacity)
@@ -807,7 +840,8 @@ static struct worker *caller_worker(ats_pool *p)
 {
 	if (self && self->pool == p)
 		return self;
-	return &p->w[ats__current_cpu() % p->n];
+	unsigned cpu = ats__current_cpu();
+	return &p->w[cpu < p->cpu_map_len ? p->cpu_map[cpu] : cpu % p->n];
 }
 
 /* t[0..n) are tasks (each has run). */

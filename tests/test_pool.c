@@ -16,6 +16,7 @@
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 static void expect_code(ats_err *err, ats_code code)
 {
@@ -753,6 +754,140 @@ Test(pool, default_config_is_one_worker_per_cpu)
 	cr_assert_null(ats_pool_shutdown(p, ats_ctx_background()));
 	cr_expect_eq(atomic_load(&c.ran), 1000);
 	ats_pool_free(p);
+}
+
+/* The map from a caller's CPU to the worker it feeds, for masks this machine may not have. */
+Test(pool, a_cpu_feeds_its_pinned_worker_however_cpus_are_numbered)
+{
+	uint16_t map[8];
+	cpu_set_t mask;
+	/* A cpuset of 2-5, four workers pinned to CPUs 2, 3, 4, 5: each CPU feeds its own worker
+	 * (by number modulo four, CPU 2 would feed worker 2, pinned to CPU 4). CPUs 0, 1, 6 and 7 are
+	 * outside the mask: by number. */
+	CPU_ZERO(&mask);
+	for (int c = 2; c <= 5; c++)
+		CPU_SET(c, &mask);
+	ats__pool_map_cpus(&mask, 4, map, 8);
+	uint16_t want_2_5[8] = {0, 1, 0, 1, 2, 3, 2, 3};
+	for (unsigned c = 0; c < 8; c++)
+		cr_expect_eq(map[c], want_2_5[c], "cpuset 2-5, CPU %u feeds worker %u", c, map[c]);
+	/* Every other CPU (one thread per core), two workers: callers spread over both (by number,
+	 * every CPU of the mask would feed worker 0). */
+	CPU_ZERO(&mask);
+	for (int c = 0; c < 8; c += 2)
+		CPU_SET(c, &mask);
+	ats__pool_map_cpus(&mask, 2, map, 8);
+	for (unsigned c = 0; c < 8; c += 2)
+		cr_expect_eq(map[c], (c / 2) % 2, "even CPUs, CPU %u feeds worker %u", c, map[c]);
+	/* More workers than CPUs (three on CPU 1): the CPU feeds the first worker pinned to it. */
+	CPU_ZERO(&mask);
+	CPU_SET(1, &mask);
+	ats__pool_map_cpus(&mask, 3, map, 2);
+	cr_expect_eq(map[1], 0);
+	cr_expect_eq(map[0], 0, "CPU 0 is outside the mask: 0 modulo 3");
+}
+
+struct pinned_gate {
+	struct gate g;
+	_Atomic int cpu;
+};
+
+static void pinned_gate_run(void *arg, ats_ctx *ctx)
+{
+	struct pinned_gate *pg = arg;
+	atomic_store(&pg->cpu, sched_getcpu());
+	gate_run(&pg->g, ctx);
+}
+
+struct cpu_submit {
+	ats_pool *p;
+	int cpu;
+	ats_task t;
+	int pinned; /* sched_setaffinity's result */
+	ats_pool_status status;
+	int ran_on; /* the caller's CPU when it submitted */
+};
+
+static void *submit_from_cpu(void *arg)
+{
+	struct cpu_submit *s = arg;
+	cpu_set_t one;
+	CPU_ZERO(&one);
+	CPU_SET(s->cpu, &one);
+	s->pinned = sched_setaffinity(0, sizeof one, &one);
+	s->status = ats_pool_try_submit(s->p, &s->t);
+	s->ran_on = sched_getcpu();
+	return NULL;
+}
+
+/* On this machine: with every pinned worker held in a task (so none steals), a caller pinned to
+ * each CPU the process may run on queues its task on the worker pinned to that CPU. */
+Test(pool, a_caller_on_a_pinned_workers_cpu_feeds_that_worker)
+{
+	ats_pool_config cfg = {.pin = true};
+	ats_pool *p = NULL;
+	cr_assert_null(ats_pool_new(&p, &cfg));
+	unsigned n = ats_pool_size(p);
+	struct pinned_gate *g = calloc(n, sizeof *g);
+	int *worker_cpu = calloc(n, sizeof *worker_cpu);
+	cr_assert(g && worker_cpu);
+	for (unsigned i = 0; i < n; i++) {
+		gate_init(&g[i].g);
+		g[i].g.p = p;
+		atomic_init(&g[i].cpu, -1);
+		ats_task t = {.run = pinned_gate_run, .arg = &g[i]};
+		cr_assert_eq(ats_pool_try_submit_to(p, i, &t), ATS_POOL_OK);
+	}
+	for (unsigned i = 0; i < n; i++) {
+		while (!atomic_load(&g[i].g.entered))
+			sched_yield();
+		worker_cpu[atomic_load(&g[i].g.worker)] = atomic_load(&g[i].cpu);
+	}
+	cpu_set_t mask;
+	cr_assert_eq(sched_getaffinity(0, sizeof mask, &mask), 0);
+	struct counts c = {0};
+	unsigned checked = 0;
+	for (int cpu = 0; cpu < CPU_SETSIZE; cpu++) {
+		if (!CPU_ISSET(cpu, &mask))
+			continue;
+		int owner = -1;
+		for (unsigned w = 0; w < n && owner < 0; w++)
+			if (worker_cpu[w] == cpu)
+				owner = (int)w;
+		if (owner < 0)
+			continue; /* fewer workers than CPUs (a cgroup CPU limit): none is pinned here */
+		size_t before[ATS_POOL_MAX_WORKERS];
+		for (unsigned w = 0; w < n; w++) {
+			ats_pool_worker_stats st;
+			cr_assert_null(ats_pool_worker_stats_get(p, w, &st));
+			before[w] = st.depth;
+		}
+		struct cpu_submit s = {.p = p, .cpu = cpu, .t = counted(&c, NULL)};
+		pthread_t th;
+		cr_assert_eq(pthread_create(&th, NULL, submit_from_cpu, &s), 0);
+		pthread_join(th, NULL);
+		cr_assert_eq(s.pinned, 0);
+		cr_assert_eq(s.status, ATS_POOL_OK);
+		cr_assert_eq(s.ran_on, cpu);
+		for (unsigned w = 0; w < n; w++) {
+			ats_pool_worker_stats st;
+			cr_assert_null(ats_pool_worker_stats_get(p, w, &st));
+			cr_expect_eq(st.depth - before[w], w == (unsigned)owner ? 1u : 0u,
+			             "a caller on CPU %d: worker %u (on CPU %d) queued %zu", cpu, w, worker_cpu[w],
+			             st.depth - before[w]);
+		}
+		checked++;
+	}
+	cr_expect_gt(checked, 0);
+	for (unsigned i = 0; i < n; i++)
+		release(&g[i].g);
+	cr_assert_null(ats_pool_shutdown(p, ats_ctx_background()));
+	cr_expect_eq(atomic_load(&c.ran), checked);
+	ats_pool_free(p);
+	for (unsigned i = 0; i < n; i++)
+		gate_free(&g[i].g);
+	free(g);
+	free(worker_cpu);
 }
 
 /* ---- Stuck workers ---- */

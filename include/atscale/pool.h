@@ -21,8 +21,11 @@
  * queue looks full: no cache line is written by both sides per task.
  *
  * Where a task goes. try_submit/submit put it on the queue of the worker for the caller's CPU
- * (rseq's cpu_id when glibc registered it, else sched_getcpu(); modulo the worker count) or, when
- * the caller is itself a worker of this pool, on its own queue. The _to variants take a worker
+ * (rseq's cpu_id when glibc registered it, else sched_getcpu()): the k-th CPU the process may run
+ * on (its affinity mask when the pool was made) feeds worker k modulo the worker count, so a caller
+ * on a pinned worker's CPU feeds that worker however the CPUs are numbered (a cpuset of 4-7, every
+ * other CPU), and a CPU outside that mask goes by its number modulo the count. When the caller is
+ * itself a worker of this pool, the task goes on its own queue. The _to variants take a worker
  * index; ats_pool_pick_less_loaded and ats_pool_pick_other choose one (the power of two choices:
  * the shorter queue of two random workers), which is how replicated requests land on different
  * workers ("different runtime conditions").

@@ -4,6 +4,7 @@
 #ifndef ATS_INTERNAL_POOL_HOOKS_H
 #define ATS_INTERNAL_POOL_HOOKS_H
 
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
 
@@ -20,6 +21,9 @@ extern _Atomic uint64_t ats__pool_steal_period_ns;
  * may arm its flag after the look (the submit then does not wake it: the worker's re-check must
  * see the ticket taken). */
 extern void (*_Atomic ats__pool_before_publish)(void);
+
+/* The pool's CPU-to-worker map (map_cpus in pool.c) for a given mask: map[c] for c < len. */
+void ats__pool_map_cpus(const cpu_set_t *mask, unsigned workers, uint16_t *map, unsigned len);
 
 /* How many of p's workers are parked (or about to sleep: their eventcount is armed). */
 struct ats_pool;
