@@ -9,6 +9,9 @@
 
 #include "atscale/clock.h"
 #include "internal/compiler.h"
+#ifdef ATS_TESTING
+#include "internal/ctx_hooks.h"
+#endif
 #include "internal/futex.h"
 
 #include <errno.h>
@@ -52,6 +55,10 @@ static struct {
 	_Atomic uint32_t stop;
 	_Atomic uint64_t planned; /* tick the thread will wake at; UINT64_MAX while it scans */
 } svc = {.once = PTHREAD_ONCE_INIT};
+
+#ifdef ATS_TESTING
+_Atomic uint64_t ats__timer_rounds;
+#endif
 
 /* The library's own thread-locals are initial-exec (one %fs-relative access; the default model
  * in PIC code calls __tls_get_addr), as in error.c and limiter.c: a few bytes of static TLS. */
@@ -122,7 +129,13 @@ static void *timer_main(void *arg)
 		}
 		atomic_store_explicit(&svc.planned, next, memory_order_seq_cst);
 		atomic_store_explicit(&svc.sleeping, 1, memory_order_seq_cst);
-		ats__futex_wait(&svc.seq, seq, next == UINT64_MAX ? ATS__FUTEX_FOREVER : next << TICK_SHIFT);
+		/* A tick of 2^48 or more is past 2^64 ns (a deadline in the last tick of the range rounds
+		 * up to it): never. Shifted, it would wrap to a past time and the thread would spin. */
+		uint64_t wake_ns = next >= UINT64_C(1) << (64 - TICK_SHIFT) ? ATS__FUTEX_FOREVER : next << TICK_SHIFT;
+		ats__futex_wait(&svc.seq, seq, wake_ns);
+#ifdef ATS_TESTING
+		atomic_fetch_add_explicit(&ats__timer_rounds, 1, memory_order_relaxed);
+#endif
 		/* relaxed: only spares kickers a futex wake; a stale 1 costs one spurious wake. */
 		atomic_store_explicit(&svc.sleeping, 0, memory_order_relaxed);
 	}

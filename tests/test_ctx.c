@@ -281,6 +281,26 @@ Test(ctx, far_deadlines_released_before_they_fire)
 	}
 }
 
+/* A deadline in the last tick of the clock's range (it rounds up to a tick past 2^64 ns) is never:
+ * the timer thread sleeps while it is the only one armed, as for any far deadline. (It used to
+ * shift that tick into a past time and spin on it.) */
+Test(ctx, a_deadline_at_the_end_of_time_lets_the_timer_thread_sleep)
+{
+	ats_ctx *never = NULL;
+	cr_assert_null(ats_ctx_with_deadline(ats_ctx_background(), UINT64_MAX - 1, &never));
+	/* A deadline that fires: the timer thread has run with the far one armed. */
+	ats_ctx *soon = NULL;
+	cr_assert_null(ats_ctx_with_deadline(ats_ctx_background(), ats_now_ns() + 2 * MS, &soon));
+	cr_assert(ats_ctx_wait(soon, ATS_CTX_NO_DEADLINE));
+	ats_ctx_release(soon);
+	uint64_t before = atomic_load(&ats__timer_rounds);
+	cr_assert_not(ats_ctx_wait(never, ats_now_ns() + 5 * MS)); /* 5 ms with only `never` armed */
+	uint64_t rounds = atomic_load(&ats__timer_rounds) - before;
+	cr_expect_lt(rounds, 20, "the timer thread ran %llu rounds in 5 ms", (unsigned long long)rounds);
+	cr_expect_not(ats_ctx_done(never));
+	ats_ctx_release(never);
+}
+
 Test(ctx, wait_returns_false_at_its_deadline_true_when_done)
 {
 	ats_ctx *c = child_of(ats_ctx_background());

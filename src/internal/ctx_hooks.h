@@ -17,4 +17,8 @@ extern _Atomic uint32_t ats__ctx_fail_allocs;
  * nothing): a test runs a cancel and a release there, which makes the race deterministic. */
 extern void (*ats__ctx_after_stop_gap)(ats_ctx_after *a);
 
+/* Rounds of the timer thread (each a scan of the wheels and a sleep): a test that arms a far
+ * deadline checks the thread sleeps rather than spins. */
+extern _Atomic uint64_t ats__timer_rounds;
+
 #endif
