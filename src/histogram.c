@@ -15,6 +15,7 @@
 #include "internal/compiler.h"
 #include "internal/cpu.h"
 
+#include <float.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -208,10 +209,14 @@ uint64_t ats_histogram_snapshot_percentile(const ats_histogram_snapshot *s, doub
 		total += s->buckets[b]; /* not s->count: a caller may have added buckets up itself */
 	if (total == 0)
 		return 0;
-	/* ceil(q * total), forgiving the product's rounding (0.99 * 100 is 99.00000000000001). */
+	/* ceil(q * total), forgiving the few ulps by which q and the product may be off (0.99 * 100
+	 * is 99.00000000000001), and no more: a tolerance relative to x (it was 1e-9 * x) grows past
+	 * a whole rank once q * total passes 1e9, and the rank then rounds down, a bucket below the
+	 * quantile. Capped at half a rank where an ulp is that large (x near 2^51 and above). */
 	double x = q * (double)total;
 	uint64_t rank = (uint64_t)x;
-	if (x - (double)rank > 1e-9 * x)
+	double tolerance = 4 * DBL_EPSILON * x;
+	if (x - (double)rank > (tolerance < 0.5 ? tolerance : 0.5))
 		rank++;
 	if (rank == 0)
 		rank = 1;

@@ -103,6 +103,18 @@ Test(histogram, exact_below_64_and_rank_rounding)
 	cr_expect_eq(ats_histogram_percentile(h, -0.1), 0);
 	cr_expect_eq(ats_histogram_percentile(h, 1.5), 0);
 	cr_expect_eq(ats_histogram_percentile(h, 0.0 / 0.0), 0);
+	/* Billions of values: a fraction of a rank still rounds up. 10^9 of 10 and 10^9 + 1 of 20:
+	 * the median is the 1000000001st value, a 20 (half a rank past 10^9). */
+	ats_histogram_reset(h);
+	ats_histogram_record_n(h, 10, 1000000000);
+	ats_histogram_record_n(h, 20, 1000000001);
+	cr_expect_eq(ats_histogram_percentile(h, 0.5), 20);
+	/* 3 * 10^9 - 1 of 100 and one of 1000: q * count = 2999999999.7, so the last value. */
+	ats_histogram_reset(h);
+	ats_histogram_record_n(h, 100, 2999999999u);
+	ats_histogram_record_n(h, 1000, 1);
+	cr_expect_eq(ats_histogram_percentile(h, 1 - 1e-10), ats_histogram_bucket_high(ats_histogram_bucket_of(1000)));
+	cr_expect_eq(ats_histogram_percentile(h, 0.5), 100);
 	ats_histogram_free(h);
 }
 
