@@ -82,7 +82,8 @@ bool ats_heartbeat_tick(ats_heartbeat *h, uint64_t now_ns)
 	if (!h->interval_ns_ || now_ns < h->next_tick_ns_)
 		return false;
 	ats_heartbeat_beat(h);
-	h->next_tick_ns_ = now_ns + h->interval_ns_;
+	/* Saturating: an interval near UINT64_MAX means "once". */
+	h->next_tick_ns_ = now_ns > UINT64_MAX - h->interval_ns_ ? UINT64_MAX : now_ns + h->interval_ns_;
 	return true;
 }
 
@@ -143,7 +144,7 @@ ats_err *ats_heartbeat_watch_init(ats_heartbeat_watch *w, const ats_heartbeat *h
 		                        : "config");
 	if (cfg->timeout_ns == 0)
 		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "heartbeat watch: timeout 0");
-	if (!(cfg->phi_threshold >= 0) || !isfinite(cfg->phi_threshold))
+	if (!(cfg->phi_threshold >= 0 && cfg->phi_threshold < ATS_HEARTBEAT_PHI_MAX))
 		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "heartbeat watch: phi threshold %g", cfg->phi_threshold);
 	w->h_ = h;
 	w->timeout_ns_ = cfg->timeout_ns;
@@ -175,9 +176,9 @@ double ats_heartbeat_phi(const ats_heartbeat_watch *w, uint64_t now_ns)
 	double t = now_ns > w->last_change_ns_ ? (double)(now_ns - w->last_change_ns_) : 0;
 	double p = 0.5 * erfc((t - mean) / (sd * M_SQRT2)); /* P(interval > t) */
 	if (p <= 1e-300)
-		return 300;
+		return ATS_HEARTBEAT_PHI_MAX;
 	double phi = -log10(p);
-	return phi < 300 ? phi : 300;
+	return phi < ATS_HEARTBEAT_PHI_MAX ? phi : ATS_HEARTBEAT_PHI_MAX;
 }
 
 ats_heartbeat_health ats_heartbeat_check(ats_heartbeat_watch *w, uint64_t now_ns)

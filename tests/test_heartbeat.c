@@ -57,6 +57,13 @@ Test(heartbeat, tick_beats_once_per_interval)
 	cr_expect(ats_heartbeat_tick(&h, 5000), "a late tick beats once");
 	cr_expect_not(ats_heartbeat_tick(&h, 5001));
 	cr_expect_eq(ats_heartbeat_count(&h), 3);
+	/* An interval that runs past the clock's range: one beat, then none (it used to wrap). */
+	ats_heartbeat once;
+	cfg.interval_ns = UINT64_MAX;
+	cr_assert_null(ats_heartbeat_init(&once, &cfg));
+	for (uint64_t now = 1000; now < 11000; now += 1000)
+		ats_heartbeat_tick(&once, now);
+	cr_expect_eq(ats_heartbeat_count(&once), 1);
 }
 
 Test(heartbeat, pulse_is_dropped_when_full)
@@ -262,6 +269,10 @@ Test(heartbeat, watch_bad_input)
 	cfg = (ats_heartbeat_watch_config){.timeout_ns = 1, .phi_threshold = -1};
 	expect_code(ats_heartbeat_watch_init(&w, &h, &cfg, 0), ATS_ERR_INVALID_ARGUMENT);
 	cfg.phi_threshold = 1.0 / 0.0;
+	expect_code(ats_heartbeat_watch_init(&w, &h, &cfg, 0), ATS_ERR_INVALID_ARGUMENT);
+	cfg.phi_threshold = 0.0 / 0.0;
+	expect_code(ats_heartbeat_watch_init(&w, &h, &cfg, 0), ATS_ERR_INVALID_ARGUMENT);
+	cfg.phi_threshold = ATS_HEARTBEAT_PHI_MAX; /* phi never passes it: no stall would ever be seen */
 	expect_code(ats_heartbeat_watch_init(&w, &h, &cfg, 0), ATS_ERR_INVALID_ARGUMENT);
 	cfg.phi_threshold = 0;
 	expect_code(ats_heartbeat_watch_init(NULL, &h, &cfg, 0), ATS_ERR_INVALID_ARGUMENT);

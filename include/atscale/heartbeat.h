@@ -59,6 +59,8 @@ extern "C" {
 /* Intervals a watch keeps for phi accrual, and how many it needs before phi decides. */
 #define ATS_HEARTBEAT_WINDOW 64
 #define ATS_HEARTBEAT_MIN_SAMPLES 8
+/* phi's ceiling (P(interval > t) below 1e-300, near the double's limit): a threshold must be under it. */
+#define ATS_HEARTBEAT_PHI_MAX 300.0
 
 typedef struct ats_heartbeat_config {
 	uint64_t interval_ns; /* for ats_heartbeat_tick; 0: tick never beats */
@@ -123,8 +125,9 @@ typedef struct ats_heartbeat_watch_config {
 typedef struct ats_heartbeat_watch ats_heartbeat_watch;
 
 /* Starts watching h at now_ns (the watcher's clock): the current count counts as just seen.
- * Errors, nothing changed: NULL w, h or cfg, a zero timeout, a negative or non-finite phi
- * threshold (ATS_ERR_INVALID_ARGUMENT). Wait-free; no allocation. */
+ * Errors, nothing changed: NULL w, h or cfg, a zero timeout, a phi threshold that is negative,
+ * not a number or not below ATS_HEARTBEAT_PHI_MAX (phi never passes it: nothing would ever be
+ * called stalled) (ATS_ERR_INVALID_ARGUMENT). Wait-free; no allocation. */
 ATS_API ATS_NODISCARD ats_err *ats_heartbeat_watch_init(ats_heartbeat_watch *w, const ats_heartbeat *h,
                                                         const ats_heartbeat_watch_config *cfg, uint64_t now_ns);
 /* Samples the heartbeat at now_ns (non-decreasing across calls) and says how it is. O(1) (O(window)
@@ -138,7 +141,7 @@ ATS_API uint64_t ats_heartbeat_last_beat_ns(const ats_heartbeat_watch *w);
  * one. (With phi, a stall may come later than this, never earlier.) Wait-free. */
 ATS_API uint64_t ats_heartbeat_stall_at(const ats_heartbeat_watch *w);
 /* phi at now_ns from the intervals seen so far (0 with fewer than ATS_HEARTBEAT_MIN_SAMPLES);
- * capped at 300 (the double's limit). O(window). */
+ * capped at ATS_HEARTBEAT_PHI_MAX. O(window). */
 ATS_API double ats_heartbeat_phi(const ats_heartbeat_watch *w, uint64_t now_ns);
 
 #ifdef __cplusplus
