@@ -13,7 +13,11 @@
 #include "internal/compiler.h"
 #include "internal/ec.h"
 #include "internal/futex.h"
+#ifdef ATS_TESTING
+#include "internal/supervisor_hooks.h"
+#endif
 
+#include <errno.h>
 #include <linux/futex.h>
 #include <pthread.h>
 #include <signal.h>
@@ -22,6 +26,18 @@
 #include <string.h>
 
 enum { RUNNING = 0, EXITED = 1, ABANDONED = 2 };
+
+#ifdef ATS_TESTING
+_Atomic int ats__sup_refuse_starts;
+
+static bool refuse_start(void)
+{
+	int n = atomic_load(&ats__sup_refuse_starts);
+	while (n > 0 && !atomic_compare_exchange_weak(&ats__sup_refuse_starts, &n, n - 1))
+		;
+	return n != 0;
+}
+#endif
 
 struct incarnation {
 	ats_heartbeat hb; /* first: 64-byte aligned */
@@ -40,7 +56,7 @@ struct ward {
 	ats_ward_spec spec;
 	char *name;
 	struct incarnation *inc; /* NULL: not running (ended for good, or between a stop and a start) */
-	bool back;               /* scratch of handle(): restarts with the failed ward */
+	bool pending;            /* stopped to come back (go_down), not started again yet */
 	_Atomic uint64_t starts;
 };
 
@@ -56,12 +72,19 @@ struct ats_supervisor {
 	ats_err *result;       /* the give-up error */
 	uint64_t *restarts_at; /* ring of the last max_restarts + 1 restart times */
 	unsigned rs_len, rs_next;
+	bool retry; /* a start failed: the pending wards are started at the next check */
 	_Atomic uint32_t kick; /* the monitor sleeps on it */
 	_Atomic uint32_t stopping;
 	_Atomic uint32_t finished; /* 1 once the monitor ended */
 	struct ck_ec32 ended;      /* bumped once the monitor ended; ats_supervisor_wait parks on it */
 	_Atomic uint64_t starts, restarts, stalls, exits, quarantined, give_ups;
 };
+
+/* now + d, saturating: UINT64_MAX ("forever") for a timeout or period that runs past the range. */
+static uint64_t after(uint64_t now, uint64_t d)
+{
+	return now > UINT64_MAX - d ? UINT64_MAX : now + d;
+}
 
 static void count(_Atomic uint64_t *c)
 {
@@ -137,7 +160,12 @@ static ats_err *start_ward(ats_supervisor *s, unsigned i)
 	}
 	ats_err_unref(ats_heartbeat_init(&inc->hb, NULL)); /* cannot fail: hb is not NULL */
 	if (w->spec.watch.timeout_ns)
-		ats_err_unref(ats_heartbeat_watch_init(&inc->watch, &inc->hb, &w->spec.watch, ats_fast_now_ns()));
+		err = ats_heartbeat_watch_init(&inc->watch, &inc->hb, &w->spec.watch, ats_fast_now_ns());
+	if (err) { /* (not expected: ats_supervisor_add checked the watch config) */
+		ats_ctx_release(inc->ctx);
+		free(inc);
+		return tag(err, s, w->name);
+	}
 	inc->run = w->spec.run;
 	inc->arg = w->spec.arg;
 	inc->sup = s;
@@ -146,7 +174,13 @@ static ats_err *start_ward(ats_supervisor *s, unsigned i)
 	sigset_t all, old;
 	sigfillset(&all);
 	pthread_sigmask(SIG_SETMASK, &all, &old); /* wards, like every library thread, block signals */
-	int rc = pthread_create(&inc->thread, NULL, ward_main, inc);
+	int rc;
+#ifdef ATS_TESTING
+	if (refuse_start())
+		rc = EAGAIN;
+	else
+#endif
+		rc = pthread_create(&inc->thread, NULL, ward_main, inc);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	if (rc != 0) {
 		ats_ctx_release(inc->ctx);
@@ -172,7 +206,7 @@ static void stop_ward(ats_supervisor *s, unsigned i)
 	w->inc = NULL;
 	ats_ctx_cancel(inc->ctx, NULL);
 	uint64_t timeout = w->spec.shutdown_timeout_ns ? w->spec.shutdown_timeout_ns : ATS_SUP_DEFAULT_SHUTDOWN_NS;
-	uint64_t deadline = ats_now_ns() + timeout;
+	uint64_t deadline = after(ats_now_ns(), timeout);
 	/* acquire: pairs with ward_main's release store of done. */
 	while (!atomic_load_explicit(&inc->done, memory_order_acquire) && ats_now_ns() < deadline)
 		ats__futex_wait(&inc->done, 0, deadline);
@@ -216,55 +250,121 @@ static void stop_all(ats_supervisor *s)
 		stop_ward(s, j);
 }
 
-/* Ward i failed (stalled, already stopped) or exited (reaped). Applies restart type, intensity
- * and strategy. Consumes why. Returns true when the supervisor gave up. */
-static bool handle(ats_supervisor *s, unsigned i, ats_err *why, bool abnormal)
+/* Whether a ward that ended (abnormally or not) is started again, by its restart type. */
+static bool comes_back(const struct ward *w, bool abnormal)
+{
+	return w->spec.restart == ATS_WARD_PERMANENT || (w->spec.restart == ATS_WARD_TRANSIENT && abnormal);
+}
+
+/* Ward i's incarnation returned (EXITED): joins and frees it, counts and reports the exit, and
+ * returns its result (tagged; NULL for a normal exit). */
+static ats_err *reap(ats_supervisor *s, unsigned i)
 {
 	struct ward *w = &s->w[i];
-	bool restart = w->spec.restart == ATS_WARD_PERMANENT || (w->spec.restart == ATS_WARD_TRANSIENT && abnormal);
-	if (!restart) {
-		ats_err_unref(why);
-		return false;
-	}
-	if (too_many(s, ats_fast_now_ns())) {
-		s->result =
-		    tag(ats_err_wrapc(why, ATS_ERR_UNAVAILABLE, "supervisor gave up: more than %u restarts in %llu ns",
-		                      s->cfg.max_restarts, (unsigned long long)s->cfg.period_ns),
-		        s, NULL);
-		stop_all(s);
-		count(&s->give_ups);
-		emit(s, ATS_SUP_EVENT_GIVE_UP, 0, s->name, s->result);
-		return true;
-	}
-	ats_err_unref(why);
-	/* Which wards go down with it, and come back. */
+	struct incarnation *inc = w->inc;
+	pthread_join(inc->thread, NULL);
+	ats_err *r = inc->result;
+	inc->result = NULL;
+	w->inc = NULL;
+	free_inc(inc);
+	count(&s->exits);
+	if (r)
+		r = tag(r, s, w->name);
+	emit(s, ATS_SUP_EVENT_EXIT, i, w->name, r);
+	return r;
+}
+
+static bool has_exited(const struct incarnation *inc)
+{
+	/* acquire: pairs with ward_main's CAS (its result is seen). */
+	return atomic_load_explicit(&((struct incarnation *)inc)->state, memory_order_acquire) == EXITED;
+}
+
+/* Ward i failed and comes back: by the strategy, the wards that go down with it are stopped (last
+ * started first) and marked pending with it, each by its own restart type (a running sibling
+ * unless temporary; one that already returned, by its own result: a transient one that exited
+ * normally stays down). */
+static void go_down(ats_supervisor *s, unsigned i)
+{
 	unsigned from = i, to = i + 1;
 	if (s->cfg.strategy == ATS_SUP_ONE_FOR_ALL)
 		from = 0, to = s->n;
 	else if (s->cfg.strategy == ATS_SUP_REST_FOR_ONE)
 		to = s->n;
-	/* Mark who comes back (the failed ward; running siblings unless temporary), then stop the
-	 * siblings last started first, then start the marked in order. */
 	for (unsigned j = from; j < to; j++) {
 		struct ward *o = &s->w[j];
-		o->back = j == i || (o->inc && o->spec.restart != ATS_WARD_TEMPORARY);
+		if (j == i) {
+			o->pending = true;
+		} else if (o->inc && has_exited(o->inc)) {
+			ats_err *r = reap(s, j);
+			o->pending = comes_back(o, r != NULL);
+			ats_err_unref(r);
+		} else if (o->inc) {
+			o->pending = o->spec.restart != ATS_WARD_TEMPORARY;
+		} /* else: not running; a ward still pending from a failed start stays so */
 	}
 	for (unsigned j = to; j-- > from;)
 		if (j != i)
 			stop_ward(s, j);
-	for (unsigned j = from; j < to; j++) {
+}
+
+/* Records a restart; on passing the restart intensity, gives up (every ward stopped, the event,
+ * the result, consuming why) and returns true. */
+static bool give_up_if_too_many(ats_supervisor *s, ats_err *why)
+{
+	if (!too_many(s, ats_fast_now_ns()))
+		return false;
+	s->result = tag(ats_err_wrapc(why, ATS_ERR_UNAVAILABLE, "supervisor gave up: more than %u restarts in %llu ns",
+	                              s->cfg.max_restarts, (unsigned long long)s->cfg.period_ns),
+	                s, NULL);
+	stop_all(s);
+	for (unsigned j = 0; j < s->n; j++)
+		s->w[j].pending = false;
+	count(&s->give_ups);
+	emit(s, ATS_SUP_EVENT_GIVE_UP, 0, s->name, s->result);
+	return true;
+}
+
+/* Starts the pending wards in order. A ward that cannot be started (no thread, no memory) counts
+ * as a restart that failed at once: an EXIT event, the restart intensity, and its strategy again
+ * (go_down); the wards still pending are then started at the next check, not at once, so a
+ * machine out of threads is not spun on. Returns true when the supervisor gave up. */
+static bool start_pending(ats_supervisor *s)
+{
+	s->retry = false;
+	for (unsigned j = 0; j < s->n; j++) {
 		struct ward *o = &s->w[j];
-		if (!o->back)
+		if (!o->pending)
 			continue;
 		ats_err *err = start_ward(s, j);
-		if (err) {
-			/* Cannot start it again: count it as a restart that failed at once. */
-			emit(s, ATS_SUP_EVENT_EXIT, j, o->name, err);
-			if (handle(s, j, err, true))
-				return true;
+		if (!err) {
+			o->pending = false;
+			continue;
 		}
+		emit(s, ATS_SUP_EVENT_EXIT, j, o->name, err);
+		if (give_up_if_too_many(s, err))
+			return true;
+		ats_err_unref(err);
+		go_down(s, j);
+		s->retry = true;
+		return false;
 	}
 	return false;
+}
+
+/* Ward i failed (stalled, already stopped) or exited (reaped). Applies restart type, intensity
+ * and strategy. Consumes why. Returns true when the supervisor gave up. */
+static bool handle(ats_supervisor *s, unsigned i, ats_err *why, bool abnormal)
+{
+	if (!comes_back(&s->w[i], abnormal)) {
+		ats_err_unref(why);
+		return false;
+	}
+	if (give_up_if_too_many(s, why))
+		return true;
+	ats_err_unref(why);
+	go_down(s, i);
+	return start_pending(s);
 }
 
 static void *monitor_main(void *arg)
@@ -275,28 +375,21 @@ static void *monitor_main(void *arg)
 		uint32_t k = atomic_load_explicit(&s->kick, memory_order_acquire);
 		if (atomic_load_explicit(&s->stopping, memory_order_acquire))
 			break;
+		bool gave_up = s->retry && start_pending(s);
 		uint64_t now = ats_fast_now_ns();
 		/* The next look: the check period, or sooner, when a silent ward would become stalled, so
 		 * a stall is acted on when it becomes one rather than at the next period. */
-		uint64_t next = now + s->check_ns;
-		bool any = false, gave_up = false;
+		uint64_t next = after(now, s->check_ns);
+		bool any = false;
 		for (unsigned i = 0; i < s->n && !gave_up; i++) {
 			struct ward *w = &s->w[i];
 			struct incarnation *inc = w->inc;
+			any |= w->pending;
 			if (!inc)
 				continue;
 			any = true;
-			/* acquire: pairs with ward_main's CAS (its result is seen). */
-			if (atomic_load_explicit(&inc->state, memory_order_acquire) == EXITED) {
-				pthread_join(inc->thread, NULL);
-				ats_err *r = inc->result;
-				inc->result = NULL;
-				w->inc = NULL;
-				free_inc(inc);
-				count(&s->exits);
-				if (r)
-					r = tag(r, s, w->name);
-				emit(s, ATS_SUP_EVENT_EXIT, i, w->name, r);
+			if (has_exited(inc)) {
+				ats_err *r = reap(s, i);
 				gave_up = handle(s, i, r, r != NULL);
 			} else if (w->spec.watch.timeout_ns &&
 			           ats_heartbeat_check(&inc->watch, now) == ATS_HB_STALLED) {
@@ -375,6 +468,15 @@ ats_err *ats_supervisor_add(ats_supervisor *s, const ats_ward_spec *spec, unsign
 		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "supervisor: unknown restart type %d", (int)spec->restart);
 	if (s->running)
 		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "supervisor: add after start");
+	if (spec->watch.timeout_ns) { /* the watch's own rules, checked now rather than at each start */
+		ats_heartbeat hb;
+		ats_heartbeat_watch watch;
+		ats_err_unref(ats_heartbeat_init(&hb, NULL));
+		ats_err *err = ats_heartbeat_watch_init(&watch, &hb, &spec->watch, 0);
+		if (err)
+			return ats_err_wrapc(err, ATS_ERR_INVALID_ARGUMENT, "supervisor: ward %s: bad watch config",
+			                     spec->name ? spec->name : "(unnamed)");
+	}
 	if (s->n == ATS_SUP_MAX_WARDS)
 		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "supervisor: %u wards already", s->n);
 	if (s->n == s->cap) {
@@ -417,6 +519,9 @@ ats_err *ats_supervisor_start(ats_supervisor *s, ats_ctx *ctx)
 	ats_err_unref(s->result);
 	s->result = NULL;
 	s->rs_len = s->rs_next = 0;
+	s->retry = false;
+	for (unsigned i = 0; i < s->n; i++)
+		s->w[i].pending = false;
 	atomic_store(&s->stopping, 0);
 	atomic_store(&s->finished, 0);
 	for (unsigned i = 0; i < s->n && !err; i++)
@@ -555,6 +660,10 @@ ats_ward_spec ats_supervisor_ward(ats_supervisor *child, const char *name, ats_w
 	spec.run = child_run;
 	spec.arg = child;
 	spec.restart = restart;
+	/* Wait for the child's stop however long: it is bounded (the child quarantines its own wards
+	 * that overstay), and a child_run left behind in quarantine would still be stopping the child
+	 * while its replacement started it again. */
+	spec.shutdown_timeout_ns = UINT64_MAX;
 	return spec;
 }
 

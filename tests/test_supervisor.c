@@ -9,6 +9,7 @@
 #include <atscale/clock.h>
 #include <atscale/supervisor.h>
 #include "internal/ec_hooks.h"
+#include "internal/supervisor_hooks.h"
 
 #include "asleep.h"
 
@@ -16,6 +17,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <string.h>
+#include <time.h>
 
 #define MS UINT64_C(1000000)
 
@@ -49,11 +51,23 @@ struct ward_ctl {
 	ats_ctx *ignore_cancel_until; /* if set, a freeze waits for this ctx, not the ward's own */
 	_Atomic int runs;
 	_Atomic int thawed; /* freezes that ended (the gate or the ward's ctx done) */
+	_Atomic pid_t tid;  /* the last incarnation's thread */
 };
+
+/* Yields until the thread tid has ended (its task is gone from /proc): a ward's thread ends after
+ * its state says it returned. */
+static void wait_gone(pid_t tid)
+{
+	char path[64];
+	snprintf(path, sizeof path, "/proc/self/task/%d", (int)tid);
+	while (access(path, F_OK) == 0)
+		sched_yield();
+}
 
 static ats_err *ward_body(void *arg, ats_heartbeat *hb, ats_ctx *ctx)
 {
 	struct ward_ctl *c = arg;
+	atomic_store(&c->tid, asleep_self_tid());
 	atomic_fetch_add(&c->runs, 1);
 	if (atomic_load(&c->always_fail))
 		return ats_err_new(ATS_ERR_INTERNAL, "always fails");
@@ -271,6 +285,171 @@ Test(supervisor, a_wait_ends_with_its_ctx_or_the_supervisor, .timeout = 60)
 	atomic_store(&ats__ec_force_no_waitv, 0);
 }
 
+/* ---- When a restart cannot start a ward, and other edges of a restart ---- */
+
+/* One-for-all: ward 1 fails, and the restart's first start (ward 0's) finds no thread. That counts
+ * as ward 0 failing at once; every ward still comes back (a failed start used to recurse, and the
+ * inner call forgot the wards the outer one had stopped: ward 2 stayed down for good). */
+Test(supervisor, a_restart_that_cannot_start_a_ward_brings_every_ward_back, .timeout = 30)
+{
+	struct events e = {0};
+	ats_supervisor *s = mk(ATS_SUP_ONE_FOR_ALL, &e, 0, 0);
+	struct ward_ctl c[3] = {0};
+	for (unsigned i = 0; i < 3; i++)
+		add(s, &c[i], ATS_WARD_PERMANENT, 0);
+	cr_assert_null(ats_supervisor_start(s, ats_ctx_background()));
+	for (unsigned i = 0; i < 3; i++)
+		wait_until(&c[i].runs, 1);
+	atomic_store(&ats__sup_refuse_starts, 1);
+	atomic_store(&c[1].fail, 1);
+	for (unsigned i = 0; i < 3; i++)
+		wait_until(&c[i].runs, 2);
+	cr_expect_eq(atomic_load(&e.n[ATS_SUP_EVENT_EXIT]), 2, "ward 1's failure and the start that failed");
+	for (unsigned i = 0; i < 3; i++)
+		cr_expect_eq(ats_supervisor_ward_starts(s, i), 2, "ward %u", i);
+	ats_supervisor_free(s);
+}
+
+/* A ward that can never be started again (no thread, ever) under a supervisor that never gives up:
+ * the monitor tries again at each check, not in a loop (that recursed until the stack overflowed),
+ * and the ward comes back once threads can be made again. */
+Test(supervisor, a_ward_that_cannot_start_is_tried_again_at_each_check, .timeout = 30)
+{
+	struct events e = {0};
+	ats_supervisor *s;
+	const uint64_t check = 20 * MS;
+	ats_supervisor_config cfg = {.name = "test", .check_ns = check, .on_event = on_event, .event_arg = &e};
+	cr_assert_null(ats_supervisor_new(&s, &cfg));
+	struct ward_ctl c = {0};
+	add(s, &c, ATS_WARD_PERMANENT, 0);
+	cr_assert_null(ats_supervisor_start(s, ats_ctx_background()));
+	wait_until(&c.runs, 1);
+	atomic_store(&ats__sup_refuse_starts, -1);
+	uint64_t t0 = ats_now_ns();
+	atomic_store(&c.fail, 1);
+	/* Its failure, then three starts that failed: the first at once, two at later checks. */
+	wait_until(&e.n[ATS_SUP_EVENT_EXIT], 4);
+	uint64_t took = ats_now_ns() - t0;
+	cr_expect_geq(took, check, "three tries in %llu ns: not one per check", (unsigned long long)took);
+	atomic_store(&ats__sup_refuse_starts, 0);
+	wait_until(&c.runs, 2);
+	cr_expect_eq(atomic_load(&e.n[ATS_SUP_EVENT_GIVE_UP]), 0);
+	ats_supervisor_free(s);
+}
+
+/* One-for-all, run by the events: when the temporary ward 2 exits, the transient ward 1 returns
+ * normally and the permanent ward 0 fails, both before the monitor looks again. Ward 0's restart
+ * takes ward 1 down with it: ward 1 had already exited normally, so it is reaped (its EXIT
+ * reported) and stays down, as a transient ward does (it used to be joined silently and
+ * started again). */
+struct orchestra {
+	struct events e;
+	struct ward_ctl c[3];
+};
+
+static void orchestrate(const ats_supervisor_event *ev, void *arg)
+{
+	struct orchestra *o = arg;
+	on_event(ev, &o->e);
+	if (ev->kind == ATS_SUP_EVENT_EXIT && ev->ward == 2) { /* on the monitor thread: it waits */
+		atomic_store(&o->c[1].finish, 1);
+		wait_gone(atomic_load(&o->c[1].tid));
+		atomic_store(&o->c[0].fail, 1);
+		wait_gone(atomic_load(&o->c[0].tid));
+	}
+}
+
+Test(supervisor, a_sibling_that_exited_normally_is_reaped_not_restarted, .timeout = 30)
+{
+	struct orchestra o = {0};
+	ats_supervisor *s;
+	ats_supervisor_config cfg = {.name = "test", .strategy = ATS_SUP_ONE_FOR_ALL, .on_event = orchestrate,
+	                             .event_arg = &o};
+	cr_assert_null(ats_supervisor_new(&s, &cfg));
+	add(s, &o.c[0], ATS_WARD_PERMANENT, 0);
+	add(s, &o.c[1], ATS_WARD_TRANSIENT, 0);
+	add(s, &o.c[2], ATS_WARD_TEMPORARY, 0);
+	cr_assert_null(ats_supervisor_start(s, ats_ctx_background()));
+	for (unsigned i = 0; i < 3; i++)
+		wait_until(&o.c[i].runs, 1);
+	atomic_store(&o.c[2].finish, 1);
+	wait_until(&o.c[0].runs, 2);
+	cr_expect_eq(atomic_load(&o.c[1].runs), 1, "the transient ward that exited normally stays down");
+	cr_expect_eq(ats_supervisor_ward_starts(s, 1), 1);
+	cr_expect_eq(atomic_load(&o.e.n[ATS_SUP_EVENT_EXIT]), 3, "ward 2's exit, ward 1's, ward 0's failure");
+	cr_expect_eq(atomic_load(&o.e.n[ATS_SUP_EVENT_RESTART]), 1, "ward 0 alone");
+	ats_supervisor_free(s);
+}
+
+/* A ward that takes a while to return after its cancel. */
+static ats_err *slow_to_stop(void *arg, ats_heartbeat *hb, ats_ctx *ctx)
+{
+	(void)hb;
+	uint64_t *linger_ns = arg;
+	ats_ctx_wait(ctx, ATS_CTX_NO_DEADLINE);
+	struct timespec ts = {.tv_sec = (time_t)(*linger_ns / ATS_NS_PER_SEC),
+	                      .tv_nsec = (long)(*linger_ns % ATS_NS_PER_SEC)};
+	nanosleep(&ts, NULL); /* its clean-up */
+	return NULL;
+}
+
+/* A shutdown timeout of UINT64_MAX waits however long (the deadline wrapped and quarantined the
+ * ward at once). */
+Test(supervisor, a_shutdown_timeout_of_forever_waits)
+{
+	struct events e = {0};
+	ats_supervisor *s = mk(ATS_SUP_ONE_FOR_ONE, &e, 0, 0);
+	uint64_t linger = 20 * MS;
+	ats_ward_spec spec = {.run = slow_to_stop, .arg = &linger, .shutdown_timeout_ns = UINT64_MAX};
+	cr_assert_null(ats_supervisor_add(s, &spec, NULL));
+	cr_assert_null(ats_supervisor_start(s, ats_ctx_background()));
+	ats_supervisor_stop(s);
+	ats_supervisor_stats st;
+	ats_supervisor_stats_get(s, &st);
+	cr_expect_eq(st.quarantined, 0);
+	ats_supervisor_free(s);
+}
+
+/* A child supervisor whose stop takes longer than the default shutdown timeout (its ward's
+ * clean-up does), restarted by its parent's one-for-all: the parent waits for the child's stop
+ * and starts it again (it used to quarantine the old incarnation, still stopping the child, and
+ * start the child again beside it: "already running", restart after restart). */
+static ats_err *fails_once(void *arg, ats_heartbeat *hb, ats_ctx *ctx)
+{
+	(void)hb;
+	_Atomic int *runs = arg;
+	if (atomic_fetch_add(runs, 1) == 0)
+		return ats_err_new(ATS_ERR_INTERNAL, "injected failure");
+	ats_ctx_wait(ctx, ATS_CTX_NO_DEADLINE);
+	return NULL;
+}
+
+Test(supervisor, a_child_supervisor_slow_to_stop_is_waited_for, .timeout = 30)
+{
+	struct events ce = {0}, pe = {0};
+	ats_supervisor *child = mk(ATS_SUP_ONE_FOR_ONE, &ce, 0, 0);
+	uint64_t linger = ATS_SUP_DEFAULT_SHUTDOWN_NS + 200 * MS;
+	ats_ward_spec slow = {.run = slow_to_stop, .arg = &linger, .shutdown_timeout_ns = 2 * linger};
+	cr_assert_null(ats_supervisor_add(child, &slow, NULL));
+	ats_supervisor *parent = mk(ATS_SUP_ONE_FOR_ALL, &pe, 0, 0);
+	ats_ward_spec cw = ats_supervisor_ward(child, "child", ATS_WARD_PERMANENT);
+	cr_assert_null(ats_supervisor_add(parent, &cw, NULL));
+	_Atomic int flaky_runs = 0;
+	ats_ward_spec flaky = {.run = fails_once, .arg = &flaky_runs, .restart = ATS_WARD_PERMANENT};
+	cr_assert_null(ats_supervisor_add(parent, &flaky, NULL));
+	cr_assert_null(ats_supervisor_start(parent, ats_ctx_background()));
+	wait_until(&flaky_runs, 2); /* failed, then restarted with the child */
+	while (ats_supervisor_ward_starts(child, 0) < 2) /* the child's ward, started again with the child */
+		sched_yield();
+	ats_supervisor_stats st;
+	ats_supervisor_stats_get(parent, &st);
+	cr_expect_eq(st.quarantined, 0);
+	cr_expect_eq(st.restarts, 2, "the flaky ward and the child, once each");
+	cr_expect_eq(atomic_load(&pe.n[ATS_SUP_EVENT_EXIT]), 1, "only the flaky ward's failure");
+	ats_supervisor_free(parent);
+	ats_supervisor_free(child);
+}
+
 Test(supervisor, bad_input_changes_nothing)
 {
 	ats_supervisor *s = NULL;
@@ -293,10 +472,25 @@ Test(supervisor, bad_input_changes_nothing)
 	err = ats_supervisor_add(s, &spec, NULL);
 	cr_expect_eq(ats_err_code(err), ATS_ERR_INVALID_ARGUMENT);
 	ats_err_unref(err);
+	/* A watch the heartbeat module refuses: refused here, not found at the first check (a phi
+	 * threshold below 0 made the monitor crash on a watch that was never set up). */
+	double bad_phi[] = {-1, 0.0 / 0.0, ATS_HEARTBEAT_PHI_MAX};
+	for (unsigned i = 0; i < 3; i++) {
+		spec = (ats_ward_spec){.run = ward_body, .watch = {.timeout_ns = 100 * MS, .phi_threshold = bad_phi[i]}};
+		err = ats_supervisor_add(s, &spec, NULL);
+		cr_expect_eq(ats_err_code(err), ATS_ERR_INVALID_ARGUMENT, "phi threshold %g", bad_phi[i]);
+		ats_err_unref(err);
+	}
 	err = ats_supervisor_start(s, NULL);
 	cr_expect_eq(ats_err_code(err), ATS_ERR_INVALID_ARGUMENT);
 	ats_err_unref(err);
 	cr_expect_eq(ats_supervisor_ward_starts(s, 0), 0);
+	spec = (ats_ward_spec){.run = ward_body, .restart = ATS_WARD_TEMPORARY};
+	unsigned id = 9;
+	cr_assert_null(ats_supervisor_add(s, &spec, &id));
+	cr_expect_eq(id, 0, "nothing was added before");
+	ats_supervisor_free(s);
+	cr_assert_null(ats_supervisor_new(&s, &cfg));
 	/* No wards: it ends at once. */
 	cr_assert_null(ats_supervisor_start(s, ats_ctx_background()));
 	cr_expect_null(ats_supervisor_wait(s, ats_ctx_background()));

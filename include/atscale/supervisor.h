@@ -24,6 +24,12 @@
  * again), and its replacement starts at once. Its heartbeat goes with it: each start of a ward
  * gets a fresh one.
  *
+ * A ward that cannot be started again (no thread, no memory) counts as a restart that failed at
+ * once: an EXIT event with the error, the restart intensity, and its strategy again; the wards
+ * left down are started at the next check (not at once: a machine out of threads is not spun on).
+ * A sibling that had already returned when a strategy takes it down is reaped first and comes
+ * back only as its own restart type says (a transient ward that exited normally stays down).
+ *
  * Restart intensity: more than max_restarts restarts within period_ns and the supervisor gives
  * up: it stops all its wards, reports ATS_SUP_EVENT_GIVE_UP, and ats_supervisor_wait returns the
  * error (ATS_ERR_UNAVAILABLE, with the last failure as its cause). A supervisor is itself a ward
@@ -85,7 +91,7 @@ typedef struct ats_ward_spec {
 	void *arg;
 	ats_ward_restart restart;
 	ats_heartbeat_watch_config watch; /* timeout_ns 0: no stall detection for this ward */
-	uint64_t shutdown_timeout_ns;     /* 0: ATS_SUP_DEFAULT_SHUTDOWN_NS */
+	uint64_t shutdown_timeout_ns;     /* 0: ATS_SUP_DEFAULT_SHUTDOWN_NS; UINT64_MAX: however long */
 } ats_ward_spec;
 
 typedef enum ats_sup_event_kind {
@@ -123,8 +129,9 @@ typedef struct ats_supervisor ats_supervisor;
  * max_restarts 0 (ATS_ERR_INVALID_ARGUMENT); no memory. Blocking (allocation). */
 ATS_API ATS_NODISCARD ats_err *ats_supervisor_new(ats_supervisor **out, const ats_supervisor_config *cfg);
 /* Adds a ward (before start; wards start in the order added). *id gets its id (0, 1, ...).
- * Errors, nothing added: NULL s, spec or run, an unknown restart type, ATS_SUP_MAX_WARDS reached,
- * a call after start (ATS_ERR_INVALID_ARGUMENT); no memory. */
+ * Errors, nothing added: NULL s, spec or run, an unknown restart type, a watch config that
+ * ats_heartbeat_watch_init refuses, ATS_SUP_MAX_WARDS reached, a call after start
+ * (ATS_ERR_INVALID_ARGUMENT); no memory. */
 ATS_API ATS_NODISCARD ats_err *ats_supervisor_add(ats_supervisor *s, const ats_ward_spec *spec, unsigned *id);
 /* Starts every ward and the monitor, under a child of ctx (cancelling ctx stops them all).
  * Errors: NULL s or ctx, already running (ATS_ERR_INVALID_ARGUMENT); a thread that could not
@@ -146,7 +153,10 @@ ATS_API void ats_supervisor_stats_get(const ats_supervisor *s, ats_supervisor_st
 ATS_API uint64_t ats_supervisor_ward_starts(const ats_supervisor *s, unsigned id);
 /* A ward spec that runs `child` as a ward of another supervisor: it starts child under the ward's
  * ctx, returns child's give-up error (an abnormal exit) or NULL when its ctx is done (child
- * stopped). The child's heartbeat is idle between its own checks, so only its exit matters. */
+ * stopped). The child's heartbeat is idle between its own checks, so only its exit matters. Its
+ * shutdown timeout is UINT64_MAX: the parent waits for the child's stop, which is bounded by the
+ * child's own wards' timeouts (keep it so: a child left stopping in quarantine while the parent
+ * starts it again would find it still running). */
 ATS_API ats_ward_spec ats_supervisor_ward(ats_supervisor *child, const char *name, ats_ward_restart restart);
 
 /* ---- A pool's workers under supervision ---- */
