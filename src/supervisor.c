@@ -72,7 +72,7 @@ struct ats_supervisor {
 	ats_err *result;       /* the give-up error */
 	uint64_t *restarts_at; /* ring of the last max_restarts + 1 restart times */
 	unsigned rs_len, rs_next;
-	bool retry; /* a start failed: the pending wards are started at the next check */
+	bool retry;            /* a start failed: the pending wards are started at the next check */
 	_Atomic uint32_t kick; /* the monitor sleeps on it */
 	_Atomic uint32_t stopping;
 	_Atomic uint32_t finished; /* 1 once the monitor ended */

@@ -363,8 +363,8 @@ Test(supervisor, a_sibling_that_exited_normally_is_reaped_not_restarted, .timeou
 {
 	struct orchestra o = {0};
 	ats_supervisor *s;
-	ats_supervisor_config cfg = {.name = "test", .strategy = ATS_SUP_ONE_FOR_ALL, .on_event = orchestrate,
-	                             .event_arg = &o};
+	ats_supervisor_config cfg = {
+	    .name = "test", .strategy = ATS_SUP_ONE_FOR_ALL, .on_event = orchestrate, .event_arg = &o};
 	cr_assert_null(ats_supervisor_new(&s, &cfg));
 	add(s, &o.c[0], ATS_WARD_PERMANENT, 0);
 	add(s, &o.c[1], ATS_WARD_TRANSIENT, 0);
@@ -438,7 +438,8 @@ Test(supervisor, a_child_supervisor_slow_to_stop_is_waited_for, .timeout = 30)
 	ats_ward_spec flaky = {.run = fails_once, .arg = &flaky_runs, .restart = ATS_WARD_PERMANENT};
 	cr_assert_null(ats_supervisor_add(parent, &flaky, NULL));
 	cr_assert_null(ats_supervisor_start(parent, ats_ctx_background()));
-	wait_until(&flaky_runs, 2); /* failed, then restarted with the child */
+	/* The flaky ward failed, then came back with the child. */
+	wait_until(&flaky_runs, 2);
 	while (ats_supervisor_ward_starts(child, 0) < 2) /* the child's ward, started again with the child */
 		sched_yield();
 	ats_supervisor_stats st;
@@ -476,7 +477,8 @@ Test(supervisor, bad_input_changes_nothing)
 	 * threshold below 0 made the monitor crash on a watch that was never set up). */
 	double bad_phi[] = {-1, 0.0 / 0.0, ATS_HEARTBEAT_PHI_MAX};
 	for (unsigned i = 0; i < 3; i++) {
-		spec = (ats_ward_spec){.run = ward_body, .watch = {.timeout_ns = 100 * MS, .phi_threshold = bad_phi[i]}};
+		spec =
+		    (ats_ward_spec){.run = ward_body, .watch = {.timeout_ns = 100 * MS, .phi_threshold = bad_phi[i]}};
 		err = ats_supervisor_add(s, &spec, NULL);
 		cr_expect_eq(ats_err_code(err), ATS_ERR_INVALID_ARGUMENT, "phi threshold %g", bad_phi[i]);
 		ats_err_unref(err);
