@@ -55,6 +55,15 @@
 
 #ifdef ATS_TESTING
 _Atomic int ats__keyed_fail_alloc;
+void (*_Atomic ats__keyed_pause)(int point, uint32_t aux);
+#define PAUSE(point, aux)                                                                                              \
+	do {                                                                                                           \
+		void (*pause)(int, uint32_t) = atomic_load_explicit(&ats__keyed_pause, memory_order_relaxed);          \
+		if (pause)                                                                                             \
+			pause(point, aux);                                                                             \
+	} while (0)
+#else
+#define PAUSE(point, aux) ((void)0)
 #endif
 
 /* ---- Slots and tables ---- */
@@ -546,6 +555,7 @@ static bool resize(ats_keyed *m, size_t slots, uint64_t now_ns)
 		atomic_store_explicit(&d->tat, cur, memory_order_relaxed);
 		/* release: pairs with find's acquire on meta in nt: key, aux and TAT above are seen */
 		atomic_store_explicit(&d->meta, x, memory_order_release);
+		PAUSE(ATS__KEYED_PAUSE_COPIED, aux);
 		/* Only readers that see the mark look in nt, so d's TAT may still be corrected. */
 		uint64_t mark = gone_mark(aux_clock(m, aux), now_ns);
 		/* release: pairs with the reader's acquire re-load of the mark (resolve), so d, published above,
@@ -725,6 +735,7 @@ static void wait_for_frees(ats_keyed *m)
  * table alive (only replaced tables are freed). */
 static int slow_take(ats_keyed *m, const struct kref *k, uint64_t n, uint64_t now_ns, ats_limiter_result *res)
 {
+	PAUSE(ATS__KEYED_PAUSE_SLOW, 0);
 	pthread_mutex_lock(&m->lock_);
 	int r;
 	for (int attempt = 0;; attempt++) {
@@ -767,6 +778,19 @@ static int slow_take(ats_keyed *m, const struct kref *k, uint64_t n, uint64_t no
 	return r;
 }
 
+/* Whether slot s, found LIVE and then seen with the gone mark, was moved by a resize (its copy is
+ * in the next table) rather than evicted or replaced (DEAD: the key's live slot, if it has one,
+ * is in this table or will be found by the slow path). Call it after the acquire load of next: a
+ * kill happens before any resize that links next (both under the writer mutex), so a reader that
+ * saw the link sees the DEAD meta (relaxed suffices); a resize never changes an old slot's meta.
+ * Following next from a replaced slot would be wrong: a resize may still be filling the next
+ * table from the key's live slot, and a take from the copy there could be overwritten by the
+ * resize's correction (a grant lost: an over-grant). */
+static inline bool moved(struct slot *s)
+{
+	return META_STATE(atomic_load_explicit(&s->meta, memory_order_relaxed)) == S_LIVE;
+}
+
 /* The key's take, starting from table t inside a read-side section: T_GRANTED, T_DENIED, or
  * T_GONE when the key is not there (new, or evicted) and slow_take must run. */
 static inline int resolve(ats_keyed *m, struct ats__keyed_table *t, const struct kref *k, uint64_t n, uint64_t now_ns)
@@ -775,6 +799,7 @@ static inline int resolve(ats_keyed *m, struct ats__keyed_table *t, const struct
 		struct slot *s = find(t, k);
 		if (!s)
 			break;
+		PAUSE(ATS__KEYED_PAUSE_FOUND, atomic_load_explicit(&s->aux, memory_order_relaxed));
 		int r = slot_take(m, s, n, now_ns);
 		if (r != T_GONE)
 			return r;
@@ -784,6 +809,8 @@ static inline int resolve(ats_keyed *m, struct ats__keyed_table *t, const struct
 		/* acquire: pairs with resize's release store of next: nt's fields and slots are seen (a key evicted
 		 * before the resize began has a mark older than the link, so the re-load above does not cover it) */
 		t = atomic_load_explicit(&t->next, memory_order_acquire);
+		if (!moved(s))
+			return T_GONE;
 	}
 	return T_GONE;
 }
@@ -802,6 +829,8 @@ static int resolve_throttle(ats_keyed *m, struct ats__keyed_table *t, const stru
 		(void)atomic_load_explicit(&s->tat, memory_order_acquire); /* as in resolve */
 		/* acquire: as in resolve */
 		t = atomic_load_explicit(&t->next, memory_order_acquire);
+		if (!moved(s))
+			return T_GONE;
 	}
 	return T_GONE;
 }
@@ -995,7 +1024,9 @@ uint64_t ats_keyed_tokens_at(ats_keyed *m, const void *key, size_t len, uint64_t
 			break;
 		}
 		/* acquire: as in resolve */
-		t = atomic_load_explicit(&t->next, memory_order_acquire);
+		struct ats__keyed_table *next = atomic_load_explicit(&t->next, memory_order_acquire);
+		if (moved(s))
+			t = next; /* else: evicted or replaced in t: look in t again */
 	}
 	TSAN_RELEASE(&m->tsan_sync_);
 	urcu_memb_read_unlock();
@@ -1035,6 +1066,12 @@ ats_err *ats_keyed_init(ats_keyed *m, const ats_keyed_config *cfg)
 	/* The largest table: room for max_keys at 3/4 load, and, under max_bytes, room for two tables
 	 * at once (a resize builds the new one beside the old). */
 	size_t max_slots = pow2_at_least(cfg->max_keys + (cfg->max_keys + 2) / 3);
+	/* Two tables of that size, in bytes, must not wrap (2^59 slots of 32 bytes is 2^64). */
+	if (max_slots > SIZE_MAX / 4 / sizeof(struct slot))
+		return ats_err_new(
+		    ATS_ERR_INVALID_ARGUMENT,
+		    "ats_keyed_init: max_keys %zu is too large (its table would not fit the address space)",
+		    cfg->max_keys);
 	if (cfg->max_bytes) {
 		if (cfg->max_bytes < base + 2 * table_bytes_for(MIN_SLOTS))
 			return ats_err_new(ATS_ERR_INVALID_ARGUMENT,

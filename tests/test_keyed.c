@@ -6,6 +6,7 @@
 #include "internal/keyed.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <urcu/urcu-memb.h>
 #include <stdio.h>
@@ -57,6 +58,12 @@ Test(keyed, init_rejects_bad_config)
 	expect_invalid(ats_keyed_new(NULL, &c));
 	expect_invalid(ats_keyed_init(NULL, &c));
 	c.max_keys = 0;
+	expect_invalid(ats_keyed_new(&m, &c));
+	/* So many keys that the table's size in bytes would wrap (it was accepted with a table of a
+	 * few KB, and the first insert wrote far outside it). */
+	c.max_keys = c.capacity_hint = SIZE_MAX / 64;
+	expect_invalid(ats_keyed_new(&m, &c));
+	c.max_keys = c.capacity_hint = SIZE_MAX / 256 + 1;
 	expect_invalid(ats_keyed_new(&m, &c));
 	c = cfg_default(100);
 	c.burst = 0;
@@ -354,6 +361,84 @@ Test(keyed, grows_for_real_and_keeps_every_bucket)
 	for (uint32_t k = 0; k < 20000; k++)
 		cr_assert_eq(ats_keyed_tokens_at(m, &k, 4, T0), 5 - (1 + k % 5), "key %u", k);
 	ats_keyed_free(m);
+}
+
+/* A reader holds key K's slot when set_limit replaces it (K moves to a new slot of the same
+ * table, one token left), and comes back while a resize has copied K into the next table but not
+ * yet marked K's live slot. It must not take from that copy: a reader still on the live slot
+ * takes the last token there, and the resize's correction of the copy would erase the first
+ * take (two grants from one token). It goes to the slow path instead. */
+static struct {
+	ats_keyed *m;
+	pthread_t r1;
+	_Atomic int r1_held, r1_go, r1_slow, r1_done, resize_armed;
+	bool r1_granted, r3_granted;
+} replaced;
+static _Thread_local bool hold_at_found;
+
+static void *replaced_r3(void *arg)
+{
+	(void)arg;
+	replaced.r3_granted = ats_keyed_allow_at(replaced.m, "K", 1, T0);
+	return NULL;
+}
+
+static void replaced_pause(int point, uint32_t aux)
+{
+	if (point == ATS__KEYED_PAUSE_FOUND && hold_at_found) {
+		hold_at_found = false;
+		atomic_store(&replaced.r1_held, 1);
+		while (!atomic_load(&replaced.r1_go))
+			sched_yield();
+	} else if (point == ATS__KEYED_PAUSE_SLOW && pthread_equal(pthread_self(), replaced.r1)) {
+		atomic_store(&replaced.r1_slow, 1); /* then waits for the mutex, which the resize holds */
+	} else if (point == ATS__KEYED_PAUSE_COPIED && aux >> 1 == 1 && atomic_exchange(&replaced.resize_armed, 0)) {
+		/* K's copy is in the new table, its live slot not marked yet: R1 goes on (it takes from the
+		 * copy, or heads for the slow path), then R3 takes from the live slot. */
+		atomic_store(&replaced.r1_go, 1);
+		while (!atomic_load(&replaced.r1_done) && !atomic_load(&replaced.r1_slow))
+			sched_yield();
+		pthread_t r3;
+		cr_assert_eq(pthread_create(&r3, NULL, replaced_r3, NULL), 0);
+		pthread_join(r3, NULL);
+	}
+}
+
+static void *replaced_r1(void *arg)
+{
+	(void)arg;
+	hold_at_found = true;
+	replaced.r1_granted = ats_keyed_allow_at(replaced.m, "K", 1, T0);
+	atomic_store(&replaced.r1_done, 1);
+	return NULL;
+}
+
+Test(keyed, a_reader_on_a_replaced_slot_never_takes_from_a_resize_in_progress)
+{
+	ats_keyed_config c = {.rate = ats_rate_per_sec(1), .burst = 10, .max_keys = 1000, .capacity_hint = 8};
+	replaced.m = make(c);
+	cr_assert(ats_keyed_allow_n_at(replaced.m, "K", 1, 9, T0)); /* K: one token left */
+	atomic_store(&ats__keyed_pause, replaced_pause);
+	cr_assert_eq(pthread_create(&replaced.r1, NULL, replaced_r1, NULL), 0);
+	while (!atomic_load(&replaced.r1_held))
+		sched_yield();
+	ats_keyed_limit lim = {ats_rate_every(2000000000), 10};
+	cr_assert_null(ats_keyed_set_limit(replaced.m, "K", 1, &lim, T0)); /* K's new slot: still one token */
+	cr_assert_eq(ats_keyed_tokens_at(replaced.m, "K", 1, T0), 1);
+	atomic_store(&replaced.resize_armed, 1);
+	ats_keyed_stats st = {0};
+	for (uint32_t k = 100; k < 200 && !st.resizes; k++) {
+		cr_assert(allow_u32(replaced.m, k, T0));
+		ats_keyed_stats_get(replaced.m, &st);
+	}
+	cr_assert_eq(atomic_load(&replaced.resize_armed), 0, "no resize copied K");
+	pthread_join(replaced.r1, NULL);
+	atomic_store(&ats__keyed_pause, NULL);
+	bool again = ats_keyed_allow_at(replaced.m, "K", 1, T0);
+	int grants = replaced.r1_granted + replaced.r3_granted + again;
+	cr_expect_eq(grants, 1, "one token, %d grants (R1 %d, R3 %d, after %d)", grants, replaced.r1_granted,
+	             replaced.r3_granted, again);
+	ats_keyed_free(replaced.m);
 }
 
 Test(keyed, presized_from_the_hint)

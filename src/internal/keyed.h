@@ -6,9 +6,18 @@
 #define ATSCALE_INTERNAL_KEYED_H
 
 #include <stdatomic.h>
+#include <stdint.h>
 
 /* While non-zero, every table allocation fails as if malloc had returned NULL (tests prove that
  * out-of-memory changes nothing). */
 extern _Atomic int ats__keyed_fail_alloc;
+
+/* When set, called where a test may hold a thread to force an interleaving: a reader that found a
+ * key's slot, before it takes from it (ATS__KEYED_PAUSE_FOUND); a resize that published a key's
+ * copy in the new table, before it marks the old slot (ATS__KEYED_PAUSE_COPIED); a take that goes
+ * to the slow path, before it locks the writer mutex (ATS__KEYED_PAUSE_SLOW). aux: the slot's aux
+ * word (its override id above bit 0); 0 for SLOW. */
+enum { ATS__KEYED_PAUSE_FOUND = 1, ATS__KEYED_PAUSE_COPIED = 2, ATS__KEYED_PAUSE_SLOW = 3 };
+extern void (*_Atomic ats__keyed_pause)(int point, uint32_t aux);
 
 #endif
