@@ -428,6 +428,20 @@ static inline uint64_t gone_mark(const ats_token_clock *c, uint64_t now_ns)
 	return ats_token_clock_units(c, now_ns) + GONE_OFFSET;
 }
 
+/* When a full bucket (TAT tat <= the clock's reading at now_ns) became full, in ns: never earlier
+ * than it did (the span back is shortened by 2^-40 of itself, far more than the double's error),
+ * so a floor made of it is never too low. An infinite rate, or a clock too slow for the double:
+ * now_ns. */
+static uint64_t full_since_ns(const ats_token_clock *c, uint64_t tat, uint64_t now_ns)
+{
+	double units_per_ns = (double)c->mul_int + (double)c->frac_hi * 0x1p-64;
+	if (c->inf || !(units_per_ns > 0))
+		return now_ns;
+	uint64_t behind = ats_token_clock_units(c, now_ns) - tat; /* modular: tat is not ahead */
+	double back = (double)behind / units_per_ns * (1 - 0x1p-40);
+	return back >= (double)now_ns ? 0 : now_ns - (uint64_t)back;
+}
+
 /* Evicts one LIVE slot: idle only (force false: the TAT must still be the full one it read, so a
  * racing allow makes the eviction fail rather than be lost) or whatever its state (force true).
  * The release on the mark pairs with a reader's acquire re-load. Returns whether it evicted, and
@@ -458,8 +472,12 @@ static bool slot_evict(ats_keyed *m, struct slot *s, uint64_t now_ns, bool force
 	/* relaxed: only writers (under the mutex) change the count; readers get a statistic */
 	atomic_fetch_sub_explicit(&m->keys_, 1, memory_order_relaxed);
 	m->killed_since_grace_++;
-	if (now_ns > m->evict_ns_)
-		m->evict_ns_ = now_ns;
+	if (full) { /* lossless: a new key must not be fuller than this one was (fresh_tat) */
+		uint64_t since = full_since_ns(c, cur, now_ns);
+		/* relaxed, load and store: written under the mutex; tokens_at reads a value */
+		if (since > atomic_load_explicit(&m->full_floor_ns_, memory_order_relaxed))
+			atomic_store_explicit(&m->full_floor_ns_, since, memory_order_relaxed);
+	}
 	/* relaxed: statistics */
 	if (full)
 		atomic_fetch_add_explicit(&m->evicted_idle_, 1, memory_order_relaxed);
@@ -709,13 +727,17 @@ static void publish(ats_keyed *m, struct slot *d, const struct kref *k, uint32_t
 	atomic_fetch_add_explicit(&m->inserts_, 1, memory_order_relaxed);
 }
 
-/* The TAT of a new key: full, as of the latest eviction if that is later than now_ns. A caller
- * with an older timestamp than an eviction's then finds the key exactly as full as the evicted
- * bucket could have been, never fuller, so idle eviction stays lossless across threads whose
- * clocks differ. Writer-only. */
+/* The TAT of a new key: full at now_ns, or at the latest time an idly evicted bucket had become
+ * full, if that is later. A caller with an older timestamp than an eviction's then finds the key
+ * no fuller than the evicted bucket was at that time, so idle eviction stays lossless across
+ * threads whose clocks differ; and as a bucket evicted as idle has usually been full for long,
+ * a new key is full for every caller (the floor used to be the eviction's own time, which left a
+ * caller a microsecond behind it a token short: with a burst of 1, denied). */
 static inline uint64_t fresh_tat(const ats_keyed *m, const ats_token_clock *c, uint64_t now_ns)
 {
-	return ats_token_clock_units(c, now_ns > m->evict_ns_ ? now_ns : m->evict_ns_);
+	/* relaxed: see slot_evict */
+	uint64_t floor = atomic_load_explicit(&((ats_keyed *)m)->full_floor_ns_, memory_order_relaxed);
+	return ats_token_clock_units(c, now_ns > floor ? now_ns : floor);
 }
 
 /* A miss: under the writer mutex, look again (another thread may have added the key) and add the
@@ -745,7 +767,7 @@ static int slow_take(ats_keyed *m, const struct kref *k, uint64_t n, uint64_t no
 			r = res ? slot_throttle(m, s, n, now_ns, res) : slot_take(m, s, n, now_ns);
 			break;
 		}
-		/* A new key is full (as of the latest eviction, see fresh_tat) and is added only if
+		/* A new key is full (no fuller than an idly evicted one was, see fresh_tat) and is added only if
 		 * granted. */
 		const ats_token_clock *c = &m->clock_;
 		uint64_t now = ats_token_clock_units(c, now_ns), tat = fresh_tat(m, c, now_ns), next = 0;
@@ -1007,7 +1029,8 @@ uint64_t ats_keyed_tokens_at(ats_keyed *m, const void *key, size_t len, uint64_t
 	kref_make(m, key, len, &k);
 	reg_thread();
 	urcu_memb_read_lock();
-	uint64_t tokens = m->clock_.burst_units >> m->clock_.shift; /* a new key is full */
+	/* A new key: as slow_take would add it. */
+	uint64_t tokens = clock_tokens(&m->clock_, fresh_tat(m, &m->clock_, now_ns), now_ns);
 	/* acquire: as in ats_keyed_allow_n_at */
 	struct ats__keyed_table *t = atomic_load_explicit(&m->table_, memory_order_acquire);
 	while (t) {

@@ -231,10 +231,15 @@ Test(keyed, idle_keys_are_evicted_losslessly)
 	cr_assert_eq(ats_keyed_tokens_at(m, "busy", 4, T0 + 500 * MS), 1);
 	cr_assert_eq(drain(m, "idle", 4, T0 + 500 * MS), 5, "the evicted key behaves as the full one it was");
 	/* Lossless across clocks: a caller with a timestamp older than the eviction's gets no more
-	 * than the evicted bucket would have given it. */
+	 * than the evicted bucket would have given it. "idle" (drained at +500 ms) was full from
+	 * +1000 ms, "busy" from +900 ms: at +800 ms "idle" had 3 tokens. */
 	cr_assert_eq(ats_keyed_evict_idle_at(m, T0 + 2000 * MS, 0), 2);
-	cr_assert_eq(drain(m, "idle", 4, T0 + 1500 * MS), 0);
+	cr_assert_eq(ats_keyed_tokens_at(m, "new", 3, T0 + 800 * MS), 3, "a new key: as allow would add it");
+	cr_assert_eq(drain(m, "idle", 4, T0 + 800 * MS), 3);
 	cr_assert_eq(drain(m, "idle", 4, T0 + 2000 * MS), 5);
+	/* ... and no less: a caller a microsecond behind the eviction finds a new key full (the floor
+	 * is when the evicted buckets became full, not when they were evicted). */
+	cr_assert_eq(drain(m, "new", 3, T0 + 2000 * MS - 1000), 5);
 	ats_keyed_stats st;
 	ats_keyed_stats_get(m, &st);
 	cr_assert_eq(st.evicted_idle, 3);

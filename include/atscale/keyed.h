@@ -132,7 +132,7 @@ typedef struct ats_keyed {
 	ATS_ATOMIC(size_t) keys_;
 	size_t used_, hand_, sweep_;        /* writer-only */
 	uint32_t epoch_;                    /* writer-only grace epoch */
-	uint64_t evict_ns_;                 /* latest time a key was evicted at */
+	ATS_ATOMIC(uint64_t) full_floor_ns_; /* latest time an idly evicted bucket had become full at */
 	ATS_ATOMIC(uint32_t) safe_epoch_;   /* slots killed before it are reusable */
 	ATS_ATOMIC(uint32_t) grace_target_; /* safe_epoch once the grace period ends */
 	ATS_ATOMIC(int) grace_inflight_;
