@@ -642,6 +642,16 @@ static bool may_wait(ats_keyed *m, const struct ats__keyed_table *t)
  * grace period is what stands in the way (the caller drops the mutex, waits for them with
  * rcu_barrier and starts over); else out of memory with the table at its hard load. Nothing is
  * changed but evictions (lossless for idle keys; at the cap as documented). */
+/* reserve's last step: slot s (EMPTY, or DEAD past its grace period) is the new key's, and when
+ * the map is at its cap, the forced eviction that makes room for it happens now (it turns a LIVE
+ * slot DEAD: s is untouched). */
+static struct slot *claim(ats_keyed *m, struct slot *s, bool evict, uint64_t now_ns)
+{
+	if (evict)
+		(void)evict_one(m, now_ns);
+	return s;
+}
+
 static struct slot *reserve(ats_keyed *m, const struct kref *k, uint64_t now_ns, bool replacing, bool *wait)
 {
 	uint64_t h = k->h;
@@ -652,7 +662,10 @@ static struct slot *reserve(ats_keyed *m, const struct kref *k, uint64_t now_ns,
 	size_t keys = atomic_load_explicit(&m->keys_, memory_order_relaxed);
 	if (replacing && find(atomic_load_explicit(&m->table_, memory_order_relaxed), k))
 		keys--;
-	if (keys + 1 > m->key_limit_ && evict_one(m, now_ns))
+	/* At the cap, a key is evicted to make room, but only once a slot is found (claim): a refused
+	 * insert changes nothing, and one that waits for a grace period and tries again evicts once. */
+	bool evict = keys + 1 > m->key_limit_;
+	if (evict)
 		keys--;
 	/* relaxed: under the writer mutex; only writers store it */
 	struct ats__keyed_table *t = atomic_load_explicit(&m->table_, memory_order_relaxed);
@@ -669,10 +682,10 @@ static struct slot *reserve(ats_keyed *m, const struct kref *k, uint64_t now_ns,
 			struct slot *s = &t->slots[i];
 			uint32_t x = atomic_load_explicit(&s->meta, memory_order_relaxed);
 			if (dead_reusable(m, x))
-				return s;
+				return claim(m, s, evict, now_ns);
 			if (x == S_EMPTY) {
 				if ((m->used_ + 1) * 8 <= slots * 7)
-					return s;
+					return claim(m, s, evict, now_ns);
 				break;
 			}
 			i = (i + 1) & t->mask;
@@ -704,7 +717,7 @@ static struct slot *reserve(ats_keyed *m, const struct kref *k, uint64_t now_ns,
 		i = h & t->mask;
 		while (atomic_load_explicit(&t->slots[i].meta, memory_order_relaxed) != S_EMPTY)
 			i = (i + 1) & t->mask;
-		return &t->slots[i];
+		return claim(m, &t->slots[i], evict, now_ns);
 	}
 }
 

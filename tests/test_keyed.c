@@ -525,6 +525,36 @@ Test(keyed, out_of_memory_changes_nothing)
 	ats_keyed_free(m);
 }
 
+/* At the cap with no idle key, a new key is let in by evicting one by force, but only once it
+ * has a slot: an insert refused for want of room (no memory to grow, and, inside the caller's
+ * read-side section, no waiting for a grace period) evicts nothing. It used to evict first. */
+Test(keyed, at_the_cap_a_refused_insert_evicts_nothing)
+{
+	ats_keyed *m = make(cfg_default(6));
+	for (uint32_t k = 0; k < 6; k++)
+		cr_assert(ats_keyed_allow_n_at(m, &k, 4, 5, T0)); /* six keys, all drained: none idle */
+	atomic_store(&ats__keyed_fail_alloc, 1);
+	urcu_memb_read_lock();
+	ats_limiter_result res;
+	uint32_t k = 100;
+	cr_assert_eq(ats_keyed_throttle_at(m, &k, 4, 1, T0, &res), ATS_KEYED_ALLOWED, "one key evicted for it");
+	ats_keyed_stats before, after;
+	ats_keyed_stats_get(m, &before);
+	uint64_t tokens[6];
+	for (uint32_t j = 0; j < 6; j++)
+		tokens[j] = ats_keyed_tokens_at(m, &j, 4, T0);
+	k = 101;
+	cr_assert_eq(ats_keyed_throttle_at(m, &k, 4, 1, T0, &res), ATS_KEYED_NO_ROOM, "the table is too full now");
+	ats_keyed_stats_get(m, &after);
+	urcu_memb_read_unlock();
+	atomic_store(&ats__keyed_fail_alloc, 0);
+	cr_expect_eq(after.evicted_forced, before.evicted_forced);
+	cr_expect_eq(after.keys, before.keys);
+	for (uint32_t j = 0; j < 6; j++)
+		cr_expect_eq(ats_keyed_tokens_at(m, &j, 4, T0), tokens[j], "key %u", j);
+	ats_keyed_free(m);
+}
+
 Test(keyed, burst_matches_one_by_one)
 {
 	ats_keyed *a = make(cfg_default(1000)), *b = make(cfg_default(1000));
