@@ -93,6 +93,16 @@ void ats_sharded_free(ats_sharded *s)
 	free(s);
 }
 
+/* A lease word keeps 40 bits of its last use's time, so the age it gives is modulo 2^40. Behind
+ * the last use by up to 2^38 ns (a caller's older timestamp): stale. Further behind, the time
+ * wrapped: the last use was more than 2^39 ns ago, so the lease has expired (lease_ns <= 2^38); it
+ * is leased again, where treating it as stale sent every call to the exact bucket for the next
+ * 2^39 ns. */
+static bool stale(int64_t age)
+{
+	return age < 0 && age >= -(INT64_C(1) << 38);
+}
+
 bool ats__sharded_slow(ats_sharded *s, _Atomic uint64_t *p, uint64_t n, uint64_t now_ns)
 {
 	if (n == 0)
@@ -108,9 +118,9 @@ bool ats__sharded_slow(ats_sharded *s, _Atomic uint64_t *p, uint64_t n, uint64_t
 		int64_t age = (int64_t)((now_ns - (w >> 24)) << 24) >> 24;
 		/* A now_ns older than the shard's last use must not reuse its lease (the shard's operations
 		 * stay ordered by time, which the over-admission bound relies on): exact bucket. */
-		if (age < 0)
+		if (stale(age))
 			return ats_limiter_allow_at(&s->exact_, n, now_ns);
-		bool fresh = (uint64_t)age <= s->lease_ns_;
+		bool fresh = age >= 0 && (uint64_t)age <= s->lease_ns_;
 		if (tok != ATS__SHARD_LEASING && fresh && tok >= n) {
 			if (atomic_compare_exchange_weak_explicit(p, &w, (now_ns << 24) | (tok - n),
 			                                          memory_order_relaxed, memory_order_relaxed))
@@ -217,9 +227,9 @@ bool ats__sharded_thread_slow(ats_sharded *s, uint64_t n, uint64_t now_ns)
 	int64_t age = (int64_t)((now_ns - (w >> 24)) << 24) >> 24;
 	/* A now_ns older than the slot's last use must not reuse its lease (the slot's operations stay
 	 * ordered by time, which the over-admission bound relies on): exact bucket. */
-	if (age < 0)
+	if (stale(age))
 		return ats_limiter_allow_at(&s->exact_, n, now_ns);
-	if ((uint64_t)age <= s->lease_ns_ && tok >= n) {
+	if (age >= 0 && (uint64_t)age <= s->lease_ns_ && tok >= n) {
 		atomic_store_explicit(p, (now_ns << 24) | (tok - n), memory_order_relaxed);
 		return true;
 	}

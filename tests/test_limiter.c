@@ -703,6 +703,23 @@ Test(sharded, idle_leases_expire)
 	ats_sharded_free(s);
 }
 
+/* Idle for 2^39 ns (about nine minutes) and a little more: the 40-bit time in the lease word
+ * wraps to a "last use in the future", which read as a stale caller and sent every call to the
+ * exact bucket for the next nine minutes. It is an expired lease: leased again, once. */
+Test(sharded, a_lease_idle_past_the_word_s_time_range_is_leased_again)
+{
+	ats_sharded_config c = {.rate = ats_rate_per_sec(1000), .burst = 1000, .batch = 100, .shards = 1,
+	                        .lease_ns = MS};
+	ats_sharded s;
+	cr_assert_null(ats_sharded_init_at(&s, &c, T0));
+	cr_assert(ats_sharded_allow_shard_at(&s, 0, 1, T0)); /* leases 100, 99 left in the shard */
+	uint64_t t = T0 + (UINT64_C(1) << 39) + 5 * MS;
+	for (int i = 0; i < 10; i++)
+		cr_assert(ats_sharded_allow_shard_at(&s, 0, 1, t + (uint64_t)i * 1000));
+	cr_expect_eq(ats_limiter_tokens_at(&s.exact_, t + 10000), 900, "one lease of 100, not ten calls of 1");
+	ats_sharded_destroy(&s);
+}
+
 Test(sharded, big_n_stale_time_and_bad_config)
 {
 	ats_sharded *s = mk_sharded(2, 4, 64, SEC);

@@ -62,7 +62,9 @@
  * time). L = shards when only slots (every caller of ats_sharded_allow_at has an index < shards) or
  * only shards are used. A lease expires after `lease_ns` without use (idle threads and cores do not
  * hoard); expired tokens are dropped, not returned. A slot's lease outlives its thread and passes to
- * the next thread given that index.
+ * the next thread given that index. (A cache keeps 40 bits of its last use's time: a lease left
+ * idle for a multiple of 2^40 ns, about 18 minutes, give or take lease_ns, reads as fresh once,
+ * within the bound above.)
  *
  * ---- Multi-limit (ats_multi_allow_at) ----
  * All-or-nothing across several limiters: either every limiter grants n or none is charged.
