@@ -35,17 +35,30 @@ void ats__fleet_conn_destroy(struct ats__fleet_conn *c)
 	pthread_mutex_destroy(&c->mu);
 }
 
+static void vrecord(struct ats__fleet_conn *c, const char *fmt, va_list ap)
+{
+	pthread_mutex_lock(&c->mu);
+	vsnprintf(c->last_error, sizeof c->last_error, fmt, ap);
+	pthread_mutex_unlock(&c->mu);
+	ATS__FLEET_BUMP(c, redis_errors, 1);
+}
+
 void ats__fleet_conn_error(struct ats__fleet_conn *c, const char *fmt, ...)
 {
 	va_list ap;
-	pthread_mutex_lock(&c->mu);
 	va_start(ap, fmt);
-	vsnprintf(c->last_error, sizeof c->last_error, fmt, ap);
+	vrecord(c, fmt, ap);
 	va_end(ap);
-	pthread_mutex_unlock(&c->mu);
-	ATS__FLEET_BUMP(c, redis_errors, 1);
 	/* relaxed: the flag alone picks the policy; nothing else is published with it */
 	atomic_store_explicit(c->down, 1, memory_order_relaxed);
+}
+
+void ats__fleet_conn_record_error(struct ats__fleet_conn *c, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vrecord(c, fmt, ap);
+	va_end(ap);
 }
 
 void ats__fleet_conn_last_error(struct ats__fleet_conn *c, char *out, size_t len)

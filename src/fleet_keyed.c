@@ -334,8 +334,10 @@ bool ats_fleet_keyed_allow_at(ats_fleet_keyed *k, const void *key, size_t len, u
 		struct fkey *f = find(k, key, len, h);
 		if (ats__unlikely(!f)) {
 			read_unlock(k);
-			if (!add(k, key, len, h, now_ns))
-				return by_policy(k, key, len, n, now_ns); /* out of memory: as a cold key */
+			/* relaxed: once stopped, nothing leases for a new key, and the records it would
+			 * replace would pile up until free: a cold key, by the policy, as out of memory is */
+			if (atomic_load_explicit(&k->stop, memory_order_relaxed) || !add(k, key, len, h, now_ns))
+				return by_policy(k, key, len, n, now_ns);
 			wake_thread(k);
 			urcu_memb_read_lock();
 			continue; /* its lease is empty: the miss path below decides */
@@ -428,20 +430,33 @@ static void lease_pipeline(ats_fleet_keyed *k, struct fkey *ask, uint64_t now)
 		freeReplyObject(r);
 		uint64_t after = ats_fast_now_ns();
 		if (err) {
-			noscript |= rep.noscript;
 			const char *e = ats_err_kv_get(err, "redis_error");
-			ats__fleet_conn_error(&k->conn, "%s%s%s", ats_err_message(err), e ? ": " : "", e ? e : "");
+			if (rep.noscript) { /* the connection's scripts are gone: reloaded below */
+				noscript = true;
+				all_ok = false;
+				ats__fleet_conn_error(&k->conn, "%s%s%s", ats_err_message(err), e ? ": " : "",
+				                      e ? e : "");
+			} else {
+				/* This key's own failure (its Redis key holds another type, say) on a connection
+				 * that answers the others: the key alone goes by the policy (cold) and asks again
+				 * after the longest reconnect delay; the limiter stays up. */
+				ats__fleet_conn_record_error(&k->conn, "%s%s%s", ats_err_message(err), e ? ": " : "",
+				                             e ? e : "");
+				atomic_store_explicit(&f->leased, 0, memory_order_relaxed); /* a flag */
+				f->est.next_lease_ns = after + k->conn.rmax_ns;
+			}
 			ats_err_unref(err);
-			all_ok = false;
-			/* relaxed: a hint; the next round asks again */
+			/* relaxed: a hint; a later round asks again */
 			atomic_store_explicit(&f->hungry, 1, memory_order_relaxed);
 			continue;
 		}
 		/* A record replaced meanwhile still takes the grant: its retirement, later in this round,
 		 * empties the word again and gives it back. */
 		ats__fleet_install(&f->lease, &f->est, &k->pol, &k->lc, &rep, f->asked, after);
-		if (rep.granted)
-			atomic_store_explicit(&f->leased, 1, memory_order_relaxed); /* a flag */
+		/* Answered, even with no token (the fleet's bucket is empty): the key is no longer cold,
+		 * so its refusals are refusals, not the policy's (failing open, the fallback would grant
+		 * while the fleet limit is spent). A flag. */
+		atomic_store_explicit(&f->leased, 1, memory_order_relaxed);
 	}
 	if (noscript && !ats__fleet_conn_load_scripts(&k->conn)) {
 		ats__fleet_conn_drop(&k->conn, now);
@@ -590,6 +605,10 @@ static void *keyed_thread(void *arg)
 	uint64_t now = ats_fast_now_ns();
 	struct fkey *list = NULL;
 	urcu_memb_read_lock();
+	/* Under mu: an acquirer may still replace a record (retire, under mu), which writes the
+	 * retired_tokens that drain reads and clears. A record retired after this loop is drained by
+	 * retire_round below. */
+	pthread_mutex_lock(&k->mu);
 	for (size_t i = 0; i < k->nslots; i++) {
 		struct fkey *f = atomic_load_explicit(&k->slots[i], memory_order_acquire); /* as in the walk */
 		if (!f || atomic_load_explicit(&f->dead, memory_order_relaxed))
@@ -598,6 +617,7 @@ static void *keyed_thread(void *arg)
 		f->next = list;
 		list = f;
 	}
+	pthread_mutex_unlock(&k->mu);
 	give_back(k, list, now);
 	read_unlock(k);
 	retire_round(k, now);

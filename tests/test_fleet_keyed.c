@@ -291,3 +291,97 @@ Test(fleet_keyed, the_byte_cap_holds, .init = start_redis, .fini = stop_redis, .
 	expect_accounted(k, granted);
 	ats_fleet_keyed_free(k);
 }
+
+/* Polls (bounded) until the limiter's stats satisfy `cond`. */
+#define WAIT_STATS(k, st, cond, what)                                                                                  \
+	do {                                                                                                           \
+		uint64_t end_ = ats_now_ns() + 5 * ATS_NS_PER_SEC;                                                     \
+		for (ats_fleet_keyed_stats_get((k), &(st)); !(cond); ats_fleet_keyed_stats_get((k), &(st))) {          \
+			cr_assert_lt(ats_now_ns(), end_, "never: %s", what);                                           \
+			pace(100000);                                                                                  \
+		}                                                                                                      \
+	} while (0)
+
+/* Another instance has taken the whole bucket of a key (rate 1 an hour): this instance's first
+ * lease call for it is answered with no token. The key is then warm, not cold: its acquires are
+ * refused as the fleet's, not handed to the fallback (failing open, the fallback granted at its
+ * own rate while the fleet limit was spent and Redis was up). */
+Test(fleet_keyed, a_key_answered_with_no_token_is_refused_not_handed_to_the_fallback, .init = start_redis,
+     .fini = stop_redis, .timeout = 60)
+{
+	ats_fleet_keyed_config cfg = base_cfg("rl:t5:", srv.port, 16);
+	cfg.fleet.rate = ats_rate_every(3600 * ATS_NS_PER_SEC);
+	cfg.fleet.burst = cfg.fleet.batch_max = 5;
+	ats_fleet_keyed *other = must_new(&cfg);
+	wait_warm(other, "k"); /* its first lease takes all 5 */
+	cfg.fleet.policy = ATS_FLEET_FAIL_OPEN;
+	cfg.fleet.fallback_rate = ats_rate_per_sec(1000);
+	cfg.fleet.fallback_burst = 5;
+	ats_fleet_keyed *k = must_new(&cfg);
+	/* Cold until its lease call is answered (the fallback decides meanwhile); then an acquire is
+	 * a lease miss. */
+	ats_fleet_keyed_stats st;
+	WAIT_STATS(k, st, (ats_fleet_keyed_allow(k, "k", 1, 1), st.lease_misses >= 1), "the key warm");
+	uint64_t before = st.fallback_allowed + st.fallback_denied, granted = 0;
+	for (int i = 0; i < 100; i++)
+		granted += ats_fleet_keyed_allow(k, "k", 1, 1);
+	ats_fleet_keyed_stats_get(k, &st);
+	cr_expect_eq(granted, 0, "granted %llu of a spent fleet limit", (unsigned long long)granted);
+	cr_expect_eq(st.fallback_allowed + st.fallback_denied, before, "the fallback was asked");
+	cr_expect_geq(st.lease_misses, 100);
+	ats_fleet_keyed_free(k);
+	ats_fleet_keyed_free(other);
+}
+
+/* One key's Redis key holds a string (WRONGTYPE for its lease script): that key alone fails (it
+ * goes by the policy: fail closed, refused) and the limiter stays up for the others (the error
+ * used to put the whole limiter down, every key on the policy, the connection in backoff). */
+Test(fleet_keyed, one_key_s_redis_error_leaves_the_others_up, .init = start_redis, .fini = stop_redis, .timeout = 60)
+{
+	redisContext *rc = redisConnect("127.0.0.1", srv.port);
+	cr_assert(rc && !rc->err);
+	redisReply *r = redisCommand(rc, "SET rl:t6:bad x");
+	cr_assert_not_null(r);
+	freeReplyObject(r);
+	redisFree(rc);
+	ats_fleet_keyed_config cfg = base_cfg("rl:t6:", srv.port, 16);
+	ats_fleet_keyed *k = must_new(&cfg);
+	wait_warm(k, "good");
+	cr_expect_not(ats_fleet_keyed_allow(k, "bad", 3, 1), "cold, fail closed");
+	ats_fleet_keyed_stats st;
+	WAIT_STATS(k, st, st.redis_errors >= 1, "the bad key's lease call answered");
+	cr_expect(st.up, "one key's error put the limiter down");
+	ats_err *status = ats_fleet_keyed_status(k);
+	cr_expect_null(status, "status: %s", status ? ats_err_message(status) : "");
+	ats_err_unref(status);
+	cr_expect_not(ats_fleet_keyed_allow(k, "bad", 3, 1), "the bad key stays on the policy");
+	/* The good key goes on being leased: drain it, and it is leased again. */
+	while (ats_fleet_keyed_allow(k, "good", 4, 1))
+		;
+	wait_warm(k, "good");
+	ats_fleet_keyed_stats_get(k, &st);
+	cr_expect(st.up);
+	ats_fleet_keyed_free(k);
+}
+
+/* After stop, acquires of new keys follow the policy without adding them: each added key past the
+ * cap replaced a record that nothing freed until free (200,000 keys held about 50 MB). */
+Test(fleet_keyed, after_stop_new_keys_are_not_added)
+{
+	ats_fleet_keyed_config cfg = base_cfg("rl:", 1, 16);
+	cfg.fleet.timeout_ns = 50000000;
+	ats_fleet_keyed *k = must_new(&cfg);
+	ats_fleet_keyed_stop(k);
+	ats_fleet_keyed_stats before, after;
+	ats_fleet_keyed_stats_get(k, &before);
+	char key[32];
+	for (int i = 0; i < 200000; i++) {
+		int n = snprintf(key, sizeof key, "user-%d", i);
+		cr_assert_not(ats_fleet_keyed_allow(k, key, (size_t)n, 1), "stopped, fail closed");
+	}
+	ats_fleet_keyed_stats_get(k, &after);
+	cr_expect_eq(after.inserts, before.inserts);
+	cr_expect_eq(after.bytes, before.bytes);
+	cr_expect_eq(after.closed_denied - before.closed_denied, 200000);
+	ats_fleet_keyed_free(k);
+}

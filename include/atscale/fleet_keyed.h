@@ -17,7 +17,11 @@
  * A key new to this instance has no lease until the background thread's next lease call for it
  * (it is woken at once; about one Redis round trip). Acquires meanwhile are decided as if Redis
  * were down for that key: refused when failing closed, by the fallback limit when failing open.
- * Each such decision is counted (`cold_misses`, then the closed/fallback counters).
+ * Each such decision is counted (`cold_misses`, then the closed/fallback counters). Any answer
+ * ends that, even one with no token (the fleet's bucket is spent: refusals are then the fleet's).
+ * A key whose own lease call fails while the connection answers the others (its Redis key holds
+ * another type, say) is cold again, alone, and asks again after reconnect_max_ns: the error is
+ * counted and kept for the status, and the limiter stays up for every other key.
  *
  * ---- The bound, per key ----
  * In any window [t, t+w] the fleet grants a key at most
@@ -112,7 +116,8 @@ typedef struct ats_fleet_keyed ats_fleet_keyed;
  * of memory, ATS_ERR_SYSTEM when the thread cannot start. Blocking. */
 ATS_API ATS_NODISCARD ats_err *ats_fleet_keyed_new(ats_fleet_keyed **out, const ats_fleet_keyed_config *cfg);
 /* Stops the background thread, gives every key's unexpired tokens back to Redis when connected
- * (one pipeline) and disconnects; afterwards acquires follow the policy and stats stay readable.
+ * (one pipeline) and disconnects; afterwards acquires follow the policy (a key not held is not
+ * added) and stats stay readable.
  * Idempotent. Blocking; not concurrent with free. */
 ATS_API void ats_fleet_keyed_stop(ats_fleet_keyed *k);
 /* ats_fleet_keyed_stop, then frees everything. Blocking. NULL is a no-op. */

@@ -48,6 +48,10 @@ void ats__fleet_conn_init(struct ats__fleet_conn *c, const char *host, uint16_t 
 void ats__fleet_conn_destroy(struct ats__fleet_conn *c);
 /* Keeps the error text, counts it and sets the owner's down flag. Any thread. */
 void ats__fleet_conn_error(struct ats__fleet_conn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Keeps the error text and counts it, leaving the down flag: one key's failure on a connection
+ * that answers (the keyed limiter). Any thread. */
+void ats__fleet_conn_record_error(struct ats__fleet_conn *c, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 /* Connected, or connects when the backoff allows: 1 when connected before, 2 when it has just
  * connected (the owner then leases once, demand or not: only a lease call's answer says Redis is
  * up), 0 when not connected (c->next_connect_ns says when to try again). */
