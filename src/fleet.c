@@ -331,6 +331,15 @@ ats_err *ats__fleet_settings_of(const ats_fleet_config *cfg, size_t max_key, str
 		return invalid("lease_ns exceeds 2^38 ns");
 	if (cfg->policy != ATS_FLEET_FAIL_CLOSED && cfg->policy != ATS_FLEET_FAIL_OPEN)
 		return invalid("unknown policy");
+	/* Bounded so that nothing wraps: the thread adds these to now (a poll past half the lease
+	 * word's 40-bit expiry range would read an expired lease as live), and hiredis refuses a
+	 * timeout above 2^31 - 1 ms (the limiter could never connect). */
+	if (cfg->refresh_ns > ATS_FLEET_MAX_LEASE_NS)
+		return invalid("refresh_ns exceeds 2^38 ns");
+	if (cfg->timeout_ns > ATS_FLEET_MAX_TIMEOUT_NS)
+		return invalid("timeout_ns exceeds 2^31 - 1 ms");
+	if (cfg->reconnect_min_ns > ATS_FLEET_MAX_RECONNECT_NS || cfg->reconnect_max_ns > ATS_FLEET_MAX_RECONNECT_NS)
+		return invalid("reconnect_min_ns or reconnect_max_ns exceeds 2^42 ns");
 	uint32_t inst = cfg->expected_instances ? cfg->expected_instances : 1;
 	ats_rate fb = cfg->fallback_rate;
 	if (fb.events == 0 && fb.period_ns == 0) {

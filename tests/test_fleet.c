@@ -99,6 +99,18 @@ Test(fleet, bad_input_is_a_clear_error_and_changes_nothing)
 	c = base_cfg("k", 1);
 	c.policy = (ats_fleet_policy)7;
 	expect_invalid(&c, "unknown policy");
+	c = base_cfg("k", 1);
+	c.refresh_ns = ATS_FLEET_MAX_LEASE_NS + 1;
+	expect_invalid(&c, "refresh past the lease word's range");
+	c = base_cfg("k", 1);
+	c.timeout_ns = ATS_FLEET_MAX_TIMEOUT_NS + 1;
+	expect_invalid(&c, "timeout hiredis refuses");
+	c = base_cfg("k", 1);
+	c.reconnect_max_ns = UINT64_MAX; /* now + delay wrapped: reconnects at once */
+	expect_invalid(&c, "reconnect delay that wraps");
+	c = base_cfg("k", 1);
+	c.reconnect_min_ns = ATS_FLEET_MAX_RECONNECT_NS + 1;
+	expect_invalid(&c, "reconnect delay that wraps");
 
 	/* The cap itself is accepted. Port 1: nothing listens, so the limiter stays down. */
 	c = base_cfg(longkey, 1);

@@ -86,6 +86,8 @@ extern "C" {
 #define ATS_FLEET_MAX_KEY 256                         /* bytes in a key (Redis allows more; a limit name needs less) */
 #define ATS_FLEET_MAX_BATCH ((UINT64_C(1) << 24) - 1) /* tokens one lease may hold (24 bits of the lease word) */
 #define ATS_FLEET_MAX_LEASE_NS (UINT64_C(1) << 38)    /* ~275 s: well inside the 40-bit expiry's half range */
+#define ATS_FLEET_MAX_TIMEOUT_NS (UINT64_C(2147483647) * 1000000) /* 2^31 - 1 ms: hiredis's limit */
+#define ATS_FLEET_MAX_RECONNECT_NS (UINT64_C(1) << 42)            /* ~73 min */
 
 typedef enum ats_fleet_policy {
 	ATS_FLEET_FAIL_CLOSED = 0, /* Redis down: only tokens already leased */
@@ -100,11 +102,11 @@ typedef struct ats_fleet_config {
 	uint64_t burst;            /* 1..2^32 */
 	uint64_t batch_min;        /* smallest lease asked for; 0: 1 */
 	uint64_t batch_max;        /* largest lease held; 0: min(burst, 2^24 - 1). <= burst, <= 2^24 - 1 */
-	uint64_t refresh_ns;       /* a batch is about this long of the observed rate; 0: 10 ms */
+	uint64_t refresh_ns;       /* a batch is about this long of the observed rate; 0: 10 ms; <= 2^38 */
 	uint64_t lease_ns;         /* a lease not refilled for this long expires; 0: 1 s. <= 2^38 ns */
-	uint64_t timeout_ns;       /* connect and command timeout; 0: 100 ms */
-	uint64_t reconnect_min_ns; /* first reconnect delay; 0: 10 ms */
-	uint64_t reconnect_max_ns; /* largest reconnect delay; 0: 1 s */
+	uint64_t timeout_ns;       /* connect and command timeout; 0: 100 ms; <= ATS_FLEET_MAX_TIMEOUT_NS */
+	uint64_t reconnect_min_ns; /* first reconnect delay; 0: 10 ms; <= ATS_FLEET_MAX_RECONNECT_NS */
+	uint64_t reconnect_max_ns; /* largest reconnect delay; 0: 1 s; <= ATS_FLEET_MAX_RECONNECT_NS */
 	ats_fleet_policy policy;
 	uint32_t expected_instances; /* for the default fallback; 0: 1 */
 	ats_rate fallback_rate;      /* {0, 0}: rate / expected_instances */
