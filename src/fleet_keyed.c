@@ -29,6 +29,9 @@
 
 #include "internal/compiler.h"
 #include "internal/fleet_engine.h"
+#ifdef ATS_TESTING
+#include "internal/fleet_hooks.h"
+#endif
 #include "internal/futex.h"
 #include "internal/rcu.h"
 #include "internal/siphash.h"
@@ -142,15 +145,26 @@ static struct fkey *find(ats_fleet_keyed *k, const void *key, size_t len, const 
 	return NULL;
 }
 
+#ifdef ATS_TESTING
+_Atomic uint64_t ats__fleet_keyed_rounds;
+#endif
+
+static void wake_now(ats_fleet_keyed *k)
+{
+	atomic_fetch_add_explicit(&k->wake, 1, memory_order_release); /* pairs with the thread's acquire */
+	ats__futex_wake(&k->wake, 1);
+}
+
+/* A refusal's wake-up: only while the flag is clear (the thread clears it when a round may ask
+ * for something, and leaves it set while the refused keys can ask for nothing until a later
+ * round: their refusals then wait for the next poll, not one table walk each). */
 static void wake_thread(ats_fleet_keyed *k)
 {
 	/* A load first, so refusals write nothing while the flag is set; relaxed exchange: the release
 	 * bump of `wake` publishes it. */
 	if (!atomic_load_explicit(&k->hungry, memory_order_relaxed) &&
-	    !atomic_exchange_explicit(&k->hungry, 1, memory_order_relaxed)) {
-		atomic_fetch_add_explicit(&k->wake, 1, memory_order_release); /* pairs with the thread's acquire */
-		ats__futex_wake(&k->wake, 1);
-	}
+	    !atomic_exchange_explicit(&k->hungry, 1, memory_order_relaxed))
+		wake_now(k);
 }
 
 /* The policy's decision for an acquire the lease cannot serve while Redis is down or the key has
@@ -338,7 +352,7 @@ bool ats_fleet_keyed_allow_at(ats_fleet_keyed *k, const void *key, size_t len, u
 			 * replace would pile up until free: a cold key, by the policy, as out of memory is */
 			if (atomic_load_explicit(&k->stop, memory_order_relaxed) || !add(k, key, len, h, now_ns))
 				return by_policy(k, key, len, n, now_ns);
-			wake_thread(k);
+			wake_now(k); /* a new key: its first lease call at once, whatever the flag says */
 			urcu_memb_read_lock();
 			continue; /* its lease is empty: the miss path below decides */
 		}
@@ -557,6 +571,8 @@ static uint64_t round_once(ats_fleet_keyed *k, uint64_t now)
 	/* relaxed: a refusal during the walk sets it again and wakes the next round */
 	atomic_store_explicit(&k->hungry, 0, memory_order_relaxed);
 	struct fkey *ask = NULL;
+	bool blocked = false;            /* a refused key that can ask for nothing this round */
+	uint64_t unblocked = UINT64_MAX; /* the soonest such a key may ask again */
 	urcu_memb_read_lock();
 	for (size_t i = 0; i < k->nslots; i++) {
 		/* acquire: the record's fields (pairs with add's release) */
@@ -577,15 +593,31 @@ static uint64_t round_once(ats_fleet_keyed *k, uint64_t now)
 			f->asked = want;
 			f->next = ask;
 			ask = f;
+		} else if (hungry) {
+			blocked = true;
+			if (f->est.next_lease_ns > now && f->est.next_lease_ns < unblocked)
+				unblocked = f->est.next_lease_ns;
 		}
 	}
+	/* Refusals of keys that can ask for nothing yet (an empty fleet bucket, a backoff) would each
+	 * wake the thread for another walk: leave the flag set, so they wait for the next round (at
+	 * the poll, or when such a key may ask again, whichever is sooner). */
+	if (blocked)
+		atomic_store_explicit(&k->hungry, 1, memory_order_relaxed);
+#ifdef ATS_TESTING
+	atomic_fetch_add_explicit(&ats__fleet_keyed_rounds, 1, memory_order_relaxed);
+#endif
 	if (ask)
 		lease_pipeline(k, ask, now);
 	read_unlock(k);
 	retire_round(k, ats_fast_now_ns());
+	uint64_t next = now + poll;
 	if (!k->conn.rc)
-		return k->conn.next_connect_ns < now + poll ? k->conn.next_connect_ns : now + poll;
-	return k->conn.next_call_ns > now && k->conn.next_call_ns < now + poll ? k->conn.next_call_ns : now + poll;
+		next = k->conn.next_connect_ns < next ? k->conn.next_connect_ns : next;
+	else if (k->conn.next_call_ns > now && k->conn.next_call_ns < next)
+		next = k->conn.next_call_ns;
+	/* A refused key waits for no refusal to wake the thread (above): wake when it may ask. */
+	return unblocked < next ? unblocked : next;
 }
 
 static void *keyed_thread(void *arg)

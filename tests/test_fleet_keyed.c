@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "internal/fleet_hooks.h"
 #include "redis_fixture.h"
 
 static ats_fleet_keyed_config base_cfg(const char *prefix, uint16_t port, size_t max_keys)
@@ -383,5 +384,42 @@ Test(fleet_keyed, after_stop_new_keys_are_not_added)
 	cr_expect_eq(after.inserts, before.inserts);
 	cr_expect_eq(after.bytes, before.bytes);
 	cr_expect_eq(after.closed_denied - before.closed_denied, 200000);
+	ats_fleet_keyed_free(k);
+}
+
+/* Takes every token key's lease holds (each refusal after that also asks for more). */
+static void drain_key(ats_fleet_keyed *k, const char *key)
+{
+	while (ats_fleet_keyed_allow(k, key, strlen(key), 1))
+		;
+}
+
+/* Refusals of a key the fleet has nothing for (its bucket spent for an hour) do not each wake the
+ * background thread for a walk of the table: while the key can ask for nothing, they wait for the
+ * next round (each refusal after a round used to wake it: about one walk per refusal). */
+Test(fleet_keyed, refusals_of_an_exhausted_key_do_not_each_walk_the_table, .init = start_redis, .fini = stop_redis,
+     .timeout = 60)
+{
+	ats_fleet_keyed_config cfg = base_cfg("rl:t7:", srv.port, 16);
+	cfg.fleet.rate = ats_rate_every(3600 * ATS_NS_PER_SEC);
+	cfg.fleet.burst = cfg.fleet.batch_max = 5;
+	ats_fleet_keyed *k = must_new(&cfg);
+	ats_fleet_keyed_stats st;
+	/* Take the whole bucket (5), lease by lease. */
+	WAIT_STATS(k, st, (drain_key(k, "x"), st.leased_tokens >= 5), "x's 5 tokens leased");
+	drain_key(k, "x");
+	/* Its next lease call is answered with nothing: from then on it can ask for nothing. */
+	uint64_t ops = (ats_fleet_keyed_stats_get(k, &st), st.redis_ops);
+	WAIT_STATS(k, st, (ats_fleet_keyed_allow(k, "x", 1, 1), st.redis_ops > ops), "a lease call for x");
+	/* (Refusals while its answer is on the way may each wake the thread: the slack below.) */
+	uint64_t before = atomic_load(&ats__fleet_keyed_rounds), t0 = ats_now_ns();
+	for (int i = 0; i < 2000; i++) {
+		cr_assert_not(ats_fleet_keyed_allow(k, "x", 1, 1));
+		pace(20000);
+	}
+	uint64_t took = ats_now_ns() - t0, rounds = atomic_load(&ats__fleet_keyed_rounds) - before;
+	uint64_t polls = took / (10 * 1000000 / 4) + 1; /* the default refresh_ns / 4 */
+	cr_expect_leq(rounds, 2 * polls + 10, "%llu walks in %llu ms for 2000 refusals", (unsigned long long)rounds,
+	              (unsigned long long)(took / 1000000));
 	ats_fleet_keyed_free(k);
 }

@@ -46,11 +46,13 @@
  * counted in insert_failures.
  *
  * ---- The background thread ----
- * One thread per limiter, with one connection to Redis. Each round (every refresh_ns / 4, or at
- * once when an acquire was refused) it walks the table, sizes each key's next batch from that
- * key's observed rate, and sends every lease call of the round as one pipeline (one round trip
- * for all keys that need tokens). The walk is one load per slot plus, per key held, a few loads
- * of its record and at most one CAS (dropping an expired lease): O(slots) per round, on the
+ * One thread per limiter, with one connection to Redis. Each round (every refresh_ns / 4, at once
+ * when a key is added, and at once when an acquire was refused) it walks the table, sizes each
+ * key's next batch from that key's observed rate, and sends every lease call of the round as one
+ * pipeline (one round trip for all keys that need tokens). While a refused key can ask for nothing
+ * yet (the fleet's bucket is empty, a backoff), refusals wait for the next round rather than each
+ * waking the thread for another walk. The walk is one load per slot plus, per key held, a few
+ * loads of its record and at most one CAS (dropping an expired lease): O(slots) per round, on the
  * background thread only.
  *
  * Threads: every function may be called from any thread at once, except that ats_fleet_keyed_free
