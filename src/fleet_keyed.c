@@ -155,9 +155,9 @@ static void wake_now(ats_fleet_keyed *k)
 	ats__futex_wake(&k->wake, 1);
 }
 
-/* A refusal's wake-up: only while the flag is clear (the thread clears it when a round may ask
- * for something, and leaves it set while the refused keys can ask for nothing until a later
- * round: their refusals then wait for the next poll, not one table walk each). */
+/* A refusal's wake-up: only while the flag is clear (the thread clears it at each round, and
+ * sets it again when a refused key can ask for nothing yet: refusals then wait for the next
+ * round rather than each waking the thread for a walk). */
 static void wake_thread(ats_fleet_keyed *k)
 {
 	/* A load first, so refusals write nothing while the flag is set; relaxed exchange: the release
@@ -616,7 +616,7 @@ static uint64_t round_once(ats_fleet_keyed *k, uint64_t now)
 		next = k->conn.next_connect_ns < next ? k->conn.next_connect_ns : next;
 	else if (k->conn.next_call_ns > now && k->conn.next_call_ns < next)
 		next = k->conn.next_call_ns;
-	/* A refused key waits for no refusal to wake the thread (above): wake when it may ask. */
+	/* A blocked key's refusals do not wake the thread (above): wake when it may ask again. */
 	return unblocked < next ? unblocked : next;
 }
 

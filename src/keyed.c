@@ -637,11 +637,6 @@ static bool may_wait(ats_keyed *m, const struct ats__keyed_table *t)
 	return atomic_load_explicit(&m->table_bytes_, memory_order_relaxed) > t->bytes && !urcu_memb_read_ongoing();
 }
 
-/* A slot for one new key (not yet published), after evicting or resizing as the caps require.
- * NULL when none can be had: with *wait set, when memory held by replaced tables awaiting their
- * grace period is what stands in the way (the caller drops the mutex, waits for them with
- * rcu_barrier and starts over); else out of memory with the table at its hard load. Nothing is
- * changed but evictions (lossless for idle keys; at the cap as documented). */
 /* reserve's last step: slot s (EMPTY, or DEAD past its grace period) is the new key's, and when
  * the map is at its cap, the forced eviction that makes room for it happens now (it turns a LIVE
  * slot DEAD: s is untouched). */
@@ -652,6 +647,12 @@ static struct slot *claim(ats_keyed *m, struct slot *s, bool evict, uint64_t now
 	return s;
 }
 
+/* A slot for one new key (not yet published), after evicting or resizing as the caps require.
+ * NULL when none can be had: with *wait set, when memory held by replaced tables awaiting their
+ * grace period is what stands in the way (the caller drops the mutex, waits for them with
+ * rcu_barrier and starts over); else out of memory with the table at its hard load. Nothing is
+ * changed but evictions: idle ones (lossless), and at the cap one forced eviction, only when a
+ * slot is returned. */
 static struct slot *reserve(ats_keyed *m, const struct kref *k, uint64_t now_ns, bool replacing, bool *wait)
 {
 	uint64_t h = k->h;
