@@ -708,8 +708,8 @@ Test(sharded, idle_leases_expire)
  * exact bucket for the next nine minutes. It is an expired lease: leased again, once. */
 Test(sharded, a_lease_idle_past_the_word_s_time_range_is_leased_again)
 {
-	ats_sharded_config c = {.rate = ats_rate_per_sec(1000), .burst = 1000, .batch = 100, .shards = 1,
-	                        .lease_ns = MS};
+	ats_sharded_config c = {
+	    .rate = ats_rate_per_sec(1000), .burst = 1000, .batch = 100, .shards = 1, .lease_ns = MS};
 	ats_sharded s;
 	cr_assert_null(ats_sharded_init_at(&s, &c, T0));
 	cr_assert(ats_sharded_allow_shard_at(&s, 0, 1, T0)); /* leases 100, 99 left in the shard */

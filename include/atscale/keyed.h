@@ -130,11 +130,11 @@ typedef struct ats_keyed {
 	size_t base_bytes_;                        /* memory besides tables */
 	ATS_ATOMIC(size_t) table_bytes_;           /* tables, including ones awaiting free */
 	ATS_ATOMIC(size_t) keys_;
-	size_t used_, hand_, sweep_;        /* writer-only */
-	uint32_t epoch_;                    /* writer-only grace epoch */
+	size_t used_, hand_, sweep_;         /* writer-only */
+	uint32_t epoch_;                     /* writer-only grace epoch */
 	ATS_ATOMIC(uint64_t) full_floor_ns_; /* latest time an idly evicted bucket had become full at */
-	ATS_ATOMIC(uint32_t) safe_epoch_;   /* slots killed before it are reusable */
-	ATS_ATOMIC(uint32_t) grace_target_; /* safe_epoch once the grace period ends */
+	ATS_ATOMIC(uint32_t) safe_epoch_;    /* slots killed before it are reusable */
+	ATS_ATOMIC(uint32_t) grace_target_;  /* safe_epoch once the grace period ends */
 	ATS_ATOMIC(int) grace_inflight_;
 	size_t killed_since_grace_; /* writer-only */
 	ATS_ATOMIC(uint64_t) inserts_, evicted_idle_, evicted_forced_, resizes_, insert_failures_;
