@@ -82,8 +82,7 @@ bool ats_heartbeat_tick(ats_heartbeat *h, uint64_t now_ns)
 	if (!h->interval_ns_ || now_ns < h->next_tick_ns_)
 		return false;
 	ats_heartbeat_beat(h);
-	/* Saturating: an interval near UINT64_MAX means "once". */
-	h->next_tick_ns_ = now_ns > UINT64_MAX - h->interval_ns_ ? UINT64_MAX : now_ns + h->interval_ns_;
+	h->next_tick_ns_ = ats__add_sat(now_ns, h->interval_ns_); /* an interval near UINT64_MAX: once */
 	return true;
 }
 
@@ -221,6 +220,5 @@ uint64_t ats_heartbeat_stall_at(const ats_heartbeat_watch *w)
 {
 	if (!w->last_pending_)
 		return UINT64_MAX;
-	uint64_t at = w->last_change_ns_ + w->timeout_ns_;
-	return at < w->last_change_ns_ ? UINT64_MAX : at;
+	return ats__add_sat(w->last_change_ns_, w->timeout_ns_);
 }

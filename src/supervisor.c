@@ -80,12 +80,6 @@ struct ats_supervisor {
 	_Atomic uint64_t starts, restarts, stalls, exits, quarantined, give_ups;
 };
 
-/* now + d, saturating: UINT64_MAX ("forever") for a timeout or period that runs past the range. */
-static uint64_t after(uint64_t now, uint64_t d)
-{
-	return now > UINT64_MAX - d ? UINT64_MAX : now + d;
-}
-
 static void count(_Atomic uint64_t *c)
 {
 	/* relaxed: a statistic. */
@@ -206,7 +200,7 @@ static void stop_ward(ats_supervisor *s, unsigned i)
 	w->inc = NULL;
 	ats_ctx_cancel(inc->ctx, NULL);
 	uint64_t timeout = w->spec.shutdown_timeout_ns ? w->spec.shutdown_timeout_ns : ATS_SUP_DEFAULT_SHUTDOWN_NS;
-	uint64_t deadline = after(ats_now_ns(), timeout);
+	uint64_t deadline = ats__add_sat(ats_now_ns(), timeout);
 	/* acquire: pairs with ward_main's release store of done. */
 	while (!atomic_load_explicit(&inc->done, memory_order_acquire) && ats_now_ns() < deadline)
 		ats__futex_wait(&inc->done, 0, deadline);
@@ -379,7 +373,7 @@ static void *monitor_main(void *arg)
 		uint64_t now = ats_fast_now_ns();
 		/* The next look: the check period, or sooner, when a silent ward would become stalled, so
 		 * a stall is acted on when it becomes one rather than at the next period. */
-		uint64_t next = after(now, s->check_ns);
+		uint64_t next = ats__add_sat(now, s->check_ns);
 		bool any = false;
 		for (unsigned i = 0; i < s->n && !gave_up; i++) {
 			struct ward *w = &s->w[i];

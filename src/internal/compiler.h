@@ -28,6 +28,13 @@
 /* The struct of type `type` whose member `member` is at ptr. */
 #define ats__container_of(ptr, type, member) ((type *)(void *)((char *)(ptr)-offsetof(type, member)))
 
+/* t + d, saturating at UINT64_MAX: a deadline or next time that runs past the range is "never",
+ * not a wrapped time in the past. */
+static inline uint64_t ats__add_sat(uint64_t t, uint64_t d)
+{
+	return t > UINT64_MAX - d ? UINT64_MAX : t + d;
+}
+
 /* The spin-wait hint (PAUSE on x86, YIELD on arm64): lets the sibling hyperthread run and saves
  * power while a thread spins on a word another thread will change. */
 static inline void ats__cpu_relax(void)
