@@ -413,7 +413,7 @@ static ats_err *await(struct call *c, struct plan *pl, void **result, ats_ctx *c
 	ats_ctx_after_func(ctx, &after, kick_caller, c);
 	uint64_t deadline = ats_ctx_deadline(ctx);
 	uint64_t start = pl->h ? ats_fast_now_ns() : 0;
-	uint64_t next_hedge = pl->h && pl->delay != UINT64_MAX ? start + pl->delay : UINT64_MAX;
+	uint64_t next_hedge = pl->h && pl->delay != UINT64_MAX ? ats__add_sat(start, pl->delay) : UINT64_MAX;
 	unsigned seen_failed = 0;
 	ats_err *err = NULL;
 	bool success = false;
@@ -442,13 +442,12 @@ static ats_err *await(struct call *c, struct plan *pl, void **result, ats_ctx *c
 			err = all_failed(c);
 			break;
 		}
-		bool send_now = failed > seen_failed && pl->h && c->sent < pl->max;
+		bool send_now = failed > seen_failed && pl->h && c->sent < pl->max, hedge = false;
 		seen_failed = failed;
 		uint64_t now = ats_fast_now_ns();
 		if (!send_now && pl->h && c->sent < pl->max && now >= next_hedge) {
 			if (take_budget(pl->h)) {
-				send_now = true;
-				atomic_fetch_add_explicit(&pl->h->hedges, 1, memory_order_relaxed);
+				send_now = hedge = true;
 			} else {
 				atomic_fetch_add_explicit(&pl->h->budget_exhausted, 1, memory_order_relaxed);
 				next_hedge = UINT64_MAX; /* no budget: no more hedges for this call */
@@ -456,11 +455,19 @@ static ats_err *await(struct call *c, struct plan *pl, void **result, ats_ctx *c
 		}
 		if (send_now) {
 			ats_err *serr = send(pl->p, c, ats_pool_pick_other(pl->p, c->last_worker));
-			if (serr)
+			/* A closed pool takes no attempt again: stop hedging (the call ends with the
+			 * attempts sent). A refused hedge is not counted; its budget token stays spent. */
+			bool closed = serr && ats_err_code(serr) == ATS_ERR_CLOSED;
+			if (serr) {
 				ats_err_unref(serr);
-			else if (pl->h)
+			} else if (pl->h) {
 				atomic_fetch_add_explicit(&pl->h->attempts, 1, memory_order_relaxed);
-			next_hedge = c->sent < pl->max && pl->delay != UINT64_MAX ? now + pl->delay : UINT64_MAX;
+				if (hedge)
+					atomic_fetch_add_explicit(&pl->h->hedges, 1, memory_order_relaxed);
+			}
+			next_hedge = !closed && c->sent < pl->max && pl->delay != UINT64_MAX
+			                 ? ats__add_sat(now, pl->delay)
+			                 : UINT64_MAX;
 			continue;
 		}
 		if (ENDED_OF(seq) == c->sent && (!pl->h || c->sent >= pl->max || next_hedge == UINT64_MAX)) {
@@ -558,6 +565,15 @@ static ats_err *check_args(ats_pool *p, const ats_request *r, void **result, ats
 	return NULL;
 }
 
+/* Whether worker w is among chosen[0..n). */
+static bool chosen_before(const unsigned *chosen, unsigned n, unsigned w)
+{
+	for (unsigned i = 0; i < n; i++)
+		if (chosen[i] == w)
+			return true;
+	return false;
+}
+
 static ats_err *fan_out(ats_pool *p, const ats_request *r, unsigned n, bool tied, void **result, ats_ctx *ctx)
 {
 	struct call *c = NULL;
@@ -567,9 +583,13 @@ static ats_err *fan_out(ats_pool *p, const ats_request *r, unsigned n, bool tied
 	c->tied = tied;
 	c->fan_out = (uint8_t)n;
 	unsigned size = ats_pool_size(p), first = ats_pool_pick_less_loaded(p);
+	unsigned chosen[ATS_HEDGE_MAX_ATTEMPTS];
 	ats_err *send_err = NULL;
 	for (unsigned i = 0; i < n; i++) {
 		unsigned w = i == 0 ? first : i == 1 ? ats_pool_pick_other(p, first) : (first + i) % size;
+		while (chosen_before(chosen, i, w)) /* n <= size: a worker not chosen yet remains */
+			w = (w + 1) % size;
+		chosen[i] = w;
 		ats_err *e = send(p, c, w);
 		if (e) {
 			ats_err_unref(send_err);
@@ -635,7 +655,11 @@ ats_err *ats_hedger_new(ats_hedger **out, const ats_hedger_config *cfg)
 	atomic_init(&h->delay_ns, cfg->percentile > 0 ? UINT64_MAX : cfg->delay_ns);
 	if (cfg->max_extra_load > 0) {
 		/* max_extra_load hedges per request: per million requests, in whole hedges (1e-6 steps). */
-		uint64_t per_million = (uint64_t)(cfg->max_extra_load * 1e6 + 0.5);
+		/* No request sends more than ATS_HEDGE_MAX_ATTEMPTS - 1 hedges: a larger load is the same
+		 * budget, and keeps the conversion below in range. */
+		double load =
+		    cfg->max_extra_load < ATS_HEDGE_MAX_ATTEMPTS ? cfg->max_extra_load : ATS_HEDGE_MAX_ATTEMPTS;
+		uint64_t per_million = (uint64_t)(load * 1e6 + 0.5);
 		ats_rate rate = {per_million ? per_million : 1, 1000000 * REQUEST_NS};
 		ats_err *err = ats_limiter_init_at(&h->budget, rate, h->cfg.budget_burst, BUDGET_T0);
 		if (err) {
@@ -682,7 +706,9 @@ static void record(ats_hedger *h, uint64_t latency)
 	if (n % ATS_HEDGE_WINDOW == 0 && n > 0)
 		ats_histogram_reset(cur);
 	ats_histogram_record(cur, latency);
-	if ((n + 1) % ATS_HEDGE_REFRESH != 0 || n + 1 < h->cfg.warmup)
+	/* The first estimate at the end of the warm-up, then one every ATS_HEDGE_REFRESH samples. */
+	uint64_t k = n + 1;
+	if (k < h->cfg.warmup || (k != h->cfg.warmup && k % ATS_HEDGE_REFRESH != 0))
 		return;
 	uint32_t zero = 0;
 	if (!atomic_compare_exchange_strong(&h->refreshing, &zero, 1))

@@ -29,7 +29,7 @@
  * store, acquire load), above t - capacity, so the last reader of that slot is done with it.
  *
  * Wake-ups. Each queue has two eventcounts: `work` (its worker parks on it; bumped by a submit
- * that finds the worker going to sleep, and by shutdown) and `room` (bumped after each dequeue; a
+ * that finds the worker going to sleep, and by shutdown) and `room` (bumped after each dequeue and by shutdown; a
  * blocking submit parks on it). ck_ec32_inc is one locked add that makes a system call only when
  * the waiter flag is set, and a parker arms the flag (ats__ec_arm) and then re-checks its
  * condition before it sleeps, so no wake-up is lost (the argument in chan.c's header).
@@ -778,6 +778,10 @@ static ats_err *shutdown(ats_pool *p, ats_ctx *ctx, bool drain)
 	/* 1. Stop accepting: from here every submit's CAS sees the bit. */
 	for (unsigned i = 0; i < p->n; i++)
 		atomic_fetch_or_explicit(&p->w[i].tickets, CLOSED_BIT, memory_order_seq_cst);
+	/* Wake blocked submits (wait_room): they re-check after arming `room`, so they see the bit
+	 * now; a shutdown that does not drain empties the queues without a dequeue's bump. */
+	for (unsigned i = 0; i < p->n; i++)
+		ck_ec32_inc(&p->w[i].room, &ats__ec_mode_mp);
 	/* 2. Drain. */
 	ats_err *err = NULL;
 	if (drain) {
@@ -1132,7 +1136,7 @@ ats_err *ats_pool_replace_stuck(ats_pool *p, uint64_t stuck_ns, unsigned *replac
 	ats_err *err = NULL;
 	uint64_t now = ats_now_ns();
 	pthread_mutex_lock(&p->watch_lock);
-	for (unsigned i = 0; i < p->n && !p->watch_closed; i++) {
+	for (unsigned i = 0; i < p->n && !p->watch_closed && !atomic_load(&p->shut); i++) {
 		struct worker *w = &p->w[i];
 		if (!w->started) {
 			/* A replacement thread that could not start: try again. */
