@@ -157,8 +157,11 @@ static ats_err *sentinel_err(uint32_t reason)
 		return e;
 	e = reason == ATS__CTX_DEADLINE ? ats__err_shared(ATS_ERR_DEADLINE_EXCEEDED, NULL, "context deadline exceeded")
 	                                : ats__err_shared(ATS_ERR_CANCELLED, NULL, "context cancelled");
+	/* Out of memory: a static record with the right code (its ref and unref do nothing); the next
+	 * cancel tries to make the shared one again. */
 	if (e == ats_err_oom)
-		return e; /* static and uncounted too; try again next time */
+		return ats__err_static_shared(reason == ATS__CTX_DEADLINE ? ATS_ERR_DEADLINE_EXCEEDED
+		                                                          : ATS_ERR_CANCELLED);
 	ats_err *expected = NULL;
 	/* release: publishes e's fields; acquire on failure: the winner's error is used instead, so its
 	 * fields must be seen (the acquire half on success is not needed; cold path). */

@@ -57,6 +57,32 @@ static struct ats_err oom_error = {
 };
 ats_err *const ats_err_oom = &oom_error;
 
+/* Static shared records of the two context errors, for when memory for the real ones cannot be
+ * had (ctx.c): a cancel or an expiry must never report out_of_memory instead. */
+static struct ats_err static_shared[2] = {
+    {.refs = 1,
+     .kind = ATS_KIND_KNOWN,
+     .code = ATS_ERR_CANCELLED,
+     .is_static = 1,
+     .shared = 1,
+     .file = "",
+     .func = "",
+     .text = "context cancelled"},
+    {.refs = 1,
+     .kind = ATS_KIND_KNOWN,
+     .code = ATS_ERR_DEADLINE_EXCEEDED,
+     .is_static = 1,
+     .shared = 1,
+     .file = "",
+     .func = "",
+     .text = "context deadline exceeded"},
+};
+
+ats_err *ats__err_static_shared(ats_code code)
+{
+	return code == ATS_ERR_DEADLINE_EXCEEDED ? &static_shared[1] : &static_shared[0];
+}
+
 /* ---- Global settings ---- */
 
 static atomic_bool stack_for_known = false;

@@ -43,8 +43,6 @@ static inline void shard_unlock(struct shard *s)
 }
 
 static struct {
-	pthread_once_t once;
-	bool ok;
 	bool joined;
 	pthread_t thread;
 	unsigned nshards;
@@ -54,10 +52,39 @@ static struct {
 	_Atomic uint32_t sleeping;
 	_Atomic uint32_t stop;
 	_Atomic uint64_t planned; /* tick the thread will wake at; UINT64_MAX while it scans */
-} svc = {.once = PTHREAD_ONCE_INIT};
+} svc;
+
+/* Starting the thread: on the first arm, again after a start that failed (a thread limit may be
+ * momentary), and in the child of a fork (which has none of its parent's threads). `running` says
+ * whether this process has the thread; the rest is written under start_lock. */
+static pthread_mutex_t start_lock = PTHREAD_MUTEX_INITIALIZER;
+static _Atomic bool running;
+static int start_errno; /* why the last start failed */
+static bool atexit_done, atfork_done;
+
+/* Held by the timer thread for each round (the scan and the firing), and by a fork: the child of
+ * a fork never inherits a timer claimed but not yet fired (its context half cancelled). */
+static pthread_mutex_t round_lock = PTHREAD_MUTEX_INITIALIZER;
+static _Thread_local bool on_timer_thread __attribute__((tls_model("initial-exec")));
 
 #ifdef ATS_TESTING
 _Atomic uint64_t ats__timer_rounds;
+_Atomic uint32_t ats__timer_refuse_starts;
+
+/* A start the test asks to fail (ctx_hooks.h). */
+static bool refuse_start(void)
+{
+	uint32_t n = atomic_load_explicit(&ats__timer_refuse_starts, memory_order_relaxed);
+	while (n && !atomic_compare_exchange_weak_explicit(&ats__timer_refuse_starts, &n, n - 1, memory_order_relaxed,
+	                                                   memory_order_relaxed))
+		;
+	return n != 0;
+}
+#else
+static bool refuse_start(void)
+{
+	return false;
+}
 #endif
 
 /* The library's own thread-locals are initial-exec (one %fs-relative access; the default model
@@ -87,12 +114,16 @@ static void *timer_main(void *arg)
 	(void)arg;
 	/* Wake at the tick, not up to 50 us after it (the default timer slack). */
 	prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
+	on_timer_thread = true;
 	for (;;) {
+		pthread_mutex_lock(&round_lock);
 		atomic_store_explicit(&svc.planned, UINT64_MAX, memory_order_seq_cst);
 		uint32_t seq = atomic_load_explicit(&svc.seq, memory_order_seq_cst);
 		/* acquire: pairs with timer_stop's release; the flag carries no data (more than needed). */
-		if (atomic_load_explicit(&svc.stop, memory_order_acquire))
+		if (atomic_load_explicit(&svc.stop, memory_order_acquire)) {
+			pthread_mutex_unlock(&round_lock);
 			break;
+		}
 		/* CLOCK_MONOTONIC itself, not the default clock: the thread sleeps on futex deadlines of
 		 * that clock, and a clock behind it (the coarse one) would make it spin until it caught
 		 * up. A timer still fires within the default clock's precision of its deadline. */
@@ -127,6 +158,7 @@ static void *timer_main(void *arg)
 			struct ats__timer *t = ats__container_of(n, struct ats__timer, node);
 			t->ops->fire(t);
 		}
+		pthread_mutex_unlock(&round_lock);
 		atomic_store_explicit(&svc.planned, next, memory_order_seq_cst);
 		atomic_store_explicit(&svc.sleeping, 1, memory_order_seq_cst);
 		/* A tick of 2^48 or more is past 2^64 ns (a deadline in the last tick of the range rounds
@@ -147,53 +179,117 @@ static void *timer_main(void *arg)
  * nothing is freed. */
 static void timer_stop(void)
 {
-	if (!svc.ok || svc.joined)
-		return;
-	/* release: pairs with timer_main's acquire load; the kick's seq_cst bump wakes it. */
-	atomic_store_explicit(&svc.stop, 1, memory_order_release);
-	kick();
-	if (!pthread_equal(pthread_self(), svc.thread))
-		pthread_join(svc.thread, NULL);
-	svc.joined = true;
+	pthread_mutex_lock(&start_lock);
+	if (atomic_load_explicit(&running, memory_order_relaxed) && !svc.joined) {
+		/* release: pairs with timer_main's acquire load; the kick's seq_cst bump wakes it. */
+		atomic_store_explicit(&svc.stop, 1, memory_order_release);
+		kick();
+		if (!pthread_equal(pthread_self(), svc.thread))
+			pthread_join(svc.thread, NULL);
+		svc.joined = true;
+	}
+	pthread_mutex_unlock(&start_lock);
 }
 
-static void timer_start(void)
+/* fork(): the child gets the wheels in a consistent state (every shard lock taken around the
+ * fork, and no round of the timer thread in flight) and no timer thread; its next arm starts one,
+ * which then fires the timers the child inherited too. */
+static void fork_prepare(void)
 {
-	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-	unsigned n = 1;
-	while (n < (unsigned)(cpus > 0 ? cpus : 1) && n < MAX_SHARDS)
-		n <<= 1;
-	struct shard *shards = aligned_alloc(ATS__CACHE_LINE, n * sizeof *shards);
-	if (!shards)
-		return;
-	uint64_t now_tick = ats_now_ns() >> TICK_SHIFT;
-	for (unsigned i = 0; i < n; i++) {
-		atomic_init(&shards[i].lock, 0);
-		ats__tw_init(&shards[i].wheel, now_tick);
+	pthread_mutex_lock(&start_lock);
+	if (!on_timer_thread) /* a fork from an after-func runs inside a round */
+		pthread_mutex_lock(&round_lock);
+	for (unsigned i = 0; i < svc.nshards; i++)
+		shard_lock(&svc.shards[i]);
+}
+
+static void fork_parent(void)
+{
+	for (unsigned i = 0; i < svc.nshards; i++)
+		shard_unlock(&svc.shards[i]);
+	if (!on_timer_thread)
+		pthread_mutex_unlock(&round_lock);
+	pthread_mutex_unlock(&start_lock);
+}
+
+static void fork_child(void)
+{
+	for (unsigned i = 0; i < svc.nshards; i++)
+		shard_unlock(&svc.shards[i]);
+	if (!on_timer_thread)
+		pthread_mutex_unlock(&round_lock);
+	atomic_store_explicit(&running, false, memory_order_relaxed);
+	atomic_store_explicit(&svc.sleeping, 0, memory_order_relaxed);
+	atomic_store_explicit(&svc.stop, 0, memory_order_relaxed);
+	atomic_store_explicit(&svc.planned, UINT64_MAX, memory_order_relaxed);
+	svc.joined = false;
+	pthread_mutex_unlock(&start_lock);
+}
+
+/* Makes the shards (once) and starts the thread; false with start_errno set when it cannot.
+ * Under start_lock. */
+static bool timer_start_locked(void)
+{
+	if (!svc.shards) {
+		long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+		unsigned n = 1;
+		while (n < (unsigned)(cpus > 0 ? cpus : 1) && n < MAX_SHARDS)
+			n <<= 1;
+		struct shard *shards = aligned_alloc(ATS__CACHE_LINE, n * sizeof *shards);
+		if (!shards) {
+			start_errno = ENOMEM;
+			return false;
+		}
+		uint64_t now_tick = ats_now_ns() >> TICK_SHIFT;
+		for (unsigned i = 0; i < n; i++) {
+			atomic_init(&shards[i].lock, 0);
+			ats__tw_init(&shards[i].wheel, now_tick);
+		}
+		svc.shards = shards;
+		svc.nshards = n;
+		atomic_store(&svc.planned, UINT64_MAX);
 	}
-	svc.shards = shards;
-	svc.nshards = n;
-	atomic_store(&svc.planned, UINT64_MAX);
+	if (!atfork_done) {
+		int rc = pthread_atfork(fork_prepare, fork_parent, fork_child);
+		if (rc != 0) {
+			start_errno = rc;
+			return false;
+		}
+		atfork_done = true;
+	}
 	/* The timer thread blocks every signal: they belong to the application's threads. */
 	sigset_t all, old;
 	sigfillset(&all);
 	pthread_sigmask(SIG_SETMASK, &all, &old);
-	int rc = pthread_create(&svc.thread, NULL, timer_main, NULL);
+	int rc = refuse_start() ? EAGAIN : pthread_create(&svc.thread, NULL, timer_main, NULL);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	if (rc != 0) {
-		svc.shards = NULL;
-		free(shards);
-		errno = rc;
-		return;
+		start_errno = rc;
+		return false;
 	}
-	svc.ok = true;
-	atexit(timer_stop);
+	if (!atexit_done)
+		atexit_done = atexit(timer_stop) == 0;
+	/* release: the shards are seen by whoever sees `running` (ats__timer_arm's acquire). */
+	atomic_store_explicit(&running, true, memory_order_release);
+	return true;
+}
+
+/* The slow path of an arm: the thread is not running in this process. */
+static bool timer_start(void)
+{
+	pthread_mutex_lock(&start_lock);
+	bool ok = atomic_load_explicit(&running, memory_order_relaxed) || timer_start_locked();
+	int why = start_errno;
+	pthread_mutex_unlock(&start_lock);
+	if (!ok)
+		errno = why;
+	return ok;
 }
 
 int ats__timer_arm(struct ats__timer *t, uint64_t deadline_ns)
 {
-	pthread_once(&svc.once, timer_start);
-	if (ats__unlikely(!svc.ok))
+	/* acquire: pairs with timer_start_locked's release (the shards are seen). */
+	if (ats__unlikely(!atomic_load_explicit(&running, memory_order_acquire)) && !timer_start())
 		return ATS__TIMER_FAILED;
 	uint32_t idx = my_shard;
 	if (ats__unlikely(idx == UINT32_MAX))

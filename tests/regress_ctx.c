@@ -6,8 +6,14 @@
 #include "internal/ctx_hooks.h"
 
 #include <criterion/criterion.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define MS UINT64_C(1000000)
 
 static _Atomic int fired;
 static ats_ctx *victim;
@@ -83,4 +89,137 @@ Test(after, stop_after_the_users_release)
 	ats__ctx_after_stop_gap = release_in_the_gap;
 	cr_expect(ats_ctx_after_stop(&a), "stopped before it ran");
 	cr_expect_eq(atomic_load(&fired), 0);
+}
+
+/* ---- The timer thread ---- */
+
+/* Whether ctx's deadline fires (its fd turns readable) within wait_ms, without this thread
+ * calling ats_ctx_wait or ats_ctx_err (which expire a context themselves). */
+static bool fires_within(ats_ctx *ctx, int wait_ms)
+{
+	int fd = -1;
+	ats_err *e = ats_ctx_fd(ctx, &fd);
+	if (e) {
+		ats_err_unref(e);
+		return false;
+	}
+	struct pollfd p = {.fd = fd, .events = POLLIN};
+	return poll(&p, 1, wait_ms) == 1 && ats_ctx_done(ctx);
+}
+
+/* In the child of a fork, deadlines never fired: the service believed its thread was running,
+ * but a child has none of its parent's threads. The child's first arm now starts one, and a
+ * deadline the child inherited fires with it. */
+#if defined(__SANITIZE_ADDRESS__)
+#define ASAN_BUILD 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define ASAN_BUILD 1
+#endif
+#endif
+
+Test(timer, deadlines_fire_in_a_forked_child)
+{
+#ifdef ASAN_BUILD
+	/* Debian 12's AddressSanitizer runtimes do not lock their allocator across fork(): the child
+	 * of a process with other threads (Criterion's own, here) may block for good in its first
+	 * malloc, the new timer thread's start. */
+	cr_skip_test("fork() of a multithreaded process is not safe under this AddressSanitizer runtime");
+#endif
+	ats_ctx *before = NULL, *inherited = NULL;
+	cr_assert_null(ats_ctx_with_timeout(ats_ctx_background(), MS, &before)); /* the thread starts */
+	cr_assert(fires_within(before, 5000));
+	cr_assert_null(ats_ctx_with_timeout(ats_ctx_background(), 20 * MS, &inherited));
+	pid_t pid = fork();
+	cr_assert_neq(pid, -1);
+	if (pid == 0) {
+		ats_ctx *c = NULL;
+		if (ats_ctx_with_timeout(ats_ctx_background(), MS, &c))
+			_exit(3);
+		int code = !fires_within(c, 5000) ? 1 : !fires_within(inherited, 5000) ? 2 : 0;
+		_exit(code);
+	}
+	int st = 0;
+	cr_assert_eq(waitpid(pid, &st, 0), pid);
+	cr_assert(WIFEXITED(st));
+	cr_expect_eq(WEXITSTATUS(st), 0, "in the child: %s",
+	             WEXITSTATUS(st) == 1   ? "a new deadline did not fire"
+	             : WEXITSTATUS(st) == 2 ? "an inherited deadline did not fire"
+	                                    : "with_timeout failed");
+	cr_expect(fires_within(inherited, 5000), "and in the parent, the same deadline fires");
+	ats_ctx_release(inherited);
+	ats_ctx_release(before);
+}
+
+/* One failed start of the timer thread (a momentary thread limit) failed every later deadline
+ * for the life of the process, and those later errors said errno 0. Each arm now tries again. */
+Test(timer, a_failed_start_is_tried_again)
+{
+	ats_ctx *ctx = NULL;
+	atomic_store(&ats__timer_refuse_starts, 2);
+	for (int i = 0; i < 2; i++) {
+		ats_err *e = ats_ctx_with_timeout(ats_ctx_background(), 1000 * MS, &ctx);
+		cr_assert_not_null(e, "attempt %d: the timer thread could not start", i);
+		cr_assert_null(ctx);
+		cr_expect_eq(ats_err_code(e), ATS_ERR_UNAVAILABLE);
+		const char *why = ats_err_kv_get(e, "errno");
+		cr_expect(why && strstr(why, "EAGAIN"), "attempt %d says errno %s", i, why ? why : "(none)");
+		ats_err_unref(e);
+	}
+	cr_assert_null(ats_ctx_with_timeout(ats_ctx_background(), MS, &ctx), "the limit is gone: a deadline works");
+	cr_expect(fires_within(ctx, 5000));
+	ats_ctx_release(ctx);
+}
+
+/* ---- Out of memory at a cancel or an expiry ---- */
+
+/* The first cancel (or expiry) of a process makes the shared "context cancelled" record. When
+ * that allocation failed, the context reported ATS_ERR_OUT_OF_MEMORY for good, although
+ * cancelling allocates nothing by contract and ats_ctx_err reports CANCELLED or
+ * DEADLINE_EXCEEDED. (The test's malloc can be made to fail: regress_ctx.cmake.) */
+void *__real_malloc(size_t n);
+void *__wrap_malloc(size_t n);
+static _Atomic int malloc_fails_in; /* > 0: the malloc that brings it to 0 fails */
+
+void *__wrap_malloc(size_t n)
+{
+	if (atomic_load(&malloc_fails_in) > 0 && atomic_fetch_sub(&malloc_fails_in, 1) == 1)
+		return NULL;
+	return __real_malloc(n);
+}
+
+Test(oom, a_cancel_reports_cancelled)
+{
+	ats_ctx *ctx = NULL;
+	cr_assert_null(ats_ctx_with_cancel(ats_ctx_background(), &ctx));
+	atomic_store(&malloc_fails_in, 1);
+	cr_assert(ats_ctx_cancel(ctx, NULL));
+	atomic_store(&malloc_fails_in, 0);
+	ats_err *e = ats_ctx_err(ctx);
+	cr_expect_eq(ats_err_code(e), ATS_ERR_CANCELLED, "code %s (\"%s\")", ats_code_name(ats_err_code(e)),
+	             ats_err_message(e));
+	ats_err_unref(e);
+	ats_ctx_release(ctx);
+	/* Memory is back: the next cancel makes the shared record. */
+	cr_assert_null(ats_ctx_with_cancel(ats_ctx_background(), &ctx));
+	cr_assert(ats_ctx_cancel(ctx, NULL));
+	e = ats_ctx_err(ctx);
+	cr_expect_eq(ats_err_code(e), ATS_ERR_CANCELLED);
+	ats_err_unref(e);
+	ats_ctx_release(ctx);
+}
+
+Test(oom, an_expiry_reports_deadline_exceeded)
+{
+	atomic_store(&malloc_fails_in, 2); /* the context's own allocation works, the record's fails */
+	ats_ctx *ctx = NULL;
+	ats_err *made = ats_ctx_with_timeout(ats_ctx_background(), 0, &ctx);
+	atomic_store(&malloc_fails_in, 0);
+	cr_assert_null(made);
+	cr_assert(ats_ctx_done(ctx));
+	ats_err *e = ats_ctx_err(ctx);
+	cr_expect_eq(ats_err_code(e), ATS_ERR_DEADLINE_EXCEEDED, "code %s (\"%s\")", ats_code_name(ats_err_code(e)),
+	             ats_err_message(e));
+	ats_err_unref(e);
+	ats_ctx_release(ctx);
 }

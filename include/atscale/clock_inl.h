@@ -86,8 +86,16 @@ static inline uint64_t ats_fast_now_ns(void)
 		/* Acquire: the seqlock read side (the anchor loads below come after it). */
 		uint32_t seq = ats__atomic_load(&c->seq, ats__mo_acquire);
 		if (mode != ATS_CLOCK_TSC) {
-			if (mode == ATS_CLOCK_MONOTONIC)
-				return ats_now_ns();
+			if (mode == ATS_CLOCK_MONOTONIC) {
+				/* Clamped too: this thread's last reading of the counter, just before it
+				 * was dropped, may be ahead of CLOCK_MONOTONIC by up to one re-anchoring
+				 * window (a jump is seen at the next re-anchoring). */
+				uint64_t now = ats_now_ns();
+				if (now < ats__fast_last)
+					return ats__fast_last;
+				ats__fast_last = now;
+				return now;
+			}
 			return ats__fast_now_slow(0);
 		}
 		if (seq & 1)

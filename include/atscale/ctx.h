@@ -106,8 +106,11 @@ ATS_API ATS_NODISCARD ats_err *ats_ctx_with_cancel(ats_ctx *parent, ats_ctx **ou
  * deadline_ns and its parent's. Arms a timer only when it is earlier than the parent's (O(1),
  * one shard lock, no system call in the common case). A deadline already past gives a child born
  * done with ATS_ERR_DEADLINE_EXCEEDED. Blocking, like with_cancel (with a timer: row
- * ctx.with_timeout_cancel). Fails only for lack of memory, or (once, system error) when the
- * timer thread cannot start. */
+ * ctx.with_timeout_cancel). Fails only for lack of memory, or when the timer thread cannot start
+ * (a system error, such as a thread limit; the next call tries again). The timer thread starts
+ * on the first deadline armed, and again in the child of a fork() at the first deadline armed
+ * there: deadlines a child inherits fire from then on (ats_ctx_wait and ats_ctx_err see them
+ * passed in any case). */
 ATS_API ATS_NODISCARD ats_err *ats_ctx_with_deadline(ats_ctx *parent, uint64_t deadline_ns, ats_ctx **out);
 /* with_deadline(parent, now + timeout_ns), with now = ats_now_ns() or the caller's now_ns. */
 ATS_API ATS_NODISCARD ats_err *ats_ctx_with_timeout(ats_ctx *parent, uint64_t timeout_ns, ats_ctx **out);

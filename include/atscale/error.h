@@ -265,6 +265,10 @@ ATS_API ATS_NODISCARD ats_err *ats__err_boundary(const char *file, int line, con
  * into a format) and `cause` (consumed); for modules that hand one record to many callers. One
  * malloc; ats_err_oom (the cause dropped) when it fails. */
 ATS_NODISCARD ats_err *ats__err_shared(ats_code code, ats_err *cause, const char *msg);
+/* A static shared record (ref/unref no-ops, never freed) of code cancelled or deadline_exceeded,
+ * "context cancelled" / "context deadline exceeded": what a context reports when memory for its
+ * record could not be had. */
+ats_err *ats__err_static_shared(ats_code code);
 
 #ifdef __cplusplus
 }

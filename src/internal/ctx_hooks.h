@@ -21,4 +21,8 @@ extern void (*ats__ctx_after_stop_gap)(ats_ctx_after *a);
  * deadline checks the thread sleeps rather than spins. */
 extern _Atomic uint64_t ats__timer_rounds;
 
+/* While non-zero, each start of the timer thread fails with EAGAIN (as at a momentary thread
+ * limit) and takes one off. */
+extern _Atomic uint32_t ats__timer_refuse_starts;
+
 #endif

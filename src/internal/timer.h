@@ -14,7 +14,9 @@
  *
  * Precision: deadlines are rounded up to the tick (2^16 ns = 65.5 us), so a timer fires at its
  * deadline plus up to one tick plus the scheduler's wake-up latency, never early. The thread
- * starts on the first arm, blocks every signal, and is stopped and joined at exit (atexit).
+ * starts on the first arm (again after a start that failed, and in the child of a fork, which
+ * inherits the wheels but no thread), blocks every signal, and is stopped and joined at exit
+ * (atexit).
  */
 #ifndef ATS_INTERNAL_TIMER_H
 #define ATS_INTERNAL_TIMER_H
@@ -54,7 +56,7 @@ enum { ATS__TIMER_OK, ATS__TIMER_EXPIRED, ATS__TIMER_FAILED };
 /* Files t (not armed) to fire at deadline_ns (CLOCK_MONOTONIC). ATS__TIMER_OK; EXPIRED when the
  * deadline's tick has already been processed (nothing filed: the caller acts itself); FAILED
  * when the timer thread could not start (errno says why). Blocking: the calling thread's shard
- * lock (a few instructions) and, once per process, the thread's start. */
+ * lock (a few instructions) and, when the thread is not running, its start. */
 int ats__timer_arm(struct ats__timer *t, uint64_t deadline_ns);
 
 /* Takes t off its wheel if it is on one: no lock when it is not. Blocking (the shard lock). */
