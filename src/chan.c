@@ -638,30 +638,26 @@ static ats_chan_status try_case(ats_chan_case *k)
 	return st;
 }
 
-/* A start drawn uniformly among the cases with a channel (a draw over all n would favour the case
- * after a run of NULL ones). */
-static size_t pick_start(const ats_chan_case *cases, size_t n)
+/* One pass over the cases in a random order (Go's pollorder: a Fisher-Yates shuffle of the cases
+ * with a channel), so that among the cases ready at once each is equally likely to fire. (A
+ * rotation from a random start is not fair: a ready case after a run of k cases that are not
+ * ready fires k+1 times as often as one right after another ready case.) The index that fired or
+ * SIZE_MAX. */
+static size_t try_round(ats_chan_case *cases, size_t n)
 {
-	if (n < 2)
-		return 0;
+	uint8_t order[ATS_CHAN_SELECT_MAX];
 	size_t active = 0;
-	for (size_t i = 0; i < n; i++)
-		active += cases[i].chan != NULL;
-	if (active < 2)
-		return 0;
-	size_t r = rng_next() % active;
-	for (size_t i = 0;; i++)
-		if (cases[i].chan && r-- == 0)
-			return i;
-}
-
-/* One pass over the cases from `start`; the index that fired or SIZE_MAX. */
-static size_t try_round(ats_chan_case *cases, size_t n, size_t start)
-{
-	for (size_t j = 0; j < n; j++) {
-		size_t i = start + j < n ? start + j : start + j - n;
+	for (size_t i = 0; i < n; i++) {
 		if (!cases[i].chan)
 			continue;
+		size_t j = active ? rng_next() % (active + 1) : 0; /* inside-out shuffle */
+		if (j != active)
+			order[active] = order[j];
+		order[j] = (uint8_t)i;
+		active++;
+	}
+	for (size_t j = 0; j < active; j++) {
+		size_t i = order[j];
 		ats_chan_status st = try_case(&cases[i]);
 		if (st != ATS_CHAN_WOULD_BLOCK) {
 			cases[i].status = st;
@@ -713,7 +709,7 @@ static ats_err *wait_cases(ats_chan_case *cases, size_t n, size_t *fired, ats_ct
 	ats_err *err;
 	ats__spin spin = ats__spin_start(spin_ns); /* internal/spin.h */
 	for (uint32_t s = 0; poll || spin_ns; s++) {
-		if ((i = try_round(cases, n, pick_start(cases, n))) != SIZE_MAX) {
+		if ((i = try_round(cases, n)) != SIZE_MAX) {
 			*fired = i;
 			return NULL;
 		}
@@ -797,7 +793,7 @@ static ats_err *wait_cases(ats_chan_case *cases, size_t n, size_t *fired, ats_ct
 			uint64_t soon = ats_now_ns() + 1000000;
 			until = soon < deadline ? soon : deadline;
 		}
-		if ((i = try_round(cases, n, pick_start(cases, n))) != SIZE_MAX) {
+		if ((i = try_round(cases, n)) != SIZE_MAX) {
 			*fired = i;
 			break;
 		}
@@ -835,20 +831,22 @@ ats_err *ats_chan_select(ats_chan_case *cases, size_t n, bool has_default, size_
 	ats_err *err;
 	if ((err = ctx_check(ctx, ats_ctx_deadline(ctx))))
 		return err;
-	size_t i = try_round(cases, n, pick_start(cases, n));
+	size_t i = try_round(cases, n);
 	if (i != SIZE_MAX || has_default) {
 		*fired = i == SIZE_MAX ? ATS_CHAN_SELECT_DEFAULT : i;
 		return NULL;
 	}
 	uint64_t spin_ns = 0;
-	bool poll = n > 0;
+	bool poll = true, any = false; /* busy-poll only when every case has a busy-poll channel */
 	for (size_t j = 0; j < n; j++) {
 		if (!cases[j].chan)
 			continue;
 		struct chan *c = C(cases[j].chan);
 		spin_ns = c->spin_ns > spin_ns ? c->spin_ns : spin_ns;
 		poll = poll && c->busy_poll;
+		any = true;
 	}
+	poll = poll && any; /* no channel at all (n == 0, or only NULL ones): park until ctx is done */
 	return wait_cases(cases, n, fired, ctx, spin_ns, poll);
 }
 

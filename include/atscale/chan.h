@@ -229,8 +229,10 @@ typedef struct ats_chan_case {
 /* *fired when the non-blocking default was taken. */
 #define ATS_CHAN_SELECT_DEFAULT SIZE_MAX
 
-/* Waits until one of cases[0..n) can proceed, performs it and sets *fired to its index. Among
- * cases ready at once it picks from a random start (fair over many calls). With has_default, returns
+/* Waits until one of cases[0..n) can proceed, performs it and sets *fired to its index. Each round
+ * tries the cases in a random order (as Go's select), so among cases ready at once each is equally
+ * likely to fire, wherever it sits; a case whose channel is NULL is never ready (a select of only
+ * such cases parks until ctx is done, as one over Go's nil channels). With has_default, returns
  * at once with *fired = ATS_CHAN_SELECT_DEFAULT when none is ready (never blocks). NULL on success
  * (a case that fired with CLOSED is a success: read its status); ctx's error when ctx is done
  * first (nothing performed); ATS_ERR_INVALID_ARGUMENT for NULL fired or ctx, NULL cases with
