@@ -10,6 +10,7 @@
  * with none, the bridge closed). */
 #include "atscale/bridge.h"
 
+#include "internal/chan_segment.h"
 #include "internal/compiler.h"
 
 #include <pthread.h>
@@ -48,6 +49,7 @@ static ats_err *segment_new(const ats_chan_config *cfg, uint32_t refs, struct se
 		free(s);
 		return err;
 	}
+	ats__chan_mark_segment(&s->chan);
 	atomic_init(&s->refs, refs);
 	s->next = NULL;
 	s->drop = NULL;
@@ -106,7 +108,7 @@ ats_err *ats_bridge_open(ats_bridge *b, ats_chan **segment)
 	struct segment *prev = b->tail;
 	prev->next = s;
 	b->tail = s;
-	ats_err_unref(ats_chan_close(&prev->chan)); /* linked first: see the top of this file */
+	ats_err_unref(ats__chan_close_segment(&prev->chan)); /* linked first: see the top of this file */
 	pthread_mutex_unlock(&b->lock);
 	/* relaxed: a statistic. */
 	atomic_fetch_add_explicit(&b->opened, 1, memory_order_relaxed);
@@ -191,7 +193,7 @@ ats_err *ats_bridge_close(ats_bridge *b)
 	bool was = b->closed;
 	b->closed = true;
 	if (!was)
-		ats_err_unref(ats_chan_close(&b->tail->chan));
+		ats_err_unref(ats__chan_close_segment(&b->tail->chan));
 	pthread_mutex_unlock(&b->lock);
 	return was ? ats_err_new(ATS_ERR_CLOSED, "bridge: close of a closed bridge") : NULL;
 }
@@ -209,7 +211,7 @@ void ats_bridge_free(ats_bridge *b, void (*drop)(void *value, void *arg), void *
 	struct segment *s = b->head;
 	while (s) {
 		struct segment *next = s->next;
-		ats_err_unref(ats_chan_close(&s->chan)); /* a producer still holding it sends no more */
+		ats_err_unref(ats__chan_close_segment(&s->chan)); /* a producer still holding it sends no more */
 		/* Its values go to drop when the last reference goes: now, or when a producer still
 		 * holding it leaves (a send it had under way when the close came still lands). */
 		s->drop = drop;

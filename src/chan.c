@@ -91,6 +91,7 @@
  */
 #include "atscale/chan.h"
 #include "atscale/clock.h"
+#include "internal/chan_segment.h"
 #include "internal/ec.h"
 #include "internal/compiler.h"
 #include "internal/futex.h"
@@ -137,6 +138,7 @@ struct chan {
 	uint8_t sc; /* single consumer */
 	uint8_t busy_poll;
 	uint8_t light;           /* membarrier-backed: no locked instruction on the fast paths (file comment) */
+	uint8_t segment;         /* a bridge's segment: only the bridge closes it (internal/chan_segment.h) */
 	uint64_t spin_ns;        /* config.spin_ns, times ATS_CHAN_LIGHT_SPIN_FACTOR when light */
 	_Atomic uint32_t closed; /* OPEN, CLOSING, CLOSED (also decides double close) */
 	_Alignas(64) struct ck_ec32 not_empty;
@@ -547,11 +549,8 @@ void ats_chan_free(ats_chan *c, void (*drop)(void *value, void *arg), void *arg)
 
 /* ---- Close and queries ---- */
 
-ats_err *ats_chan_close(ats_chan *ch)
+static ats_err *close_chan(struct chan *c)
 {
-	if (!ch)
-		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "channel: NULL channel");
-	struct chan *c = C(ch);
 	/* seq_cst: the single-producer Dekker pair (file comment); also orders double closes. A CAS, not
 	 * an exchange: a second close must not turn CLOSED back into CLOSING. */
 	uint32_t open = OPEN;
@@ -578,6 +577,26 @@ ats_err *ats_chan_close(ats_chan *ch)
 	ck_ec32_inc(&c->not_empty, &ats__ec_mode_mp);
 	ck_ec32_inc(&c->not_full, &ats__ec_mode_mp);
 	return NULL;
+}
+
+ats_err *ats_chan_close(ats_chan *ch)
+{
+	if (!ch)
+		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "channel: NULL channel");
+	if (C(ch)->segment)
+		return ats_err_new(ATS_ERR_INVALID_ARGUMENT,
+		                   "channel: a bridge's segment is closed by its bridge (the next open, or its close)");
+	return close_chan(C(ch));
+}
+
+void ats__chan_mark_segment(ats_chan *ch)
+{
+	C(ch)->segment = 1;
+}
+
+ats_err *ats__chan_close_segment(ats_chan *ch)
+{
+	return close_chan(C(ch));
 }
 
 bool ats_chan_closed(const ats_chan *ch)

@@ -17,7 +17,9 @@
  *   - consumers never see a restart: a receive waits in the current segment until a value comes,
  *     the segment is superseded (then it goes on in the next) or the bridge is closed.
  * Leaving does not close a segment (a crashed incarnation's values stay readable and the
- * consumers wait in it for the next one); only the next open or ats_bridge_close does.
+ * consumers wait in it for the next one); only the next open or ats_bridge_close does. A producer
+ * cannot close its segment: ats_chan_close on it returns ATS_ERR_INVALID_ARGUMENT and changes
+ * nothing (it would end the stream for every consumer while the bridge is open).
  *
  * Threads: any number of consumers and producers at once, within the segments' channel kind
  * (the config given to init: e.g. ATS_CHAN_SPMC for one producer thread per incarnation and many

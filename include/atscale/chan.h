@@ -201,8 +201,9 @@ ATS_API ATS_NODISCARD ats_err *ats_chan_recv_n(ats_chan *c, void **out, size_t n
 
 /* Closes the channel: later sends fail, receivers drain then get closed, every parked sender and
  * receiver (and select) wakes. NULL, or ATS_ERR_CLOSED when already closed (nothing changes);
- * ATS_ERR_INVALID_ARGUMENT for NULL. Blocking for the futex wakes and, where the channel uses it,
- * one membarrier system call (the fence its senders skip: src/chan.c); lock-free otherwise. */
+ * ATS_ERR_INVALID_ARGUMENT for NULL or a bridge's segment (its bridge closes it: bridge.h). Blocking for the futex
+ * wakes and, where the channel uses it, one membarrier system call (the fence its senders skip: src/chan.c); lock-free
+ * otherwise. */
 ATS_API ATS_NODISCARD ats_err *ats_chan_close(ats_chan *c);
 /* Whether close was called. Wait-free (one acquire load). */
 ATS_API bool ats_chan_closed(const ats_chan *c);
