@@ -491,7 +491,7 @@ Test(select, default_and_fairness)
 		cr_assert_eq(cs[fired].value, V(fired + 1));
 		hits[fired]++;
 	}
-	/* Random start: both ready every time, so each should win about half (binomial, 1000 draws:
+	/* Random order: both ready every time, so each should win about half (binomial, 1000 draws:
 	 * outside 350..650 has probability ~1e-21). */
 	cr_expect(hits[0] > 350 && hits[1] > 350, "hits %d %d", hits[0], hits[1]);
 	ats_chan_free(a, NULL, NULL);
