@@ -165,6 +165,9 @@ static ats_err *start_ward(ats_supervisor *s, unsigned i)
 	inc->sup = s;
 	atomic_init(&inc->state, RUNNING);
 	atomic_init(&inc->done, 0);
+	/* Counted before the thread starts, so whoever sees this incarnation run sees its start
+	 * counted (pthread_create orders the two); taken back if the thread cannot start. */
+	uint64_t started_before = atomic_fetch_add_explicit(&w->starts, 1, memory_order_relaxed);
 	sigset_t all, old;
 	sigfillset(&all);
 	pthread_sigmask(SIG_SETMASK, &all, &old); /* wards, like every library thread, block signals */
@@ -177,13 +180,14 @@ static ats_err *start_ward(ats_supervisor *s, unsigned i)
 		rc = pthread_create(&inc->thread, NULL, ward_main, inc);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	if (rc != 0) {
+		atomic_fetch_sub_explicit(&w->starts, 1, memory_order_relaxed);
 		ats_ctx_release(inc->ctx);
 		free(inc);
 		return tag(ats_err_errno(rc, "supervisor: cannot start a ward thread"), s, w->name);
 	}
 	w->inc = inc;
 	count(&s->starts); /* first: a reader that sees a restart counted mostly sees its start too */
-	if (atomic_fetch_add_explicit(&w->starts, 1, memory_order_relaxed) > 0) {
+	if (started_before > 0) {
 		count(&s->restarts);
 		emit(s, ATS_SUP_EVENT_RESTART, i, w->name, NULL);
 	}
