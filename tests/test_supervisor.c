@@ -374,6 +374,7 @@ Test(supervisor, a_sibling_that_exited_normally_is_reaped_not_restarted, .timeou
 		wait_until(&o.c[i].runs, 1);
 	atomic_store(&o.c[2].finish, 1);
 	wait_until(&o.c[0].runs, 2);
+	wait_until(&o.e.n[ATS_SUP_EVENT_RESTART], 1); /* reported after the new incarnation starts */
 	cr_expect_eq(atomic_load(&o.c[1].runs), 1, "the transient ward that exited normally stays down");
 	cr_expect_eq(ats_supervisor_ward_starts(s, 1), 1);
 	cr_expect_eq(atomic_load(&o.e.n[ATS_SUP_EVENT_EXIT]), 3, "ward 2's exit, ward 1's, ward 0's failure");
