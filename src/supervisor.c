@@ -165,9 +165,13 @@ static ats_err *start_ward(ats_supervisor *s, unsigned i)
 	inc->sup = s;
 	atomic_init(&inc->state, RUNNING);
 	atomic_init(&inc->done, 0);
-	/* Counted before the thread starts, so whoever sees this incarnation run sees its start
-	 * counted (pthread_create orders the two); taken back if the thread cannot start. */
+	/* Counted before the thread starts, so whoever sees this incarnation run sees its start (and
+	 * restart) counted (pthread_create orders the two); taken back if the thread cannot start. The
+	 * supervisor's start first: a reader that sees a restart counted mostly sees its start too. */
 	uint64_t started_before = atomic_fetch_add_explicit(&w->starts, 1, memory_order_relaxed);
+	count(&s->starts);
+	if (started_before > 0)
+		count(&s->restarts);
 	sigset_t all, old;
 	sigfillset(&all);
 	pthread_sigmask(SIG_SETMASK, &all, &old); /* wards, like every library thread, block signals */
@@ -180,17 +184,18 @@ static ats_err *start_ward(ats_supervisor *s, unsigned i)
 		rc = pthread_create(&inc->thread, NULL, ward_main, inc);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	if (rc != 0) {
+		/* relaxed: statistics, as count(). */
+		if (started_before > 0)
+			atomic_fetch_sub_explicit(&s->restarts, 1, memory_order_relaxed);
+		atomic_fetch_sub_explicit(&s->starts, 1, memory_order_relaxed);
 		atomic_fetch_sub_explicit(&w->starts, 1, memory_order_relaxed);
 		ats_ctx_release(inc->ctx);
 		free(inc);
 		return tag(ats_err_errno(rc, "supervisor: cannot start a ward thread"), s, w->name);
 	}
 	w->inc = inc;
-	count(&s->starts); /* first: a reader that sees a restart counted mostly sees its start too */
-	if (started_before > 0) {
-		count(&s->restarts);
+	if (started_before > 0)
 		emit(s, ATS_SUP_EVENT_RESTART, i, w->name, NULL);
-	}
 	return NULL;
 }
 
