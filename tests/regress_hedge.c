@@ -155,10 +155,10 @@ Test(regress_hedge, a_hedged_call_ends_when_the_pool_shuts_down, .timeout = 60)
 
 /* A fixed delay near UINT64_MAX (UINT64_MAX itself means "no hedge") wrapped in start + delay:
  * the hedge went out at once instead of never. */
-static ats_err *slow_first(void *arg, unsigned n, ats_ctx *ctx, void **result)
+/* Attempt 0 waits *(uint64_t *)arg ns unless cancelled; the others answer at once. Each answers its number + 1. */
+static ats_err *first_is_slow(void *arg, unsigned n, ats_ctx *ctx, void **result)
 {
-	(void)arg;
-	if (n == 0 && ats_ctx_wait(ctx, ats_now_ns() + 50000000)) /* 50 ms unless cancelled */
+	if (n == 0 && ats_ctx_wait(ctx, ats_now_ns() + *(const uint64_t *)arg))
 		return ats_ctx_err(ctx);
 	*result = (void *)(uintptr_t)(n + 1);
 	return NULL;
@@ -172,7 +172,8 @@ Test(regress_hedge, a_huge_fixed_delay_does_not_wrap_into_an_immediate_hedge)
 	ats_hedger *hg;
 	ats_hedger_config hcfg = {.pool = p, .max_attempts = 2, .delay_ns = UINT64_MAX - 1};
 	cr_assert_null(ats_hedger_new(&hg, &hcfg));
-	ats_request r = {.attempt = slow_first};
+	uint64_t wait_ns = 50000000;
+	ats_request r = {.attempt = first_is_slow, .arg = &wait_ns};
 	void *res = NULL;
 	cr_assert_null(ats_hedge(hg, &r, &res, ats_ctx_background()));
 	ats_hedger_stats st;
@@ -217,15 +218,6 @@ Test(regress_hedge, the_adaptive_delay_is_learned_after_the_configured_warmup)
 /* max_extra_load is accepted whatever its size (finite, >= 0), but was converted with
  * (uint64_t)(x * 1e6 + 0.5): above ~1.8e13 that conversion is undefined; on x86-64 it gave 0,
  * a rate of 1 per million: a budget meant to be generous refused almost every hedge. */
-static ats_err *first_slow(void *arg, unsigned n, ats_ctx *ctx, void **result)
-{
-	(void)arg;
-	if (n == 0 && ats_ctx_wait(ctx, ats_now_ns() + 2000000))
-		return ats_ctx_err(ctx);
-	*result = (void *)(uintptr_t)(n + 1);
-	return NULL;
-}
-
 Test(regress_hedge, a_huge_extra_load_is_refused_or_honoured)
 {
 	ats_pool *p;
@@ -239,7 +231,8 @@ Test(regress_hedge, a_huge_extra_load_is_refused_or_honoured)
 		ats_pool_free(p);
 		return;
 	}
-	ats_request r = {.attempt = first_slow};
+	uint64_t wait_ns = 2000000;
+	ats_request r = {.attempt = first_is_slow, .arg = &wait_ns};
 	for (int i = 0; i < 20; i++) {
 		void *res;
 		cr_assert_null(ats_hedge(hg, &r, &res, ats_ctx_background()));
