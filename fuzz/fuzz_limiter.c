@@ -41,13 +41,13 @@ struct model {
 struct mres {
 	bool ok, inf;
 	uint64_t n, act, delay, gen;
-	i128 tat, n_units;
+	i128 front, n_units; /* front: max(TAT after it, now + burst) */
 };
 
 static uint32_t shift_for(uint64_t events, uint64_t period, uint64_t burst)
 {
 	uint32_t s = 0;
-	while (s < 30 && ((u128)events << (s + 1)) <= period && ((u128)burst << (s + 1)) <= ((u128)1 << 61))
+	while (s < 30 && ((u128)events << (s + 1)) <= period && ((u128)burst << (s + 1)) <= ((u128)1 << 60))
 		s++;
 	return s;
 }
@@ -127,7 +127,9 @@ static bool m_reserve(struct model *m, uint64_t n, uint64_t maxd, uint64_t t, st
 		return false;
 	if (n > 0)
 		m->tat = after;
-	*r = (struct mres){.ok = true, .n = n, .act = t + d, .delay = d, .gen = m->gen, .tat = after, .n_units = nu};
+	i128 full = now + ((i128)m->c.burst << m->c.shift);
+	*r = (struct mres){
+	    .ok = true, .n = n, .act = t + d, .delay = d, .gen = m->gen, .front = max128(after, full), .n_units = nu};
 	return true;
 }
 
@@ -140,13 +142,15 @@ static uint64_t m_cancel(struct model *m, struct mres *r, uint64_t t)
 		return 0;
 	i128 restore;
 	if (r->gen == m->gen) {
-		restore = r->n_units - max128(0, m->tat - r->tat);
+		restore = r->n_units - max128(0, m->tat - r->front);
 	} else if (r->gen + 1 == m->gen) {
 		if (m->prev_inf)
 			return 0;
-		i128 left_old = max128(0, r->n_units - max128(0, m->conv_old - r->tat));
+		i128 left_old = max128(0, r->n_units - max128(0, m->conv_old - r->front));
 		i128 left_new = m->c.shift >= m->prev_shift ? left_old << (m->c.shift - m->prev_shift)
 		                                            : left_old >> (m->prev_shift - m->c.shift);
+		if (left_new > m->conv_new - m->c.base) /* the debt the change kept */
+			left_new = m->conv_new - m->c.base;
 		restore = left_new - max128(0, m->tat - m->conv_new);
 	} else {
 		return 0;
@@ -170,6 +174,8 @@ static bool m_valid(ats_rate r, uint64_t burst)
 
 static void m_set(struct model *m, ats_rate r, uint64_t burst, uint64_t t)
 {
+	if (t < m->c.epoch) /* a stale time changes the configuration at the current epoch */
+		t = m->c.epoch;
 	struct mcfg n = {
 	    .events = r.events, .period = r.period_ns, .burst = burst, .inf = r.period_ns == 0, .epoch = t};
 	n.shift = n.inf ? 0 : shift_for(r.events, r.period_ns, burst);

@@ -17,6 +17,9 @@
  * (2^62 units) stays unambiguous with room to spare. */
 #define MAX_DEBT_UNITS (UINT64_C(1) << 61)
 #define MAX_DEBT2 (MAX_DEBT_UNITS << 1)
+/* A burst never passes this many units: half the debt limit, so that an empty bucket (debt =
+ * burst) still takes a reservation of a whole burst. */
+#define MAX_BURST_UNITS (MAX_DEBT_UNITS >> 1)
 
 /* ---- Slots ---- */
 
@@ -117,13 +120,14 @@ int64_t ats__limiter_tokens_slow(ats_limiter *l, uint64_t now_ns)
 	return ats__limiter_tokens(&v, now_ns);
 }
 
-/* The token clock for a configuration. Its shift keeps burst << shift <= 2^61 (only burst > 2^31
- * loses a bit of precision), so that no debt, from an allow or a reservation, reaches the 2^62
- * units where the word's signed "ahead" test would turn ambiguous. */
+/* The token clock for a configuration. Its shift keeps burst << shift <= 2^60 (only burst > 2^30
+ * loses precision), so that an empty bucket can still reserve a whole burst under the 2^61-unit
+ * debt limit, and no debt reaches the 2^62 units where the word's signed "ahead" test would turn
+ * ambiguous. */
 static ats_err *check_config(ats_rate rate, uint64_t burst, uint64_t now_ns, ats_token_clock *c)
 {
 	uint32_t max_shift = 30;
-	while (max_shift > 0 && burst <= ATS_GCRA_MAX_N && (burst << max_shift) > MAX_DEBT_UNITS)
+	while (max_shift > 0 && burst <= ATS_GCRA_MAX_N && (burst << max_shift) > MAX_BURST_UNITS)
 		max_shift--;
 	return ats_token_clock_make_max_shift(c, rate, burst, now_ns, max_shift);
 }
@@ -270,12 +274,15 @@ bool ats_limiter_reserve_within_at(ats_limiter *l, uint64_t n, uint64_t max_dela
 		if (n2 != 0 && !atomic_compare_exchange_strong_explicit(&l->word_, &w, after | (v.gen & 1),
 		                                                        memory_order_release, memory_order_relaxed))
 			continue;
+		/* The TAT at this reservation's time to act (max(now, after - burst)) plus the burst: later
+		 * grants that push the TAT past it act after this one, counting on its tokens. */
+		uint64_t full2 = now2 + v.c.burst_units;
 		r->ok = true;
 		r->n = n;
 		r->delay_ns = delay;
 		r->act_ns = now_ns + delay;
 		r->gen_ = v.gen;
-		r->tat2_ = after;
+		r->front2_ = (int64_t)(after - full2) > 0 ? after : full2;
 		r->n2_ = n2;
 		return true;
 	}
@@ -312,12 +319,14 @@ uint64_t ats_limiter_cancel_at(ats_reservation *r, uint64_t now_ns)
 		uint64_t tat2 = v.word & ~(uint64_t)1;
 		uint64_t restore2;
 		if (v.gen == r->gen_) {
-			/* Units later callers reserved on top of this reservation are theirs. */
-			uint64_t later = pos_diff(tat2, r->tat2_);
+			/* Units of later callers that act after this reservation are theirs. */
+			uint64_t later = pos_diff(tat2, r->front2_);
 			restore2 = r->n2_ > later ? r->n2_ - later : 0;
 		} else if (v.gen == r->gen_ + 1) {
 			/* One change in between: apply the rule in the old units up to the conversion, convert
-			 * what is left (rounding down), then apply it in the new units. */
+			 * what is left (rounding down) and cap it at the debt the conversion kept (a smaller
+			 * burst forgives debt, this reservation's first), then count every unit granted after
+			 * the conversion as built on it. */
 			struct ats__limiter_slot *s = &l->slot_[v.gen & 1];
 			/* Relaxed, all three: the view's acquire word load saw the converting release CAS (or
 			 * a grant in its release sequence), which setter v.gen made after storing these; a
@@ -330,9 +339,12 @@ uint64_t ats_limiter_cancel_at(ats_reservation *r, uint64_t now_ns)
 			if (prev >> 32)
 				return 0;
 			uint32_t so = (uint32_t)prev, sn = v.c.shift;
-			uint64_t later_old = pos_diff(conv_old & ~(uint64_t)1, r->tat2_);
+			uint64_t later_old = pos_diff(conv_old & ~(uint64_t)1, r->front2_);
 			uint64_t left_old = r->n2_ > later_old ? (r->n2_ - later_old) >> 1 : 0;
 			uint64_t left_new = sn >= so ? left_old << (sn - so) : left_old >> (so - sn);
+			uint64_t kept = pos_diff(conv_new & ~(uint64_t)1, v.c.base_units << 1) >> 1;
+			if (left_new > kept)
+				left_new = kept;
 			uint64_t later_new = pos_diff(tat2, conv_new & ~(uint64_t)1);
 			restore2 = (left_new << 1) > later_new ? (left_new << 1) - later_new : 0;
 		} else {
@@ -386,9 +398,14 @@ ats_err *ats_limiter_wait(ats_limiter *l, uint64_t n, ats_ctx *ctx)
 		return NULL;
 	if (!ats_ctx_wait(ctx, r.act_ns))
 		return NULL;
+	/* Done as the tokens came due (a deadline at their very time fires with them): they are
+	 * taken, and cancel could not give them back. */
+	uint64_t done_ns = ats_now_ns();
+	if (done_ns >= r.act_ns)
+		return NULL;
 	/* Done before the tokens' time (cancelled; or its deadline, which a clock step can bring
 	 * before act_ns): give back what can be given back, report why. */
-	ats_limiter_cancel_at(&r, ats_fast_now_ns());
+	ats_limiter_cancel_at(&r, done_ns);
 	return ats_err_wrap(ats_ctx_err(ctx), "waiting for %llu tokens", (unsigned long long)n);
 }
 
@@ -472,12 +489,16 @@ static uint64_t convert_word(const struct slot_config *o, const struct slot_conf
 	return ((base + debt) << 1) | (new_gen & 1);
 }
 
-ats_err *ats_limiter_set_at(ats_limiter *l, ats_rate rate, uint64_t burst, uint64_t now_ns)
+/* Sets the rate, the burst or both (NULL: keep the current one, read under the lock, so that a
+ * concurrent change of the other is never undone). */
+static ats_err *set_config(ats_limiter *l, const ats_rate *rate, const uint64_t *burst, uint64_t now_ns)
 {
 	if (!l)
 		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "limiter is NULL");
-	struct slot_config nw = {.rate = rate, .burst = burst};
-	ats_err *err = check_config(rate, burst, now_ns, &nw.c);
+	/* Each value is checked on its own first (the limits on rate and burst are independent), so
+	 * that no error is made under the lock. */
+	ats_token_clock scratch;
+	ats_err *err = check_config(rate ? *rate : ats_rate_per_sec(1), burst ? *burst : 1, now_ns, &scratch);
 	if (err)
 		return ats_err_wrap(err, "changing a limiter");
 	ats__spin_lock(&l->setting_);
@@ -486,6 +507,17 @@ ats_err *ats_limiter_set_at(ats_limiter *l, ats_rate rate, uint64_t burst, uint6
 	struct ats__limiter_slot *os = &l->slot_[g & 1];
 	struct slot_config o;
 	slot_read(os, &o);
+	/* A now_ns before the current clock's epoch (a stale time) changes the configuration at the
+	 * epoch: the old clock reads the same there, and a new clock started before it would run ahead
+	 * of the old one by the difference and hand out tokens already taken. */
+	if (now_ns < o.c.epoch_ns)
+		now_ns = o.c.epoch_ns;
+	struct slot_config nw = {.rate = rate ? *rate : o.rate, .burst = burst ? *burst : o.burst};
+	err = check_config(nw.rate, nw.burst, now_ns, &nw.c);
+	if (err) { /* cannot happen: both values passed the check above or were in force */
+		ats__spin_unlock(&l->setting_);
+		return ats_err_wrap(err, "changing a limiter");
+	}
 	/* The new clock reads, at now_ns, one unit past both the old clock and the word's TAT (any
 	 * base works for the rule, since debt is kept relative to now). So every word of the new
 	 * generation lies above every word the old one held at this point (an acquire only raises the
@@ -528,6 +560,11 @@ ats_err *ats_limiter_set_at(ats_limiter *l, ats_rate rate, uint64_t burst, uint6
 	return NULL;
 }
 
+ats_err *ats_limiter_set_at(ats_limiter *l, ats_rate rate, uint64_t burst, uint64_t now_ns)
+{
+	return set_config(l, &rate, &burst, now_ns);
+}
+
 ats_rate ats_limiter_rate(ats_limiter *l)
 {
 	for (;;) {
@@ -558,16 +595,12 @@ uint64_t ats_limiter_burst(ats_limiter *l)
 
 ats_err *ats_limiter_set_rate_at(ats_limiter *l, ats_rate rate, uint64_t now_ns)
 {
-	if (!l)
-		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "limiter is NULL");
-	return ats_limiter_set_at(l, rate, ats_limiter_burst(l), now_ns);
+	return set_config(l, &rate, NULL, now_ns);
 }
 
 ats_err *ats_limiter_set_burst_at(ats_limiter *l, uint64_t burst, uint64_t now_ns)
 {
-	if (!l)
-		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "limiter is NULL");
-	return ats_limiter_set_at(l, ats_limiter_rate(l), burst, now_ns);
+	return set_config(l, NULL, &burst, now_ns);
 }
 
 ats_err *ats_limiter_set_rate(ats_limiter *l, ats_rate rate)

@@ -87,7 +87,7 @@ typedef struct ats_token_clock {
 ATS_API ATS_NODISCARD ats_err *ats_token_clock_make(ats_token_clock *clock, ats_rate rate, uint64_t burst,
                                                     uint64_t epoch_ns);
 /* The same with shift capped at max_shift (<= 30): coarser units for callers that need headroom
- * in the TAT word (the exact limiter keeps burst << shift <= 2^61). */
+ * in the TAT word (the exact limiter keeps burst << shift <= 2^60). */
 ATS_API ATS_NODISCARD ats_err *ats_token_clock_make_max_shift(ats_token_clock *clock, ats_rate rate, uint64_t burst,
                                                               uint64_t epoch_ns, uint32_t max_shift);
 

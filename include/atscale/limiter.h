@@ -12,9 +12,14 @@
  * token clock of the current configuration, modulo 2^63, and the parity of the configuration
  * generation the TAT is expressed in. An acquire is one relaxed/acquire read of the config and the
  * word, integer math and one CAS; a refusal writes nothing. Rates from one per hour (and lower) up to
- * 10^12 per second, n and burst up to 2^32, no drift (gcra.h), any uptime (the word wraps freely;
- * a bucket left untouched for 2^62 units, >= 146 years at rates up to 10^9/s and 14 years at 10^10/s,
- * may read as empty once).
+ * 10^12 per second, n and burst up to 2^32, no drift (gcra.h), any uptime: the word wraps freely.
+ * The one limit of a 63-bit TAT: a bucket that grants nothing for between 2^62 and 2^63 units
+ * reads as in debt for the rest of that span (the word cannot tell its idle TAT from one far
+ * ahead), then as full again. A unit is a token << shift, at most one per ns at rates up to 10^9/s,
+ * so that span starts after 146 years of idleness there; at faster rates a unit is a token, and it
+ * starts after 14.6 years at 10^10/s, 1.46 years at 10^11/s and 53 days at 10^12/s. Any grant
+ * (allow(l, 0) does not write) resets it: a bucket configured as "practically unlimited" at
+ * 10^12/s and idle for months should take a token now and then, or use ATS_RATE_INF.
  *
  * Stale time: a now_ns older than one already seen never mints tokens and never moves stored time
  * back (TAT only grows; an older now only makes max(TAT, now) - now larger). golang/go#71360 cannot
@@ -42,11 +47,15 @@
  * stale word two or more changes on.
  *
  * Reservations (ats_limiter_reserve_at) follow x/time/rate's Reservation: reserve n now, act after
- * `delay_ns`; cancel gives back n tokens minus those that later reservations have already taken on
- * top of this one (x/time/rate's restore = n - (lastEvent - timeToAct)*rate, in TAT arithmetic:
- * restore = n - (TAT_now - TAT_after_this_reservation)), and nothing once the time to act has passed.
- * The bucket never rises above full. Across one rate/burst change the rule is applied in both
- * generations' units; a reservation two or more changes old gives nothing back (never over-grants).
+ * `delay_ns`; cancel gives back n tokens minus those of later callers that act after this one's
+ * time to act, counting on its tokens (x/time/rate's restore = n - (lastEvent - timeToAct)*rate; in
+ * TAT arithmetic, with the time to act at TAT = max(TAT_after_this_reservation, now + burst):
+ * restore = n - max(0, TAT_now - that)), and nothing once the time to act has passed. So tokens
+ * that later callers took from what was left over come back in full. The bucket never rises above
+ * full. Across one rate/burst change the rule is applied in the old units up to the change, what is
+ * left is capped at the debt the change kept (a smaller burst forgives debt, and a forgiven
+ * reservation has nothing left to give back), and every token granted after the change counts as
+ * built on it; a reservation two or more changes old gives nothing back (never over-grants).
  *
  * ---- Sharded limiter (ats_sharded) ----
  * Token caches leasing batches from one exact limiter, so an acquire touches only a cache line of
@@ -105,10 +114,10 @@ typedef struct ats_reservation {
 	uint64_t act_ns;   /* now_ns + delay_ns */
 	/* private */
 	ats_limiter *lim_;
-	uint64_t gen_;  /* generation whose units tat2_ is in */
-	uint64_t tat2_; /* TAT after this reservation, doubled units */
-	uint64_t n2_;   /* n in doubled units */
-	uint32_t inf_;  /* reserved under an infinite rate: cancel gives nothing */
+	uint64_t gen_;    /* generation whose units front2_ is in */
+	uint64_t front2_; /* max(TAT after it, now + burst), doubled units: later grants past it act after it */
+	uint64_t n2_;     /* n in doubled units */
+	uint32_t inf_;    /* reserved under an infinite rate: cancel gives nothing */
 } ats_reservation;
 
 /* redis-cell's CL.THROTTLE answer for one acquire. */
@@ -184,7 +193,8 @@ ATS_API bool ats_limiter_throttle(ats_limiter *l, uint64_t n, ats_limiter_result
  *  - the tokens would come after ctx's deadline: ATS_ERR_DEADLINE_EXCEEDED "would exceed deadline"
  *    at once, nothing taken (likewise at rate 0 with a deadline; rate 0 without one: ATS_ERR_LIMITED);
  *  - otherwise reserves them and sleeps until their time with ats_ctx_wait (a futex, no polling);
- *    if ctx is done first, cancels the reservation (giving back what later callers have not built
+ *    tokens due exactly at ctx's deadline are taken (NULL); if ctx is done first, cancels the
+ *    reservation (giving back what later callers have not built
  *    on) and returns ctx's error (cancelled or deadline exceeded, wrapping the cancel's cause),
  *    wrapped with what was being waited for.
  * NULL on success. Blocking (never past ctx's deadline); times on the CLOCK_MONOTONIC scale

@@ -63,7 +63,7 @@ static inline void ats__limiter_load_slot(struct ats__limiter_slot *s, struct at
 	uint64_t si = ats__atomic_load(&s->shift_inf, ats__mo_relaxed);
 	v->c.shift = (uint32_t)si;
 	v->c.inf = (uint32_t)(si >> 32);
-	/* burst2 = burst << (shift + 1) exactly (burst << shift <= 2^61): no need to load burst. */
+	/* burst2 = burst << (shift + 1) exactly (burst << shift <= 2^60): no need to load burst. */
 	v->burst = v->c.inf ? v->c.burst_units : v->c.burst_units >> (v->c.shift + 1);
 }
 
