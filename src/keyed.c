@@ -430,13 +430,14 @@ static inline uint64_t gone_mark(const ats_token_clock *c, uint64_t now_ns)
 
 /* When a full bucket (TAT tat <= the clock's reading at now_ns) became full, in ns: never earlier
  * than it did (the span back is shortened by 2^-40 of itself, far more than the double's error),
- * so a floor made of it is never too low. An infinite rate, or a clock too slow for the double:
- * now_ns. */
+ * so a floor made of it is never too low. A clock that never moves (an infinite rate, or rate 0,
+ * the only clock whose rate the double reads as 0): 0, since such a bucket reads the same at every
+ * time, and the floor, which is the whole map's, must not rise for it. */
 static uint64_t full_since_ns(const ats_token_clock *c, uint64_t tat, uint64_t now_ns)
 {
 	double units_per_ns = (double)c->mul_int + (double)c->frac_hi * 0x1p-64;
 	if (c->inf || !(units_per_ns > 0))
-		return now_ns;
+		return 0;
 	uint64_t behind = ats_token_clock_units(c, now_ns) - tat; /* modular: tat is not ahead */
 	double back = (double)behind / units_per_ns * (1 - 0x1p-40);
 	return back >= (double)now_ns ? 0 : now_ns - (uint64_t)back;
