@@ -42,6 +42,7 @@ struct mres {
 	bool ok, inf;
 	uint64_t n, act, delay, gen;
 	i128 front, n_units; /* front: max(TAT after it, now + burst) */
+	i128 before, after;  /* the TAT before and after it */
 };
 
 static uint32_t shift_for(uint64_t events, uint64_t period, uint64_t burst)
@@ -125,11 +126,19 @@ static bool m_reserve(struct model *m, uint64_t n, uint64_t maxd, uint64_t t, st
 	uint64_t d = m_delay(&m->c, t, after - now - ((i128)m->c.burst << m->c.shift));
 	if (d == UINT64_MAX || d > maxd)
 		return false;
+	i128 before = m->tat;
 	if (n > 0)
 		m->tat = after;
 	i128 full = now + ((i128)m->c.burst << m->c.shift);
-	*r = (struct mres){
-	    .ok = true, .n = n, .act = t + d, .delay = d, .gen = m->gen, .front = max128(after, full), .n_units = nu};
+	*r = (struct mres){.ok = true,
+	                   .n = n,
+	                   .act = t + d,
+	                   .delay = d,
+	                   .gen = m->gen,
+	                   .front = max128(after, full),
+	                   .n_units = nu,
+	                   .before = before,
+	                   .after = after};
 	return true;
 }
 
@@ -161,7 +170,10 @@ static uint64_t m_cancel(struct model *m, struct mres *r, uint64_t t)
 		restore = debt;
 	if (restore <= 0)
 		return 0;
-	m->tat -= restore;
+	if (r->gen == m->gen && m->tat == r->after) /* nothing happened since: the TAT from before it */
+		m->tat = r->before;
+	else
+		m->tat -= restore;
 	return (uint64_t)(restore >> m->c.shift);
 }
 

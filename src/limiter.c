@@ -283,6 +283,8 @@ bool ats_limiter_reserve_within_at(ats_limiter *l, uint64_t n, uint64_t max_dela
 		r->act_ns = now_ns + delay;
 		r->gen_ = v.gen;
 		r->front2_ = (int64_t)(after - full2) > 0 ? after : full2;
+		r->before_ = v.word;
+		r->after_ = after | (v.gen & 1);
 		r->n2_ = n2;
 		return true;
 	}
@@ -356,10 +358,14 @@ uint64_t ats_limiter_cancel_at(ats_reservation *r, uint64_t now_ns)
 			restore2 = debt2; /* never above full */
 		if (restore2 == 0)
 			return 0;
+		/* The word as this reservation left it (nothing happened since): put back the one from
+		 * before it, which reads as the rule's result from now_ns on and, unlike it, is also right
+		 * for earlier times. */
+		uint64_t next = v.gen == r->gen_ && v.word == r->after_ ? r->before_ : (tat2 - restore2) | (v.gen & 1);
 		uint64_t w = v.word;
 		/* release and relaxed on failure: as the reservation's CAS. */
-		if (atomic_compare_exchange_strong_explicit(&l->word_, &w, (tat2 - restore2) | (v.gen & 1),
-		                                            memory_order_release, memory_order_relaxed))
+		if (atomic_compare_exchange_strong_explicit(&l->word_, &w, next, memory_order_release,
+		                                            memory_order_relaxed))
 			return restore2 >> (v.c.shift + 1);
 	}
 }

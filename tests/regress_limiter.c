@@ -195,3 +195,24 @@ Test(wait, tokens_due_at_the_deadline_are_taken)
 	ats_ctx_release(ctx);
 	ats_limiter_free(l);
 }
+
+/* Bug: a refused multi-acquire did not leave a full limiter exactly as it was. Its rollback cancels, and a cancel can
+ * lower the TAT only to now: a limiter that had been full for a while read one token short to a caller 100 ms behind.
+ * A cancel that finds the word as its reservation left it now puts back the word from before. */
+Test(multi, a_refusal_leaves_a_full_limiter_as_it_was_at_earlier_times_too)
+{
+	ats_limiter *a = NULL;
+	cr_assert_null(ats_limiter_new(&a, ats_rate_per_sec(10), 10));
+	cr_assert_null(ats_limiter_init_at(a, ats_rate_per_sec(10), 10, T0));
+	uint64_t t = T0 + 10 * SEC, before = t - SEC / 10;
+	ats_limiter *twice[] = {a, a};
+	cr_expect_not(ats_multi_allow_at(twice, 2, 6, t)); /* 6 + 6 > 10: the second refuses, the first is given back */
+	cr_expect_eq(ats_limiter_tokens_at(a, before), 10);
+	cr_expect_eq(ats_limiter_tokens_at(a, t), 10);
+	/* The same through a plain reservation, which reports what it gave back. */
+	ats_reservation r;
+	cr_assert(ats_limiter_reserve_at(a, 4, t, &r));
+	cr_expect_eq(ats_limiter_cancel_at(&r, t), 4);
+	cr_expect_eq(ats_limiter_tokens_at(a, before), 10);
+	ats_limiter_free(a);
+}

@@ -52,10 +52,12 @@
  * TAT arithmetic, with the time to act at TAT = max(TAT_after_this_reservation, now + burst):
  * restore = n - max(0, TAT_now - that)), and nothing once the time to act has passed. So tokens
  * that later callers took from what was left over come back in full. The bucket never rises above
- * full. Across one rate/burst change the rule is applied in the old units up to the change, what is
- * left is capped at the debt the change kept (a smaller burst forgives debt, and a forgiven
- * reservation has nothing left to give back), and every token granted after the change counts as
- * built on it; a reservation two or more changes old gives nothing back (never over-grants).
+ * full. A cancel that finds the limiter as its reservation left it (nothing granted, given back or
+ * changed since) puts back exactly the state from before the reservation, so that a caller with an
+ * older timestamp sees what it would have seen without it. Across one rate/burst change the rule is applied in the old
+ * units up to the change, what is left is capped at the debt the change kept (a smaller burst forgives debt, and a
+ * forgiven reservation has nothing left to give back), and every token granted after the change counts as built on it;
+ * a reservation two or more changes old gives nothing back (never over-grants).
  *
  * ---- Sharded limiter (ats_sharded) ----
  * Token caches leasing batches from one exact limiter, so an acquire touches only a cache line of
@@ -78,7 +80,8 @@
  * ---- Multi-limit (ats_multi_allow_at) ----
  * All-or-nothing across several limiters: either every limiter grants n or none is charged.
  * Guarantee: never over-grants any limiter; a refused multi-acquire gives back what it took with the
- * cancel rule, so single-threaded every limiter is left exactly as it was, and concurrently its
+ * cancel rule, so single-threaded every limiter is left exactly as it was (at every time, earlier
+ * ones included), and concurrently its
  * tokens may be briefly unavailable to others (or partly kept when later callers reserved on top).
  *
  * Threads: every function may be called from any thread at once. `_at` variants take the time from
@@ -114,8 +117,10 @@ typedef struct ats_reservation {
 	uint64_t act_ns;   /* now_ns + delay_ns */
 	/* private */
 	ats_limiter *lim_;
-	uint64_t gen_;    /* generation whose units front2_ is in */
+	uint64_t gen_;    /* generation whose units the words below are in */
 	uint64_t front2_; /* max(TAT after it, now + burst), doubled units: later grants past it act after it */
+	uint64_t before_; /* the limiter's word before it and after it: a cancel that finds `after_` */
+	uint64_t after_;  /* there (nothing changed since) puts `before_` back */
 	uint64_t n2_;     /* n in doubled units */
 	uint32_t inf_;    /* reserved under an infinite rate: cancel gives nothing */
 } ats_reservation;
