@@ -120,6 +120,7 @@ struct ats__fleet_cold {
 	_Atomic uint32_t wake;   /* futex word: bumped by a hungry miss and by stop */
 	_Atomic uint32_t hungry; /* a miss happened since the last lease call */
 	_Atomic uint32_t stop;
+	pthread_mutex_t stop_mu; /* held across a whole stop: a concurrent stop returns only once it is done */
 
 	struct ats__fleet_conn conn;
 	struct ats__fleet_lease_counters lc;
@@ -404,8 +405,10 @@ ats_err *ats_fleet_init(ats_fleet *f, const ats_fleet_config *cfg)
 	atomic_init(&f->down_, 1);
 	f->policy_ = cfg->policy;
 	f->cold_ = c;
+	pthread_mutex_init(&c->stop_mu, NULL);
 	int rc = ats__fleet_start_thread(&c->thread, fleet_thread, f);
 	if (rc) {
+		pthread_mutex_destroy(&c->stop_mu);
 		ats__fleet_conn_destroy(&c->conn);
 		free(c);
 		f->cold_ = NULL;
@@ -419,10 +422,13 @@ void ats_fleet_stop(ats_fleet *f)
 	if (!f || !f->cold_)
 		return;
 	struct ats__fleet_cold *c = f->cold_;
+	pthread_mutex_lock(&c->stop_mu); /* a second caller waits for the first to finish */
 	/* relaxed: the exchange only makes stop idempotent; the thread re-reads the flag every round
 	 * and pthread_join orders everything it did before this caller goes on */
-	if (atomic_exchange_explicit(&c->stop, 1, memory_order_relaxed))
+	if (atomic_exchange_explicit(&c->stop, 1, memory_order_relaxed)) {
+		pthread_mutex_unlock(&c->stop_mu);
 		return;
+	}
 	/* release: the thread's acquire load of `wake` then sees stop set (it re-checks after waking) */
 	atomic_fetch_add_explicit(&c->wake, 1, memory_order_release);
 	ats__futex_wake(&c->wake, 1);
@@ -431,6 +437,7 @@ void ats_fleet_stop(ats_fleet *f)
 	snprintf(c->conn.last_error, sizeof c->conn.last_error, "stopped");
 	pthread_mutex_unlock(&c->conn.mu);
 	atomic_store_explicit(&f->down_, 1, memory_order_relaxed); /* the policy from now on */
+	pthread_mutex_unlock(&c->stop_mu);
 }
 
 void ats_fleet_destroy(ats_fleet *f)
@@ -438,6 +445,7 @@ void ats_fleet_destroy(ats_fleet *f)
 	if (!f || !f->cold_)
 		return;
 	ats_fleet_stop(f);
+	pthread_mutex_destroy(&f->cold_->stop_mu);
 	ats__fleet_conn_destroy(&f->cold_->conn);
 	free(f->cold_);
 	f->cold_ = NULL;

@@ -102,8 +102,9 @@ void ats__fleet_conn_call_ok(struct ats__fleet_conn *c)
 
 static struct timeval tv_of(uint64_t ns)
 {
-	return (struct timeval){.tv_sec = (time_t)(ns / 1000000000u),
-	                        .tv_usec = (suseconds_t)(ns % 1000000000u / 1000)};
+	/* rounded up: a zero timeval is "no timeout" to SO_RCVTIMEO/SO_SNDTIMEO (blocks forever) */
+	uint64_t us = (ns + 999) / 1000;
+	return (struct timeval){.tv_sec = (time_t)(us / 1000000u), .tv_usec = (suseconds_t)(us % 1000000u)};
 }
 
 bool ats__fleet_conn_load_scripts(struct ats__fleet_conn *c)

@@ -86,7 +86,7 @@ struct ats_fleet_keyed {
 	_Atomic uint32_t wake; /* futex word: bumped by a hungry miss, a new key and stop */
 	_Atomic uint32_t hungry;
 	_Atomic uint32_t stop;
-	bool stopped; /* ats_fleet_keyed_stop ran (under stop's exchange) */
+	pthread_mutex_t stop_mu; /* held across a whole stop: a concurrent stop returns only once it is done */
 
 	struct ats__fleet_conn conn;
 	struct ats__fleet_lease_counters lc;
@@ -191,6 +191,8 @@ static void rec_free_cb(struct rcu_head *head)
 	TSAN_ACQUIRE(f); /* the thread's hand-over through call_rcu's queue (its TSAN_RELEASE(f)) */
 	ats_fleet_keyed *k = f->owner;
 	TSAN_ACQUIRE(&k->tsan_sync);
+	/* counted until freed: max_bytes covers records replaced but not yet freed */
+	atomic_fetch_sub_explicit(&k->bytes, f->bytes, memory_order_relaxed);
 	free(f);
 	TSAN_RELEASE(&k->tsan_sync);
 }
@@ -556,7 +558,6 @@ static void retire_round(ats_fleet_keyed *k, uint64_t now)
 	while (list) {
 		struct fkey *f = list;
 		list = f->next;
-		atomic_fetch_sub_explicit(&k->bytes, f->bytes, memory_order_relaxed); /* a statistic */
 		TSAN_RELEASE(&k->tsan_sync);
 		TSAN_RELEASE(f);
 		urcu_memb_call_rcu(&f->rcu, rec_free_cb);
@@ -720,6 +721,7 @@ ats_err *ats_fleet_keyed_new(ats_fleet_keyed **out, const ats_fleet_keyed_config
 		}
 	}
 	pthread_mutex_init(&k->mu, NULL);
+	pthread_mutex_init(&k->stop_mu, NULL);
 	atomic_init(&k->bytes, fixed);
 	atomic_init(&k->down, 1);
 	ats__fleet_conn_init(&k->conn, cfg->fleet.host, cfg->fleet.port, cfg->fleet.timeout_ns,
@@ -728,6 +730,7 @@ ats_err *ats_fleet_keyed_new(ats_fleet_keyed **out, const ats_fleet_keyed_config
 	if (rc) {
 		ats__fleet_conn_destroy(&k->conn);
 		pthread_mutex_destroy(&k->mu);
+		pthread_mutex_destroy(&k->stop_mu);
 		ats_keyed_free(k->fallback);
 		free(k->slots);
 		free(k);
@@ -741,9 +744,12 @@ void ats_fleet_keyed_stop(ats_fleet_keyed *k)
 {
 	if (!k)
 		return;
+	pthread_mutex_lock(&k->stop_mu); /* a second caller waits for the first to finish */
 	/* relaxed: the exchange only makes stop idempotent; pthread_join orders the rest */
-	if (atomic_exchange_explicit(&k->stop, 1, memory_order_relaxed))
+	if (atomic_exchange_explicit(&k->stop, 1, memory_order_relaxed)) {
+		pthread_mutex_unlock(&k->stop_mu);
 		return;
+	}
 	/* release: the thread's acquire load of `wake` then sees stop set */
 	atomic_fetch_add_explicit(&k->wake, 1, memory_order_release);
 	ats__futex_wake(&k->wake, 1);
@@ -752,6 +758,7 @@ void ats_fleet_keyed_stop(ats_fleet_keyed *k)
 	snprintf(k->conn.last_error, sizeof k->conn.last_error, "stopped");
 	pthread_mutex_unlock(&k->conn.mu);
 	atomic_store_explicit(&k->down, 1, memory_order_relaxed); /* the policy from now on */
+	pthread_mutex_unlock(&k->stop_mu);
 }
 
 void ats_fleet_keyed_free(ats_fleet_keyed *k)
@@ -773,6 +780,7 @@ void ats_fleet_keyed_free(ats_fleet_keyed *k)
 	TSAN_ACQUIRE(&k->tsan_sync);
 	ats__fleet_conn_destroy(&k->conn);
 	pthread_mutex_destroy(&k->mu);
+	pthread_mutex_destroy(&k->stop_mu);
 	ats_keyed_free(k->fallback);
 	free(k->slots);
 	free(k);

@@ -43,6 +43,7 @@ struct ats_test_proxy {
 	_Atomic uint32_t delay_ms;
 	_Atomic int stop;
 	_Atomic uint64_t garbled, dropped, replies; /* what it did, for the tests' checks */
+	_Atomic uint64_t swallowed;                 /* requests (reads) taken and never answered */
 	int client[ATS_TEST_PROXY_PAIRS], server[ATS_TEST_PROXY_PAIRS];
 	unsigned garble_next;
 };
@@ -143,6 +144,8 @@ static inline void *ats_test_proxy_main(void *arg)
 			if (!from_server) {
 				if (mode != PROXY_BLACKHOLE)
 					ats_test_proxy_send_all(p->server[i], buf, (size_t)r);
+				else
+					atomic_fetch_add(&p->swallowed, 1);
 				continue;
 			}
 			atomic_fetch_add(&p->replies, 1);

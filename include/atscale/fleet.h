@@ -104,7 +104,8 @@ typedef struct ats_fleet_config {
 	uint64_t batch_max;        /* largest lease held; 0: min(burst, 2^24 - 1). <= burst, <= 2^24 - 1 */
 	uint64_t refresh_ns;       /* a batch is about this long of the observed rate; 0: 10 ms; <= 2^38 */
 	uint64_t lease_ns;         /* a lease not refilled for this long expires; 0: 1 s. <= 2^38 ns */
-	uint64_t timeout_ns;       /* connect and command timeout; 0: 100 ms; <= ATS_FLEET_MAX_TIMEOUT_NS */
+	uint64_t timeout_ns;       /* connect and command timeout (rounded up to whole us); 0: 100 ms; <=
+	                              ATS_FLEET_MAX_TIMEOUT_NS */
 	uint64_t reconnect_min_ns; /* first reconnect delay; 0: 10 ms; <= ATS_FLEET_MAX_RECONNECT_NS */
 	uint64_t reconnect_max_ns; /* largest reconnect delay; 0: 1 s; <= ATS_FLEET_MAX_RECONNECT_NS */
 	ats_fleet_policy policy;
@@ -158,7 +159,8 @@ ATS_API ATS_NODISCARD ats_err *ats_fleet_init(ats_fleet *f, const ats_fleet_conf
  * the lease's unexpired tokens back to Redis when connected (one more call, at most timeout_ns) and
  * disconnects. Afterwards the limiter is down for good: acquires follow the policy (fail closed:
  * refused; fail open: the fallback limiter), and stats stay readable (given_back says what went
- * back). Idempotent. Blocking; not concurrent with destroy. */
+ * back). Idempotent: a concurrent second call returns once the first is done. Blocking; not
+ * concurrent with destroy. */
 ATS_API void ats_fleet_stop(ats_fleet *f);
 /* ats_fleet_stop, then frees what init allocated. Blocking. */
 ATS_API void ats_fleet_destroy(ats_fleet *f);

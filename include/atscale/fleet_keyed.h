@@ -120,7 +120,7 @@ ATS_API ATS_NODISCARD ats_err *ats_fleet_keyed_new(ats_fleet_keyed **out, const 
 /* Stops the background thread, gives every key's unexpired tokens back to Redis when connected
  * (one pipeline) and disconnects; afterwards acquires follow the policy (a key not held is not
  * added) and stats stay readable.
- * Idempotent. Blocking; not concurrent with free. */
+ * Idempotent: a concurrent second call returns once the first is done. Blocking; not concurrent with free. */
 ATS_API void ats_fleet_keyed_stop(ats_fleet_keyed *k);
 /* ats_fleet_keyed_stop, then frees everything. Blocking. NULL is a no-op. */
 ATS_API void ats_fleet_keyed_free(ats_fleet_keyed *k);
