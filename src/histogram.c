@@ -214,10 +214,13 @@ uint64_t ats_histogram_snapshot_percentile(const ats_histogram_snapshot *s, doub
 	 * a whole rank once q * total passes 1e9, and the rank then rounds down, a bucket below the
 	 * quantile. Capped at half a rank where an ulp is that large (x near 2^51 and above). */
 	double x = q * (double)total;
-	uint64_t rank = (uint64_t)x;
-	double tolerance = 4 * DBL_EPSILON * x;
-	if (x - (double)rank > (tolerance < 0.5 ? tolerance : 0.5))
-		rank++;
+	uint64_t rank = total; /* x at or past (double)total, which may be 2^64: no conversion */
+	if (x < (double)total) {
+		rank = (uint64_t)x;
+		double tolerance = 4 * DBL_EPSILON * x;
+		if (x - (double)rank > (tolerance < 0.5 ? tolerance : 0.5))
+			rank++;
+	}
 	if (rank == 0)
 		rank = 1;
 	if (rank > total)

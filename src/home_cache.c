@@ -155,6 +155,8 @@ static void take_returned(struct home *home)
 
 static void *block_new(struct home *home, size_t size)
 {
+	if (size > SIZE_MAX - sizeof(struct header) - 63)
+		return NULL; /* the header and the alignment would wrap the size */
 	void *raw = malloc(sizeof(struct header) + 63 + size);
 	if (!raw)
 		return NULL;

@@ -18,6 +18,7 @@
 #endif
 
 #include <errno.h>
+#include <limits.h>
 #include <linux/futex.h>
 #include <pthread.h>
 #include <signal.h>
@@ -67,6 +68,7 @@ struct ats_supervisor {
 	unsigned n, cap;
 	uint64_t check_ns;
 	ats_ctx *ctx;
+	ats_ctx_after ctx_done; /* kicks the monitor when ctx is done: it then stops every ward */
 	pthread_t monitor;
 	bool running;
 	ats_err *result;       /* the give-up error */
@@ -91,6 +93,11 @@ static void kick(ats_supervisor *s)
 	/* release: the monitor re-reads ward states after it sees the new value. */
 	atomic_fetch_add_explicit(&s->kick, 1, memory_order_release);
 	ats__futex_wake(&s->kick, 1);
+}
+
+static void kick_monitor(void *s)
+{
+	kick(s);
 }
 
 static void emit(ats_supervisor *s, ats_sup_event_kind kind, unsigned id, const char *name, const ats_err *err)
@@ -213,10 +220,11 @@ static void stop_ward(ats_supervisor *s, unsigned i)
 	/* acquire: pairs with ward_main's release store of done. */
 	while (!atomic_load_explicit(&inc->done, memory_order_acquire) && ats_now_ns() < deadline)
 		ats__futex_wait(&inc->done, 0, deadline);
+	pthread_t thread = inc->thread; /* read before the CAS: once ABANDONED, the ward may free inc */
 	uint32_t running = RUNNING;
 	if (atomic_compare_exchange_strong_explicit(&inc->state, &running, ABANDONED, memory_order_acq_rel,
 	                                            memory_order_acquire)) {
-		pthread_detach(inc->thread);
+		pthread_detach(thread);
 		count(&s->quarantined);
 		ats_err *err = tag(
 		    ats_err_new(ATS_ERR_UNAVAILABLE, "ward did not return within its shutdown timeout: quarantined"), s,
@@ -359,7 +367,7 @@ static bool start_pending(ats_supervisor *s)
  * and strategy. Consumes why. Returns true when the supervisor gave up. */
 static bool handle(ats_supervisor *s, unsigned i, ats_err *why, bool abnormal)
 {
-	if (!comes_back(&s->w[i], abnormal)) {
+	if (!comes_back(&s->w[i], abnormal) || ats_ctx_done(s->ctx)) {
 		ats_err_unref(why);
 		return false;
 	}
@@ -378,6 +386,10 @@ static void *monitor_main(void *arg)
 		uint32_t k = atomic_load_explicit(&s->kick, memory_order_acquire);
 		if (atomic_load_explicit(&s->stopping, memory_order_acquire))
 			break;
+		if (ats_ctx_done(s->ctx)) { /* the start ctx is done: that stops them all (a normal end) */
+			stop_all(s);
+			break;
+		}
 		bool gave_up = s->retry && start_pending(s);
 		uint64_t now = ats_fast_now_ns();
 		/* The next look: the check period, or sooner, when a silent ward would become stalled, so
@@ -442,6 +454,11 @@ ats_err *ats_supervisor_new(ats_supervisor **out, const ats_supervisor_config *c
 		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "supervisor: unknown strategy %d", (int)cfg->strategy);
 	if (cfg->period_ns && !cfg->max_restarts)
 		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "supervisor: a restart period with max_restarts 0");
+	if (cfg->period_ns && cfg->max_restarts == UINT_MAX) /* a ring of max_restarts + 1 times */
+		return ats_err_new(ATS_ERR_INVALID_ARGUMENT,
+		                   "supervisor: max_restarts %u with a period (at most UINT_MAX - 1; for never "
+		                   "giving up, period 0 and max_restarts 0)",
+		                   cfg->max_restarts);
 	ats_supervisor *s = calloc(1, sizeof *s);
 	if (!s)
 		return ats_err_oom;
@@ -512,6 +529,7 @@ ats_err *ats_supervisor_start(ats_supervisor *s, ats_ctx *ctx)
 	ats_err *err = ats_ctx_with_cancel(ctx, &s->ctx);
 	if (err)
 		return err;
+	ats_ctx_after_func(s->ctx, &s->ctx_done, kick_monitor, s);
 	s->check_ns = s->cfg.check_ns;
 	if (!s->check_ns) {
 		s->check_ns = 100000000u;
@@ -542,6 +560,7 @@ ats_err *ats_supervisor_start(ats_supervisor *s, ats_ctx *ctx)
 	if (err) {
 		ats_ctx_cancel(s->ctx, NULL);
 		stop_all(s);
+		ats_ctx_after_stop(&s->ctx_done);
 		ats_ctx_release(s->ctx);
 		s->ctx = NULL;
 		return err;
@@ -596,6 +615,7 @@ void ats_supervisor_stop(ats_supervisor *s)
 	pthread_join(s->monitor, NULL);
 	stop_all(s);
 	ats_ctx_cancel(s->ctx, NULL);
+	ats_ctx_after_stop(&s->ctx_done); /* waits for the kick, if it is running */
 	ats_ctx_release(s->ctx);
 	s->ctx = NULL;
 	s->running = false;

@@ -13,6 +13,10 @@
 #include "atscale/supervisor.h"
 
 #include <sched.h>
+#include <stdio.h>
+#include <unistd.h>
+
+#include "asleep.h"
 
 #include "slow.h"
 #ifdef SLOW
@@ -117,5 +121,55 @@ Test(supervisor_stress, every_fault_one_restart, .timeout = 300)
 	cr_expect_leq(st.exits, fails, "only injected failures end a run with an error");
 	cr_expect_geq(st.stalls, freezes, "every freeze found as a stall");
 	cr_expect_eq(st.quarantined, 0);
+	ats_supervisor_free(s);
+}
+
+/* Bug (found by TSan): quarantining a ward read its incarnation's thread handle after the CAS that hands the
+ * incarnation to the ward, which frees it when it returns: a use after free whenever the ward returned at that moment.
+ * The ward stalls, ignores its cancel, is quarantined, then returns and frees its record; TSan reports the read if it
+ * is not ordered before that free. */
+struct gate {
+	_Atomic int go;
+	_Atomic pid_t tid;
+};
+
+static ats_err *stalls_until_let_go(void *arg, ats_heartbeat *hb, ats_ctx *ctx)
+{
+	(void)ctx;
+	struct gate *g = arg;
+	/* relaxed, the gate's accesses: the test must order nothing between itself and the ward, so that only the
+	 * library orders the ward's free after the monitor's last touch. */
+	atomic_store_explicit(&g->tid, asleep_self_tid(), memory_order_relaxed);
+	ats_heartbeat_work_begin(hb);
+	while (!atomic_load_explicit(&g->go, memory_order_relaxed))
+		sched_yield();
+	return NULL;
+}
+
+Test(stress, a_quarantined_ward_frees_its_record_unraced, .timeout = 60)
+{
+	struct gate g = {0};
+	ats_supervisor *s;
+	ats_supervisor_config cfg = {.name = "q"};
+	cr_assert_null(ats_supervisor_new(&s, &cfg));
+	ats_ward_spec spec = {.name = "stuck",
+	                      .run = stalls_until_let_go,
+	                      .arg = &g,
+	                      .restart = ATS_WARD_TEMPORARY,
+	                      .shutdown_timeout_ns = MS};
+	spec.watch.timeout_ns = 20 * MS;
+	cr_assert_null(ats_supervisor_add(s, &spec, NULL));
+	cr_assert_null(ats_supervisor_start(s, ats_ctx_background()));
+	ats_supervisor_stats st;
+	do {
+		sched_yield();
+		ats_supervisor_stats_get(s, &st);
+	} while (st.quarantined < 1);
+	pid_t tid = atomic_load_explicit(&g.tid, memory_order_relaxed);
+	atomic_store_explicit(&g.go, 1, memory_order_relaxed); /* the ward returns and frees its record */
+	char path[64];
+	snprintf(path, sizeof path, "/proc/self/task/%d", (int)tid);
+	while (access(path, F_OK) == 0) /* until its thread is gone */
+		sched_yield();
 	ats_supervisor_free(s);
 }

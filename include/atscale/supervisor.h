@@ -126,14 +126,16 @@ typedef struct ats_supervisor_stats {
 typedef struct ats_supervisor ats_supervisor;
 
 /* Makes a supervisor with no wards. Errors: NULL out or cfg, an unknown strategy, a period with
- * max_restarts 0 (ATS_ERR_INVALID_ARGUMENT); no memory. Blocking (allocation). */
+ * max_restarts 0 or UINT_MAX (ATS_ERR_INVALID_ARGUMENT); no memory. Blocking (allocation). */
 ATS_API ATS_NODISCARD ats_err *ats_supervisor_new(ats_supervisor **out, const ats_supervisor_config *cfg);
 /* Adds a ward (before start; wards start in the order added). *id gets its id (0, 1, ...).
  * Errors, nothing added: NULL s, spec or run, an unknown restart type, a watch config that
  * ats_heartbeat_watch_init refuses, ATS_SUP_MAX_WARDS reached, a call after start
  * (ATS_ERR_INVALID_ARGUMENT); no memory. */
 ATS_API ATS_NODISCARD ats_err *ats_supervisor_add(ats_supervisor *s, const ats_ward_spec *spec, unsigned *id);
-/* Starts every ward and the monitor, under a child of ctx (cancelling ctx stops them all).
+/* Starts every ward and the monitor, under a child of ctx. When ctx is done (cancelled, or its
+ * deadline), the monitor stops every ward as ats_supervisor_stop does and restarts none: the
+ * supervisor has ended (ats_supervisor_wait: NULL); call ats_supervisor_stop all the same.
  * Errors: NULL s or ctx, already running (ATS_ERR_INVALID_ARGUMENT); a thread that could not
  * start (ATS_ERR_SYSTEM, everything stopped). A stopped supervisor may be started again.
  * Blocking (threads). */
