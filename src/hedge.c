@@ -298,16 +298,29 @@ static ats_err *new_call(const ats_request *r, ats_ctx *ctx, struct call **out)
 	return NULL;
 }
 
+/* Whether worker w is among chosen[0..n). */
+static bool chosen_before(const unsigned *chosen, unsigned n, unsigned w)
+{
+	for (unsigned i = 0; i < n; i++)
+		if (chosen[i] == w)
+			return true;
+	return false;
+}
+
 /* Sends attempt c->sent on worker w (falling back to the less loaded of two others when its
- * queue is full). NULL, or why it could not be sent. */
-static ats_err *send(ats_pool *p, struct call *c, unsigned w)
+ * queue is full, unless that one is among avoid[0..navoid): a worker the call's other attempts are
+ * on). NULL, or why it could not be sent. */
+static ats_err *send(ats_pool *p, struct call *c, unsigned w, const unsigned *avoid, unsigned navoid)
 {
 	unsigned no = c->sent;
 	ats_task t = {.run = attempt_run, .cancel = attempt_cancel, .arg = (void *)((uintptr_t)c | no)};
 	c->sent++;
 	ats_pool_status st = ats_pool_try_submit_to(p, w, &t);
-	if (st == ATS_POOL_FULL && ats_pool_size(p) > 1)
-		st = ats_pool_try_submit_to(p, w = ats_pool_pick_other(p, w), &t);
+	if (st == ATS_POOL_FULL && ats_pool_size(p) > 1) {
+		unsigned other = ats_pool_pick_other(p, w);
+		if (!chosen_before(avoid, navoid, other))
+			st = ats_pool_try_submit_to(p, w = other, &t);
+	}
 	if (st == ATS_POOL_OK) {
 		c->last_worker = w;
 		return NULL;
@@ -454,7 +467,8 @@ static ats_err *await(struct call *c, struct plan *pl, void **result, ats_ctx *c
 			}
 		}
 		if (send_now) {
-			ats_err *serr = send(pl->p, c, ats_pool_pick_other(pl->p, c->last_worker));
+			unsigned last = c->last_worker;
+			ats_err *serr = send(pl->p, c, ats_pool_pick_other(pl->p, last), &last, 1);
 			/* A closed pool takes no attempt again: stop hedging (the call ends with the
 			 * attempts sent). A refused hedge is not counted; its budget token stays spent. */
 			bool closed = serr && ats_err_code(serr) == ATS_ERR_CLOSED;
@@ -565,15 +579,6 @@ static ats_err *check_args(ats_pool *p, const ats_request *r, void **result, ats
 	return NULL;
 }
 
-/* Whether worker w is among chosen[0..n). */
-static bool chosen_before(const unsigned *chosen, unsigned n, unsigned w)
-{
-	for (unsigned i = 0; i < n; i++)
-		if (chosen[i] == w)
-			return true;
-	return false;
-}
-
 static ats_err *fan_out(ats_pool *p, const ats_request *r, unsigned n, bool tied, void **result, ats_ctx *ctx)
 {
 	struct call *c = NULL;
@@ -590,7 +595,7 @@ static ats_err *fan_out(ats_pool *p, const ats_request *r, unsigned n, bool tied
 		while (chosen_before(chosen, i, w)) /* n <= size: a worker not chosen yet remains */
 			w = (w + 1) % size;
 		chosen[i] = w;
-		ats_err *e = send(p, c, w);
+		ats_err *e = send(p, c, w, chosen, i);
 		if (e) {
 			ats_err_unref(send_err);
 			send_err = e;
@@ -654,13 +659,14 @@ ats_err *ats_hedger_new(ats_hedger **out, const ats_hedger_config *cfg)
 		h->cfg.budget_burst = ATS_HEDGE_DEFAULT_BUDGET_BURST;
 	atomic_init(&h->delay_ns, cfg->percentile > 0 ? UINT64_MAX : cfg->delay_ns);
 	if (cfg->max_extra_load > 0) {
-		/* max_extra_load hedges per request: per million requests, in whole hedges (1e-6 steps). */
+		/* max_extra_load hedges per request: per billion requests, in whole hedges (1e-9 steps). */
 		/* No request sends more than ATS_HEDGE_MAX_ATTEMPTS - 1 hedges: a larger load is the same
 		 * budget, and keeps the conversion below in range. */
 		double load =
 		    cfg->max_extra_load < ATS_HEDGE_MAX_ATTEMPTS ? cfg->max_extra_load : ATS_HEDGE_MAX_ATTEMPTS;
-		uint64_t per_million = (uint64_t)(load * 1e6 + 0.5);
-		ats_rate rate = {per_million ? per_million : 1, 1000000 * REQUEST_NS};
+		/* Rounded down, never up: at most max_extra_load hedges per request (a load under 1e-9
+		 * is rate 0: no hedge). */
+		ats_rate rate = {(uint64_t)(load * 1e9), UINT64_C(1000000000) * REQUEST_NS};
 		ats_err *err = ats_limiter_init_at(&h->budget, rate, h->cfg.budget_burst, BUDGET_T0);
 		if (err) {
 			ats_hedger_free(h);
@@ -741,7 +747,7 @@ ats_err *ats_hedge(ats_hedger *h, const ats_request *r, void **result, ats_ctx *
 	if ((err = new_call(r, ctx, &c)))
 		return err;
 	c->timed = true;
-	if ((err = send(h->cfg.pool, c, ats_pool_pick_less_loaded(h->cfg.pool)))) {
+	if ((err = send(h->cfg.pool, c, ats_pool_pick_less_loaded(h->cfg.pool), NULL, 0))) {
 		free_call(c); /* nothing was sent */
 		return err;
 	}

@@ -147,6 +147,7 @@ struct ats_pool {
 _Atomic uint32_t ats__pool_first_ticket;
 _Atomic uint64_t ats__pool_steal_period_ns;
 void (*_Atomic ats__pool_before_publish)(void);
+void (*_Atomic ats__pool_park_between)(void);
 
 unsigned ats__pool_parked(struct ats_pool *p)
 {
@@ -449,8 +450,16 @@ static void park(ats_pool *p, struct worker *w, uint64_t period_ns)
 	/* seq_cst: orders the flag set by ats__ec_arm's CAS before the re-checks (chan.c's step 3),
 	 * and pairs with a submit's ticket CAS and flag load (file comment, wake-ups). */
 	atomic_thread_fence(memory_order_seq_cst);
-	uint32_t tickets = (uint32_t)TICKETS(atomic_load_explicit(&w->tickets, memory_order_seq_cst));
+	/* c_head first: the tickets read after it are at least as many (a head read after the tickets
+	 * may have passed them, a submit and a steal in between, and then the wait below never ends). */
 	uint32_t head = ck_pr_load_uint(&w->ring.c_head);
+	ck_pr_fence_load();
+#ifdef ATS_TESTING
+	void (*between)(void) = atomic_load(&ats__pool_park_between);
+	if (between)
+		between();
+#endif
+	uint32_t tickets = (uint32_t)TICKETS(atomic_load_explicit(&w->tickets, memory_order_seq_cst));
 	if (tickets != head) {
 		/* A ticket is taken: the task is queued, or its submit (which may have read the flag
 		 * before it was set, and then does not bump) is a few instructions from publishing it.

@@ -9,6 +9,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <stdint.h>
+#include <time.h>
 
 static void hold(void *arg, ats_ctx *ctx)
 {
@@ -242,5 +243,144 @@ Test(regress_hedge, a_huge_extra_load_is_refused_or_honoured)
 	cr_expect_eq(st.budget_exhausted, 0, "a budget of 1e20 hedges per request refused %llu of 20 hedges",
 	             (unsigned long long)st.budget_exhausted);
 	ats_hedger_free(hg);
+	ats_pool_free(p);
+}
+
+/* ats_hedge and ats_replicate: when the chosen worker's queue was full, the attempt fell back to "some other worker"
+ * than that one, which could be the worker the call's first attempt was queued on (always, with two workers): the
+ * hedge waited behind the very attempt it was sent to outrun, and two replicas shared a worker. A fallback onto a
+ * worker the call already uses is not taken now. Both workers are held busy (no stealing); worker 1's queue is full
+ * and worker 0's empty, so the first attempt goes to worker 0 and every later one finds worker 1 full. */
+static void noop_task(void *arg, ats_ctx *ctx)
+{
+	(void)arg, (void)ctx;
+}
+
+static ats_pool *busy_pool(void)
+{
+	ats_pool *p;
+	ats_pool_config cfg = {.workers = 2, .queue_capacity = 2, .idle = ATS_POOL_PARK};
+	cr_assert_null(ats_pool_new(&p, &cfg));
+	static _Atomic int held;
+	atomic_store(&held, 0);
+	ats_task h = {.run = hold, .arg = (void *)&held};
+	for (unsigned i = 0; i < 2; i++)
+		cr_assert_eq(ats_pool_try_submit_to(p, i, &h), ATS_POOL_OK);
+	while (atomic_load(&held) < 2)
+		sched_yield();
+	ats_task f = {.run = noop_task};
+	cr_assert_eq(ats_pool_try_submit_to(p, 1, &f), ATS_POOL_OK);
+	cr_assert_eq(ats_pool_try_submit_to(p, 1, &f), ATS_POOL_OK);
+	return p;
+}
+
+static size_t depth_of(ats_pool *p, unsigned w)
+{
+	ats_pool_worker_stats s;
+	cr_assert_null(ats_pool_worker_stats_get(p, w, &s));
+	return s.depth;
+}
+
+/* Whether worker 0's depth reaches 2 within 50 ms (the hedge delay below is 1 ms, and replicas are sent back to
+ * back): a bound on what is awaited, not a synchronization. */
+static bool second_lands_on_worker_0(ats_pool *p)
+{
+	while (depth_of(p, 0) == 0) /* the first attempt */
+		sched_yield();
+	uint64_t end = ats_now_ns() + 50000000;
+	while (ats_now_ns() < end)
+		if (depth_of(p, 0) >= 2)
+			return true;
+	return false;
+}
+
+Test(regress_hedge, a_hedge_never_queues_behind_its_first_attempt, .timeout = 30)
+{
+	ats_pool *p = busy_pool();
+	ats_hedger *hg;
+	ats_hedger_config hcfg = {.pool = p, .max_attempts = 2, .delay_ns = 1000000};
+	cr_assert_null(ats_hedger_new(&hg, &hcfg));
+	struct hcall hc = {.h = hg};
+	cr_assert_null(ats_ctx_with_cancel(ats_ctx_background(), &hc.ctx));
+	pthread_t th;
+	cr_assert_eq(pthread_create(&th, NULL, hedge1, &hc), 0);
+	bool behind = second_lands_on_worker_0(p);
+	ats_ctx_cancel(hc.ctx, NULL);
+	pthread_join(th, NULL);
+	ats_err_unref(hc.err);
+	ats_ctx_release(hc.ctx);
+	ats_pool_free(p);
+	ats_hedger_free(hg);
+	cr_expect_not(behind, "the hedge was queued on worker 0, behind the first attempt");
+}
+
+static void *replicate2(void *arg)
+{
+	struct rcall *rc = arg;
+	ats_request r = {.attempt = block_attempt};
+	void *res;
+	rc->err = ats_replicate(rc->p, &r, 2, &res, rc->ctx);
+	return NULL;
+}
+
+Test(regress_hedge, a_replica_never_falls_back_onto_another_replicas_worker, .timeout = 30)
+{
+	ats_pool *p = busy_pool();
+	struct rcall rc = {.p = p};
+	cr_assert_null(ats_ctx_with_cancel(ats_ctx_background(), &rc.ctx));
+	pthread_t th;
+	cr_assert_eq(pthread_create(&th, NULL, replicate2, &rc), 0);
+	bool shared = second_lands_on_worker_0(p);
+	ats_ctx_cancel(rc.ctx, NULL);
+	pthread_join(th, NULL);
+	ats_err_unref(rc.err);
+	ats_ctx_release(rc.ctx);
+	ats_pool_free(p);
+	cr_expect_not(shared, "both replicas were queued on worker 0");
+}
+
+/* The hedge budget promises at most max_extra_load * requests hedges, ever. The load was rounded to the nearest
+ * millionth, up as well as down, and a load under 5e-7 was raised to 1e-6: at 0.2499996, 4 requests bought a hedge.
+ * It is rounded down now, in billionths. */
+static ats_err *first_sleeps(void *arg, unsigned n, ats_ctx *ctx, void **result)
+{
+	(void)arg, (void)ctx;
+	if (n == 0) { /* long enough that, with a delay of 0, a budget that allowed it would send a hedge */
+		struct timespec ts = {0, 5000000};
+		nanosleep(&ts, NULL);
+	}
+	*result = NULL;
+	return NULL;
+}
+
+Test(regress_hedge, the_budget_never_exceeds_max_extra_load_times_requests, .timeout = 30)
+{
+	ats_pool *p;
+	ats_pool_config cfg = {.workers = 2};
+	cr_assert_null(ats_pool_new(&p, &cfg));
+	const double load = 0.2499996;
+	ats_hedger *hg;
+	ats_hedger_config hcfg = {.pool = p, .max_attempts = 2, .delay_ns = 0, .max_extra_load = load};
+	cr_assert_null(ats_hedger_new(&hg, &hcfg));
+	ats_request r = {.attempt = first_sleeps};
+	for (int i = 0; i < 4; i++) {
+		void *res;
+		cr_assert_null(ats_hedge(hg, &r, &res, ats_ctx_background()));
+	}
+	ats_hedger_stats st;
+	ats_hedger_stats_get(hg, &st);
+	ats_hedger_free(hg);
+	cr_expect_leq((double)st.hedges, load * (double)st.requests, "%llu hedges for %llu requests at %.7g",
+	              (unsigned long long)st.hedges, (unsigned long long)st.requests, load);
+	/* Loads from tiny to past the most a request can send are all accepted. */
+	double loads[] = {1e-10, 1e-7, 8.0, 100.0};
+	for (int i = 0; i < 4; i++) {
+		hcfg.max_extra_load = loads[i];
+		ats_err *e = ats_hedger_new(&hg, &hcfg);
+		cr_expect_null(e, "load %g: %s", loads[i], ats_err_message(e));
+		if (!e)
+			ats_hedger_free(hg);
+		ats_err_unref(e);
+	}
 	ats_pool_free(p);
 }

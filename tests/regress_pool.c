@@ -6,10 +6,12 @@
 #include <atscale/pool.h>
 
 #include "asleep.h"
+#include "internal/pool_hooks.h"
 
 #include <criterion/criterion.h>
 #include <pthread.h>
 #include <sched.h>
+#include <time.h>
 
 static void hold(void *arg, ats_ctx *ctx)
 {
@@ -147,4 +149,58 @@ Test(regress_pool, replace_stuck_replaces_nothing_once_shutdown_began, .timeout 
 	ats_err_unref(s.err);
 	ats_pool_free(p);
 	ats_ctx_release(gate[0]);
+}
+
+/* Bug: a worker could stay in park() for good, and then shutdown never returned. Its re-check read the tickets, then
+ * c_head; a submit and a steal landing between the two left c_head past the tickets it had read, and it waited for
+ * a task to land that a thief had already run (only a later submit to it ended that wait, and a shutdown makes none).
+ * It reads c_head first now. The hook makes a submit to worker 0 and worker 1's steal of it happen at that point. */
+static ats_pool *park_pool;
+static _Atomic int park_fired, stolen_ran, shut_done;
+
+static void mark_ran(void *arg, ats_ctx *ctx)
+{
+	(void)arg, (void)ctx;
+	atomic_store(&stolen_ran, 1);
+}
+
+static void submit_and_wait_for_the_steal(void)
+{
+	if (ats_pool_current_worker(park_pool) != 0 || atomic_exchange(&park_fired, 1))
+		return;
+	ats_task t = {.run = mark_ran};
+	if (ats_pool_try_submit_to(park_pool, 0, &t) != ATS_POOL_OK)
+		return;
+	while (!atomic_load(&stolen_ran)) /* worker 1, waking for its steal period, takes it */
+		sched_yield();
+}
+
+static void *shut_down(void *arg)
+{
+	(void)arg;
+	ats_err_unref(ats_pool_shutdown(park_pool, ats_ctx_background()));
+	atomic_store(&shut_done, 1);
+	return NULL;
+}
+
+Test(regress_pool, a_steal_during_a_workers_park_recheck_does_not_strand_it, .timeout = 30)
+{
+	atomic_store(&ats__pool_steal_period_ns, 100000); /* 100 us: worker 1 wakes often to steal */
+	ats_pool_config cfg = {.workers = 2, .idle = ATS_POOL_PARK};
+	cr_assert_null(ats_pool_new(&park_pool, &cfg));
+	atomic_store(&ats__pool_park_between, submit_and_wait_for_the_steal);
+	while (!atomic_load(&stolen_ran))
+		sched_yield();
+	atomic_store(&ats__pool_park_between, NULL);
+	pthread_t t;
+	cr_assert_eq(pthread_create(&t, NULL, shut_down, NULL), 0);
+	uint64_t end = ats_now_ns() + 2 * ATS_NS_PER_SEC; /* a bound: an idle pool shuts down in microseconds */
+	while (!atomic_load(&shut_done) && ats_now_ns() < end) {
+		struct timespec ts = {0, 1000000};
+		nanosleep(&ts, NULL);
+	}
+	cr_assert(atomic_load(&shut_done), "ats_pool_shutdown still waiting after 2 s: worker 0 never left park()");
+	pthread_join(t, NULL);
+	ats_pool_free(park_pool);
+	atomic_store(&ats__pool_steal_period_ns, 0);
 }

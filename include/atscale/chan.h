@@ -172,7 +172,9 @@ ATS_API ats_chan_status ats_chan_try_recv(ats_chan *c, void **out);
  * publication of the ring's index (the store the receiving core has to fetch) and one wake check
  * for the whole burst, so a burst of 32 costs little more than one send. Progress as try_send. */
 ATS_API size_t ats_chan_try_send_n(ats_chan *c, void *const *items, size_t n, ats_chan_status *status);
-/* Receives up to n values into out[0..n); returns how many; *status as for try_recv. One
+/* Receives up to n values into out[0..n); returns how many. *status: when some came, OK or (fewer
+ * than n) WOULD_BLOCK, since a burst that finds values does not look at close: on a closed
+ * channel the call that finds it drained says CLOSED; when none came, as try_recv. One
  * publication of the ring's index, one credit return and one wake check for the whole burst. */
 ATS_API size_t ats_chan_try_recv_n(ats_chan *c, void **out, size_t n, ats_chan_status *status);
 

@@ -27,8 +27,9 @@
  *    that advances one tick per request, so each request deposits max_extra_load of a hedge and
  *    each hedge takes a whole one, up to budget_burst banked (Finagle's shape); with the budget
  *    empty no hedge is sent (counted). Exact under concurrency: at most
- *    max_extra_load * requests hedges, ever. An attempt that fails with an error the request's
- *    `fatal` classifier calls non-fatal starts the next one at once; a fatal one ends the call.
+ *    max_extra_load * requests hedges, ever (the load is kept in billionths, rounded down). An
+ *    attempt that fails with an error the request's `fatal` classifier calls non-fatal starts
+ *    the next one at once; a fatal one ends the call.
  *  - ats_tied: two copies queued on two workers sharing a claim word; the first to start claims
  *    it and the other is dropped without running.
  *
@@ -44,8 +45,10 @@
  * (their ctx is cancelled, so they should return soon). With request.detach the call returns at the first
  * success without waiting for those either (they still end, release their results and free the
  * call). When every attempt fails, the call returns
- * the first error with the others attached ("attempt_<n>"). A submit the pool refuses (full,
- * closed) is not an attempt sent; if nothing could be sent, the call returns that error.
+ * the first error with the others attached ("attempt_<n>"). An attempt whose worker's queue is
+ * full goes to another worker, never to one the call's other attempts are on (a hedge queued
+ * behind the attempt it should outrun gains nothing). A submit the pool refuses (full, closed) is
+ * not an attempt sent; if nothing could be sent, the call returns that error.
  */
 #ifndef ATSCALE_HEDGE_H
 #define ATSCALE_HEDGE_H

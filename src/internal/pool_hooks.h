@@ -22,6 +22,10 @@ extern _Atomic uint64_t ats__pool_steal_period_ns;
  * see the ticket taken). */
 extern void (*_Atomic ats__pool_before_publish)(void);
 
+/* When set, a parking worker calls it between its re-check's loads of c_head and of the tickets,
+ * where a preemption lets a submit and a steal land (regress_pool.c). */
+extern void (*_Atomic ats__pool_park_between)(void);
+
 /* The pool's CPU-to-worker map (map_cpus in pool.c) for a given mask: map[c] for c < len. */
 void ats__pool_map_cpus(const cpu_set_t *mask, unsigned workers, uint16_t *map, unsigned len);
 
