@@ -501,12 +501,6 @@ static ats_err *set_config(ats_limiter *l, const ats_rate *rate, const uint64_t 
 {
 	if (!l)
 		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "limiter is NULL");
-	/* Each value is checked on its own first (the limits on rate and burst are independent), so
-	 * that no error is made under the lock. */
-	ats_token_clock scratch;
-	ats_err *err = check_config(rate ? *rate : ats_rate_per_sec(1), burst ? *burst : 1, now_ns, &scratch);
-	if (err)
-		return ats_err_wrap(err, "changing a limiter");
 	ats__spin_lock(&l->setting_);
 	/* relaxed: under the lock; only setters (under it) store gen_. */
 	uint64_t g = atomic_load_explicit(&l->gen_, memory_order_relaxed);
@@ -519,8 +513,8 @@ static ats_err *set_config(ats_limiter *l, const ats_rate *rate, const uint64_t 
 	if (now_ns < o.c.epoch_ns)
 		now_ns = o.c.epoch_ns;
 	struct slot_config nw = {.rate = rate ? *rate : o.rate, .burst = burst ? *burst : o.burst};
-	err = check_config(nw.rate, nw.burst, now_ns, &nw.c);
-	if (err) { /* cannot happen: both values passed the check above or were in force */
+	ats_err *err = check_config(nw.rate, nw.burst, now_ns, &nw.c);
+	if (err) { /* bad input: nothing changed (made under the lock, which only other setters wait on) */
 		ats__spin_unlock(&l->setting_);
 		return ats_err_wrap(err, "changing a limiter");
 	}

@@ -456,8 +456,8 @@ ats_err *ats_supervisor_new(ats_supervisor **out, const ats_supervisor_config *c
 		return ats_err_new(ATS_ERR_INVALID_ARGUMENT, "supervisor: a restart period with max_restarts 0");
 	if (cfg->period_ns && cfg->max_restarts == UINT_MAX) /* a ring of max_restarts + 1 times */
 		return ats_err_new(ATS_ERR_INVALID_ARGUMENT,
-		                   "supervisor: max_restarts %u with a period (at most UINT_MAX - 1; for never "
-		                   "giving up, period 0 and max_restarts 0)",
+		                   "supervisor: max_restarts %u with a period (to never give up: period 0 and "
+		                   "max_restarts 0)",
 		                   cfg->max_restarts);
 	ats_supervisor *s = calloc(1, sizeof *s);
 	if (!s)

@@ -14,23 +14,7 @@
 #include <urcu/urcu-memb.h>
 
 #include "asleep.h"
-#include "fault_proxy.h"
-#include "redis_fixture.h"
-
-static struct ats_test_proxy proxy;
-
-static void start_both(void)
-{
-	start_redis();
-	const char *why = ats_test_proxy_start(&proxy, srv.port);
-	cr_assert_null(why, "%s", why);
-}
-
-static void stop_both(void)
-{
-	ats_test_proxy_stop(&proxy); /* closes every connection: a thread blocked on one returns */
-	stop_redis();
-}
+#include "proxy_fixture.h"
 
 struct stopper {
 	ats_fleet *f;
@@ -98,6 +82,18 @@ Test(fleet, stop_counts_an_expired_lease, .init = start_redis, .fini = stop_redi
 	ats_fleet_free(f);
 }
 
+/* Makes Redis stop answering, then asks for n until the background thread has sent a call that hangs. */
+static void hang_a_call(ats_fleet *f, uint64_t n)
+{
+	atomic_store(&proxy.mode, PROXY_BLACKHOLE);
+	uint64_t end = ats_now_ns() + 5 * ATS_NS_PER_SEC;
+	while (atomic_load(&proxy.swallowed) == 0) {
+		(void)ats_fleet_allow(f, n);
+		cr_assert_lt(ats_now_ns(), end, "no call reached the proxy");
+		pace(1000000);
+	}
+}
+
 /* Bug: a timeout_ns under 1 us meant no timeout at all. It was truncated to whole microseconds, and a zero socket
  * timeout blocks forever: once Redis stopped answering, the background thread and ats_fleet_stop hung for good. */
 Test(fleet, a_sub_microsecond_timeout_still_times_out, .init = start_both, .fini = stop_both, .timeout = 30)
@@ -111,17 +107,11 @@ Test(fleet, a_sub_microsecond_timeout_still_times_out, .init = start_both, .fini
 	ats_fleet *f;
 	cr_assert_null(ats_fleet_new(&f, &cfg));
 	wait_leased(f, 1);
-	atomic_store(&proxy.mode, PROXY_BLACKHOLE); /* Redis stops answering */
-	uint64_t end = ats_now_ns() + 5 * ATS_NS_PER_SEC;
-	while (atomic_load(&proxy.swallowed) == 0) { /* demand, until the thread has sent a call that hangs */
-		(void)ats_fleet_allow(f, 1);
-		cr_assert_lt(ats_now_ns(), end, "no call reached the proxy");
-		pace(1000000);
-	}
+	hang_a_call(f, 1);
 	struct stopper s = {.f = f};
 	pthread_t t;
 	cr_assert_eq(pthread_create(&t, NULL, stop_main, &s), 0);
-	end = ats_now_ns() + 3 * ATS_NS_PER_SEC; /* millions of times the timeout */
+	uint64_t end = ats_now_ns() + 3 * ATS_NS_PER_SEC; /* millions of times the timeout */
 	while (!atomic_load(&s.done) && ats_now_ns() < end)
 		pace(1000000);
 	/* (if it hangs, the fixture's proxy stop closes the connection and the thread returns) */
@@ -146,13 +136,7 @@ Test(fleet, a_concurrent_second_stop_returns_once_stopped, .init = start_both, .
 	ats_fleet *f;
 	cr_assert_null(ats_fleet_new(&f, &cfg));
 	wait_leased(f, 50);
-	atomic_store(&proxy.mode, PROXY_BLACKHOLE);
-	uint64_t end = ats_now_ns() + 5 * ATS_NS_PER_SEC;
-	while (atomic_load(&proxy.swallowed) == 0) { /* a hungry miss: the thread asks Redis, which never answers */
-		cr_assert_not(ats_fleet_allow(f, 1000));
-		cr_assert_lt(ats_now_ns(), end, "no call reached the proxy");
-		pace(1000000);
-	}
+	hang_a_call(f, 1000); /* a hungry miss (more than the lease): the thread asks Redis */
 	cr_assert_geq(ats_fleet_tokens(f), 1, "the lease is still held");
 	struct stopper s = {.f = f};
 	pthread_t t;

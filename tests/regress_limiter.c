@@ -11,6 +11,15 @@
 #define SEC ATS_NS_PER_SEC
 #define T0 (UINT64_C(1) << 50)
 
+/* A limiter on the heap, full at t. */
+static ats_limiter *limiter_at(ats_rate rate, uint64_t burst, uint64_t t)
+{
+	ats_limiter *l = NULL;
+	cr_assert_null(ats_limiter_new(&l, rate, burst));
+	cr_assert_null(ats_limiter_init_at(l, rate, burst, t));
+	return l;
+}
+
 /* Bug: a fresh cache (sharded shard or slot) never leased for half of all times. Its word once read as used at time 0
  * mod 2^40, "after" every now_ns with bit 39 set, and such a cache sent every call to the exact bucket, forever. */
 Test(sharded, fresh_caches_lease_at_any_time)
@@ -35,9 +44,7 @@ Test(sharded, fresh_caches_lease_at_any_time)
  * units into shift-0 units (2^30 tokens of debt). */
 Test(set, stale_acquire_after_two_changes_loses)
 {
-	ats_limiter *l = NULL;
-	cr_assert_null(ats_limiter_new(&l, ats_rate_every(UINT64_C(3600000000000)), 5000));
-	cr_assert_null(ats_limiter_init_at(l, ats_rate_every(UINT64_C(3600000000000)), 5000, T0));
+	ats_limiter *l = limiter_at(ats_rate_every(UINT64_C(3600000000000)), 5000, T0);
 	struct ats__limiter_view stale;
 	cr_assert(ats__limiter_view_fast(l, &stale));
 	cr_assert_null(ats_limiter_set_rate_at(l, ats_rate_per_sec(UINT64_C(10000000000)), T0));
@@ -56,9 +63,7 @@ Test(set, stale_acquire_after_two_changes_loses)
  * bucket of burst 2. What a reservation gives back across a change is capped at the debt the change kept. */
 Test(cancel, forgiven_by_a_smaller_burst_gives_nothing_back)
 {
-	ats_limiter *l = NULL;
-	cr_assert_null(ats_limiter_new(&l, ats_rate_per_sec(1), 10));
-	cr_assert_null(ats_limiter_init_at(l, ats_rate_per_sec(1), 10, T0));
+	ats_limiter *l = limiter_at(ats_rate_per_sec(1), 10, T0);
 	ats_reservation r;
 	cr_assert(ats_limiter_reserve_at(l, 5, T0, &r));
 	cr_assert_null(ats_limiter_set_burst_at(l, 2, T0));
@@ -74,9 +79,7 @@ Test(cancel, forgiven_by_a_smaller_burst_gives_nothing_back)
  * time and so ran ahead of the old one: 10 tokens taken at T0 + 10 s were there again at T0 + 10 s. */
 Test(set, stale_time_mints_nothing)
 {
-	ats_limiter *l = NULL;
-	cr_assert_null(ats_limiter_new(&l, ats_rate_per_sec(1), 10));
-	cr_assert_null(ats_limiter_init_at(l, ats_rate_per_sec(1), 10, T0));
+	ats_limiter *l = limiter_at(ats_rate_per_sec(1), 10, T0);
 	cr_assert_null(ats_limiter_set_rate_at(l, ats_rate_per_sec(1), T0 + 10 * SEC));
 	cr_assert(ats_limiter_allow_at(l, 10, T0 + 10 * SEC));
 	cr_assert_null(ats_limiter_set_rate_at(l, ats_rate_per_sec(1), T0));
@@ -91,9 +94,7 @@ Test(set, stale_time_mints_nothing)
  * 5 back, as x/time/rate does; it gave 2. */
 Test(cancel, tokens_later_callers_took_from_the_surplus_come_back)
 {
-	ats_limiter *l = NULL;
-	cr_assert_null(ats_limiter_new(&l, ats_rate_per_sec(1), 10));
-	cr_assert_null(ats_limiter_init_at(l, ats_rate_per_sec(1), 10, T0));
+	ats_limiter *l = limiter_at(ats_rate_per_sec(1), 10, T0);
 	ats_reservation r;
 	cr_assert(ats_limiter_reserve_at(l, 5, T0, &r));
 	cr_assert(ats_limiter_allow_at(l, 3, T0));
@@ -113,9 +114,7 @@ Test(cancel, tokens_later_callers_took_from_the_surplus_come_back)
  * debt limit, so an empty bucket had no room left to reserve even one token for later. */
 Test(reserve, an_empty_bucket_of_the_largest_burst_reserves_a_whole_burst)
 {
-	ats_limiter *l = NULL;
-	cr_assert_null(ats_limiter_new(&l, ats_rate_per_sec(1), ATS_GCRA_MAX_N));
-	cr_assert_null(ats_limiter_init_at(l, ats_rate_per_sec(1), ATS_GCRA_MAX_N, T0));
+	ats_limiter *l = limiter_at(ats_rate_per_sec(1), ATS_GCRA_MAX_N, T0);
 	cr_assert(ats_limiter_allow_at(l, ATS_GCRA_MAX_N, T0));
 	ats_reservation r;
 	cr_assert(ats_limiter_reserve_at(l, 1, T0, &r));
@@ -181,10 +180,8 @@ Test(set, concurrent_rate_and_burst_changes_both_land)
 Test(wait, tokens_due_at_the_deadline_are_taken)
 {
 	const uint64_t burst = 20 * 1000 * 1000; /* 20 ms of tokens */
-	ats_limiter *l = NULL;
 	uint64_t t = ats_fast_now_ns();
-	cr_assert_null(ats_limiter_new(&l, ats_rate_per_sec(ATS_NS_PER_SEC), burst));
-	cr_assert_null(ats_limiter_init_at(l, ats_rate_per_sec(ATS_NS_PER_SEC), burst, t));
+	ats_limiter *l = limiter_at(ats_rate_per_sec(ATS_NS_PER_SEC), burst, t);
 	cr_assert(ats_limiter_allow_at(l, burst, t)); /* empty: the next burst is due at t + 20 ms */
 	ats_ctx *ctx = NULL;
 	cr_assert_null(ats_ctx_with_deadline(ats_ctx_background(), t + burst, &ctx));
@@ -201,9 +198,7 @@ Test(wait, tokens_due_at_the_deadline_are_taken)
  * A cancel that finds the word as its reservation left it now puts back the word from before. */
 Test(multi, a_refusal_leaves_a_full_limiter_as_it_was_at_earlier_times_too)
 {
-	ats_limiter *a = NULL;
-	cr_assert_null(ats_limiter_new(&a, ats_rate_per_sec(10), 10));
-	cr_assert_null(ats_limiter_init_at(a, ats_rate_per_sec(10), 10, T0));
+	ats_limiter *a = limiter_at(ats_rate_per_sec(10), 10, T0);
 	uint64_t t = T0 + 10 * SEC, before = t - SEC / 10;
 	ats_limiter *twice[] = {a, a};
 	cr_expect_not(ats_multi_allow_at(twice, 2, 6, t)); /* 6 + 6 > 10: the second refuses, the first is given back */

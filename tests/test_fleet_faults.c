@@ -12,23 +12,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "fault_proxy.h"
-#include "redis_fixture.h"
-
-static struct ats_test_proxy proxy;
-
-static void start_both(void)
-{
-	start_redis();
-	const char *why = ats_test_proxy_start(&proxy, srv.port);
-	cr_assert_null(why, "%s", why);
-}
-
-static void stop_both(void)
-{
-	ats_test_proxy_stop(&proxy);
-	stop_redis();
-}
+#include "proxy_fixture.h"
 
 static ats_fleet_config cfg_via_proxy(const char *key, ats_fleet_policy policy)
 {
