@@ -146,8 +146,9 @@ static void free_inc(struct incarnation *inc)
 	free(inc);
 }
 
-/* Starts ward i. Errors: no memory, no thread. */
-static ats_err *start_ward(ats_supervisor *s, unsigned i)
+/* Starts ward i: a restart when the monitor starts it, a first start when ats_supervisor_start does
+ * (a supervisor started again after a stop starts its wards afresh). Errors: no memory, no thread. */
+static ats_err *start_ward(ats_supervisor *s, unsigned i, bool restart)
 {
 	struct ward *w = &s->w[i];
 	struct incarnation *inc = aligned_alloc(64, (sizeof *inc + 63) & ~(size_t)63);
@@ -175,9 +176,9 @@ static ats_err *start_ward(ats_supervisor *s, unsigned i)
 	/* Counted before the thread starts, so whoever sees this incarnation run sees its start (and
 	 * restart) counted (pthread_create orders the two); taken back if the thread cannot start. The
 	 * supervisor's start first: a reader that sees a restart counted mostly sees its start too. */
-	uint64_t started_before = atomic_fetch_add_explicit(&w->starts, 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&w->starts, 1, memory_order_relaxed);
 	count(&s->starts);
-	if (started_before > 0)
+	if (restart)
 		count(&s->restarts);
 	sigset_t all, old;
 	sigfillset(&all);
@@ -192,7 +193,7 @@ static ats_err *start_ward(ats_supervisor *s, unsigned i)
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	if (rc != 0) {
 		/* relaxed: statistics, as count(). */
-		if (started_before > 0)
+		if (restart)
 			atomic_fetch_sub_explicit(&s->restarts, 1, memory_order_relaxed);
 		atomic_fetch_sub_explicit(&s->starts, 1, memory_order_relaxed);
 		atomic_fetch_sub_explicit(&w->starts, 1, memory_order_relaxed);
@@ -201,7 +202,7 @@ static ats_err *start_ward(ats_supervisor *s, unsigned i)
 		return tag(ats_err_errno(rc, "supervisor: cannot start a ward thread"), s, w->name);
 	}
 	w->inc = inc;
-	if (started_before > 0)
+	if (restart)
 		emit(s, ATS_SUP_EVENT_RESTART, i, w->name, NULL);
 	return NULL;
 }
@@ -347,11 +348,12 @@ static bool start_pending(ats_supervisor *s)
 		struct ward *o = &s->w[j];
 		if (!o->pending)
 			continue;
-		ats_err *err = start_ward(s, j);
+		ats_err *err = start_ward(s, j, true);
 		if (!err) {
 			o->pending = false;
 			continue;
 		}
+		count(&s->exits); /* an exit as any other: the counter and the events agree */
 		emit(s, ATS_SUP_EVENT_EXIT, j, o->name, err);
 		if (give_up_if_too_many(s, err))
 			return true;
@@ -546,7 +548,7 @@ ats_err *ats_supervisor_start(ats_supervisor *s, ats_ctx *ctx)
 	atomic_store(&s->stopping, 0);
 	atomic_store(&s->finished, 0);
 	for (unsigned i = 0; i < s->n && !err; i++)
-		err = start_ward(s, i);
+		err = start_ward(s, i, false);
 	int rc = 0;
 	if (!err) {
 		sigset_t all, old;

@@ -304,8 +304,42 @@ Test(supervisor, a_restart_that_cannot_start_a_ward_brings_every_ward_back, .tim
 	atomic_store(&c[1].fail, 1);
 	for (unsigned i = 0; i < 3; i++)
 		wait_until(&c[i].runs, 2);
+	ats_supervisor_stop(s); /* the monitor is joined: its events are all in */
 	cr_expect_eq(atomic_load(&e.n[ATS_SUP_EVENT_EXIT]), 2, "ward 1's failure and the start that failed");
 	for (unsigned i = 0; i < 3; i++)
+		cr_expect_eq(ats_supervisor_ward_starts(s, i), 2, "ward %u", i);
+	/* The counters agree with the events: the start that failed is an exit (it was an EXIT event
+	 * left out of `exits`), and only the three restarts that started count as restarts. */
+	ats_supervisor_stats st;
+	ats_supervisor_stats_get(s, &st);
+	cr_expect_eq(st.exits, 2);
+	cr_expect_eq(st.restarts, 3);
+	cr_expect_eq(atomic_load(&e.n[ATS_SUP_EVENT_RESTART]), 3);
+	cr_expect_eq(st.starts, 6);
+	ats_supervisor_free(s);
+}
+
+/* A supervisor stopped and started again starts its wards afresh: first starts, not restarts (they
+ * used to count as restarts, with a RESTART event each, since each ward had been started before). */
+Test(supervisor, a_supervisor_started_again_counts_no_restarts, .timeout = 30)
+{
+	struct events e = {0};
+	ats_supervisor *s = mk(ATS_SUP_ONE_FOR_ONE, &e, 0, 0);
+	struct ward_ctl c[2] = {0};
+	for (unsigned i = 0; i < 2; i++)
+		add(s, &c[i], ATS_WARD_PERMANENT, 0);
+	for (int round = 1; round <= 2; round++) {
+		cr_assert_null(ats_supervisor_start(s, ats_ctx_background()));
+		for (unsigned i = 0; i < 2; i++)
+			wait_until(&c[i].runs, round);
+		ats_supervisor_stop(s);
+	}
+	ats_supervisor_stats st;
+	ats_supervisor_stats_get(s, &st);
+	cr_expect_eq(st.starts, 4);
+	cr_expect_eq(st.restarts, 0);
+	cr_expect_eq(atomic_load(&e.n[ATS_SUP_EVENT_RESTART]), 0);
+	for (unsigned i = 0; i < 2; i++)
 		cr_expect_eq(ats_supervisor_ward_starts(s, i), 2, "ward %u", i);
 	ats_supervisor_free(s);
 }
@@ -449,6 +483,12 @@ Test(supervisor, a_child_supervisor_slow_to_stop_is_waited_for, .timeout = 30)
 	cr_expect_eq(st.restarts, 2, "the flaky ward and the child, once each");
 	cr_expect_eq(atomic_load(&pe.n[ATS_SUP_EVENT_EXIT]), 1, "only the flaky ward's failure");
 	ats_supervisor_free(parent);
+	/* The child was started twice, each time starting its ward afresh: two starts, no restart. */
+	ats_supervisor_stats cst;
+	ats_supervisor_stats_get(child, &cst);
+	cr_expect_eq(cst.starts, 2);
+	cr_expect_eq(cst.restarts, 0);
+	cr_expect_eq(atomic_load(&ce.n[ATS_SUP_EVENT_RESTART]), 0);
 	ats_supervisor_free(child);
 }
 

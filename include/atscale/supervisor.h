@@ -119,6 +119,11 @@ typedef struct ats_supervisor_config {
 	void *event_arg;
 } ats_supervisor_config;
 
+/* Counters over the supervisor's life, each matching its events: starts, every ward thread started;
+ * restarts, those the monitor started after a stall or an exit (RESTART events; a supervisor started
+ * again after a stop starts its wards afresh, which are starts only); stalls (STALL); exits (EXIT: a
+ * ward that returned, or a restart that could not start its thread); quarantined (QUARANTINE);
+ * give_ups (GIVE_UP). */
 typedef struct ats_supervisor_stats {
 	uint64_t starts, restarts, stalls, exits, quarantined, give_ups;
 } ats_supervisor_stats;
