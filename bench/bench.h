@@ -8,6 +8,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <sys/types.h>
 #include <stdint.h>
 
 enum {
@@ -44,9 +45,19 @@ void ats_bench_register(const ats_bench *b);
  * the given percentile, min and max to the extremes. n > 0. */
 void ats_bench_percentile(uint64_t *samples, size_t n, unsigned percentile, ats_bench_result *out);
 
-/* For rows that measure what an idle component costs: sleeps window_ns and returns the CPU time
- * every thread of the process used meanwhile, per wall-clock second (1e7 = 1% of one core). */
-double ats_bench_cpu_per_sec(uint64_t window_ns);
+/* For rows that measure what an idle component costs. The rows that ran before leave their threads
+ * parked (a pool's idle workers still wake for their steal period), so such a row counts only the
+ * threads its component started: it takes the process's threads before making the component, then
+ * ats_bench_cpu_per_sec sleeps window_ns and returns the CPU time that the threads not in `before`
+ * used meanwhile, per wall-clock second (1e7 = 1% of one core); *threads gets how many it counted.
+ * ats_bench_threads_get returns false when /proc/self/task cannot be read. */
+typedef struct ats_bench_threads {
+	pid_t *tid; /* sorted */
+	size_t n;
+} ats_bench_threads;
+bool ats_bench_threads_get(ats_bench_threads *out);
+void ats_bench_threads_free(ats_bench_threads *t);
+double ats_bench_cpu_per_sec(const ats_bench_threads *before, uint64_t window_ns, size_t *threads);
 
 #define ATS_BENCH(var)                                                                                                 \
 	__attribute__((constructor)) static void ats_bench_register_##var(void)                                        \

@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: BSD-2-Clause */
 /* Supervision: how late a stall is acted on (from the ward's last beat before it froze to the
  * supervisor's stall event, minus the ward's timeout; p99 over many freezes), and what watching
- * costs: the process's CPU time per wall second while one supervisor watches 1000 idle wards (the
- * wards sleep, so that is the monitor's). Both measure themselves. */
+ * costs: the CPU time per wall second of one supervisor's threads while it watches 1000 idle wards
+ * (the wards sleep, so that is the monitor's; threads other rows left parked are not counted).
+ * Both measure themselves. */
 #include "bench.h"
 #include "atscale/clock.h"
 #include "atscale/supervisor.h"
@@ -108,18 +109,26 @@ static bool monitor_measure(void *state, bool quick, ats_bench_result *out)
 		spec.watch.timeout_ns = 40 * MS;
 		err = ats_supervisor_add(s, &spec, NULL);
 	}
-	if (!err)
-		err = ats_supervisor_start(s, ats_ctx_background());
+	ats_bench_threads before;
+	if (!err && !ats_bench_threads_get(&before))
+		err = ats_err_new(ATS_ERR_SYSTEM, "cannot list the process's threads");
+	if (!err && (err = ats_supervisor_start(s, ats_ctx_background())))
+		ats_bench_threads_free(&before);
 	if (err) {
 		ats_err_unref(err);
 		ats_supervisor_free(s);
 		return false;
 	}
-	/* Let the wards settle into their waits, then measure over a window of wall time. */
+	/* Let the wards settle into their waits, then measure the supervisor's threads (its monitor and
+	 * its wards) over a window of wall time. */
 	struct timespec settle = {0, 100 * 1000000L};
 	nanosleep(&settle, NULL);
-	double per_sec = ats_bench_cpu_per_sec(quick ? 300 * MS : 1000 * MS);
+	size_t threads;
+	double per_sec = ats_bench_cpu_per_sec(&before, quick ? 300 * MS : 1000 * MS, &threads);
+	ats_bench_threads_free(&before);
 	ats_supervisor_free(s);
+	if (per_sec < 0 || threads < WARDS + 1) /* every ward and the monitor, or the figure is not this row's */
+		return false;
 	out->ns_per_op = out->min = out->max = per_sec;
 	snprintf(out->extra, sizeof out->extra, "\"wards\": %d, \"check_ns\": %llu, \"core_percent\": %.3f", WARDS,
 	         (unsigned long long)(10 * MS), per_sec / 1e7);

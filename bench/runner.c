@@ -86,21 +86,95 @@ static int cmp_u64(const void *a, const void *b)
 	return (x > y) - (x < y);
 }
 
-static uint64_t process_cpu_ns(void)
+static int cmp_tid(const void *a, const void *b)
 {
-	struct timespec ts;
-	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-	return (uint64_t)ts.tv_sec * ATS_NS_PER_SEC + (uint64_t)ts.tv_nsec;
+	pid_t x = *(const pid_t *)a, y = *(const pid_t *)b;
+	return (x > y) - (x < y);
 }
 
-double ats_bench_cpu_per_sec(uint64_t window_ns)
+bool ats_bench_threads_get(ats_bench_threads *out)
 {
+	out->tid = NULL;
+	out->n = 0;
+	DIR *d = opendir("/proc/self/task");
+	if (!d)
+		return false;
+	size_t cap = 0;
+	bool ok = true;
+	for (struct dirent *e; ok && (e = readdir(d));) {
+		if (e->d_name[0] < '0' || e->d_name[0] > '9')
+			continue;
+		if (out->n == cap) {
+			cap = cap ? 2 * cap : 64;
+			pid_t *t = realloc(out->tid, cap * sizeof *t);
+			ok = t != NULL;
+			if (t)
+				out->tid = t;
+		}
+		if (ok)
+			out->tid[out->n++] = (pid_t)atoi(e->d_name);
+	}
+	closedir(d);
+	if (!ok) {
+		ats_bench_threads_free(out);
+		return false;
+	}
+	qsort(out->tid, out->n, sizeof *out->tid, cmp_tid);
+	return true;
+}
+
+void ats_bench_threads_free(ats_bench_threads *t)
+{
+	free(t->tid);
+	t->tid = NULL;
+	t->n = 0;
+}
+
+/* A thread's CPU time, through its CPU clock (the clock id pthread_getcpuclockid makes: the
+ * kernel's per-thread scheduler clock of that thread id); false once the thread has ended. */
+static bool thread_cpu_ns(pid_t tid, uint64_t *ns)
+{
+	clockid_t clock = (clockid_t)((~(unsigned)tid << 3) | 6u); /* per-thread (4), scheduler (2) */
+	struct timespec ts;
+	if (clock_gettime(clock, &ts) != 0)
+		return false;
+	*ns = (uint64_t)ts.tv_sec * ATS_NS_PER_SEC + (uint64_t)ts.tv_nsec;
+	return true;
+}
+
+double ats_bench_cpu_per_sec(const ats_bench_threads *before, uint64_t window_ns, size_t *threads)
+{
+	ats_bench_threads now;
+	*threads = 0;
+	if (!ats_bench_threads_get(&now))
+		return -1;
+	uint64_t *c0 = calloc(now.n ? now.n : 1, sizeof *c0);
+	bool *fresh = calloc(now.n ? now.n : 1, sizeof *fresh);
+	if (!c0 || !fresh) {
+		free(c0);
+		free(fresh);
+		ats_bench_threads_free(&now);
+		return -1;
+	}
+	for (size_t i = 0; i < now.n; i++)
+		fresh[i] = !bsearch(&now.tid[i], before->tid, before->n, sizeof *before->tid, cmp_tid) &&
+		           thread_cpu_ns(now.tid[i], &c0[i]);
 	struct timespec window = {(time_t)(window_ns / ATS_NS_PER_SEC), (long)(window_ns % ATS_NS_PER_SEC)};
-	uint64_t c0 = process_cpu_ns(), w0 = mono_ns();
+	uint64_t w0 = mono_ns();
 	while (nanosleep(&window, &window) != 0)
 		;
-	uint64_t c1 = process_cpu_ns(), w1 = mono_ns();
-	return (double)(c1 - c0) * 1e9 / (double)(w1 - w0);
+	uint64_t w1 = mono_ns(), used = 0;
+	for (size_t i = 0; i < now.n; i++) {
+		uint64_t c1;
+		if (fresh[i] && thread_cpu_ns(now.tid[i], &c1)) { /* (a thread that ended meanwhile: not counted) */
+			used += c1 - c0[i];
+			++*threads;
+		}
+	}
+	free(c0);
+	free(fresh);
+	ats_bench_threads_free(&now);
+	return (double)used * 1e9 / (double)(w1 - w0);
 }
 
 void ats_bench_percentile(uint64_t *samples, size_t n, unsigned percentile, ats_bench_result *out)
