@@ -66,6 +66,10 @@ static bool atexit_done, atfork_done;
  * a fork never inherits a timer claimed but not yet fired (its context half cancelled). */
 static pthread_mutex_t round_lock = PTHREAD_MUTEX_INITIALIZER;
 static _Thread_local bool on_timer_thread __attribute__((tls_model("initial-exec")));
+/* In the child of a fork from an after-func: this thread was the timer thread's copy, inside a
+ * round. fork_child gave round_lock back (the child's own timer thread starts on its next arm and
+ * must not wait for this round); this copy ends its round without it and then stops. */
+static _Thread_local bool forked_in_round __attribute__((tls_model("initial-exec")));
 
 #ifdef ATS_TESTING
 _Atomic uint64_t ats__timer_rounds;
@@ -158,6 +162,8 @@ static void *timer_main(void *arg)
 			struct ats__timer *t = ats__container_of(n, struct ats__timer, node);
 			t->ops->fire(t);
 		}
+		if (forked_in_round)
+			return NULL; /* a fork's child: no longer the timer thread (fork_child) */
 		pthread_mutex_unlock(&round_lock);
 		atomic_store_explicit(&svc.planned, next, memory_order_seq_cst);
 		atomic_store_explicit(&svc.sleeping, 1, memory_order_seq_cst);
@@ -216,8 +222,13 @@ static void fork_child(void)
 {
 	for (unsigned i = 0; i < svc.nshards; i++)
 		shard_unlock(&svc.shards[i]);
-	if (!on_timer_thread)
-		pthread_mutex_unlock(&round_lock);
+	/* Held by this thread either way: taken by fork_prepare, or by the round this copy of the
+	 * timer thread is in (then the copy stops at the end of that round). */
+	if (on_timer_thread) {
+		on_timer_thread = false;
+		forked_in_round = true;
+	}
+	pthread_mutex_unlock(&round_lock);
 	atomic_store_explicit(&running, false, memory_order_relaxed);
 	atomic_store_explicit(&svc.sleeping, 0, memory_order_relaxed);
 	atomic_store_explicit(&svc.stop, 0, memory_order_relaxed);

@@ -8,6 +8,7 @@
 #include <criterion/criterion.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -173,6 +174,60 @@ Test(timer, a_failed_start_is_tried_again)
 	cr_assert_null(ats_ctx_with_timeout(ats_ctx_background(), MS, &ctx), "the limit is gone: a deadline works");
 	cr_expect(fires_within(ctx, 5000));
 	ats_ctx_release(ctx);
+}
+
+/* A fork from an after-func that the timer thread runs: the child's only thread is the copy of
+ * the timer thread, inside its round, holding round_lock; the thread the child's first arm starts
+ * waited on that lock for good, so no deadline fired in the child. */
+static _Atomic pid_t child_pid;
+static pthread_t test_thread;
+
+/* Runs where its context's deadline fired: on the timer thread, it forks a child that needs a
+ * deadline of its own (-2 when it ran on the test's thread: registered too late, try again). */
+static void fork_on_deadline(void *arg)
+{
+	(void)arg;
+	if (pthread_equal(pthread_self(), test_thread)) {
+		atomic_store(&child_pid, -2);
+		return;
+	}
+	pid_t pid = fork();
+	if (pid == 0) {
+		ats_ctx *c = NULL;
+		if (ats_ctx_with_timeout(ats_ctx_background(), MS, &c))
+			_exit(3);
+		_exit(fires_within(c, 2000) ? 0 : 1);
+	}
+	atomic_store(&child_pid, pid);
+}
+
+Test(timer, a_child_forked_from_an_after_func_gets_its_deadlines)
+{
+#ifdef ASAN_BUILD
+	cr_skip_test("fork() of a multithreaded process is not safe under this AddressSanitizer runtime");
+#endif
+#ifdef ATS_TEST_EMULATED
+	cr_skip_test("the emulator running this cross build cannot start a thread in a forked child");
+#endif
+	test_thread = pthread_self();
+	pid_t pid;
+	do {
+		atomic_store(&child_pid, 0);
+		ats_ctx *ctx = NULL;
+		cr_assert_null(ats_ctx_with_timeout(ats_ctx_background(), 5 * MS, &ctx));
+		ats_ctx_after a;
+		ats_ctx_after_func(ctx, &a, fork_on_deadline, NULL);
+		while ((pid = atomic_load(&child_pid)) == 0)
+			sched_yield();
+		ats_ctx_after_stop(&a); /* the after-func has returned: `a` may go */
+		ats_ctx_release(ctx);
+	} while (pid == -2);
+	cr_assert_neq(pid, -1);
+	int st = 0;
+	cr_assert_eq(waitpid(pid, &st, 0), pid);
+	cr_assert(WIFEXITED(st));
+	cr_expect_eq(WEXITSTATUS(st), 0, "in the child forked from an after-func: %s",
+	             WEXITSTATUS(st) == 1 ? "a new deadline did not fire within 2 s" : "with_timeout failed");
 }
 
 /* ---- Out of memory at a cancel or an expiry ---- */

@@ -110,7 +110,9 @@ ATS_API ATS_NODISCARD ats_err *ats_ctx_with_cancel(ats_ctx *parent, ats_ctx **ou
  * (a system error, such as a thread limit; the next call tries again). The timer thread starts
  * on the first deadline armed, and again in the child of a fork() at the first deadline armed
  * there: deadlines a child inherits fire from then on (ats_ctx_wait and ats_ctx_err see them
- * passed in any case). */
+ * passed in any case). That holds for a fork from an after-func too, which runs on the timer
+ * thread: in the child, the thread that forked fires the rest of the round it was in once the
+ * after-func returns, and then ends (so a child that returns from it exits with status 0). */
 ATS_API ATS_NODISCARD ats_err *ats_ctx_with_deadline(ats_ctx *parent, uint64_t deadline_ns, ats_ctx **out);
 /* with_deadline(parent, now + timeout_ns), with now = ats_now_ns() or the caller's now_ns. */
 ATS_API ATS_NODISCARD ats_err *ats_ctx_with_timeout(ats_ctx *parent, uint64_t timeout_ns, ats_ctx **out);
