@@ -56,6 +56,8 @@
 #ifdef ATS_TESTING
 _Atomic int ats__keyed_fail_alloc;
 void (*_Atomic ats__keyed_pause)(int point, uint32_t aux);
+_Atomic unsigned long ats__keyed_tokens_loops;
+#define COUNT_LOOP() atomic_fetch_add_explicit(&ats__keyed_tokens_loops, 1, memory_order_relaxed)
 #define PAUSE(point, aux)                                                                                              \
 	do {                                                                                                           \
 		void (*pause)(int, uint32_t) = atomic_load_explicit(&ats__keyed_pause, memory_order_relaxed);          \
@@ -64,6 +66,7 @@ void (*_Atomic ats__keyed_pause)(int point, uint32_t aux);
 	} while (0)
 #else
 #define PAUSE(point, aux) ((void)0)
+#define COUNT_LOOP() ((void)0)
 #endif
 
 /* ---- Slots and tables ---- */
@@ -468,6 +471,7 @@ static bool slot_evict(ats_keyed *m, struct slot *s, uint64_t now_ns, bool force
 	                                                             memory_order_release, memory_order_relaxed)) {
 		return false;
 	}
+	PAUSE(ATS__KEYED_PAUSE_KILLED, aux);
 	/* release: not needed (a reader that sees DEAD reads nothing more of the slot); kept: cold path */
 	atomic_store_explicit(&s->meta, META_DEAD(m->epoch_), memory_order_release);
 	/* relaxed: only writers (under the mutex) change the count; readers get a statistic */
@@ -507,13 +511,14 @@ static size_t sweep_idle(ats_keyed *m, uint64_t now_ns, size_t count)
 }
 
 /* Makes room for one key at the cap: the first idle key within IDLE_WINDOW slots of the CLOCK
- * hand, else the first key the hand finds unreferenced (clearing reference bits as it passes). */
+ * hand, else the first key the hand finds unreferenced (clearing reference bits as it passes),
+ * else, when readers keep every key referenced, the first key it met. */
 static bool evict_one(ats_keyed *m, uint64_t now_ns)
 {
 	/* relaxed: under the writer mutex; only writers store it */
 	struct ats__keyed_table *t = atomic_load_explicit(&m->table_, memory_order_relaxed);
 	size_t slots = t->mask + 1;
-	struct slot *victim = NULL;
+	struct slot *victim = NULL, *first = NULL;
 	size_t since_victim = 0;
 	for (size_t k = 0; k < 2 * slots + 1; k++) {
 		struct slot *s = &t->slots[m->hand_];
@@ -525,14 +530,22 @@ static bool evict_one(ats_keyed *m, uint64_t now_ns)
 			continue;
 		if (slot_evict(m, s, now_ns, false, NULL))
 			return true;
+		if (!first)
+			first = s;
 		if (victim)
 			continue;
 		/* relaxed, both: the REF bit is a CLOCK hint, set by readers with a relaxed OR; no data rides on it */
-		if (atomic_load_explicit(&s->aux, memory_order_relaxed) & AUX_REF)
+		if (atomic_load_explicit(&s->aux, memory_order_relaxed) & AUX_REF) {
 			atomic_fetch_and_explicit(&s->aux, ~AUX_REF, memory_order_relaxed);
-		else
+			PAUSE(ATS__KEYED_PAUSE_HAND, 0);
+		} else {
 			victim = s;
+		}
 	}
+	/* Readers set the bits again as fast as the hand clears them (every key hot): the cap still holds, so
+	 * the first key the hand met goes. */
+	if (!victim)
+		victim = first;
 	return victim && slot_evict(m, victim, now_ns, true, NULL);
 }
 
@@ -1048,7 +1061,9 @@ uint64_t ats_keyed_tokens_at(ats_keyed *m, const void *key, size_t len, uint64_t
 	uint64_t tokens = clock_tokens(&m->clock_, fresh_tat(m, &m->clock_, now_ns), now_ns);
 	/* acquire: as in ats_keyed_allow_n_at */
 	struct ats__keyed_table *t = atomic_load_explicit(&m->table_, memory_order_acquire);
+	bool killing = false;
 	while (t) {
+		COUNT_LOOP();
 		struct slot *s = find(t, &k);
 		if (!s)
 			break;
@@ -1063,11 +1078,27 @@ uint64_t ats_keyed_tokens_at(ats_keyed *m, const void *key, size_t len, uint64_t
 		}
 		/* acquire: as in resolve */
 		struct ats__keyed_table *next = atomic_load_explicit(&t->next, memory_order_acquire);
+		if (moved(s) && !next) {
+			/* Marked but still LIVE, and not moved: a writer (set_limit, an eviction) is killing the slot
+			 * under the mutex, and the key's TAT is in that writer's hands until it publishes. */
+			killing = true;
+			break;
+		}
 		if (moved(s))
 			t = next; /* else: evicted or replaced in t: look in t again */
 	}
 	TSAN_RELEASE(&m->tsan_sync_);
 	urcu_memb_read_unlock();
+	if (killing) { /* the answer after that writer, as slow_take gets it (outside our read-side section) */
+		PAUSE(ATS__KEYED_PAUSE_SLOW, 0);
+		pthread_mutex_lock(&m->lock_);
+		/* relaxed: under the writer mutex; only writers store it (and the TAT is never gone here) */
+		struct slot *s = find(atomic_load_explicit(&m->table_, memory_order_relaxed), &k);
+		tokens = s ? clock_tokens(aux_clock(m, atomic_load_explicit(&s->aux, memory_order_relaxed)),
+		                          atomic_load_explicit(&s->tat, memory_order_relaxed), now_ns)
+		           : clock_tokens(&m->clock_, fresh_tat(m, &m->clock_, now_ns), now_ns);
+		pthread_mutex_unlock(&m->lock_);
+	}
 	return tokens;
 }
 
@@ -1274,6 +1305,7 @@ ats_err *ats_keyed_set_limit(ats_keyed *m, const void *key, size_t len, const at
 			tokens = ats_gcra_tokens(oc, tat, now_ns); /* a full bucket stays full, as a new key */
 		if (tokens > burst)
 			tokens = burst;
+		PAUSE(ATS__KEYED_PAUSE_KILLED, atomic_load_explicit(&old->aux, memory_order_relaxed));
 		/* release: as in slot_evict (not needed; kept: cold path) */
 		atomic_store_explicit(&old->meta, META_DEAD(m->epoch_), memory_order_release);
 		/* relaxed: as in slot_evict */

@@ -249,7 +249,9 @@ ATS_API size_t ats_keyed_throttle_burst_at(ats_keyed *m, const void *const keys[
                                            ats_limiter_result results[]);
 
 /* Whole tokens the key has at now_ns without taking any (a new key: its burst). 0 for bad input.
- * Wait-free; adds nothing. */
+ * Wait-free, except while a writer is replacing or evicting this very key (set_limit, eviction):
+ * then it waits for that writer's mutex, as an allow would, instead of answering as for a new key.
+ * Adds nothing. */
 ATS_API uint64_t ats_keyed_tokens_at(ats_keyed *m, const void *key, size_t len, uint64_t now_ns);
 static inline uint64_t ats_keyed_tokens(ats_keyed *m, const void *key, size_t len)
 {
