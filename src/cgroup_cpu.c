@@ -111,7 +111,8 @@ static bool path_under(const char *path, const char *root)
 
 /* From mountinfo: the mount point of the hierarchy (v2, or the v1 one with the cpu controller)
  * whose root holds cgpath, into mnt, and the length of that root into *root_len (the part of
- * cgpath the mount point stands for). Among several such mounts, the one with the longest root. */
+ * cgpath the mount point stands for). Among several such mounts, the one with the shortest root:
+ * it shows the most ancestors, and any of them may hold the limit that counts. */
 static bool mount_of(const char *mountinfo_file, bool v1, const char *cgpath, char *mnt, size_t room, size_t *root_len)
 {
 	FILE *f = fopen(mountinfo_file, "re");
@@ -134,7 +135,7 @@ static bool mount_of(const char *mountinfo_file, bool v1, const char *cgpath, ch
 		if (!path_under(cgpath, root) || strlen(point) >= room)
 			continue;
 		size_t rl = strcmp(root, "/") == 0 ? 0 : strlen(root);
-		if (!found || rl > best) {
+		if (!found || rl < best) {
 			strcpy(mnt, point);
 			best = rl;
 			found = true;

@@ -271,3 +271,21 @@ Test(cgroup_cpu, a_process_in_a_cgroup_with_half_a_cpu_gets_one_worker)
 	cr_expect(back, "cannot go back to %s", home);
 	cr_expect_eq(n, 1, "a pool under half a CPU has %u workers", n);
 }
+
+/* The whole hierarchy is mounted (root "/") and, besides, a subtree holding the process's cgroup
+ * is bind-mounted elsewhere (root "/kubepods/pod1"): the pod's 1-CPU limit above that subtree is
+ * visible through the first mount, and the kernel throttles by it. */
+Test(cgroup_cpu, v2_an_ancestor_limit_seen_through_another_mount_counts)
+{
+	put("proc/cgroup", "0::/kubepods/pod1/ctr\n");
+	put("proc/mountinfo",
+	    "30 22 0:27 / %s rw - cgroup2 cgroup2 rw\n"
+	    "31 22 0:27 /kubepods/pod1 %s rw - cgroup2 cgroup2 rw\n",
+	    escaped("fs"), escaped("sub"));
+	put("fs/kubepods/cpu.max", "100000 100000\n");
+	put("fs/kubepods/pod1/cpu.max", "800000 100000\n");
+	put("fs/kubepods/pod1/ctr/cpu.max", "800000 100000\n");
+	put("sub/cpu.max", "800000 100000\n");
+	put("sub/ctr/cpu.max", "800000 100000\n");
+	cr_expect_eq(limit(), 1, "the 1-CPU limit on /kubepods, visible through %s, was missed", escaped("fs"));
+}
