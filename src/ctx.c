@@ -1138,6 +1138,11 @@ bool ats_ctx_after_stop(ats_ctx_after *a)
 	for (struct running_after *f = tls_running; f; f = f->outer) {
 		if (f->a == a) {
 			f->self_stopped = true; /* its runner, up this thread's stack, will not touch it again */
+			/* So the outcome is recorded here, while a is still the caller's: a later stop, or one
+			 * waiting on another thread, reads A_DONE rather than wait for good on an A_RUNNING that
+			 * nobody would change. acq_rel: as run_after's exchange. */
+			if (atomic_exchange_explicit(&a->state_, A_DONE, memory_order_acq_rel) & A_WAITER)
+				ats__futex_wake(&a->state_, INT_MAX);
 			return false;
 		}
 	}

@@ -92,6 +92,73 @@ Test(after, stop_after_the_users_release)
 	cr_expect_eq(atomic_load(&fired), 0);
 }
 
+/* Bug: once an after-func had stopped its own registration, the registration stayed "running" for
+ * good (its runner may not touch it again: fn may have freed it), so any later stop waited forever,
+ * where ctx.h says that calling stop again returns the same answer. */
+static ats_ctx_after self_stopper;
+static _Atomic int self_stop_said = -1;
+
+static void stop_self(void *arg)
+{
+	(void)arg;
+	atomic_store(&self_stop_said, ats_ctx_after_stop(&self_stopper));
+}
+
+Test(after, stop_again_after_the_func_stopped_itself, .timeout = 30)
+{
+	ats_ctx *c = NULL;
+	cr_assert_null(ats_ctx_with_cancel(ats_ctx_background(), &c));
+	ats_ctx_after_func(c, &self_stopper, stop_self, NULL);
+	cr_assert(ats_ctx_cancel(c, NULL));
+	cr_assert_eq(atomic_load(&self_stop_said), 0, "fn's own stop says it ran");
+	cr_expect_not(ats_ctx_after_stop(&self_stopper)); /* hung here */
+	ats_ctx_release(c);
+}
+
+/* The same bug, with the second stop already called on another thread while fn runs: that stop
+ * waited for good. It now returns once fn has stopped its own registration. */
+static ats_ctx_after waited_on;
+static _Atomic int fn_running, stopper_started, stopper_said = -1;
+
+static void stop_self_once_another_stops(void *arg)
+{
+	(void)arg;
+	atomic_store(&fn_running, 1);
+	while (!atomic_load(&stopper_started))
+		sched_yield();
+	ats_ctx_after_stop(&waited_on);
+}
+
+static void *cancel_it(void *ctx)
+{
+	ats_ctx_cancel(ctx, NULL);
+	return NULL;
+}
+
+static void *stop_it(void *arg)
+{
+	(void)arg;
+	while (!atomic_load(&fn_running)) /* a stop before fn ran would just cancel it */
+		sched_yield();
+	atomic_store(&stopper_started, 1);
+	atomic_store(&stopper_said, ats_ctx_after_stop(&waited_on));
+	return NULL;
+}
+
+Test(after, a_stop_waiting_on_a_func_that_stops_itself_returns, .timeout = 30)
+{
+	ats_ctx *c = NULL;
+	cr_assert_null(ats_ctx_with_cancel(ats_ctx_background(), &c));
+	ats_ctx_after_func(c, &waited_on, stop_self_once_another_stops, NULL);
+	pthread_t canceller, stopper;
+	cr_assert_eq(pthread_create(&canceller, NULL, cancel_it, c), 0); /* runs fn */
+	cr_assert_eq(pthread_create(&stopper, NULL, stop_it, NULL), 0);
+	pthread_join(canceller, NULL);
+	pthread_join(stopper, NULL); /* hung here */
+	cr_expect_eq(atomic_load(&stopper_said), 0);
+	ats_ctx_release(c);
+}
+
 /* ---- The timer thread ---- */
 
 /* Whether ctx's deadline fires (its fd turns readable) within wait_ms, without this thread

@@ -234,8 +234,9 @@ typedef struct ats_ctx_after {
 ATS_API void ats_ctx_after_func(ats_ctx *ctx, ats_ctx_after *a, void (*fn)(void *), void *arg);
 
 /* Stops a registration: true when fn had not run and now never will; false when it ran, or is
- * running, in which case stop waits for it to return (except from within fn itself). Calling it
- * again returns the same answer. Blocking; O(1). */
+ * running, in which case stop waits for it to return (except from within fn itself; once fn has
+ * stopped its own registration, which it may then free, a stop elsewhere returns false at once).
+ * Calling it again returns the same answer. Blocking; O(1). */
 ATS_API bool ats_ctx_after_stop(ats_ctx_after *a);
 
 /* ---- Values ---- */
