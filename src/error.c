@@ -813,9 +813,21 @@ static size_t finish(struct out *o)
 	return o->pos;
 }
 
-/* "function+0xoff (module+0xoff)". Only dynamic symbols have names (link executables with
- * -rdynamic for theirs); the module offset always works with `addr2line -e module 0xoff`. */
-static void symbolize(struct out *o, void *pc)
+static void put_json_chars(struct out *o, const char *str);
+
+/* A name from dladdr: as is, or escaped for the inside of a JSON string. */
+static void put_name(struct out *o, const char *s, bool json)
+{
+	if (json)
+		put_json_chars(o, s);
+	else
+		puts_(o, s);
+}
+
+/* "function+0xoff (module+0xoff)", its names escaped for a JSON string when json. Only dynamic
+ * symbols have names (link executables with -rdynamic for theirs); the module offset always works
+ * with `addr2line -e module 0xoff`. No length limit: C++ names can run to kilobytes. */
+static void symbolize(struct out *o, void *pc, bool json)
 {
 	Dl_info info;
 	/* A return address points after the call; look up the call itself. */
@@ -824,14 +836,14 @@ static void symbolize(struct out *o, void *pc)
 		return;
 	}
 	if (info.dli_sname) {
-		puts_(o, info.dli_sname);
+		put_name(o, info.dli_sname, json);
 		put(o, "+", 1);
 		put_hex(o, (uintptr_t)((char *)pc - (char *)info.dli_saddr));
 		put(o, " ", 1);
 	}
 	const char *base = info.dli_fname ? strrchr(info.dli_fname, '/') : NULL;
 	put(o, "(", 1);
-	puts_(o, base ? base + 1 : (info.dli_fname && *info.dli_fname ? info.dli_fname : "?"));
+	put_name(o, base ? base + 1 : (info.dli_fname && *info.dli_fname ? info.dli_fname : "?"), json);
 	put(o, "+", 1);
 	put_hex(o, (uintptr_t)((char *)pc - (char *)info.dli_fbase));
 	put(o, ")", 1);
@@ -923,7 +935,7 @@ size_t ats_err_format(const ats_err *err, char *buf, size_t len)
 			puts_(&o, "    #");
 			put_u64(&o, i);
 			puts_(&o, i < 10 ? "  " : " ");
-			symbolize(&o, err->frames[i]);
+			symbolize(&o, err->frames[i], false);
 			puts_(&o, "\n");
 		}
 	}
@@ -964,10 +976,9 @@ static size_t utf8_len(const unsigned char *s, size_t n)
 
 /* A JSON string: quotes, escapes, and U+FFFD for each byte that is not valid UTF-8. Runs of
  * plain printable ASCII are copied at once. */
-static void put_json_string(struct out *o, const char *str)
+static void put_json_chars(struct out *o, const char *str)
 {
 	const unsigned char *s = (const unsigned char *)(str ? str : "");
-	put(o, "\"", 1);
 	for (;;) {
 		const unsigned char *run = s;
 		while (*s >= 0x20 && *s < 0x7f && *s != '"' && *s != '\\')
@@ -996,6 +1007,12 @@ static void put_json_string(struct out *o, const char *str)
 		}
 		s += l;
 	}
+}
+
+static void put_json_string(struct out *o, const char *str)
+{
+	put(o, "\"", 1);
+	put_json_chars(o, str);
 	put(o, "\"", 1);
 }
 
@@ -1054,13 +1071,12 @@ size_t ats_err_format_json(const ats_err *err, char *buf, size_t len)
 		if (err->nframes) {
 			puts_(&o, ",\"stack\":[");
 			for (unsigned i = 0; i < err->nframes; i++) {
-				char frame[1024];
-				struct out f = {frame, sizeof frame, 0};
-				symbolize(&f, err->frames[i]);
-				finish(&f);
+				/* Straight into the output, escaped: a frame's name has no length limit. */
 				if (i)
 					puts_(&o, ",");
-				put_json_string(&o, frame);
+				put(&o, "\"", 1);
+				symbolize(&o, err->frames[i], true);
+				put(&o, "\"", 1);
 			}
 			puts_(&o, "]");
 		}

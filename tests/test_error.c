@@ -1273,3 +1273,32 @@ Test(error, oom_set_log_hook_keeps_current)
 	ats_err_unref(e);
 	ats_err_set_log_hook(NULL, NULL);
 }
+
+/* Bug: ats_err_format_json symbolized each stack frame into a 1024-byte buffer, so a longer frame
+ * (a C++ template instantiation's name) lost its tail, "+0xoff (module+0xoff)", the part that
+ * addr2line resolves; ats_err_format had no such limit. The frame below is an exported function
+ * whose dynamic symbol name is 1,512 bytes long. */
+#define X10 "xxxxxxxxxx"
+#define X100 X10 X10 X10 X10 X10 X10 X10 X10 X10 X10
+#define LONG_NAME "long_symbol_" X100 X100 X100 X100 X100 X100 X100 X100 X100 X100 X100 X100 X100 X100 X100
+ats_err *err_from_a_long_name(void) __asm__(LONG_NAME);
+__attribute__((noinline)) ats_err *err_from_a_long_name(void)
+{
+	ats_err *e = ats_err_bug(NULL, "deep in a template");
+	__asm__ __volatile__("" ::: "memory"); /* keeps the call out of tail position */
+	return e;
+}
+
+Test(error, json_keeps_long_stack_frames_whole)
+{
+	ats_err *e = err_from_a_long_name();
+	char *text = format_all(e, ats_err_format, NULL);
+	cr_assert(strstr(text, LONG_NAME "+0x"), "the human format names the frame in full");
+	size_t n;
+	char *json = format_all(e, ats_err_format_json, &n);
+	bool whole = strstr(json, "\"" LONG_NAME "+0x") != NULL;
+	free(json);
+	free(text);
+	ats_err_unref(e);
+	cr_expect(whole, "the JSON format cut the frame short");
+}
