@@ -3,19 +3,22 @@
 # End-to-end test of atscale-example-server (examples/server/server.c) with the real Redis tools.
 # Usage: tests/example_server.sh PATH/TO/atscale-example-server   (ctest: example_server)
 #
-# Two servers, each on a port the kernel picks (--port 0; the server prints the port it bound, so
-# no other process can take it between picking and binding):
+# Servers, each on a port the kernel picks (--port 0; the server prints the port it bound, so no
+# other process can take it between picking and binding):
 #   bench:   --no-limit --timeout-ms 100: redis-benchmark (which stops at its first error reply)
 #            runs PING and GET to the end, and a GET answers with its value;
 #   limited: --rate 50 --burst 10 --timeout-ms 1 --backend-min-ms 2: every admitted GET outlives
-#            its deadline, so the deadline path is taken every time, not by chance.
+#            its deadline, so the deadline path is taken every time, not by chance;
+#   slow, pipe and fdlimit: for (5), (6) and (7) below.
 # Checks: (1) the benchmark completes; (2) one named client sending PINGs faster than its rate gets
 # at least its burst and at most burst + rate x elapsed + 1 admitted, every other reply LIMITED
 # with a retry-after in range; (3) no internal text (the backend timing, addresses, ports, an
 # unknown command's name) reaches a client, while the server's own log shows those texts were
 # made; (4) a GET whose deadline is shorter than the backend gets DEADLINE_EXCEEDED, never a
 # value; (5) SIGTERM makes each server exit 0, within a bound, with its summary printed. Under
-# ASan a leak or memory error makes the exit status non-zero, so (5) also fails on those.
+# ASan a leak or memory error makes the exit status non-zero, so (5) also fails on those. (6) GETs
+# past a connection's queue in one write are all answered; (7) a server out of descriptors does
+# not spin, and accepts again once a connection closes.
 set -euo pipefail
 server=${1:?usage: example_server.sh SERVER_BINARY}
 for tool in redis-cli redis-benchmark; do
@@ -42,11 +45,19 @@ fail() {
 now_ms() { date +%s%3N; }
 pace() { sleep 0.01; } # polling pace only: every wait below is on an observed state, with a bound
 
-# start NAME ARGS...: starts a server and waits (at most 20 s) until it answers PING.
+# start NAME [--fds N] ARGS...: starts a server (with at most N descriptors) and waits (at most
+# 20 s) until it answers PING.
 start() {
-  local name=$1
+  local name=$1 fds=
   shift
-  "$server" --port 0 "$@" >"$work/$name.out" 2>"$work/$name.err" &
+  if [ "$1" = --fds ]; then
+    fds=$2
+    shift 2
+  fi
+  (
+    [ -z "$fds" ] || ulimit -n "$fds"
+    exec "$server" --port 0 "$@"
+  ) >"$work/$name.out" 2>"$work/$name.err" &
   pid[$name]=$!
   local limit=$(($(now_ms) + 20000))
   until grep -q '^listening on .* port [0-9]*$' "$work/$name.out"; do
@@ -152,6 +163,53 @@ exec 3<&-
 echo "(5) a GET in flight at SIGTERM: ${cancel_line%$'\r'}"
 stop slow
 grep -q 'cancelled 1,' "$work/slow.err" || fail "(5) the slow server did not count one cancelled request"
+
+# (6) More GETs in one write than a connection queues at once (1024): the server parses the rest
+# after the others, and answers every one (those it parsed late used to wait for good: the timer
+# was armed before they were queued).
+start pipe --no-limit --timeout-ms 50 --backend-max-ms 0
+n=3000
+for ((i = 0; i < n; i++)); do printf 'GET k%d\r\n' "$i"; done >"$work/pipelined.txt"
+exec 4<>"/dev/tcp/127.0.0.1/${port[pipe]}"
+cat "$work/pipelined.txt" >&4 # one write
+got=0
+while [ "$got" -lt "$n" ]; do
+  read -r -t 10 line <&4 || fail "(6) $got of $n pipelined GETs answered; no reply for 10 s"
+  case $line in value-of-* | -*) got=$((got + 1)) ;; esac
+done
+exec 4<&-
+echo "(6) $n GETs in one write: every one answered"
+stop pipe
+
+# (7) At its descriptor limit the server stops watching its listener, which stays readable (it used
+# to spin on it at a full CPU), and accepts again once a connection closes.
+start fdlimit --fds 32 --no-limit
+conns=() waiting=
+for ((i = 0; i < 64; i++)); do
+  exec {fd}<>"/dev/tcp/127.0.0.1/${port[fdlimit]}"
+  conns+=("$fd")
+  printf 'PING\r\n' >&"$fd"
+  if ! read -r -t 3 line <&"$fd"; then # not accepted: the server is out of descriptors
+    waiting=$fd
+    break
+  fi
+done
+[ -n "$waiting" ] || fail "(7) 64 connections answered by a server limited to 32 descriptors"
+cpu_ticks() { awk '{print $14 + $15}' "/proc/${pid[fdlimit]}/stat"; } # utime + stime
+c0=$(cpu_ticks)
+t0=$(now_ms)
+sleep 1 # a measurement window: the server's CPU time while nothing happens
+c1=$(cpu_ticks)
+t1=$(now_ms)
+share=$(((c1 - c0) * 100000 / $(getconf CLK_TCK) / (t1 - t0)))
+[ "$share" -lt 50 ] || fail "(7) the server used ${share}% of a CPU, idle at its descriptor limit"
+first=${conns[0]}
+exec {first}<&-
+read -r -t 10 line <&"$waiting" || fail "(7) the waiting connection got no answer once another closed"
+[ "${line%$'\r'}" = +PONG ] || fail "(7) the waiting connection got '$line', expected +PONG"
+for fd in "${conns[@]:1}"; do exec {fd}<&-; done
+echo "(7) at its descriptor limit: ${share}% of a CPU while idle; accepts again once a connection closes"
+stop fdlimit
 
 stop bench
 stop limited

@@ -108,7 +108,9 @@ struct conn {
 struct server {
 	struct options opt;
 	int ep, lfd, sigfd, tfd, ctxfd;
+	void *listen_tag;     /* the listener's epoll tag */
 	uint64_t timer_armed; /* absolute time the timerfd is set to, 0 when disarmed */
+	bool accept_paused;   /* out of descriptors: the listener is not watched until a connection closes */
 	ats_ctx *ctx;         /* cancelled at shutdown; every request context is its child */
 	ats_keyed *limits;
 	struct conn *conns;
@@ -603,6 +605,12 @@ static void conn_free(struct server *s, struct conn *c)
 	if (c->next)
 		c->next->prev = c->prev;
 	close(c->fd); /* also removes it from the epoll set */
+	if (s->accept_paused && s->lfd >= 0) {
+		struct epoll_event ev = {.events = EPOLLIN, .data.ptr = s->listen_tag};
+		if (epoll_ctl(s->ep, EPOLL_CTL_MOD, s->lfd, &ev) != 0)
+			die("epoll_ctl");
+		s->accept_paused = false;
+	}
 	free(c->name);
 	free(c->out);
 	free(c);
@@ -674,7 +682,15 @@ static void accept_all(struct server *s)
 		if (fd < 0) {
 			if (errno == EINTR || errno == ECONNABORTED)
 				continue;
-			return; /* EAGAIN, or out of descriptors: the next event tries again */
+			if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+				/* The listener stays readable: stop watching it (or the loop spins) until a
+				 * connection closes (conn_free). */
+				struct epoll_event ev = {.events = 0, .data.ptr = s->listen_tag};
+				if (epoll_ctl(s->ep, EPOLL_CTL_MOD, s->lfd, &ev) != 0)
+					die("epoll_ctl");
+				s->accept_paused = true;
+			}
+			return; /* EAGAIN */
 		}
 		struct conn *c = calloc(1, sizeof *c);
 		if (!c) {
@@ -866,6 +882,7 @@ int main(int argc, char **argv)
 	s.opt.port = bound;
 	/* Tags for the server's own descriptors: addresses no connection can have. */
 	static char tag_listen, tag_signal, tag_timer, tag_ctx;
+	s.listen_tag = &tag_listen;
 	epoll_add(&s, s.lfd, &tag_listen);
 	epoll_add(&s, s.sigfd, &tag_signal);
 	epoll_add(&s, s.tfd, &tag_timer);
@@ -913,7 +930,6 @@ int main(int argc, char **argv)
 		}
 		/* Settle what this batch's `now` decides: answers due and deadlines passed. */
 		settle_due(&s, now);
-		arm_timer(&s);
 		for (struct conn *c = s.conns, *next; c; c = next) {
 			next = c->next;
 			if (!c->dead && c->in_len)
@@ -922,11 +938,13 @@ int main(int argc, char **argv)
 				flush_out(c);
 			conn_update(&s, c);
 		}
+		arm_timer(&s); /* after the loop above, which can queue GETs from held-back input */
 	}
 
 	/* Shutdown: the server context is cancelled, so every request context (its child) is done and
 	 * settles as cancelled; the replies get one non-blocking write and every connection closes. */
 	close(s.lfd);
+	s.lfd = -1;
 	uint64_t now = ats_now_ns();
 	while (s.heap_len)
 		if (!settle(&s, s.heap[0], now)) /* not reached: every request context is done now */
