@@ -186,18 +186,23 @@ static bool fires_within(ats_ctx *ctx, int wait_ms)
 #endif
 #endif
 
-Test(timer, deadlines_fire_in_a_forked_child)
+/* Skips a test whose forked child starts a thread where that cannot work. Debian 12's
+ * AddressSanitizer runtimes do not lock their allocator across fork(): the child of a process with
+ * other threads (Criterion's own, here) may block for good in its first malloc, the new timer
+ * thread's start. qemu-user aborts when the child of a multithreaded process starts a thread. */
+static void skip_where_a_forked_child_cannot_start_a_thread(void)
 {
 #ifdef ASAN_BUILD
-	/* Debian 12's AddressSanitizer runtimes do not lock their allocator across fork(): the child
-	 * of a process with other threads (Criterion's own, here) may block for good in its first
-	 * malloc, the new timer thread's start. */
 	cr_skip_test("fork() of a multithreaded process is not safe under this AddressSanitizer runtime");
 #endif
 #ifdef ATS_TEST_EMULATED
-	/* qemu-user aborts when the child of a multithreaded process starts a thread. */
 	cr_skip_test("the emulator running this cross build cannot start a thread in a forked child");
 #endif
+}
+
+Test(timer, deadlines_fire_in_a_forked_child)
+{
+	skip_where_a_forked_child_cannot_start_a_thread();
 	ats_ctx *before = NULL, *inherited = NULL;
 	cr_assert_null(ats_ctx_with_timeout(ats_ctx_background(), MS, &before)); /* the thread starts */
 	cr_assert(fires_within(before, 5000));
@@ -270,12 +275,7 @@ static void fork_on_deadline(void *arg)
 
 Test(timer, a_child_forked_from_an_after_func_gets_its_deadlines)
 {
-#ifdef ASAN_BUILD
-	cr_skip_test("fork() of a multithreaded process is not safe under this AddressSanitizer runtime");
-#endif
-#ifdef ATS_TEST_EMULATED
-	cr_skip_test("the emulator running this cross build cannot start a thread in a forked child");
-#endif
+	skip_where_a_forked_child_cannot_start_a_thread();
 	test_thread = pthread_self();
 	pid_t pid;
 	do {
