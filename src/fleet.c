@@ -330,6 +330,10 @@ ats_err *ats__fleet_settings_of(const ats_fleet_config *cfg, size_t max_key, str
 	uint64_t lease_ns = cfg->lease_ns ? cfg->lease_ns : ATS_NS_PER_SEC;
 	if (lease_ns > ATS_FLEET_MAX_LEASE_NS)
 		return invalid("lease_ns exceeds 2^38 ns");
+	/* A lease must outlive its hand-over to acquirers: a shorter one expires before it serves,
+	 * while Redis has charged every token of it (the fleet's rate spent, nothing granted). */
+	if (lease_ns < ATS_FLEET_MIN_LEASE_NS)
+		return invalid("lease_ns is below 1 ms");
 	if (cfg->policy != ATS_FLEET_FAIL_CLOSED && cfg->policy != ATS_FLEET_FAIL_OPEN)
 		return invalid("unknown policy");
 	/* Bounded so that nothing wraps: the thread adds these to now (a poll past half the lease

@@ -91,6 +91,11 @@ Test(fleet, bad_input_is_a_clear_error_and_changes_nothing)
 	c = base_cfg("k", 1);
 	c.lease_ns = ATS_FLEET_MAX_LEASE_NS + 1;
 	expect_invalid(&c, "lease too long");
+	/* A lease that expires before it can serve used to be taken: Redis charged every token of
+	 * each lease, acquirers got almost none (1 of 300 with a 1 us lease), and status said up. */
+	c = base_cfg("k", 1);
+	c.lease_ns = ATS_FLEET_MIN_LEASE_NS - 1;
+	expect_invalid(&c, "lease too short");
 	c = base_cfg("k", 1);
 	c.rate = ats_rate_every(UINT64_C(1) << 50); /* one per 13 days: period_us * burst > 2^52 */
 	c.burst = 1000;

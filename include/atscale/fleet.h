@@ -86,6 +86,7 @@ extern "C" {
 #define ATS_FLEET_MAX_KEY 256                         /* bytes in a key (Redis allows more; a limit name needs less) */
 #define ATS_FLEET_MAX_BATCH ((UINT64_C(1) << 24) - 1) /* tokens one lease may hold (24 bits of the lease word) */
 #define ATS_FLEET_MAX_LEASE_NS (UINT64_C(1) << 38)    /* ~275 s: well inside the 40-bit expiry's half range */
+#define ATS_FLEET_MIN_LEASE_NS UINT64_C(1000000)      /* 1 ms: a shorter lease expires before it can serve */
 #define ATS_FLEET_MAX_TIMEOUT_NS (UINT64_C(2147483647) * 1000000) /* 2^31 - 1 ms: hiredis's limit */
 #define ATS_FLEET_MAX_RECONNECT_NS (UINT64_C(1) << 42)            /* ~73 min */
 
@@ -103,7 +104,7 @@ typedef struct ats_fleet_config {
 	uint64_t batch_min;        /* smallest lease asked for; 0: 1 */
 	uint64_t batch_max;        /* largest lease held; 0: min(burst, 2^24 - 1). <= burst, <= 2^24 - 1 */
 	uint64_t refresh_ns;       /* a batch is about this long of the observed rate; 0: 10 ms; <= 2^38 */
-	uint64_t lease_ns;         /* a lease not refilled for this long expires; 0: 1 s. <= 2^38 ns */
+	uint64_t lease_ns;         /* a lease not refilled for this long expires; 0: 1 s. 1 ms..2^38 ns */
 	uint64_t timeout_ns;       /* connect and command timeout (rounded up to whole us); 0: 100 ms; <=
 	                              ATS_FLEET_MAX_TIMEOUT_NS */
 	uint64_t reconnect_min_ns; /* first reconnect delay; 0: 10 ms; <= ATS_FLEET_MAX_RECONNECT_NS */
@@ -152,7 +153,7 @@ typedef struct ats_fleet {
  * applies until the first lease). Errors (ATS_ERR_INVALID_ARGUMENT, nothing started, nothing
  * written that matters): NULL f, cfg or key, an empty key or one longer than ATS_FLEET_MAX_KEY,
  * rate zero or infinite, burst 0 or > 2^32, burst * period_us > 2^52, batch_min > batch_max,
- * batch_max > burst or > 2^24 - 1, lease_ns > 2^38, an invalid fallback rate; out of memory;
+ * batch_max > burst or > 2^24 - 1, lease_ns < 1 ms or > 2^38, an invalid fallback rate; out of memory;
  * ATS_ERR_SYSTEM when the thread cannot start. f must be 64-byte aligned (ats_fleet_new does it). */
 ATS_API ATS_NODISCARD ats_err *ats_fleet_init(ats_fleet *f, const ats_fleet_config *cfg);
 /* Stops the background thread (waits for its network call in flight, at most timeout_ns), gives

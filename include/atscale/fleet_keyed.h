@@ -103,7 +103,7 @@ typedef struct ats_fleet_keyed_stats {
 	uint64_t inserts;          /* keys added */
 	uint64_t evicted_idle;     /* keys replaced whose lease was empty or expired */
 	uint64_t evicted_forced;   /* keys replaced while holding tokens (given back) */
-	uint64_t insert_failures;  /* keys that could not be added (out of memory) */
+	uint64_t insert_failures;  /* keys that could not be added (out of memory, or max_bytes) */
 	size_t keys;               /* keys held now */
 	size_t key_limit;          /* the most keys held (max_keys) */
 	size_t bytes;              /* memory held: the table and the records of held and retiring keys */
